@@ -1,0 +1,115 @@
+"""Wiring: turn a `RunConfig` into loaded models, judges and scorers, and run the stages on a folder.
+
+This is the one place that knows how the pieces are built from names; the pieces themselves take
+ready objects, which is what lets tests hand them scripted judges and tiny caches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from autointerp.cache.build import build_cache
+from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
+from autointerp.config import ConfigError, RunConfig
+from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
+from autointerp.llm.base import Judge, JudgeError
+from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
+from autointerp.results import RunFiles
+from autointerp.sampling import Sampler, token_decoder
+from autointerp.subjects.dictionaries import DictionaryError
+from autointerp.subjects.hookpoints import HookpointError
+
+USER_ERRORS = (ConfigError, CorpusError, CacheError, DictionaryError, HookpointError, FileNotFoundError,
+               JudgeError, ImportError, ValueError)
+
+
+def load_subject(config: RunConfig):
+    from autointerp.subjects.model import load_subject as _load
+
+    return _load(None if config.model in ("smollm2", "default") else config.model, dtype=getattr(torch, config.dtype))
+
+
+def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
+    """Build (or finish) the activation cache; returns what was resolved (names, sizes) for config.json."""
+    from autointerp.subjects.attach import open_dictionary
+
+    subject = load_subject(config)
+    subject.model.to(config.device)
+    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint,
+                                         neurons_k=config.neurons_k)
+    encoder.to(config.device)
+    corpus_path = resolve_corpus(config.corpus)
+    tokenizer = subject.tokenizer
+
+    def encode(docs: list[str]) -> list[list[int]]:
+        return tokenizer(docs, add_special_tokens=False)["input_ids"]
+
+    rows = iter_rows(iter_documents(corpus_path, config.text_column), encode, ctx_len=config.cache.ctx_len,
+                     separator=tokenizer.eos_token_id)
+    first = next(rows, None)
+    if first is None:
+        raise CorpusError(f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: "
+                          "nothing to cache")
+
+    def all_rows():
+        yield first
+        yield from rows
+
+    s = config.cache
+    meta = CacheMeta(model=subject.name, dictionary=encoder.name, hookpoint=hookpoint.name,
+                     corpus=str(corpus_path), num_latents=encoder.num_latents, ctx_len=s.ctx_len,
+                     window_len=s.window_len, top_k=s.top_k, sample_size=s.sample_size, seed=s.seed,
+                     max_tokens=config.n_tokens)
+    meta = build_cache(files.cache, all_rows(), model=subject.model, hookpoint=hookpoint, encoder=encoder,
+                       meta=meta, settings=s, device=config.device, progress=progress)
+    return {"model": meta.model, "dictionary": meta.dictionary, "hookpoint": meta.hookpoint,
+            "corpus": meta.corpus, "num_latents": meta.num_latents, "n_tokens": meta.n_tokens,
+            "dictionary_format": encoder.format, "d_in": encoder.d_in}
+
+
+def make_judge(name: str) -> Judge:
+    from autointerp.llm.local import load_local_judge
+
+    return load_local_judge(name)
+
+
+def make_scorers(config: RunConfig) -> list[Any]:
+    from autointerp.scorers import DetectionScorer, FuzzingScorer
+
+    settings = config.classifier
+    settings.seed = config.sampling.seed
+    built = {"detection": lambda: DetectionScorer(settings),
+             "fuzzing": lambda: FuzzingScorer(settings, mark_fraction=config.explain.mark_fraction,
+                                              negatives=config.fuzz_negatives)}
+    return [built[name]() for name in config.scorers]
+
+
+async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *, progress: bool = True,
+                        judges: dict[str, Judge] | None = None) -> RunSummary:
+    """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests."""
+    cache = ActivationCache(files.cache)
+    tokenizer = load_subject(config).tokenizer
+    sampler = Sampler(cache, token_decoder(tokenizer), config.sampling)
+    latents, n_rare = select_latents(cache, config)
+    loaded: dict[str, Judge] = dict(judges or {})
+
+    def judge(name: str) -> Judge:
+        if name not in loaded:
+            loaded[name] = make_judge(name)
+        return loaded[name]
+
+    explainer = judge(config.explainer_model) if "explain" in stages else None
+    scorer_judge = judge(config.judge) if "score" in stages else None
+    summary = RunSummary()
+    if n_rare:
+        summary.messages.append(f"{n_rare} of {cache.num_latents} latents fire in fewer than "
+                                f"{config.sampling.min_examples} windows and are not eligible")
+    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, make_scorers(config), stages, summary)
+    try:
+        return await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
+    finally:
+        for j in loaded.values():
+            if judges is None or j not in judges.values():
+                await j.aclose()

@@ -1,0 +1,236 @@
+"""Streaming the corpus through subject model + dictionary into an `ActivationCache`.
+
+Memory stays flat in the number of tokens: each batch's activations are appended to disk as a
+sparse matrix and folded into fixed-size per-latent summaries (top windows by activation, and a
+uniform sample of activating windows chosen by hashed random keys, so the sample does not depend on
+batch size or on where a resumed run restarted). A checkpoint after every `checkpoint_rows` rows
+makes the cache resumable after a crash or a kill.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from autointerp.cache.store import FILES, CacheError, CacheMeta, LatentState, read_meta, write_meta
+from autointerp.subjects.dictionaries import Encoder
+from autointerp.subjects.hookpoints import Hookpoint, capture
+
+MAX_DENSE_ELEMENTS = 1 << 25  # encode at most this many (token x latent) activations at once
+
+
+@dataclass
+class CacheSettings:
+    ctx_len: int = 256
+    window_len: int = 32
+    top_k: int = 64
+    sample_size: int = 256
+    batch_rows: int = 8
+    checkpoint_rows: int = 256
+    seed: int = 0
+
+
+def hash_keys(windows: torch.Tensor, latents: torch.Tensor, seed: int) -> torch.Tensor:
+    """Deterministic pseudo-random keys in [0, 1) for (window, latent) pairs.
+
+    Keeping the smallest keys per latent is a uniform sample without replacement (bottom-k
+    sampling); because a key depends only on the pair and the seed, the sample is the same however
+    the corpus was batched or interrupted.
+    """
+    mask = 0xFFFFFFFF
+    h = (windows * 0x2545F491 + latents * 0x1B873593 + seed * 0x27D4EB2F + 0x165667B1) & mask
+    h = h ^ (h >> 16)
+    h = (h * 0x45D9F3B) & mask
+    h = h ^ (h >> 13)
+    h = (h * 0x3B9AC9B) & mask
+    h = h ^ (h >> 16)
+    return h.double() / float(1 << 32)
+
+
+def update_state(state: LatentState, acts: torch.Tensor, first_window: int, window_len: int, seed: int) -> None:
+    """Fold one batch of dense activations [rows, ctx_len, L] into the per-latent summaries."""
+    rows, ctx_len, num_latents = acts.shape
+    firing = acts > 0
+    state.fire_tokens += firing.sum(dim=(0, 1)).numpy()
+    wmax = acts.view(rows * (ctx_len // window_len), window_len, num_latents).amax(dim=1)  # [W, L]
+    n_windows = wmax.shape[0]
+    state.fire_windows += (wmax > 0).sum(0).numpy()
+    np.maximum(state.max_act, wmax.amax(0).numpy(), out=state.max_act)
+
+    window_ids = torch.arange(first_window, first_window + n_windows, dtype=torch.int64)
+    cand_val = torch.where(wmax > 0, wmax, torch.tensor(-np.inf)).T  # [L, W]
+    cand_win = window_ids.expand(num_latents, n_windows)
+    k = state.top_val.shape[1]
+    vals = torch.cat([torch.from_numpy(state.top_val), cand_val], dim=1)
+    wins = torch.cat([torch.from_numpy(state.top_win), cand_win], dim=1)
+    top_val, idx = vals.topk(k, dim=1)
+    state.top_val = top_val.numpy()
+    state.top_win = wins.gather(1, idx).numpy()
+
+    keys = hash_keys(window_ids[None, :], torch.arange(num_latents, dtype=torch.int64)[:, None], seed)
+    keys = torch.where((wmax > 0).T, keys, torch.tensor(np.inf, dtype=torch.float64))
+    s = state.sample_key.shape[1]
+    all_keys = torch.cat([torch.from_numpy(state.sample_key), keys], dim=1)
+    all_wins = torch.cat([torch.from_numpy(state.sample_win), cand_win], dim=1)
+    sample_key, idx = all_keys.topk(s, dim=1, largest=False)
+    state.sample_key = sample_key.numpy()
+    state.sample_win = all_wins.gather(1, idx).numpy()
+
+
+class _Appender:
+    """Appends to the cache's .bin files; truncates them to the last checkpoint when resuming."""
+
+    def __init__(self, folder: Path, lengths: dict[str, int]):
+        self.files = {}
+        for name in FILES:
+            path = folder / name
+            mode = "r+b" if path.exists() else "w+b"
+            f = open(path, mode)  # noqa: SIM115 - closed in close()
+            f.truncate(lengths[name])
+            f.seek(0, os.SEEK_END)
+            self.files[name] = f
+        self.nnz = lengths["latents.bin"] // 4
+
+    def append(self, tokens: np.ndarray, acts: torch.Tensor) -> None:
+        flat = acts.reshape(-1, acts.shape[-1])
+        token_idx, latent_idx = flat.nonzero(as_tuple=True)
+        values = flat[token_idx, latent_idx]
+        counts = torch.bincount(token_idx, minlength=flat.shape[0])
+        ends = self.nnz + torch.cumsum(counts, 0)
+        self.nnz = int(ends[-1]) if len(ends) else self.nnz
+        self.files["tokens.bin"].write(tokens.astype(np.int32).tobytes())
+        self.files["indptr.bin"].write(ends.numpy().astype(np.int64).tobytes())
+        self.files["latents.bin"].write(latent_idx.numpy().astype(np.int32).tobytes())
+        self.files["values.bin"].write(values.numpy().astype(np.float16).tobytes())
+
+    def sync(self) -> dict[str, int]:
+        lengths = {}
+        for name, f in self.files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            lengths[name] = f.tell()
+        return lengths
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def _batches(rows: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    batch: list[np.ndarray] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def encode_batch(
+    model: torch.nn.Module, hookpoint: Hookpoint, encoder: Encoder, tokens: np.ndarray, device: torch.device
+) -> torch.Tensor:
+    """Dense latent activations [rows, ctx_len, L] for a batch of token rows (position 0 zeroed)."""
+    ids = torch.from_numpy(tokens).long().to(device)
+    hidden = capture(model, hookpoint, ids)
+    rows, ctx_len, _ = hidden.shape
+    chunk = max(1, MAX_DENSE_ELEMENTS // (ctx_len * encoder.num_latents))
+    parts = [encoder.encode(hidden[i : i + chunk]).cpu() for i in range(0, rows, chunk)]
+    acts = torch.cat(parts)
+    # Position 0 of a row carries the attention-sink outlier norm: its latents are artefacts.
+    acts[:, 0, :] = 0
+    return acts
+
+
+def build_cache(
+    folder: Path,
+    rows: Iterator[np.ndarray],
+    *,
+    model: torch.nn.Module,
+    hookpoint: Hookpoint,
+    encoder: Encoder,
+    meta: CacheMeta,
+    settings: CacheSettings,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> CacheMeta:
+    """Fill (or finish) the cache in `folder` from `rows`; returns the final metadata.
+
+    An existing incomplete cache made with the same model, dictionary, hookpoint and corpus resumes
+    from its last checkpoint; one made with different settings is an error, never silently mixed.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    existing = read_meta(folder)
+    if existing is not None:
+        same = {k: getattr(existing, k) for k in _IDENTITY} == {k: getattr(meta, k) for k in _IDENTITY}
+        if not same:
+            diff = {k: (getattr(existing, k), getattr(meta, k)) for k in _IDENTITY
+                    if getattr(existing, k) != getattr(meta, k)}
+            raise CacheError(f"{folder} holds a cache made with other settings {diff} (cached, requested); "
+                             "use another --out or delete the folder")
+        if existing.complete:
+            return existing
+    else:
+        write_meta(folder, meta)
+    state_path = folder / "state.npz"
+    if state_path.exists():
+        state = LatentState.load(state_path)
+    else:
+        state = LatentState.empty(meta.num_latents, meta.top_k, meta.sample_size)
+    meta.n_rows = int(state.n_rows)
+    max_rows = meta.max_tokens // meta.ctx_len
+    appender = _Appender(folder, dict(zip(FILES, state.lengths.tolist(), strict=True)))
+    bar = tqdm(total=max_rows * meta.ctx_len, initial=meta.n_rows * meta.ctx_len, unit="tok",
+               desc="caching", disable=not progress, dynamic_ncols=True)
+    skip = meta.n_rows
+    since_checkpoint = 0
+    try:
+        for batch in _batches(_skip(rows, skip), settings.batch_rows):
+            batch = batch[: max_rows - meta.n_rows]
+            if len(batch) == 0:
+                break
+            acts = encode_batch(model, hookpoint, encoder, batch, device)
+            first_window = meta.n_rows * meta.windows_per_row
+            update_state(state, acts, first_window, meta.window_len, meta.seed)
+            appender.append(batch, acts)
+            meta.n_rows += len(batch)
+            since_checkpoint += len(batch)
+            bar.update(len(batch) * meta.ctx_len)
+            if since_checkpoint >= settings.checkpoint_rows:
+                _checkpoint(folder, meta, state, appender)
+                since_checkpoint = 0
+            if meta.n_rows >= max_rows:
+                break
+        meta.complete = True
+        _checkpoint(folder, meta, state, appender)
+    finally:
+        appender.close()
+        bar.close()
+    return meta
+
+
+_IDENTITY = ("model", "dictionary", "hookpoint", "corpus", "num_latents", "ctx_len", "window_len",
+             "top_k", "sample_size", "seed", "max_tokens")
+
+
+def _skip(rows: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:
+    for i, row in enumerate(rows):
+        if i >= n:
+            yield row
+
+
+def _checkpoint(folder: Path, meta: CacheMeta, state: LatentState, appender: _Appender) -> None:
+    """Data files first, then the summaries that say how much of them is valid."""
+    lengths = appender.sync()
+    state.n_rows = np.asarray(meta.n_rows, np.int64)
+    state.lengths = np.asarray([lengths[name] for name in FILES], np.int64)
+    state.save(folder / "state.npz")
+    if meta.complete:
+        write_meta(folder, meta)

@@ -1,0 +1,256 @@
+"""Command line: `autointerp cache | explain | score | run`, all over one run folder.
+
+The CLI only parses options into a `RunConfig` and calls the stages; every default lives in the
+config dataclasses, so `--help`, config.json and the library agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from autointerp.config import (
+    DEFAULT_JUDGE,
+    DEFAULT_MAX_LATENTS,
+    DEFAULT_N_TOKENS,
+    ConfigError,
+    RunConfig,
+    load_config,
+    merge,
+    save_config,
+)
+from autointerp.results import METRICS, RunFiles, materialize
+
+EPILOG = """\
+examples:
+  autointerp run --out runs/demo                       # embedded default: SmolLM2 + shipped SAE + local judge
+  autointerp run --out runs/quick --judge smollm2 --max-latents 3 --n-tokens 20000
+  autointerp run --out runs/mine --model ./my-hf-model --dictionary ./sae-run --hookpoint layers.6
+  autointerp run --out runs/neurons --dictionary neurons --hookpoint layers.10
+  autointerp cache --out runs/x && autointerp explain --out runs/x && autointerp score --out runs/x
+
+A run folder holds config.json, cache/, explanations.jsonl, scores.jsonl, results.parquet and
+judgments.parquet. Running a command again on the same folder resumes: finished latents are kept,
+unfinished ones are done. Options that define the cache or the train/test split cannot change
+within a folder.
+"""
+
+# option dest -> dotted RunConfig field
+OPTION_FIELDS = {
+    "model": "model", "dictionary": "dictionary", "hookpoint": "hookpoint", "corpus": "corpus",
+    "text_column": "text_column", "n_tokens": "n_tokens", "neurons_k": "neurons_k", "dtype": "dtype",
+    "device": "device", "batch_rows": "cache.batch_rows", "ctx_len": "cache.ctx_len",
+    "window_len": "cache.window_len", "seed": "cache.seed",
+    "n_train": "sampling.n_train", "n_test": "sampling.n_test", "n_negatives": "sampling.n_negatives",
+    "min_examples": "sampling.min_examples", "train_type": "sampling.train_type",
+    "latents": "latents", "max_latents": "max_latents", "judge": "judge", "explainer": "explainer",
+    "scorers": "scorers", "judge_mode": "classifier.mode", "batch_size": "classifier.batch_size",
+    "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
+    "concurrency": "concurrency",
+}
+# the sampling seed follows the cache seed, so one --seed fixes every draw
+LINKED = {"cache.seed": "sampling.seed"}
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected latent indices like 3,17,42, got {text!r}") from None
+
+
+def _max_latents(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("--max-latents must be at least 1 (or 'all')")
+    return value
+
+
+def _str_list(text: str) -> list[str]:
+    return [x for x in text.replace(" ", "").split(",") if x]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autointerp", description="Explain and score the latents of sparse autoencoders with LLM judges.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    helps = {
+        "run": "cache, explain and score in one go (resumable)",
+        "cache": "stream the corpus through model + dictionary and cache latent activations",
+        "explain": "label each selected latent with the explainer model",
+        "score": "score existing explanations with the judge (detection, fuzzing)",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+        p.add_argument("--out", required=True, type=Path, help="run folder (created; reused to resume)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name in ("run", "cache"):
+            g = p.add_argument_group("what to cache (fixed for a run folder)")
+            g.add_argument("--model", help="subject model: 'smollm2' (embedded SmolLM2-135M, default) or a local "
+                                           "Hugging Face model folder")
+            g.add_argument("--dictionary", help="'default' (shipped TopK SAE on layers.10), 'neurons' (MLP neurons), "
+                                                "or a sparsify / SAELens checkpoint folder")
+            g.add_argument("--hookpoint", help="where the dictionary reads: layers.N, layers.N.mlp, or a "
+                                               "TransformerLens name like blocks.N.hook_resid_post")
+            g.add_argument("--corpus", help="text file (one document per line), .jsonl or .parquet with a text "
+                                            "column; default: gensim's lee_background.cor (299 news articles)")
+            g.add_argument("--text-column", help="column holding the text in .jsonl/.parquet corpora (default: text)")
+            g.add_argument("--n-tokens", type=int, help=f"tokens to cache at most (default: {DEFAULT_N_TOKENS:,})")
+            g.add_argument("--neurons-k", type=int, help="with --dictionary neurons: strongest neurons kept per token "
+                                                         "(default: 32)")
+            g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
+                           help="subject model dtype (default: bfloat16)")
+            g.add_argument("--device", help="torch device for the subject model (default: cpu)")
+            g.add_argument("--batch-rows", type=int, help="rows of 256 tokens per forward pass (default: 8)")
+            g.add_argument("--seed", type=int, help="seed for every random draw (default: 0)")
+        if name in ("run", "explain", "score"):
+            g = p.add_argument_group("which latents")
+            g.add_argument("--latents", type=_int_list, help="comma-separated latent indices, e.g. 3,17,42")
+            g.add_argument("--max-latents", type=_max_latents,
+                           help=f"how many latents (the first ones that fire often enough); 'all' for every "
+                                f"latent (default: {DEFAULT_MAX_LATENTS})")
+            g = p.add_argument_group("examples (fixed for a run folder)")
+            g.add_argument("--n-train", type=int, help="activating examples shown to the explainer (default: 40)")
+            g.add_argument("--n-test", type=int, help="held-out activating examples per scorer (default: 50)")
+            g.add_argument("--n-negatives", type=int, help="held-out non-activating examples (default: 50)")
+            g.add_argument("--min-examples", type=int,
+                           help="skip latents active in fewer windows than this (default: 20)")
+            g.add_argument("--train-type", choices=["quantiles", "top"],
+                           help="explainer examples spread over activation quantiles, or the strongest "
+                                "(default: quantiles)")
+            g = p.add_argument_group("judges")
+            g.add_argument("--judge", help=f"scorer judge: 'qwen2.5-coder-1.5b' (default, local), 'smollm2' (small, "
+                                           f"fast, for quick runs) or a .gguf file (default: {DEFAULT_JUDGE})")
+            g.add_argument("--explainer", help="explainer model, same choices as --judge (default: the judge)")
+            g.add_argument("--concurrency", type=int, help="latents in flight at once (default: 1; a local judge "
+                                                           "answers one prompt at a time anyway)")
+        if name in ("run", "explain"):
+            p.add_argument("--show-activations", action="store_true",
+                           help="also show the explainer 0-10 activation values of marked tokens")
+        if name in ("run", "score"):
+            g = p.add_argument_group("scoring")
+            g.add_argument("--scorers", type=_str_list, help="comma-separated: detection,fuzzing (default: both)")
+            g.add_argument("--judge-mode", choices=["auto", "logprobs", "text", "json"],
+                           help="logprobs: one example per call, P(Yes) from logprobs (default when the judge "
+                                "gives them; gives AUROC); text: one per call, Yes/No read from the answer; "
+                                "json: --batch-size examples per call answered as a JSON list")
+            g.add_argument("--batch-size", type=int, help="examples per prompt in json mode (default: 5)")
+            g.add_argument("--fuzz-negatives", choices=["silent", "misplaced"],
+                           help="fuzzing's wrong marks: on random tokens of silent excerpts (default) or on "
+                                "silent tokens of activating excerpts")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
+    requested = RunConfig()
+    explicit: set[str] = set()
+    for dest, dotted in OPTION_FIELDS.items():
+        if hasattr(args, dest):
+            value = getattr(args, dest)
+            _set(requested, dotted, value)
+            explicit.add(dotted)
+            if dotted in LINKED:
+                _set(requested, LINKED[dotted], value)
+                explicit.add(LINKED[dotted])
+    return requested, explicit
+
+
+def _set(obj: Any, dotted: str, value: Any) -> None:
+    *head, last = dotted.split(".")
+    for part in head:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def resolve_config(files: RunFiles, args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    requested, explicit = config_from_args(args)
+    if files.config.exists():
+        stored, resolved = load_config(files.config)
+        return merge(stored, requested, explicit), resolved
+    return requested, {}
+
+
+def _validate(config: RunConfig) -> None:
+    from autointerp.scorers import SCORERS
+
+    unknown = [s for s in config.scorers if s not in SCORERS]
+    if unknown:
+        raise ConfigError(f"unknown scorer(s) {unknown}; available: {sorted(SCORERS)}")
+    if config.cache.ctx_len % config.cache.window_len:
+        raise ConfigError("the context length must be a multiple of the window length")
+    for name in ("n_tokens", "neurons_k", "concurrency"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from autointerp import app
+
+    try:
+        files = RunFiles(args.out)
+        files.prepare()
+        config, resolved = resolve_config(files, args)
+        _validate(config)
+        progress = not getattr(args, "quiet", False)
+        if args.command in ("run", "cache"):
+            resolved = app.cache_stage(files, config, progress=progress)
+        elif not files.config.exists():
+            raise ConfigError(f"{files.folder} has no run yet: start with `autointerp cache --out {files.folder}` "
+                              "or `autointerp run`")
+        save_config(files.config, config, resolved)
+        if args.command == "cache":
+            return 0
+        stages = {"run": {"explain", "score"}, "explain": {"explain"}, "score": {"score"}}[args.command]
+        summary = asyncio.run(app.latent_stages(files, config, stages, progress=progress))
+        table = materialize(files, provenance(resolved), config.scorers)
+        print_summary(summary, table, config, files)
+        return 0
+    except app.USER_ERRORS as e:
+        print(f"autointerp: error: {e}", file=sys.stderr)
+        return 2
+
+
+def provenance(resolved: dict[str, Any]) -> dict[str, Any]:
+    return {k: resolved.get(k) for k in ("model", "dictionary", "hookpoint")}
+
+
+def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
+    lines = [f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
+             f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed"]
+    ok = table[table["status"] == "ok"] if len(table) else table
+    for scorer in config.scorers:
+        col = f"{scorer}_balanced_accuracy"
+        if len(ok) and col in ok:
+            parts = []
+            for m in METRICS[:2]:
+                values = ok[f"{scorer}_{m}"].dropna()
+                if len(values):
+                    parts.append(f"{m} {values.mean():.3f}")
+            failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
+            total = int(ok[f"{scorer}_n"].fillna(0).sum())
+            lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({failed}/{total} judge answers unusable)")
+    for msg in summary.messages:
+        lines.append("  " + msg)
+    lines.append(f"results: {files.results}")
+    print("\n".join(lines))
+    sys.stdout.flush()
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

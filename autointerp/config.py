@@ -1,0 +1,137 @@
+"""One object describes a run; it is written next to the outputs as config.json.
+
+Fields in `FROZEN` define the activation cache and the train/test split. Once a run folder has
+them, later stages (`explain`, `score`, a resumed `run`) must agree, because scoring with a
+different split than the explainer saw would silently leak or mix examples.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from autointerp.cache.build import CacheSettings
+from autointerp.explainers import ExplainerSettings
+from autointerp.sampling import SamplingSettings
+from autointerp.scorers.classify import ClassifierSettings
+
+DEFAULT_JUDGE = "qwen2.5-coder-1.5b"
+DEFAULT_N_TOKENS = 100_000
+DEFAULT_MAX_LATENTS = 10
+
+FROZEN = ("model", "dictionary", "hookpoint", "corpus", "text_column", "n_tokens", "neurons_k", "dtype",
+          "cache", "sampling")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    model: str = "smollm2"  # "smollm2" = the embedded SmolLM2-135M-Instruct, or a local HF model folder
+    dictionary: str = "default"  # "default" = the shipped TopK SAE; a sparsify/SAELens folder; "neurons"
+    hookpoint: str | None = None  # None = the dictionary's own (the default SAE: layers.10)
+    corpus: str = "default"  # "default" = gensim's lee_background.cor; or a .txt/.jsonl/.parquet file
+    text_column: str = "text"
+    n_tokens: int = DEFAULT_N_TOKENS
+    neurons_k: int = 32  # with dictionary="neurons": strongest neurons kept per token
+    dtype: str = "bfloat16"  # subject model dtype while caching
+    device: str = "cpu"
+    judge: str = DEFAULT_JUDGE  # scorer judge
+    explainer: str | None = None  # explainer model; None = same as judge
+    scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing"])
+    fuzz_negatives: str = "silent"
+    latents: list[int] | None = None
+    max_latents: int | None = DEFAULT_MAX_LATENTS  # None = every latent that fires often enough
+    concurrency: int = 1
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    explain: ExplainerSettings = field(default_factory=ExplainerSettings)
+    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+
+    @property
+    def explainer_model(self) -> str:
+        return self.explainer or self.judge
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        nested = {"cache": CacheSettings, "sampling": SamplingSettings, "explain": ExplainerSettings,
+                  "classifier": ClassifierSettings}
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for k, v in data.items():
+            if k not in known:
+                continue
+            if k in nested and isinstance(v, dict):
+                sub_known = {f.name for f in fields(nested[k])}
+                v = nested[k](**{a: b for a, b in v.items() if a in sub_known})
+            kwargs[k] = v
+        return cls(**kwargs)
+
+
+def environment() -> dict[str, str]:
+    """Versions that can change results, recorded beside the config."""
+    import importlib.metadata as md
+
+    from autointerp import __version__
+    from autointerp.prompting import prompts_hash
+
+    out = {"autointerp": __version__, "python": platform.python_version(), "prompts_sha256": prompts_hash()}
+    for pkg in ("torch", "transformers", "llama-cpp-python", "numpy"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def save_config(path: Path, config: RunConfig, resolved: dict[str, Any] | None = None) -> None:
+    from autointerp.cache.store import atomic_write_bytes
+
+    data = {"config": config.to_dict(), "resolved": resolved or {}, "environment": environment()}
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode())
+
+
+def load_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+        return RunConfig.from_dict(data["config"]), data.get("resolved", {})
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConfigError(f"unreadable run config {path}: {e}") from None
+
+
+def merge(stored: RunConfig, requested: RunConfig, explicit: set[str]) -> RunConfig:
+    """Stored run settings, with the user's explicit options applied; frozen fields must agree."""
+    clashes = []
+    merged = RunConfig.from_dict(stored.to_dict())
+    for name in explicit:
+        top = name.split(".")[0]
+        new = _get(requested, name)
+        if top in FROZEN and _get(stored, name) != new:
+            clashes.append(f"{name}: run has {_get(stored, name)!r}, requested {new!r}")
+            continue
+        _set(merged, name, new)
+    if clashes:
+        raise ConfigError("this run folder was cached/sampled with other settings (" + "; ".join(clashes)
+                          + "). Use a new --out, or drop these options.")
+    return merged
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(obj: Any, dotted: str, value: Any) -> None:
+    *head, last = dotted.split(".")
+    for part in head:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)

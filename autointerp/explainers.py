@@ -1,0 +1,89 @@
+"""Explainer: a latent's training examples in, a short label out.
+
+The answer must end with an `[EXPLANATION]:` line. An answer without one is re-asked a bounded
+number of times and then reported as a failure; it is never replaced by a guess.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from autointerp.llm.base import Judge, Message
+from autointerp.prompting import clean_token, format_marked, load_prompt, marks_above, render
+from autointerp.records import Example, Explanation, LatentRecord, Usage
+
+_ANSWER = re.compile(r"\[EXPLANATION\]\s*:\s*(.+)", re.IGNORECASE)
+
+
+class ExplanationFailed(RuntimeError):
+    """The explainer gave no parseable label after every re-ask."""
+
+
+@dataclass
+class ExplainerSettings:
+    mark_fraction: float = 0.3  # mark tokens above this fraction of the example's max activation
+    show_activations: bool = False  # also list the marked tokens with 0-10 activation values
+    max_tokens: int = 200
+    max_reasks: int = 2  # extra attempts, at a higher temperature, after an unparseable answer
+    fewshot: bool = True
+
+
+def format_examples(examples: list[Example], settings: ExplainerSettings, scale: float) -> str:
+    lines = []
+    for i, ex in enumerate(examples, 1):
+        marks = marks_above(ex, settings.mark_fraction)
+        lines.append(f"Excerpt {i}: {format_marked(ex.str_tokens, marks)}")
+        if settings.show_activations:
+            values = [
+                f"{clean_token(t).strip() or repr(t)} ({round(10 * a / scale)})"
+                for t, a, m in zip(ex.str_tokens, ex.activations, marks, strict=True)
+                if m
+            ]
+            lines.append(f"Activations {i}: " + ", ".join(values))
+    return "\n".join(lines)
+
+
+def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Message]:
+    scale = max((e.max_activation for e in record.train), default=1.0) or 1.0
+    messages: list[Message] = [{"role": "system", "content": load_prompt("explainer/system.md")}]
+    if settings.fewshot:
+        messages += [
+            {"role": "user", "content": load_prompt("explainer/fewshot_user.md")},
+            {"role": "assistant", "content": load_prompt("explainer/fewshot_assistant.md")},
+        ]
+    examples = format_examples(record.train, settings, scale)
+    messages.append({"role": "user", "content": render(load_prompt("explainer/user.md"), examples=examples)})
+    return messages
+
+
+def parse_explanation(text: str) -> str | None:
+    """The label on the last `[EXPLANATION]:` line, or None if there is none (or it is empty)."""
+    matches = _ANSWER.findall(text)
+    if not matches:
+        return None
+    label = matches[-1].strip().strip("\"'`*").strip()
+    return label or None
+
+
+async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None) -> Explanation:
+    settings = settings or ExplainerSettings()
+    if not record.train:
+        raise ExplanationFailed(f"latent {record.latent} has no training examples to explain")
+    messages = build_messages(record, settings)
+    usage = Usage()
+    failures = 0
+    last = ""
+    for attempt in range(settings.max_reasks + 1):
+        temperature = 0.0 if attempt == 0 else 0.7
+        reply = await judge.chat(messages, max_tokens=settings.max_tokens, temperature=temperature)
+        usage.add(reply.usage)
+        last = reply.text
+        label = parse_explanation(reply.text)
+        if label is not None:
+            return Explanation(latent=record.latent, text=label, model=judge.model, usage=usage,
+                               failures=failures, raw=reply.text)
+        failures += 1
+    raise ExplanationFailed(
+        f"no [EXPLANATION]: line in {failures} answers from {judge.model}; last answer: {last[:300]!r}"
+    )

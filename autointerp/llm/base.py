@@ -1,0 +1,60 @@
+"""The one protocol all judge backends speak.
+
+Callers (explainers, scorers) only ever see `Judge.chat`; they never learn which backend answers,
+which is what lets a scorer tested against a scripted judge run unchanged against llama.cpp,
+an OpenAI-compatible server or vLLM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from autointerp.records import Usage
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
+
+
+class JudgeError(RuntimeError):
+    """A backend failed to produce any answer (as opposed to producing an unusable one)."""
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token, its logprob, and the top alternatives at that position."""
+
+    token: str
+    logprob: float
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Reply:
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """An LLM that answers chat prompts.
+
+    `model` names it for provenance (written into results); `supports_logprobs` tells scorers
+    whether they may ask for `logprobs` (top-k alternatives per generated token). `schema` asks
+    for JSON output matching a JSON schema, where the backend can constrain its output.
+    """
+
+    model: str
+    supports_logprobs: bool
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        logprobs: int = 0,
+        schema: dict[str, Any] | None = None,
+    ) -> Reply: ...
+
+    async def aclose(self) -> None: ...

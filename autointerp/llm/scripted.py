@@ -1,0 +1,56 @@
+"""A judge whose answers are computed by a Python function: for tests and benchmarks.
+
+It lets a test decide exactly what the "LLM" says (including garbage) so that the code around
+the judge (parsing, failure counting, metrics, resume) is tested without any model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from autointerp.llm.base import Message, Reply, TokenLogprob
+from autointerp.records import Usage
+
+Responder = Callable[[list[Message]], "str | Reply"]
+
+
+class ScriptedJudge:
+    """Answers every prompt with `responder(messages)`; counts calls and keeps the prompts."""
+
+    def __init__(self, responder: Responder, *, model: str = "scripted", supports_logprobs: bool = True):
+        self.responder = responder
+        self.model = model
+        self.supports_logprobs = supports_logprobs
+        self.calls: list[list[Message]] = []
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        logprobs: int = 0,
+        schema: dict[str, Any] | None = None,
+    ) -> Reply:
+        self.calls.append(messages)
+        out = self.responder(messages)
+        reply = out if isinstance(out, Reply) else Reply(text=out)
+        if not logprobs:
+            reply = Reply(text=reply.text, logprobs=None, usage=reply.usage)
+        prompt_chars = sum(len(m["content"]) for m in messages)
+        reply.usage = Usage(prompt_tokens=prompt_chars // 4, completion_tokens=len(reply.text) // 4, calls=1)
+        return reply
+
+    async def aclose(self) -> None:
+        return None
+
+
+def yes_no_reply(p_yes: float) -> Reply:
+    """A one-token reply carrying Yes/No logprobs, as a logprob-capable backend would return it."""
+    import math
+
+    p_yes = min(max(p_yes, 1e-6), 1 - 1e-6)
+    token = "Yes" if p_yes >= 0.5 else "No"
+    top = {"Yes": math.log(p_yes), "No": math.log(1 - p_yes)}
+    return Reply(text=token, logprobs=[TokenLogprob(token=token, logprob=top[token], top=top)])

@@ -1,0 +1,188 @@
+"""The run: cache, then for each latent build its record, explain it, score it; resumable throughout.
+
+Latents are processed with bounded concurrency; each latent's failure is recorded (status and
+traceback) and the run goes on. Work already in the run folder's logs is skipped, so running the
+same command again after a crash finishes the job without repeating or duplicating anything.
+Within a latent, every scorer prompt starts with the same system prompt and explanation, and a
+scorer's prompts go out back to back, so a judge's prefix cache is hit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from autointerp.cache.store import ActivationCache
+from autointerp.config import RunConfig
+from autointerp.explainers import ExplanationFailed, explain
+from autointerp.llm.base import Judge
+from autointerp.records import Explanation, LatentId, LatentRecord
+from autointerp.results import RunFiles, append_jsonl
+from autointerp.sampling import NotEnoughExamples, Sampler
+
+
+@dataclass
+class RunSummary:
+    latents: int = 0
+    explained: int = 0
+    scored: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
+
+
+def select_latents(cache: ActivationCache, config: RunConfig) -> tuple[list[int], int]:
+    """The latents to process, and how many latents fire too rarely to be eligible.
+
+    Explicit `latents` are taken as given (ineligible ones become 'skipped' rows that say why);
+    otherwise the first `max_latents` eligible latents by index.
+    """
+    n = cache.num_latents
+    fire = cache.state.fire_windows
+    eligible = [i for i in range(n) if fire[i] >= config.sampling.min_examples]
+    if config.latents:
+        bad = [i for i in config.latents if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"latent indices {bad} are out of range: the dictionary has {n} latents (0..{n - 1})")
+        chosen = list(dict.fromkeys(config.latents))
+    else:
+        chosen = eligible if config.max_latents is None else eligible[: config.max_latents]
+    return chosen, n - len(eligible)
+
+
+def _explanation_row(record: LatentRecord | None, latent: int, hookpoint: str, **fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"latent": latent, "hookpoint": hookpoint}
+    if record is not None:
+        row.update(
+            frequency=record.stats.frequency,
+            max_activation=record.stats.max_activation,
+            fire_windows=record.stats.fire_windows,
+            n_tokens=record.stats.n_tokens,
+            n_train=len(record.train),
+            n_test=len(record.test),
+            n_negatives=len(record.negatives),
+            train_windows=sorted(record.train_windows()),
+        )
+    row.update(fields)
+    return row
+
+
+class LatentWorker:
+    """Does the stages asked for on one latent, writing each finished unit to the run's logs."""
+
+    def __init__(self, files: RunFiles, config: RunConfig, sampler: Sampler, explainer: Judge | None,
+                 judge: Judge | None, scorers: Sequence[Any], stages: set[str], summary: RunSummary):
+        self.files = files
+        self.config = config
+        self.sampler = sampler
+        self.explainer = explainer
+        self.judge = judge
+        self.scorers = scorers
+        self.stages = stages
+        self.summary = summary
+        self.explanations = files.explanations_by_latent()
+        self.scores = files.scores_by_latent()
+
+    async def process(self, latent: int) -> None:
+        hookpoint = self.sampler.cache.meta.hookpoint
+        done = self.explanations.get(latent)
+        if done and done["status"] == "skipped":
+            self.summary.skipped += 1
+            return
+        try:
+            record = await asyncio.to_thread(self.sampler.record, latent)
+        except NotEnoughExamples as e:
+            append_jsonl(self.files.explanations, _explanation_row(None, latent, hookpoint, status="skipped",
+                                                                   error=str(e), explanation=None))
+            self.summary.skipped += 1
+            return
+        if "explain" in self.stages and (done is None or done["status"] == "error"):
+            done = await self._explain(record)
+        if done is None or done["status"] != "ok":
+            if done is not None and done["status"] != "ok":
+                self.summary.failed += 1
+            return
+        if "score" in self.stages:
+            explanation = Explanation(latent=record.latent, text=done["explanation"], model=done["explainer_model"])
+            for scorer in self.scorers:
+                prev = self.scores.get((latent, scorer.name))
+                if prev is not None and prev["status"] == "ok":
+                    continue
+                await self._score(scorer, record, explanation)
+            self.summary.scored += 1
+
+    async def _explain(self, record: LatentRecord) -> dict[str, Any]:
+        assert self.explainer is not None
+        latent, hookpoint = record.latent.index, record.latent.hookpoint
+        try:
+            expl = await explain(record, self.explainer, self.config.explain)
+            row = _explanation_row(record, latent, hookpoint, status="ok", error="", explanation=expl.text,
+                                   explainer_model=expl.model, usage=asdict(expl.usage), failures=expl.failures,
+                                   raw=expl.raw)
+            self.summary.explained += 1
+        except ExplanationFailed as e:
+            row = _explanation_row(record, latent, hookpoint, status="failed", error=str(e), explanation=None,
+                                   explainer_model=self.explainer.model)
+        except Exception:  # noqa: BLE001 - one latent's crash must not end the run
+            row = _explanation_row(record, latent, hookpoint, status="error", error=traceback.format_exc(),
+                                   explanation=None, explainer_model=self.explainer.model)
+        append_jsonl(self.files.explanations, row)
+        return row
+
+    async def _score(self, scorer: Any, record: LatentRecord, explanation: Explanation) -> None:
+        assert self.judge is not None
+        base = {"latent": record.latent.index, "hookpoint": record.latent.hookpoint, "scorer": scorer.name,
+                "judge_model": self.judge.model, "explanation": explanation.text}
+        try:
+            score = await scorer(record, explanation, self.judge)
+            row = {**base, "status": "ok", "error": "", "metrics": score.metrics, "n_examples": score.n_examples,
+                   "n_failed": score.n_failed, "usage": asdict(score.usage),
+                   "judgments": [asdict(j) for j in score.judgments]}
+        except Exception:  # noqa: BLE001 - recorded with its traceback, the run goes on
+            row = {**base, "status": "error", "error": traceback.format_exc()}
+            self.summary.failed += 1
+        append_jsonl(self.files.scores, row)
+
+
+async def process_latents(
+    latents: list[int],
+    worker: LatentWorker,
+    *,
+    concurrency: int = 1,
+    progress: bool = True,
+) -> RunSummary:
+    """Run `worker` over the latents, at most `concurrency` at a time, in index order."""
+    start = time.perf_counter()
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    bar = tqdm(total=len(latents), unit="latent", desc="latents", disable=not progress, dynamic_ncols=True)
+
+    async def one(latent: int) -> None:
+        async with semaphore:
+            await worker.process(latent)
+        bar.update(1)
+
+    try:
+        await asyncio.gather(*(one(i) for i in latents))
+    finally:
+        bar.close()
+    worker.summary.latents = len(latents)
+    worker.summary.seconds = time.perf_counter() - start
+    return worker.summary
+
+
+def latent_id(cache: ActivationCache, latent: int) -> LatentId:
+    return LatentId(cache.meta.hookpoint, latent)
+
+
+def run_folder(path: str | Path) -> RunFiles:
+    files = RunFiles(Path(path))
+    files.prepare()
+    return files

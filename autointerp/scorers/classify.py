@@ -1,0 +1,216 @@
+"""The machinery detection and fuzzing share: ask a judge Yes/No about items, count what it got right.
+
+Three ways to ask, picked by `mode`:
+- "logprobs": one item per call, one generated token, P(Yes) from the top logprobs. This is what
+  works with small judges (REFERENCE.md) and what gives AUROC.
+- "text": one item per call, the answer's first word read as Yes or No (backends with no logprobs).
+- "json": `batch_size` items per call, answered as a JSON list of 0/1 (fewer calls, no AUROC).
+An answer that cannot be read is re-asked up to `max_reasks` times and then recorded as a failure of
+that item: it is excluded from the metrics and counted, never scored as a 0 or a 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from autointerp.llm.base import Judge, JudgeError, Message, Reply
+from autointerp.prompting import load_prompt, render
+from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.metrics import classification_metrics
+
+Mode = Literal["auto", "logprobs", "text", "json"]
+
+
+@dataclass
+class ClassifierSettings:
+    mode: Mode = "auto"  # auto = logprobs when the judge gives them, else text
+    batch_size: int = 5  # items per prompt in json mode
+    max_reasks: int = 1
+    top_logprobs: int = 20
+    seed: int = 0
+
+
+@dataclass
+class Item:
+    """One thing to show the judge: the excerpt as formatted, and whether the right answer is Yes."""
+
+    text: str
+    truth: bool
+    example: Example
+
+
+def _word(token: str) -> str:
+    return re.sub(r"[^a-z]", "", token.lower())
+
+
+def yes_probability(reply: Reply) -> float | None:
+    """P(Yes) / (P(Yes) + P(No)) at the first generated token, or None if neither is in the top list."""
+    if not reply.logprobs:
+        return None
+    first = reply.logprobs[0]
+    top = dict(first.top)
+    top.setdefault(first.token, first.logprob)
+    p_yes = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == "yes")
+    p_no = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == "no")
+    if p_yes + p_no == 0:
+        return None
+    return p_yes / (p_yes + p_no)
+
+
+def text_answer(text: str) -> bool | None:
+    words = text.strip().split()
+    first = _word(words[0]) if words else ""
+    return {"yes": True, "no": False}.get(first)
+
+
+def parse_json_answers(text: str, n: int) -> list[bool] | None:
+    """A list of n 0/1 answers from `{"answers": [...]}` (or a bare list), else None."""
+    body = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", body, re.DOTALL)
+    if fence:
+        body = fence.group(1)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        m = re.search(r"\{.*\}|\[.*\]", body, re.DOTALL)
+        if not m:
+            return None
+        try:
+            data = json.loads(m.group(0))
+        except json.JSONDecodeError:
+            return None
+    if isinstance(data, dict):
+        data = data.get("answers")
+    if not isinstance(data, list) or len(data) != n:
+        return None
+    out = []
+    for v in data:
+        if v in (0, 1) or isinstance(v, bool):
+            out.append(bool(v))
+        else:
+            return None
+    return out
+
+
+def answers_schema(n: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {
+            "answers": {"type": "array", "items": {"type": "integer", "enum": [0, 1]}, "minItems": n, "maxItems": n}
+        },
+        "required": ["answers"],
+    }
+
+
+class YesNoScorer:
+    """Base of detection and fuzzing: subclasses say how to build items and which prompts to use."""
+
+    name = "classifier"
+    prompt_dir = ""
+
+    def __init__(self, settings: ClassifierSettings | None = None):
+        self.settings = settings or ClassifierSettings()
+
+    def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:
+        raise NotImplementedError
+
+    def _rng(self, record: LatentRecord) -> np.random.Generator:
+        return np.random.default_rng([self.settings.seed, record.latent.index, zlib.crc32(self.name.encode())])
+
+    async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
+        rng = self._rng(record)
+        items = self.items(record, rng)
+        items = [items[i] for i in rng.permutation(len(items))]
+        mode = self.settings.mode
+        if mode == "auto":
+            mode = "logprobs" if judge.supports_logprobs else "text"
+        if mode == "logprobs" and not judge.supports_logprobs:
+            raise ValueError(f"judge {judge.model} gives no logprobs; use mode 'text' or 'json'")
+        usage = Usage()
+        if mode == "json":
+            judgments = await self._ask_batches(items, explanation.text, judge, usage)
+        else:
+            judgments = await asyncio.gather(
+                *(self._ask_one(item, explanation.text, judge, mode, usage) for item in items)
+            )
+        answered = [j for j in judgments if j.prediction is not None]
+        probs = [j.probability for j in answered] if mode == "logprobs" else None
+        metrics = classification_metrics([j.activating for j in answered], [bool(j.prediction) for j in answered],
+                                         probs)
+        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(items),
+                     n_failed=len(items) - len(answered), judgments=list(judgments), usage=usage)
+
+    def _messages(self, template: str, **values: object) -> list[Message]:
+        return [
+            {"role": "system", "content": load_prompt(f"{self.prompt_dir}/system.md")},
+            {"role": "user", "content": render(load_prompt(f"{self.prompt_dir}/{template}"), **values)},
+        ]
+
+    @staticmethod
+    def _judgment(item: Item, prediction: bool | None, probability: float | None, answer: str, error: str):
+        return Judgment(window=item.example.window, activating=item.truth, prediction=prediction,
+                        probability=None if probability is None else round(probability, 6),
+                        max_activation=item.example.max_activation, quantile=item.example.quantile,
+                        answer=answer[:200], error=error, text=item.text)
+
+    async def _ask_one(self, item: Item, explanation: str, judge: Judge, mode: str, usage: Usage) -> Judgment:
+        messages = self._messages("user.md", explanation=explanation, text=item.text)
+        answer, error = "", ""
+        for attempt in range(self.settings.max_reasks + 1):
+            temperature = 0.0 if attempt == 0 else 0.7
+            try:
+                if mode == "logprobs":
+                    reply = await judge.chat(messages, max_tokens=1, temperature=temperature,
+                                             logprobs=self.settings.top_logprobs)
+                else:
+                    reply = await judge.chat(messages, max_tokens=5, temperature=temperature)
+            except JudgeError as e:
+                error = f"judge error: {e}"
+                continue
+            usage.add(reply.usage)
+            answer = reply.text
+            if mode == "logprobs":
+                p = yes_probability(reply)
+                if p is not None:
+                    return self._judgment(item, p > 0.5, p, answer, "")
+                error = "neither Yes nor No among the top logprobs"
+            else:
+                pred = text_answer(reply.text)
+                if pred is not None:
+                    return self._judgment(item, pred, None, answer, "")
+                error = "answer is not Yes or No"
+        return self._judgment(item, None, None, answer, error)
+
+    async def _ask_batches(self, items: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
+        size = max(1, self.settings.batch_size)
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        results = await asyncio.gather(*(self._ask_batch(b, explanation, judge, usage) for b in batches))
+        return [j for batch in results for j in batch]
+
+    async def _ask_batch(self, batch: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
+        excerpts = "\n".join(f"Excerpt {i}: <excerpt>{item.text}</excerpt>" for i, item in enumerate(batch, 1))
+        messages = self._messages("batch_user.md", explanation=explanation, excerpts=excerpts, n=len(batch))
+        answer, error = "", ""
+        for attempt in range(self.settings.max_reasks + 1):
+            try:
+                reply = await judge.chat(messages, max_tokens=16 + 4 * len(batch),
+                                         temperature=0.0 if attempt == 0 else 0.7, schema=answers_schema(len(batch)))
+            except JudgeError as e:
+                error = f"judge error: {e}"
+                continue
+            usage.add(reply.usage)
+            answer = reply.text
+            parsed = parse_json_answers(reply.text, len(batch))
+            if parsed is not None:
+                return [self._judgment(item, p, None, answer, "") for item, p in zip(batch, parsed, strict=True)]
+            error = f"not a JSON list of {len(batch)} answers"
+        return [self._judgment(item, None, None, answer, error) for item in batch]
+

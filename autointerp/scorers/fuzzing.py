@@ -1,0 +1,49 @@
+"""Fuzzing: does the explanation say *which tokens* fire, not just which texts?
+
+Positives are held-out activating examples with their strongly active tokens marked. Negatives
+carry the same number of marks in the wrong places: by default on random tokens of silent excerpts
+(delphi's choice), or, with `negatives="misplaced"`, on the silent tokens of activating excerpts,
+which tests token-level precision harder.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from autointerp.prompting import format_marked, marks_above
+from autointerp.records import Example, LatentRecord
+from autointerp.scorers.classify import ClassifierSettings, Item, YesNoScorer
+
+
+class FuzzingScorer(YesNoScorer):
+    name = "fuzzing"
+    prompt_dir = "fuzzing"
+
+    def __init__(self, settings: ClassifierSettings | None = None, *, mark_fraction: float = 0.3,
+                 negatives: Literal["silent", "misplaced"] = "silent"):
+        super().__init__(settings)
+        self.mark_fraction = mark_fraction
+        self.negatives = negatives
+
+    def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:
+        positives = [(e, marks_above(e, self.mark_fraction)) for e in record.test]
+        n_marks = max(1, round(float(np.mean([sum(m) for _, m in positives])))) if positives else 1
+        items = [Item(format_marked(e.str_tokens, m), True, e) for e, m in positives]
+        if self.negatives == "misplaced":
+            for e, m in positives:
+                free = [i for i, marked in enumerate(m) if not marked and e.activations[i] == 0]
+                items.append(self._wrong(e, free, n_marks, rng))
+        else:
+            for e in record.negatives:
+                items.append(self._wrong(e, list(range(1, len(e.str_tokens))), n_marks, rng))
+        return items
+
+    @staticmethod
+    def _wrong(example: Example, candidates: list[int], n: int, rng: np.random.Generator) -> Item:
+        chosen: set[int] = set()
+        if candidates:
+            chosen = set(rng.choice(candidates, size=min(n, len(candidates)), replace=False).tolist())
+        marks = [i in chosen for i in range(len(example.str_tokens))]
+        return Item(format_marked(example.str_tokens, marks), False, example)

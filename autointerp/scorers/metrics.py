@@ -1,0 +1,91 @@
+"""Classification metrics over judge answers, written out so their edge cases are ours to define.
+
+A metric that is undefined for the data (precision with no positive predictions, AUROC with one
+class) is None, never 0: a missing value must not read as a bad explanation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _counts(truth: Sequence[bool], pred: Sequence[bool]) -> tuple[int, int, int, int]:
+    t = np.asarray(truth, bool)
+    p = np.asarray(pred, bool)
+    return int((t & p).sum()), int((~t & p).sum()), int((~t & ~p).sum()), int((t & ~p).sum())
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def accuracy(truth: Sequence[bool], pred: Sequence[bool]) -> float | None:
+    tp, fp, tn, fn = _counts(truth, pred)
+    return _ratio(tp + tn, tp + fp + tn + fn)
+
+
+def recall(truth: Sequence[bool], pred: Sequence[bool]) -> float | None:
+    tp, _, _, fn = _counts(truth, pred)
+    return _ratio(tp, tp + fn)
+
+
+def specificity(truth: Sequence[bool], pred: Sequence[bool]) -> float | None:
+    _, fp, tn, _ = _counts(truth, pred)
+    return _ratio(tn, tn + fp)
+
+
+def precision(truth: Sequence[bool], pred: Sequence[bool]) -> float | None:
+    tp, fp, _, _ = _counts(truth, pred)
+    return _ratio(tp, tp + fp)
+
+
+def f1(truth: Sequence[bool], pred: Sequence[bool]) -> float | None:
+    p, r = precision(truth, pred), recall(truth, pred)
+    if p is None or r is None or p + r == 0:
+        return None if p is None or r is None else 0.0
+    return 2 * p * r / (p + r)
+
+
+def balanced_accuracy(truth: Sequence[bool], pred: Sequence[bool]) -> float | None:
+    """Mean of recall on each class; None unless both classes are present."""
+    r, s = recall(truth, pred), specificity(truth, pred)
+    return None if r is None or s is None else (r + s) / 2
+
+
+def auroc(truth: Sequence[bool], scores: Sequence[float]) -> float | None:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    t = np.asarray(truth, bool)
+    s = np.asarray(scores, float)
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), float)
+    sorted_s = s[order]
+    # average ranks over ties
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classification_metrics(
+    truth: Sequence[bool], pred: Sequence[bool], probability: Sequence[float | None] | None = None
+) -> dict[str, float | None]:
+    out = {
+        "accuracy": accuracy(truth, pred),
+        "balanced_accuracy": balanced_accuracy(truth, pred),
+        "precision": precision(truth, pred),
+        "recall": recall(truth, pred),
+        "f1": f1(truth, pred),
+        "auroc": None,
+    }
+    if probability is not None and len(probability) and all(p is not None for p in probability):
+        out["auroc"] = auroc(truth, [float(p) for p in probability])  # type: ignore[arg-type]
+    return out

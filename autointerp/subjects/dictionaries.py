@@ -1,0 +1,300 @@
+"""Dictionaries (SAEs, transcoders, plain neurons) behind one `Encoder` interface.
+
+Every format is read with safetensors (never pickle), validated against its own config, and turned
+into the same object: `encode(x) -> dense latent activations`. Errors name the file at fault,
+because "size mismatch" with no file name is what users of the peers get.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autointerp.subjects.hookpoints import Side
+
+DEFAULT_DICTIONARY = Path(__file__).resolve().parents[2] / "data" / "sae" / "smollm2-135m-res-topk"
+DEFAULT_HOOKPOINT = "layers.10"
+
+
+class DictionaryError(ValueError):
+    """A dictionary that cannot be used as given; the message names the file or the mismatch."""
+
+
+@dataclass
+class Encoder:
+    """Maps activations at a hookpoint to latent activations.
+
+    `kind` is how latents are computed: "topk" | "relu" | "jumprelu" | "gated" | "neurons".
+    Weights are stored [num_latents, d_in] for the encoder, as sparsify does, so `decoder_direction`
+    and `encode` cost the same for every format.
+    """
+
+    name: str  # provenance: path of the checkpoint, or "neurons"
+    format: str  # "sparsify" | "saelens" | "neurons"
+    hookpoint: str  # as named by the dictionary or the user
+    side: Side  # transcoders read the module input
+    d_in: int
+    num_latents: int
+    kind: str
+    W_enc: torch.Tensor | None = None  # [L, d_in]
+    b_enc: torch.Tensor | None = None  # [L]
+    W_dec: torch.Tensor | None = None  # [L, d_out]
+    b_dec: torch.Tensor | None = None  # [d_out]
+    pre_bias: torch.Tensor | None = None  # subtracted from the input before encoding
+    threshold: torch.Tensor | None = None  # JumpReLU
+    k: int | None = None  # TopK (and the per-token cap for neurons)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # gated: b_gate, b_mag, r_mag
+    normalize: str = "none"  # SAELens input normalisation
+    cfg: dict[str, Any] = field(default_factory=dict)
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., d_in] activations -> [..., num_latents] non-negative latent activations (float32)."""
+        x = x.float()
+        if self.kind == "neurons":
+            acts = torch.relu(x)
+            if self.k is not None and self.k < acts.shape[-1]:
+                acts = _keep_topk(acts, self.k)
+            return acts
+        x = self._normalize(x)
+        if self.pre_bias is not None:
+            x = x - self.pre_bias
+        pre = x @ self.W_enc.T
+        if self.kind == "gated":
+            gate = pre + self.extra["b_gate"]
+            mag = pre * torch.exp(self.extra["r_mag"]) + self.extra["b_mag"]
+            return (gate > 0).float() * torch.relu(mag)
+        pre = pre + self.b_enc
+        if self.kind == "topk":
+            return _keep_topk(torch.relu(pre), self.k)
+        if self.kind == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold)
+        return torch.relu(pre)
+
+    def decoder_direction(self, i: int) -> torch.Tensor | None:
+        """The direction latent i writes into the model (None for a dictionary with no decoder)."""
+        return None if self.W_dec is None else self.W_dec[i]
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize in ("none", None):
+            return x
+        if self.normalize == "constant_norm_rescale":
+            return x * (self.d_in**0.5) / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        if self.normalize == "layer_norm":
+            mu = x.mean(-1, keepdim=True)
+            return (x - mu) / (x - mu).pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+        if self.normalize == "expected_average_only_in" and "norm_scaling_factor" in self.cfg:
+            return x * float(self.cfg["norm_scaling_factor"])
+        raise DictionaryError(f"{self.name}: input normalisation {self.normalize!r} is not supported")
+
+    def to(self, device: torch.device | str) -> Encoder:
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec", "pre_bias", "threshold"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        self.extra = {k: v.to(device) for k, v in self.extra.items()}
+        return self
+
+
+def _keep_topk(acts: torch.Tensor, k: int) -> torch.Tensor:
+    values, indices = acts.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(acts).scatter_(-1, indices, values)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DictionaryError(f"missing dictionary config: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DictionaryError(f"corrupt dictionary config {path}: {e}") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DictionaryError(f"missing dictionary weights: {path}")
+    try:
+        return {k: v.float() for k, v in load_file(str(path)).items()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DictionaryError(f"corrupt dictionary weights {path}: {e}") from None
+
+
+def _need(tensors: dict[str, torch.Tensor], path: Path, *names: str) -> list[torch.Tensor]:
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise DictionaryError(f"{path} lacks tensor(s) {missing}; it has {sorted(tensors)}")
+    return [tensors[n] for n in names]
+
+
+def _check_shape(t: torch.Tensor, shape: tuple[int, ...], what: str, path: Path) -> None:
+    if tuple(t.shape) != shape:
+        raise DictionaryError(f"{path}: {what} has shape {tuple(t.shape)}, expected {shape} from its config")
+
+
+def load_sparsify(folder: Path, hookpoint: str | None = None) -> Encoder:
+    """A sparsify (EleutherAI) checkpoint: a run folder of `<hookpoint>/cfg.json + sae.safetensors`,
+    or one hookpoint folder directly."""
+    if not (folder / "cfg.json").is_file():
+        available = sorted(p.parent.name for p in folder.glob("*/cfg.json"))
+        if not available:
+            raise DictionaryError(f"{folder} holds no sparsify checkpoint (no cfg.json in it or its subfolders)")
+        if hookpoint is None:
+            if len(available) > 1:
+                raise DictionaryError(f"{folder} has several hookpoints, pick one with --hookpoint: {available}")
+            hookpoint = available[0]
+        if not (folder / hookpoint / "cfg.json").is_file():
+            raise DictionaryError(f"{folder} has no hookpoint {hookpoint!r}; it has {available}")
+        folder = folder / hookpoint
+    hookpoint = hookpoint or folder.name
+    cfg = _read_json(folder / "cfg.json")
+    weights = folder / "sae.safetensors"
+    tensors = _read_tensors(weights)
+    W_enc, b_enc, W_dec = _need(tensors, weights, "encoder.weight", "encoder.bias", "W_dec")
+    num_latents, d_in = W_enc.shape
+    if cfg.get("d_in") not in (None, d_in):
+        raise DictionaryError(f"{weights}: encoder.weight has d_in {d_in} but cfg.json says {cfg['d_in']}")
+    expected_latents = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 0))
+    if expected_latents and expected_latents != num_latents:
+        raise DictionaryError(
+            f"{weights}: {num_latents} latents in encoder.weight, cfg.json implies {expected_latents}"
+        )
+    _check_shape(b_enc, (num_latents,), "encoder.bias", weights)
+    if W_dec.shape[0] != num_latents:
+        raise DictionaryError(f"{weights}: W_dec has shape {tuple(W_dec.shape)}, expected [{num_latents}, d_out]")
+    b_dec = tensors.get("b_dec")
+    transcode = bool(cfg.get("transcode", False))
+    activation = cfg.get("activation", "topk")
+    if activation != "topk":
+        raise DictionaryError(f"{folder / 'cfg.json'}: activation {activation!r} is not supported (only topk)")
+    return Encoder(
+        name=str(folder),
+        format="sparsify",
+        hookpoint=hookpoint,
+        side="input" if transcode else "output",
+        d_in=d_in,
+        num_latents=num_latents,
+        kind="topk",
+        W_enc=W_enc,
+        b_enc=b_enc,
+        W_dec=W_dec,
+        b_dec=b_dec,
+        pre_bias=None if transcode else b_dec,
+        k=int(cfg["k"]),
+        cfg=cfg,
+    )
+
+
+def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
+    """A SAELens (v6, and older configs) folder: `cfg.json + sae_weights.safetensors`."""
+    cfg = _read_json(folder / "cfg.json")
+    weights = folder / "sae_weights.safetensors"
+    tensors = _read_tensors(weights)
+    W_enc, W_dec, b_dec = _need(tensors, weights, "W_enc", "W_dec", "b_dec")
+    d_in, num_latents = W_enc.shape
+    if cfg.get("d_in") not in (None, d_in) or cfg.get("d_sae") not in (None, num_latents):
+        raise DictionaryError(
+            f"{weights}: W_enc is {tuple(W_enc.shape)} but cfg.json says d_in={cfg.get('d_in')}, "
+            f"d_sae={cfg.get('d_sae')}"
+        )
+    _check_shape(W_dec, (num_latents, W_dec.shape[1]), "W_dec", weights)
+    meta = cfg.get("metadata") or {}
+    hook_name = hookpoint or meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+    if not hook_name:
+        raise DictionaryError(f"{folder / 'cfg.json'} names no hook (metadata.hook_name); pass --hookpoint")
+    arch = cfg.get("architecture", "standard")
+    if arch == "standard" and cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) == "topk":
+        arch = "topk"
+    if arch == "batchtopk":  # SAELens stores trained BatchTopK SAEs as JumpReLU once a threshold exists
+        arch = "jumprelu" if "threshold" in tensors else "topk"
+    kinds = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
+    if arch not in kinds:
+        raise DictionaryError(f"{folder / 'cfg.json'}: architecture {arch!r} is not supported; know {list(kinds)}")
+    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    if arch == "topk" and not k:
+        raise DictionaryError(f"{folder / 'cfg.json'}: a topk SAE needs k")
+    extra: dict[str, torch.Tensor] = {}
+    b_enc = tensors.get("b_enc")
+    if arch == "gated":
+        names = ("b_gate", "b_mag", "r_mag")
+        extra = dict(zip(names, _need(tensors, weights, *names), strict=True))
+    else:
+        (b_enc,) = _need(tensors, weights, "b_enc")
+        _check_shape(b_enc, (num_latents,), "b_enc", weights)
+    threshold = _need(tensors, weights, "threshold")[0] if arch == "jumprelu" else None
+    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", False))
+    return Encoder(
+        name=str(folder),
+        format="saelens",
+        hookpoint=hook_name,
+        side="output",
+        d_in=d_in,
+        num_latents=num_latents,
+        kind=kinds[arch],
+        W_enc=W_enc.T.contiguous(),
+        b_enc=b_enc,
+        W_dec=W_dec,
+        b_dec=b_dec,
+        pre_bias=b_dec if apply_b_dec else None,
+        threshold=threshold,
+        k=int(k) if k else None,
+        extra=extra,
+        normalize=cfg.get("normalize_activations") or "none",
+        cfg=cfg,
+    )
+
+
+def neurons(hookpoint: str, d_in: int, *, k: int = 32, W_out: torch.Tensor | None = None) -> Encoder:
+    """The MLP neurons of a layer as the dictionary: identity encoder, positive part, top-k per token.
+
+    Keeping only the k strongest neurons per token makes "fires" meaningful for dense activations and
+    keeps the cache sparse; `W_out` (down_proj weight, [d_model, d_mlp]) gives decoder directions.
+    """
+    return Encoder(
+        name="neurons",
+        format="neurons",
+        hookpoint=hookpoint,
+        side="input",
+        d_in=d_in,
+        num_latents=d_in,
+        kind="neurons",
+        W_dec=None if W_out is None else W_out.T.float().contiguous(),
+        k=k,
+    )
+
+
+def neuron_hookpoint(name: str) -> str:
+    """`layers.N`, `layers.N.mlp` or `blocks.N.mlp.hook_post` -> the input of that layer's down_proj."""
+    import re
+
+    m = re.fullmatch(r"(?:model\.)?(?:layers|blocks)\.(\d+)(?:\.mlp(?:\.down_proj|\.hook_post)?)?", name)
+    if not m:
+        raise DictionaryError(f"neurons need a layer: --hookpoint layers.N (or layers.N.mlp), got {name!r}")
+    return f"layers.{m.group(1)}.mlp.down_proj"
+
+
+def load_dictionary(path: str | Path, hookpoint: str | None = None) -> Encoder:
+    """Load any supported dictionary; the format is recognised from the files present."""
+    if str(path) == "neurons":
+        raise DictionaryError("neurons are built from the subject model: use subjects.attach.open_dictionary")
+    folder = Path(path)
+    if not folder.exists():
+        raise DictionaryError(f"dictionary not found: {folder}")
+    if folder.is_file():
+        folder = folder.parent
+    if (folder / "sae_weights.safetensors").exists():
+        return load_saelens(folder, hookpoint)
+    if (folder / "sae.safetensors").exists() or any(folder.glob("*/sae.safetensors")):
+        return load_sparsify(folder, hookpoint)
+    if (folder / "cfg.json").exists():
+        raise DictionaryError(f"{folder} has cfg.json but neither sae.safetensors (sparsify) nor "
+                              "sae_weights.safetensors (SAELens)")
+    raise DictionaryError(f"{folder} is not a dictionary: expected a sparsify folder (cfg.json + "
+                          "sae.safetensors, or one subfolder per hookpoint) or a SAELens folder "
+                          "(cfg.json + sae_weights.safetensors)")

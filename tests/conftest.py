@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny random Llama and a tiny sparsify SAE, so stage tests need no real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+
+def make_tiny_llama(seed: int = 0, vocab: int = 96, hidden: int = 16, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=512)
+    return LlamaForCausalLM(config).eval()
+
+
+def write_sparsify_sae(folder: Path, d_in: int = 16, num_latents: int = 24, k: int = 4, seed: int = 0,
+                       transcode: bool = False) -> Path:
+    """A random TopK SAE in sparsify's layout; returns the hookpoint folder."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cfg.json").write_text(json.dumps({
+        "activation": "topk", "expansion_factor": 0, "normalize_decoder": True, "num_latents": num_latents,
+        "k": k, "multi_topk": False, "skip_connection": False, "transcode": transcode, "d_in": d_in}))
+    save_file({
+        "encoder.weight": torch.randn(num_latents, d_in, generator=g),
+        "encoder.bias": torch.randn(num_latents, generator=g) * 0.1,
+        "W_dec": torch.randn(num_latents, d_in, generator=g),
+        "b_dec": torch.randn(d_in, generator=g) * 0.1,
+    }, str(folder / "sae.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return make_tiny_llama()
+
+
+@pytest.fixture
+def tiny_sae(tmp_path) -> Path:
+    return write_sparsify_sae(tmp_path / "sae" / "layers.1")
+
+
+def token_rows(n_rows: int, ctx_len: int = 64, vocab: int = 96, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n_rows):
+        yield rng.integers(0, vocab, size=ctx_len).astype(np.int32)
