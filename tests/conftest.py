@@ -53,3 +53,29 @@ def token_rows(n_rows: int, ctx_len: int = 64, vocab: int = 96, seed: int = 0):
     rng = np.random.default_rng(seed)
     for _ in range(n_rows):
         yield rng.integers(0, vocab, size=ctx_len).astype(np.int32)
+
+
+def build_tiny_cache(folder: Path, model, *, num_latents: int = 32, k: int = 3, rows: int = 48, ctx: int = 64,
+                     window: int = 8, seed: int = 1):
+    """A finished activation cache of a random SAE over random tokens."""
+    from autointerp.cache.build import CacheSettings, build_cache
+    from autointerp.cache.store import ActivationCache, CacheMeta
+    from autointerp.subjects.attach import open_dictionary
+
+    sae = write_sparsify_sae(folder / "sae" / "layers.1", num_latents=num_latents, k=k, seed=seed)
+    encoder, hp = open_dictionary(model, str(sae.parent), None)
+    meta = CacheMeta(model="tiny", dictionary=encoder.name, hookpoint=hp.name, corpus="random",
+                     num_latents=encoder.num_latents, ctx_len=ctx, window_len=window, top_k=40, sample_size=120,
+                     seed=0, max_tokens=ctx * rows)
+    build_cache(folder / "cache", token_rows(rows, ctx, seed=3), model=model, hookpoint=hp, encoder=encoder,
+                meta=meta, settings=CacheSettings(ctx_len=ctx, window_len=window), progress=False)
+    return ActivationCache(folder / "cache")
+
+
+def decode_ids(ids):
+    return [f" t{i}" for i in ids]
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny_llama, tmp_path_factory):
+    return build_tiny_cache(tmp_path_factory.mktemp("tiny_cache"), tiny_llama)

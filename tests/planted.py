@@ -1,0 +1,90 @@
+"""A planted latent with a known meaning (it fires on month names), and a judge that can read.
+
+The scripted "oracle" judge understands an explanation by the category words it contains, so a test
+can check that scorers rank the right explanation above a wrong one without any language model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from autointerp.llm.base import Message, Reply, TokenLogprob
+from autointerp.records import Example, LatentId, LatentRecord, LatentStats
+
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October"]
+ANIMALS = ["cat", "dog", "horse", "sheep", "goat", "mouse"]
+FILLER = ["the", "report", "said", "that", "in", "we", "met", "again", "after", "rain", "city", "council", "voted"]
+CATEGORIES = {"month": MONTHS, "animal": ANIMALS}
+
+
+def _window(words: list[str], fire_at: set[int], strength: float, window: int, quantile: int) -> Example:
+    toks = [(" " if i else "") + w for i, w in enumerate(words)]
+    acts = [strength if i in fire_at else 0.0 for i in range(len(words))]
+    return Example(window=window, tokens=list(range(len(words))), str_tokens=toks, activations=acts,
+                   quantile=quantile if fire_at else -1)
+
+
+def planted_record(n_train: int = 20, n_test: int = 20, n_neg: int = 20, seed: int = 0) -> LatentRecord:
+    """A latent that fires on month names; its silent examples mention animals and fillers."""
+    rng = np.random.default_rng(seed)
+    window = 0
+
+    def activating(q: int) -> Example:
+        nonlocal window
+        words = list(rng.choice(FILLER, size=12))
+        pos = int(rng.integers(1, 12))
+        words[pos] = str(rng.choice(MONTHS))
+        window += 1
+        return _window(words, {pos}, 1.0 + q, window, q % 10)
+
+    def silent() -> Example:
+        nonlocal window
+        words = list(rng.choice(FILLER + ANIMALS, size=12))
+        window += 1
+        return _window(words, set(), 0.0, window, -1)
+
+    return LatentRecord(
+        latent=LatentId("layers.10", 7),
+        stats=LatentStats(n_tokens=10_000, fire_tokens=n_train + n_test, fire_windows=n_train + n_test,
+                          max_activation=10.0),
+        train=[activating(i) for i in range(n_train)],
+        test=[activating(i) for i in range(n_test)],
+        negatives=[silent() for _ in range(n_neg)],
+        train_negatives=[silent() for _ in range(5)],
+    )
+
+
+def _category(explanation: str) -> list[str]:
+    for key, words in CATEGORIES.items():
+        if key in explanation.lower():
+            return words
+    return []
+
+
+def _excerpt(messages: list[Message]) -> tuple[str, str]:
+    user = messages[-1]["content"]
+    explanation = re.search(r"Explanation of the feature: (.*)", user).group(1)
+    excerpt = re.search(r"<excerpt>\n(.*)\n</excerpt>", user, re.DOTALL).group(1)
+    return explanation, excerpt
+
+
+def yes_no(p_yes: float) -> Reply:
+    p_yes = min(max(p_yes, 1e-4), 1 - 1e-4)
+    tok = "Yes" if p_yes >= 0.5 else "No"
+    top = {" Yes": math.log(p_yes), " No": math.log(1 - p_yes), "Maybe": math.log(1e-6)}
+    return Reply(text=tok, logprobs=[TokenLogprob(token=" " + tok, logprob=top[" " + tok], top=top)])
+
+
+def oracle(messages: list[Message]) -> Reply:
+    """Says Yes when the excerpt (or, with marks, every marked span) holds a word of the explanation's category."""
+    explanation, excerpt = _excerpt(messages)
+    words = _category(explanation)
+    marked = re.findall(r"<<(.*?)>>", excerpt)
+    if marked:
+        hit = all(any(w in m for w in words) for m in marked)
+    else:
+        hit = any(re.search(rf"\b{w}\b", excerpt) for w in words)
+    return yes_no(0.9 if hit else 0.1)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from planted import planted_record
+
+from autointerp.explainers import ExplainerSettings, ExplanationFailed, build_messages, explain, parse_explanation
+from autointerp.llm.scripted import ScriptedJudge
+
+
+def test_parse_takes_the_last_explanation_line():
+    text = "Thinking...\n[EXPLANATION]: first try\nOn reflection:\n[EXPLANATION]: \"month names\"\n"
+    assert parse_explanation(text) == "month names"
+    assert parse_explanation("no label here") is None
+    assert parse_explanation("[EXPLANATION]:   ") is None
+
+
+def test_prompt_shows_only_training_examples_with_marks():
+    record = planted_record()
+    for i, ex in enumerate(record.train):
+        ex.str_tokens[0] = f"train{i}"
+    for i, ex in enumerate(record.test + record.negatives):
+        ex.str_tokens[0] = f"heldout{i}"
+    user = build_messages(record, ExplainerSettings())[-1]["content"]
+    assert user.count("Excerpt ") == len(record.train)
+    assert all(f"train{i}" in user for i in range(len(record.train)))
+    assert "heldout" not in user
+    assert "<<" in user and ">>" in user
+
+
+def test_activation_values_are_optional():
+    record = planted_record()
+    plain = build_messages(record, ExplainerSettings())[-1]["content"]
+    valued = build_messages(record, ExplainerSettings(show_activations=True))[-1]["content"]
+    assert "Activations 1:" not in plain and "Activations 1:" in valued
+    assert "(10)" in valued  # the strongest example is scaled to 10
+
+
+def test_explain_returns_the_label_with_usage():
+    judge = ScriptedJudge(lambda m: "They are months.\n[EXPLANATION]: month names")
+    out = asyncio.run(explain(planted_record(), judge))
+    assert out.text == "month names" and out.failures == 0 and out.usage.calls == 1
+
+
+def test_unparseable_explanations_are_reasked_then_fail():
+    answers = iter(["I think months", "[EXPLANATION]: month names"])
+    judge = ScriptedJudge(lambda m: next(answers))
+    out = asyncio.run(explain(planted_record(), judge, ExplainerSettings(max_reasks=1)))
+    assert out.text == "month names" and out.failures == 1
+
+    judge = ScriptedJudge(lambda m: "no idea")
+    with pytest.raises(ExplanationFailed, match="no \\[EXPLANATION\\]: line in 3 answers"):
+        asyncio.run(explain(planted_record(), judge, ExplainerSettings(max_reasks=2)))
+    assert len(judge.calls) == 3
