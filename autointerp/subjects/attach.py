@@ -31,6 +31,8 @@ def open_dictionary(
         down = base_model(model).get_submodule(hp.module_path)
         encoder = neurons(hp.module_path, width(model, hp), k=neurons_k, W_out=getattr(down, "weight", None))
         return encoder, hp
+    if hookpoint:  # a hookpoint the model lacks is reported with the valid names before any file is read
+        resolve(model, hookpoint)
     if dictionary == "default":
         encoder = load_dictionary(DEFAULT_DICTIONARY, hookpoint or DEFAULT_HOOKPOINT)
     else:

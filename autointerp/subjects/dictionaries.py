@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from autointerp.subjects.hookpoints import Side
+from autointerp.subjects.hookpoints import Side, translate
 
 DEFAULT_DICTIONARY = Path(__file__).resolve().parents[2] / "data" / "sae" / "smollm2-135m-res-topk"
 DEFAULT_HOOKPOINT = "layers.10"
@@ -28,7 +28,7 @@ class DictionaryError(ValueError):
 class Encoder:
     """Maps activations at a hookpoint to latent activations.
 
-    `kind` is how latents are computed: "topk" | "relu" | "jumprelu" | "gated" | "neurons".
+    `kind` is how latents are computed: "topk" | "groupmax" | "relu" | "jumprelu" | "gated" | "neurons".
     Weights are stored [num_latents, d_in] for the encoder, as sparsify does, so `decoder_direction`
     and `encode` cost the same for every format.
     """
@@ -46,8 +46,9 @@ class Encoder:
     b_dec: torch.Tensor | None = None  # [d_out]
     pre_bias: torch.Tensor | None = None  # subtracted from the input before encoding
     threshold: torch.Tensor | None = None  # JumpReLU
-    k: int | None = None  # TopK (and the per-token cap for neurons)
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # gated: b_gate, b_mag, r_mag
+    k: int | None = None  # TopK, number of groups for groupmax (and the per-token cap for neurons)
+    # gated: b_gate, b_mag, r_mag; covariance_whitening: whiten_mean, whiten_matrix
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
     normalize: str = "none"  # SAELens input normalisation
     cfg: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +72,10 @@ class Encoder:
         pre = pre + self.b_enc
         if self.kind == "topk":
             return _keep_topk(torch.relu(pre), self.k)
+        if self.kind == "groupmax":  # sparsify: the max of each of k equal groups of latents
+            acts = torch.relu(pre).unflatten(-1, (self.k, -1))
+            values, indices = acts.max(dim=-1, keepdim=True)
+            return torch.zeros_like(acts).scatter_(-1, indices, values).flatten(-2)
         if self.kind == "jumprelu":
             return torch.relu(pre) * (pre > self.threshold)
         return torch.relu(pre)
@@ -84,11 +89,15 @@ class Encoder:
             return x
         if self.normalize == "constant_norm_rescale":
             return x * (self.d_in**0.5) / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        if self.normalize == "layer_norm":
-            mu = x.mean(-1, keepdim=True)
-            return (x - mu) / (x - mu).pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+        if self.normalize == "layer_norm":  # exactly SAELens's: unbiased std, eps added to the std
+            x = x - x.mean(-1, keepdim=True)
+            return x / (x.std(-1, keepdim=True) + 1e-5)
+        # These two are applied by SAELens's training activation store, outside the SAE, and folded
+        # into the weights when training ends; an unfolded checkpoint keeps them beside its weights.
         if self.normalize == "expected_average_only_in" and "norm_scaling_factor" in self.cfg:
             return x * float(self.cfg["norm_scaling_factor"])
+        if self.normalize == "covariance_whitening" and "whiten_matrix" in self.extra:
+            return (x - self.extra["whiten_mean"]) @ self.extra["whiten_matrix"]
         raise DictionaryError(f"{self.name}: input normalisation {self.normalize!r} is not supported")
 
     def to(self, device: torch.device | str) -> Encoder:
@@ -109,9 +118,12 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DictionaryError(f"missing dictionary config: {path}")
     try:
-        return json.loads(path.read_text())
+        cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DictionaryError(f"corrupt dictionary config {path}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise DictionaryError(f"corrupt dictionary config {path}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -171,29 +183,39 @@ def load_sparsify(folder: Path, hookpoint: str | None = None) -> Encoder:
     b_dec = tensors.get("b_dec")
     transcode = bool(cfg.get("transcode", False))
     activation = cfg.get("activation", "topk")
-    if activation != "topk":
-        raise DictionaryError(f"{folder / 'cfg.json'}: activation {activation!r} is not supported (only topk)")
+    k = int(cfg.get("k", 32))  # sparsify's SparseCoderConfig default
+    if activation not in ("topk", "groupmax"):
+        raise DictionaryError(f"{folder / 'cfg.json'}: activation {activation!r} is not supported (topk, groupmax)")
+    if not 0 < k <= num_latents or (activation == "groupmax" and num_latents % k):
+        raise DictionaryError(f"{folder / 'cfg.json'}: k={k} does not fit {num_latents} latents ({activation})")
     return Encoder(
         name=str(folder),
         format="sparsify",
         hookpoint=hookpoint,
-        side="input" if transcode else "output",
+        # a transcoder reads its module's input; otherwise the name says (module paths: the output)
+        side="input" if transcode else translate(hookpoint)[1],
         d_in=d_in,
         num_latents=num_latents,
-        kind="topk",
+        kind=activation,
         W_enc=W_enc,
         b_enc=b_enc,
         W_dec=W_dec,
         b_dec=b_dec,
         pre_bias=None if transcode else b_dec,
-        k=int(cfg["k"]),
+        k=k,
         cfg=cfg,
     )
 
 
 def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
-    """A SAELens (v6, and older configs) folder: `cfg.json + sae_weights.safetensors`."""
-    cfg = _read_json(folder / "cfg.json")
+    """A SAELens (v6, and older configs) folder: `cfg.json + sae_weights.safetensors`.
+
+    Reads what `SAE.save_model` writes for inference SAEs and for training checkpoints alike, and
+    encodes as SAELens's `encode` does (see tests/test_dictionaries.py, which checks it against the
+    library).
+    """
+    cfg_path = folder / "cfg.json"
+    cfg = _read_json(cfg_path)
     weights = folder / "sae_weights.safetensors"
     tensors = _read_tensors(weights)
     W_enc, W_dec, b_dec = _need(tensors, weights, "W_enc", "W_dec", "b_dec")
@@ -207,18 +229,23 @@ def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
     meta = cfg.get("metadata") or {}
     hook_name = hookpoint or meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     if not hook_name:
-        raise DictionaryError(f"{folder / 'cfg.json'} names no hook (metadata.hook_name); pass --hookpoint")
+        raise DictionaryError(f"{cfg_path} names no hook (metadata.hook_name); pass --hookpoint")
     arch = cfg.get("architecture", "standard")
     if arch == "standard" and cfg.get("activation_fn_str", cfg.get("activation_fn", "relu")) == "topk":
         arch = "topk"
-    if arch == "batchtopk":  # SAELens stores trained BatchTopK SAEs as JumpReLU once a threshold exists
-        arch = "jumprelu" if "threshold" in tensors else "topk"
+    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+    if arch == "batchtopk":
+        # A BatchTopK training checkpoint: SAELens's inference form of it is a JumpReLU SAE whose
+        # threshold is the running `topk_threshold` (what `save_inference_model` writes).
+        if "threshold" not in tensors:
+            (topk_threshold,) = _need(tensors, weights, "topk_threshold")
+            tensors["threshold"] = topk_threshold.reshape(()).expand(num_latents).clone()
+        arch = "jumprelu"
     kinds = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
     if arch not in kinds:
-        raise DictionaryError(f"{folder / 'cfg.json'}: architecture {arch!r} is not supported; know {list(kinds)}")
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
-    if arch == "topk" and not k:
-        raise DictionaryError(f"{folder / 'cfg.json'}: a topk SAE needs k")
+        raise DictionaryError(f"{cfg_path}: architecture {arch!r} is not supported; know {list(kinds)} and batchtopk")
+    if arch == "topk" and not (k and 0 < int(k) <= num_latents):
+        raise DictionaryError(f"{cfg_path}: a topk SAE needs 0 < k <= d_sae={num_latents}, got k={k}")
     extra: dict[str, torch.Tensor] = {}
     b_enc = tensors.get("b_enc")
     if arch == "gated":
@@ -228,16 +255,47 @@ def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
         (b_enc,) = _need(tensors, weights, "b_enc")
         _check_shape(b_enc, (num_latents,), "b_enc", weights)
     threshold = _need(tensors, weights, "threshold")[0] if arch == "jumprelu" else None
-    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", False))
+    W_enc = W_enc.T.contiguous()
+    if cfg.get("rescale_acts_by_decoder_norm") and cfg.get("architecture") in ("topk", "batchtopk"):
+        # TopK SAEs scale pre-activations by the decoder norms (default for SAELens's TopK training);
+        # fold the norms in as SAELens does when it saves the inference SAE.
+        norms = W_dec.norm(dim=-1).clamp(min=1e-8)
+        W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
+    normalize = cfg.get("normalize_activations") or "none"
+    if isinstance(normalize, bool):  # pre-6 configs: True meant expected_average_only_in
+        normalize = "expected_average_only_in" if normalize else "none"
+    if normalize == "expected_average_only_in" and "norm_scaling_factor" not in cfg:
+        scaler = folder / "activation_scaler.json"  # written beside a training checkpoint
+        factor = _read_json(scaler).get("scaling_factor") if scaler.is_file() else None
+        if factor is None:
+            raise DictionaryError(
+                f"{cfg_path}: normalize_activations is expected_average_only_in but no scaling factor is "
+                f"stored (no {scaler.name} with a scaling_factor); fold it into the weights with SAELens "
+                "(sae.fold_activation_norm_scaling_factor) and save again"
+            )
+        cfg = {**cfg, "norm_scaling_factor": float(factor)}
+    if normalize == "covariance_whitening":
+        whitening = folder / "activation_whitening.safetensors"
+        if not whitening.is_file():
+            raise DictionaryError(
+                f"{cfg_path}: normalize_activations is covariance_whitening but {whitening} is missing; fold "
+                "it into the weights with SAELens (sae.fold_activation_whitening) and save again"
+            )
+        mean, matrix = _need(_read_tensors(whitening), whitening, "mean", "matrix")
+        extra.update(whiten_mean=mean, whiten_matrix=matrix)
+    known = ("none", "constant_norm_rescale", "layer_norm", "expected_average_only_in", "covariance_whitening")
+    if normalize not in known:
+        raise DictionaryError(f"{cfg_path}: normalize_activations {normalize!r} is not supported; know {known}")
+    apply_b_dec = bool(cfg.get("apply_b_dec_to_input", True))  # SAELens's default, in 6 and before
     return Encoder(
         name=str(folder),
         format="saelens",
         hookpoint=hook_name,
-        side="output",
+        side=translate(hook_name)[1],
         d_in=d_in,
         num_latents=num_latents,
         kind=kinds[arch],
-        W_enc=W_enc.T.contiguous(),
+        W_enc=W_enc,
         b_enc=b_enc,
         W_dec=W_dec,
         b_dec=b_dec,
@@ -245,7 +303,7 @@ def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
         threshold=threshold,
         k=int(k) if k else None,
         extra=extra,
-        normalize=cfg.get("normalize_activations") or "none",
+        normalize=normalize,
         cfg=cfg,
     )
 
@@ -290,7 +348,7 @@ def load_dictionary(path: str | Path, hookpoint: str | None = None) -> Encoder:
         folder = folder.parent
     if (folder / "sae_weights.safetensors").exists():
         return load_saelens(folder, hookpoint)
-    if (folder / "sae.safetensors").exists() or any(folder.glob("*/sae.safetensors")):
+    if (folder / "sae.safetensors").exists() or any(folder.glob("*/sae.safetensors")) or any(folder.glob("*/cfg.json")):
         return load_sparsify(folder, hookpoint)
     if (folder / "cfg.json").exists():
         raise DictionaryError(f"{folder} has cfg.json but neither sae.safetensors (sparsify) nor "

@@ -23,7 +23,8 @@ _TL_PATTERNS: list[tuple[str, str, Side]] = [
     (r"blocks\.(\d+)\.hook_resid_pre", "layers.{}", "input"),
     (r"blocks\.(\d+)\.hook_resid_mid", "layers.{}.post_attention_layernorm", "input"),
     (r"blocks\.(\d+)\.hook_mlp_out", "layers.{}.mlp", "output"),
-    (r"blocks\.(\d+)\.hook_mlp_in", "layers.{}.mlp", "input"),
+    # TransformerLens's hook_mlp_in is resid_mid *before* ln2 (HF's mlp input is after the norm).
+    (r"blocks\.(\d+)\.hook_mlp_in", "layers.{}.post_attention_layernorm", "input"),
     (r"blocks\.(\d+)\.hook_attn_out", "layers.{}.self_attn", "output"),
     (r"blocks\.(\d+)\.mlp\.hook_post", "layers.{}.mlp.down_proj", "input"),
 ]
@@ -62,15 +63,19 @@ def valid_hookpoints_text(model: nn.Module) -> str:
     )
 
 
-def resolve(model: nn.Module, name: str, side: Side | None = None) -> Hookpoint:
-    """Map a hookpoint name in either dialect to a module of this model, or fail listing valid names."""
-    module_path, default_side = name, "output"
+def translate(name: str) -> tuple[str, Side]:
+    """(module path, side) a hookpoint name stands for, without a model: TransformerLens names map to
+    their HF module and side; module paths (`layers.10`, `layers.10.mlp`) mean that module's output."""
     for pattern, template, tl_side in _TL_PATTERNS:
         m = re.fullmatch(pattern, name)
         if m:
-            module_path, default_side = template.format(m.group(1)), tl_side
-            break
-    module_path = module_path.removeprefix("model.").removeprefix("base_model.")
+            return template.format(m.group(1)), tl_side
+    return name.removeprefix("model.").removeprefix("base_model."), "output"
+
+
+def resolve(model: nn.Module, name: str, side: Side | None = None) -> Hookpoint:
+    """Map a hookpoint name in either dialect to a module of this model, or fail listing valid names."""
+    module_path, default_side = translate(name)
     try:
         base_model(model).get_submodule(module_path)
     except AttributeError:
