@@ -35,12 +35,12 @@ def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True) ->
     """Build (or finish) the activation cache; returns what was resolved (names, sizes) for config.json."""
     from autointerp.subjects.attach import open_dictionary
 
+    corpus_path = resolve_corpus(config.corpus)  # a missing file fails before minutes of model loading
     subject = load_subject(config)
     subject.model.to(config.device)
     encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint,
                                          neurons_k=config.neurons_k)
     encoder.to(config.device)
-    corpus_path = resolve_corpus(config.corpus)
     tokenizer = subject.tokenizer
 
     def encode(docs: list[str]) -> list[list[int]]:

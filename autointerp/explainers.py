@@ -1,11 +1,15 @@
 """Explainer: a latent's training examples in, a short label out.
 
-The answer must end with an `[EXPLANATION]:` line. An answer without one is re-asked a bounded
-number of times and then reported as a failure; it is never replaced by a guess.
+The answer must end with an `[EXPLANATION]:` line; free text first lets a capable model reason
+before it labels. An answer without that line is re-asked with the output constrained to a JSON
+object `{"explanation": ...}` (backends that constrain decoding cannot miss the format; small
+local models need this), a bounded number of times, and then reported as a failure: it is never
+replaced by a guess.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
@@ -25,7 +29,8 @@ class ExplainerSettings:
     mark_fraction: float = 0.3  # mark tokens above this fraction of the example's max activation
     show_activations: bool = False  # also list the marked tokens with 0-10 activation values
     max_tokens: int = 200
-    max_reasks: int = 2  # extra attempts, at a higher temperature, after an unparseable answer
+    max_reasks: int = 2  # extra attempts, JSON-constrained, after an unparseable answer
+    max_words: int = 15
     fewshot: bool = True
 
 
@@ -66,6 +71,23 @@ def parse_explanation(text: str) -> str | None:
     return label or None
 
 
+def explanation_schema(max_chars: int = 160) -> dict:
+    return {"type": "object", "properties": {"explanation": {"type": "string", "minLength": 3,
+                                                             "maxLength": max_chars}},
+            "required": ["explanation"]}
+
+
+def parse_json_explanation(text: str) -> str | None:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return parse_explanation(text)
+    label = data.get("explanation") if isinstance(data, dict) else None
+    if not isinstance(label, str) or not label.strip():
+        return None
+    return label.strip()
+
+
 async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None) -> Explanation:
     settings = settings or ExplainerSettings()
     if not record.train:
@@ -75,15 +97,20 @@ async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSetting
     failures = 0
     last = ""
     for attempt in range(settings.max_reasks + 1):
-        temperature = 0.0 if attempt == 0 else 0.7
-        reply = await judge.chat(messages, max_tokens=settings.max_tokens, temperature=temperature)
+        if attempt == 0:
+            reply = await judge.chat(messages, max_tokens=settings.max_tokens, temperature=0.0)
+            label = parse_explanation(reply.text)
+        else:
+            reply = await judge.chat(messages + [{"role": "user", "content": load_prompt("explainer/reask.md")}],
+                                     max_tokens=80, temperature=0.0 if attempt == 1 else 0.7,
+                                     schema=explanation_schema())
+            label = parse_json_explanation(reply.text)
         usage.add(reply.usage)
         last = reply.text
-        label = parse_explanation(reply.text)
         if label is not None:
             return Explanation(latent=record.latent, text=label, model=judge.model, usage=usage,
                                failures=failures, raw=reply.text)
         failures += 1
     raise ExplanationFailed(
-        f"no [EXPLANATION]: line in {failures} answers from {judge.model}; last answer: {last[:300]!r}"
+        f"no explanation could be read from {failures} answers of {judge.model}; last answer: {last[:300]!r}"
     )

@@ -50,6 +50,20 @@ def test_unparseable_explanations_are_reasked_then_fail():
     assert out.text == "month names" and out.failures == 1
 
     judge = ScriptedJudge(lambda m: "no idea")
-    with pytest.raises(ExplanationFailed, match="no \\[EXPLANATION\\]: line in 3 answers"):
+    with pytest.raises(ExplanationFailed, match="no explanation could be read from 3 answers"):
         asyncio.run(explain(planted_record(), judge, ExplainerSettings(max_reasks=2)))
     assert len(judge.calls) == 3
+
+
+def test_reask_constrains_the_answer_to_json():
+    schemas = []
+
+    class Recorder(ScriptedJudge):
+        async def chat(self, messages, **kw):
+            schemas.append(kw.get("schema"))
+            return await super().chat(messages, **kw)
+
+    answers = iter(["rambling without a label", '{"explanation": "month names"}'])
+    out = asyncio.run(explain(planted_record(), Recorder(lambda m: next(answers))))
+    assert out.text == "month names" and out.failures == 1
+    assert schemas[0] is None and schemas[1]["required"] == ["explanation"]
