@@ -1,0 +1,1 @@
+"""The subject model and the dictionary read from it (see `model`, `dictionaries`, `hookpoints`)."""
