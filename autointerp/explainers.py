@@ -31,7 +31,9 @@ class ExplainerSettings:
     max_tokens: int = 200
     max_reasks: int = 2  # extra attempts, JSON-constrained, after an unparseable answer
     max_words: int = 15
-    fewshot: bool = True
+    # The shipped example is about months; small explainers copy it verbatim onto unrelated latents
+    # (Qwen2.5-1.5B and SmolLM2 both did), so it is off unless asked for.
+    fewshot: bool = False
 
 
 def format_examples(examples: list[Example], settings: ExplainerSettings, scale: float) -> str:

@@ -66,7 +66,8 @@ def format_marked(str_tokens: Sequence[str], marked: Sequence[bool]) -> str:
         tok = clean_token(tok)
         if m and not inside:
             # keep a token's leading space outside the marker: "the <<cat>>", not "the<< cat>>"
-            stripped = tok.lstrip(" ")
+            # (unless the token is only spaces: then the spaces are what is marked)
+            stripped = tok.lstrip(" ") or tok
             out.append(tok[: len(tok) - len(stripped)] + "<<" + stripped)
             inside = True
         elif not m and inside:

@@ -127,9 +127,16 @@ class Sampler:
         return found
 
 
+DOCUMENT_BREAK = " ¶ "
+
+
 def token_decoder(tokenizer) -> TokenDecoder:
-    """Per-token display strings (spaces and newlines as they appear in text), memoised per id."""
-    memo: dict[int, str] = {}
+    """Per-token display strings (spaces and newlines as they appear in text), memoised per id.
+
+    Special tokens (the separator between concatenated documents) show as a paragraph mark, not
+    as chat-template markup like `<|im_end|>` that a judge might take for an instruction.
+    """
+    memo: dict[int, str] = {i: DOCUMENT_BREAK for i in getattr(tokenizer, "all_special_ids", [])}
 
     def decode(ids: Sequence[int]) -> list[str]:
         out = []

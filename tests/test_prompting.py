@@ -31,3 +31,19 @@ def test_prompt_files_exist_and_hash_is_stable():
     assert "[EXPLANATION]:" in load_prompt("explainer/system.md")
     assert "{{ explanation }}" in load_prompt("detection/user.md")
     assert prompts_hash() == prompts_hash() and len(prompts_hash()) == 16
+
+
+def test_a_marked_space_token_stays_visible():
+    assert format_marked(["a", " ", "16"], [False, True, False]) == "a<< >>16"
+
+
+def test_document_separators_show_as_a_break():
+    from autointerp.sampling import DOCUMENT_BREAK, token_decoder
+
+    class Tok:
+        all_special_ids = [0]
+
+        def decode(self, ids):
+            return "<|endoftext|>" if ids == [0] else f"w{ids[0]}"
+
+    assert token_decoder(Tok())([5, 0, 6]) == ["w5", DOCUMENT_BREAK, "w6"]

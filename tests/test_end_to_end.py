@@ -1,0 +1,55 @@
+"""The whole pipeline on the embedded default, with the real SmolLM2 judge: the command the
+README gives for a quick check, run as a user would run it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_embedded_default(tmp_path):
+    out = tmp_path / "x"
+    cmd = [sys.executable, "-m", "autointerp.cli", "run", "--out", str(out), "--judge", "smollm2",
+           "--max-latents", "3", "--n-tokens", "20000", "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 latents" in proc.stdout and "results:" in proc.stdout
+
+    table = pd.read_parquet(out / "results.parquet")
+    assert len(table) == 3 and (table["status"] == "ok").all()
+    assert table["explanation"].str.len().gt(0).all()
+    assert (table["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct").all()
+    assert (table["hookpoint"] == "layers.10").all()
+    assert table["explainer_model"].str.contains("SmolLM2").all()
+    for scorer in ("detection", "fuzzing"):
+        for metric in ("balanced_accuracy", "auroc"):
+            assert table[f"{scorer}_{metric}"].between(0, 1).all()
+        assert (table[f"{scorer}_n"] > 0).all()
+        assert (table[f"{scorer}_n_failed"] < table[f"{scorer}_n"]).all()
+
+    judgments = pd.read_parquet(out / "judgments.parquet")
+    assert len(judgments) == int(table["detection_n"].sum() + table["fuzzing_n"].sum())
+    assert judgments["probability"].dropna().between(0, 1).all()
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["judge"] == "smollm2" and config["config"]["n_tokens"] == 20000
+    assert config["resolved"]["num_latents"] == 2304
+    assert len(config["environment"]["prompts_sha256"]) == 16
+
+    # no window shown to the explainer was used to score the same latent
+    explained = {json.loads(line)["latent"]: set(json.loads(line)["train_windows"])
+                 for line in (out / "explanations.jsonl").read_text().splitlines()}
+    for latent, group in judgments.groupby("latent"):
+        assert not explained[latent] & set(group["window"])
+
+    # running again finds everything done: nothing is asked, nothing duplicated
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len((out / "explanations.jsonl").read_text().splitlines()) == 3
+    assert len((out / "scores.jsonl").read_text().splitlines()) == 6
+    assert len(pd.read_parquet(out / "results.parquet")) == 3
