@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         progress = not getattr(args, "quiet", False)
         if args.command in ("run", "cache"):
             resolved = app.cache_stage(files, config, progress=progress)
+            note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
+            print(f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
+                  f"{resolved['hookpoint']} in {files.cache}")
         elif not files.config.exists():
             raise ConfigError(f"{files.folder} has no run yet: start with `autointerp cache --out {files.folder}` "
                               "or `autointerp run`")
@@ -218,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(summary, table, config, files)
         return 0
     except app.USER_ERRORS as e:
+        if os.environ.get("AUTOINTERP_DEBUG"):
+            raise
         print(f"autointerp: error: {e}", file=sys.stderr)
+        print("(set AUTOINTERP_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 
@@ -246,10 +252,6 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
     lines.append(f"results: {files.results}")
     print("\n".join(lines))
     sys.stdout.flush()
-
-
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)
 
 
 if __name__ == "__main__":

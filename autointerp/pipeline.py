@@ -14,7 +14,6 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -23,7 +22,7 @@ from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.explainers import ExplanationFailed, explain
 from autointerp.llm.base import Judge
-from autointerp.records import Explanation, LatentId, LatentRecord
+from autointerp.records import Explanation, LatentRecord
 from autointerp.results import RunFiles, append_jsonl
 from autointerp.sampling import NotEnoughExamples, Sampler
 
@@ -177,12 +176,3 @@ async def process_latents(
     worker.summary.seconds = time.perf_counter() - start
     return worker.summary
 
-
-def latent_id(cache: ActivationCache, latent: int) -> LatentId:
-    return LatentId(cache.meta.hookpoint, latent)
-
-
-def run_folder(path: str | Path) -> RunFiles:
-    files = RunFiles(Path(path))
-    files.prepare()
-    return files
