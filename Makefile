@@ -1,0 +1,36 @@
+# `make demo` and `make test` each set up .venv themselves (idempotent: a second run installs nothing).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+OUT ?= runs/demo
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned: every later install then keeps this build (CPU here, CUDA where pip picks it)
+	$(PY) -m pip install --quiet torch==2.13.0
+	# llama-cpp-python compiles from source: a portable build, cached by pip as a wheel afterwards
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e ".[embedded,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/autointerp run --out $(OUT)
+
+test: install
+	$(VENV)/bin/ruff check autointerp tests scripts bench
+	$(VENV)/bin/pytest
+
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check autointerp tests scripts bench
+
+bench: install
+	$(PY) bench/cache_throughput.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
