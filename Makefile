@@ -6,11 +6,11 @@ OUT ?= runs/demo
 
 .PHONY: install demo test test-fast lint bench clean
 
+# torch goes first, pinned, so every later install keeps that build (CPU here, CUDA where pip picks it);
+# llama-cpp-python compiles from source (a portable build), and pip caches the wheel for next time.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	# torch first, pinned: every later install then keeps this build (CPU here, CUDA where pip picks it)
 	$(PY) -m pip install --quiet torch==2.13.0
-	# llama-cpp-python compiles from source: a portable build, cached by pip as a wheel afterwards
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e ".[embedded,test]"
 	touch $(STAMP)
 

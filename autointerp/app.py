@@ -15,6 +15,7 @@ from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
 from autointerp.llm.base import Judge, JudgeError
+from autointerp.llm.cache import ResponseCacheError
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
 from autointerp.results import RunFiles
 from autointerp.sampling import Sampler, token_decoder
@@ -22,7 +23,7 @@ from autointerp.subjects.dictionaries import DictionaryError
 from autointerp.subjects.hookpoints import HookpointError
 
 USER_ERRORS = (ConfigError, CorpusError, CacheError, DictionaryError, HookpointError, FileNotFoundError,
-               JudgeError, ImportError, ValueError)
+               JudgeError, ImportError, ValueError, ResponseCacheError)
 
 
 def load_subject(config: RunConfig):
@@ -69,10 +70,26 @@ def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True) ->
             "dictionary_format": encoder.format, "d_in": encoder.d_in}
 
 
-def make_judge(name: str) -> Judge:
-    from autointerp.llm.local import load_local_judge
+def make_judge(name: str, config: RunConfig) -> Judge:
+    """A judge by name: "openai:MODEL" over HTTP, else a local GGUF model; behind the response cache."""
+    from autointerp.llm.assets import default_cache_dir
 
-    return load_local_judge(name)
+    if name.startswith("openai:"):
+        from autointerp.llm.openai_compat import OpenAIJudge
+
+        judge: Judge = OpenAIJudge(name.removeprefix("openai:"), config.judge_url, api_key_env=config.api_key_env,
+                                   supports_logprobs=not config.no_logprobs)
+        namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
+    else:
+        from autointerp.llm.local import load_local_judge
+
+        judge = load_local_judge(name)
+        namespace = f"llama.cpp:{judge.model}"
+    if not config.response_cache:
+        return judge
+    from autointerp.llm.cache import CachedJudge
+
+    return CachedJudge(judge, default_cache_dir() / "responses.sqlite", namespace=namespace)
 
 
 def make_scorers(config: RunConfig) -> list[Any]:
@@ -97,7 +114,7 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
 
     def judge(name: str) -> Judge:
         if name not in loaded:
-            loaded[name] = make_judge(name)
+            loaded[name] = make_judge(name, config)
         return loaded[name]
 
     explainer = judge(config.explainer_model) if "explain" in stages else None
@@ -110,6 +127,8 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
     try:
         return await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
     finally:
-        for j in loaded.values():
+        for name, j in loaded.items():
+            if hasattr(j, "summary"):
+                summary.messages.append(f"{name}: {j.summary()}")
             if judges is None or j not in judges.values():
                 await j.aclose()

@@ -50,7 +50,8 @@ OPTION_FIELDS = {
     "latents": "latents", "max_latents": "max_latents", "judge": "judge", "explainer": "explainer",
     "scorers": "scorers", "judge_mode": "classifier.mode", "batch_size": "classifier.batch_size",
     "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
-    "concurrency": "concurrency",
+    "concurrency": "concurrency", "judge_url": "judge_url", "api_key_env": "api_key_env",
+    "no_logprobs": "no_logprobs", "no_cache": "response_cache",
 }
 # the sampling seed follows the cache seed, so one --seed fixes every draw
 LINKED = {"cache.seed": "sampling.seed"}
@@ -131,8 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: quantiles)")
             g = p.add_argument_group("judges")
             g.add_argument("--judge", help=f"scorer judge: 'qwen2.5-coder-1.5b' (default, local), 'smollm2' (small, "
-                                           f"fast, for quick runs) or a .gguf file (default: {DEFAULT_JUDGE})")
+                                           f"fast, for quick runs), a .gguf file, or 'openai:MODEL' for any "
+                                           f"OpenAI-compatible server (default: {DEFAULT_JUDGE})")
             g.add_argument("--explainer", help="explainer model, same choices as --judge (default: the judge)")
+            g.add_argument("--judge-url", help="base URL of the OpenAI-compatible server for openai:MODEL judges, "
+                                               "e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)")
+            g.add_argument("--api-key-env", help="name of the environment variable holding the API key "
+                                                 "(default: OPENAI_API_KEY); the key itself is never written")
+            g.add_argument("--no-logprobs", action="store_true",
+                           help="the server gives no logprobs: judges answer in text (no AUROC)")
+            g.add_argument("--no-cache", action="store_false", dest="no_cache",
+                           help="do not answer repeated requests from the response cache "
+                                "(~/.cache/autointerp/responses.sqlite)")
             g.add_argument("--concurrency", type=int, help="latents in flight at once (default: 1; a local judge "
                                                            "answers one prompt at a time anyway)")
         if name in ("run", "explain"):

@@ -43,6 +43,10 @@ class RunConfig:
     device: str = "cpu"
     judge: str = DEFAULT_JUDGE  # scorer judge
     explainer: str | None = None  # explainer model; None = same as judge
+    judge_url: str | None = None  # base URL for "openai:MODEL" judges (None = api.openai.com)
+    api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable holding the key, never the key
+    no_logprobs: bool = False  # the HTTP judge's server gives no logprobs
+    response_cache: bool = True  # answer repeated deterministic requests from a SQLite file
     scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing"])
     fuzz_negatives: str = "silent"
     latents: list[int] | None = None

@@ -81,13 +81,13 @@ def explanation_schema(max_chars: int = 160) -> dict:
 
 def parse_json_explanation(text: str) -> str | None:
     try:
-        data = json.loads(text)
+        data = json.loads(text, strict=False)  # constrained decoders may put raw newlines in strings
     except json.JSONDecodeError:
         return parse_explanation(text)
     label = data.get("explanation") if isinstance(data, dict) else None
     if not isinstance(label, str) or not label.strip():
         return None
-    return label.strip()
+    return " ".join(label.split())
 
 
 async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None) -> Explanation:

@@ -67,3 +67,10 @@ def test_reask_constrains_the_answer_to_json():
     out = asyncio.run(explain(planted_record(), Recorder(lambda m: next(answers))))
     assert out.text == "month names" and out.failures == 1
     assert schemas[0] is None and schemas[1]["required"] == ["explanation"]
+
+
+def test_json_label_with_raw_newline_is_read():
+    from autointerp.explainers import parse_json_explanation
+
+    assert parse_json_explanation('{"explanation": "words about\\n weather\n" }') == "words about weather"
+    assert parse_json_explanation('{"explanation": "  "}') is None

