@@ -58,3 +58,22 @@ def test_bad_option_values(capsys):
         with pytest.raises(SystemExit):
             build_parser().parse_args(argv)
     assert "--max-latents" in capsys.readouterr().err
+
+
+def test_any_local_hf_model_folder_and_a_jsonl_corpus(tmp_path, capsys):
+    """The bf16 folder the embedded model is converted into is a plain HF folder: use it as --model."""
+    import json
+
+    from autointerp.subjects.model import embedded_cache_path, load_subject
+
+    load_subject(None)  # makes sure the folder exists
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("\n".join(json.dumps({"body": f"Document {i} talks about the weather in May."})
+                                for i in range(120)))
+    rc = main(["cache", "--out", str(tmp_path / "r"), "--model", str(embedded_cache_path()), "--corpus", str(corpus),
+               "--text-column", "body", "--n-tokens", "1024", "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "1,024 tokens" in out.out
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["resolved"]["model"] == str(embedded_cache_path())
