@@ -26,15 +26,35 @@ USER_ERRORS = (ConfigError, CorpusError, CacheError, DictionaryError, HookpointE
                JudgeError, ImportError, ValueError, ResponseCacheError)
 
 
+def _model_arg(config: RunConfig) -> str | None:
+    return None if config.model in ("smollm2", "default") else config.model
+
+
 def load_subject(config: RunConfig):
     from autointerp.subjects.model import load_subject as _load
 
-    return _load(None if config.model in ("smollm2", "default") else config.model, dtype=getattr(torch, config.dtype))
+    return _load(_model_arg(config), dtype=getattr(torch, config.dtype))
 
 
-def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Build (or finish) the activation cache; returns what was resolved (names, sizes) for config.json."""
+def load_tokenizer(config: RunConfig):
+    from autointerp.subjects.model import load_tokenizer as _load
+
+    return _load(_model_arg(config))
+
+
+def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True,
+                resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build (or finish) the activation cache; returns what was resolved (names, sizes) for config.json.
+
+    A folder whose cache is complete returns its stored `resolved` at once: the config merge has
+    already checked that the options agree, so the model need not be loaded again to resume.
+    """
+    from autointerp.cache.store import read_meta
     from autointerp.subjects.attach import open_dictionary
+
+    existing = read_meta(files.cache)
+    if resolved and existing is not None and existing.complete:
+        return resolved
 
     corpus_path = resolve_corpus(config.corpus)  # a missing file fails before minutes of model loading
     subject = load_subject(config)
@@ -107,8 +127,7 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
                         judges: dict[str, Judge] | None = None) -> RunSummary:
     """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests."""
     cache = ActivationCache(files.cache)
-    tokenizer = load_subject(config).tokenizer
-    sampler = Sampler(cache, token_decoder(tokenizer), config.sampling)
+    sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling)
     latents, n_rare = select_latents(cache, config)
     loaded: dict[str, Judge] = dict(judges or {})
 

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         _validate(config)
         progress = not getattr(args, "quiet", False)
         if args.command in ("run", "cache"):
-            resolved = app.cache_stage(files, config, progress=progress)
+            resolved = app.cache_stage(files, config, progress=progress, resolved=resolved)
             note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
             print(f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
                   f"{resolved['hookpoint']} in {files.cache}")

@@ -111,12 +111,11 @@ class LatentWorker:
             return
         if "score" in self.stages:
             explanation = Explanation(latent=record.latent, text=done["explanation"], model=done["explainer_model"])
-            for scorer in self.scorers:
-                prev = self.scores.get((latent, scorer.name))
-                if prev is not None and prev["status"] == "ok":
-                    continue
+            todo = [s for s in self.scorers if (self.scores.get((latent, s.name)) or {}).get("status") != "ok"]
+            for scorer in todo:
                 await self._score(scorer, record, explanation)
-            self.summary.scored += 1
+            if todo:
+                self.summary.scored += 1
 
     async def _explain(self, record: LatentRecord) -> dict[str, Any]:
         assert self.explainer is not None

@@ -47,7 +47,7 @@ def main() -> None:
         config = RunConfig(n_tokens=args.n_tokens, max_latents=args.latents, concurrency=args.concurrency)
         app.cache_stage(files, config, progress=False)
         cache = ActivationCache(files.cache)
-        sampler = Sampler(cache, token_decoder(app.load_subject(config).tokenizer), config.sampling)
+        sampler = Sampler(cache, token_decoder(app.load_tokenizer(config)), config.sampling)
         latents, _ = select_latents(cache, config)
         judge = ScriptedJudge(instant)
         worker = LatentWorker(files, config, sampler, judge, judge, app.make_scorers(config),

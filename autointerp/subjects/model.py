@@ -217,3 +217,21 @@ def load_subject(
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"could not load a causal LM and tokenizer from folder {str(path)!r}: {e}") from e
     return Subject(model=m, tokenizer=tok, name=str(path))
+
+
+def load_tokenizer(model: str | None = None, *, cache_dir: Path | None = None) -> Any:
+    """Only the tokenizer of a subject model: what explaining and scoring need (no weights loaded)."""
+    from transformers import AutoTokenizer
+
+    if model is None or model.lower() in EMBEDDED_ALIASES:
+        source: Path = ensure_embedded(cache_dir)
+        with _offline():
+            return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        with _offline():
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    if not path.is_dir():
+        raise FileNotFoundError(f"subject model not found: {str(path)!r} does not exist")
+    with _offline():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
