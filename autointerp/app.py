@@ -109,7 +109,8 @@ def make_judge(name: str, config: RunConfig) -> Judge:
         return judge
     from autointerp.llm.cache import CachedJudge
 
-    return CachedJudge(judge, default_cache_dir() / "responses.sqlite", namespace=namespace)
+    path = config.response_cache_path or default_cache_dir() / "responses.sqlite"
+    return CachedJudge(judge, path, namespace=namespace)
 
 
 def make_scorers(config: RunConfig) -> list[Any]:

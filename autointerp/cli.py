@@ -51,7 +51,7 @@ OPTION_FIELDS = {
     "scorers": "scorers", "judge_mode": "classifier.mode", "batch_size": "classifier.batch_size",
     "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
     "concurrency": "concurrency", "judge_url": "judge_url", "api_key_env": "api_key_env",
-    "no_logprobs": "no_logprobs", "no_cache": "response_cache",
+    "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
 }
 # the sampling seed follows the cache seed, so one --seed fixes every draw
 LINKED = {"cache.seed": "sampling.seed"}
@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--no-logprobs", action="store_true",
                            help="the server gives no logprobs: judges answer in text (no AUROC)")
             g.add_argument("--no-cache", action="store_false", dest="no_cache",
-                           help="do not answer repeated requests from the response cache "
-                                "(~/.cache/autointerp/responses.sqlite)")
+                           help="do not answer repeated requests from the response cache")
+            g.add_argument("--response-cache", dest="response_cache_path",
+                           help="SQLite file of the response cache (default: ~/.cache/autointerp/responses.sqlite)")
             g.add_argument("--concurrency", type=int, help="latents in flight at once (default: 1; a local judge "
                                                            "answers one prompt at a time anyway)")
         if name in ("run", "explain"):

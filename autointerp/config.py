@@ -47,6 +47,7 @@ class RunConfig:
     api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable holding the key, never the key
     no_logprobs: bool = False  # the HTTP judge's server gives no logprobs
     response_cache: bool = True  # answer repeated deterministic requests from a SQLite file
+    response_cache_path: str | None = None  # None = <cache dir>/responses.sqlite
     scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing"])
     fuzz_negatives: str = "silent"
     latents: list[int] | None = None

@@ -14,8 +14,9 @@ import pytest
 @pytest.mark.slow
 def test_quick_run_on_the_embedded_default(tmp_path):
     out = tmp_path / "x"
+    responses = tmp_path / "responses.sqlite"
     cmd = [sys.executable, "-m", "autointerp.cli", "run", "--out", str(out), "--judge", "smollm2",
-           "--max-latents", "3", "--n-tokens", "20000", "--quiet"]
+           "--max-latents", "3", "--n-tokens", "20000", "--quiet", "--response-cache", str(responses)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 latents" in proc.stdout and "results:" in proc.stdout
@@ -53,3 +54,15 @@ def test_quick_run_on_the_embedded_default(tmp_path):
     assert len((out / "explanations.jsonl").read_text().splitlines()) == 3
     assert len((out / "scores.jsonl").read_text().splitlines()) == 6
     assert len(pd.read_parquet(out / "results.parquet")) == 3
+
+    # the same job in a new folder is answered entirely from the response cache, with the same scores
+    # (a re-ask at temperature > 0 is a fresh sample, never cached: compare latents whose labels agree)
+    assert cmd[4] == "--out"
+    fresh = subprocess.run([*cmd[:5], str(tmp_path / "x2"), *cmd[6:]], capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert " 0 misses" in fresh.stdout, fresh.stdout
+    again_table = pd.read_parquet(tmp_path / "x2" / "results.parquet")
+    same = again_table["explanation"] == table["explanation"]
+    assert same.any()
+    for col in ("detection_auroc", "fuzzing_auroc"):
+        assert (again_table[col][same] == table[col][same]).all()
