@@ -23,7 +23,8 @@ from autointerp.config import (
     merge,
     save_config,
 )
-from autointerp.results import METRICS, RunFiles, materialize
+from autointerp.llm.accounting import PriceTable, describe
+from autointerp.results import METRICS, RunFiles, materialize, usage_by_model
 
 EPILOG = """\
 examples:
@@ -52,6 +53,7 @@ OPTION_FIELDS = {
     "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
     "concurrency": "concurrency", "judge_url": "judge_url", "api_key_env": "api_key_env",
     "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
+    "prices": "prices",
 }
 # the sampling seed follows the cache seed, so one --seed fixes every draw
 LINKED = {"cache.seed": "sampling.seed"}
@@ -143,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the server gives no logprobs: judges answer in text (no AUROC)")
             g.add_argument("--no-cache", action="store_false", dest="no_cache",
                            help="do not answer repeated requests from the response cache")
+            g.add_argument("--prices", help='price table for a cost estimate: JSON or TOML, '
+                                            '{"MODEL": {"prompt": USD per 1M tokens, "completion": ...}}')
             g.add_argument("--response-cache", dest="response_cache_path",
                            help="SQLite file of the response cache (default: ~/.cache/autointerp/responses.sqlite)")
             g.add_argument("--concurrency", type=int, help="latents in flight at once (default: 1; a local judge "
@@ -231,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         summary = asyncio.run(app.latent_stages(files, config, stages, progress=progress))
         table = materialize(files, provenance(resolved), config.scorers)
         print_summary(summary, table, config, files)
+        prices = PriceTable.load(config.prices) if config.prices else None
+        for model, usage in usage_by_model(files).items():
+            print(f"  tokens in this folder, {describe(usage, model, prices)}")
         return 0
     except app.USER_ERRORS as e:
         if os.environ.get("AUTOINTERP_DEBUG"):

@@ -48,6 +48,7 @@ class RunConfig:
     no_logprobs: bool = False  # the HTTP judge's server gives no logprobs
     response_cache: bool = True  # answer repeated deterministic requests from a SQLite file
     response_cache_path: str | None = None  # None = <cache dir>/responses.sqlite
+    prices: str | None = None  # JSON/TOML price table (USD per million tokens) for a cost estimate
     scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing"])
     fuzz_negatives: str = "silent"
     latents: list[int] | None = None

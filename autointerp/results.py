@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from autointerp.records import Usage
+
 EXPLANATIONS = "explanations.jsonl"
 SCORES = "scores.jsonl"
 RESULTS = "results.parquet"
@@ -88,6 +90,17 @@ class RunFiles:
 
     def scores_by_latent(self) -> dict[tuple[int, str], dict[str, Any]]:
         return latest(read_jsonl(self.scores), "latent", "scorer")  # type: ignore[return-value]
+
+
+def usage_by_model(files: RunFiles) -> dict[str, Usage]:
+    """Judge calls and tokens spent in this folder, per model (explainer and scorers together)."""
+    totals: dict[str, Usage] = {}
+    rows = [(r, r.get("explainer_model")) for r in read_jsonl(files.explanations)]
+    rows += [(r, r.get("judge_model")) for r in read_jsonl(files.scores)]
+    for row, model in rows:
+        if model and row.get("usage"):
+            totals.setdefault(model, Usage()).add(Usage(**row["usage"]))
+    return totals
 
 
 def _write_parquet(df: pd.DataFrame, path: Path) -> None:

@@ -155,3 +155,21 @@ def test_results_rows_are_json_lines(tmp_path, tiny_cache):
     _run(files, tiny_cache, _config(max_latents=1), ScriptedJudge(_explainer), ScriptedJudge(_detector))
     for line in files.scores.read_text().splitlines():
         json.loads(line)
+
+
+def test_usage_is_summed_per_model(tmp_path, tiny_cache):
+    from autointerp.llm.accounting import PriceTable, cost
+    from autointerp.results import usage_by_model
+
+    files = RunFiles(tmp_path / "run")
+    files.prepare()
+    _run(files, tiny_cache, _config(max_latents=2), ScriptedJudge(_explainer, model="ex"),
+         ScriptedJudge(_detector, model="jd"))
+    totals = usage_by_model(files)
+    assert set(totals) == {"ex", "jd"}
+    assert totals["ex"].calls == 2
+    n_items = sum(r["n_examples"] for r in read_jsonl(files.scores))
+    assert totals["jd"].calls == n_items and totals["jd"].prompt_tokens > 0
+    prices = PriceTable.from_mapping({"jd": {"prompt": 1.0, "completion": 2.0}})
+    assert cost(totals["jd"], "jd", prices) == pytest.approx(
+        (totals["jd"].prompt_tokens + 2 * totals["jd"].completion_tokens) / 1e6)
