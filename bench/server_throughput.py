@@ -28,7 +28,6 @@ from autointerp.llm.assets import resolve_gguf  # noqa: E402
 from autointerp.llm.openai_compat import OpenAIJudge  # noqa: E402
 from autointerp.records import Explanation  # noqa: E402
 from autointerp.scorers import DetectionScorer  # noqa: E402
-from autointerp.scorers.classify import Item  # noqa: E402
 
 
 def free_port() -> int:
@@ -86,7 +85,6 @@ def main() -> None:
     finally:
         proc.kill()
         proc.wait()
-    assert all(isinstance(i, Item) for i in items)
     print(f"{len(prompts)} one-token Yes/No prompts against llama_cpp.server ({name}):")
     print(f"  server alone        {bare:6.2f} prompts/s")
     print(f"  through autointerp  {ours:6.2f} prompts/s ({score.n_failed} unreadable)")
