@@ -64,13 +64,19 @@ def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Me
     return messages
 
 
+MAX_LABEL_WORDS = 40  # longer is a small model caught in a repetition loop, not a label
+
+
 def parse_explanation(text: str) -> str | None:
-    """The label on the last `[EXPLANATION]:` line, or None if there is none (or it is empty)."""
+    """The label on the last `[EXPLANATION]:` line, or None if there is none, it is empty, or it runs
+    on past MAX_LABEL_WORDS (then the JSON-constrained re-ask, with a length cap, gets a real one)."""
     matches = _ANSWER.findall(text)
     if not matches:
         return None
     label = matches[-1].strip().strip("\"'`*").strip()
-    return label or None
+    if not label or len(label.split()) > MAX_LABEL_WORDS:
+        return None
+    return label
 
 
 def explanation_schema(max_chars: int = 160) -> dict:

@@ -74,3 +74,11 @@ def test_json_label_with_raw_newline_is_read():
 
     assert parse_json_explanation('{"explanation": "words about\\n weather\n" }') == "words about weather"
     assert parse_json_explanation('{"explanation": "  "}') is None
+
+
+def test_a_runaway_label_is_not_accepted():
+    loop = "[EXPLANATION]: words such as " + ", ".join(['"in", "to", "at"'] * 30)
+    assert parse_explanation(loop) is None
+    answers = iter([loop, '{"explanation": "prepositions"}'])
+    out = asyncio.run(explain(planted_record(), ScriptedJudge(lambda m: next(answers))))
+    assert out.text == "prepositions" and out.failures == 1
