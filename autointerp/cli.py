@@ -22,6 +22,7 @@ from autointerp.config import (
     load_config,
     merge,
     save_config,
+    set_field,
 )
 from autointerp.llm.accounting import PriceTable, describe
 from autointerp.results import METRICS, RunFiles, materialize, usage_by_model
@@ -174,19 +175,12 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     for dest, dotted in OPTION_FIELDS.items():
         if hasattr(args, dest):
             value = getattr(args, dest)
-            _set(requested, dotted, value)
+            set_field(requested, dotted, value)
             explicit.add(dotted)
             if dotted in LINKED:
-                _set(requested, LINKED[dotted], value)
+                set_field(requested, LINKED[dotted], value)
                 explicit.add(LINKED[dotted])
     return requested, explicit
-
-
-def _set(obj: Any, dotted: str, value: Any) -> None:
-    *head, last = dotted.split(".")
-    for part in head:
-        obj = getattr(obj, part)
-    setattr(obj, last, value)
 
 
 def resolve_config(files: RunFiles, args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:

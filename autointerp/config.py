@@ -123,7 +123,7 @@ def merge(stored: RunConfig, requested: RunConfig, explicit: set[str]) -> RunCon
         if top in FROZEN and _get(stored, name) != new:
             clashes.append(f"{name}: run has {_get(stored, name)!r}, requested {new!r}")
             continue
-        _set(merged, name, new)
+        set_field(merged, name, new)
     if clashes:
         raise ConfigError("this run folder was cached/sampled with other settings (" + "; ".join(clashes)
                           + "). Use a new --out, or drop these options.")
@@ -136,7 +136,8 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def _set(obj: Any, dotted: str, value: Any) -> None:
+def set_field(obj: Any, dotted: str, value: Any) -> None:
+    """Set a (dotted, nested) config field: "sampling.n_test"."""
     *head, last = dotted.split(".")
     for part in head:
         obj = getattr(obj, part)

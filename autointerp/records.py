@@ -6,8 +6,7 @@ scorers, results, report) can be tested with hand-made data and no model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -134,7 +133,3 @@ class Score:
     judgments: list[Judgment] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
 
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """Dataclass to JSON-ready dict (LatentId becomes its two fields)."""
-    return asdict(obj)

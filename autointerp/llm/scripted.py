@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autointerp.llm.base import Message, Reply, TokenLogprob
+from autointerp.llm.base import Message, Reply
 from autointerp.records import Usage
 
 Responder = Callable[[list[Message]], "str | Reply"]
@@ -45,12 +45,3 @@ class ScriptedJudge:
     async def aclose(self) -> None:
         return None
 
-
-def yes_no_reply(p_yes: float) -> Reply:
-    """A one-token reply carrying Yes/No logprobs, as a logprob-capable backend would return it."""
-    import math
-
-    p_yes = min(max(p_yes, 1e-6), 1 - 1e-6)
-    token = "Yes" if p_yes >= 0.5 else "No"
-    top = {"Yes": math.log(p_yes), "No": math.log(1 - p_yes)}
-    return Reply(text=token, logprobs=[TokenLogprob(token=token, logprob=top[token], top=top)])
