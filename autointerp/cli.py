@@ -25,7 +25,7 @@ from autointerp.config import (
     set_field,
 )
 from autointerp.llm.accounting import PriceTable, describe
-from autointerp.results import METRICS, RunFiles, materialize, usage_by_model
+from autointerp.results import RunFiles, materialize, usage_by_model
 
 EPILOG = """\
 examples:
@@ -249,11 +249,13 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
     lines = [f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
              f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed"]
     ok = table[table["status"] == "ok"] if len(table) else table
+    from autointerp.scorers import scorer_metrics
+
     for scorer in config.scorers:
-        col = f"{scorer}_balanced_accuracy"
-        if len(ok) and col in ok:
+        headline = [m for m in scorer_metrics(scorer)[:2] if f"{scorer}_{m}" in ok]
+        if len(ok) and headline:
             parts = []
-            for m in METRICS[:2]:
+            for m in headline:
                 values = ok[f"{scorer}_{m}"].dropna()
                 if len(values):
                     parts.append(f"{m} {values.mean():.3f}")

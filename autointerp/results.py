@@ -24,7 +24,6 @@ EXPLANATIONS = "explanations.jsonl"
 SCORES = "scores.jsonl"
 RESULTS = "results.parquet"
 JUDGMENTS = "judgments.parquet"
-METRICS = ("balanced_accuracy", "auroc", "accuracy", "precision", "recall", "f1")
 
 _lock = threading.Lock()
 
@@ -109,11 +108,23 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _metric_columns(scorer: str, scores: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
+    """The scorer's declared metrics, then any other metric its rows hold (a newer version's, say)."""
+    from autointerp.scorers import scorer_metrics
+
+    names = list(scorer_metrics(scorer))
+    for (_, name), row in scores.items():
+        if name == scorer:
+            names += [m for m in (row.get("metrics") or {}) if m not in names]
+    return names
+
+
 def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str]) -> pd.DataFrame:
     """Rebuild results.parquet and judgments.parquet from the logs; returns the results table."""
     explanations = files.explanations_by_latent()
     scores = files.scores_by_latent()
     latents = sorted(set(explanations) | {k[0] for k in scores})
+    metric_columns = {name: _metric_columns(name, scores) for name in scorers}
     rows = []
     judgment_rows = []
     for latent in latents:
@@ -135,7 +146,7 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
         for scorer in scorers:
             s = scores.get((latent, scorer))
             metrics = (s or {}).get("metrics") or {}
-            for m in METRICS:
+            for m in metric_columns[scorer]:
                 row[f"{scorer}_{m}"] = metrics.get(m)
             row[f"{scorer}_n"] = (s or {}).get("n_examples")
             row[f"{scorer}_n_failed"] = (s or {}).get("n_failed")

@@ -29,6 +29,21 @@ class TokenLogprob:
 
 
 @dataclass
+class PromptToken:
+    """One token of a text the judge read (not generated): its logprob given everything before it.
+
+    `offset` is the character offset where the token starts in the text, which is how callers map
+    tokens back to the spans they care about (an explanation, a continuation, a digit slot).
+    The first token has no context, so its `logprob` is None.
+    """
+
+    token: str
+    offset: int
+    logprob: float | None
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Reply:
     text: str
     logprobs: list[TokenLogprob] | None = None
@@ -58,3 +73,22 @@ class Judge(Protocol):
     ) -> Reply: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class TextScorer(Protocol):
+    """The optional capability of reading a raw text and giving every token's logprob (teacher forcing).
+
+    Surprisal, intervention and simulation scoring need it. Backends that can (llama.cpp in process,
+    vLLM, completion servers that echo prompt logprobs) set `supports_prompt_logprobs = True`;
+    callers check that flag and say clearly when a backend cannot. The text is scored as is,
+    without a chat template.
+    """
+
+    supports_prompt_logprobs: bool
+
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]: ...
+
+
+def can_score_text(judge: object) -> bool:
+    return bool(getattr(judge, "supports_prompt_logprobs", False))

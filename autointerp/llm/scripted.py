@@ -9,20 +9,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autointerp.llm.base import Message, Reply
+from autointerp.llm.base import Message, PromptToken, Reply
 from autointerp.records import Usage
 
 Responder = Callable[[list[Message]], "str | Reply"]
+TextScorerFn = Callable[[str, int], list[PromptToken]]  # (text, top_logprobs) -> tokens of the text
 
 
 class ScriptedJudge:
     """Answers every prompt with `responder(messages)`; counts calls and keeps the prompts."""
 
-    def __init__(self, responder: Responder, *, model: str = "scripted", supports_logprobs: bool = True):
+    def __init__(self, responder: Responder, *, model: str = "scripted", supports_logprobs: bool = True,
+                 text_scorer: TextScorerFn | None = None):
         self.responder = responder
         self.model = model
         self.supports_logprobs = supports_logprobs
+        self.text_scorer = text_scorer
+        self.supports_prompt_logprobs = text_scorer is not None
         self.calls: list[list[Message]] = []
+        self.scored_texts: list[str] = []
 
     async def chat(
         self,
@@ -41,6 +46,12 @@ class ScriptedJudge:
         prompt_chars = sum(len(m["content"]) for m in messages)
         reply.usage = Usage(prompt_tokens=prompt_chars // 4, completion_tokens=len(reply.text) // 4, calls=1)
         return reply
+
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+        if self.text_scorer is None:
+            raise NotImplementedError(f"judge {self.model} was given no text_scorer")
+        self.scored_texts.append(text)
+        return self.text_scorer(text, top_logprobs)
 
     async def aclose(self) -> None:
         return None

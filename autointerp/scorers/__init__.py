@@ -1,4 +1,8 @@
-"""Scorers: each has the signature `await scorer(record, explanation, judge) -> Score`."""
+"""Scorers: each has the signature `await scorer(record, explanation, judge) -> Score`.
+
+Each scorer class names the metric columns it writes (`metrics`, headline first); results.parquet
+gets a `<scorer>_<metric>` column for each, whether or not a latent has a value.
+"""
 
 from autointerp.scorers.classify import ClassifierSettings
 from autointerp.scorers.detection import DetectionScorer
@@ -6,4 +10,11 @@ from autointerp.scorers.fuzzing import FuzzingScorer
 
 SCORERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer}
 
-__all__ = ["SCORERS", "ClassifierSettings", "DetectionScorer", "FuzzingScorer"]
+
+def scorer_metrics(name: str) -> tuple[str, ...]:
+    """The metric columns of a scorer by name (empty for a name this version does not know)."""
+    cls = SCORERS.get(name)
+    return tuple(getattr(cls, "metrics", ())) if cls else ()
+
+
+__all__ = ["SCORERS", "ClassifierSettings", "DetectionScorer", "FuzzingScorer", "scorer_metrics"]

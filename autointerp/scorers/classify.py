@@ -24,7 +24,7 @@ import numpy as np
 from autointerp.llm.base import Judge, JudgeError, Message, Reply
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
-from autointerp.scorers.metrics import classification_metrics
+from autointerp.scorers.metrics import CLASSIFICATION_METRICS, classification_metrics
 
 Mode = Literal["auto", "logprobs", "text", "json"]
 
@@ -115,6 +115,7 @@ class YesNoScorer:
 
     name = "classifier"
     prompt_dir = ""
+    metrics = CLASSIFICATION_METRICS
 
     def __init__(self, settings: ClassifierSettings | None = None):
         self.settings = settings or ClassifierSettings()

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# the columns a Yes/No scorer writes into results.parquet, headline figures first
+CLASSIFICATION_METRICS = ("balanced_accuracy", "auroc", "accuracy", "precision", "recall", "f1")
+
 
 def _counts(truth: Sequence[bool], pred: Sequence[bool]) -> tuple[int, int, int, int]:
     t = np.asarray(truth, bool)
