@@ -91,20 +91,28 @@ def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True,
 
 
 def make_judge(name: str, config: RunConfig) -> Judge:
-    """A judge by name: "openai:MODEL" over HTTP, else a local GGUF model; behind the response cache."""
+    """A judge by name: "openai:MODEL" over HTTP, else a local GGUF model.
+
+    Layers, outside in: the response cache (a hit never waits for a slot), the ordering gate (bounded
+    requests in flight, served by latent and stage so shared prefixes stay together), the backend.
+    """
     from autointerp.llm.assets import default_cache_dir
+    from autointerp.llm.ordering import OrderedJudge
 
     if name.startswith("openai:"):
         from autointerp.llm.openai_compat import OpenAIJudge
 
+        slots = config.judge_concurrency or 8
         judge: Judge = OpenAIJudge(name.removeprefix("openai:"), config.judge_url, api_key_env=config.api_key_env,
-                                   supports_logprobs=not config.no_logprobs)
+                                   supports_logprobs=not config.no_logprobs, max_concurrency=slots)
         namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
     else:
         from autointerp.llm.local import load_local_judge
 
+        slots = config.judge_concurrency or 1  # llama.cpp in process runs one request at a time anyway
         judge = load_local_judge(name)
         namespace = f"llama.cpp:{judge.model}"
+    judge = OrderedJudge(judge, slots)
     if not config.response_cache:
         return judge
     from autointerp.llm.cache import CachedJudge

@@ -52,7 +52,8 @@ OPTION_FIELDS = {
     "latents": "latents", "max_latents": "max_latents", "judge": "judge", "explainer": "explainer",
     "scorers": "scorers", "judge_mode": "classifier.mode", "batch_size": "classifier.batch_size",
     "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
-    "concurrency": "concurrency", "judge_url": "judge_url", "api_key_env": "api_key_env",
+    "concurrency": "concurrency", "judge_concurrency": "judge_concurrency", "judge_url": "judge_url",
+    "api_key_env": "api_key_env",
     "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
     "prices": "prices",
 }
@@ -152,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="SQLite file of the response cache (default: ~/.cache/autointerp/responses.sqlite)")
             g.add_argument("--concurrency", type=int, help="latents in flight at once (default: 1; a local judge "
                                                            "answers one prompt at a time anyway)")
+            g.add_argument("--judge-concurrency", type=int,
+                           help="judge requests in flight (default: 1 for a local judge, 8 over HTTP); when more "
+                                "wait, one latent's prompts go first, so a server's prefix cache is hit")
         if name in ("run", "explain"):
             p.add_argument("--show-activations", action="store_true",
                            help="also show the explainer 0-10 activation values of marked tokens")
@@ -199,8 +203,8 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"unknown scorer(s) {unknown}; available: {sorted(SCORERS)}")
     if config.cache.ctx_len % config.cache.window_len:
         raise ConfigError("the context length must be a multiple of the window length")
-    for name in ("n_tokens", "neurons_k", "concurrency"):
-        if getattr(config, name) < 1:
+    for name in ("n_tokens", "neurons_k", "concurrency", "judge_concurrency"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
 
 

@@ -53,7 +53,8 @@ class RunConfig:
     fuzz_negatives: str = "silent"
     latents: list[int] | None = None
     max_latents: int | None = DEFAULT_MAX_LATENTS  # None = every latent that fires often enough
-    concurrency: int = 1
+    concurrency: int = 1  # latents in flight
+    judge_concurrency: int | None = None  # judge requests in flight; None = 1 for a local judge, 8 over HTTP
     cache: CacheSettings = field(default_factory=CacheSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     explain: ExplainerSettings = field(default_factory=ExplainerSettings)

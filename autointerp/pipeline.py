@@ -3,8 +3,10 @@
 Latents are processed with bounded concurrency; each latent's failure is recorded (status and
 traceback) and the run goes on. Work already in the run folder's logs is skipped, so running the
 same command again after a crash finishes the job without repeating or duplicating anything.
-Within a latent, every scorer prompt starts with the same system prompt and explanation, and a
-scorer's prompts go out back to back, so a judge's prefix cache is hit.
+Within a latent, every scorer prompt starts with the same system prompt and explanation. Each
+latent's work carries a judge priority key (its position in the run, then its stage), so a judge
+behind an `OrderedJudge` gate serves one latent's scorer prompts back to back even when several
+latents are in flight, and a prefix cache (server or llama.cpp KV) is hit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.explainers import ExplanationFailed, explain
 from autointerp.llm.base import Judge
+from autointerp.llm.ordering import judge_priority
 from autointerp.records import Explanation, LatentRecord
 from autointerp.results import RunFiles, append_jsonl
 from autointerp.sampling import NotEnoughExamples, Sampler
@@ -104,7 +107,8 @@ class LatentWorker:
             self.summary.skipped += 1
             return
         if "explain" in self.stages and (done is None or done["status"] == "error"):
-            done = await self._explain(record)
+            with judge_priority(0):
+                done = await self._explain(record)
         if done is None or done["status"] != "ok":
             if done is not None and done["status"] != "ok":
                 self.summary.failed += 1
@@ -113,7 +117,8 @@ class LatentWorker:
             explanation = Explanation(latent=record.latent, text=done["explanation"], model=done["explainer_model"])
             todo = [s for s in self.scorers if (self.scores.get((latent, s.name)) or {}).get("status") != "ok"]
             for scorer in todo:
-                await self._score(scorer, record, explanation)
+                with judge_priority(1 + self.scorers.index(scorer)):
+                    await self._score(scorer, record, explanation)
             if todo:
                 self.summary.scored += 1
 
@@ -157,18 +162,22 @@ async def process_latents(
     concurrency: int = 1,
     progress: bool = True,
 ) -> RunSummary:
-    """Run `worker` over the latents, at most `concurrency` at a time, in index order."""
+    """Run `worker` over the latents, at most `concurrency` at a time, in the given order.
+
+    Each latent's judge requests carry its position as their priority key (see llm/ordering.py).
+    """
     start = time.perf_counter()
     semaphore = asyncio.Semaphore(max(1, concurrency))
     bar = tqdm(total=len(latents), unit="latent", desc="latents", disable=not progress, dynamic_ncols=True)
 
-    async def one(latent: int) -> None:
+    async def one(position: int, latent: int) -> None:
         async with semaphore:
-            await worker.process(latent)
+            with judge_priority(position):
+                await worker.process(latent)
         bar.update(1)
 
     try:
-        await asyncio.gather(*(one(i) for i in latents))
+        await asyncio.gather(*(one(p, i) for p, i in enumerate(latents)))
     finally:
         bar.close()
     worker.summary.latents = len(latents)
