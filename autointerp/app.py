@@ -121,7 +121,8 @@ def make_judge(name: str, config: RunConfig) -> Judge:
     return CachedJudge(judge, path, namespace=namespace)
 
 
-def make_scorers(config: RunConfig) -> list[Any]:
+def make_scorers(config: RunConfig, names: list[str] | None = None) -> list[Any]:
+    """The scorers named (default: the config's), built with the run's settings."""
     from autointerp.scorers import DetectionScorer, FuzzingScorer
 
     settings = config.classifier
@@ -129,7 +130,7 @@ def make_scorers(config: RunConfig) -> list[Any]:
     built = {"detection": lambda: DetectionScorer(settings),
              "fuzzing": lambda: FuzzingScorer(settings, mark_fraction=config.explain.mark_fraction,
                                               negatives=config.fuzz_negatives)}
-    return [built[name]() for name in config.scorers]
+    return [built[name]() for name in (config.scorers if names is None else names)]
 
 
 async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *, progress: bool = True,
@@ -145,13 +146,16 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
             loaded[name] = make_judge(name, config)
         return loaded[name]
 
+    best_of = "explain" in stages and config.explain.best_of > 1
     explainer = judge(config.explainer_model) if "explain" in stages else None
-    scorer_judge = judge(config.judge) if "score" in stages else None
+    scorer_judge = judge(config.judge) if "score" in stages or best_of else None
+    chooser = make_scorers(config, [config.explain.best_of_scorer])[0] if best_of else None
     summary = RunSummary()
     if n_rare:
         summary.messages.append(f"{n_rare} of {cache.num_latents} latents fire in fewer than "
                                 f"{config.sampling.min_examples} windows and are not eligible")
-    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, make_scorers(config), stages, summary)
+    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, make_scorers(config), stages, summary,
+                          chooser=chooser)
     try:
         return await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
     finally:

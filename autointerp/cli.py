@@ -52,6 +52,7 @@ OPTION_FIELDS = {
     "latents": "latents", "max_latents": "max_latents", "judge": "judge", "explainer": "explainer",
     "scorers": "scorers", "judge_mode": "classifier.mode", "batch_size": "classifier.batch_size",
     "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
+    "best_of": "explain.best_of", "best_of_scorer": "explain.best_of_scorer",
     "concurrency": "concurrency", "judge_concurrency": "judge_concurrency", "judge_url": "judge_url",
     "api_key_env": "api_key_env",
     "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
@@ -159,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("run", "explain"):
             p.add_argument("--show-activations", action="store_true",
                            help="also show the explainer 0-10 activation values of marked tokens")
+            p.add_argument("--best-of", type=int,
+                           help="sample N labels and keep the one --best-of-scorer rates best on a validation "
+                                "split that the final scores never see (default: 1; costs N explainer calls and "
+                                "N x 40 judge calls more per latent)")
+            p.add_argument("--best-of-scorer", help="scorer that picks among best-of-n labels (default: detection)")
         if name in ("run", "score"):
             g = p.add_argument_group("scoring")
             g.add_argument("--scorers", type=_str_list, help="comma-separated: detection,fuzzing (default: both)")
@@ -203,6 +209,10 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"unknown scorer(s) {unknown}; available: {sorted(SCORERS)}")
     if config.cache.ctx_len % config.cache.window_len:
         raise ConfigError("the context length must be a multiple of the window length")
+    if config.explain.best_of_scorer not in SCORERS:
+        raise ConfigError(f"unknown --best-of-scorer {config.explain.best_of_scorer!r}; available: {sorted(SCORERS)}")
+    if config.explain.best_of < 1:
+        raise ConfigError("--best-of must be at least 1")
     for name in ("n_tokens", "neurons_k", "concurrency", "judge_concurrency"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")

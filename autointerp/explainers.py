@@ -34,6 +34,9 @@ class ExplainerSettings:
     # The shipped example is about months; small explainers copy it verbatim onto unrelated latents
     # (Qwen2.5-1.5B and SmolLM2 both did), so it is off unless asked for.
     fewshot: bool = False
+    best_of: int = 1  # sample this many labels and keep the best on the validation split (Transluce's recipe)
+    best_of_scorer: str = "detection"  # the scorer that picks the best label
+    best_of_temperature: float = 0.7  # labels after the first are samples at this temperature
 
 
 def format_examples(examples: list[Example], settings: ExplainerSettings, scale: float) -> str:
@@ -96,7 +99,9 @@ def parse_json_explanation(text: str) -> str | None:
     return " ".join(label.split())
 
 
-async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None) -> Explanation:
+async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None, *,
+                  temperature: float = 0.0) -> Explanation:
+    """One label; `temperature` > 0 draws a sample (best-of-n asks for several different ones)."""
     settings = settings or ExplainerSettings()
     if not record.train:
         raise ExplanationFailed(f"latent {record.latent} has no training examples to explain")
@@ -106,7 +111,7 @@ async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSetting
     last = ""
     for attempt in range(settings.max_reasks + 1):
         if attempt == 0:
-            reply = await judge.chat(messages, max_tokens=settings.max_tokens, temperature=0.0)
+            reply = await judge.chat(messages, max_tokens=settings.max_tokens, temperature=temperature)
             label = parse_explanation(reply.text)
         else:
             reply = await judge.chat(messages + [{"role": "user", "content": load_prompt("explainer/reask.md")}],

@@ -28,6 +28,7 @@ from autointerp.llm.ordering import judge_priority
 from autointerp.records import Explanation, LatentRecord
 from autointerp.results import RunFiles, append_jsonl
 from autointerp.sampling import NotEnoughExamples, Sampler
+from autointerp.selection import best_of_n
 
 
 @dataclass
@@ -72,6 +73,7 @@ def _explanation_row(record: LatentRecord | None, latent: int, hookpoint: str, *
             n_test=len(record.test),
             n_negatives=len(record.negatives),
             train_windows=sorted(record.train_windows()),
+            validation_windows=sorted(record.validation_windows()),
         )
     row.update(fields)
     return row
@@ -81,7 +83,8 @@ class LatentWorker:
     """Does the stages asked for on one latent, writing each finished unit to the run's logs."""
 
     def __init__(self, files: RunFiles, config: RunConfig, sampler: Sampler, explainer: Judge | None,
-                 judge: Judge | None, scorers: Sequence[Any], stages: set[str], summary: RunSummary):
+                 judge: Judge | None, scorers: Sequence[Any], stages: set[str], summary: RunSummary,
+                 chooser: Any = None):
         self.files = files
         self.config = config
         self.sampler = sampler
@@ -90,6 +93,7 @@ class LatentWorker:
         self.scorers = scorers
         self.stages = stages
         self.summary = summary
+        self.chooser = chooser  # the scorer that picks among best-of-n labels (on the validation split)
         self.explanations = files.explanations_by_latent()
         self.scores = files.scores_by_latent()
 
@@ -125,11 +129,19 @@ class LatentWorker:
     async def _explain(self, record: LatentRecord) -> dict[str, Any]:
         assert self.explainer is not None
         latent, hookpoint = record.latent.index, record.latent.hookpoint
+        settings = self.config.explain
         try:
-            expl = await explain(record, self.explainer, self.config.explain)
+            extra: dict[str, Any] = {}
+            if settings.best_of > 1:
+                if self.chooser is None or self.judge is None:
+                    raise ValueError("best-of-n explanations need a scorer and a judge to choose with")
+                expl, candidates = await best_of_n(record, self.explainer, self.judge, self.chooser, settings)
+                extra = {"candidates": [asdict(c) for c in candidates], "chosen_by": self.chooser.name}
+            else:
+                expl = await explain(record, self.explainer, settings)
             row = _explanation_row(record, latent, hookpoint, status="ok", error="", explanation=expl.text,
                                    explainer_model=expl.model, usage=asdict(expl.usage), failures=expl.failures,
-                                   raw=expl.raw)
+                                   raw=expl.raw, **extra)
             self.summary.explained += 1
         except ExplanationFailed as e:
             row = _explanation_row(record, latent, hookpoint, status="failed", error=str(e), explanation=None,

@@ -65,9 +65,10 @@ class LatentStats:
 class LatentRecord:
     """Everything the explainer and the scorers may see of one latent.
 
-    `train` is for the explainer only; `test` and `negatives` are held out for scoring. The sampler
-    guarantees that no window appears in both the train side (`train`, `train_negatives`) and the
-    test side (`test`, `negatives`).
+    `train` is for the explainer only; `test` and `negatives` are held out for scoring. `validation`
+    and `validation_negatives` are a third, smaller split for choosing among candidate explanations
+    (best-of-n): choosing by the test split would make the reported scores optimistic. The sampler
+    guarantees that no window appears on two sides.
     """
 
     latent: LatentId
@@ -76,6 +77,11 @@ class LatentRecord:
     test: list[Example] = field(default_factory=list)
     negatives: list[Example] = field(default_factory=list)
     train_negatives: list[Example] = field(default_factory=list)
+    validation: list[Example] = field(default_factory=list)
+    validation_negatives: list[Example] = field(default_factory=list)
+
+    def validation_windows(self) -> set[int]:
+        return {e.window for e in self.validation} | {e.window for e in self.validation_negatives}
 
     def train_windows(self) -> set[int]:
         return {e.window for e in self.train} | {e.window for e in self.train_negatives}

@@ -27,6 +27,7 @@ class SamplingSettings:
     n_test: int = 50  # held-out activating examples for scorers
     n_negatives: int = 50  # held-out non-activating examples for scorers
     n_train_negatives: int = 20  # non-activating examples a contrastive explainer may see
+    n_validation: int = 20  # activating (and as many silent) examples to choose among explanations (best-of-n)
     n_quantiles: int = 10
     train_type: Literal["quantiles", "top"] = "quantiles"
     min_examples: int = 20  # latents firing in fewer windows are skipped
@@ -99,15 +100,23 @@ class Sampler:
             m = cache.window_activations(w, latent).max()
             return int(np.searchsorted(edges, m, side="right") - 1)
 
-        used = held_out | set(train)
-        negatives = self._negatives(latent, s.n_negatives + s.n_train_negatives, used, rng)
+        # Validation from what neither side took (so it never shrinks the explainer's examples).
+        taken = held_out | set(train)
+        rest = [ws[~np.isin(ws, list(taken))] for ws in bins]
+        validation = stratified_pick(rest, s.n_validation, rng)
+
+        used = taken | set(validation)
+        n_neg = s.n_negatives + s.n_train_negatives
+        negatives = self._negatives(latent, n_neg + len(validation), used, rng)
         return LatentRecord(
             latent=lid,
             stats=stats,
             train=[self.example(w, latent, quantile(w)) for w in train],
             test=[self.example(w, latent, bin_of[w]) for w in test],
             negatives=[self.example(w, latent) for w in negatives[: s.n_negatives]],
-            train_negatives=[self.example(w, latent) for w in negatives[s.n_negatives :]],
+            train_negatives=[self.example(w, latent) for w in negatives[s.n_negatives : n_neg]],
+            validation=[self.example(w, latent, bin_of[w]) for w in validation],
+            validation_negatives=[self.example(w, latent) for w in negatives[n_neg:]],
         )
 
     def _negatives(self, latent: int, n: int, exclude: set[int], rng: np.random.Generator) -> list[int]:

@@ -27,7 +27,8 @@ def _window(words: list[str], fire_at: set[int], strength: float, window: int, q
                    quantile=quantile if fire_at else -1)
 
 
-def planted_record(n_train: int = 20, n_test: int = 20, n_neg: int = 20, seed: int = 0) -> LatentRecord:
+def planted_record(n_train: int = 20, n_test: int = 20, n_neg: int = 20, seed: int = 0,
+                   n_val: int = 0) -> LatentRecord:
     """A latent that fires on month names; its silent examples mention animals and fillers."""
     rng = np.random.default_rng(seed)
     window = 0
@@ -54,6 +55,8 @@ def planted_record(n_train: int = 20, n_test: int = 20, n_neg: int = 20, seed: i
         test=[activating(i) for i in range(n_test)],
         negatives=[silent() for _ in range(n_neg)],
         train_negatives=[silent() for _ in range(5)],
+        validation=[activating(i) for i in range(n_val)],
+        validation_negatives=[silent() for _ in range(n_val)],
     )
 
 

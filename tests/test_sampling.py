@@ -35,8 +35,14 @@ def test_train_and_test_never_share_a_window(cache):
             r = sampler.record(latent)
             assert r.train and r.test
             assert not (r.train_windows() & r.test_windows()), (seed, latent)
+            assert not (r.validation_windows() & (r.train_windows() | r.test_windows())), (seed, latent)
             assert len({e.window for e in r.test}) == len(r.test)  # no duplicates either
-            assert len(r.negatives) + len(r.train_negatives) == len({e.window for e in r.negatives + r.train_negatives})
+            everything = r.train + r.test + r.validation + r.negatives + r.train_negatives + r.validation_negatives
+            assert len(everything) == len({e.window for e in everything})
+            assert all(e.activating for e in r.validation)
+            assert not any(e.activating for e in r.validation_negatives)
+            assert len(r.validation_negatives) <= len(r.validation)  # fewer only when silent windows run out
+        assert any(sampler.record(latent).validation for latent in latents)
 
 
 def test_top_train_type_is_disjoint_too(cache):
@@ -44,6 +50,7 @@ def test_top_train_type_is_disjoint_too(cache):
     for latent in _eligible(cache):
         r = sampler.record(latent)
         assert not (r.train_windows() & r.test_windows())
+        assert not (r.validation_windows() & (r.train_windows() | r.test_windows()))
         maxima = [e.max_activation for e in r.train]
         assert maxima == sorted(maxima, reverse=True)
 
