@@ -52,7 +52,7 @@ OPTION_FIELDS = {
     "latents": "latents", "max_latents": "max_latents", "judge": "judge", "explainer": "explainer",
     "scorers": "scorers", "judge_mode": "classifier.mode", "batch_size": "classifier.batch_size",
     "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
-    "best_of": "explain.best_of", "best_of_scorer": "explain.best_of_scorer",
+    "best_of": "explain.best_of", "best_of_scorer": "explain.best_of_scorer", "token_counts": "explain.token_counts",
     "concurrency": "concurrency", "judge_concurrency": "judge_concurrency", "judge_url": "judge_url",
     "api_key_env": "api_key_env",
     "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("run", "explain"):
             p.add_argument("--show-activations", action="store_true",
                            help="also show the explainer 0-10 activation values of marked tokens")
+            p.add_argument("--token-counts", action="store_true",
+                           help="also list the most frequent marked tokens with their counts for the explainer")
             p.add_argument("--best-of", type=int,
                            help="sample N labels and keep the one --best-of-scorer rates best on a validation "
                                 "split that the final scores never see (default: 1; costs N explainer calls and "

@@ -28,6 +28,7 @@ class ExplanationFailed(RuntimeError):
 class ExplainerSettings:
     mark_fraction: float = 0.3  # mark tokens above this fraction of the example's max activation
     show_activations: bool = False  # also list the marked tokens with 0-10 activation values
+    token_counts: bool = False  # also list the most frequent marked tokens with their counts
     max_tokens: int = 200
     max_reasks: int = 2  # extra attempts, JSON-constrained, after an unparseable answer
     max_words: int = 15
@@ -54,6 +55,19 @@ def format_examples(examples: list[Example], settings: ExplainerSettings, scale:
     return "\n".join(lines)
 
 
+def marked_token_counts(examples: list[Example], settings: ExplainerSettings, top: int = 12) -> str:
+    """The marked tokens, most frequent first ("also" x25, "Also" x3): small explainers label a
+    latent's topic when its excerpts share one, and this points them at the tokens that fire."""
+    counts: dict[str, int] = {}
+    for ex in examples:
+        for tok, m in zip(ex.str_tokens, marks_above(ex, settings.mark_fraction), strict=True):
+            if m:
+                word = clean_token(tok).strip() or repr(tok)
+                counts[word] = counts.get(word, 0) + 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return ", ".join(f'"{w}" x{n}' for w, n in ranked)
+
+
 def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Message]:
     scale = max((e.max_activation for e in record.train), default=1.0) or 1.0
     messages: list[Message] = [{"role": "system", "content": load_prompt("explainer/system.md")}]
@@ -63,7 +77,11 @@ def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Me
             {"role": "assistant", "content": load_prompt("explainer/fewshot_assistant.md")},
         ]
     examples = format_examples(record.train, settings, scale)
-    messages.append({"role": "user", "content": render(load_prompt("explainer/user.md"), examples=examples)})
+    user = render(load_prompt("explainer/user.md"), examples=examples)
+    if settings.token_counts:
+        user += "\n\n" + render(load_prompt("explainer/token_counts.md"),
+                                 counts=marked_token_counts(record.train, settings))
+    messages.append({"role": "user", "content": user})
     return messages
 
 

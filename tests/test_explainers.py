@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 from planted import planted_record
@@ -35,6 +36,18 @@ def test_activation_values_are_optional():
     valued = build_messages(record, ExplainerSettings(show_activations=True))[-1]["content"]
     assert "Activations 1:" not in plain and "Activations 1:" in valued
     assert "(10)" in valued  # the strongest example is scaled to 10
+
+
+def test_token_counts_list_the_marked_tokens_most_frequent_first():
+    from planted import MONTHS
+
+    record = planted_record(n_train=30)
+    user = build_messages(record, ExplainerSettings(token_counts=True))[-1]["content"]
+    assert "most frequent first" not in build_messages(record, ExplainerSettings())[-1]["content"]
+    listed = user.split("most frequent first: ")[1]
+    counted = [int(c) for c in re.findall(r" x(\d+)", listed)]
+    assert counted == sorted(counted, reverse=True) and sum(counted) == 30  # one marked month per excerpt
+    assert all(word.strip('"') in MONTHS for word in re.findall(r'"[^"]+"', listed))
 
 
 def test_explain_returns_the_label_with_usage():
