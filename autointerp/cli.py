@@ -1,4 +1,4 @@
-"""Command line: `autointerp cache | explain | score | run`, all over one run folder.
+"""Command line: `autointerp cache | explain | score | run`, all over one run folder; `publish` uploads one.
 
 The CLI only parses options into a `RunConfig` and calls the stages; every default lives in the
 config dataclasses, so `--help`, config.json and the library agree.
@@ -34,6 +34,7 @@ examples:
   autointerp run --out runs/mine --model ./my-hf-model --dictionary ./sae-run --hookpoint layers.6
   autointerp run --out runs/neurons --dictionary neurons --hookpoint layers.10
   autointerp cache --out runs/x && autointerp explain --out runs/x && autointerp score --out runs/x
+  autointerp publish runs/demo --repo alice/smollm2-sae-labels    # results as a Hub dataset
 
 A run folder holds config.json, cache/, explanations.jsonl, scores.jsonl, results.parquet and
 judgments.parquet. Running a command again on the same folder resumes: finished latents are kept,
@@ -83,6 +84,65 @@ def _max_latents(text: str) -> int | None:
 
 def _str_list(text: str) -> list[str]:
     return [x for x in text.replace(" ", "").split(",") if x]
+
+
+PUBLISH_EPILOG = """\
+examples:
+  autointerp publish runs/demo --repo alice/smollm2-sae-labels --dry-run     # writes runs/demo/hub, uploads nothing
+  autointerp publish runs/demo --repo alice/smollm2-sae-labels --private --with-judgments
+  HF_TOKEN=hf_... autointerp publish runs/demo --repo my-org/labels --license cc-by-4.0
+
+The dataset repo gets data/results.parquet (one row per latent), with --with-judgments also
+judgments/judgments.parquet (one row per judged example, a second config), and a README.md card:
+model, dictionary, hookpoints, corpus, judges, prompts hash, settings and a score summary, with the
+`configs:` header that makes `datasets.load_dataset("OWNER/NAME")` work. Never uploaded: cache/,
+the JSONL logs, config.json. --dry-run writes the exact folder a real upload sends.
+
+The token comes from $HF_TOKEN or from `hf auth login`; it is never printed. HF_ENDPOINT picks another
+Hub server.
+"""
+
+
+def _add_publish_parser(sub: Any) -> None:
+    text = "upload a run's results to the Hugging Face Hub as a dataset, with a generated card"
+    p = sub.add_parser("publish", help=text, description=text, epilog=PUBLISH_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="run folder (what `autointerp run --out` wrote)")
+    p.add_argument("--repo", required=True, help="dataset repo id OWNER/NAME; created if missing")
+    p.add_argument("--private", action="store_true", help="create the repo private (refused if it exists public)")
+    p.add_argument("--with-judgments", action="store_true",
+                   help="also upload judgments.parquet (every judge answer) as the config 'judgments'")
+    p.add_argument("--license", help="license id for the card, e.g. mit, apache-2.0, cc-by-4.0 (default: none)")
+    p.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
+    p.add_argument("--staging-dir", type=Path,
+                   help="where to write that folder (default with --dry-run: RUN/hub; otherwise a temporary "
+                        "folder, removed after the upload)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def publish_command(args: argparse.Namespace) -> int:
+    from autointerp.hub import PublishError, PublishOptions, publish
+
+    options = PublishOptions(repo_id=args.repo, private=args.private, with_judgments=args.with_judgments,
+                             license=args.license)
+    try:
+        kept, done = publish(args.run, options, dry_run=args.dry_run, staging=args.staging_dir,
+                             progress=not args.quiet)
+    except PublishError as e:
+        if os.environ.get("AUTOINTERP_DEBUG"):
+            raise
+        print(f"autointerp: error: {e}", file=sys.stderr)
+        return 2
+    if done is None:
+        files = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file())
+        print(f"dry run: nothing uploaded; {kept} holds what would go to {args.repo}: {', '.join(files)}")
+        return 0
+    repo_kind = ("new" if done.created else "existing") + (" private" if args.private else "")
+    print(f"published {', '.join(done.files)} to {done.url} ({repo_kind} repo)")
+    print(f'load it with: datasets.load_dataset("{args.repo}")')
+    if kept is not None:
+        print(f"uploaded folder kept in {kept}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--fuzz-negatives", choices=["silent", "misplaced"],
                            help="fuzzing's wrong marks: on random tokens of silent excerpts (default) or on "
                                 "silent tokens of activating excerpts")
+    _add_publish_parser(sub)
     return parser
 
 
@@ -222,6 +283,8 @@ def _validate(config: RunConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "publish":
+        return publish_command(args)
     from autointerp import app
 
     try:

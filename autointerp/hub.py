@@ -1,0 +1,424 @@
+"""Publishing a run folder as a Hugging Face Hub dataset: the Parquet tables and a generated card.
+
+The folder to upload is staged first, the same way for `--dry-run` (which keeps it and stops) and
+for a real upload (which sends exactly that folder), so a dry run shows byte for byte what the Hub
+gets. Only the Parquet tables and the card are staged: never the activation cache, the JSONL logs
+or config.json itself (a judge URL in it could carry credentials); the card shows a cleaned copy of
+the config instead. The card is a pure function of the run folder (no dates, no host names), so
+staging twice gives identical bytes.
+
+The token is whatever `huggingface_hub` finds (`HF_TOKEN`, or the file `hf auth login` writes); it
+is handed to the client and never printed: every error message that could echo it is scrubbed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+import yaml
+
+from autointerp.results import JUDGMENTS, RESULTS
+
+RESULTS_PATH = "data/results.parquet"
+JUDGMENTS_PATH = "judgments/judgments.parquet"
+CARD = "README.md"
+LAYOUT = (CARD, RESULTS_PATH, JUDGMENTS_PATH)  # every file a staging folder may hold
+TAGS = ["autointerp", "interpretability", "sparse-autoencoder", "explanations"]
+HEADLINE = 2  # metrics per scorer in the card's summary: the first ones each scorer declares
+# config fields that only describe this machine (or could hold a secret): left out of the card
+PRIVATE_FIELDS = ("response_cache_path", "prices", "api_key_env")
+LOGIN_HELP = ("set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens), "
+              "or log in once with `hf auth login` (older huggingface_hub: `huggingface-cli login`)")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+
+
+class PublishError(ValueError):
+    """Bad input for `autointerp publish`, or a refusal from the Hub, worded for the user."""
+
+
+@dataclass
+class PublishOptions:
+    repo_id: str
+    private: bool = False
+    with_judgments: bool = False
+    license: str | None = None
+
+
+@dataclass
+class Run:
+    """What a run folder says about itself: config.json's three parts and the results table."""
+
+    folder: Path
+    config: dict[str, Any]
+    resolved: dict[str, Any]
+    environment: dict[str, Any]
+    results: pd.DataFrame
+
+
+def check_repo_id(repo_id: str) -> str:
+    if len(repo_id) > 96 or not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id \
+            or repo_id.endswith((".", "-", ".git")):
+        raise PublishError(f"bad --repo {repo_id!r}: expected OWNER/NAME, e.g. alice/smollm2-sae-labels (letters, "
+                           "digits, '-', '_' and '.'; no '--' or '..'; at most 96 characters)")
+    return repo_id
+
+
+def load_run(folder: Path, *, with_judgments: bool = False) -> Run:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder} is not a folder: give the run folder that `autointerp run --out` wrote")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise PublishError(f"{folder} is not an autointerp run folder (no config.json): give the folder that "
+                           "`autointerp run --out` wrote")
+    if not (folder / RESULTS).is_file():
+        raise PublishError(f"{folder} has no {RESULTS} yet: run `autointerp run --out {folder}` first "
+                           "(or `autointerp score` on a folder that has explanations)")
+    if with_judgments and not (folder / JUDGMENTS).is_file():
+        raise PublishError(f"{folder} has no {JUDGMENTS}: drop --with-judgments, or run `autointerp score "
+                           f"--out {folder}` to write it")
+    try:
+        data = json.loads(config_path.read_text())
+        config = data["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PublishError(f"unreadable run config {config_path}: {e}") from None
+    results = pd.read_parquet(folder / RESULTS)
+    if not len(results):
+        raise PublishError(f"{folder / RESULTS} has no rows: nothing to publish")
+    return Run(folder, config, data.get("resolved") or {}, data.get("environment") or {}, results)
+
+
+# ----------------------------------------------------------------------------------- the card
+
+
+def _home_as_tilde(text: str) -> str:
+    """The publisher's home folder as ~: a user name in a path is nobody else's business."""
+    home = str(Path.home())
+    return text.replace(home + os.sep, "~" + os.sep) if len(home) > 1 else text
+
+
+def _cell(value: Any) -> str:
+    """A value as one Markdown table cell: pipes escaped, newlines flattened, home folder as ~."""
+    text = _home_as_tilde("" if value is None else str(value))
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _named(given: Any, resolved: Any) -> str:
+    """`given` as the user wrote it, with what it resolved to when that says more."""
+    if resolved in (None, "") or str(resolved) == str(given):
+        return f"`{_cell(given)}`"
+    return f"`{_cell(given)}` → `{_cell(resolved)}`"
+
+
+def _redact_url(url: str | None) -> str | None:
+    """A judge URL without user:password, query or fragment (where API keys sometimes ride)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def public_config(config: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in config.items() if k not in PRIVATE_FIELDS}
+    if out.get("judge_url"):
+        out["judge_url"] = _redact_url(out["judge_url"])
+    return out
+
+
+def _unique(values: Iterable[Any]) -> list[str]:
+    seen: list[str] = []
+    for v in values:
+        if v is not None and not (isinstance(v, float) and pd.isna(v)) and str(v) and str(v) not in seen:
+            seen.append(str(v))
+    return seen
+
+
+def _column(df: pd.DataFrame, name: str) -> list[str]:
+    return _unique(df[name]) if name in df else []
+
+
+def score_summary(results: pd.DataFrame, scorers: list[str]) -> list[dict[str, Any]]:
+    """Mean and median of each scorer's headline metrics over the latents that finished ("ok")."""
+    from autointerp.scorers import scorer_metrics
+
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    rows = []
+    for scorer in scorers:
+        for metric in scorer_metrics(scorer)[:HEADLINE]:
+            column = f"{scorer}_{metric}"
+            if column not in ok:
+                continue
+            values = pd.to_numeric(ok[column], errors="coerce").dropna()
+            rows.append({"scorer": scorer, "metric": metric, "latents": len(values),
+                         "mean": float(values.mean()) if len(values) else None,
+                         "median": float(values.median()) if len(values) else None})
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _front_matter(options: PublishOptions, model: str) -> str:
+    configs: list[dict[str, Any]] = [{"config_name": "results", "default": True,
+                                      "data_files": [{"split": "train", "path": RESULTS_PATH}]}]
+    if options.with_judgments:
+        configs.append({"config_name": "judgments", "data_files": [{"split": "train", "path": JUDGMENTS_PATH}]})
+    front: dict[str, Any] = {}
+    if options.license:
+        front["license"] = options.license
+    front["pretty_name"] = f"autointerp explanations and scores: {model}"
+    front["tags"] = TAGS
+    front["configs"] = configs
+    return yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
+
+
+def _columns_section(title: str, path: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    rows = [[f"`{name}`", f"`{schema.field(name).type}`"] for name in schema.names]
+    return [f"### {title}", "", *_table(["column", "type"], rows), ""]
+
+
+def _with_actual(configured: Any, actual: list[str]) -> str:
+    """A model as configured (`smollm2`, `openai:gpt-4o-mini`) and as the results name it."""
+    text = f"`{_cell(configured)}`"
+    return text + " → " + ", ".join(f"`{_cell(a)}`" for a in actual) if actual else text
+
+
+def _provenance(run: Run, scorers: list[str], model: str, hookpoints: list[str]) -> list[list[str]]:
+    cfg, res, env, df = run.config, run.resolved, run.environment, run.results
+    dictionary = _named(cfg.get("dictionary"), res.get("dictionary"))
+    extra = [f"{label}{res[k]}{unit}" for k, label, unit in
+             (("dictionary_format", "", ""), ("d_in", "d_in ", ""), ("num_latents", "", " latents")) if k in res]
+    if extra:
+        dictionary += " (" + ", ".join(_cell(e) for e in extra) + ")"
+    judge = _with_actual(cfg.get("judge"), _unique(m for s in scorers for m in _column(df, f"{s}_judge_model")))
+    if cfg.get("judge_url"):
+        judge += f" at `{_cell(_redact_url(cfg['judge_url']))}`"
+    corpus = _named(cfg.get("corpus"), res.get("corpus"))
+    if res.get("n_tokens"):
+        corpus += f", {int(res['n_tokens']):,} tokens cached"
+    return [
+        ["subject model", _named(cfg.get("model"), model)],
+        ["dictionary", dictionary],
+        ["hookpoints", ", ".join(f"`{_cell(h)}`" for h in hookpoints)],
+        ["corpus", corpus],
+        ["explainer", _with_actual(cfg.get("explainer") or cfg.get("judge"), _column(df, "explainer_model"))],
+        ["judge", judge],
+        ["scorers", ", ".join(f"`{s}`" for s in scorers)],
+        ["prompts sha256", f"`{_cell(env.get('prompts_sha256'))}`"],
+        ["seed", f"`{_cell((cfg.get('cache') or {}).get('seed'))}`"],
+        ["software", ", ".join(f"{_cell(k)} {_cell(v)}" for k, v in env.items() if k != "prompts_sha256")],
+    ]
+
+
+def _scorer_settings(cfg: dict[str, Any]) -> list[list[str]]:
+    """What decides how a label is scored: the held-out examples and how the judge is asked."""
+    rows = [[f"`{group}.{k}`", f"`{_cell(v)}`"] for group in ("sampling", "classifier")
+            for k, v in (cfg.get(group) or {}).items()]
+    return rows + [[f"`{k}`", f"`{_cell(cfg[k])}`"] for k in ("fuzz_negatives", "no_logprobs") if k in cfg]
+
+
+def _unusable(df: pd.DataFrame, scorers: list[str]) -> list[str]:
+    out = []
+    for s in scorers:
+        if f"{s}_n" in df and f"{s}_n_failed" in df:
+            total = int(pd.to_numeric(df[f"{s}_n"], errors="coerce").fillna(0).sum())
+            failed = int(pd.to_numeric(df[f"{s}_n_failed"], errors="coerce").fillna(0).sum())
+            out.append(f"{s} {failed}/{total}")
+    return out
+
+
+def dataset_card(run: Run, options: PublishOptions) -> str:
+    """The README.md of the dataset repo: `configs:` front matter for `load_dataset`, then provenance."""
+    cfg, df, repo = run.config, run.results, options.repo_id
+    scorers = [s for s in cfg.get("scorers") or [] if isinstance(s, str)]
+    model = (_column(df, "model") or [run.resolved.get("model") or cfg.get("model")])[0]
+    hookpoints = _column(df, "hookpoint") or _unique([run.resolved.get("hookpoint") or cfg.get("hookpoint")])
+    ok = int((df["status"] == "ok").sum()) if "status" in df else len(df)
+    summary = [[f"`{r['scorer']}`", r["metric"], _fmt(r["mean"]), _fmt(r["median"]), r["latents"]]
+               for r in score_summary(df, scorers)]
+    stored = {"config": public_config(cfg), "resolved": run.resolved, "environment": run.environment}
+
+    lines = ["---", _front_matter(options, model).rstrip("\n"), "---", "",
+             f"# autointerp explanations and scores: {_cell(model)}", "",
+             f"Natural-language explanations of {len(df):,} dictionary latents of `{_cell(model)}` at "
+             f"{', '.join(f'`{_cell(h)}`' for h in hookpoints)}, each scored by LLM judges on held-out "
+             f"examples; written by `autointerp publish`. One row per latent: {ok:,} finished "
+             "(`status == \"ok\"`), the others say why in `status` and `error`.", "",
+             "```python", "from datasets import load_dataset", "",
+             f'results = load_dataset("{repo}", split="train")  # one row per latent']
+    if options.with_judgments:
+        lines.append(f'judgments = load_dataset("{repo}", "judgments", split="train")  # one row per judged example')
+    lines += ["```", "", "## Scores", "",
+              f"Over the {ok:,} finished latents (a metric that is undefined for a latent, such as AUROC with one "
+              "class, is null and left out):", "",
+              *_table(["scorer", "metric", "mean", "median", "latents"], summary), ""]
+    if unusable := _unusable(df, scorers):
+        lines += ["Judge answers that could not be read (counted, excluded from the metrics): "
+                  + ", ".join(unusable) + ".", ""]
+    lines += ["## Provenance", "", *_table(["", ""], _provenance(run, scorers, model, hookpoints)), "",
+              "## Scorer settings", "", *_table(["setting", "value"], _scorer_settings(cfg)), "",
+              "<details><summary>Run configuration (config.json, machine-local fields removed)</summary>", "",
+              "```json", _home_as_tilde(json.dumps(stored, indent=2, default=str)), "```", "", "</details>", "",
+              "## Columns", "", *_columns_section(f"`results` ({RESULTS_PATH})", run.folder / RESULTS)]
+    if options.with_judgments:
+        lines += _columns_section(f"`judgments` ({JUDGMENTS_PATH})", run.folder / JUDGMENTS)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# -------------------------------------------------------------------------------- staging
+
+
+def _clear_staging(dest: Path) -> None:
+    """Empty a folder an earlier `publish` staged; refuse anything else (it is not ours to delete)."""
+    if dest.exists() and not dest.is_dir():
+        raise PublishError(f"staging folder {dest} is a file: pick another --staging-dir")
+    if not dest.exists():
+        return
+    found = [p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()]
+    strangers = [p for p in found if p not in LAYOUT]
+    if strangers:
+        raise PublishError(f"staging folder {dest} holds files `autointerp publish` did not write "
+                           f"({', '.join(sorted(strangers)[:5])}): pick an empty or new --staging-dir")
+    shutil.rmtree(dest)
+
+
+def stage(run: Run, options: PublishOptions, dest: Path) -> list[str]:
+    """Write the exact folder to upload into `dest`; returns its files, relative, sorted."""
+    dest = Path(dest)
+    _clear_staging(dest)
+    (dest / "data").mkdir(parents=True)
+    shutil.copyfile(run.folder / RESULTS, dest / RESULTS_PATH)
+    if options.with_judgments:
+        (dest / "judgments").mkdir()
+        shutil.copyfile(run.folder / JUDGMENTS, dest / JUDGMENTS_PATH)
+    (dest / CARD).write_text(dataset_card(run, options), encoding="utf-8")
+    return sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------- upload
+
+
+def _redactor(token: str | None) -> Callable[[str], str]:
+    return lambda text: text.replace(token, "***") if token else text
+
+
+def find_token() -> str:
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if not token:
+        raise PublishError(f"no Hugging Face token found: {LOGIN_HELP}")
+    return token
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client's connection/timeout errors (httpx2 in huggingface_hub 2.x, httpx in 1.x)."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for name in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(name).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+@dataclass
+class Published:
+    url: str
+    files: list[str]
+    created: bool  # False: the repo existed and got a new commit
+
+
+def upload(staging: Path, options: PublishOptions, *, token: str, endpoint: str | None = None,
+           commit_message: str = "Upload autointerp results") -> Published:
+    """Create the dataset repo if needed (private with --private) and commit the staging folder to it."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    redact = _redactor(token)
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    api = HfApi(endpoint=endpoint, token=token)
+    repo = options.repo_id
+    try:
+        created = True
+        try:
+            api.create_repo(repo, repo_type="dataset", private=True if options.private else None)
+        except HfHubHTTPError as e:
+            if e.response is None or e.response.status_code != 409:
+                raise
+            created = False  # it exists: make sure --private is not silently ignored
+            info = api.repo_info(repo, repo_type="dataset")
+            if options.private and not info.private:
+                raise PublishError(f"{repo} already exists and is public: --private cannot make it private. "
+                                   "Change its visibility in its settings on the Hub, or publish to a new "
+                                   "--repo") from None
+        api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(staging),
+                          commit_message=commit_message)
+    except PublishError:
+        raise
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            raise PublishError(f"the Hub at {endpoint} refused the token for {repo} (HTTP {status}): it needs "
+                               f"write access to that namespace; {LOGIN_HELP}") from None
+        first = redact(str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PublishError(f"the Hub at {endpoint} refused the upload to {repo} (HTTP {status}): {first}") from None
+    except _transport_errors() as e:
+        raise PublishError(f"could not reach the Hub at {endpoint}: {type(e).__name__}: {redact(str(e))}") from None
+    except ValueError as e:  # e.g. the Hub's YAML check rejected the card
+        raise PublishError(f"the Hub at {endpoint} rejected the upload to {repo}: {redact(str(e))}") from None
+    files = sorted(p.relative_to(staging).as_posix() for p in Path(staging).rglob("*") if p.is_file())
+    return Published(url=f"{endpoint}/datasets/{repo}", files=files, created=created)
+
+
+def publish(folder: Path, options: PublishOptions, *, dry_run: bool = False, staging: Path | None = None,
+            progress: bool = True) -> tuple[Path | None, Published | None]:
+    """Stage the run folder; unless `dry_run`, upload it. Returns (kept staging folder, upload result)."""
+    check_repo_id(options.repo_id)
+    if options.license is not None and not _LICENSE.match(options.license):
+        raise PublishError(f"bad --license {options.license!r}: a Hub license id such as mit, apache-2.0, "
+                           "cc-by-4.0 or other")
+    run = load_run(folder, with_judgments=options.with_judgments)
+    if dry_run:
+        dest = Path(staging) if staging is not None else Path(folder) / "hub"
+        stage(run, options, dest)
+        return dest, None
+    token = find_token()  # before any work: a missing login should not cost a staging pass
+    if not progress:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    message = f"autointerp publish: {len(run.results)} latents"
+    if staging is not None:
+        stage(run, options, Path(staging))
+        return Path(staging), upload(Path(staging), options, token=token, commit_message=message)
+    with tempfile.TemporaryDirectory(prefix="autointerp-publish-") as tmp:
+        dest = Path(tmp) / "dataset"
+        stage(run, options, dest)
+        return None, upload(dest, options, token=token, commit_message=message)
