@@ -178,7 +178,8 @@ def import_explanations(files: RunFiles, config: RunConfig, path: Path, *, fmt: 
             f"{files.folder} --model ... --dictionary ... --hookpoint ...` for the dictionary the explanations "
             "describe, then score again")
     cache = ActivationCache(files.cache)
-    fmt, entries = iter_explanations(Path(path), fmt, progress=progress)
+    path = Path(path).resolve()  # rows and report name the file wherever the command was run from
+    fmt, entries = iter_explanations(path, fmt, progress=progress)
     matched = match_entries(entries, hookpoint=meta.hookpoint, num_latents=meta.num_latents, layer=layer,
                             latents=latents)
     if not matched.total:
