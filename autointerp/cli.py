@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from autointerp.config import (
     save_config,
     set_field,
 )
+from autointerp.explanation_sources import FORMATS
 from autointerp.llm.accounting import PriceTable, describe
 from autointerp.results import RunFiles, materialize, usage_by_model
 
@@ -238,6 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--fuzz-negatives", choices=["silent", "misplaced"],
                            help="fuzzing's wrong marks: on random tokens of silent excerpts (default) or on "
                                 "silent tokens of activating excerpts")
+        if name == "score":
+            g = p.add_argument_group("existing explanations (score labels made elsewhere)")
+            g.add_argument("--explanations", type=Path, metavar="PATH",
+                           help="import these explanations into the run and score only their latents (--latents "
+                                "narrows the import): one of our "
+                                "run folders (or its explanations.jsonl / results.parquet), a delphi output folder, "
+                                "an EleutherAI auto_interp_explanations .json, a Neuronpedia export (explanations/"
+                                "batch-N.jsonl.gz) or SAEBench *_eval_results.json; entries left out are listed in "
+                                "import_report.json")
+            g.add_argument("--explanations-format", choices=["auto", *FORMATS],
+                           help="the file's format (default: auto, from the folder layout, suffix and JSON shape)")
+            g.add_argument("--explanations-layer", metavar="NAME",
+                           help="take the file's entries of this layer, named as the file names it (default: "
+                                "those whose layer name means the run's hookpoint, e.g. layers.10 = 10-...-res-...)")
     _add_publish_parser(sub)
     return parser
 
@@ -305,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "cache":
             return 0
         stages = {"run": {"explain", "score"}, "explain": {"explain"}, "score": {"score"}}[args.command]
+        if hasattr(args, "explanations"):
+            config = _import_explanations(files, config, args, progress)
+        elif hasattr(args, "explanations_format") or hasattr(args, "explanations_layer"):
+            raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
         summary = asyncio.run(app.latent_stages(files, config, stages, progress=progress))
         table = materialize(files, provenance(resolved), config.scorers)
         print_summary(summary, table, config, files)
@@ -318,6 +338,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autointerp: error: {e}", file=sys.stderr)
         print("(set AUTOINTERP_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
+
+
+def _import_explanations(files: RunFiles, config: RunConfig, args: argparse.Namespace, progress: bool) -> RunConfig:
+    """Write the file's explanations into the run; the config to score with selects just their latents
+    (`--latents`, when given, restricts the import; the run's stored config is not changed)."""
+    from autointerp.importing import import_explanations
+
+    outcome = import_explanations(files, config, args.explanations, fmt=getattr(args, "explanations_format", "auto"),
+                                  layer=getattr(args, "explanations_layer", None),
+                                  latents=getattr(args, "latents", None), progress=progress)
+    print(outcome.summary())
+    sys.stdout.flush()
+    return replace(config, latents=outcome.latents, max_latents=None)
 
 
 def provenance(resolved: dict[str, Any]) -> dict[str, Any]:

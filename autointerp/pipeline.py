@@ -119,12 +119,17 @@ class LatentWorker:
             return
         if "score" in self.stages:
             explanation = Explanation(latent=record.latent, text=done["explanation"], model=done["explainer_model"])
-            todo = [s for s in self.scorers if (self.scores.get((latent, s.name)) or {}).get("status") != "ok"]
+            todo = [s for s in self.scorers if not self._scored(latent, s.name, explanation.text)]
             for scorer in todo:
                 with judge_priority(1 + self.scorers.index(scorer)):
                     await self._score(scorer, record, explanation)
             if todo:
                 self.summary.scored += 1
+
+    def _scored(self, latent: int, scorer: str, text: str) -> bool:
+        """Done already: a finished score of this very text (an imported replacement makes old scores stale)."""
+        row = self.scores.get((latent, scorer)) or {}
+        return row.get("status") == "ok" and row.get("explanation") == text
 
     async def _explain(self, record: LatentRecord) -> dict[str, Any]:
         assert self.explainer is not None

@@ -145,6 +145,8 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
         }
         for scorer in scorers:
             s = scores.get((latent, scorer))
+            if s is not None and e.get("status") == "ok" and s.get("explanation") != e.get("explanation"):
+                s = None  # scored for an explanation that has since been replaced: superseded
             metrics = (s or {}).get("metrics") or {}
             for m in metric_columns[scorer]:
                 row[f"{scorer}_{m}"] = metrics.get(m)

@@ -53,6 +53,13 @@ def test_stages_in_the_wrong_order_say_what_to_run(tmp_path, capsys):
     assert rc == 2 and "autointerp cache" in err
 
 
+def test_scoring_existing_explanations_needs_a_cached_run(tmp_path, capsys):
+    source = tmp_path / "layers.10_feature.json"
+    source.write_text('{"1": "commas"}')
+    rc, err = _run(capsys, "score", "--out", str(tmp_path / "r"), "--explanations", str(source))
+    assert rc == 2 and "autointerp cache" in err
+
+
 def test_bad_option_values(capsys):
     for argv in (["run", "--out", "x", "--latents", "3,x"], ["run", "--out", "x", "--max-latents", "0"]):
         with pytest.raises(SystemExit):

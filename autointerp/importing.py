@@ -1,0 +1,273 @@
+"""Bringing existing explanations into a run folder, so the score stage scores them like its own.
+
+The explanations are matched to the run's dictionary (its hookpoint and its number of latents),
+then written into the run's `explanations.jsonl` as ordinary "ok" rows whose `explainer_model`
+says where they came from ("imported:neuronpedia:gpt-4o-mini"). The score stage then builds each
+latent's record with the run's own sampler, so the judge sees held-out examples of this run's
+cache, exactly as for explanations the run made itself.
+
+Nothing is dropped silently: every entry that is not imported (another layer, an index out of
+range, a duplicate, an empty text, a latent too rare to score here) is listed with its reason in
+`import_report.json` and counted in the printed summary; entries of other layers are counted per
+layer rather than listed one by one, since an export of a whole model holds millions.
+
+Importing again is idempotent: a latent whose current explanation already is the same text from
+the same source gets no new row. A *different* text replaces the latent's explanation (the log is
+append-only, so the newest row wins) and its old scores are superseded: the score stage re-scores a
+latent whose stored scores were made for another text, and results.parquet never shows a score
+beside an explanation it was not made for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autointerp.cache.store import ActivationCache, atomic_write_bytes, read_meta
+from autointerp.config import RunConfig
+from autointerp.explanation_sources import SourceEntry, iter_explanations, layer_key
+from autointerp.results import RunFiles, append_jsonl
+
+REPORT = "import_report.json"
+
+# why an entry was not imported; the keys are the counts in the summary and the report
+REASONS = {
+    "unreadable": "unreadable",
+    "not_selected": "not among --latents",
+    "out_of_range": "out of range",
+    "empty": "empty",
+    "duplicate": "duplicate",
+    "too_rare": "too rare to score",
+}
+
+
+class ExplanationImportError(ValueError):
+    """Nothing in the file can be scored in this run, or the run cannot take imports; says why."""
+
+
+@dataclass
+class Unused:
+    """An entry of the file that was not imported, and why."""
+
+    origin: str
+    layer: str | None
+    latent: int | None
+    kind: str  # a key of REASONS
+    reason: str
+    text: str | None = None
+
+
+@dataclass
+class LayerTally:
+    """How many entries a layer of the file holds, and the range of their latent indices."""
+
+    entries: int = 0
+    latents: list[int] = field(default_factory=list)  # [lowest, highest] once any index was read
+
+    def add(self, latent: int | None) -> None:
+        self.entries += 1
+        if latent is None:
+            return
+        low, high = self.latents or [latent, latent]
+        self.latents = [min(low, latent), max(high, latent)]
+
+
+@dataclass
+class Matched:
+    """The file's entries sorted into those for this run's dictionary and the rest."""
+
+    accepted: dict[int, SourceEntry]  # by latent, in file order
+    unused: list[Unused]
+    other_layers: dict[str, LayerTally]  # layers of the file that are not the run's hookpoint
+    this_layer: dict[str, LayerTally]  # the file's layer names taken as the run's hookpoint
+    total: int = 0  # entries seen
+
+
+def match_entries(entries: Iterable[SourceEntry], *, hookpoint: str, num_latents: int, layer: str | None = None,
+                  latents: Iterable[int] | None = None) -> Matched:
+    """Keep the entries that name a latent of this dictionary at this hookpoint; say why for the others.
+
+    An entry fits the run when its layer is `layer` (as the file writes it) if one is given, else
+    when its layer name means the same block and site as `hookpoint` (`layer_key`); an entry whose
+    format names no layer fits any run. The first entry of a latent wins; later ones are duplicates.
+    """
+    run_key = layer_key(hookpoint)
+    selected = set(latents) if latents is not None else None
+    out = Matched(accepted={}, unused=[], other_layers={}, this_layer={})
+    for e in entries:
+        out.total += 1
+        if e.problem or e.latent is None:
+            out.unused.append(_unused(e, "unreadable", e.problem or "no latent index"))
+            continue
+        fits = e.layer is None or (e.layer.strip() == layer.strip() if layer else layer_key(e.layer).fits(run_key))
+        if not fits:
+            out.other_layers.setdefault(e.layer or "", LayerTally()).add(e.latent)
+            continue
+        out.this_layer.setdefault(e.layer or "", LayerTally()).add(e.latent)
+        text = (e.text or "").strip()
+        if selected is not None and e.latent not in selected:
+            out.unused.append(_unused(e, "not_selected", f"latent {e.latent} is not among --latents"))
+        elif not 0 <= e.latent < num_latents:
+            out.unused.append(_unused(e, "out_of_range", f"latent {e.latent} is out of range: the dictionary has "
+                                                         f"{num_latents} latents (0..{num_latents - 1})"))
+        elif not text:
+            out.unused.append(_unused(e, "empty", "the explanation is empty"))
+        elif e.latent in out.accepted:
+            first = out.accepted[e.latent]
+            same = " (same text)" if (first.text or "").strip() == text else ""
+            out.unused.append(_unused(e, "duplicate", f"latent {e.latent} already has an explanation{same} from "
+                                                      f"{first.origin}; the first one in the file is used"))
+        else:
+            out.accepted[e.latent] = e
+    return out
+
+
+def _unused(e: SourceEntry, kind: str, reason: str) -> Unused:
+    return Unused(e.origin, e.layer, e.latent, kind, reason, e.text)
+
+
+@dataclass
+class ImportOutcome:
+    """What an import did, for the printed summary; `latents` are the ones to score."""
+
+    source: str
+    format: str
+    hookpoint: str
+    latents: list[int]
+    new: int
+    replaced: int
+    unchanged: int
+    left_out: dict[str, int]  # REASONS key -> count
+    other_layers: dict[str, LayerTally]
+    report: Path
+
+    def summary(self) -> str:
+        lines = [f"imported {len(self.latents)} explanations from {self.source} ({self.format}) for "
+                 f"{self.hookpoint}: {self.new} new, {self.replaced} replaced"
+                 + (" (their old scores are superseded)" if self.replaced else "") + f", {self.unchanged} unchanged"]
+        parts = [f"{n:,} {REASONS[k]}" for k, n in self.left_out.items() if n]
+        if self.other_layers:
+            n_other = sum(t.entries for t in self.other_layers.values())
+            parts.append(f"{n_other:,} in other layers ({_layers_text(self.other_layers, limit=5)})")
+        if parts:
+            lines.append("  left out: " + ", ".join(parts))
+            lines.append(f"  every entry left out, and why: {self.report}")
+        return "\n".join(lines)
+
+
+def model_label(fmt: str, model: str | None) -> str:
+    """The `explainer_model` an imported explanation is recorded under."""
+    if model and model.startswith("imported:"):
+        return model  # re-importing one of our runs that had itself imported it
+    return f"imported:{fmt}:{model}" if model else f"imported:{fmt}"
+
+
+def import_explanations(files: RunFiles, config: RunConfig, path: Path, *, fmt: str = "auto",
+                        layer: str | None = None, latents: Iterable[int] | None = None,
+                        progress: bool = False) -> ImportOutcome:
+    """Read `path`, match it to the run's dictionary, write the new explanation rows and the report."""
+    meta = read_meta(files.cache)
+    if meta is None or not meta.complete:
+        state = "no activation cache" if meta is None else "an unfinished activation cache"
+        raise ExplanationImportError(
+            f"{files.folder} has {state}; explanations are scored on a run's cache. Run `autointerp cache --out "
+            f"{files.folder} --model ... --dictionary ... --hookpoint ...` for the dictionary the explanations "
+            "describe, then score again")
+    cache = ActivationCache(files.cache)
+    path = Path(path).resolve()  # rows and report name the file wherever the command was run from
+    fmt, entries = iter_explanations(path, fmt, progress=progress)
+    matched = match_entries(entries, hookpoint=meta.hookpoint, num_latents=meta.num_latents, layer=layer,
+                            latents=latents)
+    if not matched.total:
+        raise ExplanationImportError(f"{path} ({fmt}) holds no explanations")
+    min_examples = config.sampling.min_examples
+    for latent, e in list(matched.accepted.items()):
+        fire = int(cache.state.fire_windows[latent])
+        if fire < min_examples:
+            del matched.accepted[latent]
+            matched.unused.append(Unused(e.origin, e.layer, latent, "too_rare",
+                                         f"latent {latent} fires in {fire} windows of this run's cache, fewer than "
+                                         f"min_examples={min_examples}: too few examples to score it", e.text))
+
+    report_path = files.folder / REPORT
+    left_out = Counter(u.kind for u in matched.unused)
+    base_report = {"source": str(path), "format": fmt, "run_hookpoint": meta.hookpoint,
+                   "run_num_latents": meta.num_latents, "entries": matched.total,
+                   "left_out": {k: left_out.get(k, 0) for k in REASONS},
+                   "other_layers": {k: asdict(v) for k, v in matched.other_layers.items()},
+                   "unused": [asdict(u) for u in matched.unused]}
+    if not matched.accepted:
+        _write_report(report_path, {**base_report, "imported": [], "replaced": []})
+        raise ExplanationImportError(_nothing_matched(path, fmt, matched.total, matched, meta.hookpoint,
+                                                      meta.num_latents, layer, report_path))
+
+    existing = files.explanations_by_latent()
+    new = unchanged = 0
+    replaced: list[dict[str, Any]] = []
+    for latent, e in sorted(matched.accepted.items()):
+        text = (e.text or "").strip()
+        label = model_label(fmt, e.explainer_model)
+        old = existing.get(latent)
+        if old and old.get("status") == "ok":
+            if old.get("explanation") == text:
+                unchanged += 1  # its scores still stand
+                if old.get("explainer_model") == label:
+                    continue  # nothing new to record
+            else:
+                replaced.append({"latent": latent, "old_explanation": old.get("explanation"),
+                                 "old_explainer_model": old.get("explainer_model"), "new_explanation": text})
+        else:
+            new += 1
+        stats = cache.stats(latent)
+        append_jsonl(files.explanations, {
+            "latent": latent, "hookpoint": meta.hookpoint, "status": "ok", "error": "", "explanation": text,
+            "explainer_model": label, "frequency": stats.frequency, "max_activation": stats.max_activation,
+            "fire_windows": stats.fire_windows, "n_tokens": stats.n_tokens,
+            "source": {"format": fmt, "file": str(path), "origin": e.origin, "layer": e.layer,
+                       "explainer_model": e.explainer_model, **e.extra},
+        })
+    latents_used = sorted(matched.accepted)
+    _write_report(report_path, {**base_report, "imported": latents_used, "replaced": replaced})
+    return ImportOutcome(source=str(path), format=fmt, hookpoint=meta.hookpoint, latents=latents_used, new=new,
+                         replaced=len(replaced), unchanged=unchanged, left_out=dict(left_out),
+                         other_layers=matched.other_layers, report=report_path)
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    atomic_write_bytes(path, json.dumps(report, indent=1, ensure_ascii=False).encode())
+
+
+def _layers_text(layers: dict[str, LayerTally], limit: int = 10) -> str:
+    ranked = sorted(layers.items(), key=lambda kv: (-kv[1].entries, kv[0]))
+    parts = []
+    for name, tally in ranked[:limit]:
+        low, high = tally.latents or [None, None]
+        span = "" if low is None else f", latent {low}" if low == high else f", latents {low}..{high}"
+        parts.append(f"{name or '(no layer)'}: {tally.entries:,}{span}")
+    if len(ranked) > limit:
+        parts.append(f"and {len(ranked) - limit} more layers")
+    return "; ".join(parts)
+
+
+def _nothing_matched(path: Path, fmt: str, n: int, matched: Matched, hookpoint: str, num_latents: int,
+                     layer: str | None, report: Path) -> str:
+    run = (f"the run's dictionary reads {hookpoint} ({layer_key(hookpoint)}) and has {num_latents:,} latents "
+           f"(0..{num_latents - 1})")
+    lines = [f"none of the {n:,} explanations in {path} ({fmt}) can be scored in this run: {run}."]
+    if matched.this_layer:
+        counts = Counter(u.kind for u in matched.unused)
+        why = ", ".join(f"{c:,} {REASONS[k]}" for k, c in counts.items())
+        lines.append(f"The file's entries for this layer ({_layers_text(matched.this_layer)}): {why}.")
+    if matched.other_layers:
+        lines.append(f"The file holds other layers: {_layers_text(matched.other_layers)}.")
+        if layer is None:
+            lines.append("If one of them is this run's layer under another name, pass it as --explanations-layer.")
+    elif not matched.this_layer:
+        counts = Counter(u.kind for u in matched.unused)
+        lines.append("No entry could be read: " + ", ".join(f"{c:,} {REASONS[k]}" for k, c in counts.items()) + ".")
+    lines.append(f"Every entry and why it was left out: {report}")
+    return " ".join(lines)
