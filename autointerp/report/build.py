@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from autointerp.report.contexts import open_contexts
 from autointerp.report.data import agreement, load_run
