@@ -75,11 +75,15 @@ def judge(messages: list[Message]) -> Reply:
 
 
 def make_run(folder: Path, model, *, scorers: tuple[str, ...] = ("detection", "fuzzing"),
-             max_latents: int = 6) -> Path:
-    """Cache, explain and score a tiny run in `folder` through the app's own stages; returns the folder."""
+             max_latents: int = 6, latents: list[int] | None = None) -> Path:
+    """Cache, explain and score a tiny run in `folder` through the app's own stages; returns the folder.
+
+    `latents` picks them by index (latents 2 and 16 of the tiny cache fire too rarely: they are skipped).
+    """
     tokenizer = write_word_tokenizer(folder / "subject")
     cache = build_tiny_cache(folder, model)
-    config = RunConfig(model=str(tokenizer), sampling=SAMPLING, max_latents=max_latents, scorers=list(scorers),
+    config = RunConfig(model=str(tokenizer), sampling=SAMPLING, max_latents=max_latents, latents=latents,
+                       scorers=list(scorers),
                        judge="scripted-judge", explainer="scripted-explainer")
     files = RunFiles(folder)
     files.prepare()

@@ -62,7 +62,7 @@ def contexts(html: str) -> list[tuple[str, list[float]]]:
 
 @pytest.fixture(scope="module")
 def run(tiny_llama, tmp_path_factory) -> Path:
-    return make_run(tmp_path_factory.mktemp("report") / "run", tiny_llama)
+    return make_run(tmp_path_factory.mktemp("report") / "run", tiny_llama, latents=[0, 1, 2, 4, 5, 9, 13, 16])
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_latent_page_shades_the_windows_the_explainer_saw(run, site, results):
     sampler = Sampler(ActivationCache(run / "cache"),
                       token_decoder(AutoTokenizer.from_pretrained(run / "subject")), config.sampling)
     logged = {r["latent"]: r for r in read_jsonl(run / "explanations.jsonl")}
-    for latent in results["latent"]:
+    for latent in results.loc[results["status"] == "ok", "latent"]:
         html = (site / "latents" / f"{latent}.html").read_text()
         assert unescape(re.search(r'<blockquote class="explanation">(.*?)</blockquote>', html).group(1)) == \
             logged[latent]["explanation"]
@@ -127,6 +127,19 @@ def test_latent_page_shades_the_windows_the_explainer_saw(run, site, results):
         for text, acts in shown:
             example = by_text[text]
             assert acts == pytest.approx([a for a in example.activations if a > 0], rel=1e-3)
+
+
+def test_skipped_latents_say_why(site, results):
+    skipped = results[results["status"] == "skipped"]
+    assert sorted(skipped["latent"]) == [2, 16]
+    index = section((site / "index.html").read_text(), "latent-table")
+    for _, row in skipped.iterrows():
+        assert "fewer than min_examples" in row["error"]
+        html = (site / "latents" / f"{row['latent']}.html").read_text()
+        assert '<span class="status">skipped</span>' in html and row["error"] in unescape(html)
+        assert "fires too rarely for a record" in section(html, "train")
+        assert "No judgments were recorded" in section(html, "judged")
+        assert f'<span class="missing">{row["error"]}</span>' in index
 
 
 def test_latent_page_shows_every_judgment_right_and_wrong(site, run, results):

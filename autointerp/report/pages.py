@@ -70,8 +70,8 @@ def td_num(v: Any, text: str | None = None) -> str:
 
 def status_badge(status: Any) -> str:
     status = "missing" if missing(status) else str(status)
-    kind = "ok" if status == "ok" else ("" if status == "skipped" else "bad")
-    return f'<span class="status {kind}">{escape(status)}</span>'
+    kind = {"ok": " ok", "skipped": ""}.get(status, " bad")
+    return f'<span class="status{kind}">{escape(status)}</span>'
 
 
 def facts(pairs: Iterable[tuple[str, Any]]) -> str:
