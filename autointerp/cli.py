@@ -1,4 +1,5 @@
-"""Command line: `autointerp cache | explain | score | run`, all over one run folder; `publish` uploads one.
+"""Command line: `autointerp cache | explain | score | run | report`, all over one run folder;
+`publish` uploads one.
 
 The CLI only parses options into a `RunConfig` and calls the stages; every default lives in the
 config dataclasses, so `--help`, config.json and the library agree.
@@ -37,6 +38,7 @@ examples:
   autointerp run --out runs/neurons --dictionary neurons --hookpoint layers.10
   autointerp cache --out runs/x && autointerp explain --out runs/x && autointerp score --out runs/x
   autointerp publish runs/demo --repo alice/smollm2-sae-labels    # results as a Hub dataset
+  autointerp report runs/demo                                     # static HTML site in runs/demo/report/
 
 A run folder holds config.json, cache/, explanations.jsonl, scores.jsonl, results.parquet and
 judgments.parquet. Running a command again on the same folder resumes: finished latents are kept,
@@ -255,7 +257,32 @@ def build_parser() -> argparse.ArgumentParser:
                            help="take the file's entries of this layer, named as the file names it (default: "
                                 "those whose layer name means the run's hookpoint, e.g. layers.10 = 10-...-res-...)")
     _add_publish_parser(sub)
+    _add_report_parser(sub)
     return parser
+
+
+def _add_report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="write a static HTML report of a run folder",
+                       description="Write a static HTML site (index + one page per latent) for a run folder; "
+                                   "it opens from file:// with no network.")
+    p.add_argument("run", type=Path, help="run folder holding results.parquet")
+    p.add_argument("--site", type=Path, help="folder to write the site into (default: RUN/report)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def report_command(args: argparse.Namespace) -> int:
+    """`autointerp report RUN`: prints the path of the index page it wrote."""
+    from autointerp.report import ReportError, build_report
+
+    try:
+        index = build_report(args.run, args.site, progress=not args.quiet)
+    except (ReportError, ConfigError, OSError) as e:
+        if os.environ.get("AUTOINTERP_DEBUG"):
+            raise
+        print(f"autointerp: error: {e}", file=sys.stderr)
+        return 2
+    print(index)
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
@@ -301,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "publish":
         return publish_command(args)
+    if args.command == "report":
+        return report_command(args)
     from autointerp import app
 
     try:

@@ -1,0 +1,49 @@
+"""`autointerp report RUN`: write the static site for a run folder and return the index's path.
+
+The site is plain files (index.html, latents/<index>.html) with inline CSS, SVG and a few lines of
+script, so it opens from file:// with no network and can be copied anywhere as it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tqdm import tqdm
+
+from autointerp.report.contexts import open_contexts
+from autointerp.report.data import agreement, load_run
+from autointerp.report.pages import index_page, latent_href, latent_page
+from autointerp.sampling import TokenDecoder
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_report(run: Path, site: Path | None = None, *, decode: TokenDecoder | None = None,
+                 progress: bool = True) -> Path:
+    """Write the report of the run folder `run` into `site` (default RUN/report); returns index.html.
+
+    `decode` turns token ids into display strings; by default the run's subject-model tokenizer
+    (tests pass their own, for caches of made-up token ids).
+    """
+    data = load_run(Path(run))
+    site = Path(site) if site is not None else data.files.folder / "report"
+    pages = site / "latents"
+    pages.mkdir(parents=True, exist_ok=True)
+    contexts = open_contexts(data.files, data.config, decode)
+
+    latents = [int(x) for x in data.results["latent"]]
+    by_latent = dict(tuple(data.judgments.groupby("latent"))) if len(data.judgments) else {}
+    empty = data.judgments.iloc[0:0]
+    rows = data.results.to_dict("records")
+    for i, row in enumerate(tqdm(rows, desc="report", unit="latent", disable=not progress, dynamic_ncols=True)):
+        latent = latents[i]
+        html = latent_page(data, row, by_latent.get(latent, empty), contexts,
+                           latents[i - 1] if i > 0 else None, latents[i + 1] if i + 1 < len(latents) else None)
+        _write(pages / latent_href(latent), html)
+    index = site / "index.html"
+    _write(index, index_page(data, agreement(data.results, data.scorers)))
+    return index

@@ -1,0 +1,146 @@
+"""Reading a run folder for the report: the results table, the judgments, and which columns are scores.
+
+The report must show scorers it has never heard of (a newer version's, someone else's), so a
+scorer's metrics are found from the table itself: its declared metrics first (`scorer_metrics`,
+headline first), then any other numeric `<scorer>_*` column that is not bookkeeping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from autointerp.config import RunConfig, load_config
+from autointerp.results import RunFiles
+from autointerp.scorers import scorer_metrics
+
+# per-scorer columns that describe the scoring, not the explanation's quality
+BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_tokens")
+JUDGMENT_COLUMNS = ["hookpoint", "latent", "scorer", "window", "activating", "prediction", "probability",
+                    "max_activation", "quantile", "answer", "error", "text"]
+
+
+class ReportError(ValueError):
+    """The folder cannot be reported on; the message says what is missing and what to run."""
+
+
+@dataclass
+class ScorerColumns:
+    """One scorer's metric columns in results.parquet, headline first."""
+
+    name: str
+    metrics: list[str]
+    headline: str | None  # the first metric that has a value for some latent
+
+    def column(self, metric: str) -> str:
+        return f"{self.name}_{metric}"
+
+    @property
+    def shown(self) -> list[str]:
+        """The metrics worth a column of their own in the latent table (headline and the next one)."""
+        if self.headline is None:
+            return []
+        rest = [m for m in self.metrics if m != self.headline]
+        return [self.headline, *rest[:1]]
+
+
+@dataclass
+class RunData:
+    files: RunFiles
+    config: RunConfig | None  # None when config.json is gone (the results can still be shown)
+    info: dict[str, Any]  # config.json as written: config, resolved, environment
+    results: pd.DataFrame
+    judgments: pd.DataFrame
+    scorers: list[ScorerColumns]
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    present = values.dropna()
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
+
+
+def find_scorers(results: pd.DataFrame, configured: list[str]) -> list[ScorerColumns]:
+    """The scorers with columns in `results`: the configured ones in their order, then any other."""
+    columns = list(results.columns)
+    names = list(configured)
+    names += sorted({c.removesuffix("_n_failed") for c in columns if c.endswith("_n_failed")} - set(names))
+    found = []
+    for name in names:
+        prefix = name + "_"
+        longer = [o + "_" for o in names if o != name and o.startswith(prefix)]  # "sim" vs "sim_tokens"
+        own = [c[len(prefix):] for c in columns
+               if c.startswith(prefix) and not any(c.startswith(o) for o in longer)]
+        if not own:
+            continue
+        declared = [m for m in scorer_metrics(name) if m in own]
+        extra = [m for m in own if m not in declared and m not in BOOKKEEPING
+                 and _is_numeric(results[prefix + m])]
+        metrics = declared + extra
+        with_values = [m for m in metrics if pd.to_numeric(results[prefix + m], errors="coerce").notna().any()]
+        found.append(ScorerColumns(name, metrics, with_values[0] if with_values else None))
+    return found
+
+
+def load_run(folder: Path) -> RunData:
+    files = RunFiles(Path(folder))
+    if not files.folder.is_dir():
+        raise ReportError(f"{files.folder} is not a folder: give the run folder that `autointerp run --out` wrote")
+    if not files.results.exists():
+        raise ReportError(f"{files.folder} has no {files.results.name}: nothing to report yet. Run "
+                          f"`autointerp run --out {files.folder}` (or `explain` and `score`) first")
+    results = pd.read_parquet(files.results)
+    if results.empty:
+        raise ReportError(f"{files.results} holds no latents yet: run `autointerp run --out {files.folder}` first")
+    config, info = None, {}
+    if files.config.exists():
+        import json
+
+        config, _ = load_config(files.config)
+        info = json.loads(files.config.read_text())
+    if files.judgments.exists():
+        judgments = pd.read_parquet(files.judgments)
+    else:
+        judgments = pd.DataFrame(columns=JUDGMENT_COLUMNS)
+    scorers = find_scorers(results, config.scorers if config else [])
+    for s in scorers:
+        for m in s.metrics:
+            results[s.column(m)] = pd.to_numeric(results[s.column(m)], errors="coerce")
+    results = results.sort_values("latent", kind="stable").reset_index(drop=True)
+    return RunData(files, config, info, results, judgments, scorers)
+
+
+@dataclass
+class Agreement:
+    """How two scorers' headline metrics agree over the latents both scored."""
+
+    a: str
+    b: str
+    metric_a: str
+    metric_b: str
+    n: int
+    pearson: float | None
+    spearman: float | None
+
+
+def _corr(x: pd.Series, y: pd.Series, method: str) -> float | None:
+    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
+        return None
+    r = float(x.corr(y, method=method))
+    return None if math.isnan(r) else r
+
+
+def agreement(results: pd.DataFrame, scorers: list[ScorerColumns]) -> list[Agreement]:
+    """Pearson and Spearman correlation of headline metrics, for every pair of scorers."""
+    rated = [s for s in scorers if s.headline]
+    out = []
+    for i, a in enumerate(rated):
+        for b in rated[i + 1:]:
+            ca, cb = a.column(a.headline), b.column(b.headline)  # type: ignore[arg-type]
+            both = results[[ca, cb]].dropna()
+            out.append(Agreement(a.name, b.name, a.headline, b.headline, len(both),  # type: ignore[arg-type]
+                                 _corr(both[ca], both[cb], "pearson"), _corr(both[ca], both[cb], "spearman")))
+    return out
