@@ -511,3 +511,53 @@ def test_saelens_unknown_architecture(tmp_path):
     with pytest.raises(DictionaryError, match="'transcoder' is not supported"):
         load_dictionary(tmp_path)
 
+
+
+# ---------------------------------------------------------------- decoding (what steering uses)
+
+
+@pytest.mark.parametrize("arch,normalize", [("standard", "none"), ("gated", "none"), ("topk", "none"),
+                                            ("standard", "constant_norm_rescale"), ("jumprelu", "layer_norm")])
+def test_saelens_decode_matches(sae_lens, tmp_path, arch, normalize):
+    """decode(encode(x), x) is SAELens's reconstruction, run-time normalisation undone as SAELens does."""
+    sae = _saelens_sae(sae_lens, arch, normalize_activations=normalize)
+    sae.save_model(tmp_path / "sae")
+    enc = load_dictionary(tmp_path / "sae")
+    x = _inputs()
+    with torch.no_grad():
+        theirs = sae.decode(sae.encode(x))
+    torch.testing.assert_close(enc.decode(enc.encode(x), x), theirs.float(), atol=ATOL, rtol=0)
+
+
+def test_saelens_decode_of_unfolded_checkpoints_is_in_model_units(sae_lens, tmp_path):
+    """An unfolded scaling factor or whitening: the reconstruction equals the folded SAE's, in the model's units."""
+    from sae_lens.training.activation_scaler import ActivationScaler, ActivationWhitening
+
+    g = torch.Generator().manual_seed(3)
+    matrix = torch.eye(D_IN) + 0.1 * torch.randn(D_IN, D_IN, generator=g)
+    whitening = ActivationWhitening(mean=torch.randn(D_IN, generator=g), matrix=matrix,
+                                    inverse_matrix=torch.linalg.inv(matrix))
+    cases = {"expected_average_only_in": ActivationScaler(scaling_factor=2.5),
+             "covariance_whitening": ActivationScaler(whitening=whitening)}
+    x = _inputs()
+    for normalize, scaler in cases.items():
+        sae = _saelens_sae(sae_lens, "standard", normalize_activations=normalize)
+        sae.save_model(tmp_path / normalize)
+        scaler.save(str(tmp_path / normalize / "activation_scaler.json"))
+        enc = load_dictionary(tmp_path / normalize)
+        with torch.no_grad():
+            if normalize == "covariance_whitening":
+                sae.fold_activation_whitening(whitening.mean, whitening.matrix, whitening.inverse_matrix)
+            else:
+                sae.fold_activation_norm_scaling_factor(2.5)
+            folded = sae.decode(sae.encode(x))
+        torch.testing.assert_close(enc.decode(enc.encode(x), x), folded.float(), atol=1e-4, rtol=1e-4)
+
+
+def test_neurons_decode_is_the_identity_and_transcoders_say_so(tiny_llama, tmp_path):
+    enc = open_dictionary(tiny_llama, "neurons", "layers.1")[0]
+    z = torch.relu(torch.randn(3, enc.d_in))
+    torch.testing.assert_close(enc.decode(z, z), z)
+    assert not enc.transcoder
+    tc = load_dictionary(write_sparsify_sae(tmp_path / "tc" / "layers.1.mlp", transcode=True))
+    assert tc.transcoder and tc.side == "input"

@@ -1,8 +1,9 @@
 """Dictionaries (SAEs, transcoders, plain neurons) behind one `Encoder` interface.
 
 Every format is read with safetensors (never pickle), validated against its own config, and turned
-into the same object: `encode(x) -> dense latent activations`. Errors name the file at fault,
-because "size mismatch" with no file name is what users of the peers get.
+into the same object: `encode(x) -> dense latent activations`, and back (`decode`,
+`decoder_direction`, which steering needs). Errors name the file at fault, because "size mismatch"
+with no file name is what users of the peers get.
 """
 
 from __future__ import annotations
@@ -81,8 +82,46 @@ class Encoder:
         return torch.relu(pre)
 
     def decoder_direction(self, i: int) -> torch.Tensor | None:
-        """The direction latent i writes into the model (None for a dictionary with no decoder)."""
+        """The direction latent i writes into the model (None for a dictionary with no decoder).
+
+        For an SAE it lives at the hookpoint; for a transcoder at its module's output; for neurons
+        (when built with `W_out`) at the output of the layer's down_proj.
+        """
         return None if self.W_dec is None else self.W_dec[i]
+
+    @property
+    def transcoder(self) -> bool:
+        """A transcoder reads its module's input and writes (decodes to) the module's output."""
+        return bool(self.cfg.get("transcode", False))
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """[..., num_latents] latents -> [..., d] reconstruction of `x`, in the model's own units.
+
+        `x` is the input the latents were encoded from: SAELens's run-time normalisations
+        (`constant_norm_rescale`, `layer_norm`) scale the reconstruction back with its statistics, as
+        SAELens's own `decode` does. For neurons the dictionary is the neuron basis, so decoding is
+        the identity. A transcoder's reconstruction is of its module's *output*, not of `x`.
+        """
+        z = z.float()
+        if self.kind == "neurons":
+            return z
+        recon = z @ self.W_dec + (self.b_dec if self.b_dec is not None else 0.0)
+        x = x.float()
+        if self.normalize in ("none", None):
+            return recon
+        if self.normalize == "constant_norm_rescale":
+            return recon * x.norm(dim=-1, keepdim=True) / (self.d_in**0.5)
+        if self.normalize == "layer_norm":
+            mu = x.mean(-1, keepdim=True)
+            return recon * (x - mu).std(-1, keepdim=True) + mu
+        if self.normalize == "expected_average_only_in" and "norm_scaling_factor" in self.cfg:
+            return recon / float(self.cfg["norm_scaling_factor"])
+        if self.normalize == "covariance_whitening" and "whiten_matrix" in self.extra:
+            if "unwhiten_matrix" not in self.extra:
+                self.extra["unwhiten_matrix"] = torch.linalg.inv(self.extra["whiten_matrix"])
+            return recon @ self.extra["unwhiten_matrix"] + self.extra["whiten_mean"]
+        raise DictionaryError(f"{self.name}: input normalisation {self.normalize!r} is not supported")
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize in ("none", None):
