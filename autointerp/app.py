@@ -121,15 +121,45 @@ def make_judge(name: str, config: RunConfig) -> Judge:
     return CachedJudge(judge, path, namespace=namespace)
 
 
-def make_scorers(config: RunConfig, names: list[str] | None = None) -> list[Any]:
-    """The scorers named (default: the config's), built with the run's settings."""
-    from autointerp.scorers import DetectionScorer, FuzzingScorer
+def steering_subject(config: RunConfig):
+    """The subject model (on config.device) with its dictionary, for the scorers that steer it."""
+    from autointerp.scorers.intervention import SteeringSubject
+    from autointerp.subjects.attach import open_dictionary
+
+    subject = load_subject(config)
+    subject.model.to(config.device)
+    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint,
+                                         neurons_k=config.neurons_k)
+    encoder.to(config.device)
+    return SteeringSubject(model=subject.model, tokenizer=subject.tokenizer, encoder=encoder, hookpoint=hookpoint)
+
+
+def make_scorers(config: RunConfig, names: list[str] | None = None,
+                 cache: ActivationCache | None = None) -> list[Any]:
+    """The scorers named (default: the config's), built with the run's settings; the intervention
+    scorers also need the run's activation cache."""
+    from autointerp.scorers import DetectionScorer, FuzzingScorer, InterventionChoiceScorer, InterventionScorer
+    from autointerp.scorers.intervention import InterventionRunner
 
     settings = config.classifier
     settings.seed = config.sampling.seed
+    config.intervention.seed = config.sampling.seed
+    runner: list[InterventionRunner] = []
+
+    def intervention_runner() -> InterventionRunner:
+        # one runner for both intervention scorers: the model loads once, on first use, and a latent's
+        # continuations are computed once
+        if cache is None:
+            raise ValueError("the intervention scorers need the run's activation cache")
+        if not runner:
+            runner.append(InterventionRunner(lambda: steering_subject(config), cache, config.intervention))
+        return runner[0]
+
     built = {"detection": lambda: DetectionScorer(settings),
              "fuzzing": lambda: FuzzingScorer(settings, mark_fraction=config.explain.mark_fraction,
-                                              negatives=config.fuzz_negatives)}
+                                              negatives=config.fuzz_negatives),
+             "intervention": lambda: InterventionScorer(intervention_runner()),
+             "intervention_choice": lambda: InterventionChoiceScorer(intervention_runner())}
     return [built[name]() for name in (config.scorers if names is None else names)]
 
 
@@ -149,14 +179,19 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
     best_of = "explain" in stages and config.explain.best_of > 1
     explainer = judge(config.explainer_model) if "explain" in stages else None
     scorer_judge = judge(config.judge) if "score" in stages or best_of else None
-    chooser = make_scorers(config, [config.explain.best_of_scorer])[0] if best_of else None
+    chooser = make_scorers(config, [config.explain.best_of_scorer], cache)[0] if best_of else None
     summary = RunSummary()
     if n_rare:
         summary.messages.append(f"{n_rare} of {cache.num_latents} latents fire in fewer than "
                                 f"{config.sampling.min_examples} windows and are not eligible")
-    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, make_scorers(config), stages, summary,
+    scorers = make_scorers(config, cache=cache)
+    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, scorers, stages, summary,
                           chooser=chooser)
     try:
+        # a judge that cannot do what a scorer needs fails here, not on every latent
+        for scorer in (scorers if "score" in stages else []) + ([chooser] if chooser else []):
+            if hasattr(scorer, "check_judge"):
+                scorer.check_judge(scorer_judge)
         return await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
     finally:
         for name, j in loaded.items():

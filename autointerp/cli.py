@@ -61,7 +61,7 @@ OPTION_FIELDS = {
     "concurrency": "concurrency", "judge_concurrency": "judge_concurrency", "judge_url": "judge_url",
     "api_key_env": "api_key_env",
     "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
-    "prices": "prices",
+    "prices": "prices", "kl_target": "intervention.kl_target", "intervention_prompts": "intervention.n_prompts",
 }
 # the sampling seed follows the cache seed, so one --seed fixes every draw
 LINKED = {"cache.seed": "sampling.seed"}
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run": "cache, explain and score in one go (resumable)",
         "cache": "stream the corpus through model + dictionary and cache latent activations",
         "explain": "label each selected latent with the explainer model",
-        "score": "score existing explanations with the judge (detection, fuzzing)",
+        "score": "score existing explanations with the judge (detection, fuzzing, intervention)",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
@@ -233,7 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--best-of-scorer", help="scorer that picks among best-of-n labels (default: detection)")
         if name in ("run", "score"):
             g = p.add_argument_group("scoring")
-            g.add_argument("--scorers", type=_str_list, help="comma-separated: detection,fuzzing (default: both)")
+            g.add_argument("--scorers", type=_str_list,
+                           help="comma-separated, from detection, fuzzing, intervention (surprisal difference "
+                                "of steered vs clean continuations; needs a judge with prompt logprobs), "
+                                "intervention_choice (the judge picks the steered continuation) "
+                                "(default: detection,fuzzing)")
             g.add_argument("--judge-mode", choices=["auto", "logprobs", "text", "json"],
                            help="logprobs: one example per call, P(Yes) from logprobs (default when the judge "
                                 "gives them; gives AUROC); text: one per call, Yes/No read from the answer; "
@@ -242,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--fuzz-negatives", choices=["silent", "misplaced"],
                            help="fuzzing's wrong marks: on random tokens of silent excerpts (default) or on "
                                 "silent tokens of activating excerpts")
+            g.add_argument("--kl-target", type=float,
+                           help="intervention: steering strength is tuned so the mean next-token KL(clean||steered) "
+                                "is this (default: 0.5)")
+            g.add_argument("--intervention-prompts", type=int,
+                           help="intervention: held-out prompts continued per latent (default: 8)")
         if name == "score":
             g = p.add_argument_group("existing explanations (score labels made elsewhere)")
             g.add_argument("--explanations", type=Path, metavar="PATH",
@@ -319,9 +328,16 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"unknown --best-of-scorer {config.explain.best_of_scorer!r}; available: {sorted(SCORERS)}")
     if config.explain.best_of < 1:
         raise ConfigError("--best-of must be at least 1")
+    if config.explain.best_of > 1 and config.explain.best_of_scorer.startswith("intervention"):
+        # its prompts are drawn outside the explainer's examples, which the validation view does not carry
+        raise ConfigError("--best-of-scorer cannot be an intervention scorer; use detection or fuzzing")
     for name in ("n_tokens", "neurons_k", "concurrency", "judge_concurrency"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if not config.intervention.kl_target > 0:
+        raise ConfigError(f"--kl-target must be positive, got {config.intervention.kl_target}")
+    if config.intervention.n_prompts < 1:
+        raise ConfigError("--intervention-prompts must be at least 1")
 
 
 def main(argv: list[str] | None = None) -> int:

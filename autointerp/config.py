@@ -17,6 +17,7 @@ from autointerp.cache.build import CacheSettings
 from autointerp.explainers import ExplainerSettings
 from autointerp.sampling import SamplingSettings
 from autointerp.scorers.classify import ClassifierSettings
+from autointerp.scorers.intervention import InterventionSettings
 
 DEFAULT_JUDGE = "qwen2.5-coder-1.5b"
 DEFAULT_N_TOKENS = 100_000
@@ -59,6 +60,7 @@ class RunConfig:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     explain: ExplainerSettings = field(default_factory=ExplainerSettings)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
+    intervention: InterventionSettings = field(default_factory=InterventionSettings)
 
     @property
     def explainer_model(self) -> str:
@@ -70,7 +72,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         nested = {"cache": CacheSettings, "sampling": SamplingSettings, "explain": ExplainerSettings,
-                  "classifier": ClassifierSettings}
+                  "classifier": ClassifierSettings, "intervention": InterventionSettings}
         known = {f.name for f in fields(cls)}
         kwargs = {}
         for k, v in data.items():

@@ -127,6 +127,7 @@ class Judgment:
     answer: str = ""
     error: str = ""
     text: str = ""  # the excerpt exactly as the judge saw it
+    value: float | None = None  # a number measured per example, where a scorer has one (intervention: nats)
 
 
 @dataclass

@@ -169,6 +169,6 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
     _write_parquet(df, files.results)
     jdf = pd.DataFrame(judgment_rows, columns=[
         "hookpoint", "latent", "scorer", "window", "activating", "prediction", "probability",
-        "max_activation", "quantile", "answer", "error", "text"])
+        "max_activation", "quantile", "answer", "error", "text", "value"])
     _write_parquet(jdf, files.judgments)
     return df

@@ -92,3 +92,16 @@ def classification_metrics(
     if probability is not None and len(probability) and all(p is not None for p in probability):
         out["auroc"] = auroc(truth, [float(p) for p in probability])  # type: ignore[arg-type]
     return out
+
+
+def mean_or_none(values: Sequence[float]) -> float | None:
+    """The mean, or None for no values (a latent with nothing measured has no score, not a 0)."""
+    return float(np.mean(values)) if len(values) else None
+
+
+def win_rate(differences: Sequence[float]) -> float | None:
+    """Fraction of paired differences that are positive, ties counting half."""
+    if not len(differences):
+        return None
+    d = np.asarray(differences, float)
+    return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / len(d))

@@ -1,0 +1,417 @@
+"""Intervention: does the explanation predict what the latent *does* to the model's output?
+
+Input-side scorers (detection, fuzzing) ask whether the explanation says when a latent fires; a
+latent can be explained badly by its inputs yet have a clear effect on what the model writes
+next, and this scorer is how such latents are found. For each latent:
+
+1. held-out prompts: short prefixes of corpus windows the explainer never saw (not in the record's
+   train side), drawn with a generator seeded by (seed, latent);
+2. the steering strength is tuned so that the mean next-token KL(clean || steered) at the last
+   prompt position hits a target (binary search on log10 strength; subjects/steering.py says how
+   a latent is steered);
+3. each prompt is continued for a few tokens twice, clean and steered, with the same sampling noise;
+4. the judge scores the explanation against the two continuations:
+   - `intervention`: surprisal difference, log p(explanation | steered text) - log p(explanation |
+     clean text) under the judge reading one template (prompts/intervention/surprisal.md) as plain
+     text, summed over the explanation's tokens (nats), averaged over prompts. Needs a judge that
+     returns prompt logprobs;
+   - `intervention_choice`: the judge is shown both continuations, shuffled, and picks which one was
+     steered towards the explanation; metric accuracy.
+
+The subject-model work (steps 1-3) runs in a worker thread, one latent at a time (steering hooks
+are installed on the shared model), and is shared by the two scorers: scoring both costs it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from autointerp.cache.store import ActivationCache
+from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, can_score_text
+from autointerp.prompting import clean_token, load_prompt, render
+from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.metrics import mean_or_none, win_rate
+
+
+@dataclass
+class InterventionSettings:
+    kl_target: float = 0.5  # mean next-token KL(clean || steered) the strength is tuned to (paper: 0.5)
+    kl_tolerance: float = 0.1  # relative: 0.1 accepts a KL within 10% of the target
+    n_prompts: int = 8  # held-out prompts per latent
+    prompt_tokens: int = 16  # prompt length (at most the cache's window length)
+    new_tokens: int = 8  # tokens generated per continuation (paper: 8)
+    temperature: float = 1.0  # sampling temperature of the continuations; 0 = greedy
+    method: str = "auto"  # "auto" | "encode_decode" | "direction" (subjects/steering.py)
+    search_steps: int = 12  # binary-search steps at most
+    log10_min: float = -2.0  # strength search range, log10 of multiples of the latent's max activation
+    log10_max: float = 3.0
+    choice_mode: Literal["auto", "logprobs", "text"] = "auto"  # intervention_choice: how the pick is read
+    max_reasks: int = 1
+    top_logprobs: int = 20
+    seed: int = 0
+
+
+class Tokenizer(Protocol):
+    all_special_ids: list[int]
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@dataclass
+class SteeringSubject:
+    """The loaded subject model, its tokenizer, and the dictionary with the hookpoint it reads."""
+
+    model: Any  # a transformers causal LM
+    tokenizer: Tokenizer
+    encoder: Any  # subjects.dictionaries.Encoder
+    hookpoint: Any  # subjects.hookpoints.Hookpoint
+
+
+@dataclass
+class Continuation:
+    window: int  # the cache window the prompt was cut from
+    prompt: str
+    clean: str
+    steered: str
+    changed: bool  # the steered tokens differ from the clean ones
+    max_activation: float  # the latent's largest activation on the prompt's tokens (as cached)
+
+
+@dataclass
+class Intervention:
+    """What steering one latent did: the tuned strength, the KL reached, and the continuations."""
+
+    latent: int
+    strength: float
+    kl: float
+    kl_reached: bool
+    forward_passes: int  # batched passes of the subject model (search + generation)
+    seconds: float
+    continuations: list[Continuation] = field(default_factory=list)
+
+    @property
+    def changed(self) -> float | None:
+        return mean_or_none([float(c.changed) for c in self.continuations])
+
+
+def held_out_windows(cache: ActivationCache, record: LatentRecord, n: int, prompt_tokens: int,
+                     special_ids: set[int], rng: np.random.Generator) -> list[int]:
+    """Up to `n` random windows outside the record's train side whose prompt part holds no special token.
+
+    The explainer saw the train side; prompts from it would let an explanation fit by memory of
+    its examples. Special tokens (document separators) would make a prompt span two documents.
+    """
+    train = record.train_windows()
+    n_windows = cache.meta.n_windows
+    found: list[int] = []
+    seen: set[int] = set()
+    for _ in range(50 * n + 200):
+        if len(found) == n or len(seen) + len(train) >= n_windows:
+            break
+        w = int(rng.integers(n_windows))
+        if w in seen or w in train:
+            continue
+        seen.add(w)
+        if not special_ids.intersection(cache.window_tokens(w)[:prompt_tokens].tolist()):
+            found.append(w)
+    return found
+
+
+class InterventionRunner:
+    """Steers latents of one subject model: prompts, strength tuning and continuations, per latent.
+
+    `subject` may be a loader, called on first use: a run whose latents are all scored already
+    never loads the model. Results are kept for the last few latents, so the second scorer of a
+    latent reuses the first one's continuations.
+    """
+
+    def __init__(self, subject: SteeringSubject | Callable[[], SteeringSubject], cache: ActivationCache,
+                 settings: InterventionSettings | None = None, *, keep: int = 4):
+        self._subject = subject
+        self.cache = cache
+        self.settings = settings or InterventionSettings()
+        self._lock = threading.Lock()
+        self._memo: OrderedDict[int, Intervention] = OrderedDict()
+        self._keep = keep
+
+    def subject(self) -> SteeringSubject:
+        if not isinstance(self._subject, SteeringSubject):
+            self._subject = self._subject()
+        return self._subject
+
+    async def run(self, record: LatentRecord) -> Intervention:
+        return await asyncio.to_thread(self.run_sync, record)
+
+    def run_sync(self, record: LatentRecord) -> Intervention:
+        with self._lock:  # the steering hooks go on the one shared model: one latent at a time
+            latent = record.latent.index
+            if latent not in self._memo:
+                self._memo[latent] = self._compute(record)
+                while len(self._memo) > self._keep:
+                    self._memo.popitem(last=False)
+            return self._memo[latent]
+
+    def _compute(self, record: LatentRecord) -> Intervention:
+        import torch
+
+        from autointerp.subjects.steering import Method, Steerer, generate_pair, tune
+
+        s = self.settings
+        start = time.perf_counter()
+        subject = self.subject()
+        latent = record.latent.index
+        seed = [s.seed, latent, zlib.crc32(b"intervention")]
+        rng = np.random.default_rng(seed)
+        prompt_len = max(1, min(s.prompt_tokens, self.cache.meta.window_len))
+        special = set(getattr(subject.tokenizer, "all_special_ids", []) or [])
+        windows = held_out_windows(self.cache, record, s.n_prompts, prompt_len, special, rng)
+        if not windows:
+            raise ValueError(f"latent {latent}: no held-out window is left to cut prompts from")
+        device = next(subject.model.parameters()).device
+        ids = torch.tensor(np.stack([self.cache.window_tokens(w)[:prompt_len] for w in windows]),
+                           dtype=torch.long, device=device)
+        method: Method = s.method  # type: ignore[assignment]
+        steerer = Steerer.for_latent(subject.model, subject.encoder, subject.hookpoint, latent, method)
+        scale = record.stats.max_activation if record.stats.max_activation > 0 else 1.0
+        tuning = tune(subject.model, ids, steerer, s.kl_target, scale=scale, log10_range=(s.log10_min, s.log10_max),
+                      max_steps=s.search_steps, rel_tol=s.kl_tolerance)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        clean, steered = generate_pair(subject.model, ids, steerer, tuning.strength, s.new_tokens,
+                                       temperature=s.temperature, generator=generator)
+        continuations = []
+        for row, w in enumerate(windows):
+            prompt_ids = ids[row].tolist()
+            c, st = clean[row].tolist(), steered[row].tolist()
+            continuations.append(Continuation(
+                window=w, prompt=_decode(subject.tokenizer, prompt_ids, special),
+                clean=_decode(subject.tokenizer, c, special), steered=_decode(subject.tokenizer, st, special),
+                changed=c != st,
+                max_activation=float(self.cache.window_activations(w, latent)[:prompt_len].max())))
+        passes = 2 + tuning.evaluations + s.new_tokens + 1  # prefix + clean + search; prefill + steps
+        return Intervention(latent=latent, strength=tuning.strength, kl=tuning.kl, kl_reached=tuning.reached,
+                            forward_passes=passes, seconds=time.perf_counter() - start, continuations=continuations)
+
+
+def _decode(tokenizer: Tokenizer, ids: Sequence[int], special: set[int]) -> str:
+    return tokenizer.decode([i for i in ids if i not in special])
+
+
+def _display(c: Continuation) -> str:
+    """How a prompt and its two continuations are written into judgments.parquet (one line each)."""
+    return f"{clean_token(c.prompt)}\n[clean]{clean_token(c.clean)}\n[steered]{clean_token(c.steered)}"
+
+
+def _summary_metrics(iv: Intervention) -> dict[str, float | None]:
+    return {"changed": iv.changed, "kl": round(iv.kl, 6), "strength": round(iv.strength, 6)}
+
+
+# --- the surprisal difference ----------------------------------------------------------------------
+
+_EXPLANATION = re.compile(r"\{\{\s*explanation\s*\}\}")
+
+
+def surprisal_text(passage: str, explanation: str) -> tuple[str, int, int]:
+    """The text the judge reads for one continuation, and the character span of the explanation in it."""
+    parts = _EXPLANATION.split(load_prompt("intervention/surprisal.md"))
+    if len(parts) != 2:
+        raise ValueError("prompts/intervention/surprisal.md must hold {{ explanation }} exactly once")
+    before, after = (render(p, text=passage) for p in parts)
+    return before + explanation + after, len(before), len(before) + len(explanation)
+
+
+def span_logprob(tokens: list[PromptToken], start: int, end: int) -> float | None:
+    """Sum of the logprobs of the tokens overlapping [start, end), or None if there are none to sum.
+
+    A token spans from its offset to the next token's; the last one, its own length.
+    """
+    total, found = 0.0, False
+    for k, tok in enumerate(tokens):
+        tok_end = tokens[k + 1].offset if k + 1 < len(tokens) else tok.offset + max(1, len(tok.token))
+        if tok.offset < end and tok_end > start:
+            if tok.logprob is None or not math.isfinite(tok.logprob):
+                return None
+            total += tok.logprob
+            found = True
+    return total if found else None
+
+
+class InterventionScorer:
+    """Surprisal difference: how much more likely the explanation is after the steered text than the clean."""
+
+    name = "intervention"
+    metrics = ("surprisal_difference", "win_rate", "changed", "kl", "strength")
+
+    def __init__(self, runner: InterventionRunner, settings: InterventionSettings | None = None):
+        self.runner = runner
+        self.settings = settings or runner.settings
+
+    def check_judge(self, judge: Judge) -> None:
+        if not can_score_text(judge):
+            raise ValueError(
+                f"the intervention scorer needs a judge that returns prompt logprobs (the log-probability of "
+                f"every token of a given text), and judge {judge.model} cannot: pick a judge whose backend "
+                "returns them, or score with 'intervention_choice', which needs only chat answers")
+
+    async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
+        self.check_judge(judge)
+        iv = await self.runner.run(record)
+        usage = Usage()
+        judgments = await asyncio.gather(*(self._judge(c, explanation.text, judge, usage) for c in iv.continuations))
+        values = [j.value for j in judgments if j.value is not None]
+        metrics: dict[str, float | None] = {"surprisal_difference": mean_or_none(values), "win_rate": win_rate(values),
+                                            **_summary_metrics(iv)}
+        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(judgments),
+                     n_failed=len(judgments) - len(values), judgments=list(judgments), usage=usage)
+
+    async def _logprob(self, passage: str, explanation: str, judge: Judge, usage: Usage) -> tuple[float | None, str]:
+        text, start, end = surprisal_text(passage, explanation)
+        error = ""
+        for _ in range(self.settings.max_reasks + 1):
+            try:
+                tokens = await judge.prompt_logprobs(text)  # type: ignore[attr-defined]
+            except JudgeError as e:
+                error = f"judge error: {e}"
+                continue
+            usage.add(Usage(prompt_tokens=len(tokens), calls=1))
+            value = span_logprob(tokens, start, end)
+            if value is not None:
+                return value, ""
+            return None, "no scored token covers the explanation"  # deterministic: asking again gives the same
+        return None, error
+
+    async def _judge(self, c: Continuation, explanation: str, judge: Judge, usage: Usage) -> Judgment:
+        base = dict(window=c.window, activating=True, probability=None, max_activation=c.max_activation,
+                    quantile=-1, text=_display(c))
+        if not c.changed:  # the same text twice: the difference is exactly 0, no need to ask
+            return Judgment(prediction=None, value=0.0, answer="not asked: identical continuations", **base)
+        clean, clean_err = await self._logprob(clean_token(c.prompt + c.clean), explanation, judge, usage)
+        steered, steered_err = await self._logprob(clean_token(c.prompt + c.steered), explanation, judge, usage)
+        if clean is None or steered is None:
+            return Judgment(prediction=None, value=None, error=clean_err or steered_err, **base)
+        diff = steered - clean
+        return Judgment(prediction=diff > 0, value=round(diff, 6),
+                        answer=f"log p(explanation): clean {clean:.4f}, steered {steered:.4f}", **base)
+
+
+# --- the judge picks the steered continuation ------------------------------------------------------
+
+def _letter(token: str) -> str:
+    return re.sub(r"[^a-z]", "", token.lower())
+
+
+def choice_probability(reply: Reply) -> float | None:
+    """P(A) / (P(A) + P(B)) at the first generated token, or None if neither letter is in the top list."""
+    if not reply.logprobs:
+        return None
+    first = reply.logprobs[0]
+    top = dict(first.top)
+    top.setdefault(first.token, first.logprob)
+    p_a = sum(math.exp(lp) for tok, lp in top.items() if _letter(tok) == "a")
+    p_b = sum(math.exp(lp) for tok, lp in top.items() if _letter(tok) == "b")
+    return None if p_a + p_b == 0 else p_a / (p_a + p_b)
+
+
+def choice_answer(text: str) -> bool | None:
+    """True for an answer that picks A, False for B, None if it picks neither (or both)."""
+    m = re.match(r"\W*(?:continuation\s+)?([ab])\b", text.strip(), re.IGNORECASE)
+    return None if m is None else m.group(1).lower() == "a"
+
+
+class InterventionChoiceScorer:
+    """The judge sees both continuations, shuffled, and picks the one steered towards the explanation."""
+
+    name = "intervention_choice"
+    metrics = ("accuracy", "p_correct", "changed", "kl", "strength")
+
+    def __init__(self, runner: InterventionRunner, settings: InterventionSettings | None = None):
+        self.runner = runner
+        self.settings = settings or runner.settings
+
+    def _mode(self, judge: Judge) -> str:
+        mode = self.settings.choice_mode
+        if mode == "auto":
+            return "logprobs" if judge.supports_logprobs else "text"
+        if mode == "logprobs" and not judge.supports_logprobs:
+            raise ValueError(f"judge {judge.model} gives no logprobs; use choice mode 'text'")
+        if mode not in ("logprobs", "text"):
+            raise ValueError(f"unknown choice mode {mode!r}; valid: auto, logprobs, text")
+        return mode
+
+    def check_judge(self, judge: Judge) -> None:
+        self._mode(judge)
+
+    async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
+        mode = self._mode(judge)
+        iv = await self.runner.run(record)
+        rng = np.random.default_rng([self.settings.seed, record.latent.index, zlib.crc32(self.name.encode())])
+        steered_first = rng.random(len(iv.continuations)) < 0.5
+        usage = Usage()
+        judgments = await asyncio.gather(*(self._judge(c, bool(first), explanation.text, judge, mode, usage)
+                                           for c, first in zip(iv.continuations, steered_first, strict=True)))
+        # a pick between two identical texts is a coin toss: it counts half, as its expected value
+        credit = [0.5 if j.value is None else j.value for j in judgments if not j.error]
+        p_correct = [j.probability if j.activating else 1 - j.probability
+                     for j in judgments if not j.error and j.probability is not None]
+        metrics: dict[str, float | None] = {
+            "accuracy": mean_or_none(credit),
+            "p_correct": mean_or_none(p_correct) if mode == "logprobs" else None,
+            **_summary_metrics(iv)}
+        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(judgments),
+                     n_failed=sum(bool(j.error) for j in judgments), judgments=list(judgments), usage=usage)
+
+    def _messages(self, c: Continuation, steered_first: bool, explanation: str) -> list[Message]:
+        a, b = (c.steered, c.clean) if steered_first else (c.clean, c.steered)
+        user = render(load_prompt("intervention/choice_user.md"), explanation=explanation,
+                      prompt=clean_token(c.prompt), a=clean_token(a), b=clean_token(b))
+        return [{"role": "system", "content": load_prompt("intervention/choice_system.md")},
+                {"role": "user", "content": user}]
+
+    async def _judge(self, c: Continuation, steered_first: bool, explanation: str, judge: Judge, mode: str,
+                     usage: Usage) -> Judgment:
+        # `activating` is the truth "A is the steered one", `prediction` "the judge picked A",
+        # `probability` P(A); `value` is 1 for a right pick and 0 for a wrong one
+        base = dict(window=c.window, activating=steered_first, max_activation=c.max_activation, quantile=-1,
+                    text=_display(c))
+        if not c.changed:
+            return Judgment(prediction=None, probability=0.5, value=None,
+                            answer="not asked: identical continuations", **base)
+        messages = self._messages(c, steered_first, explanation)
+        answer, error = "", ""
+        for attempt in range(self.settings.max_reasks + 1):
+            temperature = 0.0 if attempt == 0 else 0.7
+            try:
+                if mode == "logprobs":
+                    reply = await judge.chat(messages, max_tokens=1, temperature=temperature,
+                                             logprobs=self.settings.top_logprobs)
+                else:
+                    reply = await judge.chat(messages, max_tokens=5, temperature=temperature)
+            except JudgeError as e:
+                error = f"judge error: {e}"
+                continue
+            usage.add(reply.usage)
+            answer = reply.text
+            if mode == "logprobs":
+                p_a = choice_probability(reply)
+                if p_a is not None:
+                    picked_a = p_a > 0.5
+                    return Judgment(prediction=picked_a, probability=round(p_a, 6),
+                                    value=float(picked_a == steered_first), answer=answer[:200], **base)
+                error = "neither A nor B among the top logprobs"
+            else:
+                picked = choice_answer(answer)
+                if picked is not None:
+                    return Judgment(prediction=picked, probability=None, value=float(picked == steered_first),
+                                    answer=answer[:200], **base)
+                error = "answer is not A or B"
+        return Judgment(prediction=None, probability=None, value=None, answer=answer[:200], error=error, **base)
