@@ -151,6 +151,23 @@ def test_right_explanation_beats_wrong_one_by_choice(planted):
     assert all(c[-1]["content"].count("<continuation>") == 2 for c in judge.calls)
 
 
+def test_an_output_latent_that_detection_misses(planted):
+    """The paper's point: the planted latent fires on no particular input (its encoder is random), so
+    detection cannot confirm "month names", while intervention sees what it does to the output."""
+    from planted import oracle
+
+    from autointerp.scorers import DetectionScorer
+
+    _, cache, record = planted
+    words = WordTokenizer()
+    as_words = Sampler(cache, lambda ids: [words.decode([i]) for i in ids], SAMPLING).record(record.latent.index)
+    detection = _score(DetectionScorer(), as_words, RIGHT, ScriptedJudge(oracle))
+    intervention = _score(InterventionScorer(_runner(planted)), record, RIGHT,
+                          ScriptedJudge(lambda m: "", text_scorer=oracle_text_scorer))
+    assert detection.metrics["balanced_accuracy"] < 0.75
+    assert intervention.metrics["surprisal_difference"] > 0.5 and intervention.metrics["win_rate"] > 0.7
+
+
 def test_both_scorers_share_one_steering_run(planted, monkeypatch):
     _, _, record = planted
     runner = _runner(planted)
