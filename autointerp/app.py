@@ -91,7 +91,8 @@ def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True,
 
 
 def make_judge(name: str, config: RunConfig) -> Judge:
-    """A judge by name: "openai:MODEL" over HTTP, else a local GGUF model; behind the response cache."""
+    """A judge by name: "openai:MODEL" over HTTP, "vllm:MODEL" in process by vLLM, else a local GGUF model;
+    behind the response cache."""
     from autointerp.llm.assets import default_cache_dir
 
     if name.startswith("openai:"):
@@ -100,6 +101,11 @@ def make_judge(name: str, config: RunConfig) -> Judge:
         judge: Judge = OpenAIJudge(name.removeprefix("openai:"), config.judge_url, api_key_env=config.api_key_env,
                                    supports_logprobs=not config.no_logprobs)
         namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
+    elif name.startswith("vllm:"):
+        from autointerp.llm.vllm_offline import load_vllm_judge
+
+        judge = load_vllm_judge(name.removeprefix("vllm:"))
+        namespace = name
     else:
         from autointerp.llm.local import load_local_judge
 

@@ -135,8 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: quantiles)")
             g = p.add_argument_group("judges")
             g.add_argument("--judge", help=f"scorer judge: 'qwen2.5-coder-1.5b' (default, local), 'smollm2' (small, "
-                                           f"fast, for quick runs), a .gguf file, or 'openai:MODEL' for any "
-                                           f"OpenAI-compatible server (default: {DEFAULT_JUDGE})")
+                                           f"fast, for quick runs), a .gguf file, 'openai:MODEL' for any "
+                                           f"OpenAI-compatible server, or 'vllm:MODEL' (HF folder or name, "
+                                           f"'vllm:smollm2') in process by vLLM (default: {DEFAULT_JUDGE})")
             g.add_argument("--explainer", help="explainer model, same choices as --judge (default: the judge)")
             g.add_argument("--judge-url", help="base URL of the OpenAI-compatible server for openai:MODEL judges, "
                                                "e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)")
