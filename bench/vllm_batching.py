@@ -1,6 +1,7 @@
 """vLLM judge throughput: the same detection prompts micro-batched vs sent one at a time.
 
-    python bench/vllm_batching.py [--model smollm2] [--n 20] [--engine-args '{"gpu_memory_utilization": 0.1}']
+    python bench/vllm_batching.py [--model smollm2] [--n 20] [--gen-tokens 32]
+                                  [--engine-args '{"gpu_memory_utilization": 0.1}']
 
 Scores a planted record (its `2n` held-out and negative excerpts, one one-token Yes/No prompt with
 top-5 logprobs each) with `DetectionScorer` twice through one `VLLMJudge`: once as the scorer sends
@@ -8,7 +9,9 @@ them (concurrently, so the judge gathers them into micro-batches), once through 
 only one request in at a time (every request its own engine call). The prefix cache is reset before
 each pass so neither profits from the other. Prints prompts/s, engine calls and the ratio, and checks
 that both passes gave the same P(Yes) per example (greedy scoring does not depend on batching, up to
-bf16 noise). Exits 0 with a message when vllm is not installed.
+bf16 noise). With `--gen-tokens K` it also times `n` chats that each generate K tokens (a label-like
+workload, where decoding dominates instead of prompt processing), batched and one at a time.
+Exits 0 with a message when vllm is not installed.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="'smollm2' or a Hugging Face model folder")
     parser.add_argument("--n", type=int, default=20, help="activating and silent examples (prompts = 2n)")
+    parser.add_argument("--gen-tokens", type=int, default=0, help="also time n chats generating this many tokens")
     parser.add_argument("--engine-args", default='{"gpu_memory_utilization": 0.1, "max_model_len": 2048}',
                         help="JSON object of vllm.LLM arguments")
     args = parser.parse_args()
@@ -78,9 +82,21 @@ def main() -> None:
             score = await scorer(record, explanation, wrapped)
             elapsed = time.perf_counter() - start
             out[label] = (score.n_examples / elapsed, judge.engine_calls - calls, score)
+        if args.gen_tokens > 0:
+            prompts = [[{"role": "user", "content": f"Write one sentence about the number {i}."}]
+                       for i in range(args.n)]
+            for label, wrapped in (("one at a time", OneAtATime(judge)), ("micro-batched", judge)):
+                judge._llm.reset_prefix_cache()
+                calls = judge.engine_calls
+                start = time.perf_counter()
+                replies = await asyncio.gather(*(wrapped.chat(m, max_tokens=args.gen_tokens) for m in prompts))
+                elapsed = time.perf_counter() - start
+                tokens = sum(r.usage.completion_tokens for r in replies)
+                gen[label] = (len(prompts) / elapsed, tokens / elapsed, judge.engine_calls - calls)
         await judge.aclose()
         return out
 
+    gen: dict[str, tuple[float, float, int]] = {}
     results = asyncio.run(run())
     print(f"{2 * args.n} one-token Yes/No detection prompts (top-5 logprobs), vLLM {vllm.__version__}, "
           f"{judge.model} (engine load {load_s:.0f} s):")
@@ -94,6 +110,11 @@ def main() -> None:
              if j.probability is not None and p_one.get(j.window) is not None]
     if diffs:
         print(f"  P(Yes) batched vs alone: max |difference| {max(diffs):.4f} over {len(diffs)} examples")
+    if gen:
+        print(f"{args.n} chats generating up to {args.gen_tokens} tokens each:")
+        for label, (rate, tok_rate, calls) in gen.items():
+            print(f"  {label:14s} {rate:7.2f} prompts/s, {tok_rate:7.1f} generated tokens/s in {calls:3d} engine calls")
+        print(f"  ratio          {gen['micro-batched'][0] / gen['one at a time'][0]:7.2f}x")
 
 
 if __name__ == "__main__":

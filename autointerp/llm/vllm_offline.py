@@ -93,7 +93,7 @@ class _Request:
     params: Any  # its own SamplingParams
     future: asyncio.Future[Any]
     top: int = 0  # logprobs (chat) or prompt_logprobs (score) asked for
-    extra: dict[str, Any] = field(default_factory=dict)  # score: the text and its offsets
+    extra: dict[str, Any] = field(default_factory=dict)  # score: each token's offset and whether it is text
 
 
 @dataclass
@@ -180,7 +180,7 @@ class VLLMJudge:
             return []
         ids, offsets, keep = self._tokenize(text)
         params = self._sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=top_logprobs)
-        extra = {"text": text, "offsets": offsets, "keep": keep}
+        extra = {"offsets": offsets, "keep": keep}
         return await self._submit("score", {"prompt_token_ids": ids}, params, top=top_logprobs, extra=extra)
 
     async def aclose(self) -> None:
