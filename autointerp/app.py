@@ -91,7 +91,7 @@ def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True,
 
 
 def make_judge(name: str, config: RunConfig) -> Judge:
-    """A judge by name: "openai:MODEL" over HTTP, else a local GGUF model.
+    """A judge by name: "openai:MODEL" over HTTP, "vllm:MODEL" in process by vLLM, else a local GGUF model.
 
     Layers, outside in: the response cache (a hit never waits for a slot), the ordering gate (bounded
     requests in flight, served by latent and stage so shared prefixes stay together), the backend.
@@ -106,6 +106,12 @@ def make_judge(name: str, config: RunConfig) -> Judge:
         judge: Judge = OpenAIJudge(name.removeprefix("openai:"), config.judge_url, api_key_env=config.api_key_env,
                                    supports_logprobs=not config.no_logprobs, max_concurrency=slots)
         namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
+    elif name.startswith("vllm:"):
+        from autointerp.llm.vllm_offline import load_vllm_judge
+
+        slots = config.judge_concurrency or 128  # the engine batches whatever is in flight together
+        judge = load_vllm_judge(name.removeprefix("vllm:"))
+        namespace = name
     else:
         from autointerp.llm.local import load_local_judge
 

@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: quantiles)")
             g = p.add_argument_group("judges")
             g.add_argument("--judge", help=f"scorer judge: 'qwen2.5-coder-1.5b' (default, local), 'smollm2' (small, "
-                                           f"fast, for quick runs), a .gguf file, or 'openai:MODEL' for any "
-                                           f"OpenAI-compatible server (default: {DEFAULT_JUDGE})")
+                                           f"fast, for quick runs), a .gguf file, 'openai:MODEL' for any "
+                                           f"OpenAI-compatible server, or 'vllm:MODEL' (HF folder or name, "
+                                           f"'vllm:smollm2') in process by vLLM (default: {DEFAULT_JUDGE})")
             g.add_argument("--explainer", help="explainer model, same choices as --judge (default: the judge)")
             g.add_argument("--judge-url", help="base URL of the OpenAI-compatible server for openai:MODEL judges, "
                                                "e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)")
@@ -219,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--concurrency", type=int, help="latents in flight at once (default: 1; a local judge "
                                                            "answers one prompt at a time anyway)")
             g.add_argument("--judge-concurrency", type=int,
-                           help="judge requests in flight (default: 1 for a local judge, 8 over HTTP); when more "
-                                "wait, one latent's prompts go first, so a server's prefix cache is hit")
+                           help="judge requests in flight (default: 1 for llama.cpp, 8 over HTTP, 128 for vLLM); "
+                                "when more wait, one latent's prompts go first, so a server's prefix cache is hit")
         if name in ("run", "explain"):
             p.add_argument("--show-activations", action="store_true",
                            help="also show the explainer 0-10 activation values of marked tokens")

@@ -55,7 +55,7 @@ class RunConfig:
     latents: list[int] | None = None
     max_latents: int | None = DEFAULT_MAX_LATENTS  # None = every latent that fires often enough
     concurrency: int = 1  # latents in flight
-    judge_concurrency: int | None = None  # judge requests in flight; None = 1 for a local judge, 8 over HTTP
+    judge_concurrency: int | None = None  # judge requests in flight; None = 1 llama.cpp, 8 HTTP, 128 vLLM
     cache: CacheSettings = field(default_factory=CacheSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     explain: ExplainerSettings = field(default_factory=ExplainerSettings)
