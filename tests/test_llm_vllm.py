@@ -443,6 +443,7 @@ def test_make_judge_wires_vllm_behind_the_response_cache(fake_vllm, tmp_path):
     from autointerp.app import make_judge
     from autointerp.config import RunConfig
     from autointerp.llm.cache import CachedJudge
+    from autointerp.llm.ordering import OrderedJudge
     from autointerp.llm.vllm_offline import VLLMJudge
 
     folder = tmp_path / "model"
@@ -450,11 +451,12 @@ def test_make_judge_wires_vllm_behind_the_response_cache(fake_vllm, tmp_path):
     (folder / "config.json").write_text("{}")
     config = RunConfig(response_cache_path=str(tmp_path / "responses.sqlite"))
     judge = make_judge(f"vllm:{folder}", config)
-    assert isinstance(judge, CachedJudge) and isinstance(judge.inner, VLLMJudge)
+    assert isinstance(judge, CachedJudge) and isinstance(judge.inner, OrderedJudge)
+    assert isinstance(judge.inner.inner, VLLMJudge) and judge.inner.gate.slots == 128  # room to batch
     assert judge.namespace == f"vllm:{folder}"
     assert FakeLLM.instances[-1].kwargs["model"] == str(folder)
     config.response_cache = False
-    assert isinstance(make_judge(f"vllm:{folder}", config), VLLMJudge)
+    assert isinstance(make_judge(f"vllm:{folder}", config).inner, VLLMJudge)
 
 
 # ----------------------------------------------------------------------------- integration (real vLLM)
