@@ -6,11 +6,12 @@ gets a `<scorer>_<metric>` column for each, whether or not a latent has a value.
 
 from autointerp.scorers.classify import ClassifierSettings
 from autointerp.scorers.detection import DetectionScorer
+from autointerp.scorers.embedding import EmbeddingScorer
 from autointerp.scorers.fuzzing import FuzzingScorer
 from autointerp.scorers.intervention import InterventionChoiceScorer, InterventionScorer, InterventionSettings
 
 SCORERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer, "intervention": InterventionScorer,
-           "intervention_choice": InterventionChoiceScorer}
+           "intervention_choice": InterventionChoiceScorer, "embedding": EmbeddingScorer}
 
 
 def scorer_metrics(name: str) -> tuple[str, ...]:
@@ -19,5 +20,5 @@ def scorer_metrics(name: str) -> tuple[str, ...]:
     return tuple(getattr(cls, "metrics", ())) if cls else ()
 
 
-__all__ = ["SCORERS", "ClassifierSettings", "DetectionScorer", "FuzzingScorer", "InterventionChoiceScorer",
-           "InterventionScorer", "InterventionSettings", "scorer_metrics"]
+__all__ = ["SCORERS", "ClassifierSettings", "DetectionScorer", "EmbeddingScorer", "FuzzingScorer",
+           "InterventionChoiceScorer", "InterventionScorer", "InterventionSettings", "scorer_metrics"]

@@ -105,3 +105,16 @@ def win_rate(differences: Sequence[float]) -> float | None:
         return None
     d = np.asarray(differences, float)
     return float(((d > 0).sum() + 0.5 * (d == 0).sum()) / len(d))
+
+
+def top_r(truth: Sequence[bool], scores: Sequence[float]) -> list[bool]:
+    """Call the R highest-scored items positive, R = the number of positives (ties: earlier item first).
+
+    The threshold-free decision rule for scores with no natural cut (a cosine similarity); the
+    precision of these predictions is the R-precision of the ranking.
+    """
+    r = int(np.asarray(truth, bool).sum())
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    pred = np.zeros(len(order), bool)
+    pred[order[:r]] = True
+    return pred.tolist()
