@@ -5,20 +5,29 @@ what is left, so no window is ever on both sides: delphi draws both sides from t
 the same seed and leaks 10-20 of its 50 test examples into the explainer prompt. Every draw uses a
 generator seeded by (seed, latent), so a latent's record does not depend on which other latents
 were processed, or in what order.
+
+Negatives are random silent windows by default; `negatives="similar"` or `"cooccurring"` picks
+hard ones (see negatives.py). Whatever the kind, every negative is silent for the latent on every
+token, and no window serves two splits (test, train, validation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Literal
 
 import numpy as np
 
 from autointerp.cache.store import ActivationCache
+from autointerp.embeddings import Embedder
+from autointerp.negatives import CandidatePool, cooccurring_latents, negative_groups, rank_cooccurring, rank_similar
 from autointerp.records import Example, LatentId, LatentRecord
 
 TokenDecoder = Callable[[Sequence[int]], list[str]]
+NegativeKind = Literal["random", "similar", "cooccurring"]
+NEGATIVE_KINDS: tuple[str, ...] = ("random", "similar", "cooccurring")
 
 
 @dataclass
@@ -32,6 +41,10 @@ class SamplingSettings:
     train_type: Literal["quantiles", "top"] = "quantiles"
     min_examples: int = 20  # latents firing in fewer windows are skipped
     seed: int = 0
+    negatives: NegativeKind = "random"  # random silent windows, or hard ones: similar / cooccurring
+    similar_pool: int = 500  # with negatives="similar": random windows embedded once per run as candidates
+    similar_model: str = "default"  # with negatives="similar": the embedding model that ranks them
+    n_cooccurring: int = 10  # with negatives="cooccurring": latents whose top windows are candidates
 
 
 class NotEnoughExamples(ValueError):
@@ -56,10 +69,25 @@ def stratified_pick(bins: list[np.ndarray], n: int, rng: np.random.Generator) ->
 
 
 class Sampler:
-    def __init__(self, cache: ActivationCache, decode: TokenDecoder, settings: SamplingSettings):
+    """Builds `LatentRecord`s from a cache. `embedder` is needed only for `negatives="similar"`;
+    it is passed in (never loaded here) so tests can hand in a fake one."""
+
+    def __init__(self, cache: ActivationCache, decode: TokenDecoder, settings: SamplingSettings,
+                 embedder: Embedder | None = None):
+        if settings.negatives not in NEGATIVE_KINDS:
+            raise ValueError(f"unknown negatives kind {settings.negatives!r}; valid: {', '.join(NEGATIVE_KINDS)}")
+        if settings.negatives == "similar" and embedder is None:
+            raise ValueError("negatives='similar' ranks windows by embedding: give the Sampler an embedder")
         self.cache = cache
         self.decode = decode
         self.settings = settings
+        self.pool: CandidatePool | None = None
+        if settings.negatives == "similar" and embedder is not None:
+            self.pool = CandidatePool(cache, self.texts, embedder, settings.similar_pool, settings.seed)
+
+    def texts(self, windows: Iterable[int]) -> list[str]:
+        """The windows' text exactly as `Example.text` gives it (so embeddings are shared with scorers)."""
+        return ["".join(self.decode(self.cache.window_tokens(int(w)).tolist())) for w in windows]
 
     def example(self, window: int, latent: int, quantile: int = -1) -> Example:
         tokens = self.cache.window_tokens(window).tolist()
@@ -106,34 +134,74 @@ class Sampler:
         validation = stratified_pick(rest, s.n_validation, rng)
 
         used = taken | set(validation)
-        n_neg = s.n_negatives + s.n_train_negatives
-        negatives = self._negatives(latent, n_neg + len(validation), used, rng)
+        train_examples = [self.example(w, latent, quantile(w)) for w in train]
+        test_examples = [self.example(w, latent, bin_of[w]) for w in test]
+        validation_examples = [self.example(w, latent, bin_of[w]) for w in validation]
+        sizes = (s.n_negatives, s.n_train_negatives, len(validation))  # test, train, validation
+        if s.negatives == "random":
+            found = list(islice(self._silent(latent, used, rng, sum(sizes)), sum(sizes)))
+            cuts = np.cumsum(sizes)[:-1]
+            held, shown, checking = (found[i:j] for i, j in zip([0, *cuts], [*cuts, None], strict=True))
+        else:
+            held, shown, checking = self._hard_negatives(
+                latent, used, train_examples + test_examples + validation_examples, sizes, rng)
         return LatentRecord(
             latent=lid,
             stats=stats,
-            train=[self.example(w, latent, quantile(w)) for w in train],
-            test=[self.example(w, latent, bin_of[w]) for w in test],
-            negatives=[self.example(w, latent) for w in negatives[: s.n_negatives]],
-            train_negatives=[self.example(w, latent) for w in negatives[s.n_negatives : n_neg]],
-            validation=[self.example(w, latent, bin_of[w]) for w in validation],
-            validation_negatives=[self.example(w, latent) for w in negatives[n_neg:]],
+            train=train_examples,
+            test=test_examples,
+            negatives=[self.example(w, latent) for w in held],
+            train_negatives=[self.example(w, latent) for w in shown],
+            validation=validation_examples,
+            validation_negatives=[self.example(w, latent) for w in checking],
         )
 
-    def _negatives(self, latent: int, n: int, exclude: set[int], rng: np.random.Generator) -> list[int]:
-        """Random windows where the latent is silent on every token."""
+    def _silent(self, latent: int, exclude: set[int], rng: np.random.Generator, n: int) -> Iterator[int]:
+        """Random windows where the latent is silent on every token, within 20n+100 draws."""
         n_windows = self.cache.meta.n_windows
-        found: list[int] = []
         seen = set(exclude)
         for _ in range(20 * n + 100):
-            if len(found) == n or len(seen) >= n_windows:
-                break
+            if len(seen) >= n_windows:
+                return
             w = int(rng.integers(n_windows))
             if w in seen:
                 continue
             seen.add(w)
             if not self.cache.fires_in(w, latent):
-                found.append(w)
-        return found
+                yield w
+
+    def _ranked(self, latent: int, activating: list[Example]) -> Iterable[int]:
+        if self.settings.negatives == "similar":
+            assert self.pool is not None
+            return rank_similar(self.pool, [e.text for e in activating])
+        return rank_cooccurring(self.cache, cooccurring_latents(self.cache, latent, self.settings.n_cooccurring))
+
+    def _hard_negatives(self, latent: int, exclude: set[int], activating: list[Example], sizes: tuple[int, ...],
+                        rng: np.random.Generator) -> list[list[int]]:
+        """Negatives for each split (test, train, validation: `sizes` of each) from the ranked
+        candidates, each window in its fixed group; random silent windows fill whatever the candidates
+        could not (a small pool, few co-firing latents). Each group is shuffled, so the test group does
+        not get all of the hardest."""
+        s = self.settings
+        picked: list[list[int]] = [[] for _ in sizes]
+        seen = set(exclude)
+
+        def take(windows: Iterable[int]) -> None:
+            for w in windows:
+                if all(len(p) >= n for p, n in zip(picked, sizes, strict=True)):
+                    return
+                if w in seen:
+                    continue
+                seen.add(w)
+                group = int(negative_groups([w], s.seed, latent, sizes)[0])
+                if len(picked[group]) < sizes[group] and not self.cache.fires_in(w, latent):
+                    picked[group].append(w)
+
+        take(self._ranked(latent, activating))
+        missing = sum(sizes) - sum(len(p) for p in picked)
+        if missing:
+            take(self._silent(latent, set(seen), rng, 4 * missing))
+        return [[int(w) for w in rng.permutation(p)] for p in picked]
 
 
 DOCUMENT_BREAK = " ¶ "

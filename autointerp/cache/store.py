@@ -196,6 +196,19 @@ class ActivationCache:
         _, _, latents, _ = self._entries(window)
         return bool((latents == latent).any())
 
+    def cofiring_counts(self, latent: int, windows: np.ndarray) -> tuple[np.ndarray, int]:
+        """Over the given windows: for every latent, on how many tokens it fired together with `latent`;
+        and on how many tokens `latent` fired (the entry for `latent` itself equals that)."""
+        counts = np.zeros(self.num_latents, np.int64)
+        own = 0
+        for w in windows:
+            _, positions, latents, _ = self._entries(int(w))
+            fired = np.unique(positions[latents == latent])
+            own += len(fired)
+            together = np.isin(positions, fired)
+            counts += np.bincount(latents[together], minlength=self.num_latents)
+        return counts, own
+
     def top_windows(self, latent: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows with the highest max activation, strongest first, and those maxima."""
         vals, wins = self.state.top_val[latent], self.state.top_win[latent]
