@@ -5,6 +5,11 @@ before it labels. An answer without that line is re-asked with the output constr
 object `{"explanation": ...}` (backends that constrain decoding cannot miss the format; small
 local models need this), a bounded number of times, and then reported as a failure: it is never
 replaced by a guess.
+
+Two styles: `default` shows only activating examples; `contrastive` also shows the record's
+explainer-side silent examples (`train_negatives`, which `--negatives similar` makes hard) and asks
+what sets the two apart, so a label that only names the corpus's topic is pushed to be specific.
+The contrastive style takes no few-shot example (the shipped one has no silent excerpts).
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from autointerp.llm.base import Judge, Message
-from autointerp.prompting import clean_token, format_marked, load_prompt, marks_above, render
+from autointerp.prompting import clean_token, format_marked, format_plain, load_prompt, marks_above, render
 from autointerp.records import Example, Explanation, LatentRecord, Usage
 
 _ANSWER = re.compile(r"\[EXPLANATION\]\s*:\s*(.+)", re.IGNORECASE)
@@ -24,8 +30,13 @@ class ExplanationFailed(RuntimeError):
     """The explainer gave no parseable label after every re-ask."""
 
 
+ExplainerStyle = Literal["default", "contrastive"]
+EXPLAINER_STYLES: tuple[str, ...] = ("default", "contrastive")
+
+
 @dataclass
 class ExplainerSettings:
+    style: ExplainerStyle = "default"  # contrastive: also show silent examples and ask what differs
     mark_fraction: float = 0.3  # mark tokens above this fraction of the example's max activation
     show_activations: bool = False  # also list the marked tokens with 0-10 activation values
     token_counts: bool = False  # also list the most frequent marked tokens with their counts
@@ -70,6 +81,12 @@ def marked_token_counts(examples: list[Example], settings: ExplainerSettings, to
 
 def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Message]:
     scale = max((e.max_activation for e in record.train), default=1.0) or 1.0
+    if settings.style == "contrastive":
+        silent = "\n".join(f"Silent excerpt {i}: {format_plain(e)}" for i, e in enumerate(record.train_negatives, 1))
+        user = render(load_prompt("explainer/contrastive_user.md"),
+                      active=format_examples(record.train, settings, scale), silent=silent)
+        return [{"role": "system", "content": load_prompt("explainer/contrastive_system.md")},
+                {"role": "user", "content": user}]
     messages: list[Message] = [{"role": "system", "content": load_prompt("explainer/system.md")}]
     if settings.fewshot:
         messages += [
@@ -123,6 +140,11 @@ async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSetting
     settings = settings or ExplainerSettings()
     if not record.train:
         raise ExplanationFailed(f"latent {record.latent} has no training examples to explain")
+    if settings.style not in EXPLAINER_STYLES:
+        raise ValueError(f"unknown explainer style {settings.style!r}; valid: {', '.join(EXPLAINER_STYLES)}")
+    if settings.style == "contrastive" and not record.train_negatives:
+        raise ExplanationFailed(f"latent {record.latent} has no silent examples for the contrastive explainer "
+                                "(it fires almost everywhere, or n_train_negatives is 0)")
     messages = build_messages(record, settings)
     usage = Usage()
     failures = 0

@@ -91,3 +91,17 @@ def oracle(messages: list[Message]) -> Reply:
     else:
         hit = any(re.search(rf"\b{w}\b", excerpt) for w in words)
     return yes_no(0.9 if hit else 0.1)
+
+
+def oracle_explainer(messages: list[Message]) -> str:
+    """Names the category of the marked tokens, if no silent excerpt (contrastive prompts) holds one too."""
+    user = messages[-1]["content"]
+    active = re.search(r"<active_excerpts>\n(.*?)\n</active_excerpts>", user, re.DOTALL)
+    silent = re.search(r"<silent_excerpts>\n(.*?)\n</silent_excerpts>", user, re.DOTALL)
+    marked = re.findall(r"<<(.*?)>>", active.group(1) if active else user)
+    for key, words in CATEGORIES.items():
+        if marked and all(any(w in m for w in words) for m in marked):
+            if silent and any(re.search(rf"\b{w}\b", silent.group(1)) for w in words):
+                continue  # the silent excerpts have these words too: not what sets the feature apart
+            return f"They are all {key}s.\n[EXPLANATION]: {key} names"
+    return "I cannot tell.\n[EXPLANATION]: unclear"
