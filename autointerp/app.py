@@ -6,6 +6,7 @@ ready objects, which is what lets tests hand them scripted judges and tiny cache
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from autointerp.cache.build import build_cache
 from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
+from autointerp.embeddings import Embedder
 from autointerp.llm.base import Judge, JudgeError
 from autointerp.llm.cache import ResponseCacheError
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
@@ -140,13 +142,36 @@ def steering_subject(config: RunConfig):
     return SteeringSubject(model=subject.model, tokenizer=subject.tokenizer, encoder=encoder, hookpoint=hookpoint)
 
 
-def make_scorers(config: RunConfig, names: list[str] | None = None,
-                 cache: ActivationCache | None = None) -> list[Any]:
+def embedders(config: RunConfig) -> Callable[[str], Embedder]:
+    """Embedders by model name, one instance per name for the run: the sampler's `similar` negatives
+    and the embedding scorer share a model (loaded once, on first use) and its per-text cache."""
+    from autointerp.embeddings import load_embedder
+
+    made: dict[str, Embedder] = {}
+
+    def get(name: str) -> Embedder:
+        if name not in made:
+            made[name] = load_embedder(name, device=config.device)
+        return made[name]
+
+    return get
+
+
+def make_scorers(config: RunConfig, names: list[str] | None = None, cache: ActivationCache | None = None, *,
+                 embedder: Callable[[str], Embedder] | None = None) -> list[Any]:
     """The scorers named (default: the config's), built with the run's settings; the intervention
-    scorers also need the run's activation cache."""
-    from autointerp.scorers import DetectionScorer, FuzzingScorer, InterventionChoiceScorer, InterventionScorer
+    scorers also need the run's activation cache, and the embedding scorer takes its model from
+    `embedder` (by name; shared with the sampler's similar negatives)."""
+    from autointerp.scorers import (
+        DetectionScorer,
+        EmbeddingScorer,
+        FuzzingScorer,
+        InterventionChoiceScorer,
+        InterventionScorer,
+    )
     from autointerp.scorers.intervention import InterventionRunner
 
+    embedder = embedder or embedders(config)
     settings = config.classifier
     settings.seed = config.sampling.seed
     config.intervention.seed = config.sampling.seed
@@ -165,7 +190,8 @@ def make_scorers(config: RunConfig, names: list[str] | None = None,
              "fuzzing": lambda: FuzzingScorer(settings, mark_fraction=config.explain.mark_fraction,
                                               negatives=config.fuzz_negatives),
              "intervention": lambda: InterventionScorer(intervention_runner()),
-             "intervention_choice": lambda: InterventionChoiceScorer(intervention_runner())}
+             "intervention_choice": lambda: InterventionChoiceScorer(intervention_runner()),
+             "embedding": lambda: EmbeddingScorer(embedder(config.embedding_model))}
     return [built[name]() for name in (config.scorers if names is None else names)]
 
 
@@ -173,7 +199,10 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
                         judges: dict[str, Judge] | None = None) -> RunSummary:
     """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests."""
     cache = ActivationCache(files.cache)
-    sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling)
+    embedder = embedders(config)
+    similar = embedder(config.sampling.similar_model) if config.sampling.negatives == "similar" else None
+    sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling, embedder=similar)
+    scorers = make_scorers(config, cache=cache, embedder=embedder)
     latents, n_rare = select_latents(cache, config)
     loaded: dict[str, Judge] = dict(judges or {})
 
@@ -184,13 +213,14 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
 
     best_of = "explain" in stages and config.explain.best_of > 1
     explainer = judge(config.explainer_model) if "explain" in stages else None
-    scorer_judge = judge(config.judge) if "score" in stages or best_of else None
-    chooser = make_scorers(config, [config.explain.best_of_scorer], cache)[0] if best_of else None
+    needs_judge = "score" in stages and any(getattr(s, "needs_judge", True) for s in scorers)
+    chooser = make_scorers(config, [config.explain.best_of_scorer], cache, embedder=embedder)[0] if best_of else None
+    needs_judge |= best_of and getattr(chooser, "needs_judge", True)
+    scorer_judge = judge(config.judge) if needs_judge else None
     summary = RunSummary()
     if n_rare:
         summary.messages.append(f"{n_rare} of {cache.num_latents} latents fire in fewer than "
                                 f"{config.sampling.min_examples} windows and are not eligible")
-    scorers = make_scorers(config, cache=cache)
     worker = LatentWorker(files, config, sampler, explainer, scorer_judge, scorers, stages, summary,
                           chooser=chooser)
     try:

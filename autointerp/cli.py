@@ -62,6 +62,9 @@ OPTION_FIELDS = {
     "api_key_env": "api_key_env",
     "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
     "prices": "prices", "kl_target": "intervention.kl_target", "intervention_prompts": "intervention.n_prompts",
+    "negatives": "sampling.negatives", "n_train_negatives": "sampling.n_train_negatives",
+    "similar_model": "sampling.similar_model", "embedding_model": "embedding_model",
+    "explainer_style": "explain.style",
 }
 # the sampling seed follows the cache seed, so one --seed fixes every draw
 LINKED = {"cache.seed": "sampling.seed"}
@@ -158,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run": "cache, explain and score in one go (resumable)",
         "cache": "stream the corpus through model + dictionary and cache latent activations",
         "explain": "label each selected latent with the explainer model",
-        "score": "score existing explanations with the judge (detection, fuzzing, intervention)",
+        "score": "score existing explanations (detection, fuzzing, intervention with the judge; embedding)",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
@@ -199,6 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--train-type", choices=["quantiles", "top"],
                            help="explainer examples spread over activation quantiles, or the strongest "
                                 "(default: quantiles)")
+            g.add_argument("--negatives", choices=["random", "similar", "cooccurring"],
+                           help="non-activating examples: random silent windows (default); 'similar': silent "
+                                "windows closest by sentence embedding to the activating ones; 'cooccurring': top "
+                                "windows of the latents that fire with this one, where it is silent")
+            g.add_argument("--n-train-negatives", type=int,
+                           help="non-activating examples shown to the contrastive explainer (default: 20)")
+            g.add_argument("--similar-model",
+                           help="embedding model that ranks --negatives similar: 'default' (bundled "
+                                "all-MiniLM-L6-v2), a sentence-transformers folder, or a cached model id")
             g = p.add_argument_group("judges")
             g.add_argument("--judge", help=f"scorer judge: 'qwen2.5-coder-1.5b' (default, local), 'smollm2' (small, "
                                            f"fast, for quick runs), a .gguf file, 'openai:MODEL' for any "
@@ -232,13 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 "split that the final scores never see (default: 1; costs N explainer calls and "
                                 "N x 40 judge calls more per latent)")
             p.add_argument("--best-of-scorer", help="scorer that picks among best-of-n labels (default: detection)")
+            p.add_argument("--explainer-style", choices=["default", "contrastive"],
+                           help="default: show activating examples; contrastive: also show non-activating ones "
+                                "(hard with --negatives similar) and ask what sets them apart")
         if name in ("run", "score"):
             g = p.add_argument_group("scoring")
             g.add_argument("--scorers", type=_str_list,
                            help="comma-separated, from detection, fuzzing, intervention (surprisal difference "
                                 "of steered vs clean continuations; needs a judge with prompt logprobs), "
-                                "intervention_choice (the judge picks the steered continuation) "
-                                "(default: detection,fuzzing)")
+                                "intervention_choice (the judge picks the steered continuation), embedding "
+                                "(cosine of explanation and excerpts; no judge) (default: detection,fuzzing)")
+            g.add_argument("--embedding-model",
+                           help="embedding scorer's model: 'default' (bundled all-MiniLM-L6-v2), a "
+                                "sentence-transformers folder, or a model id already in the Hugging Face cache")
             g.add_argument("--judge-mode", choices=["auto", "logprobs", "text", "json"],
                            help="logprobs: one example per call, P(Yes) from logprobs (default when the judge "
                                 "gives them; gives AUROC); text: one per call, Yes/No read from the answer; "
@@ -323,6 +341,9 @@ def _validate(config: RunConfig) -> None:
     unknown = [s for s in config.scorers if s not in SCORERS]
     if unknown:
         raise ConfigError(f"unknown scorer(s) {unknown}; available: {sorted(SCORERS)}")
+    if config.explain.style == "contrastive" and config.sampling.n_train_negatives < 1:
+        raise ConfigError("--explainer-style contrastive shows non-activating examples: --n-train-negatives "
+                          "must be at least 1")
     if config.cache.ctx_len % config.cache.window_len:
         raise ConfigError("the context length must be a multiple of the window length")
     if config.explain.best_of_scorer not in SCORERS:

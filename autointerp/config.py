@@ -52,6 +52,7 @@ class RunConfig:
     prices: str | None = None  # JSON/TOML price table (USD per million tokens) for a cost estimate
     scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing"])
     fuzz_negatives: str = "silent"
+    embedding_model: str = "default"  # embedding scorer: "default" = bundled all-MiniLM-L6-v2, or a folder / id
     latents: list[int] | None = None
     max_latents: int | None = DEFAULT_MAX_LATENTS  # None = every latent that fires often enough
     concurrency: int = 1  # latents in flight

@@ -138,7 +138,7 @@ class LatentWorker:
         try:
             extra: dict[str, Any] = {}
             if settings.best_of > 1:
-                if self.chooser is None or self.judge is None:
+                if self.chooser is None or (self.judge is None and getattr(self.chooser, "needs_judge", True)):
                     raise ValueError("best-of-n explanations need a scorer and a judge to choose with")
                 expl, candidates = await best_of_n(record, self.explainer, self.judge, self.chooser, settings)
                 extra = {"candidates": [asdict(c) for c in candidates], "chosen_by": self.chooser.name}
@@ -158,9 +158,10 @@ class LatentWorker:
         return row
 
     async def _score(self, scorer: Any, record: LatentRecord, explanation: Explanation) -> None:
-        assert self.judge is not None
+        # a scorer that asks no LLM (embedding) names its own model, and may run with no judge loaded
+        judge_model = getattr(scorer, "judge_model", None) or (self.judge.model if self.judge else None)
         base = {"latent": record.latent.index, "hookpoint": record.latent.hookpoint, "scorer": scorer.name,
-                "judge_model": self.judge.model, "explanation": explanation.text}
+                "judge_model": judge_model, "explanation": explanation.text}
         try:
             score = await scorer(record, explanation, self.judge)
             row = {**base, "status": "ok", "error": "", "metrics": score.metrics, "n_examples": score.n_examples,

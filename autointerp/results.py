@@ -93,9 +93,13 @@ class RunFiles:
 
 def usage_by_model(files: RunFiles) -> dict[str, Usage]:
     """Judge calls and tokens spent in this folder, per model (explainer and scorers together)."""
+    from autointerp.scorers import SCORERS
+
     totals: dict[str, Usage] = {}
     rows = [(r, r.get("explainer_model")) for r in read_jsonl(files.explanations)]
-    rows += [(r, r.get("judge_model")) for r in read_jsonl(files.scores)]
+    # a scorer that asks no LLM (embedding) records its model as judge_model but spends no tokens
+    rows += [(r, r.get("judge_model")) for r in read_jsonl(files.scores)
+             if getattr(SCORERS.get(r.get("scorer", "")), "needs_judge", True)]
     for row, model in rows:
         if model and row.get("usage"):
             totals.setdefault(model, Usage()).add(Usage(**row["usage"]))
