@@ -428,7 +428,7 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
     lines = [f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
              f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed"]
     ok = table[table["status"] == "ok"] if len(table) else table
-    from autointerp.scorers import scorer_metrics
+    from autointerp.scorers import SCORERS, scorer_metrics
 
     for scorer in config.scorers:
         headline = [m for m in scorer_metrics(scorer)[:2] if f"{scorer}_{m}" in ok]
@@ -440,7 +440,9 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
                     parts.append(f"{m} {values.mean():.3f}")
             failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
             total = int(ok[f"{scorer}_n"].fillna(0).sum())
-            lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({failed}/{total} judge answers unusable)")
+            asks = getattr(SCORERS.get(scorer), "needs_judge", True)  # embedding asks no judge
+            note = f"{failed}/{total} judge answers unusable" if asks else f"{total} examples, no judge"
+            lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
     for msg in summary.messages:
         lines.append("  " + msg)
     lines.append(f"results: {files.results}")
