@@ -81,23 +81,23 @@ def marked_token_counts(examples: list[Example], settings: ExplainerSettings, to
 
 def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Message]:
     scale = max((e.max_activation for e in record.train), default=1.0) or 1.0
+    examples = format_examples(record.train, settings, scale)
     if settings.style == "contrastive":
         silent = "\n".join(f"Silent excerpt {i}: {format_plain(e)}" for i, e in enumerate(record.train_negatives, 1))
-        user = render(load_prompt("explainer/contrastive_user.md"),
-                      active=format_examples(record.train, settings, scale), silent=silent)
-        return [{"role": "system", "content": load_prompt("explainer/contrastive_system.md")},
-                {"role": "user", "content": user}]
-    messages: list[Message] = [{"role": "system", "content": load_prompt("explainer/system.md")}]
-    if settings.fewshot:
+        system = load_prompt("explainer/contrastive_system.md")
+        user = render(load_prompt("explainer/contrastive_user.md"), active=examples, silent=silent)
+    else:
+        system = load_prompt("explainer/system.md")
+        user = render(load_prompt("explainer/user.md"), examples=examples)
+    if settings.token_counts:
+        user += "\n\n" + render(load_prompt("explainer/token_counts.md"),
+                                 counts=marked_token_counts(record.train, settings))
+    messages: list[Message] = [{"role": "system", "content": system}]
+    if settings.fewshot and settings.style != "contrastive":
         messages += [
             {"role": "user", "content": load_prompt("explainer/fewshot_user.md")},
             {"role": "assistant", "content": load_prompt("explainer/fewshot_assistant.md")},
         ]
-    examples = format_examples(record.train, settings, scale)
-    user = render(load_prompt("explainer/user.md"), examples=examples)
-    if settings.token_counts:
-        user += "\n\n" + render(load_prompt("explainer/token_counts.md"),
-                                 counts=marked_token_counts(record.train, settings))
     messages.append({"role": "user", "content": user})
     return messages
 

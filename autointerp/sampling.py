@@ -69,15 +69,13 @@ def stratified_pick(bins: list[np.ndarray], n: int, rng: np.random.Generator) ->
 
 
 class Sampler:
-    """Builds `LatentRecord`s from a cache. `embedder` is needed only for `negatives="similar"`;
+    """Builds `LatentRecord`s from a cache. `embedder` is needed only to draw `negatives="similar"`;
     it is passed in (never loaded here) so tests can hand in a fake one."""
 
     def __init__(self, cache: ActivationCache, decode: TokenDecoder, settings: SamplingSettings,
                  embedder: Embedder | None = None):
         if settings.negatives not in NEGATIVE_KINDS:
             raise ValueError(f"unknown negatives kind {settings.negatives!r}; valid: {', '.join(NEGATIVE_KINDS)}")
-        if settings.negatives == "similar" and embedder is None:
-            raise ValueError("negatives='similar' ranks windows by embedding: give the Sampler an embedder")
         self.cache = cache
         self.decode = decode
         self.settings = settings
@@ -95,7 +93,9 @@ class Sampler:
         return Example(window=window, tokens=tokens, str_tokens=self.decode(tokens),
                        activations=[round(float(a), 4) for a in acts], quantile=quantile)
 
-    def record(self, latent: int) -> LatentRecord:
+    def record(self, latent: int, *, negatives: bool = True) -> LatentRecord:
+        """The latent's record; `negatives=False` leaves the silent examples out (the activating ones
+        are drawn first and come out the same), for readers that need no negatives and no embedder."""
         s = self.settings
         cache = self.cache
         stats = cache.stats(latent)
@@ -138,7 +138,9 @@ class Sampler:
         test_examples = [self.example(w, latent, bin_of[w]) for w in test]
         validation_examples = [self.example(w, latent, bin_of[w]) for w in validation]
         sizes = (s.n_negatives, s.n_train_negatives, len(validation))  # test, train, validation
-        if s.negatives == "random":
+        if not negatives:
+            held, shown, checking = [], [], []
+        elif s.negatives == "random":
             found = list(islice(self._silent(latent, used, rng, sum(sizes)), sum(sizes)))
             cuts = np.cumsum(sizes)[:-1]
             held, shown, checking = (found[i:j] for i, j in zip([0, *cuts], [*cuts, None], strict=True))
@@ -172,7 +174,8 @@ class Sampler:
 
     def _ranked(self, latent: int, activating: list[Example]) -> Iterable[int]:
         if self.settings.negatives == "similar":
-            assert self.pool is not None
+            if self.pool is None:
+                raise ValueError("negatives='similar' ranks windows by embedding: give the Sampler an embedder")
             return rank_similar(self.pool, [e.text for e in activating])
         return rank_cooccurring(self.cache, cooccurring_latents(self.cache, latent, self.settings.n_cooccurring))
 

@@ -168,7 +168,12 @@ def test_groups_have_fixed_fractions_and_depend_on_the_latent():
 
 
 def test_bad_settings_say_what_is_valid(tiny_cache):
+    without = Sampler(tiny_cache, decode_ids, _settings(negatives="similar"))
+    latent = _latents(tiny_cache)[0]
     with pytest.raises(ValueError, match="give the Sampler an embedder"):
-        Sampler(tiny_cache, decode_ids, _settings(negatives="similar"))
+        without.record(latent)
+    # what needs no negatives needs no embedder: the activating examples are the same either way
+    assert [e.window for e in without.record(latent, negatives=False).train] == \
+        [e.window for e in _sampler(tiny_cache, "similar").record(latent).train]
     with pytest.raises(ValueError, match="random, similar, cooccurring"):
         Sampler(tiny_cache, decode_ids, _settings(negatives="hardest"))

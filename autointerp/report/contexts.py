@@ -29,7 +29,7 @@ class Contexts:
         if self.sampler is None or not 0 <= latent < self.sampler.cache.num_latents:
             return None
         try:
-            return self.sampler.record(latent)
+            return self.sampler.record(latent, negatives=False)  # pages show the activating examples only
         except NotEnoughExamples:
             return None
 
