@@ -44,7 +44,7 @@ def test_score_shape_judgments_and_no_judge_needed():
     assert [j.window for j in js] == [e.window for e in record.test + record.negatives]
     assert sum(j.activating for j in js) == len(record.test)
     assert sum(j.prediction for j in js) == len(record.test)  # the top-R rule
-    sims = [float(j.answer) for j in js]
+    sims = [j.value for j in js]
     assert all(-1.0 <= s <= 1.0 for s in sims)
     top = sorted(range(len(js)), key=lambda i: -sims[i])[: len(record.test)]
     assert {i for i, j in enumerate(js) if j.prediction} == set(top)

@@ -10,7 +10,7 @@ sees topic and wording, not which token fires.
 Metrics: AUROC of similarity, activating vs silent (headline); R-precision (the share of activating
 excerpts among the top-R by similarity, R = number of activating ones), which is also what the
 `prediction` column of each judgment records; the mean similarity of each class and their gap.
-Each judgment's `answer` holds the cosine similarity, to 4 decimals.
+Each judgment's `value` is its cosine similarity.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from autointerp.embeddings import DEFAULT_MODEL, Embedder, load_embedder
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
-from autointerp.scorers.metrics import auroc, precision, top_r
+from autointerp.scorers.metrics import auroc, mean_or_none, precision, top_r
 
 
 def query_text(explanation: str) -> str:
@@ -59,8 +59,7 @@ class EmbeddingScorer:
         truth = [t for _, t in examples]
         predictions = top_r(truth, similarity)
         is_pos = np.asarray(truth, bool)
-        mean_pos = float(similarity[is_pos].mean()) if is_pos.any() else None
-        mean_neg = float(similarity[~is_pos].mean()) if (~is_pos).any() else None
+        mean_pos, mean_neg = mean_or_none(similarity[is_pos]), mean_or_none(similarity[~is_pos])
         metrics = {
             "auroc": auroc(truth, similarity),
             "r_precision": precision(truth, predictions),
@@ -70,7 +69,7 @@ class EmbeddingScorer:
         }
         judgments = [
             Judgment(window=e.window, activating=t, prediction=p, probability=None, max_activation=e.max_activation,
-                     quantile=e.quantile, answer=f"{s:.4f}", text=e.text)
+                     quantile=e.quantile, text=e.text, value=round(float(s), 6))
             for (e, t), p, s in zip(examples, predictions, similarity, strict=True)
         ]
         return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(examples), n_failed=0,
