@@ -1,6 +1,8 @@
 """A fault-injecting OpenAI-compatible chat server for tests (no model behind it).
 
-It answers `POST /v1/chat/completions` with whatever a behaviour function decides for each request,
+It answers `POST /v1/chat/completions` (and the legacy `POST /v1/completions`, whose `("ok", text)`
+echoes the prompt with made-up prompt logprobs when asked: see `echo_body`) with whatever a behaviour
+function decides for each request,
 so tests can script the failures real servers produce (5xx, 429 with Retry-After, hangs, cut-off
 bodies, garbage) and check what the code around the judge does with them:
 
@@ -75,6 +77,37 @@ def completion_body(request: dict[str, Any], text: str, top: dict[str, float] | 
     }
 
 
+def echo_body(request: dict[str, Any], text: str) -> dict[str, Any]:
+    """A `text_completion` answering `request` with `text`; with `echo`, the prompt comes first.
+
+    Tokens are the prompt and the answer split before each space; the logprob of the i-th token is
+    -0.1 * (i % 7) - 0.05 (the first echoed one: null, as OpenAI does), and its top alternatives are the
+    token itself and "ALT" one nat below, cut to the requested `logprobs`.
+    """
+    prompt = str(request.get("prompt", ""))
+    echo = bool(request.get("echo"))
+    full = (prompt if echo else "") + text
+    body: dict[str, Any] = {"index": 0, "text": full, "finish_reason": "length", "logprobs": None}
+    if request.get("logprobs") is not None:
+        k = int(request["logprobs"])
+        tokens = re.findall(r"\s*\S+|\s+", prompt) if echo else []
+        tokens += re.findall(r"\s*\S+|\s+", text)
+        offsets, values, tops, pos = [], [], [], 0
+        for i, tok in enumerate(tokens):
+            offsets.append(pos)
+            pos += len(tok)
+            lp = None if (echo and i == 0) else -0.1 * (i % 7) - 0.05
+            values.append(lp)
+            alts = {tok: lp, "ALT": lp - 1.0} if lp is not None else None
+            tops.append(dict(sorted(alts.items(), key=lambda kv: -kv[1])[:k]) if alts else None)
+        body["logprobs"] = {"tokens": tokens, "text_offset": offsets, "token_logprobs": values,
+                            "top_logprobs": tops}
+    return {"id": "cmpl-fault", "object": "text_completion", "created": int(time.time()),
+            "model": request.get("model", "fault"), "choices": [body],
+            "usage": {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": 1,
+                      "total_tokens": max(1, len(prompt) // 4) + 1}}
+
+
 class FaultServer:
     """An OpenAI-compatible server on 127.0.0.1 whose every answer is chosen by `behaviour`."""
 
@@ -144,7 +177,7 @@ class FaultServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if not self.path.rstrip("/").endswith("/completions"):
                     self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
                 try:
@@ -162,7 +195,9 @@ class FaultServer:
 
             def _act(self, action: Action, request: dict[str, Any]) -> None:
                 kind = action[0]
-                if kind == "ok":
+                if kind == "ok" and "messages" not in request:  # the legacy completions endpoint
+                    self._send_json(200, echo_body(request, action[1]))
+                elif kind == "ok":
                     top = action[2] if len(action) > 2 else None
                     self._send_json(200, completion_body(request, action[1], top))
                 elif kind == "status":

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from autointerp.llm.accounting import Price, PriceTable, PriceTableError, cost, describe
-from autointerp.llm.base import Judge, JudgeError, Reply, TokenLogprob
-from autointerp.llm.cache import CachedJudge, ResponseCacheError, cache_key
+from autointerp.llm.base import Judge, JudgeError, PromptToken, Reply, TokenLogprob
+from autointerp.llm.cache import CachedJudge, ResponseCacheError, cache_key, prompt_logprobs_key
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.records import Usage
 
@@ -394,3 +394,47 @@ def test_bad_price_files_are_refused(tmp_path, name, text, match):
 def test_missing_price_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="price file not found"):
         PriceTable.load(tmp_path / "nope.json")
+
+
+# ---------------------------------------------------------------- prompt logprobs
+
+
+def word_scorer(text: str, k: int) -> list[PromptToken]:
+    """Tokens at word starts; logprob -len(word)/10; top: the word and "x"."""
+    import re
+
+    out = []
+    for i, m in enumerate(re.finditer(r"\s*\S+", text)):
+        lp = None if i == 0 else -len(m.group()) / 10
+        out.append(PromptToken(m.group(), m.start(), lp, {} if lp is None else {m.group(): lp, "x": -9.0}))
+    return out
+
+
+def test_prompt_logprobs_are_cached_and_keyed_apart_from_chat(tmp_path):
+    inner = ScriptedJudge(echo, text_scorer=word_scorer)
+    judge = cached(tmp_path, inner)
+    assert judge.supports_prompt_logprobs and not cached(tmp_path / "b", ScriptedJudge(echo)).supports_prompt_logprobs
+
+    async def go():
+        a = await judge.prompt_logprobs("one two three", top_logprobs=2)
+        b = await judge.prompt_logprobs("one two three", top_logprobs=2)
+        c = await judge.prompt_logprobs("one two three", top_logprobs=5)  # another request
+        fresh = cached(tmp_path, ScriptedJudge(echo, text_scorer=word_scorer))
+        d = await fresh.prompt_logprobs("one two three", top_logprobs=2)
+        await fresh.aclose()
+        await judge.aclose()
+        return a, b, c, d, fresh
+
+    a, b, c, d, fresh = asyncio.run(go())
+    assert a == b == c == d == word_scorer("one two three", 2)
+    assert inner.scored_texts == ["one two three", "one two three"]
+    assert (judge.hits, judge.misses) == (1, 2) and (fresh.hits, fresh.misses) == (1, 0)
+    assert judge.saved.prompt_tokens == 3 and judge.saved.calls == 1
+    assert prompt_logprobs_key("ns", "hi", top_logprobs=2) != cache_key(
+        "ns", msgs("hi"), max_tokens=0, temperature=0.0, logprobs=2, schema=None)
+
+
+def test_prompt_logprobs_from_a_judge_that_cannot_is_a_clear_error(tmp_path):
+    judge = cached(tmp_path, ScriptedJudge(echo, model="plain"))
+    with pytest.raises(JudgeError, match="plain.*cannot give prompt logprobs"):
+        asyncio.run(judge.prompt_logprobs("text"))

@@ -315,3 +315,90 @@ def test_closed_judge_raises(judge):
     asyncio.run(j.aclose())  # idempotent
     with pytest.raises(JudgeError, match="closed"):
         asyncio.run(j.chat([{"role": "user", "content": "hi"}], max_tokens=1))
+
+
+# ---------------------------------------------------------------- prompt logprobs
+
+
+def test_char_offsets():
+    from autointerp.llm.local import char_offsets
+
+    assert char_offsets("the cat", [b"the", b" cat"]) == [0, 3]
+    assert char_offsets("the cat", [b" the", b" cat"]) == [0, 3]  # SentencePiece's added space prefix
+    # "é" is two bytes; a byte-fallback token may split it: the second half starts inside the character
+    assert char_offsets("café x", [b"caf", b"\xc3", b"\xa9", b" x"]) == [0, 3, 3, 4]
+    assert char_offsets("ab", [b"a", b"b", b"c"]) == [0, 1, 2]  # pieces that do not spell the text: clamped
+
+
+def test_reduce_rows_is_a_log_softmax():
+    import numpy as np
+
+    from autointerp.llm.local import _reduce_rows
+
+    rows = np.array([[0.0, 1.0, 2.0, 3.0], [5.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    out = _reduce_rows(rows, [1, 0], 2)
+    lse0 = np.log(np.exp(rows[0].astype(float)).sum())
+    assert out[0][0] == pytest.approx(1.0 - lse0)
+    assert [t for t, _ in out[0][1]] == [3, 2] and out[0][1][0][1] == pytest.approx(3.0 - lse0)
+    assert out[1][1][0][0] == 0 and _reduce_rows(rows, [1, 0], 0)[0][1] == []
+
+
+def _reference_logprobs(path, text: str):
+    """Brute force: llama-cpp-python with logits_all=True, log-softmax of every row in float64."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, logits_all=True, verbose=False)
+    try:
+        ids = llm.tokenize(text.encode(), add_bos=False, special=False)
+        llm.eval(ids)
+        x = llm.scores[: len(ids)].astype(np.float64)
+        ls = x - x.max(axis=1, keepdims=True)
+        ls -= np.log(np.exp(ls).sum(axis=1, keepdims=True))
+        lps = [None] + [float(ls[i - 1, ids[i]]) for i in range(1, len(ids))]
+        best = [None] + [float(ls[i - 1].max()) for i in range(1, len(ids))]
+        return ids, lps, best
+    finally:
+        llm.close()
+
+
+@pytest.mark.slow
+def test_prompt_logprobs_match_logits_all_and_reuse_prefixes(judge):
+    """Our batch-logits path agrees with the logits_all reference, also when it reuses a scored prefix
+    and after a chat (which rewrites the KV cache), and evaluates only the tail of a shared-prefix text."""
+    shared = "Description: names of months\nText:\n"
+    texts = [shared + "We met again in May, café <|im_end|> ¶\tdone.", shared + "The council voted after rain."]
+    llm = judge._llm
+    decoded: list[int] = []
+    orig = llm._ctx.decode
+
+    def counting(batch):
+        decoded.append(batch.n_tokens())
+        return orig(batch)
+
+    llm._ctx.decode = counting
+    try:
+        results = []
+        for text in texts + texts[:1]:
+            decoded.clear()
+            results.append((asyncio.run(judge.prompt_logprobs(text, top_logprobs=5)), sum(decoded)))
+            if text == texts[1]:
+                asyncio.run(judge.chat([{"role": "user", "content": "Say hi."}], max_tokens=2))
+    finally:
+        del llm._ctx.decode
+    n_shared = len(llm.tokenize(shared.encode(), add_bos=False, special=False))
+    for (tokens, _), text in zip(results, texts + texts[:1], strict=True):
+        ids, lps, best = _reference_logprobs(judge.model_path, text)
+        assert len(tokens) == len(ids) and "".join(t.token for t in tokens) == text
+        assert all(text[t.offset:].startswith(t.token) for t in tokens)
+        assert tokens[0].logprob is None
+        for t, lp, top1 in zip(tokens[1:], lps[1:], best[1:], strict=True):
+            assert t.logprob == pytest.approx(lp, abs=1e-3)
+            assert len(t.top) <= 5 and max(t.top.values()) == pytest.approx(top1, abs=1e-3)
+        assert len(tokens[1].top) == 5 and all(v <= 0 for v in tokens[1].top.values())
+    first, second, after_chat = (n for _, n in results)
+    assert first == len(results[0][0])
+    assert second == len(results[1][0]) - n_shared + 1  # only the tail (and the last shared token) ran
+    assert after_chat == len(results[2][0])  # the chat dropped the kept results: everything ran again
+    reply = asyncio.run(judge.chat(YES_NO, max_tokens=1, logprobs=5))  # and chat still works after scoring
+    assert {t.strip().lower() for t in reply.logprobs[0].top} & {"yes", "no"}

@@ -320,6 +320,60 @@ def test_parse_retry_after():
     assert parse_retry_after({}, now) is None and parse_retry_after(None, now) is None
 
 
+# ---------------------------------------------------------------- prompt logprobs (completions, echo)
+
+
+def score_text(judge: OpenAIJudge, text: str, k: int = 2):
+    async def go():
+        try:
+            return await judge.prompt_logprobs(text, top_logprobs=k)
+        finally:
+            await judge.aclose()
+
+    return asyncio.run(go())
+
+
+def test_prompt_logprobs_from_echoed_completion(server):
+    text = "Description: months\nText: we met in May"
+    tokens = score_text(fast_judge(server.url, supports_prompt_logprobs=True), text)
+    _, request, _ = server.requests[0]
+    assert request["echo"] is True and request["logprobs"] == 2 and request["max_tokens"] == 1
+    assert request["prompt"] == text and request["temperature"] == 0
+    assert "".join(t.token for t in tokens) == text  # the generated token is trimmed off
+    assert all(text[t.offset:].startswith(t.token) for t in tokens)
+    assert tokens[0].logprob is None and tokens[0].top == {}
+    assert tokens[1].logprob == pytest.approx(-0.15) and tokens[1].top == {tokens[1].token: pytest.approx(-0.15),
+                                                                            "ALT": pytest.approx(-1.15)}
+
+
+def test_prompt_logprobs_drop_an_echoed_bos_token(server):
+    text = "in May"
+    body = {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [{
+        "index": 0, "text": "<s>in May.", "finish_reason": "length", "logprobs": {
+            "tokens": ["<s>", "in", " May", "."], "text_offset": [0, 3, 5, 9],
+            "token_logprobs": [None, -1.0, -2.0, -0.5], "top_logprobs": [None, {"in": -1.0}, {" May": -2.0}, {}]}}]}
+    server.set_behaviour(lambda req, n: ("json", body))
+    tokens = score_text(fast_judge(server.url, supports_prompt_logprobs=True), text)
+    assert [(t.token, t.offset, t.logprob) for t in tokens] == [("in", 0, -1.0), (" May", 2, -2.0)]
+
+
+def test_prompt_logprobs_need_the_flag_and_name_the_backend(server):
+    with pytest.raises(JudgeError, match="OpenAI-compatible.*supports_prompt_logprobs=True"):
+        score_text(fast_judge(server.url), "some text")
+    assert not fast_judge(server.url).supports_prompt_logprobs and server.requests == []
+
+
+def test_a_server_that_cannot_echo_gives_a_clear_error(server):
+    server.set_behaviour(lambda req, n: ("status", 400, {}, "echo is not supported"))
+    with pytest.raises(JudgeError, match="echo is not supported.*prompt logprobs"):
+        score_text(fast_judge(server.url, supports_prompt_logprobs=True), "some text")
+    server.set_behaviour(lambda req, n: ("json", {"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                                                  "choices": [{"index": 0, "text": "x", "finish_reason": "length",
+                                                               "logprobs": None}]}))
+    with pytest.raises(JudgeError, match="echoes no prompt logprobs"):
+        score_text(fast_judge(server.url, supports_prompt_logprobs=True), "some text")
+
+
 # ---------------------------------------------------------------- a real llama.cpp server (slow)
 
 
@@ -422,3 +476,35 @@ def test_real_server_rejects_json_schema_type(llama_server):
     judge = real_judge(llama_server, schema_mode="json_schema", max_attempts=2, backoff_initial=0.01)
     with pytest.raises(JudgeError, match="HTTP 500"):
         ask(judge, max_tokens=8, schema={"type": "object"})
+
+
+def _reference_tokens(text: str, k: int):
+    """The in-process judge's prompt logprobs for `text` (itself checked against logits_all in test_llm_local)."""
+    from autointerp.llm.local import load_local_judge
+
+    judge = load_local_judge("smollm2", n_ctx=512)
+    try:
+        return asyncio.run(judge.prompt_logprobs(text, top_logprobs=k))
+    finally:
+        asyncio.run(judge.aclose())
+
+
+ECHO_TEXT = "The meeting is in March, after the rain."
+
+
+@pytest.mark.slow
+def test_real_server_echoes_the_text_tokens_and_offsets(llama_server):
+    tokens = score_text(real_judge(llama_server, supports_prompt_logprobs=True), ECHO_TEXT, k=3)
+    reference = _reference_tokens(ECHO_TEXT, 3)
+    assert [(t.token, t.offset) for t in tokens] == [(t.token, t.offset) for t in reference]
+    assert tokens[0].logprob is None and all(t.logprob is not None for t in tokens[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="llama-cpp-python 0.3.36's server scores each echoed token with the logits "
+                                       "at that token (the next one's distribution) when the model adds no BOS")
+def test_real_server_prompt_logprobs_match_the_reference(llama_server):
+    tokens = score_text(real_judge(llama_server, supports_prompt_logprobs=True), ECHO_TEXT, k=3)
+    reference = _reference_tokens(ECHO_TEXT, 3)
+    for got, want in zip(tokens[1:], reference[1:], strict=True):
+        assert got.logprob == pytest.approx(want.logprob, abs=1e-2)

@@ -34,7 +34,9 @@ class PromptToken:
 
     `offset` is the character offset where the token starts in the text, which is how callers map
     tokens back to the spans they care about (an explanation, a continuation, a digit slot).
-    The first token has no context, so its `logprob` is None.
+    The first token has no context, so its `logprob` is None (unless the backend puts a
+    beginning-of-sequence token before the text, as models that expect one do: then it has one).
+    `top` holds up to `top_logprobs` alternatives at this position, best first.
     """
 
     token: str

@@ -7,6 +7,10 @@ the caller's `namespace` (backend and model identity: two models must never shar
 messages, max_tokens, temperature, logprobs and schema. Requests with temperature > 0 are samples,
 not answers, and always go to `inner` (a re-ask at temperature 0.7 must get a fresh sample).
 
+Prompt logprobs (`prompt_logprobs`, teacher forcing a text) are deterministic too and are cached the
+same way, keyed by the namespace, the text and `top_logprobs`; their keys carry a `kind` field that
+chat keys do not have, so the two can never collide. A hit counts its tokens in `saved.prompt_tokens`.
+
 Only the reply (text, logprobs with their top alternatives, usage) is stored, as JSON, under its key:
 never the prompt. A hit comes back with zero usage (it cost nothing this run); what it would have cost
 is summed in `saved`. Exceptions of `inner` are never stored.
@@ -33,10 +37,11 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from autointerp.llm.base import Judge, Message, Reply, TokenLogprob
+from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, TokenLogprob, can_score_text
 from autointerp.records import Usage
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,24 @@ def cache_key(
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def prompt_logprobs_key(namespace: str, text: str, *, top_logprobs: int) -> str:
+    """sha256 (hex) of a prompt-logprobs request; the `kind` field keeps it apart from every chat key."""
+    payload = {"v": FORMAT_VERSION, "kind": "prompt_logprobs", "namespace": namespace, "text": text,
+               "top_logprobs": int(top_logprobs)}
+    data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(data.encode("ascii")).hexdigest()
+
+
+def encode_prompt_tokens(tokens: list[PromptToken]) -> str:
+    return json.dumps([{"token": t.token, "offset": t.offset, "logprob": t.logprob, "top": dict(t.top)}
+                       for t in tokens], ensure_ascii=True, separators=(",", ":"))
+
+
+def decode_prompt_tokens(text: str) -> list[PromptToken]:
+    return [PromptToken(token=t["token"], offset=t["offset"], logprob=t["logprob"], top=dict(t["top"]))
+            for t in json.loads(text)]
 
 
 def encode_reply(reply: Reply) -> str:
@@ -160,10 +183,35 @@ class CachedJudge:
                                          logprobs=logprobs, schema=schema)
         key = cache_key(self.namespace, messages, max_tokens=max_tokens, temperature=temperature,
                         logprobs=logprobs, schema=schema)
+
+        async def ask() -> Reply:
+            return await self.inner.chat(messages, max_tokens=max_tokens, temperature=temperature,
+                                         logprobs=logprobs, schema=schema)
+
+        return await self._cached(key, ask, encode_reply, self._hit)
+
+    @property
+    def supports_prompt_logprobs(self) -> bool:
+        return can_score_text(self.inner)
+
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+        """The inner judge's prompt logprobs, from the cache when this text was scored before."""
+        if not can_score_text(self.inner):
+            raise JudgeError(f"judge {self.model} ({type(self.inner).__name__}) cannot give prompt logprobs")
+        key = prompt_logprobs_key(self.namespace, text, top_logprobs=top_logprobs)
+
+        async def ask() -> list[PromptToken]:
+            return await self.inner.prompt_logprobs(text, top_logprobs=top_logprobs)  # type: ignore[attr-defined]
+
+        return await self._cached(key, ask, encode_prompt_tokens, self._hit_tokens)
+
+    async def _cached(self, key: str, ask: Callable[[], Awaitable[Any]], encode: Callable[[Any], str],
+                      hit: Callable[[str], Any]) -> Any:
+        """`hit(stored)` when the key is stored (or an identical request in flight stores it), else `ask()`."""
         while True:
             stored = self._get(key)
             if stored is not None:
-                return self._hit(stored)
+                return hit(stored)
             pending = self._inflight.get(key)
             if pending is None:
                 break
@@ -171,7 +219,7 @@ class CachedJudge:
             # shield: our own cancellation must not cancel the shared future.
             waited = await asyncio.shield(pending)
             if isinstance(waited, str):
-                return self._hit(waited)
+                return hit(waited)
             if isinstance(waited, BaseException):
                 self.misses += 1  # it went to `inner` on our behalf and failed; nothing is stored
                 raise waited
@@ -182,12 +230,11 @@ class CachedJudge:
         self._inflight[key] = done
         outcome: Any = _RETRY
         try:
-            reply = await self.inner.chat(messages, max_tokens=max_tokens, temperature=temperature,
-                                          logprobs=logprobs, schema=schema)
-            encoded = encode_reply(reply)
+            answer = await ask()
+            encoded = encode(answer)
             self._put(key, encoded)
             outcome = encoded
-            return reply
+            return answer
         except Exception as e:  # handed to waiting duplicates, never stored
             outcome = e
             raise
@@ -239,6 +286,12 @@ class CachedJudge:
                              completion_tokens=reply.usage.completion_tokens, calls=1))
         reply.usage = Usage(prompt_tokens=0, completion_tokens=0, calls=0)
         return reply
+
+    def _hit_tokens(self, encoded: str) -> list[PromptToken]:
+        tokens = decode_prompt_tokens(encoded)
+        self.hits += 1
+        self.saved.add(Usage(prompt_tokens=len(tokens), completion_tokens=0, calls=1))
+        return tokens
 
     def _error(self, e: sqlite3.Error) -> ResponseCacheError:
         if _is_corrupt(e):

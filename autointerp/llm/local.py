@@ -18,6 +18,18 @@ the log-softmax of that one row and the top-k with `argpartition`. This needs no
 which also skips computing the output layer for every prompt token and a n_ctx x n_vocab float
 array (2.5 GB for Qwen at n_ctx=4096). `logprobs_impl="library"` (with `logits_all=True`) uses
 llama-cpp-python's path instead; a test checks both agree.
+
+Prompt logprobs (`prompt_logprobs`, teacher forcing a raw text): the same context evaluates the
+text's tokens in chunks of `logits_chunk` with a llama.cpp batch that asks for the logits of every
+token (the low-level `llama_decode` with each token's `logits` flag set), and each chunk's rows are
+reduced to (logprob of the next token, top-k) in numpy before the next chunk runs. The context's
+output buffer therefore grows to `logits_chunk` x n_vocab floats (39 MB for Qwen at 64), not
+n_ctx x n_vocab, and chat stays as fast as before (its batches still ask for the last row only).
+The tokens a text shares with the previous scored text are not evaluated again: their results are
+kept beside the KV cache, so texts with a common prefix (a scorer's instructions, few-shot block and
+explanation) cost only their tails. `input_ids`/`n_tokens` are kept in step with the KV cache, so a
+later chat reuses what it can and re-evaluates the rest; a chat in between drops the kept results.
+`bench/prompt_logprobs.py` measures this path against a second context with `logits_all=True`.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from autointerp.llm.base import JudgeError, Message, Reply, TokenLogprob
+from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
 
 INSTALL_HINT = "pip install 'autointerp[embedded]'"
@@ -83,9 +95,10 @@ def _capturing_llama_class() -> Any:
 
 
 class LlamaCppJudge:
-    """A `Judge` backed by an in-process llama.cpp model (GGUF)."""
+    """A `Judge` backed by an in-process llama.cpp model (GGUF); also a `TextScorer` (prompt logprobs)."""
 
     supports_logprobs = True
+    supports_prompt_logprobs = True
 
     def __init__(
         self,
@@ -98,7 +111,10 @@ class LlamaCppJudge:
         seed: int = 0,
         logprobs_impl: str = "fast",
         logits_all: bool | None = None,
+        logits_chunk: int = 64,
     ):
+        if logits_chunk < 1:
+            raise ValueError(f"logits_chunk must be at least 1, not {logits_chunk}")
         if logprobs_impl not in ("fast", "library"):
             raise ValueError(f"logprobs_impl must be 'fast' or 'library', not {logprobs_impl!r}")
         model_path = Path(model_path)
@@ -132,6 +148,12 @@ class LlamaCppJudge:
         self._alock: asyncio.Lock | None = None
         self._alock_loop: asyncio.AbstractEventLoop | None = None
         self._grammars: dict[str, Any] = {}
+        self.logits_chunk = logits_chunk
+        # results of the last prompt_logprobs call, one per position of the tokens in the KV cache:
+        # (logprob of that token | None, top-k [(token id, logprob)] at that position); [] after a chat
+        self._scored: list[tuple[float | None, list[tuple[int, float]]]] = []
+        self._scored_k = -1
+        self._pieces: dict[int, str] = {}
 
     def _async_lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -170,6 +192,7 @@ class LlamaCppJudge:
             llm = self._llm
             if llm is None:
                 raise JudgeError(f"judge {self.model} is closed")
+            self._scored = []  # generate() rewrites the KV cache after the common prefix
             kwargs: dict[str, Any] = {}
             if grammar is not None:
                 kwargs["grammar"] = grammar
@@ -225,6 +248,92 @@ class LlamaCppJudge:
         alts.setdefault(text, logprob)
         return TokenLogprob(token=text, logprob=logprob, top=alts)
 
+    # -- prompt logprobs (teacher forcing) --------------------------------------------------------
+
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+        """Every token of `text` (no chat template) with its logprob given the tokens before it."""
+        if top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, not {top_logprobs}")
+        async with self._async_lock():
+            return await asyncio.to_thread(self._prompt_logprobs_sync, text, top_logprobs)
+
+    def _prompt_logprobs_sync(self, text: str, k: int) -> list[PromptToken]:
+        with self._thread_lock:
+            llm = self._llm
+            if llm is None:
+                raise JudgeError(f"judge {self.model} is closed")
+            if not text:
+                return []
+            # special=False: corpus text that spells a control token stays text
+            text_ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+            bos = llm.token_bos()
+            lead = [bos] if bos >= 0 and llm._model.add_bos_token() else []
+            seq = lead + text_ids
+            if len(seq) > self.n_ctx:
+                raise JudgeError(f"text is {len(seq)} tokens, which does not fit the context window "
+                                 f"n_ctx={self.n_ctx} of {self.model}")
+            results = self._teacher_force(llm, seq, k)
+            pieces = [llm.detokenize([t]) for t in text_ids]
+            offsets = char_offsets(text, pieces)
+            out = []
+            for i, (lp, top) in enumerate(results[len(lead):]):
+                end = offsets[i + 1] if i + 1 < len(offsets) else len(text)
+                alts: dict[str, float] = {}
+                for t, v in top[:k]:
+                    alts.setdefault(self._piece(llm, t), v)  # best first: same-text tokens keep the best
+                out.append(PromptToken(token=text[offsets[i]:end], offset=offsets[i], logprob=lp, top=alts))
+            return out
+
+    def _piece(self, llm: Any, token: int) -> str:
+        if token not in self._pieces:
+            self._pieces[token] = llm.detokenize([token]).decode("utf-8", errors="ignore")
+        return self._pieces[token]
+
+    def _teacher_force(self, llm: Any, seq: list[int], k: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        """(logprob, top-k) for each position of `seq`, evaluating only what the KV cache does not hold.
+
+        Position j's result needs the logits of position j-1, so of a common prefix of L tokens with the
+        kept results, positions 0..L-1 are reused and evaluation restarts at L-1 (its logits were not kept).
+        """
+        import numpy as np
+
+        common = 0
+        if self._scored_k >= k and self._scored:
+            limit = min(llm.n_tokens, len(self._scored), len(seq))
+            same = np.asarray(llm.input_ids[:limit]) == np.asarray(seq[:limit], dtype=np.intc)
+            common = limit if same.all() else int(np.argmin(same))
+        if common == len(seq):
+            return self._scored[:common]
+        start = max(common - 1, 0)
+        results = self._scored[: start + 1] if common else [(None, [])]
+        self._scored = []  # not valid again until this evaluation has finished
+        if not llm._ctx.kv_cache_seq_rm(-1, start, -1):
+            start, results = 0, [(None, [])]
+            llm.reset()
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        llm.n_tokens = start
+        n_vocab = llm.n_vocab()
+        chunk = max(1, min(self.logits_chunk, llm.n_batch))
+        try:
+            for pos in range(start, len(seq), chunk):
+                part = seq[pos : pos + chunk]
+                llm._batch.set_batch(batch=part, n_past=pos, logits_all=True)  # a logits row for every token
+                llm._ctx.decode(llm._batch)
+                rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(part), n_vocab))
+                llm.input_ids[pos : pos + len(part)] = part
+                llm.n_tokens = pos + len(part)
+                if llm._logits_all:  # keep the library's own logits array in step for its logprobs path
+                    llm.scores[pos : pos + len(part), :] = rows
+                targets = seq[pos + 1 : pos + 1 + len(part)]  # row i predicts the token after it
+                results.extend(_reduce_rows(rows[: len(targets)], targets, k))
+        except Exception as e:
+            llm.reset()
+            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            raise JudgeError(f"llama.cpp failed while scoring a text: {type(e).__name__}: {e}") from e
+        llm._requires_eval = True  # a chat with this exact prompt must evaluate before it samples
+        self._scored, self._scored_k = results, k
+        return results
+
     async def aclose(self) -> None:
         async with self._async_lock():
             await asyncio.to_thread(self._close_sync)
@@ -234,6 +343,56 @@ class LlamaCppJudge:
             llm, self._llm = self._llm, None
             if llm is not None:
                 llm.close()
+
+
+def _reduce_rows(rows: Any, targets: list[int], k: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
+    """Log-softmax each row of logits; the logprob of its target token and its top-k (best first)."""
+    import numpy as np
+
+    if not targets:
+        return []
+    x = np.asarray(rows, dtype=np.float32)
+    m = x.max(axis=1, keepdims=True)
+    lse = m[:, 0].astype(np.float64) + np.log(np.exp(x - m).sum(axis=1, dtype=np.float64))
+    idx = np.arange(len(targets))
+    target_lp = x[idx, np.asarray(targets)] - lse
+    out: list[tuple[float | None, list[tuple[int, float]]]] = []
+    if k:
+        kk = min(k, x.shape[1])
+        top = np.argpartition(x, -kk, axis=1)[:, -kk:]
+        vals = np.take_along_axis(x, top, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        top_lp = np.take_along_axis(vals, order, axis=1) - lse[:, None]
+    for i in range(len(targets)):
+        alts = [(int(t), float(v)) for t, v in zip(top[i], top_lp[i], strict=True)] if k else []
+        out.append((float(target_lp[i]), alts))
+    return out
+
+
+def char_offsets(text: str, pieces: list[bytes]) -> list[int]:
+    """The character offset in `text` where each token starts, from the bytes each token detokenizes to.
+
+    A SentencePiece tokenizer may detokenize to the text with a space in front (its added space
+    prefix): that space belongs to no character of the text and is skipped. A token that starts inside
+    a multi-byte character is placed at that character. Where a tokenizer normalised the text (pieces
+    that do not spell it), the offsets are the best byte-count estimate, clamped to the text.
+    """
+    data = text.encode("utf-8")
+    joined = b"".join(pieces)
+    pos = -(len(joined) - len(data)) if len(joined) > len(data) and joined.endswith(data) else 0
+    byte_to_char = [0] * (len(data) + 1)
+    b = 0
+    for i, ch in enumerate(text):
+        n = len(ch.encode("utf-8"))
+        byte_to_char[b : b + n] = [i] * n
+        b += n
+    byte_to_char[len(data)] = len(text)
+    out = []
+    for p in pieces:
+        out.append(byte_to_char[min(max(pos, 0), len(data))])
+        pos += len(p)
+    return out
 
 
 def _from_chat_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob]:

@@ -29,6 +29,15 @@ llama.cpp's server and vLLM constrain to; llama.cpp answers HTTP 500 to `"json_s
 what OpenAI itself wants: `schema_mode="json_schema"` (`strict_schema` for its strict mode), or
 `"none"` to leave output unconstrained for servers that accept neither.
 
+Prompt logprobs (`prompt_logprobs`, for the surprisal and simulation scorers): the legacy
+`/completions` endpoint with `echo=True`, `logprobs=k` and `max_tokens=1` (some servers read 0 as "no
+limit"), the generated token trimmed off by its `text_offset`. Few servers still offer it (vLLM does;
+llama-cpp-python's server does with `--logits_all True`; OpenAI's chat models do not), so the judge
+only claims it when made with `supports_prompt_logprobs=True`. llama-cpp-python 0.3.36's server
+pairs each echoed token with the logits *at* that token (the next token's distribution) when the
+model adds no BOS token (SmolLM2, Qwen2.5): its values are then off by one position, which no client
+can repair (tests/test_llm_openai.py pins this).
+
 `max_concurrency` bounds the calls in flight from this judge (an `asyncio.Semaphore`, held across a
 call's retries so a rate-limited server is not hit harder while it asks us to back off);
 `timeout` bounds each attempt, including a server that trickles bytes.
@@ -43,11 +52,12 @@ import math
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from autointerp.llm.base import JudgeError, Message, Reply, TokenLogprob
+from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
 
 log = logging.getLogger(__name__)
@@ -146,6 +156,7 @@ class OpenAIJudge:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         supports_logprobs: bool = True,
+        supports_prompt_logprobs: bool = False,
         schema_mode: SchemaMode = "json_object",
         strict_schema: bool = False,
         max_concurrency: int = 8,
@@ -173,6 +184,7 @@ class OpenAIJudge:
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.api_key_env = api_key_env
         self.supports_logprobs = supports_logprobs
+        self.supports_prompt_logprobs = supports_prompt_logprobs
         self.schema_mode: SchemaMode = schema_mode
         self.strict_schema = strict_schema
         self.max_concurrency = max_concurrency
@@ -204,7 +216,8 @@ class OpenAIJudge:
         """Provenance for results and configs (no key, no client)."""
         return {"backend": "openai", "model": self.model, "base_url": _public_url(self.base_url),
                 "api_key_env": self.api_key_env, "schema_mode": self.schema_mode,
-                "supports_logprobs": self.supports_logprobs}
+                "supports_logprobs": self.supports_logprobs,
+                "supports_prompt_logprobs": self.supports_prompt_logprobs}
 
     # -- client per event loop -------------------------------------------------------------------
 
@@ -269,14 +282,76 @@ class OpenAIJudge:
         error: OpenAIJudgeError | None = None
         async with sem:
             try:
-                return await self._with_retries(client, params, logprobs)
+                return await self._with_retries(lambda: client.chat.completions.create(**params),
+                                                lambda response: self._reply(response, logprobs))
             except OpenAIJudgeError as e:
                 error = e
         # raised outside the except block, so no client exception rides along in __context__
         self.stats["errors"] += 1
         raise error
 
-    async def _with_retries(self, client: Any, params: dict[str, Any], logprobs: int) -> Reply:
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+        """Every token of `text` with its logprob, from the completions endpoint echoing the prompt."""
+        where = f"{self.model} at {_public_url(self.base_url)} (OpenAI-compatible backend)"
+        if not self.supports_prompt_logprobs:
+            raise JudgeError(f"{where} was made without prompt logprobs: pass supports_prompt_logprobs=True "
+                             f"(--prompt-logprobs) if the server echoes them (vLLM; llama-cpp-python's server with "
+                             f"--logits_all True)")
+        if not text:
+            return []
+        params: dict[str, Any] = {"model": self.model, "prompt": text, "echo": True, "max_tokens": 1,
+                                  "temperature": 0.0, "logprobs": max(1, int(top_logprobs))}
+        if self.extra_body:
+            params["extra_body"] = self.extra_body
+        client, sem = self._ensure_client()
+        self.stats["calls"] += 1
+        error: OpenAIJudgeError | None = None
+        async with sem:
+            try:
+                return await self._with_retries(lambda: client.completions.create(**params),
+                                                lambda response: self._prompt_tokens(response, text, top_logprobs))
+            except OpenAIJudgeError as e:
+                error = OpenAIJudgeError(f"{e} (while asking for prompt logprobs: completions with echo=True; a "
+                                         f"server that cannot give them needs the judge made without "
+                                         f"--prompt-logprobs)", status=e.status, attempts=e.attempts)
+        self.stats["errors"] += 1
+        raise error
+
+    def _prompt_tokens(self, response: Any, text: str, k: int) -> list[PromptToken]:
+        """The echoed prompt's tokens, offsets and logprobs; generated tokens (at or past the end) dropped."""
+        where = f"{self.model} at {_public_url(self.base_url)}"
+        choices = getattr(response, "choices", None)
+        lp = getattr(choices[0], "logprobs", None) if choices else None
+        tokens = list(getattr(lp, "tokens", None) or [])
+        offsets = list(getattr(lp, "text_offset", None) or [])
+        values = list(getattr(lp, "token_logprobs", None) or [])
+        tops = list(getattr(lp, "top_logprobs", None) or [])
+        if not tokens or len(offsets) != len(tokens) or len(values) != len(tokens):
+            raise OpenAIJudgeError(f"{where}: the completion echoes no prompt logprobs (tokens, text_offset and "
+                                   f"token_logprobs of one length); this server may not support echo=True")
+        tops += [None] * (len(tokens) - len(tops))
+        shift = 0
+        if len(tokens) > 1 and (tokens[0] == "" or (not text.startswith(tokens[0])
+                                                    and "".join(tokens[1:]).startswith(text))):
+            # a leading special token the text does not spell (a BOS echoed as "<s>"): not part of the text
+            shift = offsets[1] if offsets[1] == len(tokens[0]) else 0
+            tokens, offsets, values, tops = tokens[1:], offsets[1:], values[1:], tops[1:]
+        out: list[PromptToken] = []
+        for token, offset, value, top in zip(tokens, offsets, values, tops, strict=True):
+            offset = int(offset) - shift
+            if offset >= len(text):
+                break  # the generated token
+            alts: dict[str, float] = {}
+            for alt, v in sorted((top or {}).items(), key=lambda kv: -kv[1])[: max(0, k)]:
+                alts[alt] = float(v)
+            out.append(PromptToken(token=token, offset=offset,
+                                   logprob=None if value is None else float(value), top=alts))
+        if out and out[0].offset != 0:
+            raise OpenAIJudgeError(f"{where}: the echoed tokens do not start at the text's first character "
+                                   f"(offset {out[0].offset})")
+        return out
+
+    async def _with_retries(self, request: Callable[[], Awaitable[Any]], parse: Callable[[Any], Any]) -> Any:
         from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
         def retryable(exc: BaseException) -> bool:
@@ -301,7 +376,7 @@ class OpenAIJudge:
         start = time.monotonic()
         last: _Retryable | None = None
         try:
-            return await retrying(self._attempt, client, params, logprobs)
+            return await retrying(self._attempt, request, parse)
         except _Retryable as e:
             last = e
         assert last is not None
@@ -324,13 +399,13 @@ class OpenAIJudge:
         base = min(self.backoff_max, self.backoff_initial * (2 ** n))
         return min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
 
-    async def _attempt(self, client: Any, params: dict[str, Any], logprobs: int) -> Reply:
-        """One request: a Reply, or `_Retryable`, or `OpenAIJudgeError` (not retried)."""
+    async def _attempt(self, request: Callable[[], Awaitable[Any]], parse: Callable[[Any], Any]) -> Any:
+        """One request: its parsed answer, or `_Retryable`, or `OpenAIJudgeError` (not retried)."""
         openai = _import_openai()
         self.stats["attempts"] += 1
         failure: BaseException | None = None
         try:
-            response = await asyncio.wait_for(client.chat.completions.create(**params), self.timeout)
+            response = await asyncio.wait_for(request(), self.timeout)
         except (asyncio.TimeoutError, openai.APITimeoutError):
             failure = _Retryable(f"timed out after {self.timeout:g} s")
         except openai.APIConnectionError as e:
@@ -347,7 +422,7 @@ class OpenAIJudge:
                                                    f"{type(e).__name__}: {e}"))
         if failure is not None:
             raise failure  # outside the except blocks: the client's exception is not chained
-        return self._reply(response, logprobs)
+        return parse(response)
 
     def _status_failure(self, e: Any) -> BaseException:
         status = int(getattr(e, "status_code", 0) or 0)
