@@ -106,7 +106,8 @@ def make_judge(name: str, config: RunConfig) -> Judge:
 
         slots = config.judge_concurrency or 8
         judge: Judge = OpenAIJudge(name.removeprefix("openai:"), config.judge_url, api_key_env=config.api_key_env,
-                                   supports_logprobs=not config.no_logprobs, max_concurrency=slots)
+                                   supports_logprobs=not config.no_logprobs, max_concurrency=slots,
+                                   supports_prompt_logprobs=config.prompt_logprobs)
         namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
     elif name.startswith("vllm:"):
         from autointerp.llm.vllm_offline import load_vllm_judge
@@ -168,6 +169,8 @@ def make_scorers(config: RunConfig, names: list[str] | None = None, cache: Activ
         FuzzingScorer,
         InterventionChoiceScorer,
         InterventionScorer,
+        SimulationScorer,
+        SurprisalScorer,
     )
     from autointerp.scorers.intervention import InterventionRunner
 
@@ -191,7 +194,9 @@ def make_scorers(config: RunConfig, names: list[str] | None = None, cache: Activ
                                               negatives=config.fuzz_negatives),
              "intervention": lambda: InterventionScorer(intervention_runner()),
              "intervention_choice": lambda: InterventionChoiceScorer(intervention_runner()),
-             "embedding": lambda: EmbeddingScorer(embedder(config.embedding_model))}
+             "embedding": lambda: EmbeddingScorer(embedder(config.embedding_model)),
+             "simulation": SimulationScorer,
+             "surprisal": SurprisalScorer}
     return [built[name]() for name in (config.scorers if names is None else names)]
 
 

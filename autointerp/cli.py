@@ -65,6 +65,7 @@ OPTION_FIELDS = {
     "negatives": "sampling.negatives", "n_train_negatives": "sampling.n_train_negatives",
     "similar_model": "sampling.similar_model", "embedding_model": "embedding_model",
     "explainer_style": "explain.style",
+    "prompt_logprobs": "prompt_logprobs",
 }
 # the sampling seed follows the cache seed, so one --seed fixes every draw
 LINKED = {"cache.seed": "sampling.seed"}
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run": "cache, explain and score in one go (resumable)",
         "cache": "stream the corpus through model + dictionary and cache latent activations",
         "explain": "label each selected latent with the explainer model",
-        "score": "score existing explanations (detection, fuzzing, intervention with the judge; embedding)",
+        "score": "score existing explanations (detection, fuzzing, intervention, simulation, surprisal with the "
+                 "judge; embedding)",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
@@ -223,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: OPENAI_API_KEY); the key itself is never written")
             g.add_argument("--no-logprobs", action="store_true",
                            help="the server gives no logprobs: judges answer in text (no AUROC)")
+            g.add_argument("--prompt-logprobs", action="store_true",
+                           help="the server echoes prompt logprobs (/completions with echo=True, e.g. vLLM): "
+                                "needed by surprisal, used by simulation (local judges always have them)")
             g.add_argument("--no-cache", action="store_false", dest="no_cache",
                            help="do not answer repeated requests from the response cache")
             g.add_argument("--prices", help='price table for a cost estimate: JSON or TOML, '
@@ -253,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated, from detection, fuzzing, intervention (surprisal difference "
                                 "of steered vs clean continuations; needs a judge with prompt logprobs), "
                                 "intervention_choice (the judge picks the steered continuation), embedding "
-                                "(cosine of explanation and excerpts; no judge) (default: detection,fuzzing)")
+                                "(cosine of explanation and excerpts; no judge), simulation (the judge predicts each "
+                                "token's activation), surprisal (loss of excerpts after the explanation; needs "
+                                "prompt logprobs) (default: detection,fuzzing)")
             g.add_argument("--embedding-model",
                            help="embedding scorer's model: 'default' (bundled all-MiniLM-L6-v2), a "
                                 "sentence-transformers folder, or a model id already in the Hugging Face cache")

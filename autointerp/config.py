@@ -47,6 +47,7 @@ class RunConfig:
     judge_url: str | None = None  # base URL for "openai:MODEL" judges (None = api.openai.com)
     api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable holding the key, never the key
     no_logprobs: bool = False  # the HTTP judge's server gives no logprobs
+    prompt_logprobs: bool = False  # the HTTP judge's server echoes prompt logprobs (surprisal, simulation)
     response_cache: bool = True  # answer repeated deterministic requests from a SQLite file
     response_cache_path: str | None = None  # None = <cache dir>/responses.sqlite
     prices: str | None = None  # JSON/TOML price table (USD per million tokens) for a cost estimate

@@ -127,7 +127,8 @@ class Judgment:
     answer: str = ""
     error: str = ""
     text: str = ""  # the excerpt exactly as the judge saw it
-    value: float | None = None  # a number measured per example, where a scorer has one (intervention: nats)
+    value: float | None = None  # a number measured per example, where a scorer has one (intervention: nats;
+    # simulation: the excerpt's correlation; surprisal: its loss reduction)
 
 
 @dataclass

@@ -6,12 +6,13 @@ can check that scorers rank the right explanation above a wrong one without any 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
 import numpy as np
 
-from autointerp.llm.base import Message, Reply, TokenLogprob
+from autointerp.llm.base import Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Example, LatentId, LatentRecord, LatentStats
 
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October"]
@@ -105,3 +106,50 @@ def oracle_explainer(messages: list[Message]) -> str:
                 continue  # the silent excerpts have these words too: not what sets the feature apart
             return f"They are all {key}s.\n[EXPLANATION]: {key} names"
     return "I cannot tell.\n[EXPLANATION]: unclear"
+
+
+# ---------------------------------------------------------------- an oracle that reads raw text (prompt logprobs)
+
+_TOKEN = re.compile(r"\w+|[^\w\s]|\s")  # words, punctuation, and every whitespace character on its own
+
+
+def _belongs(word: str, words: list[str]) -> bool:
+    return word.strip() in words
+
+
+def oracle_text_scorer(text: str, top_logprobs: int) -> list[PromptToken]:
+    """Teacher-forces `text` the way an ideal judge would, for the two text formats scorers send:
+
+    - a simulation text (`<start>` block of "token<TAB>unknown" lines after "Feature: ..."): at each
+      slot, the distribution puts 0.9 on "9" for a word of the explanation's category, else 0.95 on "0";
+    - a surprisal text ("Description: ...", then "Text:" and the example): a word of the described
+      category costs 1 nat, a category word the description does not name 6, any other word 3.
+    """
+    tokens = [(m.group(), m.start()) for m in _TOKEN.finditer(text)]
+    lps: list[float | None] = [None] + [-3.0] * (len(tokens) - 1)
+    tops: list[dict[str, float]] = [{} for _ in tokens]
+    if "<start>" in text:
+        words = _category(re.findall(r"Feature: (.*)", text)[-1])
+        block = text.rindex("<start>\n") + len("<start>\n")
+        for line in re.finditer(r"(.*)\t(unknown)", text[block:]):
+            slot = block + line.start(2)
+            i = next(i for i, (_, off) in enumerate(tokens) if off == slot)
+            hit = _belongs(line.group(1), words)
+            tops[i] = {"9": math.log(0.9), "0": math.log(0.1)} if hit else {"0": math.log(0.95), "1": math.log(0.05)}
+    elif "Description:" in text:
+        words = _category(re.search(r"Description: (.*)", text).group(1))
+        start = text.index("Text:") + len("Text:")
+        every = [w for ws in CATEGORIES.values() for w in ws]
+        for i, (tok, off) in enumerate(tokens):
+            if off >= start and i:
+                lps[i] = -1.0 if _belongs(tok, words) else -6.0 if _belongs(tok, every) else -3.0
+    return [PromptToken(token=tok, offset=off, logprob=lp, top=dict(list(top.items())[:top_logprobs]))
+            for (tok, off), lp, top in zip(tokens, lps, tops, strict=True)]
+
+
+def simulation_oracle(messages: list[Message]) -> str:
+    """Answers the simulation scorer's JSON prompt: 9 for each token of the explanation's category, else 0."""
+    user = messages[-1]["content"]
+    words = _category(re.search(r"Explanation of the feature: (.*)", user).group(1))
+    tokens = json.loads(re.search(r"^\[.*\]$", user, re.MULTILINE).group(0))
+    return json.dumps({"activations": [9 if _belongs(t, words) else 0 for t in tokens]})

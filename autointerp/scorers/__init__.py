@@ -9,9 +9,12 @@ from autointerp.scorers.detection import DetectionScorer
 from autointerp.scorers.embedding import EmbeddingScorer
 from autointerp.scorers.fuzzing import FuzzingScorer
 from autointerp.scorers.intervention import InterventionChoiceScorer, InterventionScorer, InterventionSettings
+from autointerp.scorers.simulation import SimulationScorer, SimulationSettings
+from autointerp.scorers.surprisal import SurprisalScorer
 
 SCORERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer, "intervention": InterventionScorer,
-           "intervention_choice": InterventionChoiceScorer, "embedding": EmbeddingScorer}
+           "intervention_choice": InterventionChoiceScorer, "embedding": EmbeddingScorer,
+           "simulation": SimulationScorer, "surprisal": SurprisalScorer}
 
 
 def scorer_metrics(name: str) -> tuple[str, ...]:
@@ -21,4 +24,5 @@ def scorer_metrics(name: str) -> tuple[str, ...]:
 
 
 __all__ = ["SCORERS", "ClassifierSettings", "DetectionScorer", "EmbeddingScorer", "FuzzingScorer",
-           "InterventionChoiceScorer", "InterventionScorer", "InterventionSettings", "scorer_metrics"]
+           "InterventionChoiceScorer", "InterventionScorer", "InterventionSettings", "SimulationScorer",
+           "SimulationSettings", "SurprisalScorer", "scorer_metrics"]

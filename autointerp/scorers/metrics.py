@@ -1,4 +1,4 @@
-"""Classification metrics over judge answers, written out so their edge cases are ours to define.
+"""Metrics over judge answers (classification, ranking, correlation), written out so their edge cases are ours.
 
 A metric that is undefined for the data (precision with no positive predictions, AUROC with one
 class) is None, never 0: a missing value must not read as a bad explanation.
@@ -118,3 +118,19 @@ def top_r(truth: Sequence[bool], scores: Sequence[float]) -> list[bool]:
     pred = np.zeros(len(order), bool)
     pred[order[:r]] = True
     return pred.tolist()
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson correlation; None when it is undefined (fewer than two points, or either side constant)."""
+    a = np.asarray(x, float)
+    b = np.asarray(y, float)
+    if a.shape != b.shape:
+        raise ValueError(f"correlation of sequences of different lengths ({a.size} and {b.size})")
+    if a.size < 2:
+        return None
+    a = a - a.mean()
+    b = b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    if den == 0 or not np.isfinite(den):
+        return None
+    return float(np.clip((a * b).sum() / den, -1.0, 1.0))

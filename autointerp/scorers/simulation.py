@@ -1,0 +1,245 @@
+"""Simulation (OpenAI automated-interpretability): from the explanation alone, the judge predicts how
+strongly the latent fires on every token of each held-out excerpt; the score is how well its
+predictions correlate with the true activations.
+
+Two ways to ask, picked by `mode`:
+- "logprobs" ("all at once", needs a judge with prompt logprobs): one text per example lists its
+  tokens one per line, each followed by a tab and a slot word. Teacher-forcing that text, the judge's
+  distribution over the digits 0-9 at each slot (read from the top logprobs) gives an expected
+  activation for that token. One pass per example, nothing generated, nothing to parse.
+- "json" (any chat judge): the judge is asked for `{"activations": [...]}`, one number per token,
+  constrained by a schema of exactly that length. An answer of the wrong length or that cannot be read
+  is re-asked up to `max_reasks` times and then recorded as a failure of that example: excluded from
+  the metrics and counted, never read as zeros.
+
+The scale is 0-9 rather than OpenAI's 0-10 because the embedded judges' tokenizers (Qwen2.5, SmolLM2)
+write 10 as the two tokens "1", "0": at a slot, a 10 would read as a 1. True activations are scaled
+to the same 0-9 by the latent's largest activation; Pearson correlation ignores the scale, so this
+only decides what the few-shot shows and what the judgments record.
+
+Metrics: `correlation` (OpenAI's headline: all tokens of all answered examples, activating and not,
+concatenated), `example_correlation` (the mean of per-example correlations, over examples where one
+is defined: the predictions and activations both vary) and `auroc` (does the example's largest
+predicted activation rank activating examples above silent ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from autointerp.llm.base import Judge, JudgeError, PromptToken, can_score_text
+from autointerp.prompting import clean_token, load_prompt, render
+from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.metrics import auroc, correlation, mean_or_none
+
+MAX_LEVEL = 9
+SLOT = "unknown"  # what fills each token's activation slot in the all-at-once text (OpenAI's choice)
+DIGITS = {str(d): d for d in range(MAX_LEVEL + 1)}
+
+SimulationMode = Literal["auto", "logprobs", "json"]
+
+
+@dataclass
+class SimulationSettings:
+    mode: SimulationMode = "auto"  # auto = logprobs when the judge gives prompt logprobs, else json
+    top_logprobs: int = 20  # alternatives read at each slot; the digits must be among them
+    max_reasks: int = 1  # json mode only (prompt logprobs are deterministic: asking again changes nothing)
+
+
+@dataclass
+class Simulated:
+    """One example's predictions (None when the answer could not be used) and what to record about it."""
+
+    example: Example
+    predicted: list[float] | None
+    shown: str
+    answer: str = ""
+    error: str = ""
+
+
+def show_token(token: str) -> str:
+    """A token as one line of the all-at-once text: no newline or tab of its own, no delimiter characters."""
+    return clean_token(token).replace("\t", "⇥")
+
+
+def simulation_text(explanation: str, tokens: list[str]) -> tuple[str, str, list[int]]:
+    """The all-at-once text for one example, its token block, and the character offset of each slot."""
+    lines = [f"{show_token(t)}\t{SLOT}" for t in tokens]
+    block = "\n".join(lines)
+    text = render(load_prompt("simulation/all_at_once.md"), explanation=explanation, lines=block)
+    if not text.endswith(block):
+        raise ValueError("prompts/simulation/all_at_once.md must end with {{ lines }}")
+    slots, pos = [], len(text) - len(block)
+    for line in lines:
+        slots.append(pos + len(line) - len(SLOT))
+        pos += len(line) + 1
+    return text, block, slots
+
+
+def expected_level(token: PromptToken) -> float | None:
+    """The expected digit at a slot: sum of d * P(d) over the digits among the top logprobs, renormalised."""
+    mass = total = 0.0
+    for alt, lp in token.top.items():
+        d = DIGITS.get(alt.strip())
+        if d is not None:
+            p = math.exp(lp)
+            mass += p
+            total += d * p
+    return total / mass if mass > 0 else None
+
+
+def read_slots(tokens: list[PromptToken], slots: list[int]) -> tuple[list[float] | None, str]:
+    """The expected level at each slot, or None and why not (a slot no token starts at, no digit there)."""
+    by_offset = {t.offset: t for t in tokens}
+    out: list[float] = []
+    for i, offset in enumerate(slots):
+        token = by_offset.get(offset)
+        if token is None:
+            return None, f"no judge token starts at the slot of token {i} (its tokenizer joins the slot to the tab)"
+        level = expected_level(token)
+        if level is None:
+            return None, f"no digit 0-{MAX_LEVEL} among the top logprobs at the slot of token {i}"
+        out.append(level)
+    return out, ""
+
+
+def parse_levels(text: str, n: int) -> tuple[list[float] | None, str]:
+    """n numbers in 0..MAX_LEVEL from `{"activations": [...]}` (or a bare list), else None and why not."""
+    body = text.strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", body, re.DOTALL)
+    if fence:
+        body = fence.group(1)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError:
+        m = re.search(r"\{.*\}|\[.*\]", body, re.DOTALL)
+        try:
+            data = json.loads(m.group(0)) if m else None
+        except json.JSONDecodeError:
+            data = None
+    if isinstance(data, dict):
+        data = data.get("activations")
+    if not isinstance(data, list):
+        return None, "not a JSON list of activations"
+    if len(data) != n:
+        return None, f"{len(data)} activations for {n} tokens"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= MAX_LEVEL for v in data):
+        return None, f"activations must be numbers from 0 to {MAX_LEVEL}"
+    return [float(v) for v in data], ""
+
+
+def levels_schema(n: int) -> dict:
+    return {
+        "type": "object",
+        "properties": {"activations": {"type": "array", "items": {"type": "integer", "enum": list(DIGITS.values())},
+                                       "minItems": n, "maxItems": n}},
+        "required": ["activations"],
+    }
+
+
+def true_levels(example: Example, top: float) -> list[float]:
+    """The example's activations on the 0-9 scale, 9 being the latent's largest activation."""
+    return [MAX_LEVEL * max(a, 0.0) / top if top > 0 else 0.0 for a in example.activations]
+
+
+class SimulationScorer:
+    name = "simulation"
+    metrics = ("correlation", "example_correlation", "auroc")
+
+    def __init__(self, settings: SimulationSettings | None = None):
+        self.settings = settings or SimulationSettings()
+        if self.settings.mode not in ("auto", "logprobs", "json"):
+            raise ValueError(f"simulation mode must be 'auto', 'logprobs' or 'json', not {self.settings.mode!r}")
+
+    def check_judge(self, judge: Judge) -> None:
+        """Called before any latent is scored: mode 'logprobs' with a judge that has no prompt logprobs fails."""
+        self.mode_for(judge)
+
+    def mode_for(self, judge: Judge) -> str:
+        mode = self.settings.mode
+        if mode == "auto":
+            return "logprobs" if can_score_text(judge) else "json"
+        if mode == "logprobs" and not can_score_text(judge):
+            raise ValueError(f"simulation mode 'logprobs' needs a judge with prompt logprobs; {judge.model} "
+                             f"({type(judge).__name__}) has none: use mode 'json'")
+        return mode
+
+    async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
+        mode = self.mode_for(judge)
+        examples = record.test + record.negatives
+        usage = Usage()
+        ask = self._all_at_once if mode == "logprobs" else self._json
+        results = await asyncio.gather(*(ask(e, explanation.text, judge, usage) for e in examples))
+        top = max([record.stats.max_activation] + [e.max_activation for e in examples])
+        return self._score(record, results, top, usage)
+
+    async def _all_at_once(self, example: Example, explanation: str, judge: Judge, usage: Usage) -> Simulated:
+        text, shown, slots = simulation_text(explanation, example.str_tokens)
+        try:
+            tokens = await judge.prompt_logprobs(text, top_logprobs=self.settings.top_logprobs)  # type: ignore[attr-defined]
+        except JudgeError as e:
+            return Simulated(example, None, shown, error=f"judge error: {e}")
+        usage.add(Usage(prompt_tokens=len(tokens), calls=1))
+        predicted, error = read_slots(tokens, slots)
+        answer = "" if predicted is None else " ".join(f"{v:.1f}" for v in predicted)
+        return Simulated(example, predicted, shown, answer=answer, error=error)
+
+    async def _json(self, example: Example, explanation: str, judge: Judge, usage: Usage) -> Simulated:
+        n = len(example.str_tokens)
+        shown = json.dumps([clean_token(t) for t in example.str_tokens], ensure_ascii=False)
+        messages = [{"role": "system", "content": load_prompt("simulation/system.md")},
+                    {"role": "user", "content": render(load_prompt("simulation/user.md"), explanation=explanation,
+                                                       n=n, tokens=shown)}]
+        answer, error = "", ""
+        for attempt in range(self.settings.max_reasks + 1):
+            try:
+                reply = await judge.chat(messages, max_tokens=16 + 3 * n, temperature=0.0 if attempt == 0 else 0.7,
+                                         schema=levels_schema(n))
+            except JudgeError as e:
+                error = f"judge error: {e}"
+                continue
+            usage.add(reply.usage)
+            answer = reply.text
+            predicted, error = parse_levels(reply.text, n)
+            if predicted is not None:
+                return Simulated(example, predicted, shown, answer=answer)
+        return Simulated(example, None, shown, answer=answer, error=error)
+
+    def _score(self, record: LatentRecord, results: list[Simulated], top: float, usage: Usage) -> Score:
+        all_true: list[float] = []
+        all_pred: list[float] = []
+        per_example: list[float | None] = []
+        truth: list[bool] = []
+        peaks: list[float] = []
+        judgments = []
+        for r in results:
+            value = None
+            if r.predicted is not None:
+                t = true_levels(r.example, top)
+                all_true += t
+                all_pred += r.predicted
+                value = correlation(t, r.predicted)
+                per_example.append(value)
+                truth.append(r.example.activating)
+                peaks.append(max(r.predicted, default=0.0))
+            peak = max(r.predicted, default=0.0) if r.predicted is not None else None
+            judgments.append(Judgment(
+                window=r.example.window, activating=r.example.activating,
+                prediction=None if peak is None else peak >= MAX_LEVEL / 2,
+                probability=None if peak is None else round(peak / MAX_LEVEL, 6),
+                max_activation=r.example.max_activation, quantile=r.example.quantile,
+                answer=r.answer[:200], error=r.error, text=r.shown,
+                value=None if value is None else round(value, 6)))
+        metrics = {
+            "correlation": correlation(all_true, all_pred),
+            "example_correlation": mean_or_none([v for v in per_example if v is not None]),
+            "auroc": auroc(truth, peaks) if peaks else None,
+        }
+        n_failed = sum(r.predicted is None for r in results)
+        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(results),
+                     n_failed=n_failed, judgments=judgments, usage=usage)
