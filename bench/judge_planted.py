@@ -1,10 +1,13 @@
 """How well a judge separates the right explanation of a planted latent from a wrong one.
 
     python bench/judge_planted.py [--judge qwen2.5-coder-1.5b] [--seeds 1,2,3] [--n 10]
+                                  [--scorers detection,fuzzing,simulation,surprisal]
 
 The planted latent fires on month names (tests/planted.py); its silent examples mention animals.
-For each scorer, prints balanced accuracy and AUROC of the right explanation ("names of calendar
-months") and of a wrong one ("names of animals"), averaged over seeds. Run it before and after any
+For each scorer, prints its two headline metrics (balanced accuracy and AUROC for detection and
+fuzzing; correlation and per-example correlation for simulation; AUROC and the activating examples'
+loss drop for surprisal) for the right explanation ("names of calendar months") and a wrong one
+("names of animals"), averaged over seeds. Run it before and after any
 change to a judge-facing prompt: the gap between right and wrong is the figure to keep.
 """
 
@@ -23,7 +26,7 @@ from planted import planted_record  # noqa: E402
 
 from autointerp.llm.local import load_local_judge  # noqa: E402
 from autointerp.records import Explanation  # noqa: E402
-from autointerp.scorers import DetectionScorer, FuzzingScorer  # noqa: E402
+from autointerp.scorers import SCORERS  # noqa: E402
 
 RIGHT = "names of calendar months, such as March or October"
 WRONG = "names of animals, such as cat or dog"
@@ -34,22 +37,25 @@ def main() -> None:
     parser.add_argument("--judge", default="qwen2.5-coder-1.5b")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--n", type=int, default=10, help="activating and silent examples per record")
+    parser.add_argument("--scorers", default="detection,fuzzing", help=f"comma-separated, of {sorted(SCORERS)}")
     args = parser.parse_args()
     judge = load_local_judge(args.judge, n_ctx=2048)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"judge {judge.model}, {len(seeds)} planted records of {args.n}+{args.n} examples")
-    for scorer in (DetectionScorer(), FuzzingScorer()):
+    for scorer in (SCORERS[name]() for name in args.scorers.split(",")):
         for label, text in (("right", RIGHT), ("wrong", WRONG)):
-            ba, auc, failed, start = [], [], 0, time.perf_counter()
+            values: dict[str, list[float]] = {m: [] for m in scorer.metrics[:2]}
+            failed, start = 0, time.perf_counter()
             for seed in seeds:
                 record = planted_record(n_test=args.n, n_neg=args.n, seed=seed)
                 score = asyncio.run(scorer(record, Explanation(record.latent, text, "bench"), judge))
-                ba.append(score.metrics["balanced_accuracy"])
-                auc.append(score.metrics["auroc"])
+                for m, got in values.items():
+                    if score.metrics[m] is not None:
+                        got.append(score.metrics[m])
                 failed += score.n_failed
-            print(f"  {scorer.name:9s} {label}: balanced accuracy {statistics.mean(ba):.3f}, "
-                  f"AUROC {statistics.mean(auc):.3f}, unreadable answers {failed}, "
-                  f"{time.perf_counter() - start:.0f} s")
+            shown = ", ".join(f"{m} {statistics.mean(v):.3f}" if v else f"{m} undefined" for m, v in values.items())
+            print(f"  {scorer.name:10s} {label}: {shown}, unreadable answers {failed}, "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
     asyncio.run(judge.aclose())
 
 

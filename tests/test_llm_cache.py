@@ -430,6 +430,10 @@ def test_prompt_logprobs_are_cached_and_keyed_apart_from_chat(tmp_path):
     assert inner.scored_texts == ["one two three", "one two three"]
     assert (judge.hits, judge.misses) == (1, 2) and (fresh.hits, fresh.misses) == (1, 0)
     assert judge.saved.prompt_tokens == 3 and judge.saved.calls == 1
+    assert prompt_logprobs_key("ns", "hi", top_logprobs=2) != prompt_logprobs_key("ns", "hi", top_logprobs=2,
+                                                                                  top_at=[0])
+    assert prompt_logprobs_key("ns", "hi", top_logprobs=2, top_at=[3, 0]) == prompt_logprobs_key(
+        "ns", "hi", top_logprobs=2, top_at=(0, 3, 3))
     assert prompt_logprobs_key("ns", "hi", top_logprobs=2) != cache_key(
         "ns", msgs("hi"), max_tokens=0, temperature=0.0, logprobs=2, schema=None)
 
@@ -438,3 +442,18 @@ def test_prompt_logprobs_from_a_judge_that_cannot_is_a_clear_error(tmp_path):
     judge = cached(tmp_path, ScriptedJudge(echo, model="plain"))
     with pytest.raises(JudgeError, match="plain.*cannot give prompt logprobs"):
         asyncio.run(judge.prompt_logprobs("text"))
+
+
+def test_prompt_logprobs_top_at_keeps_alternatives_only_there(tmp_path):
+    judge = cached(tmp_path, ScriptedJudge(echo, text_scorer=word_scorer))
+
+    async def go():
+        try:
+            return (await judge.prompt_logprobs("one two three", top_logprobs=2, top_at=[3]),
+                    await judge.prompt_logprobs("one two three", top_logprobs=2, top_at=[3]))
+        finally:
+            await judge.aclose()
+
+    first, again = asyncio.run(go())
+    assert first == again and [bool(t.top) for t in first] == [False, True, False]
+    assert [t.logprob for t in first] == [t.logprob for t in word_scorer("one two three", 2)]

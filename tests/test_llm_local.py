@@ -400,5 +400,8 @@ def test_prompt_logprobs_match_logits_all_and_reuse_prefixes(judge):
     assert first == len(results[0][0])
     assert second == len(results[1][0]) - n_shared + 1  # only the tail (and the last shared token) ran
     assert after_chat == len(results[2][0])  # the chat dropped the kept results: everything ran again
+    full = results[2][0]
+    only = asyncio.run(judge.prompt_logprobs(texts[0], top_logprobs=5, top_at=[full[3].offset]))
+    assert [bool(t.top) for t in only] == [i == 3 for i in range(len(full))] and only[3] == full[3]
     reply = asyncio.run(judge.chat(YES_NO, max_tokens=1, logprobs=5))  # and chat still works after scoring
     assert {t.strip().lower() for t in reply.logprobs[0].top} & {"yes", "no"}

@@ -323,10 +323,10 @@ def test_parse_retry_after():
 # ---------------------------------------------------------------- prompt logprobs (completions, echo)
 
 
-def score_text(judge: OpenAIJudge, text: str, k: int = 2):
+def score_text(judge: OpenAIJudge, text: str, k: int = 2, **kw):
     async def go():
         try:
-            return await judge.prompt_logprobs(text, top_logprobs=k)
+            return await judge.prompt_logprobs(text, top_logprobs=k, **kw)
         finally:
             await judge.aclose()
 
@@ -344,6 +344,8 @@ def test_prompt_logprobs_from_echoed_completion(server):
     assert tokens[0].logprob is None and tokens[0].top == {}
     assert tokens[1].logprob == pytest.approx(-0.15) and tokens[1].top == {tokens[1].token: pytest.approx(-0.15),
                                                                             "ALT": pytest.approx(-1.15)}
+    only = score_text(fast_judge(server.url, supports_prompt_logprobs=True), text, top_at=[tokens[2].offset])
+    assert [bool(t.top) for t in only] == [i == 2 for i in range(len(only))]
 
 
 def test_prompt_logprobs_drop_an_echoed_bos_token(server):

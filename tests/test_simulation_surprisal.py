@@ -46,12 +46,27 @@ class SchemaJudge(ScriptedJudge):
 # ---------------------------------------------------------------- simulation
 
 
+class TopAtJudge(ScriptedJudge):
+    """Keeps the offsets each prompt_logprobs call asked alternatives for."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.top_at: list = []
+
+    async def prompt_logprobs(self, text, **kw):
+        self.top_at.append(kw.get("top_at"))
+        return await super().prompt_logprobs(text, **kw)
+
+
 def test_simulation_all_at_once_right_beats_wrong():
     record = planted_record()
-    judge = ScriptedJudge(no_chat, text_scorer=oracle_text_scorer)
+    judge = TopAtJudge(no_chat, text_scorer=oracle_text_scorer)
     right = _score(SimulationScorer(), record, RIGHT, judge)
     n = len(record.test) + len(record.negatives)
     assert len(judge.scored_texts) == n and judge.calls == []  # one teacher-forced text per example
+    # alternatives are asked for at the slots only: one per token of the example
+    assert [len(t) for t in judge.top_at[:2]] == [12, 12]
+    assert all(judge.scored_texts[0][o:].startswith("unknown") for o in judge.top_at[0])
     wrong = _score(SimulationScorer(), record, WRONG, judge)
     assert right.n_failed == wrong.n_failed == 0 and right.n_examples == n
     # the oracle says 9 for every month while true strengths vary, so it is right but not perfect

@@ -7,6 +7,7 @@ an OpenAI-compatible server or vLLM.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,7 +37,8 @@ class PromptToken:
     tokens back to the spans they care about (an explanation, a continuation, a digit slot).
     The first token has no context, so its `logprob` is None (unless the backend puts a
     beginning-of-sequence token before the text, as models that expect one do: then it has one).
-    `top` holds up to `top_logprobs` alternatives at this position, best first.
+    `top` holds up to `top_logprobs` alternatives at this position, best first (only at the offsets
+    in `top_at`, when the caller gave them).
     """
 
     token: str
@@ -84,12 +86,15 @@ class TextScorer(Protocol):
     Surprisal, intervention and simulation scoring need it. Backends that can (llama.cpp in process,
     vLLM, completion servers that echo prompt logprobs) set `supports_prompt_logprobs = True`;
     callers check that flag and say clearly when a backend cannot. The text is scored as is,
-    without a chat template.
+    without a chat template. `top_at`, when given, names the character offsets whose alternatives
+    the caller reads (a scorer's slots): other tokens come back with an empty `top`, which keeps
+    cached answers small (20 alternatives on every token of a 300-token text is ~150 KB of JSON).
     """
 
     supports_prompt_logprobs: bool
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]: ...
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
+                              top_at: Collection[int] | None = None) -> list[PromptToken]: ...
 
 
 def can_score_text(judge: object) -> bool:

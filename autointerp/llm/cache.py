@@ -8,7 +8,7 @@ messages, max_tokens, temperature, logprobs and schema. Requests with temperatur
 not answers, and always go to `inner` (a re-ask at temperature 0.7 must get a fresh sample).
 
 Prompt logprobs (`prompt_logprobs`, teacher forcing a text) are deterministic too and are cached the
-same way, keyed by the namespace, the text and `top_logprobs`; their keys carry a `kind` field that
+same way, keyed by the namespace, the text, `top_logprobs` and `top_at`; their keys carry a `kind` field that
 chat keys do not have, so the two can never collide. A hit counts its tokens in `saved.prompt_tokens`.
 
 Only the reply (text, logprobs with their top alternatives, usage) is stored, as JSON, under its key:
@@ -37,7 +37,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +77,10 @@ def cache_key(
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def prompt_logprobs_key(namespace: str, text: str, *, top_logprobs: int) -> str:
+def prompt_logprobs_key(namespace: str, text: str, *, top_logprobs: int, top_at: Collection[int] | None = None) -> str:
     """sha256 (hex) of a prompt-logprobs request; the `kind` field keeps it apart from every chat key."""
     payload = {"v": FORMAT_VERSION, "kind": "prompt_logprobs", "namespace": namespace, "text": text,
-               "top_logprobs": int(top_logprobs)}
+               "top_logprobs": int(top_logprobs), "top_at": None if top_at is None else sorted(set(top_at))}
     data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(data.encode("ascii")).hexdigest()
 
@@ -194,14 +194,16 @@ class CachedJudge:
     def supports_prompt_logprobs(self) -> bool:
         return can_score_text(self.inner)
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
+                              top_at: Collection[int] | None = None) -> list[PromptToken]:
         """The inner judge's prompt logprobs, from the cache when this text was scored before."""
         if not can_score_text(self.inner):
             raise JudgeError(f"judge {self.model} ({type(self.inner).__name__}) cannot give prompt logprobs")
-        key = prompt_logprobs_key(self.namespace, text, top_logprobs=top_logprobs)
+        key = prompt_logprobs_key(self.namespace, text, top_logprobs=top_logprobs, top_at=top_at)
 
         async def ask() -> list[PromptToken]:
-            return await self.inner.prompt_logprobs(text, top_logprobs=top_logprobs)  # type: ignore[attr-defined]
+            return await self.inner.prompt_logprobs(text, top_logprobs=top_logprobs,  # type: ignore[attr-defined]
+                                                    top_at=top_at)
 
         return await self._cached(key, ask, encode_prompt_tokens, self._hit_tokens)
 

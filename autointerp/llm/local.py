@@ -40,6 +40,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -250,14 +251,16 @@ class LlamaCppJudge:
 
     # -- prompt logprobs (teacher forcing) --------------------------------------------------------
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
+                              top_at: Collection[int] | None = None) -> list[PromptToken]:
         """Every token of `text` (no chat template) with its logprob given the tokens before it."""
         if top_logprobs < 0:
             raise ValueError(f"top_logprobs must be >= 0, not {top_logprobs}")
+        wanted = None if top_at is None else set(top_at)
         async with self._async_lock():
-            return await asyncio.to_thread(self._prompt_logprobs_sync, text, top_logprobs)
+            return await asyncio.to_thread(self._prompt_logprobs_sync, text, top_logprobs, wanted)
 
-    def _prompt_logprobs_sync(self, text: str, k: int) -> list[PromptToken]:
+    def _prompt_logprobs_sync(self, text: str, k: int, wanted: set[int] | None) -> list[PromptToken]:
         with self._thread_lock:
             llm = self._llm
             if llm is None:
@@ -279,7 +282,7 @@ class LlamaCppJudge:
             for i, (lp, top) in enumerate(results[len(lead):]):
                 end = offsets[i + 1] if i + 1 < len(offsets) else len(text)
                 alts: dict[str, float] = {}
-                for t, v in top[:k]:
+                for t, v in top[:k] if wanted is None or offsets[i] in wanted else ():
                     alts.setdefault(self._piece(llm, t), v)  # best first: same-text tokens keep the best
                 out.append(PromptToken(token=text[offsets[i]:end], offset=offsets[i], logprob=lp, top=alts))
             return out

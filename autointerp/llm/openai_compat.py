@@ -52,7 +52,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -290,7 +290,8 @@ class OpenAIJudge:
         self.stats["errors"] += 1
         raise error
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
+                              top_at: Collection[int] | None = None) -> list[PromptToken]:
         """Every token of `text` with its logprob, from the completions endpoint echoing the prompt."""
         where = f"{self.model} at {_public_url(self.base_url)} (OpenAI-compatible backend)"
         if not self.supports_prompt_logprobs:
@@ -308,8 +309,10 @@ class OpenAIJudge:
         error: OpenAIJudgeError | None = None
         async with sem:
             try:
-                return await self._with_retries(lambda: client.completions.create(**params),
-                                                lambda response: self._prompt_tokens(response, text, top_logprobs))
+                wanted = None if top_at is None else set(top_at)
+                return await self._with_retries(
+                    lambda: client.completions.create(**params),
+                    lambda response: self._prompt_tokens(response, text, top_logprobs, wanted))
             except OpenAIJudgeError as e:
                 error = OpenAIJudgeError(f"{e} (while asking for prompt logprobs: completions with echo=True; a "
                                          f"server that cannot give them needs the judge made without "
@@ -317,7 +320,7 @@ class OpenAIJudge:
         self.stats["errors"] += 1
         raise error
 
-    def _prompt_tokens(self, response: Any, text: str, k: int) -> list[PromptToken]:
+    def _prompt_tokens(self, response: Any, text: str, k: int, top_at: Collection[int] | None) -> list[PromptToken]:
         """The echoed prompt's tokens, offsets and logprobs; generated tokens (at or past the end) dropped."""
         where = f"{self.model} at {_public_url(self.base_url)}"
         choices = getattr(response, "choices", None)
@@ -342,7 +345,8 @@ class OpenAIJudge:
             if offset >= len(text):
                 break  # the generated token
             alts: dict[str, float] = {}
-            for alt, v in sorted((top or {}).items(), key=lambda kv: -kv[1])[: max(0, k)]:
+            wanted = top_at is None or offset in top_at
+            for alt, v in sorted((top or {}).items() if wanted else (), key=lambda kv: -kv[1])[: max(0, k)]:
                 alts[alt] = float(v)
             out.append(PromptToken(token=token, offset=offset,
                                    logprob=None if value is None else float(value), top=alts))

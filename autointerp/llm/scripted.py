@@ -6,7 +6,8 @@ the judge (parsing, failure counting, metrics, resume) is tested without any mod
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import replace
 from typing import Any
 
 from autointerp.llm.base import Message, PromptToken, Reply
@@ -47,11 +48,16 @@ class ScriptedJudge:
         reply.usage = Usage(prompt_tokens=prompt_chars // 4, completion_tokens=len(reply.text) // 4, calls=1)
         return reply
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
+                              top_at: Collection[int] | None = None) -> list[PromptToken]:
         if self.text_scorer is None:
             raise NotImplementedError(f"judge {self.model} was given no text_scorer")
         self.scored_texts.append(text)
-        return self.text_scorer(text, top_logprobs)
+        tokens = self.text_scorer(text, top_logprobs)
+        if top_at is not None:
+            wanted = set(top_at)
+            tokens = [t if t.offset in wanted else replace(t, top={}) for t in tokens]
+        return tokens
 
     async def aclose(self) -> None:
         return None

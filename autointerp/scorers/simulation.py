@@ -181,7 +181,8 @@ class SimulationScorer:
     async def _all_at_once(self, example: Example, explanation: str, judge: Judge, usage: Usage) -> Simulated:
         text, shown, slots = simulation_text(explanation, example.str_tokens)
         try:
-            tokens = await judge.prompt_logprobs(text, top_logprobs=self.settings.top_logprobs)  # type: ignore[attr-defined]
+            tokens = await judge.prompt_logprobs(  # type: ignore[attr-defined]
+                text, top_logprobs=self.settings.top_logprobs, top_at=slots)
         except JudgeError as e:
             return Simulated(example, None, shown, error=f"judge error: {e}")
         usage.add(Usage(prompt_tokens=len(tokens), calls=1))
