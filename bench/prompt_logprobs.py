@@ -1,13 +1,14 @@
 """Prompt logprobs on the embedded judge: our batch-logits path against a second `logits_all` context.
 
-    python bench/prompt_logprobs.py [--judge smollm2] [--texts 6] [--repeats 3] [--threads 1]
+    python bench/prompt_logprobs.py [--judge smollm2] [--texts 6] [--repeats 3] [--threads 1] [--chunks 16,256]
 
 The workload looks like the simulation scorer's: texts that share a ~250-token prefix (instructions,
 a few-shot block, the explanation) and differ in a ~100-token tail. Prints, per text:
 
 - `ours, prefix reuse`: `LlamaCppJudge.prompt_logprobs` as the scorers use it;
 - `ours, no reuse`: the same with the kept results dropped before each text (every token evaluated);
-- `ours, chunk N`: no reuse, with N logits rows per llama.cpp batch (the default is 64);
+- `ours, chunk N`: no reuse, with N logits rows per llama.cpp batch (`--chunks`; the judge's default
+  is `LlamaCppJudge.logits_chunk`);
 - `second context, logits_all`: a second `llama_cpp.Llama(logits_all=True)` on the same file, the
   alternative design (and the reference the tests compare against), log-softmax in numpy;
 
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="llama.cpp threads (default 1: steadier figures)")
     parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--chunks", default="16,256", help="other logits chunk sizes to time, comma-separated")
     args = parser.parse_args()
     import llama_cpp
 
@@ -93,31 +95,35 @@ def main() -> None:
         np.argpartition(ls[:-1], -20, axis=1)  # the same work as ours: the top 20 of each row
         return ls[np.arange(len(ids) - 1), ids[1:]]
 
+    default_chunk = judge.logits_chunk
+
     def chunked(n: int) -> float:
         judge.logits_chunk = n
         try:
             return per_text(lambda t: ours(t, reuse=False), items)
         finally:
-            judge.logits_chunk = 64
+            judge.logits_chunk = default_chunk
 
     ours(items[-1])  # warm up
     times = best_of(args.repeats, {
         "ours, prefix reuse": lambda: per_text(ours, items),
-        "ours, no reuse": lambda: per_text(lambda x: ours(x, reuse=False), items),
-        "ours, chunk 16 (no reuse)": lambda: chunked(16),
-        "ours, chunk 256 (no reuse)": lambda: chunked(256),
+        f"ours, no reuse (chunk {default_chunk})": lambda: per_text(lambda x: ours(x, reuse=False), items),
+        **{f"ours, chunk {n} (no reuse)": (lambda n=n: chunked(n)) for n in map(int, args.chunks.split(","))},
         "second context, logits_all": lambda: per_text(reference, items),
     })
     for name, v in times.items():
-        print(f"  {name:28s} {1000 * v:8.1f} ms/text")
+        print(f"  {name:30s} {1000 * v:8.1f} ms/text")
     ref = times["second context, logits_all"]
-    print(f"  second context / ours: x{ref / times['ours, no reuse']:.2f} without prefix reuse, "
+    full = times[f"ours, no reuse (chunk {default_chunk})"]
+    print(f"  second context / ours: x{ref / full:.2f} without prefix reuse, "
           f"x{ref / times['ours, prefix reuse']:.2f} with it")
     diffs = [np.abs(np.array([p.logprob for p in ours(t)[1:]]) - reference(t)).max() for t in items[:3]]
     print(f"  largest |logprob difference| between the two: {max(diffs):.2e}")
+    n_batch = judge._llm.n_batch
     print(f"  logits memory: ours {judge.logits_chunk} x {n_vocab:,} floats = "
-          f"{judge.logits_chunk * n_vocab * 4 / 2**20:.0f} MiB; logits_all context n_ctx x n_vocab = "
-          f"{args.n_ctx * n_vocab * 4 / 2**20:.0f} MiB (twice: llama.cpp's buffer and the library's scores)")
+          f"{judge.logits_chunk * n_vocab * 4 / 2**20:.0f} MiB; the logits_all context: llama-cpp-python's "
+          f"n_ctx x n_vocab scores = {args.n_ctx * n_vocab * 4 / 2**20:.0f} MiB plus llama.cpp's n_batch x n_vocab "
+          f"output buffer = {n_batch * n_vocab * 4 / 2**20:.0f} MiB")
 
     chat_all = LlamaCppJudge(judge.model_path, model=judge.model, n_ctx=args.n_ctx, logits_all=True,
                              n_threads=args.threads)
