@@ -40,7 +40,7 @@ def texts(n: int, seed: int = 0) -> list[str]:
               "and how strongly the feature fires on it, from 0 to 9.\n\n")
     prefix += "\n".join(f"{w}\t{int(rng.integers(0, 10))}" for w in rng.choice(WORDS, size=80)) + "\n\n"
     prefix += "Feature: names of months\n<start>\n"
-    return [prefix + "\n".join(f" {w}\tunknown" for w in rng.choice(WORDS, size=32)) for _ in range(n)]
+    return [prefix + "\n".join(f" {w}\t0" for w in rng.choice(WORDS, size=32)) for _ in range(n)]
 
 
 def per_text(fn, items: list[str]) -> float:

@@ -120,7 +120,7 @@ def _belongs(word: str, words: list[str]) -> bool:
 def oracle_text_scorer(text: str, top_logprobs: int) -> list[PromptToken]:
     """Teacher-forces `text` the way an ideal judge would, for the two text formats scorers send:
 
-    - a simulation text (`<start>` block of "token<TAB>unknown" lines after "Feature: ..."): at each
+    - a simulation text (`<start>` block of "token<TAB>0" lines after "Feature: ..."): at each
       slot, the distribution puts 0.9 on "9" for a word of the explanation's category, else 0.95 on "0";
     - a surprisal text ("Description: ...", then "Text:" and the example): a word of the described
       category costs 1 nat, a category word the description does not name 6, any other word 3.
@@ -131,7 +131,7 @@ def oracle_text_scorer(text: str, top_logprobs: int) -> list[PromptToken]:
     if "<start>" in text:
         words = _category(re.findall(r"Feature: (.*)", text)[-1])
         block = text.rindex("<start>\n") + len("<start>\n")
-        for line in re.finditer(r"(.*)\t(unknown)", text[block:]):
+        for line in re.finditer(r"(.*)\t(0)$", text[block:], re.MULTILINE):
             slot = block + line.start(2)
             i = next(i for i, (_, off) in enumerate(tokens) if off == slot)
             hit = _belongs(line.group(1), words)

@@ -84,3 +84,16 @@ def test_any_local_hf_model_folder_and_a_jsonl_corpus(tmp_path, capsys):
     assert "1,024 tokens" in out.out
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["resolved"]["model"] == str(embedded_cache_path())
+
+
+def test_new_scorers_and_prompt_logprobs_reach_the_config():
+    from autointerp.app import make_judge
+    from autointerp.cli import config_from_args
+
+    args = build_parser().parse_args(["score", "--out", "x", "--scorers", "simulation,surprisal", "--prompt-logprobs",
+                                      "--judge", "openai:m", "--judge-url", "http://127.0.0.1:9/v1", "--no-cache"])
+    config, explicit = config_from_args(args)
+    assert config.scorers == ["simulation", "surprisal"] and config.prompt_logprobs
+    assert {"scorers", "prompt_logprobs"} <= explicit
+    judge = make_judge(config.judge, config)
+    assert judge.supports_prompt_logprobs and judge.describe()["supports_prompt_logprobs"]

@@ -4,9 +4,14 @@ predictions correlate with the true activations.
 
 Two ways to ask, picked by `mode`:
 - "logprobs" ("all at once", needs a judge with prompt logprobs): one text per example lists its
-  tokens one per line, each followed by a tab and a slot word. Teacher-forcing that text, the judge's
+  tokens one per line, each followed by a tab and a slot. Teacher-forcing that text, the judge's
   distribution over the digits 0-9 at each slot (read from the top logprobs) gives an expected
   activation for that token. One pass per example, nothing generated, nothing to parse.
+  Each slot is filled with "0", not OpenAI's "unknown": after a few lines of "unknown" the embedded
+  judges copy it with nearly all their probability, and by the end of a 32-token window no digit is
+  left among their top 20 alternatives (7 of 10 windows unreadable with Qwen2.5-1.5B, 10 of 10 with
+  SmolLM2; none with "0"). A 0 is also what most tokens truly are, so the lines before a slot stay
+  plausible; the cost is that an earlier firing token of the same excerpt is shown as silent.
 - "json" (any chat judge): the judge is asked for `{"activations": [...]}`, one number per token,
   constrained by a schema of exactly that length. An answer of the wrong length or that cannot be read
   is re-asked up to `max_reasks` times and then recorded as a failure of that example: excluded from
@@ -38,7 +43,7 @@ from autointerp.records import Example, Explanation, Judgment, LatentRecord, Sco
 from autointerp.scorers.metrics import auroc, correlation, mean_or_none
 
 MAX_LEVEL = 9
-SLOT = "unknown"  # what fills each token's activation slot in the all-at-once text (OpenAI's choice)
+SLOT = "0"  # what fills each token's activation slot in the all-at-once text (see the module docstring)
 DIGITS = {str(d): d for d in range(MAX_LEVEL + 1)}
 
 SimulationMode = Literal["auto", "logprobs", "json"]
