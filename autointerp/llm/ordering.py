@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -118,8 +118,10 @@ class OrderedJudge:
     async def chat(self, messages: list[Message], **kwargs: Any) -> Reply:
         return await self._gated(lambda: self.inner.chat(messages, **kwargs))
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
-        return await self._gated(lambda: self.inner.prompt_logprobs(text, top_logprobs=top_logprobs))  # type: ignore[attr-defined]
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
+                              top_at: Collection[int] | None = None) -> list[PromptToken]:
+        return await self._gated(lambda: self.inner.prompt_logprobs(  # type: ignore[attr-defined]
+            text, top_logprobs=top_logprobs, top_at=top_at))
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -39,6 +39,7 @@ import importlib
 import json
 import os
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -173,14 +174,15 @@ class VLLMJudge:
         conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
         return await self._submit("chat", conversation, params, top=logprobs)
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0) -> list[PromptToken]:
+    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
+                              top_at: Collection[int] | None = None) -> list[PromptToken]:
         """Every token of `text` with its logprob given the tokens before it (teacher forcing, no template)."""
         self._check_open()
         if not text:
             return []
         ids, offsets, keep = self._tokenize(text)
         params = self._sampling_params(max_tokens=1, temperature=0.0, prompt_logprobs=top_logprobs)
-        extra = {"offsets": offsets, "keep": keep}
+        extra = {"offsets": offsets, "keep": keep, "top_at": None if top_at is None else set(top_at)}
         return await self._submit("score", {"prompt_token_ids": ids}, params, top=top_logprobs, extra=extra)
 
     async def aclose(self) -> None:
@@ -382,7 +384,8 @@ class VLLMJudge:
                 continue
             chosen = position[token_id]
             text = chosen.decoded_token if chosen.decoded_token is not None else self._decode(token_id)
-            top = self._alternatives(position, req.top) if req.top > 0 else {}
+            wanted = req.extra["top_at"] is None or offsets[i] in req.extra["top_at"]
+            top = self._alternatives(position, req.top) if req.top > 0 and wanted else {}
             tokens.append(PromptToken(token=text, offset=offsets[i], logprob=float(chosen.logprob), top=top))
         return tokens
 
