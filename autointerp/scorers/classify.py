@@ -16,8 +16,9 @@ import json
 import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -71,22 +72,28 @@ def text_answer(text: str) -> bool | None:
     return {"yes": True, "no": False}.get(first)
 
 
-def parse_json_answers(text: str, n: int) -> list[bool] | None:
-    """A list of n 0/1 answers from `{"answers": [...]}` (or a bare list), else None."""
+def extract_json(text: str) -> Any:
+    """The JSON value an answer holds: the whole text, a ```json fence, or the first {...} / [...] span
+    (small judges wrap their JSON in prose); None when nothing parses."""
     body = text.strip()
     fence = re.search(r"```(?:json)?\s*(.*?)```", body, re.DOTALL)
     if fence:
         body = fence.group(1)
     try:
-        data = json.loads(body)
+        return json.loads(body)
     except json.JSONDecodeError:
         m = re.search(r"\{.*\}|\[.*\]", body, re.DOTALL)
         if not m:
             return None
         try:
-            data = json.loads(m.group(0))
+            return json.loads(m.group(0))
         except json.JSONDecodeError:
             return None
+
+
+def parse_json_answers(text: str, n: int) -> list[bool] | None:
+    """A list of n 0/1 answers from `{"answers": [...]}` (or a bare list), else None."""
+    data = extract_json(text)
     if isinstance(data, dict):
         data = data.get("answers")
     if not isinstance(data, list) or len(data) != n:
@@ -98,6 +105,42 @@ def parse_json_answers(text: str, n: int) -> list[bool] | None:
         else:
             return None
     return out
+
+
+async def ask_binary(judge: Judge, messages: list[Message], *, mode: str, max_reasks: int, top_logprobs: int,
+                     usage: Usage, from_logprobs: Callable[[Reply], float | None],
+                     from_text: Callable[[str], bool | None], options: tuple[str, str] = ("Yes", "No"),
+                     ) -> tuple[bool | None, float | None, str, str]:
+    """Ask a two-way question, re-asking an unreadable answer up to `max_reasks` times (at temperature 0.7).
+
+    Returns (prediction, P(first option) or None, last answer, error). `prediction` is None when no
+    answer could be read: the caller records that as a failure, never as either option.
+    """
+    answer, error = "", ""
+    first, second = options
+    for attempt in range(max_reasks + 1):
+        temperature = 0.0 if attempt == 0 else 0.7
+        try:
+            if mode == "logprobs":
+                reply = await judge.chat(messages, max_tokens=1, temperature=temperature, logprobs=top_logprobs)
+            else:
+                reply = await judge.chat(messages, max_tokens=5, temperature=temperature)
+        except JudgeError as e:
+            error = f"judge error: {e}"
+            continue
+        usage.add(reply.usage)
+        answer = reply.text
+        if mode == "logprobs":
+            p = from_logprobs(reply)
+            if p is not None:
+                return p > 0.5, p, answer, ""
+            error = f"neither {first} nor {second} among the top logprobs"
+        else:
+            pred = from_text(reply.text)
+            if pred is not None:
+                return pred, None, answer, ""
+            error = f"answer is not {first} or {second}"
+    return None, None, answer, error
 
 
 def answers_schema(n: int) -> dict:
@@ -164,31 +207,10 @@ class YesNoScorer:
 
     async def _ask_one(self, item: Item, explanation: str, judge: Judge, mode: str, usage: Usage) -> Judgment:
         messages = self._messages("user.md", explanation=explanation, text=item.text)
-        answer, error = "", ""
-        for attempt in range(self.settings.max_reasks + 1):
-            temperature = 0.0 if attempt == 0 else 0.7
-            try:
-                if mode == "logprobs":
-                    reply = await judge.chat(messages, max_tokens=1, temperature=temperature,
-                                             logprobs=self.settings.top_logprobs)
-                else:
-                    reply = await judge.chat(messages, max_tokens=5, temperature=temperature)
-            except JudgeError as e:
-                error = f"judge error: {e}"
-                continue
-            usage.add(reply.usage)
-            answer = reply.text
-            if mode == "logprobs":
-                p = yes_probability(reply)
-                if p is not None:
-                    return self._judgment(item, p > 0.5, p, answer, "")
-                error = "neither Yes nor No among the top logprobs"
-            else:
-                pred = text_answer(reply.text)
-                if pred is not None:
-                    return self._judgment(item, pred, None, answer, "")
-                error = "answer is not Yes or No"
-        return self._judgment(item, None, None, answer, error)
+        pred, p, answer, error = await ask_binary(judge, messages, mode=mode, max_reasks=self.settings.max_reasks,
+                                                  top_logprobs=self.settings.top_logprobs, usage=usage,
+                                                  from_logprobs=yes_probability, from_text=text_answer)
+        return self._judgment(item, pred, p, answer, error)
 
     async def _ask_batches(self, items: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
         size = max(1, self.settings.batch_size)

@@ -41,6 +41,7 @@ from autointerp.cache.store import ActivationCache
 from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, can_score_text
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.classify import ask_binary
 from autointerp.scorers.metrics import mean_or_none, win_rate
 
 
@@ -387,31 +388,10 @@ class InterventionChoiceScorer:
             return Judgment(prediction=None, probability=0.5, value=None,
                             answer="not asked: identical continuations", **base)
         messages = self._messages(c, steered_first, explanation)
-        answer, error = "", ""
-        for attempt in range(self.settings.max_reasks + 1):
-            temperature = 0.0 if attempt == 0 else 0.7
-            try:
-                if mode == "logprobs":
-                    reply = await judge.chat(messages, max_tokens=1, temperature=temperature,
-                                             logprobs=self.settings.top_logprobs)
-                else:
-                    reply = await judge.chat(messages, max_tokens=5, temperature=temperature)
-            except JudgeError as e:
-                error = f"judge error: {e}"
-                continue
-            usage.add(reply.usage)
-            answer = reply.text
-            if mode == "logprobs":
-                p_a = choice_probability(reply)
-                if p_a is not None:
-                    picked_a = p_a > 0.5
-                    return Judgment(prediction=picked_a, probability=round(p_a, 6),
-                                    value=float(picked_a == steered_first), answer=answer[:200], **base)
-                error = "neither A nor B among the top logprobs"
-            else:
-                picked = choice_answer(answer)
-                if picked is not None:
-                    return Judgment(prediction=picked, probability=None, value=float(picked == steered_first),
-                                    answer=answer[:200], **base)
-                error = "answer is not A or B"
-        return Judgment(prediction=None, probability=None, value=None, answer=answer[:200], error=error, **base)
+        picked_a, p_a, answer, error = await ask_binary(
+            judge, messages, mode=mode, max_reasks=self.settings.max_reasks, top_logprobs=self.settings.top_logprobs,
+            usage=usage, from_logprobs=choice_probability, from_text=choice_answer, options=("A", "B"))
+        if picked_a is None:
+            return Judgment(prediction=None, probability=None, value=None, answer=answer[:200], error=error, **base)
+        return Judgment(prediction=picked_a, probability=None if p_a is None else round(p_a, 6),
+                        value=float(picked_a == steered_first), answer=answer[:200], **base)

@@ -33,13 +33,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Literal
 
 from autointerp.llm.base import Judge, JudgeError, PromptToken, can_score_text
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.classify import extract_json
 from autointerp.scorers.metrics import auroc, correlation, mean_or_none
 
 MAX_LEVEL = 9
@@ -115,18 +115,7 @@ def read_slots(tokens: list[PromptToken], slots: list[int]) -> tuple[list[float]
 
 def parse_levels(text: str, n: int) -> tuple[list[float] | None, str]:
     """n numbers in 0..MAX_LEVEL from `{"activations": [...]}` (or a bare list), else None and why not."""
-    body = text.strip()
-    fence = re.search(r"```(?:json)?\s*(.*?)```", body, re.DOTALL)
-    if fence:
-        body = fence.group(1)
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError:
-        m = re.search(r"\{.*\}|\[.*\]", body, re.DOTALL)
-        try:
-            data = json.loads(m.group(0)) if m else None
-        except json.JSONDecodeError:
-            data = None
+    data = extract_json(text)
     if isinstance(data, dict):
         data = data.get("activations")
     if not isinstance(data, list):
