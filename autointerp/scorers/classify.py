@@ -52,18 +52,23 @@ def _word(token: str) -> str:
     return re.sub(r"[^a-z]", "", token.lower())
 
 
-def yes_probability(reply: Reply) -> float | None:
-    """P(Yes) / (P(Yes) + P(No)) at the first generated token, or None if neither is in the top list."""
+def option_probability(reply: Reply, first: str, second: str) -> float | None:
+    """P(first) / (P(first) + P(second)) at the first generated token, summed over the top-logprob
+    tokens that spell either option (" Yes", "yes", "YES"...), or None if neither is among them."""
     if not reply.logprobs:
         return None
-    first = reply.logprobs[0]
-    top = dict(first.top)
-    top.setdefault(first.token, first.logprob)
-    p_yes = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == "yes")
-    p_no = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == "no")
-    if p_yes + p_no == 0:
+    head = reply.logprobs[0]
+    top = dict(head.top)
+    top.setdefault(head.token, head.logprob)
+    p_first = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == first)
+    p_second = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == second)
+    if p_first + p_second == 0:
         return None
-    return p_yes / (p_yes + p_no)
+    return p_first / (p_first + p_second)
+
+
+def yes_probability(reply: Reply) -> float | None:
+    return option_probability(reply, "yes", "no")
 
 
 def text_answer(text: str) -> bool | None:

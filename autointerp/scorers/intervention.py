@@ -41,7 +41,7 @@ from autointerp.cache.store import ActivationCache
 from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, can_score_text
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
-from autointerp.scorers.classify import ask_binary
+from autointerp.scorers.classify import ask_binary, option_probability
 from autointerp.scorers.metrics import mean_or_none, win_rate
 
 
@@ -307,20 +307,9 @@ class InterventionScorer:
 
 # --- the judge picks the steered continuation ------------------------------------------------------
 
-def _letter(token: str) -> str:
-    return re.sub(r"[^a-z]", "", token.lower())
-
-
 def choice_probability(reply: Reply) -> float | None:
     """P(A) / (P(A) + P(B)) at the first generated token, or None if neither letter is in the top list."""
-    if not reply.logprobs:
-        return None
-    first = reply.logprobs[0]
-    top = dict(first.top)
-    top.setdefault(first.token, first.logprob)
-    p_a = sum(math.exp(lp) for tok, lp in top.items() if _letter(tok) == "a")
-    p_b = sum(math.exp(lp) for tok, lp in top.items() if _letter(tok) == "b")
-    return None if p_a + p_b == 0 else p_a / (p_a + p_b)
+    return option_probability(reply, "a", "b")
 
 
 def choice_answer(text: str) -> bool | None:
