@@ -18,8 +18,8 @@ import argparse
 import asyncio
 import statistics
 import time
-from dataclasses import replace
-from pathlib import Path
+
+from _default_run import WORK, default_run
 
 from autointerp import app
 from autointerp.cache.store import ActivationCache
@@ -72,18 +72,10 @@ def main() -> None:
     parser.add_argument("--variants", default="default,token_counts")
     parser.add_argument("--judge", default="qwen2.5-coder-1.5b")
     parser.add_argument("--n-tokens", type=int, default=40_000)
-    parser.add_argument("--work", default="/tmp/autointerp-bench-explainer")
+    parser.add_argument("--work", default=WORK)
     args = parser.parse_args()
-    base = RunConfig(judge=args.judge, n_tokens=args.n_tokens, response_cache=False)
-    base.sampling = replace(base.sampling, n_test=args.n, n_negatives=args.n)
-    from autointerp.results import RunFiles
-
-    files = RunFiles(Path(args.work))
-    files.prepare()
-    app.cache_stage(files, base, progress=False)
-    cache = ActivationCache(files.cache)
-    eligible = [i for i in range(cache.num_latents) if cache.state.fire_windows[i] >= base.sampling.min_examples]
-    latents = eligible[: args.latents]
+    base, cache, latents = default_run(args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n,
+                                       n_latents=args.latents)
     judge = app.make_judge(args.judge, base)
     print(f"{len(latents)} latents {latents}, judge {judge.model}, {args.n}+{args.n} examples per scorer")
     try:

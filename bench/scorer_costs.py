@@ -15,14 +15,13 @@ import argparse
 import asyncio
 import statistics
 import time
-from dataclasses import replace
-from pathlib import Path
+
+from _default_run import WORK, default_run
 
 from autointerp import app
 from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.explainers import explain
-from autointerp.results import RunFiles
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers import SCORERS
 
@@ -65,19 +64,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="held-out activating and silent examples")
     parser.add_argument("--scorers", default="all", help="comma-separated, or all")
     parser.add_argument("--n-tokens", type=int, default=40_000)
-    parser.add_argument("--work", default="/tmp/autointerp-bench-explainer")
+    parser.add_argument("--work", default=WORK)
     args = parser.parse_args()
-    config = RunConfig(judge=args.judge, n_tokens=args.n_tokens, response_cache=False)
-    config.sampling = replace(config.sampling, n_test=args.n, n_negatives=args.n)
-    files = RunFiles(Path(args.work))
-    files.prepare()
-    app.cache_stage(files, config, progress=False)
-    cache = ActivationCache(files.cache)
-    eligible = [i for i in range(cache.num_latents) if cache.state.fire_windows[i] >= config.sampling.min_examples]
+    config, cache, latents = default_run(args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n,
+                                         n_latents=args.latents)
     names = list(SCORERS) if args.scorers == "all" else args.scorers.split(",")
     judge = app.make_judge(args.judge, config)
     try:
-        asyncio.run(measure(config, cache, eligible[: args.latents], names, judge))
+        asyncio.run(measure(config, cache, latents, names, judge))
     finally:
         asyncio.run(judge.aclose())
 
