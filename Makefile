@@ -21,6 +21,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check autointerp tests scripts bench
+	$(VENV)/bin/ruff format --check autointerp tests scripts bench
 	$(VENV)/bin/pytest
 
 test-fast: install
@@ -28,6 +29,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check autointerp tests scripts bench
+	$(VENV)/bin/ruff format --check autointerp tests scripts bench
 
 bench: install
 	$(PY) bench/cache_throughput.py

@@ -24,8 +24,18 @@ from autointerp.sampling import Sampler, token_decoder
 from autointerp.subjects.dictionaries import DictionaryError
 from autointerp.subjects.hookpoints import HookpointError
 
-USER_ERRORS = (ConfigError, CorpusError, CacheError, DictionaryError, HookpointError, FileNotFoundError,
-               JudgeError, ImportError, ValueError, ResponseCacheError)
+USER_ERRORS = (
+    ConfigError,
+    CorpusError,
+    CacheError,
+    DictionaryError,
+    HookpointError,
+    FileNotFoundError,
+    JudgeError,
+    ImportError,
+    ValueError,
+    ResponseCacheError,
+)
 
 
 def _model_arg(config: RunConfig) -> str | None:
@@ -44,8 +54,9 @@ def load_tokenizer(config: RunConfig):
     return _load(_model_arg(config))
 
 
-def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True,
-                resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+def cache_stage(
+    files: RunFiles, config: RunConfig, *, progress: bool = True, resolved: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Build (or finish) the activation cache; returns what was resolved (names, sizes) for config.json.
 
     A folder whose cache is complete returns its stored `resolved` at once: the config merge has
@@ -61,35 +72,64 @@ def cache_stage(files: RunFiles, config: RunConfig, *, progress: bool = True,
     corpus_path = resolve_corpus(config.corpus)  # a missing file fails before minutes of model loading
     subject = load_subject(config)
     subject.model.to(config.device)
-    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint,
-                                         neurons_k=config.neurons_k)
+    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint, neurons_k=config.neurons_k)
     encoder.to(config.device)
     tokenizer = subject.tokenizer
 
     def encode(docs: list[str]) -> list[list[int]]:
         return tokenizer(docs, add_special_tokens=False)["input_ids"]
 
-    rows = iter_rows(iter_documents(corpus_path, config.text_column), encode, ctx_len=config.cache.ctx_len,
-                     separator=tokenizer.eos_token_id)
+    rows = iter_rows(
+        iter_documents(corpus_path, config.text_column),
+        encode,
+        ctx_len=config.cache.ctx_len,
+        separator=tokenizer.eos_token_id,
+    )
     first = next(rows, None)
     if first is None:
-        raise CorpusError(f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: "
-                          "nothing to cache")
+        raise CorpusError(
+            f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: nothing to cache"
+        )
 
     def all_rows():
         yield first
         yield from rows
 
     s = config.cache
-    meta = CacheMeta(model=subject.name, dictionary=encoder.name, hookpoint=hookpoint.name,
-                     corpus=str(corpus_path), num_latents=encoder.num_latents, ctx_len=s.ctx_len,
-                     window_len=s.window_len, top_k=s.top_k, sample_size=s.sample_size, seed=s.seed,
-                     max_tokens=config.n_tokens)
-    meta = build_cache(files.cache, all_rows(), model=subject.model, hookpoint=hookpoint, encoder=encoder,
-                       meta=meta, settings=s, device=config.device, progress=progress)
-    return {"model": meta.model, "dictionary": meta.dictionary, "hookpoint": meta.hookpoint,
-            "corpus": meta.corpus, "num_latents": meta.num_latents, "n_tokens": meta.n_tokens,
-            "dictionary_format": encoder.format, "d_in": encoder.d_in}
+    meta = CacheMeta(
+        model=subject.name,
+        dictionary=encoder.name,
+        hookpoint=hookpoint.name,
+        corpus=str(corpus_path),
+        num_latents=encoder.num_latents,
+        ctx_len=s.ctx_len,
+        window_len=s.window_len,
+        top_k=s.top_k,
+        sample_size=s.sample_size,
+        seed=s.seed,
+        max_tokens=config.n_tokens,
+    )
+    meta = build_cache(
+        files.cache,
+        all_rows(),
+        model=subject.model,
+        hookpoint=hookpoint,
+        encoder=encoder,
+        meta=meta,
+        settings=s,
+        device=config.device,
+        progress=progress,
+    )
+    return {
+        "model": meta.model,
+        "dictionary": meta.dictionary,
+        "hookpoint": meta.hookpoint,
+        "corpus": meta.corpus,
+        "num_latents": meta.num_latents,
+        "n_tokens": meta.n_tokens,
+        "dictionary_format": encoder.format,
+        "d_in": encoder.d_in,
+    }
 
 
 def make_judge(name: str, config: RunConfig) -> Judge:
@@ -105,9 +145,14 @@ def make_judge(name: str, config: RunConfig) -> Judge:
         from autointerp.llm.openai_compat import OpenAIJudge
 
         slots = config.judge_concurrency or 8
-        judge: Judge = OpenAIJudge(name.removeprefix("openai:"), config.judge_url, api_key_env=config.api_key_env,
-                                   supports_logprobs=not config.no_logprobs, max_concurrency=slots,
-                                   supports_prompt_logprobs=config.prompt_logprobs)
+        judge: Judge = OpenAIJudge(
+            name.removeprefix("openai:"),
+            config.judge_url,
+            api_key_env=config.api_key_env,
+            supports_logprobs=not config.no_logprobs,
+            max_concurrency=slots,
+            supports_prompt_logprobs=config.prompt_logprobs,
+        )
         namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
     elif name.startswith("vllm:"):
         from autointerp.llm.vllm_offline import load_vllm_judge
@@ -137,8 +182,7 @@ def steering_subject(config: RunConfig):
 
     subject = load_subject(config)
     subject.model.to(config.device)
-    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint,
-                                         neurons_k=config.neurons_k)
+    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint, neurons_k=config.neurons_k)
     encoder.to(config.device)
     return SteeringSubject(model=subject.model, tokenizer=subject.tokenizer, encoder=encoder, hookpoint=hookpoint)
 
@@ -158,8 +202,13 @@ def embedders(config: RunConfig) -> Callable[[str], Embedder]:
     return get
 
 
-def make_scorers(config: RunConfig, names: list[str] | None = None, cache: ActivationCache | None = None, *,
-                 embedder: Callable[[str], Embedder] | None = None) -> list[Any]:
+def make_scorers(
+    config: RunConfig,
+    names: list[str] | None = None,
+    cache: ActivationCache | None = None,
+    *,
+    embedder: Callable[[str], Embedder] | None = None,
+) -> list[Any]:
     """The scorers named (default: the config's), built with the run's settings; the intervention
     scorers also need the run's activation cache, and the embedding scorer takes its model from
     `embedder` (by name; shared with the sampler's similar negatives)."""
@@ -189,19 +238,28 @@ def make_scorers(config: RunConfig, names: list[str] | None = None, cache: Activ
             runner.append(InterventionRunner(lambda: steering_subject(config), cache, config.intervention))
         return runner[0]
 
-    built = {"detection": lambda: DetectionScorer(settings),
-             "fuzzing": lambda: FuzzingScorer(settings, mark_fraction=config.explain.mark_fraction,
-                                              negatives=config.fuzz_negatives),
-             "intervention": lambda: InterventionScorer(intervention_runner()),
-             "intervention_choice": lambda: InterventionChoiceScorer(intervention_runner()),
-             "embedding": lambda: EmbeddingScorer(embedder(config.embedding_model)),
-             "simulation": SimulationScorer,
-             "surprisal": SurprisalScorer}
+    built = {
+        "detection": lambda: DetectionScorer(settings),
+        "fuzzing": lambda: FuzzingScorer(
+            settings, mark_fraction=config.explain.mark_fraction, negatives=config.fuzz_negatives
+        ),
+        "intervention": lambda: InterventionScorer(intervention_runner()),
+        "intervention_choice": lambda: InterventionChoiceScorer(intervention_runner()),
+        "embedding": lambda: EmbeddingScorer(embedder(config.embedding_model)),
+        "simulation": SimulationScorer,
+        "surprisal": SurprisalScorer,
+    }
     return [built[name]() for name in (config.scorers if names is None else names)]
 
 
-async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *, progress: bool = True,
-                        judges: dict[str, Judge] | None = None) -> RunSummary:
+async def latent_stages(
+    files: RunFiles,
+    config: RunConfig,
+    stages: set[str],
+    *,
+    progress: bool = True,
+    judges: dict[str, Judge] | None = None,
+) -> RunSummary:
     """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests."""
     cache = ActivationCache(files.cache)
     embedder = embedders(config)
@@ -224,10 +282,11 @@ async def latent_stages(files: RunFiles, config: RunConfig, stages: set[str], *,
     scorer_judge = judge(config.judge) if needs_judge else None
     summary = RunSummary()
     if n_rare:
-        summary.messages.append(f"{n_rare} of {cache.num_latents} latents fire in fewer than "
-                                f"{config.sampling.min_examples} windows and are not eligible")
-    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, scorers, stages, summary,
-                          chooser=chooser)
+        summary.messages.append(
+            f"{n_rare} of {cache.num_latents} latents fire in fewer than "
+            f"{config.sampling.min_examples} windows and are not eligible"
+        )
+    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser)
     try:
         # a judge that cannot do what a scorer needs fails here, not on every latent
         for scorer in (scorers if "score" in stages else []) + ([chooser] if chooser else []):

@@ -48,22 +48,50 @@ within a folder.
 
 # option dest -> dotted RunConfig field
 OPTION_FIELDS = {
-    "model": "model", "dictionary": "dictionary", "hookpoint": "hookpoint", "corpus": "corpus",
-    "text_column": "text_column", "n_tokens": "n_tokens", "neurons_k": "neurons_k", "dtype": "dtype",
-    "device": "device", "batch_rows": "cache.batch_rows", "ctx_len": "cache.ctx_len",
-    "window_len": "cache.window_len", "seed": "cache.seed",
-    "n_train": "sampling.n_train", "n_test": "sampling.n_test", "n_negatives": "sampling.n_negatives",
-    "min_examples": "sampling.min_examples", "train_type": "sampling.train_type",
-    "latents": "latents", "max_latents": "max_latents", "judge": "judge", "explainer": "explainer",
-    "scorers": "scorers", "judge_mode": "classifier.mode", "batch_size": "classifier.batch_size",
-    "fuzz_negatives": "fuzz_negatives", "show_activations": "explain.show_activations",
-    "best_of": "explain.best_of", "best_of_scorer": "explain.best_of_scorer", "token_counts": "explain.token_counts",
-    "concurrency": "concurrency", "judge_concurrency": "judge_concurrency", "judge_url": "judge_url",
+    "model": "model",
+    "dictionary": "dictionary",
+    "hookpoint": "hookpoint",
+    "corpus": "corpus",
+    "text_column": "text_column",
+    "n_tokens": "n_tokens",
+    "neurons_k": "neurons_k",
+    "dtype": "dtype",
+    "device": "device",
+    "batch_rows": "cache.batch_rows",
+    "ctx_len": "cache.ctx_len",
+    "window_len": "cache.window_len",
+    "seed": "cache.seed",
+    "n_train": "sampling.n_train",
+    "n_test": "sampling.n_test",
+    "n_negatives": "sampling.n_negatives",
+    "min_examples": "sampling.min_examples",
+    "train_type": "sampling.train_type",
+    "latents": "latents",
+    "max_latents": "max_latents",
+    "judge": "judge",
+    "explainer": "explainer",
+    "scorers": "scorers",
+    "judge_mode": "classifier.mode",
+    "batch_size": "classifier.batch_size",
+    "fuzz_negatives": "fuzz_negatives",
+    "show_activations": "explain.show_activations",
+    "best_of": "explain.best_of",
+    "best_of_scorer": "explain.best_of_scorer",
+    "token_counts": "explain.token_counts",
+    "concurrency": "concurrency",
+    "judge_concurrency": "judge_concurrency",
+    "judge_url": "judge_url",
     "api_key_env": "api_key_env",
-    "no_logprobs": "no_logprobs", "no_cache": "response_cache", "response_cache_path": "response_cache_path",
-    "prices": "prices", "kl_target": "intervention.kl_target", "intervention_prompts": "intervention.n_prompts",
-    "negatives": "sampling.negatives", "n_train_negatives": "sampling.n_train_negatives",
-    "similar_model": "sampling.similar_model", "embedding_model": "embedding_model",
+    "no_logprobs": "no_logprobs",
+    "no_cache": "response_cache",
+    "response_cache_path": "response_cache_path",
+    "prices": "prices",
+    "kl_target": "intervention.kl_target",
+    "intervention_prompts": "intervention.n_prompts",
+    "negatives": "sampling.negatives",
+    "n_train_negatives": "sampling.n_train_negatives",
+    "similar_model": "sampling.similar_model",
+    "embedding_model": "embedding_model",
     "explainer_style": "explain.style",
     "prompt_logprobs": "prompt_logprobs",
 }
@@ -113,29 +141,40 @@ Hub server.
 
 def _add_publish_parser(sub: Any) -> None:
     text = "upload a run's results to the Hugging Face Hub as a dataset, with a generated card"
-    p = sub.add_parser("publish", help=text, description=text, epilog=PUBLISH_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "publish",
+        help=text,
+        description=text,
+        epilog=PUBLISH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run", type=Path, help="run folder (what `autointerp run --out` wrote)")
     p.add_argument("--repo", required=True, help="dataset repo id OWNER/NAME; created if missing")
     p.add_argument("--private", action="store_true", help="create the repo private (refused if it exists public)")
-    p.add_argument("--with-judgments", action="store_true",
-                   help="also upload judgments.parquet (every judge answer) as the config 'judgments'")
+    p.add_argument(
+        "--with-judgments",
+        action="store_true",
+        help="also upload judgments.parquet (every judge answer) as the config 'judgments'",
+    )
     p.add_argument("--license", help="license id for the card, e.g. mit, apache-2.0, cc-by-4.0 (default: none)")
     p.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
-    p.add_argument("--staging-dir", type=Path,
-                   help="where to write that folder (default with --dry-run: RUN/hub; otherwise a temporary "
-                        "folder, removed after the upload)")
+    p.add_argument(
+        "--staging-dir",
+        type=Path,
+        help="where to write that folder (default with --dry-run: RUN/hub; otherwise a temporary "
+        "folder, removed after the upload)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def publish_command(args: argparse.Namespace) -> int:
     from autointerp.hub import PublishError, PublishOptions, publish
 
-    options = PublishOptions(repo_id=args.repo, private=args.private, with_judgments=args.with_judgments,
-                             license=args.license)
+    options = PublishOptions(
+        repo_id=args.repo, private=args.private, with_judgments=args.with_judgments, license=args.license
+    )
     try:
-        kept, done = publish(args.run, options, dry_run=args.dry_run, staging=args.staging_dir,
-                             progress=not args.quiet)
+        kept, done = publish(args.run, options, dry_run=args.dry_run, staging=args.staging_dir, progress=not args.quiet)
     except PublishError as e:
         if os.environ.get("AUTOINTERP_DEBUG"):
             raise
@@ -155,151 +194,262 @@ def publish_command(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="autointerp", description="Explain and score the latents of sparse autoencoders with LLM judges.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="autointerp",
+        description="Explain and score the latents of sparse autoencoders with LLM judges.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     helps = {
         "run": "cache, explain and score in one go (resumable)",
         "cache": "stream the corpus through model + dictionary and cache latent activations",
         "explain": "label each selected latent with the explainer model",
         "score": "score existing explanations (detection, fuzzing, intervention, simulation, surprisal with the "
-                 "judge; embedding)",
+        "judge; embedding)",
     }
     for name, text in helps.items():
-        p = sub.add_parser(name, help=text, description=text, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            argument_default=argparse.SUPPRESS,
+        )
         p.add_argument("--out", required=True, type=Path, help="run folder (created; reused to resume)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name in ("run", "cache"):
             g = p.add_argument_group("what to cache (fixed for a run folder)")
-            g.add_argument("--model", help="subject model: 'smollm2' (embedded SmolLM2-135M, default) or a local "
-                                           "Hugging Face model folder")
-            g.add_argument("--dictionary", help="'default' (shipped TopK SAE on layers.10), 'neurons' (MLP neurons), "
-                                                "or a sparsify / SAELens checkpoint folder")
-            g.add_argument("--hookpoint", help="where the dictionary reads: layers.N, layers.N.mlp, or a "
-                                               "TransformerLens name like blocks.N.hook_resid_post")
-            g.add_argument("--corpus", help="text file (one document per line), .jsonl or .parquet with a text "
-                                            "column; default: gensim's lee_background.cor (299 news articles)")
+            g.add_argument(
+                "--model",
+                help="subject model: 'smollm2' (embedded SmolLM2-135M, default) or a local Hugging Face model folder",
+            )
+            g.add_argument(
+                "--dictionary",
+                help="'default' (shipped TopK SAE on layers.10), 'neurons' (MLP neurons), "
+                "or a sparsify / SAELens checkpoint folder",
+            )
+            g.add_argument(
+                "--hookpoint",
+                help="where the dictionary reads: layers.N, layers.N.mlp, or a "
+                "TransformerLens name like blocks.N.hook_resid_post",
+            )
+            g.add_argument(
+                "--corpus",
+                help="text file (one document per line), .jsonl or .parquet with a text "
+                "column; default: gensim's lee_background.cor (299 news articles)",
+            )
             g.add_argument("--text-column", help="column holding the text in .jsonl/.parquet corpora (default: text)")
             g.add_argument("--n-tokens", type=int, help=f"tokens to cache at most (default: {DEFAULT_N_TOKENS:,})")
-            g.add_argument("--neurons-k", type=int, help="with --dictionary neurons: strongest neurons kept per token "
-                                                         "(default: 32)")
-            g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                           help="subject model dtype (default: bfloat16)")
+            g.add_argument(
+                "--neurons-k",
+                type=int,
+                help="with --dictionary neurons: strongest neurons kept per token (default: 32)",
+            )
+            g.add_argument(
+                "--dtype", choices=["bfloat16", "float16", "float32"], help="subject model dtype (default: bfloat16)"
+            )
             g.add_argument("--device", help="torch device for the subject model (default: cpu)")
             g.add_argument("--batch-rows", type=int, help="rows of 256 tokens per forward pass (default: 8)")
             g.add_argument("--seed", type=int, help="seed for every random draw (default: 0)")
         if name in ("run", "explain", "score"):
             g = p.add_argument_group("which latents")
             g.add_argument("--latents", type=_int_list, help="comma-separated latent indices, e.g. 3,17,42")
-            g.add_argument("--max-latents", type=_max_latents,
-                           help=f"how many latents (the first ones that fire often enough); 'all' for every "
-                                f"latent (default: {DEFAULT_MAX_LATENTS})")
+            g.add_argument(
+                "--max-latents",
+                type=_max_latents,
+                help=f"how many latents (the first ones that fire often enough); 'all' for every "
+                f"latent (default: {DEFAULT_MAX_LATENTS})",
+            )
             g = p.add_argument_group("examples (fixed for a run folder)")
             g.add_argument("--n-train", type=int, help="activating examples shown to the explainer (default: 40)")
             g.add_argument("--n-test", type=int, help="held-out activating examples per scorer (default: 50)")
             g.add_argument("--n-negatives", type=int, help="held-out non-activating examples (default: 50)")
-            g.add_argument("--min-examples", type=int,
-                           help="skip latents active in fewer windows than this (default: 20)")
-            g.add_argument("--train-type", choices=["quantiles", "top"],
-                           help="explainer examples spread over activation quantiles, or the strongest "
-                                "(default: quantiles)")
-            g.add_argument("--negatives", choices=["random", "similar", "cooccurring"],
-                           help="non-activating examples: random silent windows (default); 'similar': silent "
-                                "windows closest by sentence embedding to the activating ones; 'cooccurring': top "
-                                "windows of the latents that fire with this one, where it is silent")
-            g.add_argument("--n-train-negatives", type=int,
-                           help="non-activating examples shown to the contrastive explainer (default: 20)")
-            g.add_argument("--similar-model",
-                           help="embedding model that ranks --negatives similar: 'default' (bundled "
-                                "all-MiniLM-L6-v2), a sentence-transformers folder, or a cached model id")
+            g.add_argument(
+                "--min-examples", type=int, help="skip latents active in fewer windows than this (default: 20)"
+            )
+            g.add_argument(
+                "--train-type",
+                choices=["quantiles", "top"],
+                help="explainer examples spread over activation quantiles, or the strongest (default: quantiles)",
+            )
+            g.add_argument(
+                "--negatives",
+                choices=["random", "similar", "cooccurring"],
+                help="non-activating examples: random silent windows (default); 'similar': silent "
+                "windows closest by sentence embedding to the activating ones; 'cooccurring': top "
+                "windows of the latents that fire with this one, where it is silent",
+            )
+            g.add_argument(
+                "--n-train-negatives",
+                type=int,
+                help="non-activating examples shown to the contrastive explainer (default: 20)",
+            )
+            g.add_argument(
+                "--similar-model",
+                help="embedding model that ranks --negatives similar: 'default' (bundled "
+                "all-MiniLM-L6-v2), a sentence-transformers folder, or a cached model id",
+            )
             g = p.add_argument_group("judges")
-            g.add_argument("--judge", help=f"scorer judge: 'qwen2.5-coder-1.5b' (default, local), 'smollm2' (small, "
-                                           f"fast, for quick runs), a .gguf file, 'openai:MODEL' for any "
-                                           f"OpenAI-compatible server, or 'vllm:MODEL' (HF folder or name, "
-                                           f"'vllm:smollm2') in process by vLLM (default: {DEFAULT_JUDGE})")
+            g.add_argument(
+                "--judge",
+                help=f"scorer judge: 'qwen2.5-coder-1.5b' (default, local), 'smollm2' (small, "
+                f"fast, for quick runs), a .gguf file, 'openai:MODEL' for any "
+                f"OpenAI-compatible server, or 'vllm:MODEL' (HF folder or name, "
+                f"'vllm:smollm2') in process by vLLM (default: {DEFAULT_JUDGE})",
+            )
             g.add_argument("--explainer", help="explainer model, same choices as --judge (default: the judge)")
-            g.add_argument("--judge-url", help="base URL of the OpenAI-compatible server for openai:MODEL judges, "
-                                               "e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)")
-            g.add_argument("--api-key-env", help="name of the environment variable holding the API key "
-                                                 "(default: OPENAI_API_KEY); the key itself is never written")
-            g.add_argument("--no-logprobs", action="store_true",
-                           help="the server gives no logprobs: judges answer in text (no AUROC)")
-            g.add_argument("--prompt-logprobs", action="store_true",
-                           help="the server echoes prompt logprobs (/completions with echo=True, e.g. vLLM): "
-                                "needed by surprisal, used by simulation (local judges always have them)")
-            g.add_argument("--no-cache", action="store_false", dest="no_cache",
-                           help="do not answer repeated requests from the response cache")
-            g.add_argument("--prices", help='price table for a cost estimate: JSON or TOML, '
-                                            '{"MODEL": {"prompt": USD per 1M tokens, "completion": ...}}')
-            g.add_argument("--response-cache", dest="response_cache_path",
-                           help="SQLite file of the response cache (default: ~/.cache/autointerp/responses.sqlite)")
-            g.add_argument("--concurrency", type=int, help="latents in flight at once (default: 1; a local judge "
-                                                           "answers one prompt at a time anyway)")
-            g.add_argument("--judge-concurrency", type=int,
-                           help="judge requests in flight (default: 1 for llama.cpp, 8 over HTTP, 128 for vLLM); "
-                                "when more wait, one latent's prompts go first, so a server's prefix cache is hit")
+            g.add_argument(
+                "--judge-url",
+                help="base URL of the OpenAI-compatible server for openai:MODEL judges, "
+                "e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)",
+            )
+            g.add_argument(
+                "--api-key-env",
+                help="name of the environment variable holding the API key "
+                "(default: OPENAI_API_KEY); the key itself is never written",
+            )
+            g.add_argument(
+                "--no-logprobs",
+                action="store_true",
+                help="the server gives no logprobs: judges answer in text (no AUROC)",
+            )
+            g.add_argument(
+                "--prompt-logprobs",
+                action="store_true",
+                help="the server echoes prompt logprobs (/completions with echo=True, e.g. vLLM): "
+                "needed by surprisal, used by simulation (local judges always have them)",
+            )
+            g.add_argument(
+                "--no-cache",
+                action="store_false",
+                dest="no_cache",
+                help="do not answer repeated requests from the response cache",
+            )
+            g.add_argument(
+                "--prices",
+                help="price table for a cost estimate: JSON or TOML, "
+                '{"MODEL": {"prompt": USD per 1M tokens, "completion": ...}}',
+            )
+            g.add_argument(
+                "--response-cache",
+                dest="response_cache_path",
+                help="SQLite file of the response cache (default: ~/.cache/autointerp/responses.sqlite)",
+            )
+            g.add_argument(
+                "--concurrency",
+                type=int,
+                help="latents in flight at once (default: 1; a local judge answers one prompt at a time anyway)",
+            )
+            g.add_argument(
+                "--judge-concurrency",
+                type=int,
+                help="judge requests in flight (default: 1 for llama.cpp, 8 over HTTP, 128 for vLLM); "
+                "when more wait, one latent's prompts go first, so a server's prefix cache is hit",
+            )
         if name in ("run", "explain"):
-            p.add_argument("--show-activations", action="store_true",
-                           help="also show the explainer 0-10 activation values of marked tokens")
-            p.add_argument("--token-counts", action="store_true",
-                           help="also list the most frequent marked tokens with their counts for the explainer")
-            p.add_argument("--best-of", type=int,
-                           help="sample N labels and keep the one --best-of-scorer rates best on a validation "
-                                "split that the final scores never see (default: 1; costs N explainer calls and "
-                                "N x 40 judge calls more per latent)")
+            p.add_argument(
+                "--show-activations",
+                action="store_true",
+                help="also show the explainer 0-10 activation values of marked tokens",
+            )
+            p.add_argument(
+                "--token-counts",
+                action="store_true",
+                help="also list the most frequent marked tokens with their counts for the explainer",
+            )
+            p.add_argument(
+                "--best-of",
+                type=int,
+                help="sample N labels and keep the one --best-of-scorer rates best on a validation "
+                "split that the final scores never see (default: 1; costs N explainer calls and "
+                "N x 40 judge calls more per latent)",
+            )
             p.add_argument("--best-of-scorer", help="scorer that picks among best-of-n labels (default: detection)")
-            p.add_argument("--explainer-style", choices=["default", "contrastive"],
-                           help="default: show activating examples; contrastive: also show non-activating ones "
-                                "(hard with --negatives similar) and ask what sets them apart")
+            p.add_argument(
+                "--explainer-style",
+                choices=["default", "contrastive"],
+                help="default: show activating examples; contrastive: also show non-activating ones "
+                "(hard with --negatives similar) and ask what sets them apart",
+            )
         if name in ("run", "score"):
             g = p.add_argument_group("scoring")
-            g.add_argument("--scorers", type=_str_list,
-                           help="comma-separated, from detection, fuzzing, intervention (surprisal difference "
-                                "of steered vs clean continuations; needs a judge with prompt logprobs), "
-                                "intervention_choice (the judge picks the steered continuation), embedding "
-                                "(cosine of explanation and excerpts; no judge), simulation (the judge predicts each "
-                                "token's activation), surprisal (loss of excerpts after the explanation; needs "
-                                "prompt logprobs) (default: detection,fuzzing)")
-            g.add_argument("--embedding-model",
-                           help="embedding scorer's model: 'default' (bundled all-MiniLM-L6-v2), a "
-                                "sentence-transformers folder, or a model id already in the Hugging Face cache")
-            g.add_argument("--judge-mode", choices=["auto", "logprobs", "text", "json"],
-                           help="logprobs: one example per call, P(Yes) from logprobs (default when the judge "
-                                "gives them; gives AUROC); text: one per call, Yes/No read from the answer; "
-                                "json: --batch-size examples per call answered as a JSON list")
+            g.add_argument(
+                "--scorers",
+                type=_str_list,
+                help="comma-separated, from detection, fuzzing, intervention (surprisal difference "
+                "of steered vs clean continuations; needs a judge with prompt logprobs), "
+                "intervention_choice (the judge picks the steered continuation), embedding "
+                "(cosine of explanation and excerpts; no judge), simulation (the judge predicts each "
+                "token's activation), surprisal (loss of excerpts after the explanation; needs "
+                "prompt logprobs) (default: detection,fuzzing)",
+            )
+            g.add_argument(
+                "--embedding-model",
+                help="embedding scorer's model: 'default' (bundled all-MiniLM-L6-v2), a "
+                "sentence-transformers folder, or a model id already in the Hugging Face cache",
+            )
+            g.add_argument(
+                "--judge-mode",
+                choices=["auto", "logprobs", "text", "json"],
+                help="logprobs: one example per call, P(Yes) from logprobs (default when the judge "
+                "gives them; gives AUROC); text: one per call, Yes/No read from the answer; "
+                "json: --batch-size examples per call answered as a JSON list",
+            )
             g.add_argument("--batch-size", type=int, help="examples per prompt in json mode (default: 5)")
-            g.add_argument("--fuzz-negatives", choices=["silent", "misplaced"],
-                           help="fuzzing's wrong marks: on random tokens of silent excerpts (default) or on "
-                                "silent tokens of activating excerpts")
-            g.add_argument("--kl-target", type=float,
-                           help="intervention: steering strength is tuned so the mean next-token KL(clean||steered) "
-                                "is this (default: 0.5)")
-            g.add_argument("--intervention-prompts", type=int,
-                           help="intervention: held-out prompts continued per latent (default: 8)")
+            g.add_argument(
+                "--fuzz-negatives",
+                choices=["silent", "misplaced"],
+                help="fuzzing's wrong marks: on random tokens of silent excerpts (default) or on "
+                "silent tokens of activating excerpts",
+            )
+            g.add_argument(
+                "--kl-target",
+                type=float,
+                help="intervention: steering strength is tuned so the mean next-token KL(clean||steered) "
+                "is this (default: 0.5)",
+            )
+            g.add_argument(
+                "--intervention-prompts",
+                type=int,
+                help="intervention: held-out prompts continued per latent (default: 8)",
+            )
         if name == "score":
             g = p.add_argument_group("existing explanations (score labels made elsewhere)")
-            g.add_argument("--explanations", type=Path, metavar="PATH",
-                           help="import these explanations into the run and score only their latents (--latents "
-                                "narrows the import): one of our "
-                                "run folders (or its explanations.jsonl / results.parquet), a delphi output folder, "
-                                "an EleutherAI auto_interp_explanations .json, a Neuronpedia export (explanations/"
-                                "batch-N.jsonl.gz) or SAEBench *_eval_results.json; entries left out are listed in "
-                                "import_report.json")
-            g.add_argument("--explanations-format", choices=["auto", *FORMATS],
-                           help="the file's format (default: auto, from the folder layout, suffix and JSON shape)")
-            g.add_argument("--explanations-layer", metavar="NAME",
-                           help="take the file's entries of this layer, named as the file names it (default: "
-                                "those whose layer name means the run's hookpoint, e.g. layers.10 = 10-...-res-...)")
+            g.add_argument(
+                "--explanations",
+                type=Path,
+                metavar="PATH",
+                help="import these explanations into the run and score only their latents (--latents "
+                "narrows the import): one of our "
+                "run folders (or its explanations.jsonl / results.parquet), a delphi output folder, "
+                "an EleutherAI auto_interp_explanations .json, a Neuronpedia export (explanations/"
+                "batch-N.jsonl.gz) or SAEBench *_eval_results.json; entries left out are listed in "
+                "import_report.json",
+            )
+            g.add_argument(
+                "--explanations-format",
+                choices=["auto", *FORMATS],
+                help="the file's format (default: auto, from the folder layout, suffix and JSON shape)",
+            )
+            g.add_argument(
+                "--explanations-layer",
+                metavar="NAME",
+                help="take the file's entries of this layer, named as the file names it (default: "
+                "those whose layer name means the run's hookpoint, e.g. layers.10 = 10-...-res-...)",
+            )
     _add_publish_parser(sub)
     _add_report_parser(sub)
     return parser
 
 
 def _add_report_parser(sub: Any) -> None:
-    p = sub.add_parser("report", help="write a static HTML report of a run folder",
-                       description="Write a static HTML site (index + one page per latent) for a run folder; "
-                                   "it opens from file:// with no network.")
+    p = sub.add_parser(
+        "report",
+        help="write a static HTML report of a run folder",
+        description="Write a static HTML site (index + one page per latent) for a run folder; "
+        "it opens from file:// with no network.",
+    )
     p.add_argument("run", type=Path, help="run folder holding results.parquet")
     p.add_argument("--site", type=Path, help="folder to write the site into (default: RUN/report)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -349,8 +499,9 @@ def _validate(config: RunConfig) -> None:
     if unknown:
         raise ConfigError(f"unknown scorer(s) {unknown}; available: {sorted(SCORERS)}")
     if config.explain.style == "contrastive" and config.sampling.n_train_negatives < 1:
-        raise ConfigError("--explainer-style contrastive shows non-activating examples: --n-train-negatives "
-                          "must be at least 1")
+        raise ConfigError(
+            "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"
+        )
     if config.cache.ctx_len % config.cache.window_len:
         raise ConfigError("the context length must be a multiple of the window length")
     if config.explain.best_of_scorer not in SCORERS:
@@ -386,11 +537,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "cache"):
             resolved = app.cache_stage(files, config, progress=progress, resolved=resolved)
             note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
-            print(f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
-                  f"{resolved['hookpoint']} in {files.cache}")
+            print(
+                f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
+                f"{resolved['hookpoint']} in {files.cache}"
+            )
         elif not files.config.exists():
-            raise ConfigError(f"{files.folder} has no run yet: start with `autointerp cache --out {files.folder}` "
-                              "or `autointerp run`")
+            raise ConfigError(
+                f"{files.folder} has no run yet: start with `autointerp cache --out {files.folder}` or `autointerp run`"
+            )
         save_config(files.config, config, resolved)
         if args.command == "cache":
             return 0
@@ -419,9 +573,15 @@ def _import_explanations(files: RunFiles, config: RunConfig, args: argparse.Name
     (`--latents`, when given, restricts the import; the run's stored config is not changed)."""
     from autointerp.importing import import_explanations
 
-    outcome = import_explanations(files, config, args.explanations, fmt=getattr(args, "explanations_format", "auto"),
-                                  layer=getattr(args, "explanations_layer", None),
-                                  latents=getattr(args, "latents", None), progress=progress)
+    outcome = import_explanations(
+        files,
+        config,
+        args.explanations,
+        fmt=getattr(args, "explanations_format", "auto"),
+        layer=getattr(args, "explanations_layer", None),
+        latents=getattr(args, "latents", None),
+        progress=progress,
+    )
     print(outcome.summary())
     sys.stdout.flush()
     return replace(config, latents=outcome.latents, max_latents=None)
@@ -432,8 +592,10 @@ def provenance(resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
-    lines = [f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
-             f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed"]
+    lines = [
+        f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
+        f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed"
+    ]
     ok = table[table["status"] == "ok"] if len(table) else table
     from autointerp.scorers import SCORERS, scorer_metrics
 

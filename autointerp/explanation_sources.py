@@ -127,10 +127,12 @@ def detect_format(path: Path) -> str:
             return "saebench"
         if jsons:
             return _json_format(jsons[0])
-        raise SourceError(f"{path} is a folder with no explanations in a known layout: expected one of our run "
-                          "folders (explanations.jsonl), a delphi output folder (explanations/<hookpoint>_latent<i>"
-                          ".txt), a Neuronpedia export (explanations/batch-N.jsonl.gz), or a folder of EleutherAI "
-                          "(<layer>_feature.json) or SAEBench (*_eval_results.json) files")
+        raise SourceError(
+            f"{path} is a folder with no explanations in a known layout: expected one of our run "
+            "folders (explanations.jsonl), a delphi output folder (explanations/<hookpoint>_latent<i>"
+            ".txt), a Neuronpedia export (explanations/batch-N.jsonl.gz), or a folder of EleutherAI "
+            "(<layer>_feature.json) or SAEBench (*_eval_results.json) files"
+        )
     name = path.name.lower()
     if name.endswith(".parquet"):
         return "autointerp"
@@ -143,12 +145,16 @@ def detect_format(path: Path) -> str:
             return "neuronpedia"
         if isinstance(row, dict) and "latent" in row and ("explanation" in row or "status" in row):
             return "autointerp"
-        raise SourceError(f"{path}: cannot tell the format of its rows (first row: {str(row)[:200]}); "
-                          "Neuronpedia rows have index and description, ours latent and explanation")
+        raise SourceError(
+            f"{path}: cannot tell the format of its rows (first row: {str(row)[:200]}); "
+            "Neuronpedia rows have index and description, ours latent and explanation"
+        )
     if name.endswith(".json"):
         return _json_format(path)
-    raise SourceError(f"{path}: unknown explanations file type; expected .jsonl(.gz), .json, .parquet, a "
-                      "delphi <hookpoint>_latent<i>.txt, or a folder")
+    raise SourceError(
+        f"{path}: unknown explanations file type; expected .jsonl(.gz), .json, .parquet, a "
+        "delphi <hookpoint>_latent<i>.txt, or a folder"
+    )
 
 
 def _json_format(path: Path) -> str:
@@ -157,8 +163,10 @@ def _json_format(path: Path) -> str:
         return "saebench"
     if isinstance(data, dict) and 2 * sum(_int_or_none(k) is not None for k in data) > len(data):
         return "eleuther"  # mostly latent keys; the odd other key is reported by the reader, not guessed away
-    raise SourceError(f"{path}: a JSON file that is neither SAEBench results (eval_result_unstructured) nor an "
-                      'EleutherAI explanations file ({"<latent>": "<explanation>", ...})')
+    raise SourceError(
+        f"{path}: a JSON file that is neither SAEBench results (eval_result_unstructured) nor an "
+        'EleutherAI explanations file ({"<latent>": "<explanation>", ...})'
+    )
 
 
 # ---------------------------------------------------------------- readers
@@ -179,8 +187,13 @@ def iter_explanations(path: Path, fmt: str = "auto", *, progress: bool = False) 
         raise SourceError(f"unknown explanations format {fmt!r}; valid: auto, {', '.join(FORMATS)}")
     if not path.exists():
         raise SourceError(f"explanations file {path} not found")
-    reader = {"autointerp": _read_autointerp, "delphi": _read_delphi, "eleuther": _read_eleuther,
-              "neuronpedia": _read_neuronpedia, "saebench": _read_saebench}[fmt]
+    reader = {
+        "autointerp": _read_autointerp,
+        "delphi": _read_delphi,
+        "eleuther": _read_eleuther,
+        "neuronpedia": _read_neuronpedia,
+        "saebench": _read_saebench,
+    }[fmt]
     return fmt, reader(path, progress)
 
 
@@ -192,8 +205,9 @@ def _files(path: Path, matches, what: str, progress: bool) -> Iterator[Path]:
     files = sorted((p for p in path.iterdir() if p.is_file() and matches(p.name)), key=_natural)
     if not files:
         raise SourceError(f"{path} holds no {what}")
-    yield from tqdm(files, desc="reading explanations", unit="file", disable=not progress or len(files) < 20,
-                    dynamic_ncols=True)
+    yield from tqdm(
+        files, desc="reading explanations", unit="file", disable=not progress or len(files) < 20, dynamic_ncols=True
+    )
 
 
 def _natural(p: Path) -> list[Any]:
@@ -208,8 +222,9 @@ def _read_autointerp(path: Path, progress: bool) -> Iterator[SourceEntry]:
         elif (path / "results.parquet").exists():
             path = path / "results.parquet"
         else:
-            raise SourceError(f"{path} is not an autointerp run folder: it has no explanations.jsonl or "
-                              "results.parquet")
+            raise SourceError(
+                f"{path} is not an autointerp run folder: it has no explanations.jsonl or results.parquet"
+            )
     if path.name.endswith(".parquet"):
         import pandas as pd
 
@@ -219,7 +234,8 @@ def _read_autointerp(path: Path, progress: bool) -> Iterator[SourceEntry]:
             raise SourceError(f"{path} has no {sorted(missing)} column(s): not an autointerp results table")
         rows: Iterable[tuple[str, dict[str, Any]]] = (
             (f"{path.name} row {i}", {k: (None if _isna(v) else v) for k, v in r.items()})
-            for i, r in enumerate(table.to_dict("records")))
+            for i, r in enumerate(table.to_dict("records"))
+        )
     else:
         # the log is append-only: a latent's last row is its current explanation, earlier ones are history
         newest: dict[tuple[Any, Any], tuple[str, dict[str, Any]]] = {}
@@ -233,21 +249,32 @@ def _read_autointerp(path: Path, progress: bool) -> Iterator[SourceEntry]:
     for where, row in rows:
         latent = _int_or_none(row.get("latent"))
         status = row.get("status", "ok")
-        problem = row.get("problem") or ("" if latent is not None else f"latent {row.get('latent')!r} is not an "
-                                                                        "integer")
+        problem = row.get("problem") or (
+            "" if latent is not None else f"latent {row.get('latent')!r} is not an integer"
+        )
         if not problem and status != "ok":
             problem = f"status {status!r} in the source run (no usable explanation)"
-        yield SourceEntry(source="autointerp", origin=where, layer=row.get("hookpoint"), latent=latent,
-                          text=_text(row.get("explanation")), explainer_model=row.get("explainer_model"),
-                          problem=problem)
+        yield SourceEntry(
+            source="autointerp",
+            origin=where,
+            layer=row.get("hookpoint"),
+            latent=latent,
+            text=_text(row.get("explanation")),
+            explainer_model=row.get("explainer_model"),
+            problem=problem,
+        )
 
 
 def _read_delphi(path: Path, progress: bool) -> Iterator[SourceEntry]:
     if path.is_dir() and (path / "explanations").is_dir():
         path = path / "explanations"
     model = _delphi_explainer(path)
-    for file in _files(path, lambda n: _DELPHI_NAME.fullmatch(n) is not None, "delphi explanations "
-                       "(<hookpoint>_latent<i>.txt)", progress):
+    for file in _files(
+        path,
+        lambda n: _DELPHI_NAME.fullmatch(n) is not None,
+        "delphi explanations (<hookpoint>_latent<i>.txt)",
+        progress,
+    ):
         m = _DELPHI_NAME.fullmatch(file.name)
         if m is None:
             raise SourceError(f"{file}: a delphi explanation file is named <hookpoint>_latent<i>.txt")
@@ -257,9 +284,15 @@ def _read_delphi(path: Path, progress: bool) -> Iterator[SourceEntry]:
         except json.JSONDecodeError:
             text = raw  # a hand-written or older plain-text file
         problem = "" if isinstance(text, str) else f"holds {type(text).__name__}, not a JSON string"
-        yield SourceEntry(source="delphi", origin=str(file), layer=m["hookpoint"],
-                          latent=int(m["latent"]), text=text if isinstance(text, str) else None,
-                          explainer_model=model, problem=problem)
+        yield SourceEntry(
+            source="delphi",
+            origin=str(file),
+            layer=m["hookpoint"],
+            latent=int(m["latent"]),
+            text=text if isinstance(text, str) else None,
+            explainer_model=model,
+            problem=problem,
+        )
 
 
 def _delphi_explainer(folder: Path) -> str | None:
@@ -278,8 +311,10 @@ def _read_eleuther(path: Path, progress: bool) -> Iterator[SourceEntry]:
     for file in _files(path, lambda n: n.endswith(".json"), "EleutherAI explanation files (*.json)", progress):
         data = _load_json(file)
         if not isinstance(data, dict):
-            raise SourceError(f'{file}: an EleutherAI explanations file is a JSON object {{"<latent>": '
-                              f'"<explanation>"}}, this holds {type(data).__name__}')
+            raise SourceError(
+                f'{file}: an EleutherAI explanations file is a JSON object {{"<latent>": '
+                f'"<explanation>"}}, this holds {type(data).__name__}'
+            )
         stem = file.name.removesuffix(".json").removesuffix("_feature")
         layer = stem if layer_key(stem).layer is not None else None
         for key, value in data.items():
@@ -289,15 +324,25 @@ def _read_eleuther(path: Path, progress: bool) -> Iterator[SourceEntry]:
             problem = "" if latent is not None else f"key {key!r} is not a latent index"
             if not problem and value is not None and not isinstance(value, str):
                 problem = f"explanation is {type(value).__name__}, not a string"
-            yield SourceEntry(source="eleuther", origin=f"{file}[{key!r}]", layer=layer, latent=latent,
-                              text=value if isinstance(value, str) else None, problem=problem)
+            yield SourceEntry(
+                source="eleuther",
+                origin=f"{file}[{key!r}]",
+                layer=layer,
+                latent=latent,
+                text=value if isinstance(value, str) else None,
+                problem=problem,
+            )
 
 
 def _read_neuronpedia(path: Path, progress: bool) -> Iterator[SourceEntry]:
     if path.is_dir() and (path / "explanations").is_dir():
         path = path / "explanations"
-    for file in _files(path, lambda n: n.endswith((".jsonl", ".jsonl.gz")), "Neuronpedia explanation batches "
-                       "(batch-N.jsonl.gz)", progress):
+    for file in _files(
+        path,
+        lambda n: n.endswith((".jsonl", ".jsonl.gz")),
+        "Neuronpedia explanation batches (batch-N.jsonl.gz)",
+        progress,
+    ):
         for where, row in _jsonl_rows(file):
             if not isinstance(row, dict):
                 yield SourceEntry("neuronpedia", where, None, None, None, problem="not a JSON object")
@@ -307,10 +352,16 @@ def _read_neuronpedia(path: Path, progress: bool) -> Iterator[SourceEntry]:
             if "description" not in row and not problem:
                 problem = "no description field"
             extra = {k: row[k] for k in ("modelId", "typeName", "id") if row.get(k) is not None}
-            yield SourceEntry(source="neuronpedia", origin=where, layer=_str_or_none(row.get("layer")),
-                              latent=latent, text=_text(row.get("description")),
-                              explainer_model=_str_or_none(row.get("explanationModelName")), problem=problem,
-                              extra=extra)
+            yield SourceEntry(
+                source="neuronpedia",
+                origin=where,
+                layer=_str_or_none(row.get("layer")),
+                latent=latent,
+                text=_text(row.get("description")),
+                explainer_model=_str_or_none(row.get("explanationModelName")),
+                problem=problem,
+                extra=extra,
+            )
 
 
 def _read_saebench(path: Path, progress: bool) -> Iterator[SourceEntry]:
@@ -318,8 +369,10 @@ def _read_saebench(path: Path, progress: bool) -> Iterator[SourceEntry]:
         data = _load_json(file)
         results = data.get("eval_result_unstructured") if isinstance(data, dict) else None
         if not isinstance(results, dict):
-            raise SourceError(f"{file}: SAEBench autointerp results hold eval_result_unstructured "
-                              "{latent: {explanation, score, ...}}; this file does not")
+            raise SourceError(
+                f"{file}: SAEBench autointerp results hold eval_result_unstructured "
+                "{latent: {explanation, score, ...}}; this file does not"
+            )
         cfg = data.get("sae_cfg_dict") or {}
         hook = cfg.get("hook_name") or (cfg.get("metadata") or {}).get("hook_name")
         sae_id = data.get("sae_lens_id")
@@ -330,8 +383,15 @@ def _read_saebench(path: Path, progress: bool) -> Iterator[SourceEntry]:
             extra = {"score": value.get("score")} if isinstance(value, dict) and "score" in value else {}
             if sae_id:
                 extra["sae_lens_id"] = sae_id
-            yield SourceEntry(source="saebench", origin=f"{file}[{key!r}]", layer=_str_or_none(hook), latent=latent,
-                              text=_text(text), problem=problem, extra=extra)
+            yield SourceEntry(
+                source="saebench",
+                origin=f"{file}[{key!r}]",
+                layer=_str_or_none(hook),
+                latent=latent,
+                text=_text(text),
+                problem=problem,
+                extra=extra,
+            )
 
 
 # ---------------------------------------------------------------- small helpers

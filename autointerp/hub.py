@@ -37,8 +37,10 @@ TAGS = ["autointerp", "interpretability", "sparse-autoencoder", "explanations"]
 HEADLINE = 2  # metrics per scorer in the card's summary: the first ones each scorer declares
 # config fields that only describe this machine (or could hold a secret): left out of the card
 PRIVATE_FIELDS = ("response_cache_path", "prices", "api_key_env")
-LOGIN_HELP = ("set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens), "
-              "or log in once with `hf auth login` (older huggingface_hub: `huggingface-cli login`)")
+LOGIN_HELP = (
+    "set HF_TOKEN to a token with write access (https://huggingface.co/settings/tokens), "
+    "or log in once with `hf auth login` (older huggingface_hub: `huggingface-cli login`)"
+)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
@@ -67,10 +69,17 @@ class Run:
 
 
 def check_repo_id(repo_id: str) -> str:
-    if len(repo_id) > 96 or not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id \
-            or repo_id.endswith((".", "-", ".git")):
-        raise PublishError(f"bad --repo {repo_id!r}: expected OWNER/NAME, e.g. alice/smollm2-sae-labels (letters, "
-                           "digits, '-', '_' and '.'; no '--' or '..'; at most 96 characters)")
+    if (
+        len(repo_id) > 96
+        or not _REPO_ID.match(repo_id)
+        or ".." in repo_id
+        or "--" in repo_id
+        or repo_id.endswith((".", "-", ".git"))
+    ):
+        raise PublishError(
+            f"bad --repo {repo_id!r}: expected OWNER/NAME, e.g. alice/smollm2-sae-labels (letters, "
+            "digits, '-', '_' and '.'; no '--' or '..'; at most 96 characters)"
+        )
     return repo_id
 
 
@@ -80,14 +89,19 @@ def load_run(folder: Path, *, with_judgments: bool = False) -> Run:
         raise PublishError(f"{folder} is not a folder: give the run folder that `autointerp run --out` wrote")
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise PublishError(f"{folder} is not an autointerp run folder (no config.json): give the folder that "
-                           "`autointerp run --out` wrote")
+        raise PublishError(
+            f"{folder} is not an autointerp run folder (no config.json): give the folder that "
+            "`autointerp run --out` wrote"
+        )
     if not (folder / RESULTS).is_file():
-        raise PublishError(f"{folder} has no {RESULTS} yet: run `autointerp run --out {folder}` first "
-                           "(or `autointerp score` on a folder that has explanations)")
+        raise PublishError(
+            f"{folder} has no {RESULTS} yet: run `autointerp run --out {folder}` first "
+            "(or `autointerp score` on a folder that has explanations)"
+        )
     if with_judgments and not (folder / JUDGMENTS).is_file():
-        raise PublishError(f"{folder} has no {JUDGMENTS}: drop --with-judgments, or run `autointerp score "
-                           f"--out {folder}` to write it")
+        raise PublishError(
+            f"{folder} has no {JUDGMENTS}: drop --with-judgments, or run `autointerp score --out {folder}` to write it"
+        )
     try:
         data = json.loads(config_path.read_text())
         config = data["config"]
@@ -163,9 +177,15 @@ def score_summary(results: pd.DataFrame, scorers: list[str]) -> list[dict[str, A
             if column not in ok:
                 continue
             values = pd.to_numeric(ok[column], errors="coerce").dropna()
-            rows.append({"scorer": scorer, "metric": metric, "latents": len(values),
-                         "mean": float(values.mean()) if len(values) else None,
-                         "median": float(values.median()) if len(values) else None})
+            rows.append(
+                {
+                    "scorer": scorer,
+                    "metric": metric,
+                    "latents": len(values),
+                    "mean": float(values.mean()) if len(values) else None,
+                    "median": float(values.median()) if len(values) else None,
+                }
+            )
     return rows
 
 
@@ -180,8 +200,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _front_matter(options: PublishOptions, model: str) -> str:
-    configs: list[dict[str, Any]] = [{"config_name": "results", "default": True,
-                                      "data_files": [{"split": "train", "path": RESULTS_PATH}]}]
+    configs: list[dict[str, Any]] = [
+        {"config_name": "results", "default": True, "data_files": [{"split": "train", "path": RESULTS_PATH}]}
+    ]
     if options.with_judgments:
         configs.append({"config_name": "judgments", "data_files": [{"split": "train", "path": JUDGMENTS_PATH}]})
     front: dict[str, Any] = {}
@@ -210,8 +231,11 @@ def _with_actual(configured: Any, actual: list[str]) -> str:
 def _provenance(run: Run, scorers: list[str], model: str, hookpoints: list[str]) -> list[list[str]]:
     cfg, res, env, df = run.config, run.resolved, run.environment, run.results
     dictionary = _named(cfg.get("dictionary"), res.get("dictionary"))
-    extra = [f"{label}{res[k]}{unit}" for k, label, unit in
-             (("dictionary_format", "", ""), ("d_in", "d_in ", ""), ("num_latents", "", " latents")) if k in res]
+    extra = [
+        f"{label}{res[k]}{unit}"
+        for k, label, unit in (("dictionary_format", "", ""), ("d_in", "d_in ", ""), ("num_latents", "", " latents"))
+        if k in res
+    ]
     if extra:
         dictionary += " (" + ", ".join(_cell(e) for e in extra) + ")"
     judge = _with_actual(cfg.get("judge"), _unique(m for s in scorers for m in _column(df, f"{s}_judge_model")))
@@ -236,8 +260,11 @@ def _provenance(run: Run, scorers: list[str], model: str, hookpoints: list[str])
 
 def _scorer_settings(cfg: dict[str, Any]) -> list[list[str]]:
     """What decides how a label is scored: the held-out examples and how the judge is asked."""
-    rows = [[f"`{group}.{k}`", f"`{_cell(v)}`"] for group in ("sampling", "classifier")
-            for k, v in (cfg.get(group) or {}).items()]
+    rows = [
+        [f"`{group}.{k}`", f"`{_cell(v)}`"]
+        for group in ("sampling", "classifier")
+        for k, v in (cfg.get(group) or {}).items()
+    ]
     return rows + [[f"`{k}`", f"`{_cell(cfg[k])}`"] for k in ("fuzz_negatives", "no_logprobs") if k in cfg]
 
 
@@ -258,32 +285,68 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
     model = (_column(df, "model") or [run.resolved.get("model") or cfg.get("model")])[0]
     hookpoints = _column(df, "hookpoint") or _unique([run.resolved.get("hookpoint") or cfg.get("hookpoint")])
     ok = int((df["status"] == "ok").sum()) if "status" in df else len(df)
-    summary = [[f"`{r['scorer']}`", r["metric"], _fmt(r["mean"]), _fmt(r["median"]), r["latents"]]
-               for r in score_summary(df, scorers)]
+    summary = [
+        [f"`{r['scorer']}`", r["metric"], _fmt(r["mean"]), _fmt(r["median"]), r["latents"]]
+        for r in score_summary(df, scorers)
+    ]
     stored = {"config": public_config(cfg), "resolved": run.resolved, "environment": run.environment}
 
-    lines = ["---", _front_matter(options, model).rstrip("\n"), "---", "",
-             f"# autointerp explanations and scores: {_cell(model)}", "",
-             f"Natural-language explanations of {len(df):,} dictionary latents of `{_cell(model)}` at "
-             f"{', '.join(f'`{_cell(h)}`' for h in hookpoints)}, each scored by LLM judges on held-out "
-             f"examples; written by `autointerp publish`. One row per latent: {ok:,} finished "
-             "(`status == \"ok\"`), the others say why in `status` and `error`.", "",
-             "```python", "from datasets import load_dataset", "",
-             f'results = load_dataset("{repo}", split="train")  # one row per latent']
+    lines = [
+        "---",
+        _front_matter(options, model).rstrip("\n"),
+        "---",
+        "",
+        f"# autointerp explanations and scores: {_cell(model)}",
+        "",
+        f"Natural-language explanations of {len(df):,} dictionary latents of `{_cell(model)}` at "
+        f"{', '.join(f'`{_cell(h)}`' for h in hookpoints)}, each scored by LLM judges on held-out "
+        f"examples; written by `autointerp publish`. One row per latent: {ok:,} finished "
+        '(`status == "ok"`), the others say why in `status` and `error`.',
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        f'results = load_dataset("{repo}", split="train")  # one row per latent',
+    ]
     if options.with_judgments:
         lines.append(f'judgments = load_dataset("{repo}", "judgments", split="train")  # one row per judged example')
-    lines += ["```", "", "## Scores", "",
-              f"Over the {ok:,} finished latents (a metric that is undefined for a latent, such as AUROC with one "
-              "class, is null and left out):", "",
-              *_table(["scorer", "metric", "mean", "median", "latents"], summary), ""]
+    lines += [
+        "```",
+        "",
+        "## Scores",
+        "",
+        f"Over the {ok:,} finished latents (a metric that is undefined for a latent, such as AUROC with one "
+        "class, is null and left out):",
+        "",
+        *_table(["scorer", "metric", "mean", "median", "latents"], summary),
+        "",
+    ]
     if unusable := _unusable(df, scorers):
-        lines += ["Judge answers that could not be read (counted, excluded from the metrics): "
-                  + ", ".join(unusable) + ".", ""]
-    lines += ["## Provenance", "", *_table(["", ""], _provenance(run, scorers, model, hookpoints)), "",
-              "## Scorer settings", "", *_table(["setting", "value"], _scorer_settings(cfg)), "",
-              "<details><summary>Run configuration (config.json, machine-local fields removed)</summary>", "",
-              "```json", _home_as_tilde(json.dumps(stored, indent=2, default=str)), "```", "", "</details>", "",
-              "## Columns", "", *_columns_section(f"`results` ({RESULTS_PATH})", run.folder / RESULTS)]
+        lines += [
+            "Judge answers that could not be read (counted, excluded from the metrics): " + ", ".join(unusable) + ".",
+            "",
+        ]
+    lines += [
+        "## Provenance",
+        "",
+        *_table(["", ""], _provenance(run, scorers, model, hookpoints)),
+        "",
+        "## Scorer settings",
+        "",
+        *_table(["setting", "value"], _scorer_settings(cfg)),
+        "",
+        "<details><summary>Run configuration (config.json, machine-local fields removed)</summary>",
+        "",
+        "```json",
+        _home_as_tilde(json.dumps(stored, indent=2, default=str)),
+        "```",
+        "",
+        "</details>",
+        "",
+        "## Columns",
+        "",
+        *_columns_section(f"`results` ({RESULTS_PATH})", run.folder / RESULTS),
+    ]
     if options.with_judgments:
         lines += _columns_section(f"`judgments` ({JUDGMENTS_PATH})", run.folder / JUDGMENTS)
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -301,8 +364,10 @@ def _clear_staging(dest: Path) -> None:
     found = [p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()]
     strangers = [p for p in found if p not in LAYOUT]
     if strangers:
-        raise PublishError(f"staging folder {dest} holds files `autointerp publish` did not write "
-                           f"({', '.join(sorted(strangers)[:5])}): pick an empty or new --staging-dir")
+        raise PublishError(
+            f"staging folder {dest} holds files `autointerp publish` did not write "
+            f"({', '.join(sorted(strangers)[:5])}): pick an empty or new --staging-dir"
+        )
     shutil.rmtree(dest)
 
 
@@ -355,8 +420,14 @@ class Published:
     created: bool  # False: the repo existed and got a new commit
 
 
-def upload(staging: Path, options: PublishOptions, *, token: str, endpoint: str | None = None,
-           commit_message: str = "Upload autointerp results") -> Published:
+def upload(
+    staging: Path,
+    options: PublishOptions,
+    *,
+    token: str,
+    endpoint: str | None = None,
+    commit_message: str = "Upload autointerp results",
+) -> Published:
     """Create the dataset repo if needed (private with --private) and commit the staging folder to it."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -375,18 +446,21 @@ def upload(staging: Path, options: PublishOptions, *, token: str, endpoint: str 
             created = False  # it exists: make sure --private is not silently ignored
             info = api.repo_info(repo, repo_type="dataset")
             if options.private and not info.private:
-                raise PublishError(f"{repo} already exists and is public: --private cannot make it private. "
-                                   "Change its visibility in its settings on the Hub, or publish to a new "
-                                   "--repo") from None
-        api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(staging),
-                          commit_message=commit_message)
+                raise PublishError(
+                    f"{repo} already exists and is public: --private cannot make it private. "
+                    "Change its visibility in its settings on the Hub, or publish to a new "
+                    "--repo"
+                ) from None
+        api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(staging), commit_message=commit_message)
     except PublishError:
         raise
     except HfHubHTTPError as e:
         status = e.response.status_code if e.response is not None else None
         if status in (401, 403):
-            raise PublishError(f"the Hub at {endpoint} refused the token for {repo} (HTTP {status}): it needs "
-                               f"write access to that namespace; {LOGIN_HELP}") from None
+            raise PublishError(
+                f"the Hub at {endpoint} refused the token for {repo} (HTTP {status}): it needs "
+                f"write access to that namespace; {LOGIN_HELP}"
+            ) from None
         first = redact(str(e)).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PublishError(f"the Hub at {endpoint} refused the upload to {repo} (HTTP {status}): {first}") from None
     except _transport_errors() as e:
@@ -397,13 +471,15 @@ def upload(staging: Path, options: PublishOptions, *, token: str, endpoint: str 
     return Published(url=f"{endpoint}/datasets/{repo}", files=files, created=created)
 
 
-def publish(folder: Path, options: PublishOptions, *, dry_run: bool = False, staging: Path | None = None,
-            progress: bool = True) -> tuple[Path | None, Published | None]:
+def publish(
+    folder: Path, options: PublishOptions, *, dry_run: bool = False, staging: Path | None = None, progress: bool = True
+) -> tuple[Path | None, Published | None]:
     """Stage the run folder; unless `dry_run`, upload it. Returns (kept staging folder, upload result)."""
     check_repo_id(options.repo_id)
     if options.license is not None and not _LICENSE.match(options.license):
-        raise PublishError(f"bad --license {options.license!r}: a Hub license id such as mit, apache-2.0, "
-                           "cc-by-4.0 or other")
+        raise PublishError(
+            f"bad --license {options.license!r}: a Hub license id such as mit, apache-2.0, cc-by-4.0 or other"
+        )
     run = load_run(folder, with_judgments=options.with_judgments)
     if dry_run:
         dest = Path(staging) if staging is not None else Path(folder) / "hub"

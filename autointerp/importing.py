@@ -87,8 +87,14 @@ class Matched:
     total: int = 0  # entries seen
 
 
-def match_entries(entries: Iterable[SourceEntry], *, hookpoint: str, num_latents: int, layer: str | None = None,
-                  latents: Iterable[int] | None = None) -> Matched:
+def match_entries(
+    entries: Iterable[SourceEntry],
+    *,
+    hookpoint: str,
+    num_latents: int,
+    layer: str | None = None,
+    latents: Iterable[int] | None = None,
+) -> Matched:
     """Keep the entries that name a latent of this dictionary at this hookpoint; say why for the others.
 
     An entry fits the run when its layer is `layer` (as the file writes it) if one is given, else
@@ -112,15 +118,27 @@ def match_entries(entries: Iterable[SourceEntry], *, hookpoint: str, num_latents
         if selected is not None and e.latent not in selected:
             out.unused.append(_unused(e, "not_selected", f"latent {e.latent} is not among --latents"))
         elif not 0 <= e.latent < num_latents:
-            out.unused.append(_unused(e, "out_of_range", f"latent {e.latent} is out of range: the dictionary has "
-                                                         f"{num_latents} latents (0..{num_latents - 1})"))
+            out.unused.append(
+                _unused(
+                    e,
+                    "out_of_range",
+                    f"latent {e.latent} is out of range: the dictionary has "
+                    f"{num_latents} latents (0..{num_latents - 1})",
+                )
+            )
         elif not text:
             out.unused.append(_unused(e, "empty", "the explanation is empty"))
         elif e.latent in out.accepted:
             first = out.accepted[e.latent]
             same = " (same text)" if (first.text or "").strip() == text else ""
-            out.unused.append(_unused(e, "duplicate", f"latent {e.latent} already has an explanation{same} from "
-                                                      f"{first.origin}; the first one in the file is used"))
+            out.unused.append(
+                _unused(
+                    e,
+                    "duplicate",
+                    f"latent {e.latent} already has an explanation{same} from "
+                    f"{first.origin}; the first one in the file is used",
+                )
+            )
         else:
             out.accepted[e.latent] = e
     return out
@@ -146,9 +164,12 @@ class ImportOutcome:
     report: Path
 
     def summary(self) -> str:
-        lines = [f"imported {len(self.latents)} explanations from {self.source} ({self.format}) for "
-                 f"{self.hookpoint}: {self.new} new, {self.replaced} replaced"
-                 + (" (their old scores are superseded)" if self.replaced else "") + f", {self.unchanged} unchanged"]
+        lines = [
+            f"imported {len(self.latents)} explanations from {self.source} ({self.format}) for "
+            f"{self.hookpoint}: {self.new} new, {self.replaced} replaced"
+            + (" (their old scores are superseded)" if self.replaced else "")
+            + f", {self.unchanged} unchanged"
+        ]
         parts = [f"{n:,} {REASONS[k]}" for k, n in self.left_out.items() if n]
         if self.other_layers:
             n_other = sum(t.entries for t in self.other_layers.values())
@@ -166,9 +187,16 @@ def model_label(fmt: str, model: str | None) -> str:
     return f"imported:{fmt}:{model}" if model else f"imported:{fmt}"
 
 
-def import_explanations(files: RunFiles, config: RunConfig, path: Path, *, fmt: str = "auto",
-                        layer: str | None = None, latents: Iterable[int] | None = None,
-                        progress: bool = False) -> ImportOutcome:
+def import_explanations(
+    files: RunFiles,
+    config: RunConfig,
+    path: Path,
+    *,
+    fmt: str = "auto",
+    layer: str | None = None,
+    latents: Iterable[int] | None = None,
+    progress: bool = False,
+) -> ImportOutcome:
     """Read `path`, match it to the run's dictionary, write the new explanation rows and the report."""
     meta = read_meta(files.cache)
     if meta is None or not meta.complete:
@@ -176,12 +204,14 @@ def import_explanations(files: RunFiles, config: RunConfig, path: Path, *, fmt: 
         raise ExplanationImportError(
             f"{files.folder} has {state}; explanations are scored on a run's cache. Run `autointerp cache --out "
             f"{files.folder} --model ... --dictionary ... --hookpoint ...` for the dictionary the explanations "
-            "describe, then score again")
+            "describe, then score again"
+        )
     cache = ActivationCache(files.cache)
     path = Path(path).resolve()  # rows and report name the file wherever the command was run from
     fmt, entries = iter_explanations(path, fmt, progress=progress)
-    matched = match_entries(entries, hookpoint=meta.hookpoint, num_latents=meta.num_latents, layer=layer,
-                            latents=latents)
+    matched = match_entries(
+        entries, hookpoint=meta.hookpoint, num_latents=meta.num_latents, layer=layer, latents=latents
+    )
     if not matched.total:
         raise ExplanationImportError(f"{path} ({fmt}) holds no explanations")
     min_examples = config.sampling.min_examples
@@ -189,21 +219,35 @@ def import_explanations(files: RunFiles, config: RunConfig, path: Path, *, fmt: 
         fire = int(cache.state.fire_windows[latent])
         if fire < min_examples:
             del matched.accepted[latent]
-            matched.unused.append(Unused(e.origin, e.layer, latent, "too_rare",
-                                         f"latent {latent} fires in {fire} windows of this run's cache, fewer than "
-                                         f"min_examples={min_examples}: too few examples to score it", e.text))
+            matched.unused.append(
+                Unused(
+                    e.origin,
+                    e.layer,
+                    latent,
+                    "too_rare",
+                    f"latent {latent} fires in {fire} windows of this run's cache, fewer than "
+                    f"min_examples={min_examples}: too few examples to score it",
+                    e.text,
+                )
+            )
 
     report_path = files.folder / REPORT
     left_out = Counter(u.kind for u in matched.unused)
-    base_report = {"source": str(path), "format": fmt, "run_hookpoint": meta.hookpoint,
-                   "run_num_latents": meta.num_latents, "entries": matched.total,
-                   "left_out": {k: left_out.get(k, 0) for k in REASONS},
-                   "other_layers": {k: asdict(v) for k, v in matched.other_layers.items()},
-                   "unused": [asdict(u) for u in matched.unused]}
+    base_report = {
+        "source": str(path),
+        "format": fmt,
+        "run_hookpoint": meta.hookpoint,
+        "run_num_latents": meta.num_latents,
+        "entries": matched.total,
+        "left_out": {k: left_out.get(k, 0) for k in REASONS},
+        "other_layers": {k: asdict(v) for k, v in matched.other_layers.items()},
+        "unused": [asdict(u) for u in matched.unused],
+    }
     if not matched.accepted:
         _write_report(report_path, {**base_report, "imported": [], "replaced": []})
-        raise ExplanationImportError(_nothing_matched(path, fmt, matched.total, matched, meta.hookpoint,
-                                                      meta.num_latents, layer, report_path))
+        raise ExplanationImportError(
+            _nothing_matched(path, fmt, matched.total, matched, meta.hookpoint, meta.num_latents, layer, report_path)
+        )
 
     existing = files.explanations_by_latent()
     new = unchanged = 0
@@ -218,23 +262,54 @@ def import_explanations(files: RunFiles, config: RunConfig, path: Path, *, fmt: 
                 if old.get("explainer_model") == label:
                     continue  # nothing new to record
             else:
-                replaced.append({"latent": latent, "old_explanation": old.get("explanation"),
-                                 "old_explainer_model": old.get("explainer_model"), "new_explanation": text})
+                replaced.append(
+                    {
+                        "latent": latent,
+                        "old_explanation": old.get("explanation"),
+                        "old_explainer_model": old.get("explainer_model"),
+                        "new_explanation": text,
+                    }
+                )
         else:
             new += 1
         stats = cache.stats(latent)
-        append_jsonl(files.explanations, {
-            "latent": latent, "hookpoint": meta.hookpoint, "status": "ok", "error": "", "explanation": text,
-            "explainer_model": label, "frequency": stats.frequency, "max_activation": stats.max_activation,
-            "fire_windows": stats.fire_windows, "n_tokens": stats.n_tokens,
-            "source": {"format": fmt, "file": str(path), "origin": e.origin, "layer": e.layer,
-                       "explainer_model": e.explainer_model, **e.extra},
-        })
+        append_jsonl(
+            files.explanations,
+            {
+                "latent": latent,
+                "hookpoint": meta.hookpoint,
+                "status": "ok",
+                "error": "",
+                "explanation": text,
+                "explainer_model": label,
+                "frequency": stats.frequency,
+                "max_activation": stats.max_activation,
+                "fire_windows": stats.fire_windows,
+                "n_tokens": stats.n_tokens,
+                "source": {
+                    "format": fmt,
+                    "file": str(path),
+                    "origin": e.origin,
+                    "layer": e.layer,
+                    "explainer_model": e.explainer_model,
+                    **e.extra,
+                },
+            },
+        )
     latents_used = sorted(matched.accepted)
     _write_report(report_path, {**base_report, "imported": latents_used, "replaced": replaced})
-    return ImportOutcome(source=str(path), format=fmt, hookpoint=meta.hookpoint, latents=latents_used, new=new,
-                         replaced=len(replaced), unchanged=unchanged, left_out=dict(left_out),
-                         other_layers=matched.other_layers, report=report_path)
+    return ImportOutcome(
+        source=str(path),
+        format=fmt,
+        hookpoint=meta.hookpoint,
+        latents=latents_used,
+        new=new,
+        replaced=len(replaced),
+        unchanged=unchanged,
+        left_out=dict(left_out),
+        other_layers=matched.other_layers,
+        report=report_path,
+    )
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
@@ -253,10 +328,13 @@ def _layers_text(layers: dict[str, LayerTally], limit: int = 10) -> str:
     return "; ".join(parts)
 
 
-def _nothing_matched(path: Path, fmt: str, n: int, matched: Matched, hookpoint: str, num_latents: int,
-                     layer: str | None, report: Path) -> str:
-    run = (f"the run's dictionary reads {hookpoint} ({layer_key(hookpoint)}) and has {num_latents:,} latents "
-           f"(0..{num_latents - 1})")
+def _nothing_matched(
+    path: Path, fmt: str, n: int, matched: Matched, hookpoint: str, num_latents: int, layer: str | None, report: Path
+) -> str:
+    run = (
+        f"the run's dictionary reads {hookpoint} ({layer_key(hookpoint)}) and has {num_latents:,} latents "
+        f"(0..{num_latents - 1})"
+    )
     lines = [f"none of the {n:,} explanations in {path} ({fmt}) can be scored in this run: {run}."]
     if matched.this_layer:
         counts = Counter(u.kind for u in matched.unused)

@@ -67,8 +67,9 @@ def _salt(seed: int, latent: int) -> np.uint64:
 class CandidatePool:
     """Random windows, drawn from the seed alone and embedded on first use, shared by every latent."""
 
-    def __init__(self, cache: ActivationCache, texts: Callable[[np.ndarray], list[str]], embedder: Embedder,
-                 size: int, seed: int):
+    def __init__(
+        self, cache: ActivationCache, texts: Callable[[np.ndarray], list[str]], embedder: Embedder, size: int, seed: int
+    ):
         self.cache = cache
         self.texts = texts  # windows -> their text, as the examples show it
         self.embedder = embedder

@@ -82,9 +82,18 @@ def _explanation_row(record: LatentRecord | None, latent: int, hookpoint: str, *
 class LatentWorker:
     """Does the stages asked for on one latent, writing each finished unit to the run's logs."""
 
-    def __init__(self, files: RunFiles, config: RunConfig, sampler: Sampler, explainer: Judge | None,
-                 judge: Judge | None, scorers: Sequence[Any], stages: set[str], summary: RunSummary,
-                 chooser: Any = None):
+    def __init__(
+        self,
+        files: RunFiles,
+        config: RunConfig,
+        sampler: Sampler,
+        explainer: Judge | None,
+        judge: Judge | None,
+        scorers: Sequence[Any],
+        stages: set[str],
+        summary: RunSummary,
+        chooser: Any = None,
+    ):
         self.files = files
         self.config = config
         self.sampler = sampler
@@ -106,8 +115,10 @@ class LatentWorker:
         try:
             record = await asyncio.to_thread(self.sampler.record, latent)
         except NotEnoughExamples as e:
-            append_jsonl(self.files.explanations, _explanation_row(None, latent, hookpoint, status="skipped",
-                                                                   error=str(e), explanation=None))
+            append_jsonl(
+                self.files.explanations,
+                _explanation_row(None, latent, hookpoint, status="skipped", error=str(e), explanation=None),
+            )
             self.summary.skipped += 1
             return
         if "explain" in self.stages and (done is None or done["status"] == "error"):
@@ -144,29 +155,65 @@ class LatentWorker:
                 extra = {"candidates": [asdict(c) for c in candidates], "chosen_by": self.chooser.name}
             else:
                 expl = await explain(record, self.explainer, settings)
-            row = _explanation_row(record, latent, hookpoint, status="ok", error="", explanation=expl.text,
-                                   explainer_model=expl.model, usage=asdict(expl.usage), failures=expl.failures,
-                                   raw=expl.raw, **extra)
+            row = _explanation_row(
+                record,
+                latent,
+                hookpoint,
+                status="ok",
+                error="",
+                explanation=expl.text,
+                explainer_model=expl.model,
+                usage=asdict(expl.usage),
+                failures=expl.failures,
+                raw=expl.raw,
+                **extra,
+            )
             self.summary.explained += 1
         except ExplanationFailed as e:
-            row = _explanation_row(record, latent, hookpoint, status="failed", error=str(e), explanation=None,
-                                   explainer_model=self.explainer.model)
+            row = _explanation_row(
+                record,
+                latent,
+                hookpoint,
+                status="failed",
+                error=str(e),
+                explanation=None,
+                explainer_model=self.explainer.model,
+            )
         except Exception:  # noqa: BLE001 - one latent's crash must not end the run
-            row = _explanation_row(record, latent, hookpoint, status="error", error=traceback.format_exc(),
-                                   explanation=None, explainer_model=self.explainer.model)
+            row = _explanation_row(
+                record,
+                latent,
+                hookpoint,
+                status="error",
+                error=traceback.format_exc(),
+                explanation=None,
+                explainer_model=self.explainer.model,
+            )
         append_jsonl(self.files.explanations, row)
         return row
 
     async def _score(self, scorer: Any, record: LatentRecord, explanation: Explanation) -> None:
         # a scorer that asks no LLM (embedding) names its own model, and may run with no judge loaded
         judge_model = getattr(scorer, "judge_model", None) or (self.judge.model if self.judge else None)
-        base = {"latent": record.latent.index, "hookpoint": record.latent.hookpoint, "scorer": scorer.name,
-                "judge_model": judge_model, "explanation": explanation.text}
+        base = {
+            "latent": record.latent.index,
+            "hookpoint": record.latent.hookpoint,
+            "scorer": scorer.name,
+            "judge_model": judge_model,
+            "explanation": explanation.text,
+        }
         try:
             score = await scorer(record, explanation, self.judge)
-            row = {**base, "status": "ok", "error": "", "metrics": score.metrics, "n_examples": score.n_examples,
-                   "n_failed": score.n_failed, "usage": asdict(score.usage),
-                   "judgments": [asdict(j) for j in score.judgments]}
+            row = {
+                **base,
+                "status": "ok",
+                "error": "",
+                "metrics": score.metrics,
+                "n_examples": score.n_examples,
+                "n_failed": score.n_failed,
+                "usage": asdict(score.usage),
+                "judgments": [asdict(j) for j in score.judgments],
+            }
         except Exception:  # noqa: BLE001 - recorded with its traceback, the run goes on
             row = {**base, "status": "error", "error": traceback.format_exc()}
             self.summary.failed += 1
@@ -201,4 +248,3 @@ async def process_latents(
     worker.summary.latents = len(latents)
     worker.summary.seconds = time.perf_counter() - start
     return worker.summary
-

@@ -140,4 +140,3 @@ class Score:
     n_failed: int
     judgments: list[Judgment] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
-

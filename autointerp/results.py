@@ -98,8 +98,11 @@ def usage_by_model(files: RunFiles) -> dict[str, Usage]:
     totals: dict[str, Usage] = {}
     rows = [(r, r.get("explainer_model")) for r in read_jsonl(files.explanations)]
     # a scorer that asks no LLM (embedding) records its model as judge_model but spends no tokens
-    rows += [(r, r.get("judge_model")) for r in read_jsonl(files.scores)
-             if getattr(SCORERS.get(r.get("scorer", "")), "needs_judge", True)]
+    rows += [
+        (r, r.get("judge_model"))
+        for r in read_jsonl(files.scores)
+        if getattr(SCORERS.get(r.get("scorer", "")), "needs_judge", True)
+    ]
     for row, model in rows:
         if model and row.get("usage"):
             totals.setdefault(model, Usage()).add(Usage(**row["usage"]))
@@ -171,8 +174,23 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
         if c in df:
             df[c] = df[c].astype("Int64")
     _write_parquet(df, files.results)
-    jdf = pd.DataFrame(judgment_rows, columns=[
-        "hookpoint", "latent", "scorer", "window", "activating", "prediction", "probability",
-        "max_activation", "quantile", "answer", "error", "text", "value"])
+    jdf = pd.DataFrame(
+        judgment_rows,
+        columns=[
+            "hookpoint",
+            "latent",
+            "scorer",
+            "window",
+            "activating",
+            "prediction",
+            "probability",
+            "max_activation",
+            "quantile",
+            "answer",
+            "error",
+            "text",
+            "value",
+        ],
+    )
     _write_parquet(jdf, files.judgments)
     return df

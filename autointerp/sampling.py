@@ -72,8 +72,9 @@ class Sampler:
     """Builds `LatentRecord`s from a cache. `embedder` is needed only to draw `negatives="similar"`;
     it is passed in (never loaded here) so tests can hand in a fake one."""
 
-    def __init__(self, cache: ActivationCache, decode: TokenDecoder, settings: SamplingSettings,
-                 embedder: Embedder | None = None):
+    def __init__(
+        self, cache: ActivationCache, decode: TokenDecoder, settings: SamplingSettings, embedder: Embedder | None = None
+    ):
         if settings.negatives not in NEGATIVE_KINDS:
             raise ValueError(f"unknown negatives kind {settings.negatives!r}; valid: {', '.join(NEGATIVE_KINDS)}")
         self.cache = cache
@@ -90,8 +91,13 @@ class Sampler:
     def example(self, window: int, latent: int, quantile: int = -1) -> Example:
         tokens = self.cache.window_tokens(window).tolist()
         acts = self.cache.window_activations(window, latent)
-        return Example(window=window, tokens=tokens, str_tokens=self.decode(tokens),
-                       activations=[round(float(a), 4) for a in acts], quantile=quantile)
+        return Example(
+            window=window,
+            tokens=tokens,
+            str_tokens=self.decode(tokens),
+            activations=[round(float(a), 4) for a in acts],
+            quantile=quantile,
+        )
 
     def record(self, latent: int, *, negatives: bool = True) -> LatentRecord:
         """The latent's record; `negatives=False` leaves the silent examples out (the activating ones
@@ -101,8 +107,9 @@ class Sampler:
         stats = cache.stats(latent)
         lid = LatentId(cache.meta.hookpoint, latent)
         if stats.fire_windows < s.min_examples:
-            raise NotEnoughExamples(f"latent {latent} fires in {stats.fire_windows} windows, fewer than "
-                                    f"min_examples={s.min_examples}")
+            raise NotEnoughExamples(
+                f"latent {latent} fires in {stats.fire_windows} windows, fewer than min_examples={s.min_examples}"
+            )
         rng = np.random.default_rng([s.seed, latent])
 
         pool = cache.sampled_windows(latent)
@@ -146,7 +153,8 @@ class Sampler:
             held, shown, checking = (found[i:j] for i, j in zip([0, *cuts], [*cuts, None], strict=True))
         else:
             held, shown, checking = self._hard_negatives(
-                latent, used, train_examples + test_examples + validation_examples, sizes, rng)
+                latent, used, train_examples + test_examples + validation_examples, sizes, rng
+            )
         return LatentRecord(
             latent=lid,
             stats=stats,
@@ -179,8 +187,14 @@ class Sampler:
             return rank_similar(self.pool, [e.text for e in activating])
         return rank_cooccurring(self.cache, cooccurring_latents(self.cache, latent, self.settings.n_cooccurring))
 
-    def _hard_negatives(self, latent: int, exclude: set[int], activating: list[Example], sizes: tuple[int, ...],
-                        rng: np.random.Generator) -> list[list[int]]:
+    def _hard_negatives(
+        self,
+        latent: int,
+        exclude: set[int],
+        activating: list[Example],
+        sizes: tuple[int, ...],
+        rng: np.random.Generator,
+    ) -> list[list[int]]:
         """Negatives for each split (test, train, validation: `sizes` of each) from the ranked
         candidates, each window in its fixed group; random silent windows fill whatever the candidates
         could not (a small pool, few co-firing latents). Each group is shuffled, so the test group does

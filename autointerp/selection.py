@@ -27,8 +27,15 @@ class Candidate:
 
 def validation_view(record: LatentRecord) -> LatentRecord:
     """The record with its validation split in the place scorers read held-out examples from."""
-    return replace(record, train=[], train_negatives=[], test=record.validation,
-                   negatives=record.validation_negatives, validation=[], validation_negatives=[])
+    return replace(
+        record,
+        train=[],
+        train_negatives=[],
+        test=record.validation,
+        negatives=record.validation_negatives,
+        validation=[],
+        validation_negatives=[],
+    )
 
 
 def headline(metrics: dict[str, float | None], names: tuple[str, ...]) -> tuple[str, float | None]:
@@ -40,8 +47,9 @@ def headline(metrics: dict[str, float | None], names: tuple[str, ...]) -> tuple[
     return (names[0] if names else ""), None
 
 
-async def best_of_n(record: LatentRecord, explainer: Judge, judge: Judge, scorer: Any,
-                    settings: ExplainerSettings) -> tuple[Explanation, list[Candidate]]:
+async def best_of_n(
+    record: LatentRecord, explainer: Judge, judge: Judge, scorer: Any, settings: ExplainerSettings
+) -> tuple[Explanation, list[Candidate]]:
     """The best of `settings.best_of` labels by `scorer` on the validation split, and every candidate.
 
     The first label is the deterministic one (temperature 0), so best-of-n is never worse than n=1 on
@@ -50,11 +58,17 @@ async def best_of_n(record: LatentRecord, explainer: Judge, judge: Judge, scorer
     """
     n = max(1, settings.best_of)
     if n > 1 and not record.validation:
-        raise ExplanationFailed(f"latent {record.latent} has no validation examples to choose among "
-                                f"{n} explanations (it fires in too few windows); use best_of=1")
-    results = await asyncio.gather(*(
-        explain(record, explainer, settings, temperature=0.0 if i == 0 else settings.best_of_temperature)
-        for i in range(n)), return_exceptions=True)
+        raise ExplanationFailed(
+            f"latent {record.latent} has no validation examples to choose among "
+            f"{n} explanations (it fires in too few windows); use best_of=1"
+        )
+    results = await asyncio.gather(
+        *(
+            explain(record, explainer, settings, temperature=0.0 if i == 0 else settings.best_of_temperature)
+            for i in range(n)
+        ),
+        return_exceptions=True,
+    )
     explanations = [r for r in results if isinstance(r, Explanation)]
     if not explanations:
         first = results[0]
@@ -77,8 +91,7 @@ async def best_of_n(record: LatentRecord, explainer: Judge, judge: Judge, scorer
         usage.add(e.usage)
         usage.add(s.usage)
         candidates.append(Candidate(e.text, value, metric, usage))
-    best = max(range(len(candidates)), key=lambda i: (candidates[i].score is not None,
-                                                      candidates[i].score or 0.0, -i))
+    best = max(range(len(candidates)), key=lambda i: (candidates[i].score is not None, candidates[i].score or 0.0, -i))
     chosen = list(unique.values())[best]
     total = Usage()
     for e in explanations:

@@ -18,8 +18,9 @@ from autointerp.results import RunFiles
 WORK = "/tmp/autointerp-bench-explainer"
 
 
-def default_run(work: str, *, judge: str, n_tokens: int, n_held_out: int,
-                n_latents: int) -> tuple[RunConfig, ActivationCache, list[int]]:
+def default_run(
+    work: str, *, judge: str, n_tokens: int, n_held_out: int, n_latents: int
+) -> tuple[RunConfig, ActivationCache, list[int]]:
     """The config (response cache off, `n_held_out` activating and silent examples), the cache, and
     the first `n_latents` eligible latents."""
     config = RunConfig(judge=judge, n_tokens=n_tokens, response_cache=False, max_latents=n_latents)

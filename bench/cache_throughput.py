@@ -33,8 +33,9 @@ def rows_of(n_tokens: int, ctx_len: int = 256):
 
     tok = load_subject(None).tokenizer
     docs = itertools.cycle(list(iter_documents(resolve_corpus(None))))
-    rows = iter_rows(docs, lambda d: tok(d, add_special_tokens=False)["input_ids"], ctx_len=ctx_len,
-                     separator=tok.eos_token_id)
+    rows = iter_rows(
+        docs, lambda d: tok(d, add_special_tokens=False)["input_ids"], ctx_len=ctx_len, separator=tok.eos_token_id
+    )
     return list(itertools.islice(rows, n_tokens // ctx_len))
 
 
@@ -63,12 +64,30 @@ def throughput(n_tokens: int, batch_rows: int) -> dict[str, float]:
         full = timed(lambda b: model(torch.from_numpy(b).long(), use_cache=False))
         cut = timed(lambda b: capture(model, hp, torch.from_numpy(b).long()))
     with tempfile.TemporaryDirectory() as tmp:
-        meta = CacheMeta(model=subject.name, dictionary=encoder.name, hookpoint=hp.name, corpus="bench",
-                         num_latents=encoder.num_latents, ctx_len=256, window_len=32, top_k=64, sample_size=256,
-                         seed=0, max_tokens=tokens)
+        meta = CacheMeta(
+            model=subject.name,
+            dictionary=encoder.name,
+            hookpoint=hp.name,
+            corpus="bench",
+            num_latents=encoder.num_latents,
+            ctx_len=256,
+            window_len=32,
+            top_k=64,
+            sample_size=256,
+            seed=0,
+            max_tokens=tokens,
+        )
         start = time.perf_counter()
-        build_cache(Path(tmp), iter(rows), model=model, hookpoint=hp, encoder=encoder, meta=meta,
-                    settings=CacheSettings(batch_rows=batch_rows), progress=False)
+        build_cache(
+            Path(tmp),
+            iter(rows),
+            model=model,
+            hookpoint=hp,
+            encoder=encoder,
+            meta=meta,
+            settings=CacheSettings(batch_rows=batch_rows),
+            progress=False,
+        )
         cached = tokens / (time.perf_counter() - start)
     return {"tokens": tokens, "full_forward_tok_s": full, "forward_to_hookpoint_tok_s": cut, "cache_tok_s": cached}
 
@@ -95,8 +114,12 @@ def peak_memory(n_tokens: int) -> dict[str, float]:
         seconds = time.perf_counter() - start
         meta = json.loads((Path(tmp) / "run" / "cache" / "meta.json").read_text())
         disk = sum(f.stat().st_size for f in (Path(tmp) / "run" / "cache").iterdir())
-        return {"tokens": meta["n_rows"] * meta["ctx_len"], "peak_rss_mb": int(out.stdout.split()[-1]) / 1024,
-                "seconds": seconds, "cache_disk_mb": disk / 2**20}
+        return {
+            "tokens": meta["n_rows"] * meta["ctx_len"],
+            "peak_rss_mb": int(out.stdout.split()[-1]) / 1024,
+            "seconds": seconds,
+            "cache_disk_mb": disk / 2**20,
+        }
 
 
 def main() -> None:
@@ -108,8 +131,10 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
 
     t = throughput(args.tokens, args.batch_rows)
-    print(f"throughput over {t['tokens']} tokens (batches of {args.batch_rows} x 256, {torch.get_num_threads()} "
-          f"threads, bf16 subject, default SAE):")
+    print(
+        f"throughput over {t['tokens']} tokens (batches of {args.batch_rows} x 256, {torch.get_num_threads()} "
+        f"threads, bf16 subject, default SAE):"
+    )
     print(f"  full forward pass      {t['full_forward_tok_s']:8.0f} tok/s")
     print(f"  forward to hookpoint   {t['forward_to_hookpoint_tok_s']:8.0f} tok/s")
     print(f"  caching                {t['cache_tok_s']:8.0f} tok/s")
@@ -119,8 +144,10 @@ def main() -> None:
     results = [peak_memory(n) for n in sizes]
     print("peak memory of `autointerp cache` (fresh process, model + SAE loaded):")
     for r in results:
-        print(f"  {r['tokens']:>8} tokens: peak RSS {r['peak_rss_mb']:7.0f} MB, cache on disk "
-              f"{r['cache_disk_mb']:6.1f} MB, {r['seconds']:.0f} s")
+        print(
+            f"  {r['tokens']:>8} tokens: peak RSS {r['peak_rss_mb']:7.0f} MB, cache on disk "
+            f"{r['cache_disk_mb']:6.1f} MB, {r['seconds']:.0f} s"
+        )
     grow = results[1]["peak_rss_mb"] - results[0]["peak_rss_mb"]
     ratio = results[1]["tokens"] / results[0]["tokens"]
     print(f"  {ratio:.1f}x the tokens -> peak RSS {grow:+.0f} MB")

@@ -74,17 +74,24 @@ def main() -> None:
             print(f"  records with {kind:11s} negatives: {1000 * seconds / len(latents):7.1f} ms/latent{extra}")
 
         held_out = sum(len(r.test) + len(r.negatives) for r in records["similar"][1:])
-        for label, scorer in (("cold embedder", EmbeddingScorer(load_embedder("default"))),
-                              ("embedder the sampler used", EmbeddingScorer(embedder))):
+        for label, scorer in (
+            ("cold embedder", EmbeddingScorer(load_embedder("default"))),
+            ("embedder the sampler used", EmbeddingScorer(embedder)),
+        ):
             asyncio.run(scorer(records["similar"][0], Explanation(records["similar"][0].latent, "x", "b"), None))
             before = scorer.embedder.encoded
-            _, seconds = timed(lambda sc=scorer: [
-                asyncio.run(sc(r, Explanation(r.latent, f"words about topic {r.latent.index}", "b"), None))
-                for r in records["similar"][1:]])
+            _, seconds = timed(
+                lambda sc=scorer: [
+                    asyncio.run(sc(r, Explanation(r.latent, f"words about topic {r.latent.index}", "b"), None))
+                    for r in records["similar"][1:]
+                ]
+            )
             n = max(1, len(records["similar"]) - 1)
             texts = (scorer.embedder.encoded - before) / n
-            print(f"  embedding scorer, {label:25s}: {1000 * seconds / n:7.1f} ms/latent, {texts:.0f} of "
-                  f"{1 + held_out / n:.0f} texts encoded/latent, 0 judge calls")
+            print(
+                f"  embedding scorer, {label:25s}: {1000 * seconds / n:7.1f} ms/latent, {texts:.0f} of "
+                f"{1 + held_out / n:.0f} texts encoded/latent, 0 judge calls"
+            )
 
     record = planted_record()
     scorer = EmbeddingScorer(embedder)

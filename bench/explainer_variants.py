@@ -74,8 +74,9 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=40_000)
     parser.add_argument("--work", default=WORK)
     args = parser.parse_args()
-    base, cache, latents = default_run(args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n,
-                                       n_latents=args.latents)
+    base, cache, latents = default_run(
+        args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
+    )
     judge = app.make_judge(args.judge, base)
     print(f"{len(latents)} latents {latents}, judge {judge.model}, {args.n}+{args.n} examples per scorer")
     try:

@@ -67,17 +67,21 @@ def main() -> None:
         iv = runner.run_sync(record)
         seconds.append(time.perf_counter() - start)
         c = iv.continuations[0]
-        print(f"latent {latent}: {seconds[-1]:.2f}s, {iv.forward_passes} batched forward passes of "
-              f"{len(iv.continuations)} prompts, strength {iv.strength:.3g} (max activation "
-              f"{record.stats.max_activation:.3g}), KL {iv.kl:.3f}{'' if iv.kl_reached else ' (target not reached)'}, "
-              f"{iv.changed:.0%} of continuations changed")
+        print(
+            f"latent {latent}: {seconds[-1]:.2f}s, {iv.forward_passes} batched forward passes of "
+            f"{len(iv.continuations)} prompts, strength {iv.strength:.3g} (max activation "
+            f"{record.stats.max_activation:.3g}), KL {iv.kl:.3f}{'' if iv.kl_reached else ' (target not reached)'}, "
+            f"{iv.changed:.0%} of continuations changed"
+        )
         print(f"    prompt  {c.prompt!r}\n    clean   {c.clean!r}\n    steered {c.steered!r}")
         if scorer is not None:
             start = time.perf_counter()
             score = asyncio.run(scorer(record, Explanation(record.latent, "words about time", "bench"), judge))
             print(f"    judge side: {time.perf_counter() - start:.2f}s for {score.usage.calls} texts scored")
-    print(f"mean {sum(seconds) / len(seconds):.2f}s per latent on the subject model "
-          f"({config.intervention.n_prompts} prompts, {config.intervention.new_tokens} new tokens)")
+    print(
+        f"mean {sum(seconds) / len(seconds):.2f}s per latent on the subject model "
+        f"({config.intervention.n_prompts} prompts, {config.intervention.new_tokens} new tokens)"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,11 @@ def main() -> None:
                         got.append(score.metrics[m])
                 failed += score.n_failed
             shown = ", ".join(f"{m} {statistics.mean(v):.3f}" if v else f"{m} undefined" for m, v in values.items())
-            print(f"  {scorer.name:10s} {label}: {shown}, unreadable answers {failed}, "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"  {scorer.name:10s} {label}: {shown}, unreadable answers {failed}, "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
     asyncio.run(judge.aclose())
 
 

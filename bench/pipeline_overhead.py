@@ -50,15 +50,20 @@ def main() -> None:
         sampler = Sampler(cache, token_decoder(app.load_tokenizer(config)), config.sampling)
         latents, _ = select_latents(cache, config)
         judge = ScriptedJudge(instant)
-        worker = LatentWorker(files, config, sampler, judge, judge, app.make_scorers(config),
-                              {"explain", "score"}, RunSummary())
+        worker = LatentWorker(
+            files, config, sampler, judge, judge, app.make_scorers(config), {"explain", "score"}, RunSummary()
+        )
         start = time.perf_counter()
         summary = asyncio.run(process_latents(latents, worker, concurrency=args.concurrency, progress=False))
         seconds = time.perf_counter() - start
-    print(f"{summary.latents} latents ({summary.scored} scored) in {seconds:.1f} s with an instant judge, "
-          f"concurrency {args.concurrency}:")
-    print(f"  {summary.latents / seconds:.1f} latents/s, {len(judge.calls) / seconds:.0f} judge calls/s "
-          f"({len(judge.calls)} calls)")
+    print(
+        f"{summary.latents} latents ({summary.scored} scored) in {seconds:.1f} s with an instant judge, "
+        f"concurrency {args.concurrency}:"
+    )
+    print(
+        f"  {summary.latents / seconds:.1f} latents/s, {len(judge.calls) / seconds:.0f} judge calls/s "
+        f"({len(judge.calls)} calls)"
+    )
 
 
 if __name__ == "__main__":

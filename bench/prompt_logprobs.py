@@ -30,14 +30,18 @@ import numpy as np
 
 from autointerp.llm.local import LlamaCppJudge, load_local_judge
 
-WORDS = ("the report said that in may we met again after rain the city council voted on a plan to build a new "
-         "bridge over the river before the winter storms").split()
+WORDS = (
+    "the report said that in may we met again after rain the city council voted on a plan to build a new "
+    "bridge over the river before the winter storms"
+).split()
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
-    prefix = ("A feature of a language model fires on some tokens of a text. Each line holds one token, a tab, "
-              "and how strongly the feature fires on it, from 0 to 9.\n\n")
+    prefix = (
+        "A feature of a language model fires on some tokens of a text. Each line holds one token, a tab, "
+        "and how strongly the feature fires on it, from 0 to 9.\n\n"
+    )
     prefix += "\n".join(f"{w}\t{int(rng.integers(0, 10))}" for w in rng.choice(WORDS, size=80)) + "\n\n"
     prefix += "Feature: names of months\n<start>\n"
     return [prefix + "\n".join(f" {w}\t0" for w in rng.choice(WORDS, size=32)) for _ in range(n)]
@@ -74,16 +78,24 @@ def main() -> None:
     items = texts(args.texts)
     n_tok = len(judge._llm.tokenize(items[0].encode(), add_bos=False, special=False))
     n_vocab = judge._llm.n_vocab()
-    print(f"judge {judge.model}: {len(items)} texts of {n_tok} tokens sharing a prefix, top_logprobs=20, "
-          f"n_vocab {n_vocab:,}")
+    print(
+        f"judge {judge.model}: {len(items)} texts of {n_tok} tokens sharing a prefix, top_logprobs=20, "
+        f"n_vocab {n_vocab:,}"
+    )
 
     def ours(text: str, reuse: bool = True) -> list:
         if not reuse:
             judge._scored = []
         return asyncio.run(judge.prompt_logprobs(text, top_logprobs=20))
 
-    second = llama_cpp.Llama(model_path=str(judge.model_path), n_ctx=args.n_ctx, logits_all=True, verbose=False,
-                             n_threads=args.threads, n_threads_batch=args.threads)
+    second = llama_cpp.Llama(
+        model_path=str(judge.model_path),
+        n_ctx=args.n_ctx,
+        logits_all=True,
+        verbose=False,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+    )
 
     def reference(text: str) -> np.ndarray:
         ids = second.tokenize(text.encode(), add_bos=False, special=False)
@@ -105,30 +117,40 @@ def main() -> None:
             judge.logits_chunk = default_chunk
 
     ours(items[-1])  # warm up
-    times = best_of(args.repeats, {
-        "ours, prefix reuse": lambda: per_text(ours, items),
-        f"ours, no reuse (chunk {default_chunk})": lambda: per_text(lambda x: ours(x, reuse=False), items),
-        **{f"ours, chunk {n} (no reuse)": (lambda n=n: chunked(n)) for n in map(int, args.chunks.split(","))},
-        "second context, logits_all": lambda: per_text(reference, items),
-    })
+    times = best_of(
+        args.repeats,
+        {
+            "ours, prefix reuse": lambda: per_text(ours, items),
+            f"ours, no reuse (chunk {default_chunk})": lambda: per_text(lambda x: ours(x, reuse=False), items),
+            **{f"ours, chunk {n} (no reuse)": (lambda n=n: chunked(n)) for n in map(int, args.chunks.split(","))},
+            "second context, logits_all": lambda: per_text(reference, items),
+        },
+    )
     for name, v in times.items():
         print(f"  {name:30s} {1000 * v:8.1f} ms/text")
     ref = times["second context, logits_all"]
     full = times[f"ours, no reuse (chunk {default_chunk})"]
-    print(f"  second context / ours: x{ref / full:.2f} without prefix reuse, "
-          f"x{ref / times['ours, prefix reuse']:.2f} with it")
+    print(
+        f"  second context / ours: x{ref / full:.2f} without prefix reuse, "
+        f"x{ref / times['ours, prefix reuse']:.2f} with it"
+    )
     diffs = [np.abs(np.array([p.logprob for p in ours(t)[1:]]) - reference(t)).max() for t in items[:3]]
     print(f"  largest |logprob difference| between the two: {max(diffs):.2e}")
     n_batch = judge._llm.n_batch
-    print(f"  logits memory: ours {judge.logits_chunk} x {n_vocab:,} floats = "
-          f"{judge.logits_chunk * n_vocab * 4 / 2**20:.0f} MiB; the logits_all context: llama-cpp-python's "
-          f"n_ctx x n_vocab scores = {args.n_ctx * n_vocab * 4 / 2**20:.0f} MiB plus llama.cpp's n_batch x n_vocab "
-          f"output buffer = {n_batch * n_vocab * 4 / 2**20:.0f} MiB")
+    print(
+        f"  logits memory: ours {judge.logits_chunk} x {n_vocab:,} floats = "
+        f"{judge.logits_chunk * n_vocab * 4 / 2**20:.0f} MiB; the logits_all context: llama-cpp-python's "
+        f"n_ctx x n_vocab scores = {args.n_ctx * n_vocab * 4 / 2**20:.0f} MiB plus llama.cpp's n_batch x n_vocab "
+        f"output buffer = {n_batch * n_vocab * 4 / 2**20:.0f} MiB"
+    )
 
-    chat_all = LlamaCppJudge(judge.model_path, model=judge.model, n_ctx=args.n_ctx, logits_all=True,
-                             n_threads=args.threads)
-    msgs = [{"role": "system", "content": items[0][:1200]},
-            {"role": "user", "content": "Does the feature fire on month names? Answer Yes or No."}]
+    chat_all = LlamaCppJudge(
+        judge.model_path, model=judge.model, n_ctx=args.n_ctx, logits_all=True, n_threads=args.threads
+    )
+    msgs = [
+        {"role": "system", "content": items[0][:1200]},
+        {"role": "user", "content": "Does the feature fire on month names? Answer Yes or No."},
+    ]
 
     def one_chat(j: LlamaCppJudge, i: int) -> float:
         m = [msgs[0], {"role": "user", "content": msgs[1]["content"] + f" (case {i})"}]
@@ -140,8 +162,10 @@ def main() -> None:
         one_chat(j, -1)
     a = min(one_chat(judge, i) for i in range(8))
     b = min(one_chat(chat_all, i) for i in range(8))
-    print(f"  one-token chat with logprobs (shared prefix): judge {1000 * a:.1f} ms, logits_all context "
-          f"{1000 * b:.1f} ms (x{b / a:.2f})")
+    print(
+        f"  one-token chat with logprobs (shared prefix): judge {1000 * a:.1f} ms, logits_all context "
+        f"{1000 * b:.1f} ms (x{b / a:.2f})"
+    )
     asyncio.run(chat_all.aclose())
     asyncio.run(judge.aclose())
 

@@ -40,21 +40,38 @@ async def measure(config: RunConfig, cache: ActivationCache, latents: list[int],
             start = time.perf_counter()
             score = await scorer(record, label, judge)
             u = score.usage
-            rows[scorer.name].append((u.calls, u.prompt_tokens, u.completion_tokens, score.n_failed,
-                                      time.perf_counter() - start, len(record.test) + len(record.negatives)))
+            rows[scorer.name].append(
+                (
+                    u.calls,
+                    u.prompt_tokens,
+                    u.completion_tokens,
+                    score.n_failed,
+                    time.perf_counter() - start,
+                    len(record.test) + len(record.negatives),
+                )
+            )
     n_held = statistics.mean(r[5] for rs in rows.values() for r in rs)
-    print(f"\nper latent, mean over {len(latents)} latents with {n_held:.0f} held-out examples each "
-          f"(judge {judge.model}):")
-    print(f"  {'scorer':20s} {'calls':>6s} {'calls/example':>13s} {'prompt tok':>10s} {'compl tok':>9s} "
-          f"{'unreadable':>10s} {'seconds':>8s} {'calls at 50+50':>15s}")
+    print(
+        f"\nper latent, mean over {len(latents)} latents with {n_held:.0f} held-out examples each "
+        f"(judge {judge.model}):"
+    )
+    print(
+        f"  {'scorer':20s} {'calls':>6s} {'calls/example':>13s} {'prompt tok':>10s} {'compl tok':>9s} "
+        f"{'unreadable':>10s} {'seconds':>8s} {'calls at 50+50':>15s}"
+    )
     for name, rs in rows.items():
         calls = statistics.mean(r[0] for r in rs)
         per_example = calls / n_held
-        scaled = per_example * DEFAULT_HELD_OUT if name.startswith(("detection", "fuzzing", "simulation",
-                                                                    "surprisal")) else calls
-        print(f"  {name:20s} {calls:6.1f} {per_example:13.2f} {statistics.mean(r[1] for r in rs):10.0f} "
-              f"{statistics.mean(r[2] for r in rs):9.0f} {statistics.mean(r[3] for r in rs):10.1f} "
-              f"{statistics.mean(r[4] for r in rs):8.1f} {scaled:15.0f}")
+        scaled = (
+            per_example * DEFAULT_HELD_OUT
+            if name.startswith(("detection", "fuzzing", "simulation", "surprisal"))
+            else calls
+        )
+        print(
+            f"  {name:20s} {calls:6.1f} {per_example:13.2f} {statistics.mean(r[1] for r in rs):10.0f} "
+            f"{statistics.mean(r[2] for r in rs):9.0f} {statistics.mean(r[3] for r in rs):10.1f} "
+            f"{statistics.mean(r[4] for r in rs):8.1f} {scaled:15.0f}"
+        )
 
 
 def main() -> None:
@@ -66,8 +83,9 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=40_000)
     parser.add_argument("--work", default=WORK)
     args = parser.parse_args()
-    config, cache, latents = default_run(args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n,
-                                         n_latents=args.latents)
+    config, cache, latents = default_run(
+        args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
+    )
     names = list(SCORERS) if args.scorers == "all" else args.scorers.split(",")
     judge = app.make_judge(args.judge, config)
     try:

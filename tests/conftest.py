@@ -14,28 +14,50 @@ def make_tiny_llama(seed: int = 0, vocab: int = 96, hidden: int = 16, layers: in
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     return LlamaForCausalLM(config).eval()
 
 
-def write_sparsify_sae(folder: Path, d_in: int = 16, num_latents: int = 24, k: int = 4, seed: int = 0,
-                       transcode: bool = False) -> Path:
+def write_sparsify_sae(
+    folder: Path, d_in: int = 16, num_latents: int = 24, k: int = 4, seed: int = 0, transcode: bool = False
+) -> Path:
     """A random TopK SAE in sparsify's layout; returns the hookpoint folder."""
     from safetensors.torch import save_file
 
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cfg.json").write_text(json.dumps({
-        "activation": "topk", "expansion_factor": 0, "normalize_decoder": True, "num_latents": num_latents,
-        "k": k, "multi_topk": False, "skip_connection": False, "transcode": transcode, "d_in": d_in}))
-    save_file({
-        "encoder.weight": torch.randn(num_latents, d_in, generator=g),
-        "encoder.bias": torch.randn(num_latents, generator=g) * 0.1,
-        "W_dec": torch.randn(num_latents, d_in, generator=g),
-        "b_dec": torch.randn(d_in, generator=g) * 0.1,
-    }, str(folder / "sae.safetensors"))
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "activation": "topk",
+                "expansion_factor": 0,
+                "normalize_decoder": True,
+                "num_latents": num_latents,
+                "k": k,
+                "multi_topk": False,
+                "skip_connection": False,
+                "transcode": transcode,
+                "d_in": d_in,
+            }
+        )
+    )
+    save_file(
+        {
+            "encoder.weight": torch.randn(num_latents, d_in, generator=g),
+            "encoder.bias": torch.randn(num_latents, generator=g) * 0.1,
+            "W_dec": torch.randn(num_latents, d_in, generator=g),
+            "b_dec": torch.randn(d_in, generator=g) * 0.1,
+        },
+        str(folder / "sae.safetensors"),
+    )
     return folder
 
 
@@ -55,8 +77,17 @@ def token_rows(n_rows: int, ctx_len: int = 64, vocab: int = 96, seed: int = 0):
         yield rng.integers(0, vocab, size=ctx_len).astype(np.int32)
 
 
-def build_tiny_cache(folder: Path, model, *, num_latents: int = 32, k: int = 3, rows: int = 48, ctx: int = 64,
-                     window: int = 8, seed: int = 1):
+def build_tiny_cache(
+    folder: Path,
+    model,
+    *,
+    num_latents: int = 32,
+    k: int = 3,
+    rows: int = 48,
+    ctx: int = 64,
+    window: int = 8,
+    seed: int = 1,
+):
     """A finished activation cache of a random SAE over random tokens."""
     from autointerp.cache.build import CacheSettings, build_cache
     from autointerp.cache.store import ActivationCache, CacheMeta
@@ -64,11 +95,29 @@ def build_tiny_cache(folder: Path, model, *, num_latents: int = 32, k: int = 3, 
 
     sae = write_sparsify_sae(folder / "sae" / "layers.1", num_latents=num_latents, k=k, seed=seed)
     encoder, hp = open_dictionary(model, str(sae.parent), None)
-    meta = CacheMeta(model="tiny", dictionary=encoder.name, hookpoint=hp.name, corpus="random",
-                     num_latents=encoder.num_latents, ctx_len=ctx, window_len=window, top_k=40, sample_size=120,
-                     seed=0, max_tokens=ctx * rows)
-    build_cache(folder / "cache", token_rows(rows, ctx, seed=3), model=model, hookpoint=hp, encoder=encoder,
-                meta=meta, settings=CacheSettings(ctx_len=ctx, window_len=window), progress=False)
+    meta = CacheMeta(
+        model="tiny",
+        dictionary=encoder.name,
+        hookpoint=hp.name,
+        corpus="random",
+        num_latents=encoder.num_latents,
+        ctx_len=ctx,
+        window_len=window,
+        top_k=40,
+        sample_size=120,
+        seed=0,
+        max_tokens=ctx * rows,
+    )
+    build_cache(
+        folder / "cache",
+        token_rows(rows, ctx, seed=3),
+        model=model,
+        hookpoint=hp,
+        encoder=encoder,
+        meta=meta,
+        settings=CacheSettings(ctx_len=ctx, window_len=window),
+        progress=False,
+    )
     return ActivationCache(folder / "cache")
 
 

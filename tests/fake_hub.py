@@ -91,8 +91,11 @@ class FakeHub:
         if method == "GET" and path == "/api/agent-harnesses":  # the client's user-agent lookup, anonymous
             return 200, {"standardEnvVars": [], "harnesses": {}}, {}
         if headers.get("authorization") != f"Bearer {self.token}":
-            return 401, {"error": "Invalid credentials in Authorization header"}, {
-                "X-Error-Message": "Invalid credentials in Authorization header"}
+            return (
+                401,
+                {"error": "Invalid credentials in Authorization header"},
+                {"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
         repo_path = r"(?P<type>model|dataset|space)s/(?P<repo>[^/]+/[^/]+?)"
         routes = [
             ("POST", r"/api/repos/create", self._create),
@@ -137,8 +140,16 @@ class FakeHub:
         if found is None:
             return self._not_found(repo)
         sha = hashlib.sha1(json.dumps(found.commits).encode()).hexdigest()
-        return 200, {"id": repo, "private": found.private, "sha": sha,
-                     "siblings": [{"rfilename": p} for p in sorted(found.files)]}, {}
+        return (
+            200,
+            {
+                "id": repo,
+                "private": found.private,
+                "sha": sha,
+                "siblings": [{"rfilename": p} for p in sorted(found.files)],
+            },
+            {},
+        )
 
     def _validate_yaml(self, body: bytes) -> tuple[int, Any, dict]:
         content = json.loads(body)["content"]
@@ -155,10 +166,21 @@ class FakeHub:
         if self._repo(type, repo) is None:
             return self._not_found(repo)
         files = json.loads(body)["files"]
-        return 200, {"files": [{
-            "path": f["path"], "shouldIgnore": False, "oid": None,
-            "uploadMode": "lfs" if f["path"].endswith(self.lfs_suffixes) and f["size"] > 0 else "regular",
-        } for f in files]}, {}
+        return (
+            200,
+            {
+                "files": [
+                    {
+                        "path": f["path"],
+                        "shouldIgnore": False,
+                        "oid": None,
+                        "uploadMode": "lfs" if f["path"].endswith(self.lfs_suffixes) and f["size"] > 0 else "regular",
+                    }
+                    for f in files
+                ]
+            },
+            {},
+        )
 
     def _lfs_batch(self, body: bytes, type: str, repo: str) -> tuple[int, Any, dict]:
         if self._repo(type, repo) is None:
@@ -168,8 +190,10 @@ class FakeHub:
         for obj in payload["objects"]:
             entry: dict[str, Any] = {"oid": obj["oid"], "size": obj["size"]}
             if obj["oid"] not in self.lfs_objects:
-                entry["actions"] = {"upload": {"href": f"{self.url}/_lfs/{obj['oid']}"},
-                                    "verify": {"href": f"{self.url}/_lfs/{obj['oid']}/verify"}}
+                entry["actions"] = {
+                    "upload": {"href": f"{self.url}/_lfs/{obj['oid']}"},
+                    "verify": {"href": f"{self.url}/_lfs/{obj['oid']}/verify"},
+                }
             objects.append(entry)
         return 200, {"transfer": "basic", "objects": objects}, {}
 
@@ -215,8 +239,7 @@ class FakeHub:
             found.lfs_paths |= lfs
             found.commits.append(lines[0]["value"]["summary"])
             oid = hashlib.sha1(f"{repo}:{len(found.commits)}".encode()).hexdigest()
-        return 200, {"commitUrl": f"{self._url(type, repo)}/commit/{oid}", "commitOid": oid,
-                     "pullRequestUrl": None}, {}
+        return 200, {"commitUrl": f"{self._url(type, repo)}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}, {}
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:

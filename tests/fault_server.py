@@ -60,10 +60,14 @@ def completion_body(request: dict[str, Any], text: str, top: dict[str, float] | 
             alts = dict(top) if (i == 0 and top) else {tok: -0.01}
             lp = alts.get(tok, -0.01)
             ranked = sorted(alts.items(), key=lambda kv: -kv[1])[:k]
-            content.append({
-                "token": tok, "logprob": lp, "bytes": list(tok.encode()),
-                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in ranked],
-            })
+            content.append(
+                {
+                    "token": tok,
+                    "logprob": lp,
+                    "bytes": list(tok.encode()),
+                    "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in ranked],
+                }
+            )
         choice["logprobs"] = {"content": content}
     prompt_chars = sum(len(str(m.get("content", ""))) for m in request.get("messages", []))
     return {
@@ -72,8 +76,11 @@ def completion_body(request: dict[str, Any], text: str, top: dict[str, float] | 
         "created": int(time.time()),
         "model": request.get("model", "fault"),
         "choices": [choice],
-        "usage": {"prompt_tokens": max(1, prompt_chars // 4), "completion_tokens": len(tokens),
-                  "total_tokens": max(1, prompt_chars // 4) + len(tokens)},
+        "usage": {
+            "prompt_tokens": max(1, prompt_chars // 4),
+            "completion_tokens": len(tokens),
+            "total_tokens": max(1, prompt_chars // 4) + len(tokens),
+        },
     }
 
 
@@ -100,12 +107,19 @@ def echo_body(request: dict[str, Any], text: str) -> dict[str, Any]:
             values.append(lp)
             alts = {tok: lp, "ALT": lp - 1.0} if lp is not None else None
             tops.append(dict(sorted(alts.items(), key=lambda kv: -kv[1])[:k]) if alts else None)
-        body["logprobs"] = {"tokens": tokens, "text_offset": offsets, "token_logprobs": values,
-                            "top_logprobs": tops}
-    return {"id": "cmpl-fault", "object": "text_completion", "created": int(time.time()),
-            "model": request.get("model", "fault"), "choices": [body],
-            "usage": {"prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": 1,
-                      "total_tokens": max(1, len(prompt) // 4) + 1}}
+        body["logprobs"] = {"tokens": tokens, "text_offset": offsets, "token_logprobs": values, "top_logprobs": tops}
+    return {
+        "id": "cmpl-fault",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": request.get("model", "fault"),
+        "choices": [body],
+        "usage": {
+            "prompt_tokens": max(1, len(prompt) // 4),
+            "completion_tokens": 1,
+            "total_tokens": max(1, len(prompt) // 4) + 1,
+        },
+    }
 
 
 class FaultServer:
@@ -169,8 +183,13 @@ class FaultServer:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
-                    self._send_json(200, {"object": "list", "data": [{"id": "fault", "object": "model",
-                                                                       "created": 0, "owned_by": "test"}]})
+                    self._send_json(
+                        200,
+                        {
+                            "object": "list",
+                            "data": [{"id": "fault", "object": "model", "created": 0, "owned_by": "test"}],
+                        },
+                    )
                 else:
                     self._send_json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -204,8 +223,7 @@ class FaultServer:
                     code = int(action[1])
                     headers = action[2] if len(action) > 2 and action[2] else {}
                     message = action[3] if len(action) > 3 else f"injected HTTP {code}"
-                    self._send_json(code, {"error": {"message": message, "type": "injected", "code": code}},
-                                    headers)
+                    self._send_json(code, {"error": {"message": message, "type": "injected", "code": code}}, headers)
                 elif kind == "hang":
                     server._stopping.wait(float(action[1]))
                     self.close_connection = True
@@ -233,8 +251,9 @@ class FaultServer:
         self._stopping.clear()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fault-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fault-server", daemon=True
+        )
         self._thread.start()
         return self
 

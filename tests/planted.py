@@ -24,12 +24,16 @@ CATEGORIES = {"month": MONTHS, "animal": ANIMALS}
 def _window(words: list[str], fire_at: set[int], strength: float, window: int, quantile: int) -> Example:
     toks = [(" " if i else "") + w for i, w in enumerate(words)]
     acts = [strength if i in fire_at else 0.0 for i in range(len(words))]
-    return Example(window=window, tokens=list(range(len(words))), str_tokens=toks, activations=acts,
-                   quantile=quantile if fire_at else -1)
+    return Example(
+        window=window,
+        tokens=list(range(len(words))),
+        str_tokens=toks,
+        activations=acts,
+        quantile=quantile if fire_at else -1,
+    )
 
 
-def planted_record(n_train: int = 20, n_test: int = 20, n_neg: int = 20, seed: int = 0,
-                   n_val: int = 0) -> LatentRecord:
+def planted_record(n_train: int = 20, n_test: int = 20, n_neg: int = 20, seed: int = 0, n_val: int = 0) -> LatentRecord:
     """A latent that fires on month names; its silent examples mention animals and fillers."""
     rng = np.random.default_rng(seed)
     window = 0
@@ -50,8 +54,9 @@ def planted_record(n_train: int = 20, n_test: int = 20, n_neg: int = 20, seed: i
 
     return LatentRecord(
         latent=LatentId("layers.10", 7),
-        stats=LatentStats(n_tokens=10_000, fire_tokens=n_train + n_test, fire_windows=n_train + n_test,
-                          max_activation=10.0),
+        stats=LatentStats(
+            n_tokens=10_000, fire_tokens=n_train + n_test, fire_windows=n_train + n_test, max_activation=10.0
+        ),
         train=[activating(i) for i in range(n_train)],
         test=[activating(i) for i in range(n_test)],
         negatives=[silent() for _ in range(n_neg)],
@@ -143,8 +148,10 @@ def oracle_text_scorer(text: str, top_logprobs: int) -> list[PromptToken]:
         for i, (tok, off) in enumerate(tokens):
             if off >= start and i:
                 lps[i] = -1.0 if _belongs(tok, words) else -6.0 if _belongs(tok, every) else -3.0
-    return [PromptToken(token=tok, offset=off, logprob=lp, top=dict(list(top.items())[:top_logprobs]))
-            for (tok, off), lp, top in zip(tokens, lps, tops, strict=True)]
+    return [
+        PromptToken(token=tok, offset=off, logprob=lp, top=dict(list(top.items())[:top_logprobs]))
+        for (tok, off), lp, top in zip(tokens, lps, tops, strict=True)
+    ]
 
 
 def simulation_oracle(messages: list[Message]) -> str:

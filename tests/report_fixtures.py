@@ -74,25 +74,45 @@ def judge(messages: list[Message]) -> Reply:
     return _reply(min(0.97, max(0.03, (0.7 if hit else 0.3) + 0.5 * (noise - 0.5))))
 
 
-def make_run(folder: Path, model, *, scorers: tuple[str, ...] = ("detection", "fuzzing"),
-             max_latents: int = 6, latents: list[int] | None = None) -> Path:
+def make_run(
+    folder: Path,
+    model,
+    *,
+    scorers: tuple[str, ...] = ("detection", "fuzzing"),
+    max_latents: int = 6,
+    latents: list[int] | None = None,
+) -> Path:
     """Cache, explain and score a tiny run in `folder` through the app's own stages; returns the folder.
 
     `latents` picks them by index (latents 2 and 16 of the tiny cache fire too rarely: they are skipped).
     """
     tokenizer = write_word_tokenizer(folder / "subject")
     cache = build_tiny_cache(folder, model)
-    config = RunConfig(model=str(tokenizer), sampling=SAMPLING, max_latents=max_latents, latents=latents,
-                       scorers=list(scorers),
-                       judge="scripted-judge", explainer="scripted-explainer")
+    config = RunConfig(
+        model=str(tokenizer),
+        sampling=SAMPLING,
+        max_latents=max_latents,
+        latents=latents,
+        scorers=list(scorers),
+        judge="scripted-judge",
+        explainer="scripted-explainer",
+    )
     files = RunFiles(folder)
     files.prepare()
     meta = cache.meta
-    resolved = {"model": "tiny-llama", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint,
-                "corpus": meta.corpus, "num_latents": meta.num_latents, "n_tokens": meta.n_tokens}
+    resolved = {
+        "model": "tiny-llama",
+        "dictionary": meta.dictionary,
+        "hookpoint": meta.hookpoint,
+        "corpus": meta.corpus,
+        "num_latents": meta.num_latents,
+        "n_tokens": meta.n_tokens,
+    }
     save_config(files.config, config, resolved)
-    judges = {"scripted-judge": ScriptedJudge(judge, model="scripted-judge"),
-              "scripted-explainer": ScriptedJudge(explainer, model="scripted-explainer")}
+    judges = {
+        "scripted-judge": ScriptedJudge(judge, model="scripted-judge"),
+        "scripted-explainer": ScriptedJudge(explainer, model="scripted-explainer"),
+    }
     asyncio.run(app.latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
     materialize(files, {k: resolved[k] for k in ("model", "dictionary", "hookpoint")}, config.scorers)
     return folder

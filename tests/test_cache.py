@@ -17,19 +17,38 @@ CTX, WIN, ROWS = 64, 16, 24
 
 
 def _meta(encoder, hookpoint, **kw) -> CacheMeta:
-    base = dict(model="tiny", dictionary=encoder.name, hookpoint=hookpoint.name, corpus="random",
-                num_latents=encoder.num_latents, ctx_len=CTX, window_len=WIN, top_k=6, sample_size=8, seed=0,
-                max_tokens=CTX * ROWS)
+    base = dict(
+        model="tiny",
+        dictionary=encoder.name,
+        hookpoint=hookpoint.name,
+        corpus="random",
+        num_latents=encoder.num_latents,
+        ctx_len=CTX,
+        window_len=WIN,
+        top_k=6,
+        sample_size=8,
+        seed=0,
+        max_tokens=CTX * ROWS,
+    )
     base.update(kw)
     return CacheMeta(**base)
 
 
 def _build(folder, model, encoder, hp, *, batch_rows=4, checkpoint_rows=8, rows=None, **meta_kw):
-    settings = CacheSettings(ctx_len=CTX, window_len=WIN, top_k=6, sample_size=8, batch_rows=batch_rows,
-                             checkpoint_rows=checkpoint_rows)
+    settings = CacheSettings(
+        ctx_len=CTX, window_len=WIN, top_k=6, sample_size=8, batch_rows=batch_rows, checkpoint_rows=checkpoint_rows
+    )
     rows = rows if rows is not None else token_rows(ROWS + 5, CTX)
-    build_cache(folder, rows, model=model, hookpoint=hp, encoder=encoder, meta=_meta(encoder, hp, **meta_kw),
-                settings=settings, progress=False)
+    build_cache(
+        folder,
+        rows,
+        model=model,
+        hookpoint=hp,
+        encoder=encoder,
+        meta=_meta(encoder, hp, **meta_kw),
+        settings=settings,
+        progress=False,
+    )
     return ActivationCache(folder)
 
 
@@ -66,8 +85,9 @@ def test_cache_matches_brute_force(tmp_path, setup):
     # per-token values round-trip through the sparse store (float16)
     for w in (0, 5, len(windows) - 1):
         for latent in range(encoder.num_latents):
-            np.testing.assert_allclose(cache.window_activations(w, latent), windows[w, :, latent].numpy(),
-                                       rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(
+                cache.window_activations(w, latent), windows[w, :, latent].numpy(), rtol=2e-3, atol=2e-3
+            )
     assert (cache.window_tokens(3) == np.stack(list(token_rows(ROWS, CTX))).reshape(-1, WIN)[3]).all()
 
 

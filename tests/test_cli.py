@@ -75,10 +75,25 @@ def test_any_local_hf_model_folder_and_a_jsonl_corpus(tmp_path, capsys):
 
     load_subject(None)  # makes sure the folder exists
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text("\n".join(json.dumps({"body": f"Document {i} talks about the weather in May."})
-                                for i in range(120)))
-    rc = main(["cache", "--out", str(tmp_path / "r"), "--model", str(embedded_cache_path()), "--corpus", str(corpus),
-               "--text-column", "body", "--n-tokens", "1024", "--quiet"])
+    corpus.write_text(
+        "\n".join(json.dumps({"body": f"Document {i} talks about the weather in May."}) for i in range(120))
+    )
+    rc = main(
+        [
+            "cache",
+            "--out",
+            str(tmp_path / "r"),
+            "--model",
+            str(embedded_cache_path()),
+            "--corpus",
+            str(corpus),
+            "--text-column",
+            "body",
+            "--n-tokens",
+            "1024",
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "1,024 tokens" in out.out
@@ -90,8 +105,21 @@ def test_new_scorers_and_prompt_logprobs_reach_the_config():
     from autointerp.app import make_judge
     from autointerp.cli import config_from_args
 
-    args = build_parser().parse_args(["score", "--out", "x", "--scorers", "simulation,surprisal", "--prompt-logprobs",
-                                      "--judge", "openai:m", "--judge-url", "http://127.0.0.1:9/v1", "--no-cache"])
+    args = build_parser().parse_args(
+        [
+            "score",
+            "--out",
+            "x",
+            "--scorers",
+            "simulation,surprisal",
+            "--prompt-logprobs",
+            "--judge",
+            "openai:m",
+            "--judge-url",
+            "http://127.0.0.1:9/v1",
+            "--no-cache",
+        ]
+    )
     config, explicit = config_from_args(args)
     assert config.scorers == ["simulation", "surprisal"] and config.prompt_logprobs
     assert {"scorers", "prompt_logprobs"} <= explicit

@@ -158,8 +158,9 @@ def test_saelens_covariance_whitening(sae_lens, tmp_path):
 
     g = torch.Generator().manual_seed(3)
     matrix = torch.eye(D_IN) + 0.1 * torch.randn(D_IN, D_IN, generator=g)
-    whitening = ActivationWhitening(mean=torch.randn(D_IN, generator=g), matrix=matrix,
-                                    inverse_matrix=torch.linalg.inv(matrix))
+    whitening = ActivationWhitening(
+        mean=torch.randn(D_IN, generator=g), matrix=matrix, inverse_matrix=torch.linalg.inv(matrix)
+    )
     sae = _saelens_sae(sae_lens, "jumprelu", normalize_activations="covariance_whitening")
     sae.save_model(tmp_path / "sae")
     with pytest.raises(DictionaryError, match="activation_whitening.safetensors"):
@@ -230,12 +231,27 @@ def test_saelens_pre6_config(tmp_path):
     g = torch.Generator().manual_seed(0)
     folder = tmp_path / "old"
     folder.mkdir()
-    (folder / "cfg.json").write_text(json.dumps({
-        "d_in": D_IN, "d_sae": D_SAE, "hook_point": "blocks.0.hook_resid_post",
-        "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}, "normalize_activations": False}))
-    save_file({"W_enc": torch.randn(D_IN, D_SAE, generator=g), "W_dec": torch.randn(D_SAE, D_IN, generator=g),
-               "b_enc": torch.randn(D_SAE, generator=g), "b_dec": torch.randn(D_IN, generator=g)},
-              str(folder / "sae_weights.safetensors"))
+    (folder / "cfg.json").write_text(
+        json.dumps(
+            {
+                "d_in": D_IN,
+                "d_sae": D_SAE,
+                "hook_point": "blocks.0.hook_resid_post",
+                "activation_fn_str": "topk",
+                "activation_fn_kwargs": {"k": 3},
+                "normalize_activations": False,
+            }
+        )
+    )
+    save_file(
+        {
+            "W_enc": torch.randn(D_IN, D_SAE, generator=g),
+            "W_dec": torch.randn(D_SAE, D_IN, generator=g),
+            "b_enc": torch.randn(D_SAE, generator=g),
+            "b_dec": torch.randn(D_IN, generator=g),
+        },
+        str(folder / "sae_weights.safetensors"),
+    )
     enc = load_dictionary(folder)
     assert (enc.kind, enc.k, enc.hookpoint, enc.normalize) == ("topk", 3, "blocks.0.hook_resid_post", "none")
     assert enc.pre_bias is not None
@@ -411,17 +427,20 @@ def test_wrong_hookpoint_reported_before_the_dictionary_is_read(tiny_llama, tmp_
         open_dictionary(tiny_llama, str(tmp_path / "missing"), "layers.99")
 
 
-@pytest.mark.parametrize("name, module_path, side", [
-    ("blocks.1.hook_resid_post", "layers.1", "output"),
-    ("blocks.1.hook_resid_pre", "layers.1", "input"),
-    ("blocks.0.mlp.hook_post", "layers.0.mlp.down_proj", "input"),
-    ("blocks.0.hook_mlp_out", "layers.0.mlp", "output"),
-    ("blocks.0.hook_attn_out", "layers.0.self_attn", "output"),
-    ("blocks.0.hook_resid_mid", "layers.0.post_attention_layernorm", "input"),
-    ("blocks.0.hook_mlp_in", "layers.0.post_attention_layernorm", "input"),  # before ln2, as in TL
-    ("layers.1", "layers.1", "output"),
-    ("model.layers.1.mlp", "layers.1.mlp", "output"),
-])
+@pytest.mark.parametrize(
+    "name, module_path, side",
+    [
+        ("blocks.1.hook_resid_post", "layers.1", "output"),
+        ("blocks.1.hook_resid_pre", "layers.1", "input"),
+        ("blocks.0.mlp.hook_post", "layers.0.mlp.down_proj", "input"),
+        ("blocks.0.hook_mlp_out", "layers.0.mlp", "output"),
+        ("blocks.0.hook_attn_out", "layers.0.self_attn", "output"),
+        ("blocks.0.hook_resid_mid", "layers.0.post_attention_layernorm", "input"),
+        ("blocks.0.hook_mlp_in", "layers.0.post_attention_layernorm", "input"),  # before ln2, as in TL
+        ("layers.1", "layers.1", "output"),
+        ("model.layers.1.mlp", "layers.1.mlp", "output"),
+    ],
+)
 def test_transformerlens_names(tiny_llama, name, module_path, side):
     hp = resolve(tiny_llama, name)
     assert (hp.module_path, hp.side) == (module_path, side)
@@ -504,20 +523,32 @@ def test_not_a_dictionary(tmp_path):
 def test_saelens_unknown_architecture(tmp_path):
     from safetensors.torch import save_file
 
-    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 2, "d_sae": 3, "architecture": "transcoder",
-                                                    "metadata": {"hook_name": "blocks.0.hook_resid_post"}}))
-    save_file({"W_enc": torch.zeros(2, 3), "W_dec": torch.zeros(3, 2), "b_dec": torch.zeros(2),
-               "b_enc": torch.zeros(3)}, str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {"d_in": 2, "d_sae": 3, "architecture": "transcoder", "metadata": {"hook_name": "blocks.0.hook_resid_post"}}
+        )
+    )
+    save_file(
+        {"W_enc": torch.zeros(2, 3), "W_dec": torch.zeros(3, 2), "b_dec": torch.zeros(2), "b_enc": torch.zeros(3)},
+        str(tmp_path / "sae_weights.safetensors"),
+    )
     with pytest.raises(DictionaryError, match="'transcoder' is not supported"):
         load_dictionary(tmp_path)
-
 
 
 # ---------------------------------------------------------------- decoding (what steering uses)
 
 
-@pytest.mark.parametrize("arch,normalize", [("standard", "none"), ("gated", "none"), ("topk", "none"),
-                                            ("standard", "constant_norm_rescale"), ("jumprelu", "layer_norm")])
+@pytest.mark.parametrize(
+    "arch,normalize",
+    [
+        ("standard", "none"),
+        ("gated", "none"),
+        ("topk", "none"),
+        ("standard", "constant_norm_rescale"),
+        ("jumprelu", "layer_norm"),
+    ],
+)
 def test_saelens_decode_matches(sae_lens, tmp_path, arch, normalize):
     """decode(encode(x), x) is SAELens's reconstruction, run-time normalisation undone as SAELens does."""
     sae = _saelens_sae(sae_lens, arch, normalize_activations=normalize)
@@ -535,10 +566,13 @@ def test_saelens_decode_of_unfolded_checkpoints_is_in_model_units(sae_lens, tmp_
 
     g = torch.Generator().manual_seed(3)
     matrix = torch.eye(D_IN) + 0.1 * torch.randn(D_IN, D_IN, generator=g)
-    whitening = ActivationWhitening(mean=torch.randn(D_IN, generator=g), matrix=matrix,
-                                    inverse_matrix=torch.linalg.inv(matrix))
-    cases = {"expected_average_only_in": ActivationScaler(scaling_factor=2.5),
-             "covariance_whitening": ActivationScaler(whitening=whitening)}
+    whitening = ActivationWhitening(
+        mean=torch.randn(D_IN, generator=g), matrix=matrix, inverse_matrix=torch.linalg.inv(matrix)
+    )
+    cases = {
+        "expected_average_only_in": ActivationScaler(scaling_factor=2.5),
+        "covariance_whitening": ActivationScaler(whitening=whitening),
+    }
     x = _inputs()
     for normalize, scaler in cases.items():
         sae = _saelens_sae(sae_lens, "standard", normalize_activations=normalize)

@@ -30,10 +30,25 @@ def _some_latents(cache, n):
 
 
 def test_options_reach_the_config():
-    args = build_parser().parse_args([
-        "run", "--out", "x", "--scorers", "detection,fuzzing,embedding", "--embedding-model", "/models/e5",
-        "--negatives", "similar", "--similar-model", "/models/mini", "--n-train-negatives", "7",
-        "--explainer-style", "contrastive"])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--out",
+            "x",
+            "--scorers",
+            "detection,fuzzing,embedding",
+            "--embedding-model",
+            "/models/e5",
+            "--negatives",
+            "similar",
+            "--similar-model",
+            "/models/mini",
+            "--n-train-negatives",
+            "7",
+            "--explainer-style",
+            "contrastive",
+        ]
+    )
     config, explicit = config_from_args(args)
     assert config.scorers == ["detection", "fuzzing", "embedding"] and config.embedding_model == "/models/e5"
     assert config.sampling.negatives == "similar" and config.sampling.similar_model == "/models/mini"
@@ -55,8 +70,10 @@ def test_contrastive_without_silent_examples_is_refused():
 def test_make_scorers_builds_the_embedding_scorer_on_the_shared_embedder():
     emb = fake_embedder()
     asked = []
-    scorers = make_scorers(RunConfig(scorers=["detection", "fuzzing", "embedding"], embedding_model="m"),
-                           embedder=lambda name: asked.append(name) or emb)
+    scorers = make_scorers(
+        RunConfig(scorers=["detection", "fuzzing", "embedding"], embedding_model="m"),
+        embedder=lambda name: asked.append(name) or emb,
+    )
     assert [type(s) for s in scorers] == [DetectionScorer, FuzzingScorer, EmbeddingScorer]
     assert asked == ["m"] and scorers[2].embedder is emb
 
@@ -112,8 +129,20 @@ def test_score_command_with_embedding_and_similar_negatives(tmp_path, tiny_llama
     worker = LatentWorker(files, config, sampler, explainer, None, [], {"explain"}, RunSummary())
     asyncio.run(process_latents(latents, worker, progress=False))
 
-    rc = main(["score", "--out", str(run), "--judge", "smollm2", "--scorers", "detection,fuzzing,embedding",
-               "--quiet", "--response-cache", str(tmp_path / "responses.sqlite")])
+    rc = main(
+        [
+            "score",
+            "--out",
+            str(run),
+            "--judge",
+            "smollm2",
+            "--scorers",
+            "detection,fuzzing,embedding",
+            "--quiet",
+            "--response-cache",
+            str(tmp_path / "responses.sqlite"),
+        ]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "embedding: mean auroc" in out.out
@@ -138,8 +167,17 @@ def test_embedding_can_choose_among_best_of_n_labels_without_a_judge(tmp_path, t
     config.explain.best_of = 3
     labels = iter(f"[EXPLANATION]: tokens t{i} t{i + 1}" for i in range(100))
     explainer = ScriptedJudge(lambda m: next(labels), model="ex")
-    worker = LatentWorker(files, config, Sampler(tiny_cache, decode_ids, SAMPLING), explainer, None, [],
-                          {"explain"}, RunSummary(), chooser=EmbeddingScorer(fake_embedder()))
+    worker = LatentWorker(
+        files,
+        config,
+        Sampler(tiny_cache, decode_ids, SAMPLING),
+        explainer,
+        None,
+        [],
+        {"explain"},
+        RunSummary(),
+        chooser=EmbeddingScorer(fake_embedder()),
+    )
     summary = asyncio.run(process_latents(config.latents, worker, progress=False))
     assert summary.explained == 2 and summary.failed == 0
     for row in read_jsonl(files.explanations):

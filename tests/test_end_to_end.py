@@ -15,8 +15,23 @@ import pytest
 def test_quick_run_on_the_embedded_default(tmp_path):
     out = tmp_path / "x"
     responses = tmp_path / "responses.sqlite"
-    cmd = [sys.executable, "-m", "autointerp.cli", "run", "--out", str(out), "--judge", "smollm2",
-           "--max-latents", "3", "--n-tokens", "20000", "--quiet", "--response-cache", str(responses)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "autointerp.cli",
+        "run",
+        "--out",
+        str(out),
+        "--judge",
+        "smollm2",
+        "--max-latents",
+        "3",
+        "--n-tokens",
+        "20000",
+        "--quiet",
+        "--response-cache",
+        str(responses),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 latents" in proc.stdout and "results:" in proc.stdout
@@ -43,8 +58,10 @@ def test_quick_run_on_the_embedded_default(tmp_path):
     assert len(config["environment"]["prompts_sha256"]) == 16
 
     # no window shown to the explainer was used to score the same latent
-    explained = {json.loads(line)["latent"]: set(json.loads(line)["train_windows"])
-                 for line in (out / "explanations.jsonl").read_text().splitlines()}
+    explained = {
+        json.loads(line)["latent"]: set(json.loads(line)["train_windows"])
+        for line in (out / "explanations.jsonl").read_text().splitlines()
+    }
     for latent, group in judgments.groupby("latent"):
         assert not explained[latent] & set(group["window"])
 

@@ -11,7 +11,7 @@ from autointerp.llm.scripted import ScriptedJudge
 
 
 def test_parse_takes_the_last_explanation_line():
-    text = "Thinking...\n[EXPLANATION]: first try\nOn reflection:\n[EXPLANATION]: \"month names\"\n"
+    text = 'Thinking...\n[EXPLANATION]: first try\nOn reflection:\n[EXPLANATION]: "month names"\n'
     assert parse_explanation(text) == "month names"
     assert parse_explanation("no label here") is None
     assert parse_explanation("[EXPLANATION]:   ") is None
@@ -138,5 +138,6 @@ def test_contrastive_explainer_needs_silent_examples():
     record = planted_record()
     record.train_negatives = []
     with pytest.raises(ExplanationFailed, match="no silent examples"):
-        asyncio.run(explain(record, ScriptedJudge(lambda m: "[EXPLANATION]: x"),
-                            ExplainerSettings(style="contrastive")))
+        asyncio.run(
+            explain(record, ScriptedJudge(lambda m: "[EXPLANATION]: x"), ExplainerSettings(style="contrastive"))
+        )

@@ -41,8 +41,15 @@ def write_neuronpedia(folder: Path, rows: list[dict], batches: int = 2) -> Path:
 
 
 def np_row(layer: str, index, description, model: str = "gpt-4o-mini") -> dict:
-    return {"modelId": "gemma-2-2b", "layer": layer, "index": str(index), "description": description,
-            "typeName": "oai_token-act-pair", "explanationModelName": model, "authorId": "x"}
+    return {
+        "modelId": "gemma-2-2b",
+        "layer": layer,
+        "index": str(index),
+        "description": description,
+        "typeName": "oai_token-act-pair",
+        "explanationModelName": model,
+        "authorId": "x",
+    }
 
 
 def write_delphi(folder: Path, explanations: dict[tuple[str, int], str], model: str | None = "llama-70b") -> Path:
@@ -62,14 +69,21 @@ def write_eleuther(path: Path, explanations: dict) -> Path:
 
 def write_saebench(path: Path, explanations: dict, hook: str = "blocks.10.hook_resid_post") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
-        "eval_type_id": "autointerp", "eval_config": {"model_name": "gemma-2-2b"},
-        "eval_result_metrics": {"autointerp": {"autointerp_score": 0.8}},
-        "sae_lens_id": "layer_10/width_16k/average_l0_71",
-        "sae_cfg_dict": {"d_sae": 16384, "hook_name": hook, "hook_layer": 10},
-        "eval_result_unstructured": {str(k): {"latent": k, "explanation": v, "score": 0.9, "predictions": [1]}
-                                     for k, v in explanations.items()},
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "eval_type_id": "autointerp",
+                "eval_config": {"model_name": "gemma-2-2b"},
+                "eval_result_metrics": {"autointerp": {"autointerp_score": 0.8}},
+                "sae_lens_id": "layer_10/width_16k/average_l0_71",
+                "sae_cfg_dict": {"d_sae": 16384, "hook_name": hook, "hook_layer": 10},
+                "eval_result_unstructured": {
+                    str(k): {"latent": k, "explanation": v, "score": 0.9, "predictions": [1]}
+                    for k, v in explanations.items()
+                },
+            }
+        )
+    )
     return path
 
 
@@ -117,7 +131,9 @@ def test_eleuther_file_takes_its_layer_from_the_file_name(tmp_path):
     assert detect_format(path) == "eleuther" and detect_format(path.parent) == "eleuther"
     _, entries = read_explanations(path)
     assert {(e.layer, e.latent, e.text) for e in entries if not e.problem} == {
-        ("model.layers.11", 0, "commas"), ("model.layers.11", 5, "Paris")}
+        ("model.layers.11", 0, "commas"),
+        ("model.layers.11", 5, "Paris"),
+    }
     assert [e.problem for e in entries if e.problem] == ["key 'x' is not a latent index"]
     # a file whose name names no layer: the entries fit any run (layer None)
     _, entries = read_explanations(write_eleuther(tmp_path / "mine.json", {"1": "a"}))
@@ -134,11 +150,14 @@ def test_saebench_results_name_the_hook(tmp_path):
 
 def test_our_log_gives_each_latents_newest_row_and_reports_failures(tmp_path):
     run = tmp_path / "run"
-    write_our_log(run / "explanations.jsonl", [
-        {"latent": 1, "hookpoint": "layers.10", "status": "error", "explanation": None},
-        {"latent": 1, "hookpoint": "layers.10", "status": "ok", "explanation": "months", "explainer_model": "qwen"},
-        {"latent": 2, "hookpoint": "layers.10", "status": "failed", "explanation": None},
-    ])
+    write_our_log(
+        run / "explanations.jsonl",
+        [
+            {"latent": 1, "hookpoint": "layers.10", "status": "error", "explanation": None},
+            {"latent": 1, "hookpoint": "layers.10", "status": "ok", "explanation": "months", "explainer_model": "qwen"},
+            {"latent": 2, "hookpoint": "layers.10", "status": "failed", "explanation": None},
+        ],
+    )
     assert detect_format(run) == "autointerp" and detect_format(run / "explanations.jsonl") == "autointerp"
     _, entries = read_explanations(run)
     assert len(entries) == 2
@@ -150,8 +169,15 @@ def test_our_log_gives_each_latents_newest_row_and_reports_failures(tmp_path):
 
 def test_our_results_parquet(tmp_path):
     path = tmp_path / "results.parquet"
-    pd.DataFrame({"hookpoint": ["layers.10", "layers.10"], "latent": [4, 5], "explanation": ["x", None],
-                  "explainer_model": ["m", "m"], "status": ["ok", "skipped"]}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "hookpoint": ["layers.10", "layers.10"],
+            "latent": [4, 5],
+            "explanation": ["x", None],
+            "explainer_model": ["m", "m"],
+            "status": ["ok", "skipped"],
+        }
+    ).to_parquet(path)
     assert detect_format(path) == "autointerp"
     _, entries = read_explanations(path)
     assert [(e.latent, e.text, bool(e.problem)) for e in entries] == [(4, "x", False), (5, None, True)]
@@ -175,14 +201,26 @@ def test_unknown_shapes_say_what_is_expected(tmp_path):
 # ---------------------------------------------------------------- layer names
 
 
-@pytest.mark.parametrize("name, layer, site", [
-    ("layers.10", 10, "resid"), (".model.layers.10", 10, "resid"), ("model.layers.10", 10, "resid"),
-    ("blocks.10.hook_resid_post", 10, "resid"), ("blocks.11.hook_resid_pre", 10, "resid"),
-    ("10-gemmascope-res-16k", 10, "resid"), ("6-res_post_32k-oai", 6, "resid"),
-    ("10-gemmascope-mlp-16k", 10, "mlp"), ("layers.10.mlp", 10, "mlp"), ("blocks.10.hook_mlp_out", 10, "mlp"),
-    ("0-att-kk", 0, "attn"), ("layers.4.self_attn", 4, "attn"), ("blocks.3.hook_mlp_in", 3, "resid_mid"),
-    ("layer_10/width_16k/average_l0_71", 10, None), ("embed", None, None),
-])
+@pytest.mark.parametrize(
+    "name, layer, site",
+    [
+        ("layers.10", 10, "resid"),
+        (".model.layers.10", 10, "resid"),
+        ("model.layers.10", 10, "resid"),
+        ("blocks.10.hook_resid_post", 10, "resid"),
+        ("blocks.11.hook_resid_pre", 10, "resid"),
+        ("10-gemmascope-res-16k", 10, "resid"),
+        ("6-res_post_32k-oai", 6, "resid"),
+        ("10-gemmascope-mlp-16k", 10, "mlp"),
+        ("layers.10.mlp", 10, "mlp"),
+        ("blocks.10.hook_mlp_out", 10, "mlp"),
+        ("0-att-kk", 0, "attn"),
+        ("layers.4.self_attn", 4, "attn"),
+        ("blocks.3.hook_mlp_in", 3, "resid_mid"),
+        ("layer_10/width_16k/average_l0_71", 10, None),
+        ("embed", None, None),
+    ],
+)
 def test_layer_names_of_every_dialect(name, layer, site):
     key = layer_key(name)
     assert (key.layer, key.site) == (layer, site)
@@ -204,17 +242,26 @@ def _entry(latent, text="x", layer="layers.10", origin=None) -> SourceEntry:
 
 
 def test_matching_keeps_the_runs_layer_and_says_why_for_the_rest():
-    entries = [_entry(0, "a"), _entry(1, "b", layer="10-gemmascope-res-16k"), _entry(0, "a again"),
-               _entry(2, "  "), _entry(99, "far"), _entry(3, "other", layer="20-gemmascope-res-16k"),
-               _entry(4, "other", layer="20-gemmascope-res-16k"), _entry(5, "mlp", layer="10-gemmascope-mlp-16k"),
-               SourceEntry("neuronpedia", "f:bad", "layers.10", None, "t", problem="index 'q' is not a latent index")]
+    entries = [
+        _entry(0, "a"),
+        _entry(1, "b", layer="10-gemmascope-res-16k"),
+        _entry(0, "a again"),
+        _entry(2, "  "),
+        _entry(99, "far"),
+        _entry(3, "other", layer="20-gemmascope-res-16k"),
+        _entry(4, "other", layer="20-gemmascope-res-16k"),
+        _entry(5, "mlp", layer="10-gemmascope-mlp-16k"),
+        SourceEntry("neuronpedia", "f:bad", "layers.10", None, "t", problem="index 'q' is not a latent index"),
+    ]
     m = match_entries(entries, hookpoint="layers.10", num_latents=10)
     assert {k: v.text for k, v in m.accepted.items()} == {0: "a", 1: "b"}
     assert {u.kind for u in m.unused} == {"duplicate", "empty", "out_of_range", "unreadable"}
     reasons = {u.kind: u.reason for u in m.unused}
     assert "f:0" in reasons["duplicate"] and "10 latents (0..9)" in reasons["out_of_range"]
     assert {k: (v.entries, v.latents) for k, v in m.other_layers.items()} == {
-        "20-gemmascope-res-16k": (2, [3, 4]), "10-gemmascope-mlp-16k": (1, [5, 5])}
+        "20-gemmascope-res-16k": (2, [3, 4]),
+        "10-gemmascope-mlp-16k": (1, [5, 5]),
+    }
     # naming the file's layer takes it whatever the run's hookpoint is called
     m = match_entries(entries, hookpoint="layers.10", num_latents=10, layer="20-gemmascope-res-16k")
     assert sorted(m.accepted) == [3, 4]
@@ -231,9 +278,17 @@ def make_run(tmp_path: Path, tiny_cache, **config) -> RunFiles:
     files.prepare()
     shutil.copytree(tiny_cache.folder, files.cache)
     meta = tiny_cache.meta
-    save_config(files.config, RunConfig(model="tiny", sampling=SAMPLING, **config),
-                {"model": "tiny", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint,
-                 "num_latents": meta.num_latents, "n_tokens": meta.n_tokens})
+    save_config(
+        files.config,
+        RunConfig(model="tiny", sampling=SAMPLING, **config),
+        {
+            "model": "tiny",
+            "dictionary": meta.dictionary,
+            "hookpoint": meta.hookpoint,
+            "num_latents": meta.num_latents,
+            "n_tokens": meta.n_tokens,
+        },
+    )
     return files
 
 
@@ -300,8 +355,11 @@ def oracle_judge(monkeypatch) -> ScriptedJudge:
 
 def test_nothing_matching_is_an_error_that_names_both_sides(tmp_path, tiny_cache):
     files = make_run(tmp_path, tiny_cache)
-    source = write_neuronpedia(tmp_path / "np", [np_row("20-gemmascope-res-16k", i, "x") for i in range(100)]
-                               + [np_row("1-gemmascope-res-16k", 5000, "too far")])
+    source = write_neuronpedia(
+        tmp_path / "np",
+        [np_row("20-gemmascope-res-16k", i, "x") for i in range(100)]
+        + [np_row("1-gemmascope-res-16k", 5000, "too far")],
+    )
     with pytest.raises(ExplanationImportError) as err:
         import_explanations(files, RunConfig(sampling=SAMPLING), source)
     text = str(err.value)
@@ -318,9 +376,17 @@ def test_the_report_lists_every_entry_left_out_and_a_reimport_adds_nothing(tmp_p
     files = make_run(tmp_path, tiny_cache)
     good = scoreable_latents(tiny_cache)
     rare = next(i for i in range(tiny_cache.num_latents) if tiny_cache.state.fire_windows[i] < SAMPLING.min_examples)
-    source = write_delphi(tmp_path / "delphi", {
-        ("layers.1", good[0]): "first", ("layers.1", good[1]): "second", ("layers.1", rare): "never fires",
-        ("layers.1", 40): "out of range", ("layers.1", 3): "", ("layers.0", good[0]): "another layer"})
+    source = write_delphi(
+        tmp_path / "delphi",
+        {
+            ("layers.1", good[0]): "first",
+            ("layers.1", good[1]): "second",
+            ("layers.1", rare): "never fires",
+            ("layers.1", 40): "out of range",
+            ("layers.1", 3): "",
+            ("layers.0", good[0]): "another layer",
+        },
+    )
     outcome = import_explanations(files, RunConfig(sampling=SAMPLING), source)
     assert outcome.latents == sorted(good) and (outcome.new, outcome.replaced, outcome.unchanged) == (2, 0, 0)
     summary = outcome.summary()
@@ -328,7 +394,8 @@ def test_the_report_lists_every_entry_left_out_and_a_reimport_adds_nothing(tmp_p
     assert "1 in other layers (layers.0: 1" in summary and "import_report.json" in summary
     report = json.loads((files.folder / "import_report.json").read_text())
     assert sorted((u["latent"], u["kind"]) for u in report["unused"]) == sorted(
-        [(rare, "too_rare"), (40, "out_of_range"), (3, "empty")])
+        [(rare, "too_rare"), (40, "out_of_range"), (3, "empty")]
+    )
     rows = {r["latent"]: r for r in read_jsonl(files.explanations)}
     assert rows[good[0]]["explainer_model"] == "imported:delphi:llama-70b" and rows[good[0]]["status"] == "ok"
     assert rows[good[0]]["fire_windows"] == tiny_cache.state.fire_windows[good[0]]
@@ -351,23 +418,29 @@ def test_score_without_a_cache_says_to_cache_first(tmp_path):
 
 
 def _score(run: RunFiles, source: Path, capsys, *extra: str) -> str:
-    rc = main(["score", "--out", str(run.folder), "--explanations", str(source), "--judge", "oracle", "--quiet",
-               *extra])
+    rc = main(
+        ["score", "--out", str(run.folder), "--explanations", str(source), "--judge", "oracle", "--quiet", *extra]
+    )
     out = capsys.readouterr()
     assert rc == 0, out.err
     return out.out
 
 
-def test_imported_explanations_are_scored_and_a_right_one_beats_a_wrong_one(tmp_path, tiny_cache, oracle_judge,
-                                                                            capsys):
+def test_imported_explanations_are_scored_and_a_right_one_beats_a_wrong_one(tmp_path, tiny_cache, oracle_judge, capsys):
     files = make_run(tmp_path, tiny_cache)
     a, b = scoreable_latents(tiny_cache)
     right_a, wrong_a = firing_tokens(tiny_cache, a)
     right_b, _ = firing_tokens(tiny_cache, b)
     # a Neuronpedia export with the run's layer under its own name, another layer, and an empty entry
-    source = write_neuronpedia(tmp_path / "np", [
-        np_row("1-tiny-res", a, describe(right_a)), np_row("1-tiny-res", b, describe(right_b)),
-        np_row("1-tiny-res", 7, ""), np_row("0-tiny-res", a, "another layer")])
+    source = write_neuronpedia(
+        tmp_path / "np",
+        [
+            np_row("1-tiny-res", a, describe(right_a)),
+            np_row("1-tiny-res", b, describe(right_b)),
+            np_row("1-tiny-res", 7, ""),
+            np_row("0-tiny-res", a, "another layer"),
+        ],
+    )
     out = _score(files, source, capsys)
     assert "imported 2 explanations" in out and "1 empty" in out and "1 in other layers (0-tiny-res: 1, latent " in out
     assert "2 latents" in out
@@ -419,8 +492,17 @@ def test_cli_explanations_layer_and_format_options(tmp_path, tiny_cache, oracle_
     source = write_eleuther(tmp_path / "weird-name-7_feature.json", {str(a): describe(right)})
     rc = main(["score", "--out", str(files.folder), "--explanations", str(source), "--judge", "oracle", "--quiet"])
     assert rc == 2 and "weird-name-7" in capsys.readouterr().err
-    out = _score(files, source, capsys, "--explanations-layer", "weird-name-7", "--explanations-format", "eleuther",
-                 "--scorers", "detection")
+    out = _score(
+        files,
+        source,
+        capsys,
+        "--explanations-layer",
+        "weird-name-7",
+        "--explanations-format",
+        "eleuther",
+        "--scorers",
+        "detection",
+    )
     assert "imported 1 explanations" in out
     assert pd.read_parquet(files.results).set_index("latent").loc[a, "explainer_model"] == "imported:eleuther"
     rc = main(["score", "--out", str(files.folder), "--explanations-format", "delphi", "--judge", "oracle"])

@@ -12,8 +12,9 @@ from fake_embedder import fake_embedder
 from autointerp.negatives import cofiring_jaccard, cooccurring_latents, negative_groups
 from autointerp.sampling import Sampler, SamplingSettings
 
-BASE = SamplingSettings(n_train=20, n_test=25, n_negatives=25, n_train_negatives=10, n_validation=8,
-                        min_examples=10, similar_pool=200)
+BASE = SamplingSettings(
+    n_train=20, n_test=25, n_negatives=25, n_train_negatives=10, n_validation=8, min_examples=10, similar_pool=200
+)
 KINDS = ["random", "similar", "cooccurring"]
 
 
@@ -70,8 +71,9 @@ def test_hard_negatives_are_deterministic_and_order_free(tiny_cache, kind):
         assert [e.window for e in ra.negatives] == [e.window for e in rb.negatives]
         assert [e.window for e in ra.train_negatives] == [e.window for e in rb.train_negatives]
     other_seed = [_sampler(tiny_cache, kind, seed=5).record(i) for i in latents]
-    assert any([e.window for e in x.negatives] != [e.window for e in y.negatives]
-               for x, y in zip(a, other_seed, strict=True))
+    assert any(
+        [e.window for e in x.negatives] != [e.window for e in y.negatives] for x, y in zip(a, other_seed, strict=True)
+    )
 
 
 def test_similar_negatives_are_closer_to_the_activating_examples_than_random_ones(tiny_cache):
@@ -127,8 +129,10 @@ def test_cofiring_counts_match_a_brute_force_count(tiny_cache):
     windows = tiny_cache.sampled_windows(latent)[:30]
     counts, own = tiny_cache.cofiring_counts(latent, windows)
     expected = np.zeros(tiny_cache.num_latents, np.int64)
-    acts = {i: np.concatenate([tiny_cache.window_activations(int(w), i) for w in windows]) > 0
-            for i in range(tiny_cache.num_latents)}
+    acts = {
+        i: np.concatenate([tiny_cache.window_activations(int(w), i) for w in windows]) > 0
+        for i in range(tiny_cache.num_latents)
+    }
     for i in range(tiny_cache.num_latents):
         expected[i] = int((acts[i] & acts[latent]).sum())
     assert own == int(acts[latent].sum()) == counts[latent]
@@ -173,7 +177,8 @@ def test_bad_settings_say_what_is_valid(tiny_cache):
     with pytest.raises(ValueError, match="give the Sampler an embedder"):
         without.record(latent)
     # what needs no negatives needs no embedder: the activating examples are the same either way
-    assert [e.window for e in without.record(latent, negatives=False).train] == \
-        [e.window for e in _sampler(tiny_cache, "similar").record(latent).train]
+    assert [e.window for e in without.record(latent, negatives=False).train] == [
+        e.window for e in _sampler(tiny_cache, "similar").record(latent).train
+    ]
     with pytest.raises(ValueError, match="random, similar, cooccurring"):
         Sampler(tiny_cache, decode_ids, _settings(negatives="hardest"))

@@ -162,8 +162,9 @@ def test_an_output_latent_that_detection_misses(planted):
     words = WordTokenizer()
     as_words = Sampler(cache, lambda ids: [words.decode([i]) for i in ids], SAMPLING).record(record.latent.index)
     detection = _score(DetectionScorer(), as_words, RIGHT, ScriptedJudge(oracle))
-    intervention = _score(InterventionScorer(_runner(planted)), record, RIGHT,
-                          ScriptedJudge(lambda m: "", text_scorer=oracle_text_scorer))
+    intervention = _score(
+        InterventionScorer(_runner(planted)), record, RIGHT, ScriptedJudge(lambda m: "", text_scorer=oracle_text_scorer)
+    )
     assert detection.metrics["balanced_accuracy"] < 0.75
     assert intervention.metrics["surprisal_difference"] > 0.5 and intervention.metrics["win_rate"] > 0.7
 
@@ -252,8 +253,9 @@ def test_the_explanation_is_found_by_character_offsets():
     text, start, end = surprisal_text("some text", "month names")
     assert text[start:end] == "month names" and "some text" in text[:start]
     # a word-level tokenizer whose token " month" starts one character before the explanation
-    tokens = [PromptToken(m.group(), m.start(), None if i == 0 else -1.0)
-              for i, m in enumerate(re.finditer(r"\s*\S+", text))]
+    tokens = [
+        PromptToken(m.group(), m.start(), None if i == 0 else -1.0) for i, m in enumerate(re.finditer(r"\s*\S+", text))
+    ]
     assert span_logprob(tokens, start, end) == pytest.approx(-2.0)
     tokens[-1].logprob = None
     assert span_logprob(tokens, start, end) is None
@@ -270,12 +272,27 @@ def test_results_hold_the_intervention_columns(planted, tmp_path):
     _, cache, record = planted
     files = RunFiles(tmp_path / "run")
     files.prepare()
-    append_jsonl(files.explanations, {"latent": record.latent.index, "hookpoint": record.latent.hookpoint,
-                                      "status": "ok", "explanation": RIGHT, "explainer_model": "test"})
+    append_jsonl(
+        files.explanations,
+        {
+            "latent": record.latent.index,
+            "hookpoint": record.latent.hookpoint,
+            "status": "ok",
+            "explanation": RIGHT,
+            "explainer_model": "test",
+        },
+    )
     runner = _runner(planted)
-    worker = LatentWorker(files, RunConfig(sampling=SAMPLING), Sampler(cache, decode_ids, SAMPLING), None,
-                          ScriptedJudge(oracle_chooser, text_scorer=oracle_text_scorer),
-                          [InterventionScorer(runner), InterventionChoiceScorer(runner)], {"score"}, RunSummary())
+    worker = LatentWorker(
+        files,
+        RunConfig(sampling=SAMPLING),
+        Sampler(cache, decode_ids, SAMPLING),
+        None,
+        ScriptedJudge(oracle_chooser, text_scorer=oracle_text_scorer),
+        [InterventionScorer(runner), InterventionChoiceScorer(runner)],
+        {"score"},
+        RunSummary(),
+    )
     asyncio.run(process_latents([record.latent.index], worker, progress=False))
     table = materialize(files, {}, ["intervention", "intervention_choice"])
     row = table.iloc[0]
@@ -290,8 +307,19 @@ def test_results_hold_the_intervention_columns(planted, tmp_path):
 def test_cli_options(tmp_path):
     from autointerp.cli import _validate, build_parser, config_from_args
 
-    args = build_parser().parse_args(["score", "--out", str(tmp_path), "--scorers", "intervention,intervention_choice",
-                                      "--kl-target", "0.25", "--intervention-prompts", "12"])
+    args = build_parser().parse_args(
+        [
+            "score",
+            "--out",
+            str(tmp_path),
+            "--scorers",
+            "intervention,intervention_choice",
+            "--kl-target",
+            "0.25",
+            "--intervention-prompts",
+            "12",
+        ]
+    )
     config, explicit = config_from_args(args)
     assert config.scorers == ["intervention", "intervention_choice"]
     assert (config.intervention.kl_target, config.intervention.n_prompts) == (0.25, 12)
@@ -323,15 +351,24 @@ def test_real_subject_model_and_shipped_sae(tmp_path):
     subject = app.steering_subject(config)
     latent = int(np.flatnonzero(cache.state.fire_windows >= config.sampling.min_examples)[0])
     record = Sampler(cache, token_decoder(subject.tokenizer), config.sampling).record(latent)
-    judge = ScriptedJudge(lambda m: "A", text_scorer=lambda text, top: [
-        PromptToken(m.group(), m.start(), None if m.start() == 0 else -1.5) for m in re.finditer(r"\s*\S+", text)])
+    judge = ScriptedJudge(
+        lambda m: "A",
+        text_scorer=lambda text, top: [
+            PromptToken(m.group(), m.start(), None if m.start() == 0 else -1.5) for m in re.finditer(r"\s*\S+", text)
+        ],
+    )
     start = time.perf_counter()
-    score = asyncio.run(InterventionScorer(InterventionRunner(subject, cache, config.intervention))(
-        record, Explanation(record.latent, "anything", "test"), judge))
+    score = asyncio.run(
+        InterventionScorer(InterventionRunner(subject, cache, config.intervention))(
+            record, Explanation(record.latent, "anything", "test"), judge
+        )
+    )
     seconds = time.perf_counter() - start
-    print(f"\nintervention on SmolLM2-135M + shipped SAE: {seconds:.1f}s for latent {latent} "
-          f"({config.intervention.n_prompts} prompts), KL {score.metrics['kl']:.3f}, strength "
-          f"{score.metrics['strength']:.3g}")
+    print(
+        f"\nintervention on SmolLM2-135M + shipped SAE: {seconds:.1f}s for latent {latent} "
+        f"({config.intervention.n_prompts} prompts), KL {score.metrics['kl']:.3f}, strength "
+        f"{score.metrics['strength']:.3g}"
+    )
     assert score.metrics["kl"] == pytest.approx(0.5, rel=0.1)
     assert score.n_examples == 4 and score.n_failed == 0
     assert all(j.text.count("\n") == 2 for j in score.judgments)

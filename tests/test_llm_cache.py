@@ -98,14 +98,17 @@ def test_sampled_requests_are_never_cached(tmp_path):
     assert judge.stored() == 1
 
 
-@pytest.mark.parametrize("change", [
-    {"messages": msgs("hello!")},
-    {"messages": [{"role": "user", "content": "hello"}]},
-    {"max_tokens": 9},
-    {"logprobs": 5},
-    {"schema": {"type": "object"}},
-    {"namespace": "other-backend:other-model"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"messages": msgs("hello!")},
+        {"messages": [{"role": "user", "content": "hello"}]},
+        {"max_tokens": 9},
+        {"logprobs": 5},
+        {"schema": {"type": "object"}},
+        {"namespace": "other-backend:other-model"},
+    ],
+)
 def test_anything_that_decides_the_answer_is_in_the_key(tmp_path, change):
     inner = ScriptedJudge(echo)
     base = {"messages": msgs("hello"), "max_tokens": 8, "logprobs": 0, "schema": None}
@@ -125,19 +128,29 @@ def test_anything_that_decides_the_answer_is_in_the_key(tmp_path, change):
 
 
 def test_key_is_canonical():
-    a = cache_key("ns", [{"role": "user", "content": "x"}], max_tokens=4, temperature=0, logprobs=0,
-                  schema={"b": 1, "a": [1, 2]})
-    b = cache_key("ns", [{"content": "x", "role": "user"}], max_tokens=4, temperature=0.0, logprobs=0,
-                  schema={"a": [1, 2], "b": 1})
+    a = cache_key(
+        "ns", [{"role": "user", "content": "x"}], max_tokens=4, temperature=0, logprobs=0, schema={"b": 1, "a": [1, 2]}
+    )
+    b = cache_key(
+        "ns",
+        [{"content": "x", "role": "user"}],
+        max_tokens=4,
+        temperature=0.0,
+        logprobs=0,
+        schema={"a": [1, 2], "b": 1},
+    )
     assert a == b and len(a) == 64
-    assert a != cache_key("ns", [{"role": "user", "content": "x"}], max_tokens=4, temperature=0, logprobs=0,
-                          schema=None)
+    assert a != cache_key(
+        "ns", [{"role": "user", "content": "x"}], max_tokens=4, temperature=0, logprobs=0, schema=None
+    )
 
 
 def test_logprobs_survive_the_round_trip_exactly(tmp_path):
     top = {"Yes": math.log(0.7), "No": math.log(0.3), " yes": -1e-300, "\udcff": -math.inf, "é✓": -0.1 - 0.2}
-    tokens = [TokenLogprob(token="Yes", logprob=top["Yes"], top=top),
-              TokenLogprob(token="\n", logprob=-2.5e-17, top={})]
+    tokens = [
+        TokenLogprob(token="Yes", logprob=top["Yes"], top=top),
+        TokenLogprob(token="\n", logprob=-2.5e-17, top={}),
+    ]
     inner = ScriptedJudge(lambda m: Reply(text="Yes\n", logprobs=tokens))
     judge = cached(tmp_path, inner)
 
@@ -348,8 +361,9 @@ def test_a_foreign_database_is_refused(tmp_path):
 
 def test_price_table_from_json_and_toml(tmp_path):
     (tmp_path / "p.json").write_text('{"gpt-4o-mini": {"prompt": 0.15, "completion": 0.6}}')
-    (tmp_path / "p.toml").write_text('["gpt-4o-mini"]\nprompt = 0.15\ncompletion = 0.6\n\n[local]\nprompt = 0\n'
-                                     'completion = 0\n')
+    (tmp_path / "p.toml").write_text(
+        '["gpt-4o-mini"]\nprompt = 0.15\ncompletion = 0.6\n\n[local]\nprompt = 0\ncompletion = 0\n'
+    )
     from_json = PriceTable.load(tmp_path / "p.json")
     from_toml = PriceTable.load(tmp_path / "p.toml")
     assert from_json.get("gpt-4o-mini") == from_toml.get("gpt-4o-mini") == Price(0.15, 0.6)
@@ -375,15 +389,18 @@ def test_unknown_model_has_no_cost_and_says_so(tmp_path):
     assert "no price table" in describe(usage, "m", None)
 
 
-@pytest.mark.parametrize("name,text,match", [
-    ("p.json", "{not json", "cannot be parsed"),
-    ("p.toml", "[m\nprompt = 1", "cannot be parsed"),
-    ("p.json", '{"m": {"prompt": 1}}', "exactly the keys"),
-    ("p.json", '{"m": {"prompt": -1, "completion": 1}}', ">= 0"),
-    ("p.json", '{"m": {"prompt": "1", "completion": 1}}', ">= 0"),
-    ("p.json", '[1, 2]', "mapping"),
-    ("p.yaml", "m: 1", ".json or .toml"),
-])
+@pytest.mark.parametrize(
+    "name,text,match",
+    [
+        ("p.json", "{not json", "cannot be parsed"),
+        ("p.toml", "[m\nprompt = 1", "cannot be parsed"),
+        ("p.json", '{"m": {"prompt": 1}}', "exactly the keys"),
+        ("p.json", '{"m": {"prompt": -1, "completion": 1}}', ">= 0"),
+        ("p.json", '{"m": {"prompt": "1", "completion": 1}}', ">= 0"),
+        ("p.json", "[1, 2]", "mapping"),
+        ("p.yaml", "m: 1", ".json or .toml"),
+    ],
+)
 def test_bad_price_files_are_refused(tmp_path, name, text, match):
     (tmp_path / name).write_text(text)
     with pytest.raises(PriceTableError, match=match):
@@ -430,12 +447,15 @@ def test_prompt_logprobs_are_cached_and_keyed_apart_from_chat(tmp_path):
     assert inner.scored_texts == ["one two three", "one two three"]
     assert (judge.hits, judge.misses) == (1, 2) and (fresh.hits, fresh.misses) == (1, 0)
     assert judge.saved.prompt_tokens == 3 and judge.saved.calls == 1
-    assert prompt_logprobs_key("ns", "hi", top_logprobs=2) != prompt_logprobs_key("ns", "hi", top_logprobs=2,
-                                                                                  top_at=[0])
+    assert prompt_logprobs_key("ns", "hi", top_logprobs=2) != prompt_logprobs_key(
+        "ns", "hi", top_logprobs=2, top_at=[0]
+    )
     assert prompt_logprobs_key("ns", "hi", top_logprobs=2, top_at=[3, 0]) == prompt_logprobs_key(
-        "ns", "hi", top_logprobs=2, top_at=(0, 3, 3))
+        "ns", "hi", top_logprobs=2, top_at=(0, 3, 3)
+    )
     assert prompt_logprobs_key("ns", "hi", top_logprobs=2) != cache_key(
-        "ns", msgs("hi"), max_tokens=0, temperature=0.0, logprobs=2, schema=None)
+        "ns", msgs("hi"), max_tokens=0, temperature=0.0, logprobs=2, schema=None
+    )
 
 
 def test_prompt_logprobs_from_a_judge_that_cannot_is_a_clear_error(tmp_path):
@@ -449,8 +469,10 @@ def test_prompt_logprobs_top_at_keeps_alternatives_only_there(tmp_path):
 
     async def go():
         try:
-            return (await judge.prompt_logprobs("one two three", top_logprobs=2, top_at=[3]),
-                    await judge.prompt_logprobs("one two three", top_logprobs=2, top_at=[3]))
+            return (
+                await judge.prompt_logprobs("one two three", top_logprobs=2, top_at=[3]),
+                await judge.prompt_logprobs("one two three", top_logprobs=2, top_at=[3]),
+            )
         finally:
             await judge.aclose()
 

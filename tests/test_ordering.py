@@ -27,8 +27,10 @@ def test_waiters_are_served_by_key_then_arrival():
             served.append(name)
             gate.release()
 
-        tasks = [asyncio.create_task(waiter(n, k)) for n, k in
-                 [("c", (3,)), ("a1", (1, 2)), ("b", (2,)), ("a0", (1, 0)), ("a2", (1, 2))]]
+        tasks = [
+            asyncio.create_task(waiter(n, k))
+            for n, k in [("c", (3,)), ("a1", (1, 2)), ("b", (2,)), ("a0", (1, 0)), ("a2", (1, 2))]
+        ]
         await asyncio.sleep(0)
         gate.release()
         await asyncio.gather(*tasks)
@@ -100,8 +102,16 @@ def _run_interleaved(tmp_path, tiny_cache, gated: bool) -> list[tuple[int, ...]]
     judge = Slow(lambda m: yes_no(0.7))
     front = OrderedJudge(judge, 1) if gated else judge
     explainer = ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 to t9")
-    worker = LatentWorker(files, config, Sampler(tiny_cache, decode_ids, config.sampling), explainer, front,
-                          [DetectionScorer(), FuzzingScorer()], {"explain", "score"}, RunSummary())
+    worker = LatentWorker(
+        files,
+        config,
+        Sampler(tiny_cache, decode_ids, config.sampling),
+        explainer,
+        front,
+        [DetectionScorer(), FuzzingScorer()],
+        {"explain", "score"},
+        RunSummary(),
+    )
     asyncio.run(process_latents(latents, worker, concurrency=4, progress=False))
     return arrivals
 

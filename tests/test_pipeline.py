@@ -38,8 +38,16 @@ def _detector(messages):
 
 def _run(files, cache, config, explainer, judge, stages=frozenset({"explain", "score"})):
     latents, _ = select_latents(cache, config)
-    worker = LatentWorker(files, config, Sampler(cache, decode_ids, config.sampling), explainer, judge,
-                          [DetectionScorer(), FuzzingScorer()], set(stages), RunSummary())
+    worker = LatentWorker(
+        files,
+        config,
+        Sampler(cache, decode_ids, config.sampling),
+        explainer,
+        judge,
+        [DetectionScorer(), FuzzingScorer()],
+        set(stages),
+        RunSummary(),
+    )
     return asyncio.run(process_latents(latents, worker, progress=False)), latents
 
 
@@ -163,8 +171,13 @@ def test_usage_is_summed_per_model(tmp_path, tiny_cache):
 
     files = RunFiles(tmp_path / "run")
     files.prepare()
-    _run(files, tiny_cache, _config(max_latents=2), ScriptedJudge(_explainer, model="ex"),
-         ScriptedJudge(_detector, model="jd"))
+    _run(
+        files,
+        tiny_cache,
+        _config(max_latents=2),
+        ScriptedJudge(_explainer, model="ex"),
+        ScriptedJudge(_detector, model="jd"),
+    )
     totals = usage_by_model(files)
     assert set(totals) == {"ex", "jd"}
     assert totals["ex"].calls == 2
@@ -172,4 +185,5 @@ def test_usage_is_summed_per_model(tmp_path, tiny_cache):
     assert totals["jd"].calls == n_items and totals["jd"].prompt_tokens > 0
     prices = PriceTable.from_mapping({"jd": {"prompt": 1.0, "completion": 2.0}})
     assert cost(totals["jd"], "jd", prices) == pytest.approx(
-        (totals["jd"].prompt_tokens + 2 * totals["jd"].completion_tokens) / 1e6)
+        (totals["jd"].prompt_tokens + 2 * totals["jd"].completion_tokens) / 1e6
+    )

@@ -35,17 +35,36 @@ def run_folder(tiny_cache, tmp_path_factory) -> Path:
     files.prepare()
     sampling = SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, min_examples=10)
     # a judge URL with credentials in it: the card must show the host, never the key
-    config = RunConfig(sampling=sampling, max_latents=4, judge="openai:tiny-judge",
-                       judge_url=f"http://bob:{JUDGE_SECRET}@127.0.0.1:9/v1?api_key={JUDGE_SECRET}")
+    config = RunConfig(
+        sampling=sampling,
+        max_latents=4,
+        judge="openai:tiny-judge",
+        judge_url=f"http://bob:{JUDGE_SECRET}@127.0.0.1:9/v1?api_key={JUDGE_SECRET}",
+    )
     latents, _ = select_latents(tiny_cache, config)
     explainer = ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 to t9", model="scripted-explainer")
     judge = ScriptedJudge(lambda m: yes_no(0.8 if " t1" in m[-1]["content"] else 0.3), model="scripted-judge")
-    worker = LatentWorker(files, config, Sampler(tiny_cache, decode_ids, config.sampling), explainer, judge,
-                          [DetectionScorer(), FuzzingScorer()], {"explain", "score"}, RunSummary())
+    worker = LatentWorker(
+        files,
+        config,
+        Sampler(tiny_cache, decode_ids, config.sampling),
+        explainer,
+        judge,
+        [DetectionScorer(), FuzzingScorer()],
+        {"explain", "score"},
+        RunSummary(),
+    )
     asyncio.run(process_latents(latents, worker, progress=False))
-    resolved = {"model": "tiny-llama", "dictionary": "/data/sae/tiny/layers.1", "hookpoint": "layers.1",
-                "corpus": "random", "num_latents": tiny_cache.meta.num_latents, "n_tokens": 3072,
-                "dictionary_format": "sparsify", "d_in": 16}
+    resolved = {
+        "model": "tiny-llama",
+        "dictionary": "/data/sae/tiny/layers.1",
+        "hookpoint": "layers.1",
+        "corpus": "random",
+        "num_latents": tiny_cache.meta.num_latents,
+        "n_tokens": 3072,
+        "dictionary_format": "sparsify",
+        "d_in": 16,
+    }
     save_config(files.config, config, resolved)
     materialize(files, {k: resolved[k] for k in ("model", "dictionary", "hookpoint")}, config.scorers)
     (files.cache / "activations.bin").parent.mkdir(exist_ok=True)
@@ -89,8 +108,9 @@ def _publish(capfd, *argv: str) -> tuple[int, str, str]:
 
 
 def test_dry_run_folder_is_a_loadable_dataset_with_a_truthful_card(run_folder, tmp_path, capfd, monkeypatch):
-    rc, out, err = _publish(capfd, str(run_folder), "--repo", REPO, "--dry-run", "--with-judgments",
-                            "--license", "cc-by-4.0")
+    rc, out, err = _publish(
+        capfd, str(run_folder), "--repo", REPO, "--dry-run", "--with-judgments", "--license", "cc-by-4.0"
+    )
     assert rc == 0, err
     staged = run_folder / "hub"
     assert str(staged) in out and "nothing uploaded" in out
@@ -104,11 +124,21 @@ def test_dry_run_folder_is_a_loadable_dataset_with_a_truthful_card(run_folder, t
     assert meta["license"] == "cc-by-4.0" and "autointerp" in meta["tags"]
     assert meta["configs"] == [
         {"config_name": "results", "default": True, "data_files": [{"split": "train", "path": "data/results.parquet"}]},
-        {"config_name": "judgments", "data_files": [{"split": "train", "path": "judgments/judgments.parquet"}]}]
+        {"config_name": "judgments", "data_files": [{"split": "train", "path": "judgments/judgments.parquet"}]},
+    ]
     from autointerp.prompting import prompts_hash
 
-    for text in ("tiny-llama", "/data/sae/tiny/layers.1", "`layers.1`", "scripted-judge", "scripted-explainer",
-                 "openai:tiny-judge", prompts_hash(), "`sampling.n_test` | `6`", f'load_dataset("{REPO}"'):
+    for text in (
+        "tiny-llama",
+        "/data/sae/tiny/layers.1",
+        "`layers.1`",
+        "scripted-judge",
+        "scripted-explainer",
+        "openai:tiny-judge",
+        prompts_hash(),
+        "`sampling.n_test` | `6`",
+        f'load_dataset("{REPO}"',
+    ):
         assert text in card, text
     assert "127.0.0.1:9/v1" in card and JUDGE_SECRET not in card and "bob" not in card
 
@@ -123,8 +153,10 @@ def test_dry_run_folder_is_a_loadable_dataset_with_a_truthful_card(run_folder, t
             assert row in card, row
 
     # staging again gives the same bytes: the card is a function of the run folder
-    assert main(["publish", str(run_folder), "--repo", REPO, "--dry-run", "--with-judgments",
-                 "--license", "cc-by-4.0"]) == 0
+    assert (
+        main(["publish", str(run_folder), "--repo", REPO, "--dry-run", "--with-judgments", "--license", "cc-by-4.0"])
+        == 0
+    )
     assert _files(staged) == files
 
     import datasets
@@ -133,8 +165,9 @@ def test_dry_run_folder_is_a_loadable_dataset_with_a_truthful_card(run_folder, t
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     cache = str(tmp_path / "datasets-cache")
-    plain = datasets.load_dataset("parquet", data_files=str(staged / "data" / "results.parquet"), split="train",
-                                  cache_dir=cache)
+    plain = datasets.load_dataset(
+        "parquet", data_files=str(staged / "data" / "results.parquet"), split="train", cache_dir=cache
+    )
     assert plain.num_rows == len(results) and plain["latent"] == results["latent"].tolist()
     assert datasets.get_dataset_config_names(str(staged)) == ["results", "judgments"]
     by_card = datasets.load_dataset(str(staged), cache_dir=cache)  # the default config, from the card
@@ -155,8 +188,9 @@ def test_upload_sends_exactly_the_dry_run_folder(run_folder, tmp_path, hub_env, 
         monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)
         hub_env.lfs_suffixes = (".parquet",)
     dry = tmp_path / "dry"
-    rc, _, err = _publish(capfd, str(run_folder), "--repo", REPO, "--with-judgments", "--dry-run",
-                          "--staging-dir", str(dry))
+    rc, _, err = _publish(
+        capfd, str(run_folder), "--repo", REPO, "--with-judgments", "--dry-run", "--staging-dir", str(dry)
+    )
     assert rc == 0, err
     assert not hub_env.requests  # a dry run talks to nobody
 
@@ -246,6 +280,14 @@ def test_publish_help_teaches(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["publish", "--help"])
     out = capsys.readouterr().out
-    for text in ("examples:", "--repo", "--dry-run", "--private", "--with-judgments", "HF_TOKEN", "hf auth login",
-                 "load_dataset"):
+    for text in (
+        "examples:",
+        "--repo",
+        "--dry-run",
+        "--private",
+        "--with-judgments",
+        "HF_TOKEN",
+        "hf auth login",
+        "load_dataset",
+    ):
         assert text in out, text

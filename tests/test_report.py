@@ -86,8 +86,11 @@ def test_index_lists_every_latent_with_its_headline_scores(site, results):
         assert (site / "latents" / f"{latent}.html").exists()
         cells = re.search(rf'<tr><td class="num" data-v="{latent}">.*?</tr>', table).group(0)
         shown = [float(v) for v in re.findall(r'data-v="([^"]*)"', cells)[3:] if v]
-        expected = [row[c] for c in ("detection_balanced_accuracy", "detection_auroc", "fuzzing_balanced_accuracy",
-                                     "fuzzing_auroc") if pd.notna(row[c])]
+        expected = [
+            row[c]
+            for c in ("detection_balanced_accuracy", "detection_auroc", "fuzzing_balanced_accuracy", "fuzzing_auroc")
+            if pd.notna(row[c])
+        ]
         assert shown == pytest.approx(expected, rel=1e-5)
     # a histogram per scorer and shown metric, and a scatter for the one pair of scorers
     assert section(html, "distributions").count("<svg") == 4
@@ -112,13 +115,16 @@ def test_latent_page_shades_the_windows_the_explainer_saw(run, site, results):
     config, _ = load_config(run / "config.json")
     from transformers import AutoTokenizer
 
-    sampler = Sampler(ActivationCache(run / "cache"),
-                      token_decoder(AutoTokenizer.from_pretrained(run / "subject")), config.sampling)
+    sampler = Sampler(
+        ActivationCache(run / "cache"), token_decoder(AutoTokenizer.from_pretrained(run / "subject")), config.sampling
+    )
     logged = {r["latent"]: r for r in read_jsonl(run / "explanations.jsonl")}
     for latent in results.loc[results["status"] == "ok", "latent"]:
         html = (site / "latents" / f"{latent}.html").read_text()
-        assert unescape(re.search(r'<blockquote class="explanation">(.*?)</blockquote>', html).group(1)) == \
-            logged[latent]["explanation"]
+        assert (
+            unescape(re.search(r'<blockquote class="explanation">(.*?)</blockquote>', html).group(1))
+            == logged[latent]["explanation"]
+        )
         shown = contexts(section(html, "train"))
         expected = [sampler.example(w, int(latent)) for w in logged[latent]["train_windows"]]
         expected = [e for e in expected if e.activating]
@@ -214,10 +220,20 @@ def test_any_scorer_with_columns_is_reported(run, results, tmp_path):
 
 
 def test_scorer_columns_are_found_without_a_config():
-    table = pd.DataFrame({"latent": [1, 2], "detection_balanced_accuracy": [0.5, 0.7], "detection_auroc": [None, None],
-                          "detection_n": [4, 4], "detection_n_failed": [0, 1], "sim_corr": [0.1, 0.2],
-                          "sim_n_failed": [0, 0], "sim_tokens_corr": [0.3, 0.4], "sim_tokens_n_failed": [0, 0],
-                          "sim_tokens_judge_model": ["j", "j"]})
+    table = pd.DataFrame(
+        {
+            "latent": [1, 2],
+            "detection_balanced_accuracy": [0.5, 0.7],
+            "detection_auroc": [None, None],
+            "detection_n": [4, 4],
+            "detection_n_failed": [0, 1],
+            "sim_corr": [0.1, 0.2],
+            "sim_n_failed": [0, 0],
+            "sim_tokens_corr": [0.3, 0.4],
+            "sim_tokens_n_failed": [0, 0],
+            "sim_tokens_judge_model": ["j", "j"],
+        }
+    )
     found = {s.name: s for s in find_scorers(table, [])}
     assert found["detection"].metrics[:2] == ["balanced_accuracy", "auroc"]
     assert found["detection"].shown == ["balanced_accuracy", "auroc"]
@@ -250,6 +266,7 @@ def test_cli_says_what_is_missing(tmp_path, capsys):
 
 # ---- in a real browser ----
 
+
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
@@ -260,9 +277,21 @@ def _chromium() -> str:
 
 
 def _browser(url: str, tmp_path: Path, *mode: str) -> subprocess.CompletedProcess:
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900", *mode, url]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,900",
+        *mode,
+        url,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 

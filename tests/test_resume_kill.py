@@ -40,9 +40,30 @@ def flaky_judge(seed: int):
 
 
 def _cmd(out, url):
-    return [sys.executable, "-m", "autointerp.cli", "run", "--out", str(out), "--judge", "openai:flaky",
-            "--judge-url", url, "--max-latents", "4", "--n-tokens", "4096", "--n-test", "8", "--n-negatives", "8",
-            "--min-examples", "10", "--no-cache", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "autointerp.cli",
+        "run",
+        "--out",
+        str(out),
+        "--judge",
+        "openai:flaky",
+        "--judge-url",
+        url,
+        "--max-latents",
+        "4",
+        "--n-tokens",
+        "4096",
+        "--n-test",
+        "8",
+        "--n-negatives",
+        "8",
+        "--min-examples",
+        "10",
+        "--no-cache",
+        "--quiet",
+    ]
 
 
 @pytest.mark.slow
@@ -60,8 +81,9 @@ def test_sigkill_then_resume(tmp_path):
         assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        done_before = {(r["latent"], r["scorer"]) for r in map(json.loads, scores.read_text().splitlines())
-                       if r["status"] == "ok"}
+        done_before = {
+            (r["latent"], r["scorer"]) for r in map(json.loads, scores.read_text().splitlines()) if r["status"] == "ok"
+        }
         asked_before = len(server.requests)
         assert done_before
 

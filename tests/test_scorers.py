@@ -21,8 +21,11 @@ def _score(scorer, record, text, judge):
     return asyncio.run(scorer(record, Explanation(record.latent, text, "test"), judge))
 
 
-@pytest.mark.parametrize("scorer", [DetectionScorer(), FuzzingScorer(), FuzzingScorer(negatives="misplaced")],
-                         ids=["detection", "fuzzing", "fuzzing-misplaced"])
+@pytest.mark.parametrize(
+    "scorer",
+    [DetectionScorer(), FuzzingScorer(), FuzzingScorer(negatives="misplaced")],
+    ids=["detection", "fuzzing", "fuzzing-misplaced"],
+)
 def test_right_explanation_beats_wrong_one(scorer):
     record = planted_record()
     judge = ScriptedJudge(oracle)
@@ -120,8 +123,20 @@ def test_json_mode_batches_and_isolates_a_bad_batch():
         excerpts = re.findall(r"<excerpt>(.*?)</excerpt>", user)
         if batches["n"] == 1:
             return "[1, 0"  # truncated JSON, every time it is asked
-        answers = [int(oracle([{"role": "user", "content": f"Explanation of the feature: {explanation}\n"
-                                f"<excerpt>\n{e}\n</excerpt>"}]).text == "Yes") for e in excerpts]
+        answers = [
+            int(
+                oracle(
+                    [
+                        {
+                            "role": "user",
+                            "content": f"Explanation of the feature: {explanation}\n<excerpt>\n{e}\n</excerpt>",
+                        }
+                    ]
+                ).text
+                == "Yes"
+            )
+            for e in excerpts
+        ]
         return json.dumps({"answers": answers})
 
     settings = ClassifierSettings(mode="json", batch_size=5, max_reasks=0)

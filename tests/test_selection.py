@@ -31,8 +31,9 @@ def test_the_better_sampled_label_wins_on_validation_only():
     record = planted_record(n_val=10)
     explainer = SamplingExplainer("animal names", "month names")
     judge = ScriptedJudge(oracle)
-    chosen, candidates = asyncio.run(best_of_n(record, explainer, judge, DetectionScorer(),
-                                               ExplainerSettings(best_of=3)))
+    chosen, candidates = asyncio.run(
+        best_of_n(record, explainer, judge, DetectionScorer(), ExplainerSettings(best_of=3))
+    )
     assert chosen.text == "month names"
     assert sorted(explainer.temperatures) == [0.0, 0.7, 0.7]
     by_text = {c.text: c.score for c in candidates}
@@ -45,23 +46,38 @@ def test_the_better_sampled_label_wins_on_validation_only():
 
 def test_the_deterministic_label_is_kept_when_it_is_best():
     record = planted_record(n_val=10)
-    chosen, candidates = asyncio.run(best_of_n(record, SamplingExplainer("month names", "animal names"),
-                                               ScriptedJudge(oracle), DetectionScorer(), ExplainerSettings(best_of=2)))
+    chosen, candidates = asyncio.run(
+        best_of_n(
+            record,
+            SamplingExplainer("month names", "animal names"),
+            ScriptedJudge(oracle),
+            DetectionScorer(),
+            ExplainerSettings(best_of=2),
+        )
+    )
     assert chosen.text == "month names" and len(candidates) == 2
 
 
 def test_identical_samples_cost_no_rating_calls():
     judge = ScriptedJudge(oracle)
     explainer = SamplingExplainer("month names", "month names")
-    chosen, candidates = asyncio.run(best_of_n(planted_record(n_val=10), explainer, judge, DetectionScorer(),
-                                               ExplainerSettings(best_of=4)))
+    chosen, candidates = asyncio.run(
+        best_of_n(planted_record(n_val=10), explainer, judge, DetectionScorer(), ExplainerSettings(best_of=4))
+    )
     assert chosen.text == "month names" and len(candidates) == 1 and not judge.calls
 
 
 def test_no_validation_examples_is_a_clear_failure():
     with pytest.raises(ExplanationFailed, match="validation"):
-        asyncio.run(best_of_n(planted_record(n_val=0), SamplingExplainer("a", "b"), ScriptedJudge(oracle),
-                              DetectionScorer(), ExplainerSettings(best_of=2)))
+        asyncio.run(
+            best_of_n(
+                planted_record(n_val=0),
+                SamplingExplainer("a", "b"),
+                ScriptedJudge(oracle),
+                DetectionScorer(),
+                ExplainerSettings(best_of=2),
+            )
+        )
 
 
 def test_the_pipeline_records_candidates_and_validation_windows(tmp_path, tiny_cache):
@@ -73,15 +89,27 @@ def test_the_pipeline_records_candidates_and_validation_windows(tmp_path, tiny_c
     from autointerp.results import RunFiles
     from autointerp.sampling import Sampler, SamplingSettings
 
-    config = RunConfig(sampling=SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negatives=2,
-                                                 n_validation=6, min_examples=10),
-                       explain=ExplainerSettings(best_of=2), max_latents=2)
+    config = RunConfig(
+        sampling=SamplingSettings(
+            n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, n_validation=6, min_examples=10
+        ),
+        explain=ExplainerSettings(best_of=2),
+        max_latents=2,
+    )
     files = RunFiles(tmp_path / "run")
     files.prepare()
     latents, _ = select_latents(tiny_cache, config)
-    worker = LatentWorker(files, config, Sampler(tiny_cache, decode_ids, config.sampling),
-                          SamplingExplainer("tokens t1", "tokens t2"), ScriptedJudge(lambda m: yes_no(0.6)),
-                          [DetectionScorer()], {"explain", "score"}, RunSummary(), chooser=DetectionScorer())
+    worker = LatentWorker(
+        files,
+        config,
+        Sampler(tiny_cache, decode_ids, config.sampling),
+        SamplingExplainer("tokens t1", "tokens t2"),
+        ScriptedJudge(lambda m: yes_no(0.6)),
+        [DetectionScorer()],
+        {"explain", "score"},
+        RunSummary(),
+        chooser=DetectionScorer(),
+    )
     asyncio.run(process_latents(latents, worker, progress=False))
     for row in files.explanations_by_latent().values():
         assert row["status"] == "ok", row["error"]

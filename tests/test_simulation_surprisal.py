@@ -66,7 +66,7 @@ def test_simulation_all_at_once_right_beats_wrong():
     assert len(judge.scored_texts) == n and judge.calls == []  # one teacher-forced text per example
     # alternatives are asked for at the slots only: one per token of the example
     assert [len(t) for t in judge.top_at[:2]] == [12, 12]
-    assert all(judge.scored_texts[0][o - 1:o + 2] in ("\t0\n", "\t0") for o in judge.top_at[0])
+    assert all(judge.scored_texts[0][o - 1 : o + 2] in ("\t0\n", "\t0") for o in judge.top_at[0])
     wrong = _score(SimulationScorer(), record, WRONG, judge)
     assert right.n_failed == wrong.n_failed == 0 and right.n_examples == n
     # the oracle says 9 for every month while true strengths vary, so it is right but not perfect
@@ -104,12 +104,17 @@ def test_simulation_json_misalignment_is_a_recorded_failure_not_zeros():
             return json.dumps({"activations": json.loads(answer)["activations"][:-1]})  # one value short
         return answer
 
-    score = _score(SimulationScorer(SimulationSettings(max_reasks=1)), record, RIGHT,
-                   ScriptedJudge(short_on_council, supports_logprobs=False))
+    score = _score(
+        SimulationScorer(SimulationSettings(max_reasks=1)),
+        record,
+        RIGHT,
+        ScriptedJudge(short_on_council, supports_logprobs=False),
+    )
     bad = [j for j in score.judgments if "council" in j.text]
     assert bad and score.n_failed == len(bad)
-    assert all(j.prediction is None and j.probability is None and "11 activations for 12 tokens" in j.error
-               for j in bad)
+    assert all(
+        j.prediction is None and j.probability is None and "11 activations for 12 tokens" in j.error for j in bad
+    )
     assert calls["n"] == len(score.judgments) + len(bad)  # each failure was re-asked once
     assert score.metrics["correlation"] > 0.8  # computed from the readable answers only
 
@@ -141,8 +146,12 @@ def test_simulation_judge_errors_are_failures():
 
 def test_simulation_logprobs_mode_needs_prompt_logprobs():
     with pytest.raises(ValueError, match="prompt logprobs.*json"):
-        _score(SimulationScorer(SimulationSettings(mode="logprobs")), planted_record(), RIGHT,
-               ScriptedJudge(simulation_oracle))
+        _score(
+            SimulationScorer(SimulationSettings(mode="logprobs")),
+            planted_record(),
+            RIGHT,
+            ScriptedJudge(simulation_oracle),
+        )
 
 
 def test_simulation_text_keeps_corpus_text_on_its_line():
@@ -201,12 +210,18 @@ def test_surprisal_sends_explanation_texts_first_and_neutral_ones_after():
     described, neutral = judge.scored_texts[:6], judge.scored_texts[6:]
     assert all(t.startswith(text_prefix(RIGHT)) for t in described)
     assert all(t.startswith(text_prefix("ordinary text on any topic")) for t in neutral)
-    assert [t[len(text_prefix(RIGHT)):] for t in described] == [e.text.lstrip() for e in record.test + record.negatives]
+    assert [t[len(text_prefix(RIGHT)) :] for t in described] == [
+        e.text.lstrip() for e in record.test + record.negatives
+    ]
 
 
 def test_surprisal_counts_only_the_example_tokens():
-    tokens = [PromptToken("Text:", 0, None), PromptToken("\n", 5, -9.0), PromptToken("May", 6, -1.0),
-              PromptToken(" rain", 9, -3.0)]
+    tokens = [
+        PromptToken("Text:", 0, None),
+        PromptToken("\n", 5, -9.0),
+        PromptToken("May", 6, -1.0),
+        PromptToken(" rain", 9, -3.0),
+    ]
     assert example_loss(tokens, 6).value == pytest.approx(2.0)
     assert example_loss(tokens, 20).value is None
 
@@ -243,22 +258,39 @@ def test_pipeline_writes_their_columns_and_judgments(tmp_path, tiny_cache):
     from autointerp.results import RunFiles, materialize
     from autointerp.sampling import Sampler, SamplingSettings
 
-    config = RunConfig(scorers=["simulation", "surprisal"], max_latents=2,
-                       sampling=SamplingSettings(n_train=8, n_test=4, n_negatives=4, n_train_negatives=2,
-                                                 min_examples=10))
+    config = RunConfig(
+        scorers=["simulation", "surprisal"],
+        max_latents=2,
+        sampling=SamplingSettings(n_train=8, n_test=4, n_negatives=4, n_train_negatives=2, min_examples=10),
+    )
     files = RunFiles(tmp_path / "run")
     files.prepare()
     latents, _ = select_latents(tiny_cache, config)
     explainer = ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 to t9")
     judge = ScriptedJudge(no_chat, text_scorer=oracle_text_scorer)
-    worker = LatentWorker(files, config, Sampler(tiny_cache, decode_ids, config.sampling), explainer, judge,
-                          make_scorers(config), {"explain", "score"}, RunSummary())
+    worker = LatentWorker(
+        files,
+        config,
+        Sampler(tiny_cache, decode_ids, config.sampling),
+        explainer,
+        judge,
+        make_scorers(config),
+        {"explain", "score"},
+        RunSummary(),
+    )
     summary = asyncio.run(process_latents(latents, worker, progress=False))
     assert summary.failed == 0 and summary.scored == 2
     table = materialize(files, {"model": "tiny"}, config.scorers)
-    for column in ("simulation_correlation", "simulation_example_correlation", "simulation_auroc",
-                   "surprisal_auroc", "surprisal_reduction_activating", "surprisal_reduction_silent",
-                   "simulation_n", "surprisal_n_failed"):
+    for column in (
+        "simulation_correlation",
+        "simulation_example_correlation",
+        "simulation_auroc",
+        "surprisal_auroc",
+        "surprisal_reduction_activating",
+        "surprisal_reduction_silent",
+        "simulation_n",
+        "surprisal_n_failed",
+    ):
         assert column in table
     assert (table["simulation_n"] == table["surprisal_n"]).all() and (table["surprisal_n_failed"] == 0).all()
     judgments = pd.read_parquet(files.judgments)

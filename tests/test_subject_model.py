@@ -64,8 +64,15 @@ def test_shipped_sae_file():
 
     cfg = json.loads((SAE_DIR / "cfg.json").read_text())
     assert cfg == {
-        "activation": "topk", "expansion_factor": 4, "normalize_decoder": True, "num_latents": 2304, "k": 32,
-        "multi_topk": False, "skip_connection": False, "transcode": False, "d_in": 576,
+        "activation": "topk",
+        "expansion_factor": 4,
+        "normalize_decoder": True,
+        "num_latents": 2304,
+        "k": 32,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": 576,
     }
     with safe_open(str(SAE_DIR / "sae.safetensors"), framework="pt") as f:
         assert set(f.keys()) == {"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
@@ -134,7 +141,8 @@ def test_embedded_subject_converts_once_and_matches_gguf(tmp_path, monkeypatch):
     # The hookpoint convention used for the shipped SAE: layers.10 (block 10's output) = hidden_states[11].
     box = {}
     handle = again.model.model.layers[10].register_forward_hook(
-        lambda _m, _i, out: box.setdefault("h", out[0] if isinstance(out, tuple) else out))
+        lambda _m, _i, out: box.setdefault("h", out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             again.model(**ids)

@@ -171,10 +171,15 @@ def build_cache(
     if existing is not None:
         same = {k: getattr(existing, k) for k in _IDENTITY} == {k: getattr(meta, k) for k in _IDENTITY}
         if not same:
-            diff = {k: (getattr(existing, k), getattr(meta, k)) for k in _IDENTITY
-                    if getattr(existing, k) != getattr(meta, k)}
-            raise CacheError(f"{folder} holds a cache made with other settings {diff} (cached, requested); "
-                             "use another --out or delete the folder")
+            diff = {
+                k: (getattr(existing, k), getattr(meta, k))
+                for k in _IDENTITY
+                if getattr(existing, k) != getattr(meta, k)
+            }
+            raise CacheError(
+                f"{folder} holds a cache made with other settings {diff} (cached, requested); "
+                "use another --out or delete the folder"
+            )
         if existing.complete:
             return existing
     else:
@@ -187,8 +192,14 @@ def build_cache(
     meta.n_rows = int(state.n_rows)
     max_rows = meta.max_tokens // meta.ctx_len
     appender = _Appender(folder, dict(zip(FILES, state.lengths.tolist(), strict=True)))
-    bar = tqdm(total=max_rows * meta.ctx_len, initial=meta.n_rows * meta.ctx_len, unit="tok",
-               desc="caching", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=max_rows * meta.ctx_len,
+        initial=meta.n_rows * meta.ctx_len,
+        unit="tok",
+        desc="caching",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     skip = meta.n_rows
     since_checkpoint = 0
     try:
@@ -216,8 +227,19 @@ def build_cache(
     return meta
 
 
-_IDENTITY = ("model", "dictionary", "hookpoint", "corpus", "num_latents", "ctx_len", "window_len",
-             "top_k", "sample_size", "seed", "max_tokens")
+_IDENTITY = (
+    "model",
+    "dictionary",
+    "hookpoint",
+    "corpus",
+    "num_latents",
+    "ctx_len",
+    "window_len",
+    "top_k",
+    "sample_size",
+    "seed",
+    "max_tokens",
+)
 
 
 def _skip(rows: Iterator[np.ndarray], n: int) -> Iterator[np.ndarray]:

@@ -140,8 +140,10 @@ class ActivationCache:
         if meta is None:
             raise CacheError(f"no activation cache in {self.folder} (run `autointerp cache` first)")
         if not meta.complete:
-            raise CacheError(f"the activation cache in {self.folder} is incomplete: "
-                             "run `autointerp cache` (or `run`) on this folder to finish it")
+            raise CacheError(
+                f"the activation cache in {self.folder} is incomplete: "
+                "run `autointerp cache` (or `run`) on this folder to finish it"
+            )
         self.meta = meta
         self.state = LatentState.load(self.folder / "state.npz")
         self.tokens = self._map("tokens.bin")
@@ -149,8 +151,9 @@ class ActivationCache:
         self.latents = self._map("latents.bin")
         self.values = self._map("values.bin")
         if len(self.tokens) != meta.n_tokens or len(self.indptr) != meta.n_tokens + 1:
-            raise CacheError(f"cache {self.folder} is inconsistent: {len(self.tokens)} tokens stored, "
-                             f"meta.json says {meta.n_tokens}")
+            raise CacheError(
+                f"cache {self.folder} is inconsistent: {len(self.tokens)} tokens stored, meta.json says {meta.n_tokens}"
+            )
 
     def _map(self, name: str) -> np.ndarray:
         path = self.folder / name

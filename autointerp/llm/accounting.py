@@ -53,8 +53,10 @@ class PriceTable:
         prices = {}
         for model, entry in data.items():
             if not isinstance(entry, dict) or set(entry) != {"prompt", "completion"}:
-                raise PriceTableError(f"{where}: model {model!r} needs exactly the keys 'prompt' and 'completion' "
-                                      f"(USD per million tokens), got {entry!r}")
+                raise PriceTableError(
+                    f"{where}: model {model!r} needs exactly the keys 'prompt' and 'completion' "
+                    f"(USD per million tokens), got {entry!r}"
+                )
             values = []
             for key in ("prompt", "completion"):
                 v = entry[key]
@@ -101,8 +103,7 @@ def cost(usage: Usage, model: str, prices: PriceTable | None) -> float | None:
 
 def describe(usage: Usage, model: str, prices: PriceTable | None) -> str:
     """One line for a run summary: tokens, and the cost or why there is none."""
-    tokens = (f"{usage.calls:,} calls, {usage.prompt_tokens:,} prompt + {usage.completion_tokens:,} "
-              f"completion tokens")
+    tokens = f"{usage.calls:,} calls, {usage.prompt_tokens:,} prompt + {usage.completion_tokens:,} completion tokens"
     usd = cost(usage, model, prices)
     if usd is not None:
         return f"{model}: {tokens}, ${usd:.4f}"

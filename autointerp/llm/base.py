@@ -93,8 +93,9 @@ class TextScorer(Protocol):
 
     supports_prompt_logprobs: bool
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
-                              top_at: Collection[int] | None = None) -> list[PromptToken]: ...
+    async def prompt_logprobs(
+        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
+    ) -> list[PromptToken]: ...
 
 
 def can_score_text(judge: object) -> bool:

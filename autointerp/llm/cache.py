@@ -79,42 +79,56 @@ def cache_key(
 
 def prompt_logprobs_key(namespace: str, text: str, *, top_logprobs: int, top_at: Collection[int] | None = None) -> str:
     """sha256 (hex) of a prompt-logprobs request; the `kind` field keeps it apart from every chat key."""
-    payload = {"v": FORMAT_VERSION, "kind": "prompt_logprobs", "namespace": namespace, "text": text,
-               "top_logprobs": int(top_logprobs), "top_at": None if top_at is None else sorted(set(top_at))}
+    payload = {
+        "v": FORMAT_VERSION,
+        "kind": "prompt_logprobs",
+        "namespace": namespace,
+        "text": text,
+        "top_logprobs": int(top_logprobs),
+        "top_at": None if top_at is None else sorted(set(top_at)),
+    }
     data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(data.encode("ascii")).hexdigest()
 
 
 def encode_prompt_tokens(tokens: list[PromptToken]) -> str:
-    return json.dumps([{"token": t.token, "offset": t.offset, "logprob": t.logprob, "top": dict(t.top)}
-                       for t in tokens], ensure_ascii=True, separators=(",", ":"))
+    return json.dumps(
+        [{"token": t.token, "offset": t.offset, "logprob": t.logprob, "top": dict(t.top)} for t in tokens],
+        ensure_ascii=True,
+        separators=(",", ":"),
+    )
 
 
 def decode_prompt_tokens(text: str) -> list[PromptToken]:
-    return [PromptToken(token=t["token"], offset=t["offset"], logprob=t["logprob"], top=dict(t["top"]))
-            for t in json.loads(text)]
+    return [
+        PromptToken(token=t["token"], offset=t["offset"], logprob=t["logprob"], top=dict(t["top"]))
+        for t in json.loads(text)
+    ]
 
 
 def encode_reply(reply: Reply) -> str:
     """A reply as JSON (ASCII-escaped, so tokens that are lone surrogates or odd bytes survive)."""
     data = {
         "text": reply.text,
-        "logprobs": None if reply.logprobs is None else [
-            {"token": t.token, "logprob": t.logprob, "top": dict(t.top)}
-            for t in reply.logprobs
-        ],
-        "usage": {"prompt_tokens": reply.usage.prompt_tokens, "completion_tokens": reply.usage.completion_tokens,
-                  "calls": reply.usage.calls},
+        "logprobs": None
+        if reply.logprobs is None
+        else [{"token": t.token, "logprob": t.logprob, "top": dict(t.top)} for t in reply.logprobs],
+        "usage": {
+            "prompt_tokens": reply.usage.prompt_tokens,
+            "completion_tokens": reply.usage.completion_tokens,
+            "calls": reply.usage.calls,
+        },
     }
     return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
 
 
 def decode_reply(text: str) -> Reply:
     data = json.loads(text)
-    logprobs = None if data["logprobs"] is None else [
-        TokenLogprob(token=t["token"], logprob=t["logprob"], top=dict(t["top"]))
-        for t in data["logprobs"]
-    ]
+    logprobs = (
+        None
+        if data["logprobs"] is None
+        else [TokenLogprob(token=t["token"], logprob=t["logprob"], top=dict(t["top"])) for t in data["logprobs"]]
+    )
     return Reply(text=data["text"], logprobs=logprobs, usage=Usage(**data["usage"]))
 
 
@@ -144,8 +158,9 @@ class CachedJudge:
 
     def __init__(self, inner: Judge, path: str | Path, *, namespace: str):
         if not namespace:
-            raise ValueError("CachedJudge needs a namespace naming the backend and model, so models never "
-                             "share answers")
+            raise ValueError(
+                "CachedJudge needs a namespace naming the backend and model, so models never share answers"
+            )
         self.inner = inner
         self.path = Path(path)
         self.namespace = namespace
@@ -179,14 +194,17 @@ class CachedJudge:
     ) -> Reply:
         if temperature != 0:
             self.bypassed += 1
-            return await self.inner.chat(messages, max_tokens=max_tokens, temperature=temperature,
-                                         logprobs=logprobs, schema=schema)
-        key = cache_key(self.namespace, messages, max_tokens=max_tokens, temperature=temperature,
-                        logprobs=logprobs, schema=schema)
+            return await self.inner.chat(
+                messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema
+            )
+        key = cache_key(
+            self.namespace, messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema
+        )
 
         async def ask() -> Reply:
-            return await self.inner.chat(messages, max_tokens=max_tokens, temperature=temperature,
-                                         logprobs=logprobs, schema=schema)
+            return await self.inner.chat(
+                messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema
+            )
 
         return await self._cached(key, ask, encode_reply, self._hit)
 
@@ -194,21 +212,26 @@ class CachedJudge:
     def supports_prompt_logprobs(self) -> bool:
         return can_score_text(self.inner)
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
-                              top_at: Collection[int] | None = None) -> list[PromptToken]:
+    async def prompt_logprobs(
+        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
+    ) -> list[PromptToken]:
         """The inner judge's prompt logprobs, from the cache when this text was scored before."""
         if not can_score_text(self.inner):
             raise JudgeError(f"judge {self.model} ({type(self.inner).__name__}) cannot give prompt logprobs")
         key = prompt_logprobs_key(self.namespace, text, top_logprobs=top_logprobs, top_at=top_at)
 
         async def ask() -> list[PromptToken]:
-            return await self.inner.prompt_logprobs(text, top_logprobs=top_logprobs,  # type: ignore[attr-defined]
-                                                    top_at=top_at)
+            return await self.inner.prompt_logprobs(
+                text,
+                top_logprobs=top_logprobs,  # type: ignore[attr-defined]
+                top_at=top_at,
+            )
 
         return await self._cached(key, ask, encode_prompt_tokens, self._hit_tokens)
 
-    async def _cached(self, key: str, ask: Callable[[], Awaitable[Any]], encode: Callable[[Any], str],
-                      hit: Callable[[str], Any]) -> Any:
+    async def _cached(
+        self, key: str, ask: Callable[[], Awaitable[Any]], encode: Callable[[Any], str], hit: Callable[[str], Any]
+    ) -> Any:
         """`hit(stored)` when the key is stored (or an identical request in flight stores it), else `ask()`."""
         while True:
             stored = self._get(key)
@@ -264,14 +287,20 @@ class CachedJudge:
         return self.saved.completion_tokens
 
     def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "bypassed": self.bypassed,
-                "saved_prompt_tokens": self.saved.prompt_tokens,
-                "saved_completion_tokens": self.saved.completion_tokens}
+        return {
+            "hits": self.hits,
+            "misses": self.misses,
+            "bypassed": self.bypassed,
+            "saved_prompt_tokens": self.saved.prompt_tokens,
+            "saved_completion_tokens": self.saved.completion_tokens,
+        }
 
     def summary(self) -> str:
-        return (f"response cache {self.path}: {self.hits} hits, {self.misses} misses, {self.bypassed} uncached "
-                f"(temperature > 0); saved {self.saved.prompt_tokens:,} prompt + "
-                f"{self.saved.completion_tokens:,} completion tokens")
+        return (
+            f"response cache {self.path}: {self.hits} hits, {self.misses} misses, {self.bypassed} uncached "
+            f"(temperature > 0); saved {self.saved.prompt_tokens:,} prompt + "
+            f"{self.saved.completion_tokens:,} completion tokens"
+        )
 
     def stored(self) -> int:
         """Number of stored replies (all namespaces). Not `__len__`: an empty cache must stay truthy."""
@@ -284,8 +313,9 @@ class CachedJudge:
     def _hit(self, encoded: str) -> Reply:
         reply = decode_reply(encoded)
         self.hits += 1
-        self.saved.add(Usage(prompt_tokens=reply.usage.prompt_tokens,
-                             completion_tokens=reply.usage.completion_tokens, calls=1))
+        self.saved.add(
+            Usage(prompt_tokens=reply.usage.prompt_tokens, completion_tokens=reply.usage.completion_tokens, calls=1)
+        )
         reply.usage = Usage(prompt_tokens=0, completion_tokens=0, calls=0)
         return reply
 
@@ -299,7 +329,8 @@ class CachedJudge:
         if _is_corrupt(e):
             return ResponseCacheError(
                 f"the response cache {self.path} is corrupt ({e}); delete it (with its -wal and -shm files, if "
-                f"any) to start with an empty cache, or run with --no-cache")
+                f"any) to start with an empty cache, or run with --no-cache"
+            )
         return ResponseCacheError(f"response cache {self.path}: {e}")
 
     def _open(self) -> sqlite3.Connection:
@@ -312,15 +343,17 @@ class CachedJudge:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if version == 0 and not tables:
                 con.execute("BEGIN IMMEDIATE")
-                con.execute("CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL) "
-                            "WITHOUT ROWID")
+                con.execute(
+                    "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, reply TEXT NOT NULL) WITHOUT ROWID"
+                )
                 con.execute(f"PRAGMA user_version={FORMAT_VERSION}")
                 con.execute("COMMIT")
             elif version != FORMAT_VERSION or "replies" not in tables:
                 con.close()
                 raise ResponseCacheError(
                     f"{self.path} is not an autointerp response cache of format {FORMAT_VERSION} "
-                    f"(user_version {version}, tables {sorted(tables)}); delete it or run with --no-cache")
+                    f"(user_version {version}, tables {sorted(tables)}); delete it or run with --no-cache"
+                )
         except sqlite3.Error as e:
             con.close()
             raise self._error(e) from e
@@ -349,5 +382,4 @@ class CachedJudge:
             # Disk full, read-only or locked for 30 s: the answer was paid for, so hand it back uncached.
             if not self._warned_write:
                 self._warned_write = True
-                log.warning("could not write to the response cache %s (%s); replies are not being cached",
-                            self.path, e)
+                log.warning("could not write to the response cache %s (%s); replies are not being cached", self.path, e)

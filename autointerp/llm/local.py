@@ -251,8 +251,9 @@ class LlamaCppJudge:
 
     # -- prompt logprobs (teacher forcing) --------------------------------------------------------
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
-                              top_at: Collection[int] | None = None) -> list[PromptToken]:
+    async def prompt_logprobs(
+        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
+    ) -> list[PromptToken]:
         """Every token of `text` (no chat template) with its logprob given the tokens before it."""
         if top_logprobs < 0:
             raise ValueError(f"top_logprobs must be >= 0, not {top_logprobs}")
@@ -273,18 +274,20 @@ class LlamaCppJudge:
             lead = [bos] if bos >= 0 and llm._model.add_bos_token() else []
             seq = lead + text_ids
             if len(seq) > self.n_ctx:
-                raise JudgeError(f"text is {len(seq)} tokens, which does not fit the context window "
-                                 f"n_ctx={self.n_ctx} of {self.model}")
+                raise JudgeError(
+                    f"text is {len(seq)} tokens, which does not fit the context window "
+                    f"n_ctx={self.n_ctx} of {self.model}"
+                )
             results = self._teacher_force(llm, seq, k)
             pieces = [llm.detokenize([t]) for t in text_ids]
             offsets = char_offsets(text, pieces)
             out = []
-            for i, (lp, top) in enumerate(results[len(lead):]):
+            for i, (lp, top) in enumerate(results[len(lead) :]):
                 end = offsets[i + 1] if i + 1 < len(offsets) else len(text)
                 alts: dict[str, float] = {}
                 for t, v in top[:k] if wanted is None or offsets[i] in wanted else ():
                     alts.setdefault(self._piece(llm, t), v)  # best first: same-text tokens keep the best
-                out.append(PromptToken(token=text[offsets[i]:end], offset=offsets[i], logprob=lp, top=alts))
+                out.append(PromptToken(token=text[offsets[i] : end], offset=offsets[i], logprob=lp, top=alts))
             return out
 
     def _piece(self, llm: Any, token: int) -> str:

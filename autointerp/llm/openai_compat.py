@@ -173,8 +173,9 @@ class OpenAIJudge:
         if schema_mode not in ("json_object", "json_schema", "none"):
             raise ValueError(f"schema_mode must be 'json_object', 'json_schema' or 'none', not {schema_mode!r}")
         if token_limit_field not in ("max_tokens", "max_completion_tokens"):
-            raise ValueError(f"token_limit_field must be 'max_tokens' or 'max_completion_tokens', "
-                             f"not {token_limit_field!r}")
+            raise ValueError(
+                f"token_limit_field must be 'max_tokens' or 'max_completion_tokens', not {token_limit_field!r}"
+            )
         if max_concurrency < 1 or max_attempts < 1 or timeout <= 0:
             raise ValueError("max_concurrency and max_attempts must be >= 1 and timeout > 0")
         if not api_key_env or not api_key_env.replace("_", "").isalnum():
@@ -204,8 +205,10 @@ class OpenAIJudge:
     # -- what may be shown or copied -------------------------------------------------------------
 
     def __repr__(self) -> str:
-        return (f"OpenAIJudge(model={self.model!r}, base_url={_public_url(self.base_url)!r}, "
-                f"api_key_env={self.api_key_env!r})")
+        return (
+            f"OpenAIJudge(model={self.model!r}, base_url={_public_url(self.base_url)!r}, "
+            f"api_key_env={self.api_key_env!r})"
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -214,10 +217,15 @@ class OpenAIJudge:
 
     def describe(self) -> dict[str, Any]:
         """Provenance for results and configs (no key, no client)."""
-        return {"backend": "openai", "model": self.model, "base_url": _public_url(self.base_url),
-                "api_key_env": self.api_key_env, "schema_mode": self.schema_mode,
-                "supports_logprobs": self.supports_logprobs,
-                "supports_prompt_logprobs": self.supports_prompt_logprobs}
+        return {
+            "backend": "openai",
+            "model": self.model,
+            "base_url": _public_url(self.base_url),
+            "api_key_env": self.api_key_env,
+            "schema_mode": self.schema_mode,
+            "supports_logprobs": self.supports_logprobs,
+            "supports_prompt_logprobs": self.supports_prompt_logprobs,
+        }
 
     # -- client per event loop -------------------------------------------------------------------
 
@@ -282,26 +290,36 @@ class OpenAIJudge:
         error: OpenAIJudgeError | None = None
         async with sem:
             try:
-                return await self._with_retries(lambda: client.chat.completions.create(**params),
-                                                lambda response: self._reply(response, logprobs))
+                return await self._with_retries(
+                    lambda: client.chat.completions.create(**params), lambda response: self._reply(response, logprobs)
+                )
             except OpenAIJudgeError as e:
                 error = e
         # raised outside the except block, so no client exception rides along in __context__
         self.stats["errors"] += 1
         raise error
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
-                              top_at: Collection[int] | None = None) -> list[PromptToken]:
+    async def prompt_logprobs(
+        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
+    ) -> list[PromptToken]:
         """Every token of `text` with its logprob, from the completions endpoint echoing the prompt."""
         where = f"{self.model} at {_public_url(self.base_url)} (OpenAI-compatible backend)"
         if not self.supports_prompt_logprobs:
-            raise JudgeError(f"{where} was made without prompt logprobs: pass supports_prompt_logprobs=True "
-                             f"(--prompt-logprobs) if the server echoes them (vLLM; llama-cpp-python's server with "
-                             f"--logits_all True)")
+            raise JudgeError(
+                f"{where} was made without prompt logprobs: pass supports_prompt_logprobs=True "
+                f"(--prompt-logprobs) if the server echoes them (vLLM; llama-cpp-python's server with "
+                f"--logits_all True)"
+            )
         if not text:
             return []
-        params: dict[str, Any] = {"model": self.model, "prompt": text, "echo": True, "max_tokens": 1,
-                                  "temperature": 0.0, "logprobs": max(1, int(top_logprobs))}
+        params: dict[str, Any] = {
+            "model": self.model,
+            "prompt": text,
+            "echo": True,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": max(1, int(top_logprobs)),
+        }
         if self.extra_body:
             params["extra_body"] = self.extra_body
         client, sem = self._ensure_client()
@@ -312,11 +330,16 @@ class OpenAIJudge:
                 wanted = None if top_at is None else set(top_at)
                 return await self._with_retries(
                     lambda: client.completions.create(**params),
-                    lambda response: self._prompt_tokens(response, text, top_logprobs, wanted))
+                    lambda response: self._prompt_tokens(response, text, top_logprobs, wanted),
+                )
             except OpenAIJudgeError as e:
-                error = OpenAIJudgeError(f"{e} (while asking for prompt logprobs: completions with echo=True; a "
-                                         f"server that cannot give them needs the judge made without "
-                                         f"--prompt-logprobs)", status=e.status, attempts=e.attempts)
+                error = OpenAIJudgeError(
+                    f"{e} (while asking for prompt logprobs: completions with echo=True; a "
+                    f"server that cannot give them needs the judge made without "
+                    f"--prompt-logprobs)",
+                    status=e.status,
+                    attempts=e.attempts,
+                )
         self.stats["errors"] += 1
         raise error
 
@@ -330,12 +353,15 @@ class OpenAIJudge:
         values = list(getattr(lp, "token_logprobs", None) or [])
         tops = list(getattr(lp, "top_logprobs", None) or [])
         if not tokens or len(offsets) != len(tokens) or len(values) != len(tokens):
-            raise OpenAIJudgeError(f"{where}: the completion echoes no prompt logprobs (tokens, text_offset and "
-                                   f"token_logprobs of one length); this server may not support echo=True")
+            raise OpenAIJudgeError(
+                f"{where}: the completion echoes no prompt logprobs (tokens, text_offset and "
+                f"token_logprobs of one length); this server may not support echo=True"
+            )
         tops += [None] * (len(tokens) - len(tops))
         shift = 0
-        if len(tokens) > 1 and (tokens[0] == "" or (not text.startswith(tokens[0])
-                                                    and "".join(tokens[1:]).startswith(text))):
+        if len(tokens) > 1 and (
+            tokens[0] == "" or (not text.startswith(tokens[0]) and "".join(tokens[1:]).startswith(text))
+        ):
             # a leading special token the text does not spell (a BOS echoed as "<s>"): not part of the text
             shift = offsets[1] if offsets[1] == len(tokens[0]) else 0
             tokens, offsets, values, tops = tokens[1:], offsets[1:], values[1:], tops[1:]
@@ -348,11 +374,13 @@ class OpenAIJudge:
             wanted = top_at is None or offset in top_at
             for alt, v in sorted((top or {}).items() if wanted else (), key=lambda kv: -kv[1])[: max(0, k)]:
                 alts[alt] = float(v)
-            out.append(PromptToken(token=token, offset=offset,
-                                   logprob=None if value is None else float(value), top=alts))
+            out.append(
+                PromptToken(token=token, offset=offset, logprob=None if value is None else float(value), top=alts)
+            )
         if out and out[0].offset != 0:
-            raise OpenAIJudgeError(f"{where}: the echoed tokens do not start at the text's first character "
-                                   f"(offset {out[0].offset})")
+            raise OpenAIJudgeError(
+                f"{where}: the echoed tokens do not start at the text's first character (offset {out[0].offset})"
+            )
         return out
 
     async def _with_retries(self, request: Callable[[], Awaitable[Any]], parse: Callable[[Any], Any]) -> Any:
@@ -366,9 +394,15 @@ class OpenAIJudge:
         def log_retry(state: Any) -> None:
             self.stats["retries"] += 1
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("%s at %s: %s; attempt %d/%d failed, retrying in %.2f s", self.model,
-                        _public_url(self.base_url), getattr(exc, "reason", exc), state.attempt_number,
-                        self.max_attempts, state.upcoming_sleep)
+            log.warning(
+                "%s at %s: %s; attempt %d/%d failed, retrying in %.2f s",
+                self.model,
+                _public_url(self.base_url),
+                getattr(exc, "reason", exc),
+                state.attempt_number,
+                self.max_attempts,
+                state.upcoming_sleep,
+            )
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_s),
@@ -388,8 +422,10 @@ class OpenAIJudge:
         elapsed = time.monotonic() - start
         where = f"{self.model} at {_public_url(self.base_url)}"
         if last.retry_after is not None and last.retry_after > self.max_retry_after:
-            msg = (f"{where}: {last.reason}; the server asks to retry after {last.retry_after:.0f} s, more than "
-                   f"max_retry_after={self.max_retry_after:g} s, so giving up after {attempts} attempt(s)")
+            msg = (
+                f"{where}: {last.reason}; the server asks to retry after {last.retry_after:.0f} s, more than "
+                f"max_retry_after={self.max_retry_after:g} s, so giving up after {attempts} attempt(s)"
+            )
         else:
             msg = f"{where}: gave up after {attempts} attempt(s) in {elapsed:.1f} s; last error: {last.reason}"
         raise OpenAIJudgeError(msg, status=last.status, attempts=attempts)
@@ -400,7 +436,7 @@ class OpenAIJudge:
         if ra is not None:  # the server said when; a little jitter so many callers do not return at once
             return ra + random.uniform(0, min(1.0, 0.1 * ra))
         n = max(0, state.attempt_number - 1)
-        base = min(self.backoff_max, self.backoff_initial * (2 ** n))
+        base = min(self.backoff_max, self.backoff_initial * (2**n))
         return min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
 
     async def _attempt(self, request: Callable[[], Awaitable[Any]], parse: Callable[[Any], Any]) -> Any:
@@ -419,11 +455,12 @@ class OpenAIJudge:
             failure = self._status_failure(e)
         except (ValueError, TypeError, openai.APIResponseValidationError) as e:  # a body that is not JSON
             failure = OpenAIJudgeError(
-                self._scrub(f"{self.model} at {_public_url(self.base_url)}: unreadable reply "
-                            f"({type(e).__name__}: {e})"))
+                self._scrub(f"{self.model} at {_public_url(self.base_url)}: unreadable reply ({type(e).__name__}: {e})")
+            )
         except openai.OpenAIError as e:
-            failure = OpenAIJudgeError(self._scrub(f"{self.model} at {_public_url(self.base_url)}: "
-                                                   f"{type(e).__name__}: {e}"))
+            failure = OpenAIJudgeError(
+                self._scrub(f"{self.model} at {_public_url(self.base_url)}: {type(e).__name__}: {e}")
+            )
         if failure is not None:
             raise failure  # outside the except blocks: the client's exception is not chained
         return parse(response)
@@ -439,14 +476,20 @@ class OpenAIJudge:
         if status == 401:
             state = "" if os.environ.get(self.api_key_env) else f" (${self.api_key_env} is not set)"
             # the server's text is left out: OpenAI's quotes part of the key
-            return OpenAIJudgeError(f"{where}: HTTP 401 unauthorized: check the API key in "
-                                    f"${self.api_key_env}{state}", status=status)
+            return OpenAIJudgeError(
+                f"{where}: HTTP 401 unauthorized: check the API key in ${self.api_key_env}{state}", status=status
+            )
         if status == 403:
-            return OpenAIJudgeError(f"{where}: HTTP 403 forbidden: the key in ${self.api_key_env} may not use "
-                                    f"this model or endpoint", status=status)
+            return OpenAIJudgeError(
+                f"{where}: HTTP 403 forbidden: the key in ${self.api_key_env} may not use this model or endpoint",
+                status=status,
+            )
         if status == 404:
-            return OpenAIJudgeError(f"{where}: HTTP 404: no such model or endpoint (is the base_url right, "
-                                    f"usually ending in /v1?): {server_msg}", status=status)
+            return OpenAIJudgeError(
+                f"{where}: HTTP 404: no such model or endpoint (is the base_url right, "
+                f"usually ending in /v1?): {server_msg}",
+                status=status,
+            )
         return OpenAIJudgeError(f"{where}: HTTP {status}: {server_msg}", status=status)
 
     def _server_message(self, e: Any) -> str:
@@ -472,15 +515,18 @@ class OpenAIJudge:
             refusal = getattr(message, "refusal", None) if message is not None else None
             if refusal:
                 raise OpenAIJudgeError(self._scrub(f"{where}: the model refused: {refusal}"))
-            raise OpenAIJudgeError(f"{where}: the reply has no message content "
-                                   f"(finish_reason={getattr(choice, 'finish_reason', None)!r})")
+            raise OpenAIJudgeError(
+                f"{where}: the reply has no message content (finish_reason={getattr(choice, 'finish_reason', None)!r})"
+            )
         lps: list[TokenLogprob] | None = None
         if logprobs:
             lp = getattr(choice, "logprobs", None)
             items = getattr(lp, "content", None) if lp is not None else None
             if items is None:
-                raise OpenAIJudgeError(f"{where}: logprobs were asked for but the reply has none; if the server "
-                                       f"cannot give them, make the judge with supports_logprobs=False")
+                raise OpenAIJudgeError(
+                    f"{where}: logprobs were asked for but the reply has none; if the server "
+                    f"cannot give them, make the judge with supports_logprobs=False"
+                )
             lps = []
             for item in items:
                 token, value = getattr(item, "token", None), getattr(item, "logprob", None)

@@ -118,10 +118,14 @@ class OrderedJudge:
     async def chat(self, messages: list[Message], **kwargs: Any) -> Reply:
         return await self._gated(lambda: self.inner.chat(messages, **kwargs))
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
-                              top_at: Collection[int] | None = None) -> list[PromptToken]:
-        return await self._gated(lambda: self.inner.prompt_logprobs(  # type: ignore[attr-defined]
-            text, top_logprobs=top_logprobs, top_at=top_at))
+    async def prompt_logprobs(
+        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
+    ) -> list[PromptToken]:
+        return await self._gated(
+            lambda: self.inner.prompt_logprobs(  # type: ignore[attr-defined]
+                text, top_logprobs=top_logprobs, top_at=top_at
+            )
+        )
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -20,8 +20,14 @@ TextScorerFn = Callable[[str, int], list[PromptToken]]  # (text, top_logprobs) -
 class ScriptedJudge:
     """Answers every prompt with `responder(messages)`; counts calls and keeps the prompts."""
 
-    def __init__(self, responder: Responder, *, model: str = "scripted", supports_logprobs: bool = True,
-                 text_scorer: TextScorerFn | None = None):
+    def __init__(
+        self,
+        responder: Responder,
+        *,
+        model: str = "scripted",
+        supports_logprobs: bool = True,
+        text_scorer: TextScorerFn | None = None,
+    ):
         self.responder = responder
         self.model = model
         self.supports_logprobs = supports_logprobs
@@ -48,8 +54,9 @@ class ScriptedJudge:
         reply.usage = Usage(prompt_tokens=prompt_chars // 4, completion_tokens=len(reply.text) // 4, calls=1)
         return reply
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
-                              top_at: Collection[int] | None = None) -> list[PromptToken]:
+    async def prompt_logprobs(
+        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
+    ) -> list[PromptToken]:
         if self.text_scorer is None:
             raise NotImplementedError(f"judge {self.model} was given no text_scorer")
         self.scored_texts.append(text)
@@ -61,4 +68,3 @@ class ScriptedJudge:
 
     async def aclose(self) -> None:
         return None
-

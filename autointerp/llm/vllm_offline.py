@@ -68,8 +68,10 @@ def structured_json(schema: dict[str, Any]) -> dict[str, Any]:
         return {"structured_outputs": sp.StructuredOutputsParams(json=schema)}
     if hasattr(sp, "GuidedDecodingParams"):
         return {"guided_decoding": sp.GuidedDecodingParams(json=schema)}
-    raise JudgeError("this vllm has neither StructuredOutputsParams nor GuidedDecodingParams: "
-                     "cannot constrain output to a JSON schema")
+    raise JudgeError(
+        "this vllm has neither StructuredOutputsParams nor GuidedDecodingParams: "
+        "cannot constrain output to a JSON schema"
+    )
 
 
 def is_request_error(e: BaseException) -> bool:
@@ -174,8 +176,9 @@ class VLLMJudge:
         conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
         return await self._submit("chat", conversation, params, top=logprobs)
 
-    async def prompt_logprobs(self, text: str, *, top_logprobs: int = 0,
-                              top_at: Collection[int] | None = None) -> list[PromptToken]:
+    async def prompt_logprobs(
+        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
+    ) -> list[PromptToken]:
         """Every token of `text` with its logprob given the tokens before it (teacher forcing, no template)."""
         self._check_open()
         if not text:
@@ -221,8 +224,15 @@ class VLLMJudge:
             state.worker = loop.create_task(self._worker(state), name=f"vllm-batcher:{self.model}")
         return state
 
-    async def _submit(self, kind: Literal["chat", "score"], payload: Any, params: Any, *, top: int,
-                      extra: dict[str, Any] | None = None) -> Any:
+    async def _submit(
+        self,
+        kind: Literal["chat", "score"],
+        payload: Any,
+        params: Any,
+        *,
+        top: int,
+        extra: dict[str, Any] | None = None,
+    ) -> Any:
         state = self._loop_state()
         future: asyncio.Future[Any] = state.loop.create_future()
         state.pending.append(_Request(kind, payload, params, future, top, extra or {}))
@@ -244,7 +254,7 @@ class VLLMJudge:
                     await asyncio.wait_for(state.full.wait(), self.batch_window_s)
                 except asyncio.TimeoutError:
                     pass
-            batch, state.pending[:] = state.pending[: self.max_batch], state.pending[self.max_batch:]
+            batch, state.pending[:] = state.pending[: self.max_batch], state.pending[self.max_batch :]
             batch = [r for r in batch if not r.future.done()]  # callers cancelled while queued
             for kind in ("chat", "score"):
                 group = [r for r in batch if r.kind == kind]
@@ -360,8 +370,9 @@ class VLLMJudge:
         try:
             enc = tok(text, return_offsets_mapping=True)
         except (NotImplementedError, TypeError, ValueError) as e:
-            raise JudgeError(f"the tokenizer of {self.model} gives no character offsets (needs a fast "
-                             f"tokenizer): {e}") from e
+            raise JudgeError(
+                f"the tokenizer of {self.model} gives no character offsets (needs a fast tokenizer): {e}"
+            ) from e
         ids = list(enc["input_ids"])
         spans = list(enc["offset_mapping"])
         special = set(getattr(tok, "all_special_ids", []) or [])
@@ -373,8 +384,9 @@ class VLLMJudge:
         ids = list(out.prompt_token_ids)
         offsets, keep = req.extra["offsets"], req.extra["keep"]
         if positions is None or len(positions) != len(ids) or len(ids) != len(offsets):
-            raise JudgeError(f"vLLM returned prompt logprobs for {len(positions or [])} of the {len(offsets)} "
-                             "tokens of the text")
+            raise JudgeError(
+                f"vLLM returned prompt logprobs for {len(positions or [])} of the {len(offsets)} tokens of the text"
+            )
         tokens: list[PromptToken] = []
         for i, (token_id, position) in enumerate(zip(ids, positions, strict=True)):
             if not keep[i]:
@@ -405,8 +417,10 @@ def engine_args_from_env() -> dict[str, Any]:
     try:
         args = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ValueError(f"${ENGINE_ARGS_ENV} is not valid JSON ({e}); give a JSON object of vllm.LLM "
-                         'arguments, e.g. {"gpu_memory_utilization": 0.3}') from e
+        raise ValueError(
+            f"${ENGINE_ARGS_ENV} is not valid JSON ({e}); give a JSON object of vllm.LLM "
+            'arguments, e.g. {"gpu_memory_utilization": 0.3}'
+        ) from e
     if not isinstance(args, dict):
         raise ValueError(f"${ENGINE_ARGS_ENV} must be a JSON object of vllm.LLM arguments, not {raw!r}")
     return args
@@ -425,6 +439,8 @@ def load_vllm_judge(name: str, **kwargs: Any) -> VLLMJudge:
         return VLLMJudge(ensure_embedded(), model=EMBEDDED_NAME, **kwargs)
     path = Path(name).expanduser()
     if path.exists() and not (path.is_dir() and (path / "config.json").is_file()):
-        raise ValueError(f"{name!r} is not a Hugging Face model folder (no config.json): vLLM loads folders "
-                         "or Hub names, not GGUF files")
+        raise ValueError(
+            f"{name!r} is not a Hugging Face model folder (no config.json): vLLM loads folders "
+            "or Hub names, not GGUF files"
+        )
     return VLLMJudge(str(path) if path.exists() else name, model=name, **kwargs)

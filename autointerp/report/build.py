@@ -22,8 +22,9 @@ def _write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def build_report(run: Path, site: Path | None = None, *, decode: TokenDecoder | None = None,
-                 progress: bool = True) -> Path:
+def build_report(
+    run: Path, site: Path | None = None, *, decode: TokenDecoder | None = None, progress: bool = True
+) -> Path:
     """Write the report of the run folder `run` into `site` (default RUN/report); returns index.html.
 
     `decode` turns token ids into display strings; by default the run's subject-model tokenizer
@@ -41,8 +42,14 @@ def build_report(run: Path, site: Path | None = None, *, decode: TokenDecoder | 
     rows = data.results.to_dict("records")
     for i, row in enumerate(tqdm(rows, desc="report", unit="latent", disable=not progress, dynamic_ncols=True)):
         latent = latents[i]
-        html = latent_page(data, row, by_latent.get(latent, empty), contexts,
-                           latents[i - 1] if i > 0 else None, latents[i + 1] if i + 1 < len(latents) else None)
+        html = latent_page(
+            data,
+            row,
+            by_latent.get(latent, empty),
+            contexts,
+            latents[i - 1] if i > 0 else None,
+            latents[i + 1] if i + 1 < len(latents) else None,
+        )
         _write(pages / latent_href(latent), html)
     index = site / "index.html"
     _write(index, index_page(data, agreement(data.results, data.scorers)))

@@ -20,8 +20,20 @@ from autointerp.scorers import scorer_metrics
 
 # per-scorer columns that describe the scoring, not the explanation's quality
 BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_tokens")
-JUDGMENT_COLUMNS = ["hookpoint", "latent", "scorer", "window", "activating", "prediction", "probability",
-                    "max_activation", "quantile", "answer", "error", "text"]
+JUDGMENT_COLUMNS = [
+    "hookpoint",
+    "latent",
+    "scorer",
+    "window",
+    "activating",
+    "prediction",
+    "probability",
+    "max_activation",
+    "quantile",
+    "answer",
+    "error",
+    "text",
+]
 
 
 class ReportError(ValueError):
@@ -72,13 +84,11 @@ def find_scorers(results: pd.DataFrame, configured: list[str]) -> list[ScorerCol
     for name in names:
         prefix = name + "_"
         longer = [o + "_" for o in names if o != name and o.startswith(prefix)]  # "sim" vs "sim_tokens"
-        own = [c[len(prefix):] for c in columns
-               if c.startswith(prefix) and not any(c.startswith(o) for o in longer)]
+        own = [c[len(prefix) :] for c in columns if c.startswith(prefix) and not any(c.startswith(o) for o in longer)]
         if not own:
             continue
         declared = [m for m in scorer_metrics(name) if m in own]
-        extra = [m for m in own if m not in declared and m not in BOOKKEEPING
-                 and _is_numeric(results[prefix + m])]
+        extra = [m for m in own if m not in declared and m not in BOOKKEEPING and _is_numeric(results[prefix + m])]
         metrics = declared + extra
         with_values = [m for m in metrics if pd.to_numeric(results[prefix + m], errors="coerce").notna().any()]
         found.append(ScorerColumns(name, metrics, with_values[0] if with_values else None))
@@ -90,8 +100,10 @@ def load_run(folder: Path) -> RunData:
     if not files.folder.is_dir():
         raise ReportError(f"{files.folder} is not a folder: give the run folder that `autointerp run --out` wrote")
     if not files.results.exists():
-        raise ReportError(f"{files.folder} has no {files.results.name}: nothing to report yet. Run "
-                          f"`autointerp run --out {files.folder}` (or `explain` and `score`) first")
+        raise ReportError(
+            f"{files.folder} has no {files.results.name}: nothing to report yet. Run "
+            f"`autointerp run --out {files.folder}` (or `explain` and `score`) first"
+        )
     results = pd.read_parquet(files.results)
     if results.empty:
         raise ReportError(f"{files.results} holds no latents yet: run `autointerp run --out {files.folder}` first")
@@ -138,9 +150,18 @@ def agreement(results: pd.DataFrame, scorers: list[ScorerColumns]) -> list[Agree
     rated = [s for s in scorers if s.headline]
     out = []
     for i, a in enumerate(rated):
-        for b in rated[i + 1:]:
+        for b in rated[i + 1 :]:
             ca, cb = a.column(a.headline), b.column(b.headline)  # type: ignore[arg-type]
             both = results[[ca, cb]].dropna()
-            out.append(Agreement(a.name, b.name, a.headline, b.headline, len(both),  # type: ignore[arg-type]
-                                 _corr(both[ca], both[cb], "pearson"), _corr(both[ca], both[cb], "spearman")))
+            out.append(
+                Agreement(
+                    a.name,
+                    b.name,
+                    a.headline,
+                    b.headline,
+                    len(both),  # type: ignore[arg-type]
+                    _corr(both[ca], both[cb], "pearson"),
+                    _corr(both[ca], both[cb], "spearman"),
+                )
+            )
     return out

@@ -33,8 +33,16 @@ def template(name: str) -> str:
 
 
 def page(*, title: str, run: str, home: str, body: str) -> str:
-    return render(template("base.html"), title=escape(title), run=escape(run), home=escape(home), body=body,
-                  style=template("style.css"), script=template("sort.js"), version=escape(__version__))
+    return render(
+        template("base.html"),
+        title=escape(title),
+        run=escape(run),
+        home=escape(home),
+        body=body,
+        style=template("style.css"),
+        script=template("sort.js"),
+        version=escape(__version__),
+    )
 
 
 def latent_href(latent: int) -> str:
@@ -42,6 +50,7 @@ def latent_href(latent: int) -> str:
 
 
 # ---- small formatting helpers (all return HTML-safe strings) ----
+
 
 def missing(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
@@ -86,25 +95,31 @@ def distinct(df: pd.DataFrame, column: str) -> str:
 
 # ---- index ----
 
+
 def _run_facts(data: RunData) -> str:
     r = data.results
     resolved = data.info.get("resolved", {})
     env = data.info.get("environment", {})
     counts = r["status"].fillna("missing").value_counts()
-    judges = ", ".join(sorted({str(v) for s in data.scorers if s.column("judge_model") in r
-                               for v in r[s.column("judge_model")].dropna()}))
-    return facts([
-        ("model", resolved.get("model") or distinct(r, "model")),
-        ("dictionary", resolved.get("dictionary") or distinct(r, "dictionary")),
-        ("hookpoint", resolved.get("hookpoint") or distinct(r, "hookpoint")),
-        ("tokens cached", f"{resolved['n_tokens']:,}" if resolved.get("n_tokens") else None),
-        ("explainer", distinct(r, "explainer_model")),
-        ("judge", judges),
-        ("scorers", ", ".join(s.name for s in data.scorers) or "none"),
-        ("latents", f"{len(r)} (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"),
-        ("autointerp", env.get("autointerp")),
-        ("prompts sha256", env.get("prompts_sha256")),
-    ])
+    judges = ", ".join(
+        sorted(
+            {str(v) for s in data.scorers if s.column("judge_model") in r for v in r[s.column("judge_model")].dropna()}
+        )
+    )
+    return facts(
+        [
+            ("model", resolved.get("model") or distinct(r, "model")),
+            ("dictionary", resolved.get("dictionary") or distinct(r, "dictionary")),
+            ("hookpoint", resolved.get("hookpoint") or distinct(r, "hookpoint")),
+            ("tokens cached", f"{resolved['n_tokens']:,}" if resolved.get("n_tokens") else None),
+            ("explainer", distinct(r, "explainer_model")),
+            ("judge", judges),
+            ("scorers", ", ".join(s.name for s in data.scorers) or "none"),
+            ("latents", f"{len(r)} (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"),
+            ("autointerp", env.get("autointerp")),
+            ("prompts sha256", env.get("prompts_sha256")),
+        ]
+    )
 
 
 def _figure(svg: str, caption: str) -> str:
@@ -120,20 +135,28 @@ def histograms(data: RunData) -> str:
             if values.empty:
                 continue
             svg = histogram(values.tolist(), x_label=metric, title=name)
-            figures.append(_figure(svg, f"<b>{escape(name)}</b>: {len(values)} latents, mean {values.mean():.3f}, "
-                                        f"median {values.median():.3f}"))
+            figures.append(
+                _figure(
+                    svg,
+                    f"<b>{escape(name)}</b>: {len(values)} latents, mean {values.mean():.3f}, "
+                    f"median {values.median():.3f}",
+                )
+            )
     return "".join(figures) or '<p class="missing">No latent has a score yet.</p>'
 
 
 def agreement_table(rows: list[Agreement]) -> str:
     if not rows:
         return '<p class="missing">Fewer than two scorers with scores in this run: nothing to compare.</p>'
-    head = ("<thead><tr><th>scorer</th><th>vs scorer</th><th>latents</th><th>Pearson r</th><th>Spearman ρ</th>"
-            "</tr></thead>")
+    head = (
+        "<thead><tr><th>scorer</th><th>vs scorer</th><th>latents</th><th>Pearson r</th><th>Spearman ρ</th></tr></thead>"
+    )
     body = "".join(
         f"<tr><td>{escape(a.a)} <span class='metrics-list'>{escape(a.metric_a)}</span></td>"
         f"<td>{escape(a.b)} <span class='metrics-list'>{escape(a.metric_b)}</span></td>"
-        f"{td_num(a.n, str(a.n))}{td_num(a.pearson)}{td_num(a.spearman)}</tr>" for a in rows)
+        f"{td_num(a.n, str(a.n))}{td_num(a.pearson)}{td_num(a.spearman)}</tr>"
+        for a in rows
+    )
     return f'<table class="agreement">{head}<tbody>{body}</tbody></table>'
 
 
@@ -145,9 +168,15 @@ def scatters(data: RunData, rows: list[Agreement]) -> str:
             continue
         ca, cb = by_name[a.a].column(a.metric_a), by_name[a.b].column(a.metric_b)
         both = data.results.dropna(subset=[ca, cb])
-        points = [Point(float(row[ca]), float(row[cb]),
-                        f"latent {row['latent']}: {row['explanation'] or ''} ({row[ca]:.3f}, {row[cb]:.3f})",
-                        "latents/" + latent_href(row["latent"])) for _, row in both.iterrows()]
+        points = [
+            Point(
+                float(row[ca]),
+                float(row[cb]),
+                f"latent {row['latent']}: {row['explanation'] or ''} ({row[ca]:.3f}, {row[cb]:.3f})",
+                "latents/" + latent_href(row["latent"]),
+            )
+            for _, row in both.iterrows()
+        ]
         x_label, y_label = f"{a.a} {a.metric_a}", f"{a.b} {a.metric_b}"
         svg = scatter(points, x_label=x_label, y_label=y_label, title=f"{x_label} vs {y_label}")
         r = "—" if a.pearson is None else f"{a.pearson:.2f}"
@@ -157,11 +186,16 @@ def scatters(data: RunData, rows: list[Agreement]) -> str:
 
 
 def latent_table(data: RunData) -> str:
-    metric_heads = "".join(f'<th data-first="descending">{escape(s.name)}<br><small>{escape(m)}</small></th>'
-                           for s in data.scorers for m in s.shown)
-    head = ("<thead><tr><th>latent</th><th>explanation</th><th>status</th>"
-            '<th data-first="descending">frequency</th><th data-first="descending">max act.</th>'
-            f"{metric_heads}</tr></thead>")
+    metric_heads = "".join(
+        f'<th data-first="descending">{escape(s.name)}<br><small>{escape(m)}</small></th>'
+        for s in data.scorers
+        for m in s.shown
+    )
+    head = (
+        "<thead><tr><th>latent</th><th>explanation</th><th>status</th>"
+        '<th data-first="descending">frequency</th><th data-first="descending">max act.</th>'
+        f"{metric_heads}</tr></thead>"
+    )
     rows = []
     for _, r in data.results.iterrows():
         expl = r.get("explanation")
@@ -169,43 +203,60 @@ def latent_table(data: RunData) -> str:
             expl_html = f'<span class="missing">{escape(str(r.get("error") or "")[:200])}</span>'
         else:
             expl_html = escape(str(expl))
-        cells = [f'<td class="num" data-v="{int(r["latent"])}"><a href="latents/{latent_href(r["latent"])}">'
-                 f'{int(r["latent"])}</a></td>',
-                 f'<td class="expl">{expl_html}</td>',
-                 f"<td>{status_badge(r.get('status'))}</td>",
-                 td_num(r.get("frequency"), percent(r.get("frequency"))),
-                 td_num(r.get("max_activation"), num(r.get("max_activation"), 2))]
+        cells = [
+            f'<td class="num" data-v="{int(r["latent"])}"><a href="latents/{latent_href(r["latent"])}">'
+            f"{int(r['latent'])}</a></td>",
+            f'<td class="expl">{expl_html}</td>',
+            f"<td>{status_badge(r.get('status'))}</td>",
+            td_num(r.get("frequency"), percent(r.get("frequency"))),
+            td_num(r.get("max_activation"), num(r.get("max_activation"), 2)),
+        ]
         cells += [td_num(r.get(s.column(m))) for s in data.scorers for m in s.shown]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return head + "<tbody>" + "".join(rows) + "</tbody>"
 
 
 def index_page(data: RunData, agreement_rows: list[Agreement]) -> str:
-    body = render(template("index.html"), heading=escape(f"Run {data.files.folder.resolve().name}"),
-                  facts=_run_facts(data), histograms=histograms(data), agreement=agreement_table(agreement_rows),
-                  scatters=scatters(data, agreement_rows), table=latent_table(data))
-    return page(title=f"autointerp report: {data.files.folder.resolve().name}", run=str(data.files.folder),
-                home="index.html", body=body)
+    body = render(
+        template("index.html"),
+        heading=escape(f"Run {data.files.folder.resolve().name}"),
+        facts=_run_facts(data),
+        histograms=histograms(data),
+        agreement=agreement_table(agreement_rows),
+        scatters=scatters(data, agreement_rows),
+        table=latent_table(data),
+    )
+    return page(
+        title=f"autointerp report: {data.files.folder.resolve().name}",
+        run=str(data.files.folder),
+        home="index.html",
+        body=body,
+    )
 
 
 # ---- one latent ----
 
+
 def _scores_table(row: dict[str, Any], scorers: list[ScorerColumns]) -> str:
     if not scorers:
         return '<p class="missing">No scorer ran in this run.</p>'
-    head = "<thead><tr><th>scorer</th><th>headline</th><th>other metrics</th><th>examples</th>" \
-           "<th>unreadable answers</th><th>judge</th></tr></thead>"
+    head = (
+        "<thead><tr><th>scorer</th><th>headline</th><th>other metrics</th><th>examples</th>"
+        "<th>unreadable answers</th><th>judge</th></tr></thead>"
+    )
     rows = []
     for s in scorers:
         headline = s.headline or (s.metrics[0] if s.metrics else None)
         value = row.get(s.column(headline)) if headline else None
         others = " · ".join(f"{escape(m)} {num(row.get(s.column(m)))}" for m in s.metrics if m != headline)
         judge = row.get(s.column("judge_model"))
-        rows.append(f"<tr><td>{escape(s.name)}</td>"
-                    f"<td>{escape(headline or '')} <b>{num(value)}</b></td>"
-                    f'<td class="metrics-list">{others}</td>'
-                    f"{td_num(row.get(s.column('n')))}{td_num(row.get(s.column('n_failed')))}"
-                    f"<td>{'' if missing(judge) else escape(str(judge))}</td></tr>")
+        rows.append(
+            f"<tr><td>{escape(s.name)}</td>"
+            f"<td>{escape(headline or '')} <b>{num(value)}</b></td>"
+            f'<td class="metrics-list">{others}</td>'
+            f"{td_num(row.get(s.column('n')))}{td_num(row.get(s.column('n_failed')))}"
+            f"<td>{'' if missing(judge) else escape(str(judge))}</td></tr>"
+        )
     return f"<table>{head}<tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -215,10 +266,15 @@ def _train_section(examples: list[Example] | None, scale: float, reason: str) ->
     if not examples:
         return '<p class="missing">The explainer saw no examples of this latent.</p>'
     ordered = sorted(examples, key=lambda e: -e.max_activation)
-    rows = "".join(f"<tr>{td_num(e.max_activation, num(e.max_activation, 2))}{td_num(e.quantile, str(e.quantile))}"
-                   f"<td>{shaded_tokens(e, scale)}</td></tr>" for e in ordered)
-    return ('<table class="sortable"><thead><tr><th data-first="descending">max act.</th>'
-            f'<th data-first="descending">quantile</th><th>context</th></tr></thead><tbody>{rows}</tbody></table>')
+    rows = "".join(
+        f"<tr>{td_num(e.max_activation, num(e.max_activation, 2))}{td_num(e.quantile, str(e.quantile))}"
+        f"<td>{shaded_tokens(e, scale)}</td></tr>"
+        for e in ordered
+    )
+    return (
+        '<table class="sortable"><thead><tr><th data-first="descending">max act.</th>'
+        f'<th data-first="descending">quantile</th><th>context</th></tr></thead><tbody>{rows}</tbody></table>'
+    )
 
 
 VERDICT_ORDER = {"wrong": 0, "unreadable": 1, "right": 2}
@@ -233,8 +289,11 @@ def verdict(j: dict[str, Any]) -> str:
 def _judgment_row(j: dict[str, Any], example: Example | None, scale: float) -> str:
     v = verdict(j)
     mark = {"right": "✓ right", "wrong": "✗ wrong", "unreadable": "? unreadable"}[v]
-    truth = f"activating (q{j['quantile']})" if j["activating"] and not missing(j.get("quantile")) \
-        and int(j["quantile"]) >= 0 else ("activating" if j["activating"] else "silent")
+    truth = (
+        f"activating (q{j['quantile']})"
+        if j["activating"] and not missing(j.get("quantile")) and int(j["quantile"]) >= 0
+        else ("activating" if j["activating"] else "silent")
+    )
     said = "—" if v == "unreadable" else ("Yes" if j["prediction"] else "No")
     text = "" if missing(j.get("text")) else str(j["text"])
     if example is not None:
@@ -246,20 +305,30 @@ def _judgment_row(j: dict[str, Any], example: Example | None, scale: float) -> s
     answer = "" if missing(j.get("answer")) else escape(str(j["answer"]))
     if not missing(j.get("error")) and j["error"]:
         answer += f'<div class="err">{escape(str(j["error"]))}</div>'
-    return (f'<tr class="{v}"><td class="nowrap" data-v="{VERDICT_ORDER[v]}">{mark}</td>'
-            f'<td class="nowrap">{escape(truth)}</td>'
-            f"{td_num(j.get('max_activation'), num(j.get('max_activation'), 2))}<td>{said}</td>"
-            f"{td_num(j.get('probability'))}<td>{context}</td><td>{answer}</td></tr>")
+    return (
+        f'<tr class="{v}"><td class="nowrap" data-v="{VERDICT_ORDER[v]}">{mark}</td>'
+        f'<td class="nowrap">{escape(truth)}</td>'
+        f"{td_num(j.get('max_activation'), num(j.get('max_activation'), 2))}<td>{said}</td>"
+        f"{td_num(j.get('probability'))}<td>{context}</td><td>{answer}</td></tr>"
+    )
 
 
-def _judged_section(judgments: pd.DataFrame, scorers: list[ScorerColumns], row: dict[str, Any], contexts: Contexts,
-                    latent: int, scale: float) -> str:
+def _judged_section(
+    judgments: pd.DataFrame,
+    scorers: list[ScorerColumns],
+    row: dict[str, Any],
+    contexts: Contexts,
+    latent: int,
+    scale: float,
+) -> str:
     if judgments.empty:
         return '<p class="missing">No judgments were recorded for this latent.</p>'
     parts = []
     if contexts.sampler is None:
-        parts.append('<p class="callout">Without the activation cache, the excerpts are shown as the judge saw '
-                     "them, unshaded.</p>")
+        parts.append(
+            '<p class="callout">Without the activation cache, the excerpts are shown as the judge saw '
+            "them, unshaded.</p>"
+        )
     known = [s.name for s in scorers]
     names = known + sorted(set(judgments["scorer"]) - set(known))
     for name in names:
@@ -268,8 +337,13 @@ def _judged_section(judgments: pd.DataFrame, scorers: list[ScorerColumns], row: 
             continue
         for r in rows:
             r["_verdict"] = verdict(r)
-        rows.sort(key=lambda r: (VERDICT_ORDER[r["_verdict"]], not r["activating"],
-                                 -(0.0 if missing(r.get("max_activation")) else float(r["max_activation"]))))
+        rows.sort(
+            key=lambda r: (
+                VERDICT_ORDER[r["_verdict"]],
+                not r["activating"],
+                -(0.0 if missing(r.get("max_activation")) else float(r["max_activation"])),
+            )
+        )
         counts = {k: sum(r["_verdict"] == k for r in rows) for k in VERDICT_ORDER}
         headline = next((s for s in scorers if s.name == name), None)
         score = ""
@@ -281,7 +355,8 @@ def _judged_section(judgments: pd.DataFrame, scorers: list[ScorerColumns], row: 
             f"{counts['wrong']} wrong, {counts['unreadable']} unreadable{score}</p>"
             '<table class="sortable judged"><thead><tr><th>verdict</th><th>truth</th>'
             '<th data-first="descending">max act.</th><th>judge said</th><th data-first="descending">P(Yes)</th>'
-            f"<th>excerpt</th><th>answer</th></tr></thead><tbody>{body}</tbody></table>")
+            f"<th>excerpt</th><th>answer</th></tr></thead><tbody>{body}</tbody></table>"
+        )
     return "".join(parts)
 
 
@@ -290,8 +365,14 @@ def _window(j: dict[str, Any]) -> int | None:
     return None if missing(w) else int(w)
 
 
-def latent_page(data: RunData, row: dict[str, Any], judgments: pd.DataFrame, contexts: Contexts,
-                prev_latent: int | None, next_latent: int | None) -> str:
+def latent_page(
+    data: RunData,
+    row: dict[str, Any],
+    judgments: pd.DataFrame,
+    contexts: Contexts,
+    prev_latent: int | None,
+    next_latent: int | None,
+) -> str:
     latent = int(row["latent"])
     hookpoint = "" if missing(row.get("hookpoint")) else str(row["hookpoint"])
     record = contexts.record(latent)
@@ -303,11 +384,14 @@ def latent_page(data: RunData, row: dict[str, Any], judgments: pd.DataFrame, con
     status_html = ""
     if status != "ok":
         error = "" if missing(row.get("error")) else str(row["error"])
-        status_html = (f"<p>{status_badge(status)}</p>"
-                       + (f"<details><summary>why</summary><pre class='error'>{escape(error)}</pre></details>"
-                          if error else ""))
-    reason = contexts.reason if contexts.sampler is None else \
-        "the latent fires too rarely for a record to be rebuilt from the cache"
+        status_html = f"<p>{status_badge(status)}</p>" + (
+            f"<details><summary>why</summary><pre class='error'>{escape(error)}</pre></details>" if error else ""
+        )
+    reason = (
+        contexts.reason
+        if contexts.sampler is None
+        else "the latent fires too rarely for a record to be rebuilt from the cache"
+    )
     pager = ['<a href="../index.html">← all latents</a>']
     if prev_latent is not None:
         pager.append(f'<a href="{latent_href(prev_latent)}">← latent {prev_latent}</a>')
@@ -319,13 +403,21 @@ def latent_page(data: RunData, row: dict[str, Any], judgments: pd.DataFrame, con
         heading=escape(f"Latent {latent}" + (f" at {hookpoint}" if hookpoint else "")),
         explanation=escape(str(expl)) if not missing(expl) else '<span class="missing">no explanation</span>',
         status=status_html,
-        facts=facts([("frequency", percent(row.get("frequency"))),
-                     ("max activation", num(row.get("max_activation"), 3)),
-                     ("firing windows", num(row.get("fire_windows"))),
-                     ("explainer", row.get("explainer_model"))]),
+        facts=facts(
+            [
+                ("frequency", percent(row.get("frequency"))),
+                ("max activation", num(row.get("max_activation"), 3)),
+                ("firing windows", num(row.get("fire_windows"))),
+                ("explainer", row.get("explainer_model")),
+            ]
+        ),
         scores=_scores_table(row, data.scorers),
         train=_train_section(record.train if record is not None else None, scale, reason),
         judged=_judged_section(judgments, data.scorers, row, contexts, latent, scale),
     )
-    return page(title=f"latent {latent}: {'' if missing(expl) else expl}", run=str(data.files.folder),
-                home="../index.html", body=body)
+    return page(
+        title=f"latent {latent}: {'' if missing(expl) else expl}",
+        run=str(data.files.folder),
+        home="../index.html",
+        body=body,
+    )

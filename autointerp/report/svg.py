@@ -73,26 +73,34 @@ class _Frame:
         for t in ticks(self.x0, self.x1):
             x = self.px(t)
             parts.append(f'<line class="grid" x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + self.h}"/>')
-            parts.append(f'<text class="tick" x="{x:.1f}" y="{TOP + self.h + 14}" text-anchor="middle">'
-                         f'{_fmt(t)}</text>')
+            parts.append(
+                f'<text class="tick" x="{x:.1f}" y="{TOP + self.h + 14}" text-anchor="middle">{_fmt(t)}</text>'
+            )
         for t in y_ticks if y_ticks is not None else ticks(self.y0, self.y1):
             y = self.py(t)
             parts.append(f'<line class="grid" x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + self.w}" y2="{y:.1f}"/>')
             parts.append(f'<text class="tick" x="{LEFT - 5}" y="{y + 3.5:.1f}" text-anchor="end">{_fmt(t)}</text>')
-        parts.append(f'<text class="label" x="{LEFT + self.w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
-                     f'{escape(x_label)}</text>')
-        parts.append(f'<text class="label" transform="translate(12 {TOP + self.h / 2:.1f}) rotate(-90)" '
-                     f'text-anchor="middle">{escape(y_label)}</text>')
+        parts.append(
+            f'<text class="label" x="{LEFT + self.w / 2:.1f}" y="{HEIGHT - 6}" text-anchor="middle">'
+            f"{escape(x_label)}</text>"
+        )
+        parts.append(
+            f'<text class="label" transform="translate(12 {TOP + self.h / 2:.1f}) rotate(-90)" '
+            f'text-anchor="middle">{escape(y_label)}</text>'
+        )
         return parts
 
 
 def _svg(parts: list[str], title: str) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" '
-            f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>' + "".join(parts) + "</svg>")
+    return (
+        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" '
+        f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>' + "".join(parts) + "</svg>"
+    )
 
 
-def histogram(values: Sequence[float], *, x_label: str, title: str, bins: int = 20,
-              x_range: tuple[float, float] | None = None) -> str:
+def histogram(
+    values: Sequence[float], *, x_label: str, title: str, bins: int = 20, x_range: tuple[float, float] | None = None
+) -> str:
     """Counts of `values` in equal bins, with the mean as a dashed line."""
     vals = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     lo, hi = x_range or value_range(vals.tolist())
@@ -105,13 +113,17 @@ def histogram(values: Sequence[float], *, x_label: str, title: str, bins: int = 
         if c == 0:
             continue
         x, y = frame.px(a) + 0.5, frame.py(c)
-        parts.append(f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{max(1.0, frame.px(b) - frame.px(a) - 1):.1f}" '
-                     f'height="{frame.py(0) - y:.1f}"><title>{_fmt(a)}–{_fmt(b)}: {int(c)} '
-                     f'latent{"s" if c != 1 else ""}</title></rect>')
+        parts.append(
+            f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{max(1.0, frame.px(b) - frame.px(a) - 1):.1f}" '
+            f'height="{frame.py(0) - y:.1f}"><title>{_fmt(a)}–{_fmt(b)}: {int(c)} '
+            f"latent{'s' if c != 1 else ''}</title></rect>"
+        )
     if len(vals):
         m = float(vals.mean())
-        parts.append(f'<line class="mean" x1="{frame.px(m):.1f}" y1="{TOP}" x2="{frame.px(m):.1f}" '
-                     f'y2="{frame.py(0):.1f}"><title>mean {m:.3f}</title></line>')
+        parts.append(
+            f'<line class="mean" x1="{frame.px(m):.1f}" y1="{TOP}" x2="{frame.px(m):.1f}" '
+            f'y2="{frame.py(0):.1f}"><title>mean {m:.3f}</title></line>'
+        )
     return _svg(parts, title)
 
 
@@ -125,10 +137,14 @@ def scatter(points: Sequence[Point], *, x_label: str, y_label: str, title: str) 
     parts = frame.axes(x_label, y_label)
     a, b = max(lo_x, lo_y), min(hi_x, hi_y)
     if a < b:
-        parts.append(f'<line class="diagonal" x1="{frame.px(a):.1f}" y1="{frame.py(a):.1f}" '
-                     f'x2="{frame.px(b):.1f}" y2="{frame.py(b):.1f}"/>')
+        parts.append(
+            f'<line class="diagonal" x1="{frame.px(a):.1f}" y1="{frame.py(a):.1f}" '
+            f'x2="{frame.px(b):.1f}" y2="{frame.py(b):.1f}"/>'
+        )
     for p in points:
-        dot = (f'<circle class="dot" cx="{frame.px(p.x):.1f}" cy="{frame.py(p.y):.1f}" r="4">'
-               f'<title>{escape(p.label)}</title></circle>')
+        dot = (
+            f'<circle class="dot" cx="{frame.px(p.x):.1f}" cy="{frame.py(p.y):.1f}" r="4">'
+            f"<title>{escape(p.label)}</title></circle>"
+        )
         parts.append(f'<a href="{escape(p.href)}">{dot}</a>' if p.href else dot)
     return _svg(parts, title)

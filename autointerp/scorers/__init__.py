@@ -12,9 +12,15 @@ from autointerp.scorers.intervention import InterventionChoiceScorer, Interventi
 from autointerp.scorers.simulation import SimulationScorer, SimulationSettings
 from autointerp.scorers.surprisal import SurprisalScorer
 
-SCORERS = {"detection": DetectionScorer, "fuzzing": FuzzingScorer, "intervention": InterventionScorer,
-           "intervention_choice": InterventionChoiceScorer, "embedding": EmbeddingScorer,
-           "simulation": SimulationScorer, "surprisal": SurprisalScorer}
+SCORERS = {
+    "detection": DetectionScorer,
+    "fuzzing": FuzzingScorer,
+    "intervention": InterventionScorer,
+    "intervention_choice": InterventionChoiceScorer,
+    "embedding": EmbeddingScorer,
+    "simulation": SimulationScorer,
+    "surprisal": SurprisalScorer,
+}
 
 
 def scorer_metrics(name: str) -> tuple[str, ...]:
@@ -23,6 +29,17 @@ def scorer_metrics(name: str) -> tuple[str, ...]:
     return tuple(getattr(cls, "metrics", ())) if cls else ()
 
 
-__all__ = ["SCORERS", "ClassifierSettings", "DetectionScorer", "EmbeddingScorer", "FuzzingScorer",
-           "InterventionChoiceScorer", "InterventionScorer", "InterventionSettings", "SimulationScorer",
-           "SimulationSettings", "SurprisalScorer", "scorer_metrics"]
+__all__ = [
+    "SCORERS",
+    "ClassifierSettings",
+    "DetectionScorer",
+    "EmbeddingScorer",
+    "FuzzingScorer",
+    "InterventionChoiceScorer",
+    "InterventionScorer",
+    "InterventionSettings",
+    "SimulationScorer",
+    "SimulationSettings",
+    "SurprisalScorer",
+    "scorer_metrics",
+]

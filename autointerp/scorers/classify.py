@@ -112,10 +112,18 @@ def parse_json_answers(text: str, n: int) -> list[bool] | None:
     return out
 
 
-async def ask_binary(judge: Judge, messages: list[Message], *, mode: str, max_reasks: int, top_logprobs: int,
-                     usage: Usage, from_logprobs: Callable[[Reply], float | None],
-                     from_text: Callable[[str], bool | None], options: tuple[str, str] = ("Yes", "No"),
-                     ) -> tuple[bool | None, float | None, str, str]:
+async def ask_binary(
+    judge: Judge,
+    messages: list[Message],
+    *,
+    mode: str,
+    max_reasks: int,
+    top_logprobs: int,
+    usage: Usage,
+    from_logprobs: Callable[[Reply], float | None],
+    from_text: Callable[[str], bool | None],
+    options: tuple[str, str] = ("Yes", "No"),
+) -> tuple[bool | None, float | None, str, str]:
     """Ask a two-way question, re-asking an unreadable answer up to `max_reasks` times (at temperature 0.7).
 
     Returns (prediction, P(first option) or None, last answer, error). `prediction` is None when no
@@ -192,10 +200,18 @@ class YesNoScorer:
             )
         answered = [j for j in judgments if j.prediction is not None]
         probs = [j.probability for j in answered] if mode == "logprobs" else None
-        metrics = classification_metrics([j.activating for j in answered], [bool(j.prediction) for j in answered],
-                                         probs)
-        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(items),
-                     n_failed=len(items) - len(answered), judgments=list(judgments), usage=usage)
+        metrics = classification_metrics(
+            [j.activating for j in answered], [bool(j.prediction) for j in answered], probs
+        )
+        return Score(
+            latent=record.latent,
+            scorer=self.name,
+            metrics=metrics,
+            n_examples=len(items),
+            n_failed=len(items) - len(answered),
+            judgments=list(judgments),
+            usage=usage,
+        )
 
     def _messages(self, template: str, **values: object) -> list[Message]:
         return [
@@ -205,16 +221,30 @@ class YesNoScorer:
 
     @staticmethod
     def _judgment(item: Item, prediction: bool | None, probability: float | None, answer: str, error: str):
-        return Judgment(window=item.example.window, activating=item.truth, prediction=prediction,
-                        probability=None if probability is None else round(probability, 6),
-                        max_activation=item.example.max_activation, quantile=item.example.quantile,
-                        answer=answer[:200], error=error, text=item.text)
+        return Judgment(
+            window=item.example.window,
+            activating=item.truth,
+            prediction=prediction,
+            probability=None if probability is None else round(probability, 6),
+            max_activation=item.example.max_activation,
+            quantile=item.example.quantile,
+            answer=answer[:200],
+            error=error,
+            text=item.text,
+        )
 
     async def _ask_one(self, item: Item, explanation: str, judge: Judge, mode: str, usage: Usage) -> Judgment:
         messages = self._messages("user.md", explanation=explanation, text=item.text)
-        pred, p, answer, error = await ask_binary(judge, messages, mode=mode, max_reasks=self.settings.max_reasks,
-                                                  top_logprobs=self.settings.top_logprobs, usage=usage,
-                                                  from_logprobs=yes_probability, from_text=text_answer)
+        pred, p, answer, error = await ask_binary(
+            judge,
+            messages,
+            mode=mode,
+            max_reasks=self.settings.max_reasks,
+            top_logprobs=self.settings.top_logprobs,
+            usage=usage,
+            from_logprobs=yes_probability,
+            from_text=text_answer,
+        )
         return self._judgment(item, pred, p, answer, error)
 
     async def _ask_batches(self, items: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
@@ -229,8 +259,12 @@ class YesNoScorer:
         answer, error = "", ""
         for attempt in range(self.settings.max_reasks + 1):
             try:
-                reply = await judge.chat(messages, max_tokens=16 + 4 * len(batch),
-                                         temperature=0.0 if attempt == 0 else 0.7, schema=answers_schema(len(batch)))
+                reply = await judge.chat(
+                    messages,
+                    max_tokens=16 + 4 * len(batch),
+                    temperature=0.0 if attempt == 0 else 0.7,
+                    schema=answers_schema(len(batch)),
+                )
             except JudgeError as e:
                 error = f"judge error: {e}"
                 continue
@@ -241,4 +275,3 @@ class YesNoScorer:
                 return [self._judgment(item, p, None, answer, "") for item, p in zip(batch, parsed, strict=True)]
             error = f"not a JSON list of {len(batch)} answers"
         return [self._judgment(item, None, None, answer, error) for item in batch]
-

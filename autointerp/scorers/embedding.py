@@ -68,9 +68,24 @@ class EmbeddingScorer:
             "negative_similarity": mean_neg,
         }
         judgments = [
-            Judgment(window=e.window, activating=t, prediction=p, probability=None, max_activation=e.max_activation,
-                     quantile=e.quantile, text=e.text, value=round(float(s), 6))
+            Judgment(
+                window=e.window,
+                activating=t,
+                prediction=p,
+                probability=None,
+                max_activation=e.max_activation,
+                quantile=e.quantile,
+                text=e.text,
+                value=round(float(s), 6),
+            )
             for (e, t), p, s in zip(examples, predictions, similarity, strict=True)
         ]
-        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(examples), n_failed=0,
-                     judgments=judgments, usage=Usage())
+        return Score(
+            latent=record.latent,
+            scorer=self.name,
+            metrics=metrics,
+            n_examples=len(examples),
+            n_failed=0,
+            judgments=judgments,
+            usage=Usage(),
+        )

@@ -21,8 +21,13 @@ class FuzzingScorer(YesNoScorer):
     name = "fuzzing"
     prompt_dir = "fuzzing"
 
-    def __init__(self, settings: ClassifierSettings | None = None, *, mark_fraction: float = 0.3,
-                 negatives: Literal["silent", "misplaced"] = "silent"):
+    def __init__(
+        self,
+        settings: ClassifierSettings | None = None,
+        *,
+        mark_fraction: float = 0.3,
+        negatives: Literal["silent", "misplaced"] = "silent",
+    ):
         super().__init__(settings)
         self.mark_fraction = mark_fraction
         self.negatives = negatives

@@ -106,8 +106,14 @@ class Intervention:
         return mean_or_none([float(c.changed) for c in self.continuations])
 
 
-def held_out_windows(cache: ActivationCache, record: LatentRecord, n: int, prompt_tokens: int,
-                     special_ids: set[int], rng: np.random.Generator) -> list[int]:
+def held_out_windows(
+    cache: ActivationCache,
+    record: LatentRecord,
+    n: int,
+    prompt_tokens: int,
+    special_ids: set[int],
+    rng: np.random.Generator,
+) -> list[int]:
     """Up to `n` random windows outside the record's train side whose prompt part holds no special token.
 
     The explainer saw the train side; prompts from it would let an explanation fit by memory of
@@ -137,8 +143,14 @@ class InterventionRunner:
     latent reuses the first one's continuations.
     """
 
-    def __init__(self, subject: SteeringSubject | Callable[[], SteeringSubject], cache: ActivationCache,
-                 settings: InterventionSettings | None = None, *, keep: int = 4):
+    def __init__(
+        self,
+        subject: SteeringSubject | Callable[[], SteeringSubject],
+        cache: ActivationCache,
+        settings: InterventionSettings | None = None,
+        *,
+        keep: int = 4,
+    ):
         self._subject = subject
         self.cache = cache
         self.settings = settings or InterventionSettings()
@@ -180,28 +192,50 @@ class InterventionRunner:
         if not windows:
             raise ValueError(f"latent {latent}: no held-out window is left to cut prompts from")
         device = next(subject.model.parameters()).device
-        ids = torch.tensor(np.stack([self.cache.window_tokens(w)[:prompt_len] for w in windows]),
-                           dtype=torch.long, device=device)
+        ids = torch.tensor(
+            np.stack([self.cache.window_tokens(w)[:prompt_len] for w in windows]), dtype=torch.long, device=device
+        )
         method: Method = s.method  # type: ignore[assignment]
         steerer = Steerer.for_latent(subject.model, subject.encoder, subject.hookpoint, latent, method)
         scale = record.stats.max_activation if record.stats.max_activation > 0 else 1.0
-        tuning = tune(subject.model, ids, steerer, s.kl_target, scale=scale, log10_range=(s.log10_min, s.log10_max),
-                      max_steps=s.search_steps, rel_tol=s.kl_tolerance)
+        tuning = tune(
+            subject.model,
+            ids,
+            steerer,
+            s.kl_target,
+            scale=scale,
+            log10_range=(s.log10_min, s.log10_max),
+            max_steps=s.search_steps,
+            rel_tol=s.kl_tolerance,
+        )
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        clean, steered = generate_pair(subject.model, ids, steerer, tuning.strength, s.new_tokens,
-                                       temperature=s.temperature, generator=generator)
+        clean, steered = generate_pair(
+            subject.model, ids, steerer, tuning.strength, s.new_tokens, temperature=s.temperature, generator=generator
+        )
         continuations = []
         for row, w in enumerate(windows):
             prompt_ids = ids[row].tolist()
             c, st = clean[row].tolist(), steered[row].tolist()
-            continuations.append(Continuation(
-                window=w, prompt=_decode(subject.tokenizer, prompt_ids, special),
-                clean=_decode(subject.tokenizer, c, special), steered=_decode(subject.tokenizer, st, special),
-                changed=c != st,
-                max_activation=float(self.cache.window_activations(w, latent)[:prompt_len].max())))
+            continuations.append(
+                Continuation(
+                    window=w,
+                    prompt=_decode(subject.tokenizer, prompt_ids, special),
+                    clean=_decode(subject.tokenizer, c, special),
+                    steered=_decode(subject.tokenizer, st, special),
+                    changed=c != st,
+                    max_activation=float(self.cache.window_activations(w, latent)[:prompt_len].max()),
+                )
+            )
         passes = 2 + tuning.evaluations + s.new_tokens + 1  # prefix + clean + search; prefill + steps
-        return Intervention(latent=latent, strength=tuning.strength, kl=tuning.kl, kl_reached=tuning.reached,
-                            forward_passes=passes, seconds=time.perf_counter() - start, continuations=continuations)
+        return Intervention(
+            latent=latent,
+            strength=tuning.strength,
+            kl=tuning.kl,
+            kl_reached=tuning.reached,
+            forward_passes=passes,
+            seconds=time.perf_counter() - start,
+            continuations=continuations,
+        )
 
 
 def _decode(tokenizer: Tokenizer, ids: Sequence[int], special: set[int]) -> str:
@@ -262,7 +296,8 @@ class InterventionScorer:
             raise ValueError(
                 f"the intervention scorer needs a judge that returns prompt logprobs (the log-probability of "
                 f"every token of a given text), and judge {judge.model} cannot: pick a judge whose backend "
-                "returns them, or score with 'intervention_choice', which needs only chat answers")
+                "returns them, or score with 'intervention_choice', which needs only chat answers"
+            )
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         self.check_judge(judge)
@@ -270,10 +305,20 @@ class InterventionScorer:
         usage = Usage()
         judgments = await asyncio.gather(*(self._judge(c, explanation.text, judge, usage) for c in iv.continuations))
         values = [j.value for j in judgments if j.value is not None]
-        metrics: dict[str, float | None] = {"surprisal_difference": mean_or_none(values), "win_rate": win_rate(values),
-                                            **_summary_metrics(iv)}
-        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(judgments),
-                     n_failed=len(judgments) - len(values), judgments=list(judgments), usage=usage)
+        metrics: dict[str, float | None] = {
+            "surprisal_difference": mean_or_none(values),
+            "win_rate": win_rate(values),
+            **_summary_metrics(iv),
+        }
+        return Score(
+            latent=record.latent,
+            scorer=self.name,
+            metrics=metrics,
+            n_examples=len(judgments),
+            n_failed=len(judgments) - len(values),
+            judgments=list(judgments),
+            usage=usage,
+        )
 
     async def _logprob(self, passage: str, explanation: str, judge: Judge, usage: Usage) -> tuple[float | None, str]:
         text, start, end = surprisal_text(passage, explanation)
@@ -292,8 +337,14 @@ class InterventionScorer:
         return None, error
 
     async def _judge(self, c: Continuation, explanation: str, judge: Judge, usage: Usage) -> Judgment:
-        base = dict(window=c.window, activating=True, probability=None, max_activation=c.max_activation,
-                    quantile=-1, text=_display(c))
+        base = dict(
+            window=c.window,
+            activating=True,
+            probability=None,
+            max_activation=c.max_activation,
+            quantile=-1,
+            text=_display(c),
+        )
         if not c.changed:  # the same text twice: the difference is exactly 0, no need to ask
             return Judgment(prediction=None, value=0.0, answer="not asked: identical continuations", **base)
         clean, clean_err = await self._logprob(clean_token(c.prompt + c.clean), explanation, judge, usage)
@@ -301,11 +352,16 @@ class InterventionScorer:
         if clean is None or steered is None:
             return Judgment(prediction=None, value=None, error=clean_err or steered_err, **base)
         diff = steered - clean
-        return Judgment(prediction=diff > 0, value=round(diff, 6),
-                        answer=f"log p(explanation): clean {clean:.4f}, steered {steered:.4f}", **base)
+        return Judgment(
+            prediction=diff > 0,
+            value=round(diff, 6),
+            answer=f"log p(explanation): clean {clean:.4f}, steered {steered:.4f}",
+            **base,
+        )
 
 
 # --- the judge picks the steered continuation ------------------------------------------------------
+
 
 def choice_probability(reply: Reply) -> float | None:
     """P(A) / (P(A) + P(B)) at the first generated token, or None if neither letter is in the top list."""
@@ -347,40 +403,78 @@ class InterventionChoiceScorer:
         rng = np.random.default_rng([self.settings.seed, record.latent.index, zlib.crc32(self.name.encode())])
         steered_first = rng.random(len(iv.continuations)) < 0.5
         usage = Usage()
-        judgments = await asyncio.gather(*(self._judge(c, bool(first), explanation.text, judge, mode, usage)
-                                           for c, first in zip(iv.continuations, steered_first, strict=True)))
+        judgments = await asyncio.gather(
+            *(
+                self._judge(c, bool(first), explanation.text, judge, mode, usage)
+                for c, first in zip(iv.continuations, steered_first, strict=True)
+            )
+        )
         # a pick between two identical texts is a coin toss: it counts half, as its expected value
         credit = [0.5 if j.value is None else j.value for j in judgments if not j.error]
-        p_correct = [j.probability if j.activating else 1 - j.probability
-                     for j in judgments if not j.error and j.probability is not None]
+        p_correct = [
+            j.probability if j.activating else 1 - j.probability
+            for j in judgments
+            if not j.error and j.probability is not None
+        ]
         metrics: dict[str, float | None] = {
             "accuracy": mean_or_none(credit),
             "p_correct": mean_or_none(p_correct) if mode == "logprobs" else None,
-            **_summary_metrics(iv)}
-        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(judgments),
-                     n_failed=sum(bool(j.error) for j in judgments), judgments=list(judgments), usage=usage)
+            **_summary_metrics(iv),
+        }
+        return Score(
+            latent=record.latent,
+            scorer=self.name,
+            metrics=metrics,
+            n_examples=len(judgments),
+            n_failed=sum(bool(j.error) for j in judgments),
+            judgments=list(judgments),
+            usage=usage,
+        )
 
     def _messages(self, c: Continuation, steered_first: bool, explanation: str) -> list[Message]:
         a, b = (c.steered, c.clean) if steered_first else (c.clean, c.steered)
-        user = render(load_prompt("intervention/choice_user.md"), explanation=explanation,
-                      prompt=clean_token(c.prompt), a=clean_token(a), b=clean_token(b))
-        return [{"role": "system", "content": load_prompt("intervention/choice_system.md")},
-                {"role": "user", "content": user}]
+        user = render(
+            load_prompt("intervention/choice_user.md"),
+            explanation=explanation,
+            prompt=clean_token(c.prompt),
+            a=clean_token(a),
+            b=clean_token(b),
+        )
+        return [
+            {"role": "system", "content": load_prompt("intervention/choice_system.md")},
+            {"role": "user", "content": user},
+        ]
 
-    async def _judge(self, c: Continuation, steered_first: bool, explanation: str, judge: Judge, mode: str,
-                     usage: Usage) -> Judgment:
+    async def _judge(
+        self, c: Continuation, steered_first: bool, explanation: str, judge: Judge, mode: str, usage: Usage
+    ) -> Judgment:
         # `activating` is the truth "A is the steered one", `prediction` "the judge picked A",
         # `probability` P(A); `value` is 1 for a right pick and 0 for a wrong one
-        base = dict(window=c.window, activating=steered_first, max_activation=c.max_activation, quantile=-1,
-                    text=_display(c))
+        base = dict(
+            window=c.window, activating=steered_first, max_activation=c.max_activation, quantile=-1, text=_display(c)
+        )
         if not c.changed:
-            return Judgment(prediction=None, probability=0.5, value=None,
-                            answer="not asked: identical continuations", **base)
+            return Judgment(
+                prediction=None, probability=0.5, value=None, answer="not asked: identical continuations", **base
+            )
         messages = self._messages(c, steered_first, explanation)
         picked_a, p_a, answer, error = await ask_binary(
-            judge, messages, mode=mode, max_reasks=self.settings.max_reasks, top_logprobs=self.settings.top_logprobs,
-            usage=usage, from_logprobs=choice_probability, from_text=choice_answer, options=("A", "B"))
+            judge,
+            messages,
+            mode=mode,
+            max_reasks=self.settings.max_reasks,
+            top_logprobs=self.settings.top_logprobs,
+            usage=usage,
+            from_logprobs=choice_probability,
+            from_text=choice_answer,
+            options=("A", "B"),
+        )
         if picked_a is None:
             return Judgment(prediction=None, probability=None, value=None, answer=answer[:200], error=error, **base)
-        return Judgment(prediction=picked_a, probability=None if p_a is None else round(p_a, 6),
-                        value=float(picked_a == steered_first), answer=answer[:200], **base)
+        return Judgment(
+            prediction=picked_a,
+            probability=None if p_a is None else round(p_a, 6),
+            value=float(picked_a == steered_first),
+            answer=answer[:200],
+            **base,
+        )

@@ -130,8 +130,14 @@ def parse_levels(text: str, n: int) -> tuple[list[float] | None, str]:
 def levels_schema(n: int) -> dict:
     return {
         "type": "object",
-        "properties": {"activations": {"type": "array", "items": {"type": "integer", "enum": list(DIGITS.values())},
-                                       "minItems": n, "maxItems": n}},
+        "properties": {
+            "activations": {
+                "type": "array",
+                "items": {"type": "integer", "enum": list(DIGITS.values())},
+                "minItems": n,
+                "maxItems": n,
+            }
+        },
         "required": ["activations"],
     }
 
@@ -159,8 +165,10 @@ class SimulationScorer:
         if mode == "auto":
             return "logprobs" if can_score_text(judge) else "json"
         if mode == "logprobs" and not can_score_text(judge):
-            raise ValueError(f"simulation mode 'logprobs' needs a judge with prompt logprobs; {judge.model} "
-                             f"({type(judge).__name__}) has none: use mode 'json'")
+            raise ValueError(
+                f"simulation mode 'logprobs' needs a judge with prompt logprobs; {judge.model} "
+                f"({type(judge).__name__}) has none: use mode 'json'"
+            )
         return mode
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
@@ -176,7 +184,8 @@ class SimulationScorer:
         text, shown, slots = simulation_text(explanation, example.str_tokens)
         try:
             tokens = await judge.prompt_logprobs(  # type: ignore[attr-defined]
-                text, top_logprobs=self.settings.top_logprobs, top_at=slots)
+                text, top_logprobs=self.settings.top_logprobs, top_at=slots
+            )
         except JudgeError as e:
             return Simulated(example, None, shown, error=f"judge error: {e}")
         usage.add(Usage(prompt_tokens=len(tokens), calls=1))
@@ -187,14 +196,19 @@ class SimulationScorer:
     async def _json(self, example: Example, explanation: str, judge: Judge, usage: Usage) -> Simulated:
         n = len(example.str_tokens)
         shown = json.dumps([clean_token(t) for t in example.str_tokens], ensure_ascii=False)
-        messages = [{"role": "system", "content": load_prompt("simulation/system.md")},
-                    {"role": "user", "content": render(load_prompt("simulation/user.md"), explanation=explanation,
-                                                       n=n, tokens=shown)}]
+        messages = [
+            {"role": "system", "content": load_prompt("simulation/system.md")},
+            {
+                "role": "user",
+                "content": render(load_prompt("simulation/user.md"), explanation=explanation, n=n, tokens=shown),
+            },
+        ]
         answer, error = "", ""
         for attempt in range(self.settings.max_reasks + 1):
             try:
-                reply = await judge.chat(messages, max_tokens=16 + 3 * n, temperature=0.0 if attempt == 0 else 0.7,
-                                         schema=levels_schema(n))
+                reply = await judge.chat(
+                    messages, max_tokens=16 + 3 * n, temperature=0.0 if attempt == 0 else 0.7, schema=levels_schema(n)
+                )
             except JudgeError as e:
                 error = f"judge error: {e}"
                 continue
@@ -223,18 +237,32 @@ class SimulationScorer:
                 truth.append(r.example.activating)
                 peaks.append(max(r.predicted, default=0.0))
             peak = max(r.predicted, default=0.0) if r.predicted is not None else None
-            judgments.append(Judgment(
-                window=r.example.window, activating=r.example.activating,
-                prediction=None if peak is None else peak >= MAX_LEVEL / 2,
-                probability=None if peak is None else round(peak / MAX_LEVEL, 6),
-                max_activation=r.example.max_activation, quantile=r.example.quantile,
-                answer=r.answer[:200], error=r.error, text=r.shown,
-                value=None if value is None else round(value, 6)))
+            judgments.append(
+                Judgment(
+                    window=r.example.window,
+                    activating=r.example.activating,
+                    prediction=None if peak is None else peak >= MAX_LEVEL / 2,
+                    probability=None if peak is None else round(peak / MAX_LEVEL, 6),
+                    max_activation=r.example.max_activation,
+                    quantile=r.example.quantile,
+                    answer=r.answer[:200],
+                    error=r.error,
+                    text=r.shown,
+                    value=None if value is None else round(value, 6),
+                )
+            )
         metrics = {
             "correlation": correlation(all_true, all_pred),
             "example_correlation": mean_or_none([v for v in per_example if v is not None]),
             "auroc": auroc(truth, peaks) if peaks else None,
         }
         n_failed = sum(r.predicted is None for r in results)
-        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(results),
-                     n_failed=n_failed, judgments=judgments, usage=usage)
+        return Score(
+            latent=record.latent,
+            scorer=self.name,
+            metrics=metrics,
+            n_examples=len(results),
+            n_failed=n_failed,
+            judgments=judgments,
+            usage=usage,
+        )

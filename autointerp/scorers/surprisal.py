@@ -58,9 +58,11 @@ class SurprisalScorer:
     def check_judge(self, judge: Judge) -> None:
         """Called before any latent is scored, so a judge that cannot fails the run once, with the reason."""
         if not can_score_text(judge):
-            raise ValueError(f"the surprisal scorer needs a judge that gives prompt logprobs (teacher forcing); "
-                             f"{judge.model} does not: use a local judge (qwen2.5-coder-1.5b, smollm2, a .gguf), "
-                             f"vllm:MODEL, or an openai:MODEL server that echoes them, with --prompt-logprobs")
+            raise ValueError(
+                f"the surprisal scorer needs a judge that gives prompt logprobs (teacher forcing); "
+                f"{judge.model} does not: use a local judge (qwen2.5-coder-1.5b, smollm2, a .gguf), "
+                f"vllm:MODEL, or an openai:MODEL server that echoes them, with --prompt-logprobs"
+            )
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         self.check_judge(judge)
@@ -70,9 +72,11 @@ class SurprisalScorer:
         described = text_prefix(explanation.text)
         neutral = text_prefix(load_prompt("surprisal/neutral.md").strip())
         # explanation texts first, then the neutral ones: each run of calls shares its prefix
-        losses = await asyncio.gather(*(self._loss(described, t, judge, usage) for t in texts),
-                                      *(self._loss(neutral, t, judge, usage) for t in texts))
-        with_expl, without = losses[: len(texts)], losses[len(texts):]
+        losses = await asyncio.gather(
+            *(self._loss(described, t, judge, usage) for t in texts),
+            *(self._loss(neutral, t, judge, usage) for t in texts),
+        )
+        with_expl, without = losses[: len(texts)], losses[len(texts) :]
         judgments = [self._judgment(e, t, a, b) for e, t, a, b in zip(examples, texts, with_expl, without, strict=True)]
         answered = [j for j in judgments if j.value is not None]
         truth = [j.activating for j in answered]
@@ -82,8 +86,15 @@ class SurprisalScorer:
             "reduction_activating": mean_or_none([j.value for j in answered if j.activating]),
             "reduction_silent": mean_or_none([j.value for j in answered if not j.activating]),
         }
-        return Score(latent=record.latent, scorer=self.name, metrics=metrics, n_examples=len(examples),
-                     n_failed=len(examples) - len(answered), judgments=judgments, usage=usage)
+        return Score(
+            latent=record.latent,
+            scorer=self.name,
+            metrics=metrics,
+            n_examples=len(examples),
+            n_failed=len(examples) - len(answered),
+            judgments=judgments,
+            usage=usage,
+        )
 
     @staticmethod
     async def _loss(prefix: str, text: str, judge: Judge, usage: Usage) -> Loss:
@@ -100,10 +111,23 @@ class SurprisalScorer:
     def _judgment(example: Example, text: str, described: Loss, neutral: Loss) -> Judgment:
         ok = described.value is not None and neutral.value is not None
         drop = neutral.value - described.value if ok else None  # type: ignore[operator]
-        answer = (f"loss {described.value:.3f} with the explanation, {neutral.value:.3f} with the neutral "
-                  f"description (nats/token)") if ok else ""
-        return Judgment(window=example.window, activating=example.activating,
-                        prediction=None if drop is None else drop > 0, probability=None,
-                        max_activation=example.max_activation, quantile=example.quantile, answer=answer,
-                        error=described.error or neutral.error, text=text,
-                        value=None if drop is None else round(drop, 6))
+        answer = (
+            (
+                f"loss {described.value:.3f} with the explanation, {neutral.value:.3f} with the neutral "
+                f"description (nats/token)"
+            )
+            if ok
+            else ""
+        )
+        return Judgment(
+            window=example.window,
+            activating=example.activating,
+            prediction=None if drop is None else drop > 0,
+            probability=None,
+            max_activation=example.max_activation,
+            quantile=example.quantile,
+            answer=answer,
+            error=described.error or neutral.error,
+            text=text,
+            value=None if drop is None else round(drop, 6),
+        )

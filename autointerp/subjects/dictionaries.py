@@ -390,8 +390,11 @@ def load_dictionary(path: str | Path, hookpoint: str | None = None) -> Encoder:
     if (folder / "sae.safetensors").exists() or any(folder.glob("*/sae.safetensors")) or any(folder.glob("*/cfg.json")):
         return load_sparsify(folder, hookpoint)
     if (folder / "cfg.json").exists():
-        raise DictionaryError(f"{folder} has cfg.json but neither sae.safetensors (sparsify) nor "
-                              "sae_weights.safetensors (SAELens)")
-    raise DictionaryError(f"{folder} is not a dictionary: expected a sparsify folder (cfg.json + "
-                          "sae.safetensors, or one subfolder per hookpoint) or a SAELens folder "
-                          "(cfg.json + sae_weights.safetensors)")
+        raise DictionaryError(
+            f"{folder} has cfg.json but neither sae.safetensors (sparsify) nor sae_weights.safetensors (SAELens)"
+        )
+    raise DictionaryError(
+        f"{folder} is not a dictionary: expected a sparsify folder (cfg.json + "
+        "sae.safetensors, or one subfolder per hookpoint) or a SAELens folder "
+        "(cfg.json + sae_weights.safetensors)"
+    )

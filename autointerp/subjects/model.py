@@ -95,8 +95,10 @@ def load_gguf(path: Path | str, *, dtype: torch.dtype = torch.bfloat16) -> tuple
 
 
 def _is_complete(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / PROVENANCE_FILE).is_file() and any(
-        folder.glob("*.safetensors")
+    return (
+        (folder / "config.json").is_file()
+        and (folder / PROVENANCE_FILE).is_file()
+        and any(folder.glob("*.safetensors"))
     )
 
 
@@ -128,13 +130,18 @@ def convert_gguf_to_folder(gguf: Path | str, out: Path | str) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / PROVENANCE_FILE).write_text(json.dumps({
-            "converted_from": str(gguf),
-            "gguf_bytes": gguf.stat().st_size,
-            "name": EMBEDDED_NAME,
-            "dtype": "bfloat16",
-            "transformers": transformers.__version__,
-        }, indent=2))
+        (tmp / PROVENANCE_FILE).write_text(
+            json.dumps(
+                {
+                    "converted_from": str(gguf),
+                    "gguf_bytes": gguf.stat().st_size,
+                    "name": EMBEDDED_NAME,
+                    "dtype": "bfloat16",
+                    "transformers": transformers.__version__,
+                },
+                indent=2,
+            )
+        )
         # mkdtemp makes the folder 0700 (and some writers make files 0600): open it up like a normal cache.
         tmp.chmod(0o755)
         for f in tmp.iterdir():

@@ -72,7 +72,8 @@ def steering_edit(encoder: Encoder, hookpoint: Hookpoint, latent: int, method: M
             raise SteeringError(
                 f"{encoder.name} is a transcoder: it encodes its module's input and decodes to the module's "
                 "output, so there is no one place to encode, bump and decode; use method 'direction' (the default "
-                "for transcoders), which adds the decoder direction to the module's output")
+                "for transcoders), which adds the decoder direction to the module's output"
+            )
         if encoder.kind != "neurons" and (encoder.W_enc is None or encoder.W_dec is None):
             raise SteeringError(f"{encoder.name} has no encoder or decoder weights; use method 'direction'")
 
@@ -95,8 +96,10 @@ def steering_edit(encoder: Encoder, hookpoint: Hookpoint, latent: int, method: M
 
     def add_direction(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != direction.shape[-1]:
-            raise SteeringError(f"the decoder direction of {encoder.name} has width {direction.shape[-1]}, but "
-                                f"{site.side} of {site.module_path} has width {x.shape[-1]}")
+            raise SteeringError(
+                f"the decoder direction of {encoder.name} has width {direction.shape[-1]}, but "
+                f"{site.side} of {site.module_path} has width {x.shape[-1]}"
+            )
         return x + s[:, None] * direction.to(x.device)
 
     return site, add_direction
@@ -112,8 +115,9 @@ class Steerer:
         self.module = base_model(model).get_submodule(site.module_path)
 
     @classmethod
-    def for_latent(cls, model: nn.Module, encoder: Encoder, hookpoint: Hookpoint, latent: int,
-                   method: Method = "auto") -> Steerer:
+    def for_latent(
+        cls, model: nn.Module, encoder: Encoder, hookpoint: Hookpoint, latent: int, method: Method = "auto"
+    ) -> Steerer:
         site, edit = steering_edit(encoder, hookpoint, latent, method)
         return cls(model, site, edit)
 
@@ -159,6 +163,7 @@ class Steerer:
 
 # --- forward passes with a KV cache, across transformers versions ---------------------------------
 
+
 def _params(model: nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
@@ -187,8 +192,13 @@ def prefill(model: nn.Module, ids: torch.Tensor) -> Any:
 
 
 @torch.inference_mode()
-def last_logprobs(model: nn.Module, ids: torch.Tensor, prefix: Any, steerer: Steerer | None = None,
-                  strengths: torch.Tensor | None = None) -> torch.Tensor:
+def last_logprobs(
+    model: nn.Module,
+    ids: torch.Tensor,
+    prefix: Any,
+    steerer: Steerer | None = None,
+    strengths: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Next-token log-probabilities after each prompt, the last prompt position steered if asked."""
     cache = copy.deepcopy(prefix)  # the forward pass appends to the cache; keep the prefix reusable
     block = steerer(strengths) if steerer is not None and strengths is not None else contextlib.nullcontext()
@@ -210,9 +220,15 @@ class Tuning:
     reached: bool  # the KL is within the tolerance of the target
 
 
-def tune_strength(kl_at: Callable[[float], float], target: float, *, scale: float = 1.0,
-                  log10_range: tuple[float, float] = (-2.0, 3.0), max_steps: int = 12,
-                  rel_tol: float = 0.1) -> Tuning:
+def tune_strength(
+    kl_at: Callable[[float], float],
+    target: float,
+    *,
+    scale: float = 1.0,
+    log10_range: tuple[float, float] = (-2.0, 3.0),
+    max_steps: int = 12,
+    rel_tol: float = 0.1,
+) -> Tuning:
     """Binary search on log10(strength / scale) for a strength whose KL is within rel_tol of `target`.
 
     KL grows with strength for all but pathological latents; if even the largest strength in range
@@ -258,8 +274,17 @@ def tune_strength(kl_at: Callable[[float], float], target: float, *, scale: floa
 
 
 @torch.inference_mode()
-def tune(model: nn.Module, ids: torch.Tensor, steerer: Steerer, target: float, *, scale: float,
-         log10_range: tuple[float, float] = (-2.0, 3.0), max_steps: int = 12, rel_tol: float = 0.1) -> Tuning:
+def tune(
+    model: nn.Module,
+    ids: torch.Tensor,
+    steerer: Steerer,
+    target: float,
+    *,
+    scale: float,
+    log10_range: tuple[float, float] = (-2.0, 3.0),
+    max_steps: int = 12,
+    rel_tol: float = 0.1,
+) -> Tuning:
     """The strength at which the mean next-token KL(clean || steered) over the prompts hits `target`.
 
     The prompt prefixes are run once; each strength tried costs one batched single-token pass.
@@ -277,9 +302,16 @@ def tune(model: nn.Module, ids: torch.Tensor, steerer: Steerer, target: float, *
 
 
 @torch.inference_mode()
-def generate_pair(model: nn.Module, ids: torch.Tensor, steerer: Steerer, strength: float, n_tokens: int, *,
-                  temperature: float = 1.0, generator: torch.Generator | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_pair(
+    model: nn.Module,
+    ids: torch.Tensor,
+    steerer: Steerer,
+    strength: float,
+    n_tokens: int,
+    *,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Continue each prompt twice, clean and steered, `n_tokens` each: ([batch, n] clean, [batch, n] steered).
 
     Both runs share one batch and the same sampling noise (Gumbel-max with one draw per prompt and
