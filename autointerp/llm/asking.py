@@ -2,10 +2,11 @@
 
 A judge's answer that cannot be read is re-asked a bounded number of times (each attempt may change
 the request: a higher temperature, a JSON schema, a re-ask prompt) and then reported as a failure
-with its reason, never guessed at. The explainer, the Yes/No and A/B questions of the classifiers,
-the simulation's JSON answers and the teacher-forced texts of the intervention scorer all go
-through `ask` or `score_text`, so how an answer is judged readable (including whether a cut-off
-answer counts) is decided in one place: the parser, which receives the whole `Reply`.
+with its reason, never guessed at. The explainer, the Yes/No and A/B questions of detection, fuzzing
+and intervention_choice, simulation's JSON answers (`ask`) and the teacher-forced texts of
+simulation, surprisal and intervention (`score_text`) all go through `ask_until_read`, so how an
+answer is judged readable (including whether a cut-off answer counts) is decided in one place per
+kind of answer: its parser, which receives the whole `Reply`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ class Asked(Generic[T]):
     answer: str = ""  # the text of the last answer received ("" when none came, or none was generated)
     error: str = ""  # why `value` is None ("" when it is not)
     failures: int = 0  # answers received that could not be read
-    reply: Any = None  # the last answer received (a Reply, or a list of PromptToken)
 
 
 async def ask_until_read(
@@ -74,7 +74,7 @@ async def ask_until_read(
             out.error = f"judge error: {e}"
             continue
         usage.add(usage_of(reply))
-        out.answer, out.reply = text_of(reply), reply
+        out.answer = text_of(reply)
         value, why = parse(reply)
         if value is not None:
             out.value, out.error = value, ""
