@@ -21,6 +21,8 @@ from autointerp.llm.cache import ResponseCacheError
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
 from autointerp.results import RunFiles
 from autointerp.sampling import Sampler, token_decoder
+from autointerp.scorers.base import Scorer, ScorerContext
+from autointerp.scorers.registry import build_scorers
 from autointerp.subjects.dictionaries import DictionaryError
 from autointerp.subjects.hookpoints import HookpointError
 
@@ -202,54 +204,25 @@ def embedders(config: RunConfig) -> Callable[[str], Embedder]:
     return get
 
 
+def scorer_context(
+    config: RunConfig, cache: ActivationCache | None = None, embedder: Callable[[str], Embedder] | None = None
+) -> ScorerContext:
+    """What the run's scorers share: the activation cache, the embedders (by name; shared with the
+    sampler's similar negatives) and the subject model for steering (loaded on first use)."""
+    return ScorerContext(
+        cache=cache, embedder=embedder or embedders(config), steering_subject=lambda: steering_subject(config)
+    )
+
+
 def make_scorers(
     config: RunConfig,
     names: list[str] | None = None,
     cache: ActivationCache | None = None,
     *,
     embedder: Callable[[str], Embedder] | None = None,
-) -> list[Any]:
-    """The scorers named (default: the config's), built with the run's settings; the intervention
-    scorers also need the run's activation cache, and the embedding scorer takes its model from
-    `embedder` (by name; shared with the sampler's similar negatives)."""
-    from autointerp.scorers import (
-        DetectionScorer,
-        EmbeddingScorer,
-        FuzzingScorer,
-        InterventionChoiceScorer,
-        InterventionScorer,
-        SimulationScorer,
-        SurprisalScorer,
-    )
-    from autointerp.scorers.intervention import InterventionRunner
-
-    embedder = embedder or embedders(config)
-    settings = config.classifier
-    settings.seed = config.sampling.seed
-    config.intervention.seed = config.sampling.seed
-    runner: list[InterventionRunner] = []
-
-    def intervention_runner() -> InterventionRunner:
-        # one runner for both intervention scorers: the model loads once, on first use, and a latent's
-        # continuations are computed once
-        if cache is None:
-            raise ValueError("the intervention scorers need the run's activation cache")
-        if not runner:
-            runner.append(InterventionRunner(lambda: steering_subject(config), cache, config.intervention))
-        return runner[0]
-
-    built = {
-        "detection": lambda: DetectionScorer(settings),
-        "fuzzing": lambda: FuzzingScorer(
-            settings, mark_fraction=config.explain.mark_fraction, negatives=config.fuzz_negatives
-        ),
-        "intervention": lambda: InterventionScorer(intervention_runner()),
-        "intervention_choice": lambda: InterventionChoiceScorer(intervention_runner()),
-        "embedding": lambda: EmbeddingScorer(embedder(config.embedding_model)),
-        "simulation": SimulationScorer,
-        "surprisal": SurprisalScorer,
-    }
-    return [built[name]() for name in (config.scorers if names is None else names)]
+) -> list[Scorer]:
+    """The scorers named (default: the config's), built with the run's settings."""
+    return build_scorers(config.scorers if names is None else names, config, scorer_context(config, cache, embedder))
 
 
 async def latent_stages(
@@ -265,7 +238,8 @@ async def latent_stages(
     embedder = embedders(config)
     similar = embedder(config.sampling.similar_model) if config.sampling.negatives == "similar" else None
     sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling, embedder=similar)
-    scorers = make_scorers(config, cache=cache, embedder=embedder)
+    context = scorer_context(config, cache, embedder)
+    scorers = build_scorers(config.scorers, config, context)
     latents, n_rare = select_latents(cache, config)
     loaded: dict[str, Judge] = dict(judges or {})
 
@@ -276,10 +250,9 @@ async def latent_stages(
 
     best_of = "explain" in stages and config.explain.best_of > 1
     explainer = judge(config.explainer_model) if "explain" in stages else None
-    needs_judge = "score" in stages and any(getattr(s, "needs_judge", True) for s in scorers)
-    chooser = make_scorers(config, [config.explain.best_of_scorer], cache, embedder=embedder)[0] if best_of else None
-    needs_judge |= best_of and getattr(chooser, "needs_judge", True)
-    scorer_judge = judge(config.judge) if needs_judge else None
+    chooser = build_scorers([config.explain.best_of_scorer], config, context)[0] if best_of else None
+    asking = (scorers if "score" in stages else []) + ([chooser] if chooser else [])
+    scorer_judge = judge(config.judge) if any(s.needs_judge for s in asking) else None
     summary = RunSummary()
     if n_rare:
         summary.messages.append(
@@ -289,9 +262,8 @@ async def latent_stages(
     worker = LatentWorker(files, config, sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser)
     try:
         # a judge that cannot do what a scorer needs fails here, not on every latent
-        for scorer in (scorers if "score" in stages else []) + ([chooser] if chooser else []):
-            if hasattr(scorer, "check_judge"):
-                scorer.check_judge(scorer_judge)
+        for scorer in asking:
+            scorer.check_judge(scorer_judge)
         return await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
     finally:
         for name, j in loaded.items():

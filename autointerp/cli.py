@@ -192,6 +192,21 @@ def publish_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scorers_help() -> str:
+    from autointerp.scorers.registry import scorer_classes
+
+    return ", ".join(f"{name} ({cls.summary})" if cls.summary else name for name, cls in scorer_classes().items())
+
+
+def _scorers_in_brief() -> str:
+    from autointerp.scorers.registry import scorer_classes
+
+    classes = scorer_classes()
+    judged = [name for name, cls in classes.items() if cls.needs_judge]
+    other = [name for name, cls in classes.items() if not cls.needs_judge]
+    return ", ".join(judged) + " with the judge" + (f"; {', '.join(other)} without" if other else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autointerp",
@@ -204,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run": "cache, explain and score in one go (resumable)",
         "cache": "stream the corpus through model + dictionary and cache latent activations",
         "explain": "label each selected latent with the explainer model",
-        "score": "score existing explanations (detection, fuzzing, intervention, simulation, surprisal with the "
-        "judge; embedding)",
+        "score": "score existing explanations (" + _scorers_in_brief() + ")",
     }
     for name, text in helps.items():
         p = sub.add_parser(
@@ -377,12 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(
                 "--scorers",
                 type=_str_list,
-                help="comma-separated, from detection, fuzzing, intervention (surprisal difference "
-                "of steered vs clean continuations; needs a judge with prompt logprobs), "
-                "intervention_choice (the judge picks the steered continuation), embedding "
-                "(cosine of explanation and excerpts; no judge), simulation (the judge predicts each "
-                "token's activation), surprisal (loss of excerpts after the explanation; needs "
-                "prompt logprobs) (default: detection,fuzzing)",
+                help="comma-separated, from " + _scorers_help() + f" (default: {','.join(RunConfig().scorers)})",
             )
             g.add_argument(
                 "--embedding-model",
@@ -493,24 +502,28 @@ def resolve_config(files: RunFiles, args: argparse.Namespace) -> tuple[RunConfig
 
 
 def _validate(config: RunConfig) -> None:
-    from autointerp.scorers import SCORERS
+    from autointerp.scorers.registry import find_scorer, scorer_names
 
-    unknown = [s for s in config.scorers if s not in SCORERS]
+    unknown = [s for s in config.scorers if find_scorer(s) is None]
     if unknown:
-        raise ConfigError(f"unknown scorer(s) {unknown}; available: {sorted(SCORERS)}")
+        raise ConfigError(f"unknown scorer(s) {unknown}; available: {scorer_names()}")
     if config.explain.style == "contrastive" and config.sampling.n_train_negatives < 1:
         raise ConfigError(
             "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"
         )
     if config.cache.ctx_len % config.cache.window_len:
         raise ConfigError("the context length must be a multiple of the window length")
-    if config.explain.best_of_scorer not in SCORERS:
-        raise ConfigError(f"unknown --best-of-scorer {config.explain.best_of_scorer!r}; available: {sorted(SCORERS)}")
+    chooser = find_scorer(config.explain.best_of_scorer)
+    if chooser is None:
+        raise ConfigError(f"unknown --best-of-scorer {config.explain.best_of_scorer!r}; available: {scorer_names()}")
     if config.explain.best_of < 1:
         raise ConfigError("--best-of must be at least 1")
-    if config.explain.best_of > 1 and config.explain.best_of_scorer.startswith("intervention"):
-        # its prompts are drawn outside the explainer's examples, which the validation view does not carry
-        raise ConfigError("--best-of-scorer cannot be an intervention scorer; use detection or fuzzing")
+    if config.explain.best_of > 1 and not chooser.can_pick_best_of:
+        able = [name for name in scorer_names() if find_scorer(name).can_pick_best_of]  # type: ignore[union-attr]
+        raise ConfigError(
+            f"--best-of-scorer cannot be {chooser.name}: it cannot rate labels on a validation split; use one of "
+            + ", ".join(able)
+        )
     for name in ("n_tokens", "neurons_k", "concurrency", "judge_concurrency"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -597,7 +610,7 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
         f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed"
     ]
     ok = table[table["status"] == "ok"] if len(table) else table
-    from autointerp.scorers import SCORERS, scorer_metrics
+    from autointerp.scorers.registry import find_scorer, scorer_metrics
 
     for scorer in config.scorers:
         headline = [m for m in scorer_metrics(scorer)[:2] if f"{scorer}_{m}" in ok]
@@ -609,7 +622,8 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
                     parts.append(f"{m} {values.mean():.3f}")
             failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
             total = int(ok[f"{scorer}_n"].fillna(0).sum())
-            asks = getattr(SCORERS.get(scorer), "needs_judge", True)  # embedding asks no judge
+            cls = find_scorer(scorer)
+            asks = cls is None or cls.needs_judge  # embedding asks no judge
             note = f"{failed}/{total} judge answers unusable" if asks else f"{total} examples, no judge"
             lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
     for msg in summary.messages:

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import Judge, Message
 from autointerp.prompting import clean_token, format_marked, format_plain, load_prompt, marks_above, render
 from autointerp.records import Example, Explanation, LatentRecord, Usage
@@ -137,6 +138,10 @@ def parse_json_explanation(text: str) -> str | None:
     return " ".join(label.split())
 
 
+def _read(label: str | None) -> tuple[str | None, str]:
+    return label, "" if label is not None else "no explanation could be read from the answer"
+
+
 async def explain(
     record: LatentRecord, judge: Judge, settings: ExplainerSettings | None = None, *, temperature: float = 0.0
 ) -> Explanation:
@@ -152,28 +157,39 @@ async def explain(
             "(it fires almost everywhere, or n_train_negatives is 0)"
         )
     messages = build_messages(record, settings)
-    usage = Usage()
-    failures = 0
-    last = ""
-    for attempt in range(settings.max_reasks + 1):
+    reask = messages + [{"role": "user", "content": load_prompt("explainer/reask.md")}]
+
+    def request(attempt: int) -> Request:
         if attempt == 0:
-            reply = await judge.chat(messages, max_tokens=settings.max_tokens, temperature=temperature)
-            label = parse_explanation(reply.text)
-        else:
-            reply = await judge.chat(
-                messages + [{"role": "user", "content": load_prompt("explainer/reask.md")}],
-                max_tokens=80,
-                temperature=0.0 if attempt == 1 else 0.7,
-                schema=explanation_schema(),
-            )
-            label = parse_json_explanation(reply.text)
-        usage.add(reply.usage)
-        last = reply.text
-        if label is not None:
-            return Explanation(
-                latent=record.latent, text=label, model=judge.model, usage=usage, failures=failures, raw=reply.text
-            )
-        failures += 1
-    raise ExplanationFailed(
-        f"no explanation could be read from {failures} answers of {judge.model}; last answer: {last[:300]!r}"
+            return Request(messages, max_tokens=settings.max_tokens, temperature=temperature)
+        # the re-asks constrain the answer to a JSON object: a backend that constrains decoding cannot miss
+        return Request(
+            reask,
+            max_tokens=80,
+            temperature=0.0 if attempt == 1 else 0.7,
+            schema=explanation_schema(),
+            parse=lambda reply: _read(parse_json_explanation(reply.text)),
+        )
+
+    usage = Usage()
+    asked = await ask(
+        judge,
+        request,
+        lambda reply: _read(parse_explanation(reply.text)),
+        attempts=settings.max_reasks + 1,
+        usage=usage,
+        catch_judge_errors=False,  # a backend failure fails the latent, as an error, not as a bad answer
+    )
+    if asked.value is None:
+        raise ExplanationFailed(
+            f"no explanation could be read from {asked.failures} answers of {judge.model}; "
+            f"last answer: {asked.answer[:300]!r}"
+        )
+    return Explanation(
+        latent=record.latent,
+        text=asked.value,
+        model=judge.model,
+        usage=usage,
+        failures=asked.failures,
+        raw=asked.answer,
     )

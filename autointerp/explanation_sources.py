@@ -23,12 +23,14 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from autointerp.records import ExplanationRow, RowError
 
 FORMATS = ("autointerp", "delphi", "eleuther", "neuronpedia", "saebench")
 
@@ -226,37 +228,59 @@ def _read_autointerp(path: Path, progress: bool) -> Iterator[SourceEntry]:
                 f"{path} is not an autointerp run folder: it has no explanations.jsonl or results.parquet"
             )
     if path.name.endswith(".parquet"):
-        import pandas as pd
-
-        table = pd.read_parquet(path)
-        missing = {"latent", "explanation"} - set(table.columns)
-        if missing:
-            raise SourceError(f"{path} has no {sorted(missing)} column(s): not an autointerp results table")
-        rows: Iterable[tuple[str, dict[str, Any]]] = (
-            (f"{path.name} row {i}", {k: (None if _isna(v) else v) for k, v in r.items()})
-            for i, r in enumerate(table.to_dict("records"))
+        yield from _read_our_table(path)
+        return
+    # the log is append-only: a latent's last row is its current explanation, earlier ones are history
+    newest: dict[tuple[Any, Any], tuple[str, ExplanationRow | None, str]] = {}
+    for where, data in _jsonl_rows(path):
+        latent = _int_or_none(data.get("latent")) if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            newest[("?", where)] = (where, None, "not a JSON object")
+            continue
+        if latent is None:
+            newest[("?", where)] = (where, None, f"latent {data.get('latent')!r} is not an integer")
+            continue
+        try:  # a hand-written file may leave out the status of its (usable) rows
+            row = ExplanationRow.from_json({"status": "ok", **data, "latent": latent})
+        except RowError as e:
+            newest[("?", where)] = (where, None, str(e))
+            continue
+        newest.pop((row.hookpoint, row.latent), None)
+        newest[(row.hookpoint, row.latent)] = (where, row, "")
+    for where, row, problem in newest.values():
+        if row is None:
+            yield SourceEntry(source="autointerp", origin=where, layer=None, latent=None, text=None, problem=problem)
+            continue
+        if row.status != "ok":
+            problem = f"status {row.status!r} in the source run (no usable explanation)"
+        yield SourceEntry(
+            source="autointerp",
+            origin=where,
+            layer=row.hookpoint,
+            latent=row.latent,
+            text=_text(row.explanation),
+            explainer_model=row.explainer_model,
+            problem=problem,
         )
-    else:
-        # the log is append-only: a latent's last row is its current explanation, earlier ones are history
-        newest: dict[tuple[Any, Any], tuple[str, dict[str, Any]]] = {}
-        for where, row in _jsonl_rows(path):
-            if not isinstance(row, dict):
-                newest[("?", where)] = (where, {"latent": None, "problem": "not a JSON object"})
-                continue
-            newest.pop((row.get("hookpoint"), row.get("latent")), None)
-            newest[(row.get("hookpoint"), row.get("latent"))] = (where, row)
-        rows = newest.values()
-    for where, row in rows:
+
+
+def _read_our_table(path: Path) -> Iterator[SourceEntry]:
+    import pandas as pd
+
+    table = pd.read_parquet(path)
+    missing = {"latent", "explanation"} - set(table.columns)
+    if missing:
+        raise SourceError(f"{path} has no {sorted(missing)} column(s): not an autointerp results table")
+    for i, r in enumerate(table.to_dict("records")):
+        row = {k: (None if _isna(v) else v) for k, v in r.items()}
         latent = _int_or_none(row.get("latent"))
         status = row.get("status", "ok")
-        problem = row.get("problem") or (
-            "" if latent is not None else f"latent {row.get('latent')!r} is not an integer"
-        )
+        problem = "" if latent is not None else f"latent {row.get('latent')!r} is not an integer"
         if not problem and status != "ok":
             problem = f"status {status!r} in the source run (no usable explanation)"
         yield SourceEntry(
             source="autointerp",
-            origin=where,
+            origin=f"{path.name} row {i}",
             layer=row.get("hookpoint"),
             latent=latent,
             text=_text(row.get("explanation")),

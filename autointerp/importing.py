@@ -30,7 +30,8 @@ from typing import Any
 from autointerp.cache.store import ActivationCache, atomic_write_bytes, read_meta
 from autointerp.config import RunConfig
 from autointerp.explanation_sources import SourceEntry, iter_explanations, layer_key
-from autointerp.results import RunFiles, append_jsonl
+from autointerp.records import ExplanationRow
+from autointerp.results import RunFiles, append_row
 
 REPORT = "import_report.json"
 
@@ -256,37 +257,36 @@ def import_explanations(
         text = (e.text or "").strip()
         label = model_label(fmt, e.explainer_model)
         old = existing.get(latent)
-        if old and old.get("status") == "ok":
-            if old.get("explanation") == text:
+        if old and old.status == "ok":
+            if old.explanation == text:
                 unchanged += 1  # its scores still stand
-                if old.get("explainer_model") == label:
+                if old.explainer_model == label:
                     continue  # nothing new to record
             else:
                 replaced.append(
                     {
                         "latent": latent,
-                        "old_explanation": old.get("explanation"),
-                        "old_explainer_model": old.get("explainer_model"),
+                        "old_explanation": old.explanation,
+                        "old_explainer_model": old.explainer_model,
                         "new_explanation": text,
                     }
                 )
         else:
             new += 1
         stats = cache.stats(latent)
-        append_jsonl(
+        append_row(
             files.explanations,
-            {
-                "latent": latent,
-                "hookpoint": meta.hookpoint,
-                "status": "ok",
-                "error": "",
-                "explanation": text,
-                "explainer_model": label,
-                "frequency": stats.frequency,
-                "max_activation": stats.max_activation,
-                "fire_windows": stats.fire_windows,
-                "n_tokens": stats.n_tokens,
-                "source": {
+            ExplanationRow(
+                latent=latent,
+                hookpoint=meta.hookpoint,
+                status="ok",
+                explanation=text,
+                explainer_model=label,
+                frequency=stats.frequency,
+                max_activation=stats.max_activation,
+                fire_windows=stats.fire_windows,
+                n_tokens=stats.n_tokens,
+                source={
                     "format": fmt,
                     "file": str(path),
                     "origin": e.origin,
@@ -294,7 +294,7 @@ def import_explanations(
                     "explainer_model": e.explainer_model,
                     **e.extra,
                 },
-            },
+            ),
         )
     latents_used = sorted(matched.accepted)
     _write_report(report_path, {**base_report, "imported": latents_used, "replaced": replaced})

@@ -15,7 +15,7 @@ import asyncio
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -25,9 +25,10 @@ from autointerp.config import RunConfig
 from autointerp.explainers import ExplanationFailed, explain
 from autointerp.llm.base import Judge
 from autointerp.llm.ordering import judge_priority
-from autointerp.records import Explanation, LatentRecord
-from autointerp.results import RunFiles, append_jsonl
+from autointerp.records import Candidate, Explanation, ExplanationRow, LatentRecord, ScoreRow
+from autointerp.results import RunFiles, append_row
 from autointerp.sampling import NotEnoughExamples, Sampler
+from autointerp.scorers.base import Scorer
 from autointerp.selection import best_of_n
 
 
@@ -61,22 +62,26 @@ def select_latents(cache: ActivationCache, config: RunConfig) -> tuple[list[int]
     return chosen, n - len(eligible)
 
 
-def _explanation_row(record: LatentRecord | None, latent: int, hookpoint: str, **fields: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"latent": latent, "hookpoint": hookpoint}
-    if record is not None:
-        row.update(
-            frequency=record.stats.frequency,
-            max_activation=record.stats.max_activation,
-            fire_windows=record.stats.fire_windows,
-            n_tokens=record.stats.n_tokens,
-            n_train=len(record.train),
-            n_test=len(record.test),
-            n_negatives=len(record.negatives),
-            train_windows=sorted(record.train_windows()),
-            validation_windows=sorted(record.validation_windows()),
-        )
-    row.update(fields)
-    return row
+def _explanation_row(record: LatentRecord, status: str, **fields: Any) -> ExplanationRow:
+    """A row for a latent whose record was built: its statistics and every window the explainer saw."""
+    quantile = {e.window: -1 for e in record.train_negatives} | {e.window: e.quantile for e in record.train}
+    shown = sorted(quantile.items())
+    return ExplanationRow(
+        latent=record.latent.index,
+        hookpoint=record.latent.hookpoint,
+        status=status,
+        frequency=record.stats.frequency,
+        max_activation=record.stats.max_activation,
+        fire_windows=record.stats.fire_windows,
+        n_tokens=record.stats.n_tokens,
+        n_train=len(record.train),
+        n_test=len(record.test),
+        n_negatives=len(record.negatives),
+        train_windows=[w for w, _ in shown],
+        train_quantiles=[q for _, q in shown],
+        validation_windows=sorted(record.validation_windows()),
+        **fields,
+    )
 
 
 class LatentWorker:
@@ -89,17 +94,17 @@ class LatentWorker:
         sampler: Sampler,
         explainer: Judge | None,
         judge: Judge | None,
-        scorers: Sequence[Any],
+        scorers: Sequence[Scorer],
         stages: set[str],
         summary: RunSummary,
-        chooser: Any = None,
+        chooser: Scorer | None = None,
     ):
         self.files = files
         self.config = config
         self.sampler = sampler
         self.explainer = explainer
         self.judge = judge
-        self.scorers = scorers
+        self.scorers = list(scorers)
         self.stages = stages
         self.summary = summary
         self.chooser = chooser  # the scorer that picks among best-of-n labels (on the validation split)
@@ -109,27 +114,25 @@ class LatentWorker:
     async def process(self, latent: int) -> None:
         hookpoint = self.sampler.cache.meta.hookpoint
         done = self.explanations.get(latent)
-        if done and done["status"] == "skipped":
+        if done and done.status == "skipped":
             self.summary.skipped += 1
             return
         try:
             record = await asyncio.to_thread(self.sampler.record, latent)
         except NotEnoughExamples as e:
-            append_jsonl(
-                self.files.explanations,
-                _explanation_row(None, latent, hookpoint, status="skipped", error=str(e), explanation=None),
-            )
+            append_row(self.files.explanations, ExplanationRow(latent, hookpoint, status="skipped", error=str(e)))
             self.summary.skipped += 1
             return
-        if "explain" in self.stages and (done is None or done["status"] == "error"):
+        if "explain" in self.stages and (done is None or done.status == "error"):
             with judge_priority(0):
                 done = await self._explain(record)
-        if done is None or done["status"] != "ok":
-            if done is not None and done["status"] != "ok":
+        if done is None or done.status != "ok":
+            if done is not None and done.status != "ok":
                 self.summary.failed += 1
             return
         if "score" in self.stages:
-            explanation = Explanation(latent=record.latent, text=done["explanation"], model=done["explainer_model"])
+            assert done.explanation is not None
+            explanation = Explanation(latent=record.latent, text=done.explanation, model=done.explainer_model or "")
             todo = [s for s in self.scorers if not self._scored(latent, s.name, explanation.text)]
             for scorer in todo:
                 with judge_priority(1 + self.scorers.index(scorer)):
@@ -139,85 +142,60 @@ class LatentWorker:
 
     def _scored(self, latent: int, scorer: str, text: str) -> bool:
         """Done already: a finished score of this very text (an imported replacement makes old scores stale)."""
-        row = self.scores.get((latent, scorer)) or {}
-        return row.get("status") == "ok" and row.get("explanation") == text
+        row = self.scores.get((latent, scorer))
+        return row is not None and row.status == "ok" and row.explanation == text
 
-    async def _explain(self, record: LatentRecord) -> dict[str, Any]:
+    async def _explain(self, record: LatentRecord) -> ExplanationRow:
         assert self.explainer is not None
-        latent, hookpoint = record.latent.index, record.latent.hookpoint
         settings = self.config.explain
         try:
-            extra: dict[str, Any] = {}
+            candidates: list[Candidate] | None = None
+            chosen_by: str | None = None
             if settings.best_of > 1:
-                if self.chooser is None or (self.judge is None and getattr(self.chooser, "needs_judge", True)):
+                if self.chooser is None or (self.judge is None and self.chooser.needs_judge):
                     raise ValueError("best-of-n explanations need a scorer and a judge to choose with")
                 expl, candidates = await best_of_n(record, self.explainer, self.judge, self.chooser, settings)
-                extra = {"candidates": [asdict(c) for c in candidates], "chosen_by": self.chooser.name}
+                chosen_by = self.chooser.name
             else:
                 expl = await explain(record, self.explainer, settings)
             row = _explanation_row(
                 record,
-                latent,
-                hookpoint,
-                status="ok",
-                error="",
+                "ok",
                 explanation=expl.text,
                 explainer_model=expl.model,
-                usage=asdict(expl.usage),
+                usage=expl.usage,
                 failures=expl.failures,
                 raw=expl.raw,
-                **extra,
+                candidates=candidates,
+                chosen_by=chosen_by,
             )
             self.summary.explained += 1
         except ExplanationFailed as e:
-            row = _explanation_row(
-                record,
-                latent,
-                hookpoint,
-                status="failed",
-                error=str(e),
-                explanation=None,
-                explainer_model=self.explainer.model,
-            )
+            row = _explanation_row(record, "failed", error=str(e), explainer_model=self.explainer.model)
         except Exception:  # noqa: BLE001 - one latent's crash must not end the run
-            row = _explanation_row(
-                record,
-                latent,
-                hookpoint,
-                status="error",
-                error=traceback.format_exc(),
-                explanation=None,
-                explainer_model=self.explainer.model,
-            )
-        append_jsonl(self.files.explanations, row)
+            row = _explanation_row(record, "error", error=traceback.format_exc(), explainer_model=self.explainer.model)
+        append_row(self.files.explanations, row)
         return row
 
-    async def _score(self, scorer: Any, record: LatentRecord, explanation: Explanation) -> None:
+    async def _score(self, scorer: Scorer, record: LatentRecord, explanation: Explanation) -> None:
+        hookpoint = record.latent.hookpoint
         # a scorer that asks no LLM (embedding) names its own model, and may run with no judge loaded
-        judge_model = getattr(scorer, "judge_model", None) or (self.judge.model if self.judge else None)
-        base = {
-            "latent": record.latent.index,
-            "hookpoint": record.latent.hookpoint,
-            "scorer": scorer.name,
-            "judge_model": judge_model,
-            "explanation": explanation.text,
-        }
+        judge_model = scorer.judge_model(self.judge)
         try:
             score = await scorer(record, explanation, self.judge)
-            row = {
-                **base,
-                "status": "ok",
-                "error": "",
-                "metrics": score.metrics,
-                "n_examples": score.n_examples,
-                "n_failed": score.n_failed,
-                "usage": asdict(score.usage),
-                "judgments": [asdict(j) for j in score.judgments],
-            }
+            row = ScoreRow.of(score, hookpoint=hookpoint, judge_model=judge_model, explanation=explanation.text)
         except Exception:  # noqa: BLE001 - recorded with its traceback, the run goes on
-            row = {**base, "status": "error", "error": traceback.format_exc()}
+            row = ScoreRow(
+                latent=record.latent.index,
+                hookpoint=hookpoint,
+                scorer=scorer.name,
+                status="error",
+                explanation=explanation.text,
+                judge_model=judge_model,
+                error=traceback.format_exc(),
+            )
             self.summary.failed += 1
-        append_jsonl(self.files.scores, row)
+        append_row(self.files.scores, row)
 
 
 async def process_latents(

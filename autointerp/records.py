@@ -1,12 +1,20 @@
-"""The plain data that flows through a run: examples, latent records, explanations, scores.
+"""The plain data that flows through a run: examples, latent records, explanations, scores, and
+the rows of the run's two logs (`explanations.jsonl`, `scores.jsonl`).
 
 These are deliberately plain dataclasses with no torch in sight, so every later stage (explainers,
-scorers, results, report) can be tested with hand-made data and no model.
+scorers, results, report) can be tested with hand-made data and no model. The log rows carry a
+schema version; `ExplanationRow.from_json` and `ScoreRow.from_json` read every version this code
+has written (the oldest rows have none) and upgrade them, so a run folder stays readable after
+an upgrade and no reader has to know the history.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+SCHEMA_VERSION = 2  # of the log rows; 1 = the rows written before versions were recorded
 
 
 @dataclass(frozen=True)
@@ -116,19 +124,28 @@ class Explanation:
 
 @dataclass
 class Judgment:
-    """What the judge said about one example. `prediction` is None when its answer was unusable."""
+    """What the judge said about one example. Every field means the same thing for every scorer.
 
-    window: int
-    activating: bool  # ground truth: does this example belong to the positive class?
-    prediction: bool | None
-    probability: float | None  # P(yes) from logprobs, when the backend gives them
+    Each scorer asks one two-way question per example (does it activate; are these the right tokens;
+    is continuation A the steered one; does the steered text make the explanation likelier), whose
+    positive answer is Yes / the first option.
+    """
+
+    window: int  # the cache window the example (or the intervention prompt) was cut from
+    activating: bool  # ground truth: the positive answer is the right one
+    prediction: bool | None  # the scorer's reading of the judge: positive; None when no usable answer
+    probability: float | None  # the judge's probability of the positive answer, from its logprobs; else None
     max_activation: float
-    quantile: int
-    answer: str = ""
-    error: str = ""
-    text: str = ""  # the excerpt exactly as the judge saw it
-    value: float | None = None  # a number measured per example, where a scorer has one (intervention: nats;
-    # simulation: the excerpt's correlation; surprisal: its loss reduction)
+    quantile: int  # activation bin of an activating example, -1 otherwise
+    answer: str = ""  # the judge's own words (at most 200 characters); "" when it generated none
+    error: str = ""  # why there is no usable answer
+    text: str = ""  # what the judge read, exactly as it read it
+    value: float | None = None  # the example's number that the scorer's metrics are built from (README: Results)
+    detail: str = ""  # what the scorer read from the judge beyond `answer`, in words; or why it did not ask
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Judgment:
+        return cls(**_known(cls, data))
 
 
 @dataclass
@@ -140,3 +157,174 @@ class Score:
     n_failed: int
     judgments: list[Judgment] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class Candidate:
+    """One of the labels best-of-n chose among, with its rating on the validation split."""
+
+    text: str
+    score: float | None  # the scorer's headline metric on the validation split; None if it had none
+    metric: str
+    usage: Usage = field(default_factory=Usage)  # explainer and rating calls for this candidate
+
+
+class RowError(ValueError):
+    """A log row that cannot be read: malformed, or written by a newer version of autointerp."""
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _usage(data: Any) -> Usage | None:
+    return Usage(**_known(Usage, data)) if isinstance(data, dict) else None
+
+
+def _version(data: Any, kind: str) -> int:
+    if not isinstance(data, dict):
+        raise RowError(f"a {kind} row must be a JSON object, not {type(data).__name__}")
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise RowError(f"a {kind} row has schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise RowError(
+            f"a {kind} row has schema_version {version}: it was written by a newer autointerp (this one reads "
+            f"up to {SCHEMA_VERSION}); upgrade autointerp to read this run"
+        )
+    for key in ("latent", "status"):
+        if key not in data:
+            raise RowError(f"a {kind} row has no {key!r}")
+    if not isinstance(data["latent"], int):
+        raise RowError(f"a {kind} row's latent is {data['latent']!r}, not an integer")
+    return version
+
+
+@dataclass
+class ExplanationRow:
+    """One line of `explanations.jsonl`: a latent's explanation (or why it has none), and what it was made from.
+
+    A latent's last row is its current state: a retried or imported explanation is a new row.
+    """
+
+    latent: int
+    hookpoint: str | None
+    status: str  # "ok"; "skipped": too rare to sample, `error` says why; "failed": no label could be read;
+    # "error": the explainer crashed, `error` holds the traceback
+    error: str = ""
+    explanation: str | None = None
+    explainer_model: str | None = None  # "imported:<format>:<model>" for an imported explanation
+    # the latent, as counted by the cache (None when no record could be built)
+    frequency: float | None = None
+    max_activation: float | None = None
+    fire_windows: int | None = None
+    n_tokens: int | None = None
+    # the latent's record: its split sizes, and every window the explainer was shown (activating and
+    # silent) with each one's activation quantile (-1 for a silent one); None when unknown (imported)
+    n_train: int | None = None
+    n_test: int | None = None
+    n_negatives: int | None = None
+    train_windows: list[int] | None = None
+    train_quantiles: list[int] | None = None  # parallel to train_windows (schema 2 on)
+    validation_windows: list[int] | None = None
+    usage: Usage | None = None  # explainer calls, and best-of-n's rating calls
+    failures: int | None = None  # unreadable explainer answers that were re-asked
+    raw: str | None = None  # the explainer's last answer
+    candidates: list[Candidate] | None = None  # best-of-n: every label rated
+    chosen_by: str | None = None  # best-of-n: the scorer that rated them
+    source: dict[str, Any] | None = None  # imported: the file and entry it came from
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ExplanationRow:
+        _version(data, "explanation")  # schema 1 rows read as they are: schema 2 only added train_quantiles
+        known = _known(cls, data)
+        known["usage"] = _usage(data.get("usage"))
+        if isinstance(data.get("candidates"), list):
+            known["candidates"] = [
+                Candidate(**{**_known(Candidate, c), "usage": _usage(c.get("usage")) or Usage()})
+                for c in data["candidates"]
+                if isinstance(c, dict)
+            ]
+        row = cls(**{**known, "schema_version": SCHEMA_VERSION})
+        if row.train_quantiles is not None and len(row.train_quantiles) != len(row.train_windows or []):
+            raise RowError(f"latent {row.latent}: {len(row.train_quantiles)} train_quantiles for its train_windows")
+        return row
+
+
+@dataclass
+class ScoreRow:
+    """One line of `scores.jsonl`: one scorer's score of one explanation of a latent, with every judgment."""
+
+    latent: int
+    hookpoint: str | None
+    scorer: str
+    status: str  # "ok"; "error": the scorer crashed, `error` holds the traceback
+    explanation: str | None = None  # the text scored: a score of another text than the latent's current one is stale
+    judge_model: str | None = None  # for a scorer that asks no LLM, the model it used (embedding)
+    error: str = ""
+    metrics: dict[str, float | None] | None = None
+    n_examples: int | None = None
+    n_failed: int | None = None
+    usage: Usage | None = None
+    judgments: list[Judgment] | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def of(cls, score: Score, *, hookpoint: str, judge_model: str | None, explanation: str) -> ScoreRow:
+        return cls(
+            latent=score.latent.index,
+            hookpoint=hookpoint,
+            scorer=score.scorer,
+            status="ok",
+            explanation=explanation,
+            judge_model=judge_model,
+            metrics=score.metrics,
+            n_examples=score.n_examples,
+            n_failed=score.n_failed,
+            usage=score.usage,
+            judgments=score.judgments,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ScoreRow:
+        version = _version(data, "score")
+        if "scorer" not in data:
+            raise RowError("a score row has no 'scorer'")
+        known = _known(cls, data)
+        known["usage"] = _usage(data.get("usage"))
+        judgments = data.get("judgments")
+        if isinstance(judgments, list):
+            if version == 1:
+                judgments = [_judgment_v1(data["scorer"], j) for j in judgments]
+            known["judgments"] = [Judgment.from_json(j) for j in judgments if isinstance(j, dict)]
+        return cls(**{**known, "schema_version": SCHEMA_VERSION})
+
+
+_LEVELS = re.compile(r"\d+(\.\d+)?( \d+(\.\d+)?)*")
+
+
+def _judgment_v1(scorer: str, j: Any) -> Any:
+    """A judgment as schema 1 wrote it, in schema 2's meanings: there, some scorers put numbers they had
+    read into `answer` (surprisal's two losses, intervention's two log-probabilities, simulation's
+    predicted levels with prompt logprobs) or `probability` (simulation's predicted peak / 9)."""
+    if not isinstance(j, dict):
+        return j
+    j = dict(j)
+    answer = j.get("answer") or ""
+    if scorer in ("surprisal", "intervention"):
+        j["detail"], j["answer"] = answer, ""
+    elif scorer == "intervention_choice" and answer.startswith("not asked"):
+        j.update(detail=answer, answer="", probability=None, value=0.5)
+    elif scorer == "simulation":
+        j["probability"] = None
+        if _LEVELS.fullmatch(answer):
+            j["detail"], j["answer"] = "predicted " + answer, ""
+    return j

@@ -5,6 +5,9 @@ every judgment behind it) is one JSON line, written with a single `write` and fs
 only leave a torn last line, which readers ignore; a resumed run skips what the logs already hold,
 so no finished work is lost or duplicated. `results.parquet` (one row per latent) and
 `judgments.parquet` (one row per judged example) are rebuilt from the logs, atomically.
+
+The rows are `ExplanationRow` and `ScoreRow` (records.py); every reader goes through
+`read_explanations` / `read_scores`, which upgrade rows of older versions.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
-from autointerp.records import Usage
+from autointerp.records import ExplanationRow, Judgment, RowError, ScoreRow, Usage
 
 EXPLANATIONS = "explanations.jsonl"
 SCORES = "scores.jsonl"
@@ -26,6 +30,13 @@ RESULTS = "results.parquet"
 JUDGMENTS = "judgments.parquet"
 
 _lock = threading.Lock()
+
+
+Row = TypeVar("Row", ExplanationRow, ScoreRow)
+
+
+def append_row(path: Path, row: ExplanationRow | ScoreRow) -> None:
+    append_jsonl(path, row.to_json())
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -61,12 +72,30 @@ def repair_jsonl(path: Path) -> None:
             f.truncate(cut)
 
 
-def latest(rows: Iterator[dict[str, Any]], *key: str) -> dict[tuple, dict[str, Any]]:
+def _typed(path: Path, read: Callable[[Any], Row]) -> Iterator[Row]:
+    for number, data in enumerate(read_jsonl(path), 1):
+        try:
+            yield read(data)
+        except (RowError, TypeError) as e:
+            raise RowError(f"{path}, row {number}: {e}") from None
+
+
+def read_explanations(path: Path) -> Iterator[ExplanationRow]:
+    """Every row of an explanations log, oldest first, in the current schema."""
+    return _typed(path, ExplanationRow.from_json)
+
+
+def read_scores(path: Path) -> Iterator[ScoreRow]:
+    """Every row of a scores log, oldest first, in the current schema."""
+    return _typed(path, ScoreRow.from_json)
+
+
+K = TypeVar("K")
+
+
+def latest(rows: Iterable[Row], key: Callable[[Row], K]) -> dict[K, Row]:
     """The last row for each key (a retried unit's newest outcome wins)."""
-    out: dict[tuple, dict[str, Any]] = {}
-    for row in rows:
-        out[tuple(row[k] for k in key)] = row
-    return out
+    return {key(row): row for row in rows}
 
 
 class RunFiles:
@@ -84,28 +113,30 @@ class RunFiles:
         repair_jsonl(self.explanations)
         repair_jsonl(self.scores)
 
-    def explanations_by_latent(self) -> dict[int, dict[str, Any]]:
-        return {k[0]: v for k, v in latest(read_jsonl(self.explanations), "latent").items()}
+    def explanations_by_latent(self) -> dict[int, ExplanationRow]:
+        """Each latent's current explanation row."""
+        return latest(read_explanations(self.explanations), lambda r: r.latent)
 
-    def scores_by_latent(self) -> dict[tuple[int, str], dict[str, Any]]:
-        return latest(read_jsonl(self.scores), "latent", "scorer")  # type: ignore[return-value]
+    def scores_by_latent(self) -> dict[tuple[int, str], ScoreRow]:
+        """Each (latent, scorer)'s newest score row."""
+        return latest(read_scores(self.scores), lambda r: (r.latent, r.scorer))
 
 
 def usage_by_model(files: RunFiles) -> dict[str, Usage]:
     """Judge calls and tokens spent in this folder, per model (explainer and scorers together)."""
-    from autointerp.scorers import SCORERS
+    from autointerp.scorers.registry import find_scorer
 
-    totals: dict[str, Usage] = {}
-    rows = [(r, r.get("explainer_model")) for r in read_jsonl(files.explanations)]
-    # a scorer that asks no LLM (embedding) records its model as judge_model but spends no tokens
-    rows += [
-        (r, r.get("judge_model"))
-        for r in read_jsonl(files.scores)
-        if getattr(SCORERS.get(r.get("scorer", "")), "needs_judge", True)
+    spent: list[tuple[str | None, Usage | None]] = [
+        (r.explainer_model, r.usage) for r in read_explanations(files.explanations)
     ]
-    for row, model in rows:
-        if model and row.get("usage"):
-            totals.setdefault(model, Usage()).add(Usage(**row["usage"]))
+    for r in read_scores(files.scores):
+        cls = find_scorer(r.scorer)
+        if cls is None or cls.needs_judge:  # a scorer that asks no LLM (embedding) names its model, spends nothing
+            spent.append((r.judge_model, r.usage))
+    totals: dict[str, Usage] = {}
+    for model, usage in spent:
+        if model and usage is not None:
+            totals.setdefault(model, Usage()).add(usage)
     return totals
 
 
@@ -115,15 +146,18 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _metric_columns(scorer: str, scores: dict[tuple[int, str], dict[str, Any]]) -> list[str]:
+def _metric_columns(scorer: str, scores: dict[tuple[int, str], ScoreRow]) -> list[str]:
     """The scorer's declared metrics, then any other metric its rows hold (a newer version's, say)."""
-    from autointerp.scorers import scorer_metrics
+    from autointerp.scorers.registry import scorer_metrics
 
     names = list(scorer_metrics(scorer))
     for (_, name), row in scores.items():
         if name == scorer:
-            names += [m for m in (row.get("metrics") or {}) if m not in names]
+            names += [m for m in (row.metrics or {}) if m not in names]
     return names
+
+
+JUDGMENT_COLUMNS = ["hookpoint", "latent", "scorer", *(f.name for f in fields(Judgment))]
 
 
 def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str]) -> pd.DataFrame:
@@ -135,38 +169,39 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
     rows = []
     judgment_rows = []
     for latent in latents:
-        e = explanations.get(latent, {})
+        e = explanations.get(latent)
+        usage = e.usage if e is not None else None
         row: dict[str, Any] = {
             **provenance,
-            "hookpoint": e.get("hookpoint", provenance.get("hookpoint")),
+            "hookpoint": e.hookpoint if e is not None else provenance.get("hookpoint"),
             "latent": latent,
-            "frequency": e.get("frequency"),
-            "max_activation": e.get("max_activation"),
-            "fire_windows": e.get("fire_windows"),
-            "explanation": e.get("explanation"),
-            "explainer_model": e.get("explainer_model"),
-            "status": e.get("status", "missing"),
-            "error": e.get("error", ""),
-            "explainer_prompt_tokens": (e.get("usage") or {}).get("prompt_tokens"),
-            "explainer_completion_tokens": (e.get("usage") or {}).get("completion_tokens"),
+            "frequency": e.frequency if e else None,
+            "max_activation": e.max_activation if e else None,
+            "fire_windows": e.fire_windows if e else None,
+            "explanation": e.explanation if e else None,
+            "explainer_model": e.explainer_model if e else None,
+            "status": e.status if e else "missing",
+            "error": e.error if e else "",
+            "explainer_prompt_tokens": usage.prompt_tokens if usage else None,
+            "explainer_completion_tokens": usage.completion_tokens if usage else None,
         }
         for scorer in scorers:
             s = scores.get((latent, scorer))
-            if s is not None and e.get("status") == "ok" and s.get("explanation") != e.get("explanation"):
+            if s is not None and e is not None and e.status == "ok" and s.explanation != e.explanation:
                 s = None  # scored for an explanation that has since been replaced: superseded
-            metrics = (s or {}).get("metrics") or {}
+            metrics = (s.metrics if s else None) or {}
             for m in metric_columns[scorer]:
                 row[f"{scorer}_{m}"] = metrics.get(m)
-            row[f"{scorer}_n"] = (s or {}).get("n_examples")
-            row[f"{scorer}_n_failed"] = (s or {}).get("n_failed")
-            row[f"{scorer}_judge_model"] = (s or {}).get("judge_model")
-            row[f"{scorer}_prompt_tokens"] = ((s or {}).get("usage") or {}).get("prompt_tokens")
-            row[f"{scorer}_completion_tokens"] = ((s or {}).get("usage") or {}).get("completion_tokens")
-            if s and s.get("status") != "ok" and row["status"] == "ok":
-                row["status"] = f"{scorer} {s.get('status')}"
-                row["error"] = s.get("error", "")
-            for j in (s or {}).get("judgments") or []:
-                judgment_rows.append({"hookpoint": row["hookpoint"], "latent": latent, "scorer": scorer, **j})
+            row[f"{scorer}_n"] = s.n_examples if s else None
+            row[f"{scorer}_n_failed"] = s.n_failed if s else None
+            row[f"{scorer}_judge_model"] = s.judge_model if s else None
+            row[f"{scorer}_prompt_tokens"] = s.usage.prompt_tokens if s and s.usage else None
+            row[f"{scorer}_completion_tokens"] = s.usage.completion_tokens if s and s.usage else None
+            if s and s.status != "ok" and row["status"] == "ok":
+                row["status"] = f"{scorer} {s.status}"
+                row["error"] = s.error
+            for j in (s.judgments if s else None) or []:
+                judgment_rows.append({"hookpoint": row["hookpoint"], "latent": latent, "scorer": scorer, **asdict(j)})
         rows.append(row)
     df = pd.DataFrame(rows)
     int_cols = ["latent", "fire_windows"] + [f"{s}_{c}" for s in scorers for c in ("n", "n_failed")]
@@ -174,23 +209,5 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
         if c in df:
             df[c] = df[c].astype("Int64")
     _write_parquet(df, files.results)
-    jdf = pd.DataFrame(
-        judgment_rows,
-        columns=[
-            "hookpoint",
-            "latent",
-            "scorer",
-            "window",
-            "activating",
-            "prediction",
-            "probability",
-            "max_activation",
-            "quantile",
-            "answer",
-            "error",
-            "text",
-            "value",
-        ],
-    )
-    _write_parquet(jdf, files.judgments)
+    _write_parquet(pd.DataFrame(judgment_rows, columns=JUDGMENT_COLUMNS), files.judgments)
     return df

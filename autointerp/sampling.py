@@ -68,6 +68,19 @@ def stratified_pick(bins: list[np.ndarray], n: int, rng: np.random.Generator) ->
     return picked
 
 
+def read_example(cache: ActivationCache, decode: TokenDecoder, window: int, latent: int, quantile: int = -1) -> Example:
+    """One cached window with the latent's activation on each of its tokens."""
+    tokens = cache.window_tokens(window).tolist()
+    acts = cache.window_activations(window, latent)
+    return Example(
+        window=window,
+        tokens=tokens,
+        str_tokens=decode(tokens),
+        activations=[round(float(a), 4) for a in acts],
+        quantile=quantile,
+    )
+
+
 class Sampler:
     """Builds `LatentRecord`s from a cache. `embedder` is needed only to draw `negatives="similar"`;
     it is passed in (never loaded here) so tests can hand in a fake one."""
@@ -89,15 +102,7 @@ class Sampler:
         return ["".join(self.decode(self.cache.window_tokens(int(w)).tolist())) for w in windows]
 
     def example(self, window: int, latent: int, quantile: int = -1) -> Example:
-        tokens = self.cache.window_tokens(window).tolist()
-        acts = self.cache.window_activations(window, latent)
-        return Example(
-            window=window,
-            tokens=tokens,
-            str_tokens=self.decode(tokens),
-            activations=[round(float(a), 4) for a in acts],
-            quantile=quantile,
-        )
+        return read_example(self.cache, self.decode, window, latent, quantile)
 
     def record(self, latent: int, *, negatives: bool = True) -> LatentRecord:
         """The latent's record; `negatives=False` leaves the silent examples out (the activating ones

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
 
 from autointerp.explainers import ExplainerSettings, ExplanationFailed, explain
 from autointerp.llm.base import Judge
-from autointerp.records import Explanation, LatentRecord, Usage
+from autointerp.records import Candidate, Explanation, LatentRecord, Usage
+from autointerp.scorers.base import Scorer
 
-
-@dataclass
-class Candidate:
-    text: str
-    score: float | None  # the scorer's headline metric on the validation split; None if it had none
-    metric: str
-    usage: Usage = field(default_factory=Usage)  # explainer and rating calls for this candidate
+__all__ = ["Candidate", "best_of_n", "headline", "validation_view"]
 
 
 def validation_view(record: LatentRecord) -> LatentRecord:
@@ -48,7 +42,7 @@ def headline(metrics: dict[str, float | None], names: tuple[str, ...]) -> tuple[
 
 
 async def best_of_n(
-    record: LatentRecord, explainer: Judge, judge: Judge, scorer: Any, settings: ExplainerSettings
+    record: LatentRecord, explainer: Judge, judge: Judge | None, scorer: Scorer, settings: ExplainerSettings
 ) -> tuple[Explanation, list[Candidate]]:
     """The best of `settings.best_of` labels by `scorer` on the validation split, and every candidate.
 
@@ -86,7 +80,7 @@ async def best_of_n(
     scores = await asyncio.gather(*(scorer(view, e, judge) for e in unique.values()))
     candidates = []
     for e, s in zip(unique.values(), scores, strict=True):
-        metric, value = headline(s.metrics, tuple(getattr(scorer, "metrics", ())))
+        metric, value = headline(s.metrics, scorer.metrics)
         usage = Usage()
         usage.add(e.usage)
         usage.add(s.usage)

@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from planted import planted_record  # noqa: E402
 
+from autointerp.config import RunConfig  # noqa: E402
 from autointerp.llm.local import load_local_judge  # noqa: E402
 from autointerp.records import Explanation  # noqa: E402
-from autointerp.scorers import SCORERS  # noqa: E402
+from autointerp.scorers import ScorerContext, build_scorers, scorer_names  # noqa: E402
 
 RIGHT = "names of calendar months, such as March or October"
 WRONG = "names of animals, such as cat or dog"
@@ -37,12 +38,12 @@ def main() -> None:
     parser.add_argument("--judge", default="qwen2.5-coder-1.5b")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--n", type=int, default=10, help="activating and silent examples per record")
-    parser.add_argument("--scorers", default="detection,fuzzing", help=f"comma-separated, of {sorted(SCORERS)}")
+    parser.add_argument("--scorers", default="detection,fuzzing", help=f"comma-separated, of {scorer_names()}")
     args = parser.parse_args()
     judge = load_local_judge(args.judge, n_ctx=2048)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"judge {judge.model}, {len(seeds)} planted records of {args.n}+{args.n} examples")
-    for scorer in (SCORERS[name]() for name in args.scorers.split(",")):
+    for scorer in build_scorers(args.scorers.split(","), RunConfig(), ScorerContext()):
         for label, text in (("right", RIGHT), ("wrong", WRONG)):
             values: dict[str, list[float]] = {m: [] for m in scorer.metrics[:2]}
             failed, start = 0, time.perf_counter()

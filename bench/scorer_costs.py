@@ -23,7 +23,7 @@ from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.explainers import explain
 from autointerp.sampling import Sampler, token_decoder
-from autointerp.scorers import SCORERS
+from autointerp.scorers import scorer_names
 
 DEFAULT_HELD_OUT = 100  # 50 activating + 50 silent
 
@@ -86,7 +86,7 @@ def main() -> None:
     config, cache, latents = default_run(
         args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
-    names = list(SCORERS) if args.scorers == "all" else args.scorers.split(",")
+    names = scorer_names() if args.scorers == "all" else args.scorers.split(",")
     judge = app.make_judge(args.judge, config)
     try:
         asyncio.run(measure(config, cache, latents, names, judge))

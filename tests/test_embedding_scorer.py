@@ -14,7 +14,7 @@ from planted import ANIMALS, MONTHS, planted_record
 
 from autointerp.prompting import load_prompt
 from autointerp.records import Explanation
-from autointerp.scorers import SCORERS, EmbeddingScorer, scorer_metrics
+from autointerp.scorers import EmbeddingScorer, scorer_class, scorer_metrics
 
 
 def _score(scorer, record, text, judge=None):
@@ -37,9 +37,10 @@ def test_score_shape_judgments_and_no_judge_needed():
     scorer = EmbeddingScorer(emb)
     score = _score(scorer, record, "month names", judge=None)
     assert set(score.metrics) == set(EmbeddingScorer.metrics) and scorer_metrics("embedding")[0] == "auroc"
-    assert SCORERS["embedding"] is EmbeddingScorer and not EmbeddingScorer.needs_judge
+    assert scorer_class("embedding") is EmbeddingScorer and not EmbeddingScorer.needs_judge
+    scorer.check_judge(None)  # refuses no judge: it asks none
     assert score.n_examples == len(record.test) + len(record.negatives) and score.n_failed == 0
-    assert score.usage.calls == 0 and scorer.judge_model == emb.name
+    assert score.usage.calls == 0 and scorer.judge_model(None) == emb.name
     js = score.judgments
     assert [j.window for j in js] == [e.window for e in record.test + record.negatives]
     assert sum(j.activating for j in js) == len(record.test)
@@ -77,7 +78,7 @@ def test_real_minilm_ranks_the_right_explanation_first():
     scorer = EmbeddingScorer()  # the bundled all-MiniLM-L6-v2, loaded offline
     right = _score(scorer, record, "month names such as January or March")
     wrongs = [_score(scorer, record, text) for text in ("animal names like cat and dog", "punctuation and commas")]
-    assert scorer.judge_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert scorer.judge_model(None) == "sentence-transformers/all-MiniLM-L6-v2"
     assert right.metrics["auroc"] >= 0.8, right.metrics
     for wrong in wrongs:
         assert right.metrics["auroc"] > wrong.metrics["auroc"] + 0.3, (right.metrics, wrong.metrics)

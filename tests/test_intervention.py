@@ -133,7 +133,8 @@ def test_right_explanation_beats_wrong_one_by_surprisal(planted):
     j = right.judgments[0]
     assert j.text.count("\n[clean]") == 1 and j.text.count("\n[steered]") == 1 and j.value is not None
     # two texts scored per changed prompt, none for an unchanged one
-    assert len(judge.scored_texts) == 2 * 2 * sum(x.answer.startswith("log p") for x in right.judgments)
+    assert len(judge.scored_texts) == 2 * 2 * sum(x.detail.startswith("log p") for x in right.judgments)
+    assert all(x.answer == "" and x.probability is None for x in right.judgments)  # the judge generated nothing
 
 
 def test_right_explanation_beats_wrong_one_by_choice(planted):
@@ -215,7 +216,7 @@ def test_unreadable_picks_and_text_scoring_errors_are_recorded_failures(planted)
         return Reply(text="Hmm", logprobs=[TokenLogprob(token="Hmm", logprob=-0.1, top={"Hmm": -0.1})])
 
     score = _score(InterventionChoiceScorer(runner), record, RIGHT, ScriptedJudge(confused))
-    asked = [j for j in score.judgments if not j.answer.startswith("not asked")]
+    asked = [j for j in score.judgments if not j.detail.startswith("not asked")]
     assert asked and score.n_failed == len(asked) and calls["n"] == 2 * len(asked)  # one re-ask each
     assert all(j.prediction is None and j.value is None and j.error for j in asked)
     unchanged = len(score.judgments) - len(asked)

@@ -64,9 +64,9 @@ def test_one_latents_crash_is_recorded_and_the_run_goes_on(tmp_path, tiny_cache)
 
     summary, latents = _run(files, tiny_cache, _config(), ScriptedJudge(sometimes_crashes), ScriptedJudge(_detector))
     rows = files.explanations_by_latent()
-    assert [rows[i]["status"] for i in latents].count("error") == 1
-    bad = next(r for r in rows.values() if r["status"] == "error")
-    assert "backend exploded" in bad["error"] and "Traceback" in bad["error"]
+    assert [rows[i].status for i in latents].count("error") == 1
+    bad = next(r for r in rows.values() if r.status == "error")
+    assert "backend exploded" in bad.error and "Traceback" in bad.error
     assert summary.scored == len(latents) - 1
     table = materialize(files, {"model": "tiny"}, ["detection", "fuzzing"])
     assert len(table) == len(latents)
@@ -87,8 +87,8 @@ def test_resume_after_kill_finishes_without_duplicates(tmp_path, tiny_cache):
 
     with pytest.raises(Killed):
         _run(files, tiny_cache, config, ScriptedJudge(_explainer), ScriptedJudge(dies_midway))
-    done_before = {k for k, v in files.scores_by_latent().items() if v["status"] == "ok"}
-    explained_before = {k for k, v in files.explanations_by_latent().items() if v["status"] == "ok"}
+    done_before = {k for k, v in files.scores_by_latent().items() if v.status == "ok"}
+    explained_before = {k for k, v in files.explanations_by_latent().items() if v.status == "ok"}
     assert 0 < len(done_before) < 12
     # a torn line, as a kill during a write would leave
     with open(files.scores, "a") as f:
@@ -100,7 +100,7 @@ def test_resume_after_kill_finishes_without_duplicates(tmp_path, tiny_cache):
     # latents explained before the kill are not explained again
     assert len(explainer.calls) == len(latents) - len(explained_before)
     expl = files.explanations_by_latent()
-    per_scorer = {i: expl[i]["n_test"] + expl[i]["n_negatives"] for i in latents}
+    per_scorer = {i: expl[i].n_test + expl[i].n_negatives for i in latents}
     expected_calls = 2 * sum(per_scorer.values()) - sum(per_scorer[i] for i, _ in done_before)
     assert len(judge.calls) == expected_calls  # finished (latent, scorer) pairs were not asked again
 
@@ -112,7 +112,7 @@ def test_resume_after_kill_finishes_without_duplicates(tmp_path, tiny_cache):
 
     table = materialize(files, {"model": "tiny"}, ["detection", "fuzzing"])
     assert sorted(table["latent"]) == sorted(latents)
-    has_negatives = [files.explanations_by_latent()[i]["n_negatives"] > 0 for i in table["latent"]]
+    has_negatives = [files.explanations_by_latent()[i].n_negatives > 0 for i in table["latent"]]
     for col in ("detection_balanced_accuracy", "fuzzing_balanced_accuracy", "detection_auroc"):
         # a latent active in every window has no negatives: its balanced accuracy is undefined (NaN), not 0
         assert table[col].notna().tolist() == has_negatives
@@ -147,7 +147,7 @@ def test_explicit_latents_that_never_fire_are_reported(tmp_path, tiny_cache):
     summary, _ = _run(files, tiny_cache, config, ScriptedJudge(_explainer), ScriptedJudge(_detector))
     assert summary.skipped == 1
     row = files.explanations_by_latent()[rare[0]]
-    assert row["status"] == "skipped" and "fewer than min_examples" in row["error"]
+    assert row.status == "skipped" and "fewer than min_examples" in row.error
     table = materialize(files, {}, ["detection"])
     assert table.loc[0, "status"] == "skipped"
 

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from report_fixtures import PAYLOAD, make_run
+from transformers import AutoTokenizer
 
 from autointerp.cache.store import ActivationCache
 from autointerp.cli import main
@@ -23,7 +25,7 @@ from autointerp.config import load_config
 from autointerp.report import ReportError, build_report
 from autointerp.report.data import agreement, find_scorers
 from autointerp.report.svg import histogram, ticks
-from autointerp.results import read_jsonl
+from autointerp.results import append_row, read_explanations, read_jsonl
 from autointerp.sampling import Sampler, token_decoder
 
 
@@ -133,6 +135,41 @@ def test_latent_page_shades_the_windows_the_explainer_saw(run, site, results):
         for text, acts in shown:
             example = by_text[text]
             assert acts == pytest.approx([a for a in example.activations if a > 0], rel=1e-3)
+
+
+def test_latent_page_shows_the_logged_windows_never_a_replay(run, tmp_path):
+    """A new sampling seed in config.json would make a replay of the sampler draw other windows; the page
+    shows the windows the latent's (newest) row lists, with their logged quantiles."""
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("report"))
+    config = json.loads((copy / "config.json").read_text())
+    config["config"]["sampling"]["seed"] = 12345
+    (copy / "config.json").write_text(json.dumps(config))
+    rows = {r.latent: r for r in read_explanations(copy / "explanations.jsonl")}
+    ok, imported = [r for r in rows.values() if r.status == "ok"][:2]
+    assert len(ok.train_quantiles) == len(ok.train_windows) == ok.n_train + ok.train_quantiles.count(-1)
+    kept = [(w, q) for w, q in zip(ok.train_windows, ok.train_quantiles, strict=True) if q >= 0][:3]
+    append_row(
+        copy / "explanations.jsonl",
+        replace(ok, train_windows=[w for w, _ in kept], train_quantiles=[q for _, q in kept]),
+    )
+    append_row(
+        copy / "explanations.jsonl",
+        replace(
+            imported, explainer_model="imported:x", train_windows=None, train_quantiles=None, source={"format": "x"}
+        ),
+    )
+    build_report(copy, progress=False)
+    html = section((copy / "report" / "latents" / f"{ok.latent}.html").read_text(), "train")
+    cache = ActivationCache(copy / "cache")
+    decode = token_decoder(AutoTokenizer.from_pretrained(copy / "subject"))
+    expected = {"".join(decode(cache.window_tokens(w).tolist())) for w, _ in kept}
+    assert {text for text, _ in contexts(html)} == expected
+    assert sorted(int(q) for q in re.findall(r'<td class="num" data-v="(\d+)">\d+</td><td>', html)) == sorted(
+        q for _, q in kept
+    )
+    html = section((copy / "report" / "latents" / f"{imported.latent}.html").read_text(), "train")
+    assert "explanation was imported" in html and not contexts(html)
 
 
 def test_skipped_latents_say_why(site, results):

@@ -112,6 +112,6 @@ def test_the_pipeline_records_candidates_and_validation_windows(tmp_path, tiny_c
     )
     asyncio.run(process_latents(latents, worker, progress=False))
     for row in files.explanations_by_latent().values():
-        assert row["status"] == "ok", row["error"]
-        assert row["chosen_by"] == "detection" and len(row["candidates"]) == 2
-        assert row["validation_windows"] and not set(row["validation_windows"]) & set(row["train_windows"])
+        assert row.status == "ok", row.error
+        assert row.chosen_by == "detection" and row.candidates is not None and len(row.candidates) == 2
+        assert row.validation_windows and not set(row.validation_windows) & set(row.train_windows or [])

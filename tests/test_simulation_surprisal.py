@@ -75,8 +75,10 @@ def test_simulation_all_at_once_right_beats_wrong():
     assert wrong.metrics["correlation"] < 0.1 and wrong.metrics["auroc"] < 0.5
     assert right.usage.calls == n and right.usage.prompt_tokens > 0
     month = next(j for j in right.judgments if j.activating)
-    assert month.prediction is True and month.probability == pytest.approx(0.9 * 9 / 9 + 0.1 * 0, abs=1e-6)
-    assert month.value is not None and month.value > 0.9 and len(month.answer.split()) == 12
+    # the expected level at the month's slot is 0.9 * 9: read from prompt logprobs, so nothing was generated
+    assert month.prediction is True and month.probability is None and month.answer == ""
+    assert month.detail.startswith("predicted ") and month.detail.split()[1:].count("8.1") == 1
+    assert month.value is not None and month.value > 0.9 and len(month.detail.split()) == 1 + 12
     assert month.text.count("\t0") == 12 and "<start>" not in month.text
 
 
@@ -91,6 +93,9 @@ def test_simulation_json_right_beats_wrong_with_exact_length_schema():
     items = judge.schemas[0]["properties"]["activations"]
     assert items["minItems"] == items["maxItems"] == 12
     assert len(judge.calls) == 2 * (len(record.test) + len(record.negatives))
+    month = next(j for j in right.judgments if j.activating)  # the judge's own JSON, and the levels read from it
+    assert month.answer.startswith('{"activations"') and month.probability is None
+    assert month.detail == "predicted " + " ".join(f"{v:.1f}" for v in json.loads(month.answer)["activations"])
 
 
 def test_simulation_json_misalignment_is_a_recorded_failure_not_zeros():
@@ -200,7 +205,7 @@ def test_surprisal_right_beats_wrong():
     pos = next(j for j in right.judgments if j.activating)
     n_tokens = len(oracle_text_scorer(pos.text, 0))  # the month costs 1 nat instead of 6; the rest the same
     assert pos.value == pytest.approx(5 / n_tokens, abs=1e-6) and pos.prediction is True and pos.probability is None
-    assert "with the explanation" in pos.answer
+    assert pos.answer == "" and "with the explanation" in pos.detail  # teacher forcing: the judge wrote nothing
 
 
 def test_surprisal_sends_explanation_texts_first_and_neutral_ones_after():

@@ -1,63 +1,94 @@
-"""Per-token activations for the latent pages, rebuilt from the run's activation cache.
+"""Per-token activations for the latent pages, read back from the run's activation cache.
 
 results.parquet keeps only what the judge saw as text; the activations behind it live in the
-cache. The sampler is deterministic given the run's seed, so rebuilding a latent's record gives the
-very examples the explainer saw, and any judged window can be read back by its index. A folder
-whose cache was deleted (it is the big part of a run) still gets a report, without the shading.
+cache. The windows the explainer saw are the ones its row in explanations.jsonl lists (never a
+replay of the sampler, which would show other windows if the sampling code or settings changed
+since), and any judged window is read back by its index. A folder whose cache was deleted (it is
+the big part of a run) still gets a report, without the shading.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from html import escape
 
 from autointerp.cache.store import ActivationCache, CacheError
 from autointerp.config import RunConfig
-from autointerp.records import Example, LatentRecord
+from autointerp.records import Example, ExplanationRow, RowError
+from autointerp.report.data import ReportError
 from autointerp.results import RunFiles
-from autointerp.sampling import NotEnoughExamples, Sampler, SamplingSettings, TokenDecoder, token_decoder
+from autointerp.sampling import TokenDecoder, read_example, token_decoder
 
 
 @dataclass
 class Contexts:
-    """Where the pages get activations from; `sampler` is None when they cannot, and `reason` says why."""
+    """Where the pages get activations from: the cache and the tokenizer (None, with the `reason`,
+    when they cannot be had), and each latent's logged explanation row."""
 
-    sampler: Sampler | None
+    cache: ActivationCache | None
+    decode: TokenDecoder | None
+    rows: dict[int, ExplanationRow] = field(default_factory=dict)
     reason: str = ""
 
-    def record(self, latent: int) -> LatentRecord | None:
-        if self.sampler is None or not 0 <= latent < self.sampler.cache.num_latents:
-            return None
-        try:
-            return self.sampler.record(latent, negatives=False)  # pages show the activating examples only
-        except NotEnoughExamples:
-            return None
+    @property
+    def available(self) -> bool:
+        return self.cache is not None and self.decode is not None
 
-    def example(self, window: int | None, latent: int) -> Example | None:
+    def explainer_examples(self, latent: int) -> list[Example] | None:
+        """The activating examples the explainer was shown, as logged; None when they are not known
+        (no cache, or no windows logged: see `missing_reason`)."""
+        row = self.rows.get(latent)
+        if not self.available or row is None or row.train_windows is None:
+            return None
+        quantiles = row.train_quantiles or [-1] * len(row.train_windows)
+        examples = [self.example(w, latent, q) for w, q in zip(row.train_windows, quantiles, strict=True)]
+        return [e for e in examples if e is not None and e.activating]  # not the contrastive's silent ones
+
+    def missing_reason(self, latent: int) -> str:
+        """Why `explainer_examples` has none for this latent, as a sentence."""
+        if not self.available:
+            return f"Per-token activations cannot be shown: {self.reason}"
+        row = self.rows.get(latent)
+        why = "the windows it saw were not logged"
+        if row is None:
+            why = "no explanation of this latent was logged"
+        elif row.source is not None:
+            why = "the explanation was imported, and the examples its explainer saw are not known"
+        elif row.status == "skipped":
+            why = "the latent fires too rarely for a record, so no explainer saw it"
+        return f"The explainer's examples cannot be shown: {why}"
+
+    def example(self, window: int | None, latent: int, quantile: int = -1) -> Example | None:
         """The window with the latent's activations, or None for a window the cache does not hold."""
-        if self.sampler is None or window is None or not 0 <= latent < self.sampler.cache.num_latents:
+        if self.cache is None or self.decode is None or window is None:
             return None
-        if not 0 <= window < self.sampler.cache.meta.n_windows:
+        if not 0 <= latent < self.cache.num_latents or not 0 <= window < self.cache.meta.n_windows:
             return None
-        return self.sampler.example(window, latent)
+        return read_example(self.cache, self.decode, window, latent, quantile)
 
 
 def open_contexts(files: RunFiles, config: RunConfig | None, decode: TokenDecoder | None = None) -> Contexts:
-    """A sampler over the run's cache with the subject model's tokenizer, or the reason there is none."""
+    """The run's cache with the subject model's tokenizer (or the reason there is none), and its logged rows."""
+    try:
+        rows = files.explanations_by_latent()
+    except RowError as e:
+        raise ReportError(str(e)) from None
     try:
         cache = ActivationCache(files.cache)
     except (CacheError, OSError) as e:
-        return Contexts(None, str(e))
+        return Contexts(None, None, rows, str(e))
     if decode is None:
         if config is None:
-            return Contexts(None, f"{files.config} is missing, so the subject model's tokenizer is unknown")
+            return Contexts(
+                cache, None, rows, f"{files.config} is missing, so the subject model's tokenizer is unknown"
+            )
         from autointerp import app
 
         try:
             decode = token_decoder(app.load_tokenizer(config))
         except (OSError, ValueError, ImportError) as e:
-            return Contexts(None, f"the tokenizer of {config.model!r} could not be loaded ({e})")
-    return Contexts(Sampler(cache, decode, config.sampling if config else SamplingSettings()))
+            return Contexts(cache, None, rows, f"the tokenizer of {config.model!r} could not be loaded ({e})")
+    return Contexts(cache, decode, rows)
 
 
 def _shown(token: str) -> str:

@@ -15,25 +15,11 @@ from typing import Any
 import pandas as pd
 
 from autointerp.config import RunConfig, load_config
-from autointerp.results import RunFiles
+from autointerp.results import JUDGMENT_COLUMNS, RunFiles
 from autointerp.scorers import scorer_metrics
 
 # per-scorer columns that describe the scoring, not the explanation's quality
 BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_tokens")
-JUDGMENT_COLUMNS = [
-    "hookpoint",
-    "latent",
-    "scorer",
-    "window",
-    "activating",
-    "prediction",
-    "probability",
-    "max_activation",
-    "quantile",
-    "answer",
-    "error",
-    "text",
-]
 
 
 class ReportError(ValueError):

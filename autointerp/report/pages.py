@@ -262,12 +262,13 @@ def _scores_table(row: dict[str, Any], scorers: list[ScorerColumns]) -> str:
 
 def _train_section(examples: list[Example] | None, scale: float, reason: str) -> str:
     if examples is None:
-        return f'<p class="callout">Per-token activations cannot be shown: {escape(reason)}.</p>'
+        return f'<p class="callout">{escape(reason)}.</p>'
     if not examples:
         return '<p class="missing">The explainer saw no examples of this latent.</p>'
     ordered = sorted(examples, key=lambda e: -e.max_activation)
     rows = "".join(
-        f"<tr>{td_num(e.max_activation, num(e.max_activation, 2))}{td_num(e.quantile, str(e.quantile))}"
+        f"<tr>{td_num(e.max_activation, num(e.max_activation, 2))}"
+        f"{td_num(e.quantile, str(e.quantile)) if e.quantile >= 0 else td_num(None)}"
         f"<td>{shaded_tokens(e, scale)}</td></tr>"
         for e in ordered
     )
@@ -303,6 +304,8 @@ def _judgment_row(j: dict[str, Any], example: Example | None, scale: float) -> s
     else:
         context = f'<span class="ctx">{escape(text)}</span>'
     answer = "" if missing(j.get("answer")) else escape(str(j["answer"]))
+    if not missing(j.get("detail")) and j["detail"]:
+        answer += f'<div class="detail">{escape(str(j["detail"]))}</div>'
     if not missing(j.get("error")) and j["error"]:
         answer += f'<div class="err">{escape(str(j["error"]))}</div>'
     return (
@@ -324,7 +327,7 @@ def _judged_section(
     if judgments.empty:
         return '<p class="missing">No judgments were recorded for this latent.</p>'
     parts = []
-    if contexts.sampler is None:
+    if not contexts.available:
         parts.append(
             '<p class="callout">Without the activation cache, the excerpts are shown as the judge saw '
             "them, unshaded.</p>"
@@ -375,10 +378,8 @@ def latent_page(
 ) -> str:
     latent = int(row["latent"])
     hookpoint = "" if missing(row.get("hookpoint")) else str(row["hookpoint"])
-    record = contexts.record(latent)
+    shown = contexts.explainer_examples(latent)
     scale = float(row["max_activation"]) if not missing(row.get("max_activation")) else 0.0
-    if record is not None:
-        scale = record.stats.max_activation or scale
     expl = row.get("explanation")
     status = str(row.get("status") or "missing")
     status_html = ""
@@ -387,11 +388,7 @@ def latent_page(
         status_html = f"<p>{status_badge(status)}</p>" + (
             f"<details><summary>why</summary><pre class='error'>{escape(error)}</pre></details>" if error else ""
         )
-    reason = (
-        contexts.reason
-        if contexts.sampler is None
-        else "the latent fires too rarely for a record to be rebuilt from the cache"
-    )
+    reason = contexts.missing_reason(latent) if shown is None else ""
     pager = ['<a href="../index.html">← all latents</a>']
     if prev_latent is not None:
         pager.append(f'<a href="{latent_href(prev_latent)}">← latent {prev_latent}</a>')
@@ -412,7 +409,7 @@ def latent_page(
             ]
         ),
         scores=_scores_table(row, data.scorers),
-        train=_train_section(record.train if record is not None else None, scale, reason),
+        train=_train_section(shown, scale, reason),
         judged=_judged_section(judgments, data.scorers, row, contexts, latent, scale),
     )
     return page(

@@ -1,36 +1,29 @@
-"""Scorers: each has the signature `await scorer(record, explanation, judge) -> Score`.
+"""Scorers: each is a `Scorer` (base.py), called as `await scorer(record, explanation, judge) -> Score`.
 
-Each scorer class names the metric columns it writes (`metrics`, headline first); results.parquet
-gets a `<scorer>_<metric>` column for each, whether or not a latent has a value.
+Each module of this package that defines a scorer registers it (`registry.register`); the registry
+is the one list the run, the CLI and the results read. The names below are imported for callers'
+convenience only: a new scorer needs no line here.
 """
 
+from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
 from autointerp.scorers.classify import ClassifierSettings
 from autointerp.scorers.detection import DetectionScorer
 from autointerp.scorers.embedding import EmbeddingScorer
 from autointerp.scorers.fuzzing import FuzzingScorer
 from autointerp.scorers.intervention import InterventionChoiceScorer, InterventionScorer, InterventionSettings
+from autointerp.scorers.registry import (
+    build_scorers,
+    find_scorer,
+    register,
+    scorer_class,
+    scorer_classes,
+    scorer_metrics,
+    scorer_names,
+)
 from autointerp.scorers.simulation import SimulationScorer, SimulationSettings
 from autointerp.scorers.surprisal import SurprisalScorer
 
-SCORERS = {
-    "detection": DetectionScorer,
-    "fuzzing": FuzzingScorer,
-    "intervention": InterventionScorer,
-    "intervention_choice": InterventionChoiceScorer,
-    "embedding": EmbeddingScorer,
-    "simulation": SimulationScorer,
-    "surprisal": SurprisalScorer,
-}
-
-
-def scorer_metrics(name: str) -> tuple[str, ...]:
-    """The metric columns of a scorer by name (empty for a name this version does not know)."""
-    cls = SCORERS.get(name)
-    return tuple(getattr(cls, "metrics", ())) if cls else ()
-
-
 __all__ = [
-    "SCORERS",
     "ClassifierSettings",
     "DetectionScorer",
     "EmbeddingScorer",
@@ -38,8 +31,17 @@ __all__ = [
     "InterventionChoiceScorer",
     "InterventionScorer",
     "InterventionSettings",
+    "Scorer",
+    "ScorerContext",
     "SimulationScorer",
     "SimulationSettings",
     "SurprisalScorer",
+    "UnfitJudge",
+    "build_scorers",
+    "find_scorer",
+    "register",
+    "scorer_class",
+    "scorer_classes",
     "scorer_metrics",
+    "scorer_names",
 ]

@@ -2,7 +2,7 @@
 
 Three ways to ask, picked by `mode`:
 - "logprobs": one item per call, one generated token, P(Yes) from the top logprobs. This is what
-  works with small judges (REFERENCE.md) and what gives AUROC.
+  works with small judges and what gives AUROC.
 - "text": one item per call, the answer's first word read as Yes or No (backends with no logprobs).
 - "json": `batch_size` items per call, answered as a JSON list of 0/1 (fewer calls, no AUROC).
 An answer that cannot be read is re-asked up to `max_reasks` times and then recorded as a failure of
@@ -17,15 +17,20 @@ import math
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from autointerp.llm.base import Judge, JudgeError, Message, Reply
+from autointerp.llm.asking import Request, ask
+from autointerp.llm.base import Judge, Message, Reply
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
 from autointerp.scorers.metrics import CLASSIFICATION_METRICS, classification_metrics
+
+if TYPE_CHECKING:
+    from autointerp.config import RunConfig
 
 Mode = Literal["auto", "logprobs", "text", "json"]
 
@@ -129,31 +134,30 @@ async def ask_binary(
     Returns (prediction, P(first option) or None, last answer, error). `prediction` is None when no
     answer could be read: the caller records that as a failure, never as either option.
     """
-    answer, error = "", ""
     first, second = options
-    for attempt in range(max_reasks + 1):
+
+    def request(attempt: int) -> Request:
         temperature = 0.0 if attempt == 0 else 0.7
-        try:
-            if mode == "logprobs":
-                reply = await judge.chat(messages, max_tokens=1, temperature=temperature, logprobs=top_logprobs)
-            else:
-                reply = await judge.chat(messages, max_tokens=5, temperature=temperature)
-        except JudgeError as e:
-            error = f"judge error: {e}"
-            continue
-        usage.add(reply.usage)
-        answer = reply.text
+        if mode == "logprobs":
+            return Request(messages, max_tokens=1, temperature=temperature, logprobs=top_logprobs)
+        return Request(messages, max_tokens=5, temperature=temperature)
+
+    def parse(reply: Reply) -> tuple[tuple[bool, float | None] | None, str]:
         if mode == "logprobs":
             p = from_logprobs(reply)
-            if p is not None:
-                return p > 0.5, p, answer, ""
-            error = f"neither {first} nor {second} among the top logprobs"
-        else:
-            pred = from_text(reply.text)
-            if pred is not None:
-                return pred, None, answer, ""
-            error = f"answer is not {first} or {second}"
-    return None, None, answer, error
+            if p is None:
+                return None, f"neither {first} nor {second} among the top logprobs"
+            return (p > 0.5, p), ""
+        pred = from_text(reply.text)
+        if pred is None:
+            return None, f"answer is not {first} or {second}"
+        return (pred, None), ""
+
+    asked = await ask(judge, request, parse, attempts=max_reasks + 1, usage=usage)
+    if asked.value is None:
+        return None, None, asked.answer, asked.error
+    prediction, probability = asked.value
+    return prediction, probability, asked.answer, ""
 
 
 def answers_schema(n: int) -> dict:
@@ -166,15 +170,23 @@ def answers_schema(n: int) -> dict:
     }
 
 
-class YesNoScorer:
+class YesNoScorer(Scorer):
     """Base of detection and fuzzing: subclasses say how to build items and which prompts to use."""
 
-    name = "classifier"
-    prompt_dir = ""
+    prompt_dir: ClassVar[str] = ""
     metrics = CLASSIFICATION_METRICS
 
     def __init__(self, settings: ClassifierSettings | None = None):
         self.settings = settings or ClassifierSettings()
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
+        return cls(cls.settings_from(config))
+
+    @staticmethod
+    def settings_from(config: RunConfig) -> ClassifierSettings:
+        # one --seed fixes every draw: the order of a latent's items follows the sampling seed
+        return replace(config.classifier, seed=config.sampling.seed)
 
     def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:
         raise NotImplementedError
@@ -182,15 +194,24 @@ class YesNoScorer:
     def _rng(self, record: LatentRecord) -> np.random.Generator:
         return np.random.default_rng([self.settings.seed, record.latent.index, zlib.crc32(self.name.encode())])
 
+    def mode_for(self, judge: Judge) -> str:
+        mode = self.settings.mode
+        if mode == "auto":
+            return "logprobs" if judge.supports_logprobs else "text"
+        if mode == "logprobs" and not judge.supports_logprobs:
+            raise UnfitJudge(f"judge {judge.model} gives no logprobs; use mode 'text' or 'json'")
+        return mode
+
+    def check_judge(self, judge: Judge | None) -> None:
+        super().check_judge(judge)
+        assert judge is not None
+        self.mode_for(judge)
+
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         rng = self._rng(record)
         items = self.items(record, rng)
         items = [items[i] for i in rng.permutation(len(items))]
-        mode = self.settings.mode
-        if mode == "auto":
-            mode = "logprobs" if judge.supports_logprobs else "text"
-        if mode == "logprobs" and not judge.supports_logprobs:
-            raise ValueError(f"judge {judge.model} gives no logprobs; use mode 'text' or 'json'")
+        mode = self.mode_for(judge)
         usage = Usage()
         if mode == "json":
             judgments = await self._ask_batches(items, explanation.text, judge, usage)
@@ -256,22 +277,17 @@ class YesNoScorer:
     async def _ask_batch(self, batch: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
         excerpts = "\n".join(f"Excerpt {i}: <excerpt>{item.text}</excerpt>" for i, item in enumerate(batch, 1))
         messages = self._messages("batch_user.md", explanation=explanation, excerpts=excerpts, n=len(batch))
-        answer, error = "", ""
-        for attempt in range(self.settings.max_reasks + 1):
-            try:
-                reply = await judge.chat(
-                    messages,
-                    max_tokens=16 + 4 * len(batch),
-                    temperature=0.0 if attempt == 0 else 0.7,
-                    schema=answers_schema(len(batch)),
-                )
-            except JudgeError as e:
-                error = f"judge error: {e}"
-                continue
-            usage.add(reply.usage)
-            answer = reply.text
-            parsed = parse_json_answers(reply.text, len(batch))
-            if parsed is not None:
-                return [self._judgment(item, p, None, answer, "") for item, p in zip(batch, parsed, strict=True)]
-            error = f"not a JSON list of {len(batch)} answers"
-        return [self._judgment(item, None, None, answer, error) for item in batch]
+        n = len(batch)
+
+        def request(attempt: int) -> Request:
+            temperature = 0.0 if attempt == 0 else 0.7
+            return Request(messages, max_tokens=16 + 4 * n, temperature=temperature, schema=answers_schema(n))
+
+        def parse(reply: Reply) -> tuple[list[bool] | None, str]:
+            parsed = parse_json_answers(reply.text, n)
+            return parsed, "" if parsed is not None else f"not a JSON list of {n} answers"
+
+        asked = await ask(judge, request, parse, attempts=self.settings.max_reasks + 1, usage=usage)
+        if asked.value is None:
+            return [self._judgment(item, None, None, asked.answer, asked.error) for item in batch]
+        return [self._judgment(item, p, None, asked.answer, "") for item, p in zip(batch, asked.value, strict=True)]

@@ -11,10 +11,13 @@ import numpy as np
 from autointerp.prompting import format_plain
 from autointerp.records import LatentRecord
 from autointerp.scorers.classify import Item, YesNoScorer
+from autointerp.scorers.registry import register
 
 
+@register
 class DetectionScorer(YesNoScorer):
     name = "detection"
+    summary = "the judge says which held-out excerpts activate the latent"
     prompt_dir = "detection"
 
     def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:

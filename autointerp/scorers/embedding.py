@@ -16,28 +16,42 @@ Each judgment's `value` is its cosine similarity.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from autointerp.embeddings import DEFAULT_MODEL, Embedder, load_embedder
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.base import Scorer, ScorerContext
 from autointerp.scorers.metrics import auroc, mean_or_none, precision, top_r
+from autointerp.scorers.registry import register
+
+if TYPE_CHECKING:
+    from autointerp.config import RunConfig
 
 
 def query_text(explanation: str) -> str:
     return render(load_prompt("embedding/query.md"), explanation=explanation)
 
 
-class EmbeddingScorer:
+@register
+class EmbeddingScorer(Scorer):
     name = "embedding"
     metrics = ("auroc", "r_precision", "similarity_gap", "positive_similarity", "negative_similarity")
-    needs_judge = False
+    summary = "cosine of explanation and excerpts; no judge"
+    judge_capability = None
 
     def __init__(self, embedder: Embedder | None = None, *, model: str = DEFAULT_MODEL, device: str = "cpu"):
         self._embedder = embedder
         self._model = model
         self._device = device
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
+        if context.embedder is not None:  # the run's instance, shared with the sampler's similar negatives
+            return cls(context.embedder(config.embedding_model))
+        return cls(model=config.embedding_model, device=config.device)
 
     @property
     def embedder(self) -> Embedder:
@@ -46,8 +60,7 @@ class EmbeddingScorer:
             self._embedder = load_embedder(self._model, device=self._device)
         return self._embedder
 
-    @property
-    def judge_model(self) -> str:
+    def judge_model(self, judge: object = None) -> str:
         """What to record as this scorer's judge: the embedding model."""
         return self.embedder.name
 

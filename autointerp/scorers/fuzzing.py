@@ -8,17 +8,24 @@ which tests token-level precision harder.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from autointerp.prompting import format_marked, marks_above
 from autointerp.records import Example, LatentRecord
+from autointerp.scorers.base import Scorer, ScorerContext
 from autointerp.scorers.classify import ClassifierSettings, Item, YesNoScorer
+from autointerp.scorers.registry import register
+
+if TYPE_CHECKING:
+    from autointerp.config import RunConfig
 
 
+@register
 class FuzzingScorer(YesNoScorer):
     name = "fuzzing"
+    summary = "the judge says whether the marked tokens of an excerpt are the ones that fire"
     prompt_dir = "fuzzing"
 
     def __init__(
@@ -31,6 +38,11 @@ class FuzzingScorer(YesNoScorer):
         super().__init__(settings)
         self.mark_fraction = mark_fraction
         self.negatives = negatives
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
+        negatives: Literal["silent", "misplaced"] = config.fuzz_negatives  # type: ignore[assignment]
+        return cls(cls.settings_from(config), mark_fraction=config.explain.mark_fraction, negatives=negatives)
 
     def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:
         positives = [(e, marks_above(e, self.mark_fraction)) for e in record.test]

@@ -32,17 +32,23 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from autointerp.cache.store import ActivationCache
-from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, can_score_text
+from autointerp.llm.asking import score_text
+from autointerp.llm.base import Judge, Message, PromptToken, Reply
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
 from autointerp.scorers.classify import ask_binary, option_probability
 from autointerp.scorers.metrics import mean_or_none, win_rate
+from autointerp.scorers.registry import register
+
+if TYPE_CHECKING:
+    from autointerp.config import RunConfig
 
 
 @dataclass
@@ -238,6 +244,33 @@ class InterventionRunner:
         )
 
 
+def shared_runner(config: RunConfig, context: ScorerContext) -> InterventionRunner:
+    """The run's one steering runner, shared by both intervention scorers: the model loads once, on
+    first use, and a latent's continuations are computed once."""
+    if context.cache is None:
+        raise ValueError("the intervention scorers need the run's activation cache")
+    if context.steering_subject is None:
+        raise ValueError("the intervention scorers need the subject model (a steering_subject loader)")
+    cache, load = context.cache, context.steering_subject
+    settings = replace(config.intervention, seed=config.sampling.seed)  # one --seed fixes every draw
+    return context.shared("intervention_runner", lambda: InterventionRunner(load, cache, settings))
+
+
+class _InterventionBase(Scorer):
+    """What both intervention scorers share: the steering runner, and no place in best-of-n (the prompts
+    are cut from windows outside the explainer's examples, which a validation view does not carry)."""
+
+    can_pick_best_of = False
+
+    def __init__(self, runner: InterventionRunner, settings: InterventionSettings | None = None):
+        self.runner = runner
+        self.settings = settings or runner.settings
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
+        return cls(shared_runner(config, context))
+
+
 def _decode(tokenizer: Tokenizer, ids: Sequence[int], special: set[int]) -> str:
     return tokenizer.decode([i for i in ids if i not in special])
 
@@ -245,6 +278,9 @@ def _decode(tokenizer: Tokenizer, ids: Sequence[int], special: set[int]) -> str:
 def _display(c: Continuation) -> str:
     """How a prompt and its two continuations are written into judgments.parquet (one line each)."""
     return f"{clean_token(c.prompt)}\n[clean]{clean_token(c.clean)}\n[steered]{clean_token(c.steered)}"
+
+
+NOT_ASKED = "not asked: identical continuations"
 
 
 def _summary_metrics(iv: Intervention) -> dict[str, float | None]:
@@ -281,23 +317,21 @@ def span_logprob(tokens: list[PromptToken], start: int, end: int) -> float | Non
     return total if found else None
 
 
-class InterventionScorer:
+@register
+class InterventionScorer(_InterventionBase):
     """Surprisal difference: how much more likely the explanation is after the steered text than the clean."""
 
     name = "intervention"
     metrics = ("surprisal_difference", "win_rate", "changed", "kl", "strength")
+    summary = "surprisal difference of steered vs clean continuations; needs a judge with prompt logprobs"
+    judge_capability = "prompt_logprobs"
 
-    def __init__(self, runner: InterventionRunner, settings: InterventionSettings | None = None):
-        self.runner = runner
-        self.settings = settings or runner.settings
-
-    def check_judge(self, judge: Judge) -> None:
-        if not can_score_text(judge):
-            raise ValueError(
-                f"the intervention scorer needs a judge that returns prompt logprobs (the log-probability of "
-                f"every token of a given text), and judge {judge.model} cannot: pick a judge whose backend "
-                "returns them, or score with 'intervention_choice', which needs only chat answers"
-            )
+    def unfit_message(self, judge: Judge) -> str:
+        return (
+            f"the intervention scorer needs a judge that returns prompt logprobs (the log-probability of "
+            f"every token of a given text), and judge {judge.model} cannot: pick a judge whose backend "
+            "returns them, or score with 'intervention_choice', which needs only chat answers"
+        )
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         self.check_judge(judge)
@@ -322,21 +356,17 @@ class InterventionScorer:
 
     async def _logprob(self, passage: str, explanation: str, judge: Judge, usage: Usage) -> tuple[float | None, str]:
         text, start, end = surprisal_text(passage, explanation)
-        error = ""
-        for _ in range(self.settings.max_reasks + 1):
-            try:
-                tokens = await judge.prompt_logprobs(text)  # type: ignore[attr-defined]
-            except JudgeError as e:
-                error = f"judge error: {e}"
-                continue
-            usage.add(Usage(prompt_tokens=len(tokens), calls=1))
+
+        def parse(tokens: list[PromptToken]) -> tuple[float | None, str]:
             value = span_logprob(tokens, start, end)
-            if value is not None:
-                return value, ""
-            return None, "no scored token covers the explanation"  # deterministic: asking again gives the same
-        return None, error
+            return value, "" if value is not None else "no scored token covers the explanation"
+
+        asked = await score_text(judge, text, parse, attempts=self.settings.max_reasks + 1, usage=usage)
+        return asked.value, asked.error
 
     async def _judge(self, c: Continuation, explanation: str, judge: Judge, usage: Usage) -> Judgment:
+        # `activating` is the truth "the steered text makes the explanation likelier", true by design;
+        # `prediction` whether the judge found it so, `value` the difference in nats
         base = dict(
             window=c.window,
             activating=True,
@@ -346,7 +376,7 @@ class InterventionScorer:
             text=_display(c),
         )
         if not c.changed:  # the same text twice: the difference is exactly 0, no need to ask
-            return Judgment(prediction=None, value=0.0, answer="not asked: identical continuations", **base)
+            return Judgment(prediction=None, value=0.0, detail=NOT_ASKED, **base)
         clean, clean_err = await self._logprob(clean_token(c.prompt + c.clean), explanation, judge, usage)
         steered, steered_err = await self._logprob(clean_token(c.prompt + c.steered), explanation, judge, usage)
         if clean is None or steered is None:
@@ -355,7 +385,7 @@ class InterventionScorer:
         return Judgment(
             prediction=diff > 0,
             value=round(diff, 6),
-            answer=f"log p(explanation): clean {clean:.4f}, steered {steered:.4f}",
+            detail=f"log p(explanation): clean {clean:.4f}, steered {steered:.4f}",
             **base,
         )
 
@@ -374,27 +404,27 @@ def choice_answer(text: str) -> bool | None:
     return None if m is None else m.group(1).lower() == "a"
 
 
-class InterventionChoiceScorer:
+@register
+class InterventionChoiceScorer(_InterventionBase):
     """The judge sees both continuations, shuffled, and picks the one steered towards the explanation."""
 
     name = "intervention_choice"
     metrics = ("accuracy", "p_correct", "changed", "kl", "strength")
-
-    def __init__(self, runner: InterventionRunner, settings: InterventionSettings | None = None):
-        self.runner = runner
-        self.settings = settings or runner.settings
+    summary = "the judge picks the steered continuation"
 
     def _mode(self, judge: Judge) -> str:
         mode = self.settings.choice_mode
         if mode == "auto":
             return "logprobs" if judge.supports_logprobs else "text"
         if mode == "logprobs" and not judge.supports_logprobs:
-            raise ValueError(f"judge {judge.model} gives no logprobs; use choice mode 'text'")
+            raise UnfitJudge(f"judge {judge.model} gives no logprobs; use choice mode 'text'")
         if mode not in ("logprobs", "text"):
             raise ValueError(f"unknown choice mode {mode!r}; valid: auto, logprobs, text")
         return mode
 
-    def check_judge(self, judge: Judge) -> None:
+    def check_judge(self, judge: Judge | None) -> None:
+        super().check_judge(judge)
+        assert judge is not None
         self._mode(judge)
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
@@ -409,12 +439,12 @@ class InterventionChoiceScorer:
                 for c, first in zip(iv.continuations, steered_first, strict=True)
             )
         )
-        # a pick between two identical texts is a coin toss: it counts half, as its expected value
-        credit = [0.5 if j.value is None else j.value for j in judgments if not j.error]
+        credit = [j.value for j in judgments if j.value is not None]
+        # a pick that was not asked (identical continuations) has P(correct) 1/2, as it has credit 1/2
         p_correct = [
-            j.probability if j.activating else 1 - j.probability
+            0.5 if j.prediction is None else (j.probability if j.activating else 1 - j.probability)
             for j in judgments
-            if not j.error and j.probability is not None
+            if not j.error and (j.prediction is None or j.probability is not None)
         ]
         metrics: dict[str, float | None] = {
             "accuracy": mean_or_none(credit),
@@ -449,14 +479,13 @@ class InterventionChoiceScorer:
         self, c: Continuation, steered_first: bool, explanation: str, judge: Judge, mode: str, usage: Usage
     ) -> Judgment:
         # `activating` is the truth "A is the steered one", `prediction` "the judge picked A",
-        # `probability` P(A); `value` is 1 for a right pick and 0 for a wrong one
+        # `probability` P(A); `value` is the pick's credit: 1 right, 0 wrong, 1/2 for a pick between two
+        # identical texts, which is not asked (a coin toss: it counts as its expected value)
         base = dict(
             window=c.window, activating=steered_first, max_activation=c.max_activation, quantile=-1, text=_display(c)
         )
         if not c.changed:
-            return Judgment(
-                prediction=None, probability=0.5, value=None, answer="not asked: identical continuations", **base
-            )
+            return Judgment(prediction=None, probability=None, value=0.5, detail=NOT_ASKED, **base)
         messages = self._messages(c, steered_first, explanation)
         picked_a, p_a, answer, error = await ask_binary(
             judge,

@@ -36,11 +36,14 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from autointerp.llm.base import Judge, JudgeError, PromptToken, can_score_text
+from autointerp.llm.asking import Request, ask, score_text
+from autointerp.llm.base import Judge, PromptToken, Reply, can_score_text
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.base import Scorer, UnfitJudge
 from autointerp.scorers.classify import extract_json
 from autointerp.scorers.metrics import auroc, correlation, mean_or_none
+from autointerp.scorers.registry import register
 
 MAX_LEVEL = 9
 SLOT = "0"  # what fills each token's activation slot in the all-at-once text (see the module docstring)
@@ -147,17 +150,21 @@ def true_levels(example: Example, top: float) -> list[float]:
     return [MAX_LEVEL * max(a, 0.0) / top if top > 0 else 0.0 for a in example.activations]
 
 
-class SimulationScorer:
+@register
+class SimulationScorer(Scorer):
     name = "simulation"
     metrics = ("correlation", "example_correlation", "auroc")
+    summary = "the judge predicts each token's activation"
 
     def __init__(self, settings: SimulationSettings | None = None):
         self.settings = settings or SimulationSettings()
         if self.settings.mode not in ("auto", "logprobs", "json"):
             raise ValueError(f"simulation mode must be 'auto', 'logprobs' or 'json', not {self.settings.mode!r}")
 
-    def check_judge(self, judge: Judge) -> None:
-        """Called before any latent is scored: mode 'logprobs' with a judge that has no prompt logprobs fails."""
+    def check_judge(self, judge: Judge | None) -> None:
+        """Mode 'logprobs' with a judge that has no prompt logprobs fails here, before any latent."""
+        super().check_judge(judge)
+        assert judge is not None
         self.mode_for(judge)
 
     def mode_for(self, judge: Judge) -> str:
@@ -165,7 +172,7 @@ class SimulationScorer:
         if mode == "auto":
             return "logprobs" if can_score_text(judge) else "json"
         if mode == "logprobs" and not can_score_text(judge):
-            raise ValueError(
+            raise UnfitJudge(
                 f"simulation mode 'logprobs' needs a judge with prompt logprobs; {judge.model} "
                 f"({type(judge).__name__}) has none: use mode 'json'"
             )
@@ -182,16 +189,15 @@ class SimulationScorer:
 
     async def _all_at_once(self, example: Example, explanation: str, judge: Judge, usage: Usage) -> Simulated:
         text, shown, slots = simulation_text(explanation, example.str_tokens)
-        try:
-            tokens = await judge.prompt_logprobs(  # type: ignore[attr-defined]
-                text, top_logprobs=self.settings.top_logprobs, top_at=slots
-            )
-        except JudgeError as e:
-            return Simulated(example, None, shown, error=f"judge error: {e}")
-        usage.add(Usage(prompt_tokens=len(tokens), calls=1))
-        predicted, error = read_slots(tokens, slots)
-        answer = "" if predicted is None else " ".join(f"{v:.1f}" for v in predicted)
-        return Simulated(example, predicted, shown, answer=answer, error=error)
+        asked = await score_text(
+            judge,
+            text,
+            lambda tokens: read_slots(tokens, slots),
+            usage=usage,
+            top_logprobs=self.settings.top_logprobs,
+            top_at=slots,
+        )
+        return Simulated(example, asked.value, shown, error=asked.error)
 
     async def _json(self, example: Example, explanation: str, judge: Judge, usage: Usage) -> Simulated:
         n = len(example.str_tokens)
@@ -203,21 +209,16 @@ class SimulationScorer:
                 "content": render(load_prompt("simulation/user.md"), explanation=explanation, n=n, tokens=shown),
             },
         ]
-        answer, error = "", ""
-        for attempt in range(self.settings.max_reasks + 1):
-            try:
-                reply = await judge.chat(
-                    messages, max_tokens=16 + 3 * n, temperature=0.0 if attempt == 0 else 0.7, schema=levels_schema(n)
-                )
-            except JudgeError as e:
-                error = f"judge error: {e}"
-                continue
-            usage.add(reply.usage)
-            answer = reply.text
-            predicted, error = parse_levels(reply.text, n)
-            if predicted is not None:
-                return Simulated(example, predicted, shown, answer=answer)
-        return Simulated(example, None, shown, answer=answer, error=error)
+
+        def request(attempt: int) -> Request:
+            temperature = 0.0 if attempt == 0 else 0.7
+            return Request(messages, max_tokens=16 + 3 * n, temperature=temperature, schema=levels_schema(n))
+
+        def parse(reply: Reply) -> tuple[list[float] | None, str]:
+            return parse_levels(reply.text, n)
+
+        asked = await ask(judge, request, parse, attempts=self.settings.max_reasks + 1, usage=usage)
+        return Simulated(example, asked.value, shown, answer=asked.answer, error=asked.error)
 
     def _score(self, record: LatentRecord, results: list[Simulated], top: float, usage: Usage) -> Score:
         all_true: list[float] = []
@@ -242,13 +243,14 @@ class SimulationScorer:
                     window=r.example.window,
                     activating=r.example.activating,
                     prediction=None if peak is None else peak >= MAX_LEVEL / 2,
-                    probability=None if peak is None else round(peak / MAX_LEVEL, 6),
+                    probability=None,
                     max_activation=r.example.max_activation,
                     quantile=r.example.quantile,
                     answer=r.answer[:200],
                     error=r.error,
                     text=r.shown,
                     value=None if value is None else round(value, 6),
+                    detail="" if r.predicted is None else "predicted " + " ".join(f"{v:.1f}" for v in r.predicted),
                 )
             )
         metrics = {

@@ -22,10 +22,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from autointerp.llm.base import Judge, JudgeError, PromptToken, can_score_text
+from autointerp.llm.asking import score_text
+from autointerp.llm.base import Judge, PromptToken
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
+from autointerp.scorers.base import Scorer
 from autointerp.scorers.metrics import auroc, mean_or_none
+from autointerp.scorers.registry import register
 
 
 @dataclass
@@ -51,18 +54,19 @@ def example_loss(tokens: list[PromptToken], start: int) -> Loss:
     return Loss(-sum(lps) / len(lps))
 
 
-class SurprisalScorer:
+@register
+class SurprisalScorer(Scorer):
     name = "surprisal"
     metrics = ("auroc", "reduction_activating", "reduction_silent")
+    summary = "loss of excerpts after the explanation; needs prompt logprobs"
+    judge_capability = "prompt_logprobs"
 
-    def check_judge(self, judge: Judge) -> None:
-        """Called before any latent is scored, so a judge that cannot fails the run once, with the reason."""
-        if not can_score_text(judge):
-            raise ValueError(
-                f"the surprisal scorer needs a judge that gives prompt logprobs (teacher forcing); "
-                f"{judge.model} does not: use a local judge (qwen2.5-coder-1.5b, smollm2, a .gguf), "
-                f"vllm:MODEL, or an openai:MODEL server that echoes them, with --prompt-logprobs"
-            )
+    def unfit_message(self, judge: Judge) -> str:
+        return (
+            f"the surprisal scorer needs a judge that gives prompt logprobs (teacher forcing); "
+            f"{judge.model} does not: use a local judge (qwen2.5-coder-1.5b, smollm2, a .gguf), "
+            f"vllm:MODEL, or an openai:MODEL server that echoes them, with --prompt-logprobs"
+        )
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         self.check_judge(judge)
@@ -100,18 +104,19 @@ class SurprisalScorer:
     async def _loss(prefix: str, text: str, judge: Judge, usage: Usage) -> Loss:
         if not text:
             return Loss(None, "the example has no text")
-        try:
-            tokens = await judge.prompt_logprobs(prefix + text)  # type: ignore[attr-defined]
-        except JudgeError as e:
-            return Loss(None, f"judge error: {e}")
-        usage.add(Usage(prompt_tokens=len(tokens), calls=1))
-        return example_loss(tokens, len(prefix))
+
+        def parse(tokens: list[PromptToken]) -> tuple[float | None, str]:
+            loss = example_loss(tokens, len(prefix))
+            return loss.value, loss.error
+
+        asked = await score_text(judge, prefix + text, parse, usage=usage)
+        return Loss(asked.value, asked.error)
 
     @staticmethod
     def _judgment(example: Example, text: str, described: Loss, neutral: Loss) -> Judgment:
         ok = described.value is not None and neutral.value is not None
         drop = neutral.value - described.value if ok else None  # type: ignore[operator]
-        answer = (
+        detail = (
             (
                 f"loss {described.value:.3f} with the explanation, {neutral.value:.3f} with the neutral "
                 f"description (nats/token)"
@@ -126,8 +131,8 @@ class SurprisalScorer:
             probability=None,
             max_activation=example.max_activation,
             quantile=example.quantile,
-            answer=answer,
             error=described.error or neutral.error,
             text=text,
             value=None if drop is None else round(drop, 6),
+            detail=detail,
         )

@@ -1,0 +1,119 @@
+"""What every scorer is: a name, metric columns, the judge it needs, and `await scorer(record, explanation, judge)`.
+
+The run, the CLI, the results table and the benches only ever talk to this interface, so a new
+scorer is one new module in this package (its class decorated with `registry.register`), its
+prompts and its tests: nothing else learns its name. A scorer says up front what it needs from a
+judge, and `check_judge` refuses an unfit judge once, before any latent is scored, with the reason;
+otherwise every latent would fail with the same error.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+
+from autointerp.llm.base import can_score_text
+from autointerp.records import Explanation, LatentRecord, Score
+
+if TYPE_CHECKING:
+    from autointerp.cache.store import ActivationCache
+    from autointerp.config import RunConfig
+    from autointerp.embeddings import Embedder
+    from autointerp.llm.base import Judge
+
+# What a scorer asks of its judge: chat answers, the top logprobs of generated tokens, or the logprobs
+# of a given text (teacher forcing). None: it asks no LLM at all.
+Capability = Literal["chat", "logprobs", "prompt_logprobs"]
+CAPABILITY_WORDS: dict[str, str] = {
+    "chat": "chat answers",
+    "logprobs": "logprobs of its answers",
+    "prompt_logprobs": "prompt logprobs (the log-probability of every token of a given text)",
+}
+
+T = TypeVar("T")
+
+
+class UnfitJudge(ValueError):
+    """The judge cannot do what a scorer needs; the message says what it lacks and what would work."""
+
+
+def has_capability(judge: Judge, capability: Capability) -> bool:
+    if capability == "logprobs":
+        return bool(judge.supports_logprobs)
+    if capability == "prompt_logprobs":
+        return can_score_text(judge)
+    return True
+
+
+@dataclass
+class ScorerContext:
+    """What the scorers of one run share, so that each is built from the config alone.
+
+    `cache` is the run's activation cache; `embedder` gets an embedding model by name (one instance
+    per name for the run, shared with the sampler's similar negatives); `steering_subject` loads the
+    subject model with its dictionary (called on first use only). `shared` keeps one object per key
+    for the run: the two intervention scorers share one steering runner, so a latent is steered once.
+    """
+
+    cache: ActivationCache | None = None
+    embedder: Callable[[str], Embedder] | None = None
+    steering_subject: Callable[[], Any] | None = None
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, make: Callable[[], T]) -> T:
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
+
+
+class Scorer(ABC):
+    """A way to score an explanation against a latent's held-out examples.
+
+    Class attributes, read by the run and the results without building a scorer:
+    - `name`: the scorer's name on the command line and in column names;
+    - `metrics`: its metric columns (`<name>_<metric>` in results.parquet), headline first;
+    - `summary`: a few words for `--help`;
+    - `judge_capability`: what it needs of a judge, None when it asks no LLM (`needs_judge` follows);
+    - `can_pick_best_of`: whether it can rate candidate labels on a record's validation split.
+    """
+
+    name: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]
+    summary: ClassVar[str] = ""
+    judge_capability: ClassVar[Capability | None] = "chat"
+    needs_judge: ClassVar[bool] = True
+    can_pick_best_of: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.needs_judge = cls.judge_capability is not None
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
+        """The scorer with the run's settings; scorers with settings or shared parts override this."""
+        return cls()
+
+    def check_judge(self, judge: Judge | None) -> None:
+        """Raise `UnfitJudge`, with the reason, if this scorer cannot score with `judge`."""
+        if self.judge_capability is None:
+            return
+        if judge is None:
+            raise UnfitJudge(f"the {self.name} scorer needs a judge, and none was given")
+        if not has_capability(judge, self.judge_capability):
+            raise UnfitJudge(self.unfit_message(judge))
+
+    def unfit_message(self, judge: Judge) -> str:
+        assert self.judge_capability is not None
+        return (
+            f"the {self.name} scorer needs a judge that gives {CAPABILITY_WORDS[self.judge_capability]}; "
+            f"{judge.model} does not"
+        )
+
+    def judge_model(self, judge: Judge | None) -> str | None:
+        """The model recorded as this scorer's judge (provenance): the judge's, unless it asks no LLM."""
+        return judge.model if judge is not None else None
+
+    @abstractmethod
+    async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Any) -> Score: ...
