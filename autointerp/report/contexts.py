@@ -54,7 +54,7 @@ def open_contexts(files: RunFiles, config: RunConfig | None, decode: TokenDecode
         from autointerp import app
 
         try:
-            decode = token_decoder(app.load_tokenizer(config))
+            decode = token_decoder(app.load_tokenizer(config, cache.meta))
         except (OSError, ValueError, ImportError) as e:
             return Contexts(None, f"the tokenizer of {config.model!r} could not be loaded ({e})")
     return Contexts(Sampler(cache, decode, config.sampling if config else SamplingSettings()))
