@@ -44,16 +44,44 @@ def _model_arg(config: RunConfig) -> str | None:
     return None if config.model in ("smollm2", "default") else config.model
 
 
-def load_subject(config: RunConfig):
+def _revisions(config: RunConfig, meta: CacheMeta | None) -> tuple[str | None, str | None]:
+    """(model, dictionary) revisions to load: the commits the run's cache was built from, when it was
+    built from Hub downloads (so a branch that moved since cannot change the model under a run),
+    else the revisions asked for."""
+    from autointerp.subjects.sources import pinned_commit
+
+    if meta is None:
+        return config.model_revision, config.dictionary_revision
+    return (
+        pinned_commit(meta.model) or config.model_revision,
+        pinned_commit(meta.dictionary) or config.dictionary_revision,
+    )
+
+
+def load_subject(config: RunConfig, meta: CacheMeta | None = None):
     from autointerp.subjects.model import load_subject as _load
 
-    return _load(_model_arg(config), dtype=getattr(torch, config.dtype))
+    return _load(_model_arg(config), revision=_revisions(config, meta)[0], dtype=getattr(torch, config.dtype))
 
 
-def load_tokenizer(config: RunConfig):
+def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None):
     from autointerp.subjects.model import load_tokenizer as _load
 
-    return _load(_model_arg(config))
+    return _load(_model_arg(config), revision=_revisions(config, meta)[0])
+
+
+def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None):
+    """The run's dictionary, fetched if it comes from the Hub: a `DictionarySource`, or the name of a
+    built-in one ("default", "neurons")."""
+    from autointerp.subjects.sources import locate_dictionary as _locate
+
+    if config.dictionary in ("default", "neurons"):
+        if config.dictionary_revision is not None:
+            raise ConfigError(f"--dictionary-revision is for Hub dictionaries, not --dictionary {config.dictionary}")
+        return config.dictionary
+    hookpoints = [config.hookpoint] if config.hookpoint else None
+    (source,) = _locate(config.dictionary, hookpoints, _revisions(config, meta)[1])
+    return source
 
 
 def cache_stage(
@@ -72,9 +100,10 @@ def cache_stage(
         return resolved
 
     corpus_path = resolve_corpus(config.corpus)  # a missing file fails before minutes of model loading
+    dictionary = locate_dictionary(config)  # so does a dictionary, a hookpoint or a revision not on the Hub
     subject = load_subject(config)
     subject.model.to(config.device)
-    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint, neurons_k=config.neurons_k)
+    encoder, hookpoint = open_dictionary(subject.model, dictionary, config.hookpoint, neurons_k=config.neurons_k)
     encoder.to(config.device)
     tokenizer = subject.tokenizer
 
@@ -177,14 +206,16 @@ def make_judge(name: str, config: RunConfig) -> Judge:
     return CachedJudge(judge, path, namespace=namespace)
 
 
-def steering_subject(config: RunConfig):
-    """The subject model (on config.device) with its dictionary, for the scorers that steer it."""
+def steering_subject(config: RunConfig, meta: CacheMeta | None = None):
+    """The subject model (on config.device) with its dictionary, for the scorers that steer it; `meta`
+    (the run's cache) pins Hub downloads to the commits the cache was built from."""
     from autointerp.scorers.intervention import SteeringSubject
     from autointerp.subjects.attach import open_dictionary
 
-    subject = load_subject(config)
+    subject = load_subject(config, meta)
     subject.model.to(config.device)
-    encoder, hookpoint = open_dictionary(subject.model, config.dictionary, config.hookpoint, neurons_k=config.neurons_k)
+    dictionary = locate_dictionary(config, meta)
+    encoder, hookpoint = open_dictionary(subject.model, dictionary, config.hookpoint, neurons_k=config.neurons_k)
     encoder.to(config.device)
     return SteeringSubject(model=subject.model, tokenizer=subject.tokenizer, encoder=encoder, hookpoint=hookpoint)
 
@@ -210,7 +241,9 @@ def scorer_context(
     """What the run's scorers share: the activation cache, the embedders (by name; shared with the
     sampler's similar negatives) and the subject model for steering (loaded on first use)."""
     return ScorerContext(
-        cache=cache, embedder=embedder or embedders(config), steering_subject=lambda: steering_subject(config)
+        cache=cache,
+        embedder=embedder or embedders(config),
+        steering_subject=lambda: steering_subject(config, cache.meta if cache is not None else None),
     )
 
 
@@ -237,7 +270,7 @@ async def latent_stages(
     cache = ActivationCache(files.cache)
     embedder = embedders(config)
     similar = embedder(config.sampling.similar_model) if config.sampling.negatives == "similar" else None
-    sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling, embedder=similar)
+    sampler = Sampler(cache, token_decoder(load_tokenizer(config, cache.meta)), config.sampling, embedder=similar)
     context = scorer_context(config, cache, embedder)
     scorers = build_scorers(config.scorers, config, context)
     latents, n_rare = select_latents(cache, config)

@@ -35,6 +35,8 @@ examples:
   autointerp run --out runs/demo                       # embedded default: SmolLM2 + shipped SAE + local judge
   autointerp run --out runs/quick --judge smollm2 --max-latents 3 --n-tokens 20000
   autointerp run --out runs/mine --model ./my-hf-model --dictionary ./sae-run --hookpoint layers.6
+  autointerp run --out runs/hub --model EleutherAI/pythia-160m --dictionary EleutherAI/sae-pythia-160m-32k \\
+      --hookpoint layers.6                             # model and dictionary from the Hub
   autointerp run --out runs/neurons --dictionary neurons --hookpoint layers.10
   autointerp cache --out runs/x && autointerp explain --out runs/x && autointerp score --out runs/x
   autointerp publish runs/demo --repo alice/smollm2-sae-labels    # results as a Hub dataset
@@ -49,7 +51,9 @@ within a folder.
 # option dest -> dotted RunConfig field
 OPTION_FIELDS = {
     "model": "model",
+    "model_revision": "model_revision",
     "dictionary": "dictionary",
+    "dictionary_revision": "dictionary_revision",
     "hookpoint": "hookpoint",
     "corpus": "corpus",
     "text_column": "text_column",
@@ -236,13 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
             g = p.add_argument_group("what to cache (fixed for a run folder)")
             g.add_argument(
                 "--model",
-                help="subject model: 'smollm2' (embedded SmolLM2-135M, default) or a local Hugging Face model folder",
+                help="subject model: 'smollm2' (embedded SmolLM2-135M, default), a local Hugging Face model "
+                "folder, or a Hub repo ORG/NAME (safetensors weights; HF_HUB_OFFLINE=1: the local Hub cache only)",
             )
+            g.add_argument("--model-revision", help="branch, tag or commit of a Hub --model (default: main)")
             g.add_argument(
                 "--dictionary",
-                help="'default' (shipped TopK SAE on layers.10), 'neurons' (MLP neurons), "
-                "or a sparsify / SAELens checkpoint folder",
+                help="'default' (shipped TopK SAE on layers.10), 'neurons' (MLP neurons), a sparsify / "
+                "SAELens / Gemma Scope (params.npz) folder, a Hub repo ORG/NAME[/FOLDER] (only the files of "
+                "--hookpoint are fetched), or saelens:RELEASE/SAE_ID from sae-lens's directory",
             )
+            g.add_argument("--dictionary-revision", help="branch, tag or commit of a Hub --dictionary (default: main)")
             g.add_argument(
                 "--hookpoint",
                 help="where the dictionary reads: layers.N, layers.N.mlp, or a "

@@ -25,7 +25,9 @@ DEFAULT_MAX_LATENTS = 10
 
 FROZEN = (
     "model",
+    "model_revision",
     "dictionary",
+    "dictionary_revision",
     "hookpoint",
     "corpus",
     "text_column",
@@ -43,8 +45,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    model: str = "smollm2"  # "smollm2" = the embedded SmolLM2-135M-Instruct, or a local HF model folder
-    dictionary: str = "default"  # "default" = the shipped TopK SAE; a sparsify/SAELens folder; "neurons"
+    model: str = "smollm2"  # "smollm2" = the embedded SmolLM2-135M-Instruct, a local HF model folder, or ORG/NAME
+    model_revision: str | None = None  # branch, tag or commit of a Hub model (None = main)
+    # "default" = the shipped TopK SAE; a local sparsify/SAELens/Gemma Scope folder; ORG/NAME[/FOLDER] on
+    # the Hub; saelens:RELEASE/SAE_ID; "neurons"
+    dictionary: str = "default"
+    dictionary_revision: str | None = None  # branch, tag or commit of a Hub dictionary (None = main)
     hookpoint: str | None = None  # None = the dictionary's own (the default SAE: layers.10)
     corpus: str = "default"  # "default" = gensim's lee_background.cor; or a .txt/.jsonl/.parquet file
     text_column: str = "text"

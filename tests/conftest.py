@@ -61,6 +61,18 @@ def write_sparsify_sae(
     return folder
 
 
+def gemma_scope_params(d_in: int = 16, n: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
+    """The arrays of a random Gemma Scope JumpReLU SAE, as its params.npz holds them."""
+    rng = np.random.default_rng(seed)
+    return {
+        "W_enc": rng.normal(size=(d_in, n)).astype(np.float32),
+        "W_dec": rng.normal(size=(n, d_in)).astype(np.float32),
+        "b_enc": rng.normal(size=n).astype(np.float32) * 0.1,
+        "b_dec": rng.normal(size=d_in).astype(np.float32) * 0.1,
+        "threshold": np.abs(rng.normal(size=n)).astype(np.float32),
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     return make_tiny_llama()

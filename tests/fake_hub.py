@@ -1,4 +1,6 @@
-"""A stand-in for the few Hugging Face Hub endpoints that `create_repo`, `repo_info` and `upload_folder` call.
+"""A stand-in for the few Hugging Face Hub endpoints that uploads and downloads call.
+
+Uploads (`create_repo`, `repo_info`, `upload_folder`)
 
 Built from reading huggingface_hub 2.x (`hf_api.py`, `_commit_api.py`, `_upload_pipeline.py`, `lfs.py`):
 
@@ -11,6 +13,23 @@ Built from reading huggingface_hub 2.x (`hf_api.py`, `_commit_api.py`, `_upload_
 - `PUT  /_lfs/{oid}`, `POST /_lfs/{oid}/verify`     the object store behind it
 - `GET  /api/agent-harnesses`                       a registry the client reads for its user-agent header
 - `POST /api/{type}s/{repo}/commit/{rev}`           the NDJSON commit (header, file, lfsFile lines)
+
+and, for downloads (`snapshot_download`, `hf_hub_download`, `HfApi.model_info`), read from
+`_snapshot_download.py`, `file_download.py` and `utils/_http.py` of huggingface_hub 2.4:
+
+- `GET  /api/{type}s/{repo}[/revision/{rev}]`        repo info: the commit `sha` a revision points to and
+                                                    the file list (`siblings`) at that commit
+- `GET  /api/{type}s/{repo}/tree/{rev}[/{path}]`    the file tree (`recursive=true`: every file), with git
+                                                    blob ids and sizes; one page (no `Link` header)
+- `HEAD|GET /{repo}/resolve/{rev}/{path}`           (`/{type}s/{repo}/...` for datasets and spaces) the
+                                                    file: `X-Repo-Commit`, `ETag`, `Content-Length`;
+                                                    a 404 carries `X-Error-Code` RepoNotFound,
+                                                    RevisionNotFound or EntryNotFound, as the client
+                                                    maps errors by that header
+
+Public repos are readable without a token (as on the Hub); private ones answer RepoNotFound to
+anyone without the token. Each commit (an upload, or `add_files`) is a snapshot with its own sha;
+`main` and any tags given point at one, so revisions resolve as on the Hub.
 
 Files named with an `lfs_suffixes` ending are answered "lfs" (as the real Hub does for *.parquet); the
 client then uploads them through the LFS batch API when hf_xet is off. With hf_xet on, "lfs" means a
@@ -29,8 +48,20 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 import yaml
+
+
+class _Answer(Exception):
+    """An error answer, raised from deep in a route."""
+
+    def __init__(self, status: int, payload: Any, headers: dict):
+        super().__init__(status)
+        self.status, self.payload, self.headers = status, payload, headers
+
+
+EMPTY_COMMIT = "0" * 40  # what a repo with no commit yet points at
 
 
 @dataclass
@@ -38,9 +69,25 @@ class FakeRepo:
     repo_id: str
     repo_type: str
     private: bool
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # at the head of main
     lfs_paths: set[str] = field(default_factory=set)  # files whose commit line was an lfsFile pointer
     commits: list[str] = field(default_factory=list)  # commit summaries
+    snapshots: dict[str, dict[str, bytes]] = field(default_factory=lambda: {EMPTY_COMMIT: {}})  # sha -> files
+    refs: dict[str, str] = field(default_factory=lambda: {"main": EMPTY_COMMIT})  # branch or tag -> sha
+
+    def commit(self, summary: str, added: dict[str, bytes]) -> str:
+        """A new commit on main with `added` on top of main's files; returns its sha."""
+        self.files.update(added)
+        self.commits.append(summary)
+        sha = hashlib.sha1(f"{self.repo_id}:{len(self.commits)}:{summary}".encode()).hexdigest()
+        self.snapshots[sha] = dict(self.files)
+        self.refs["main"] = sha
+        return sha
+
+    def at(self, revision: str) -> tuple[str, dict[str, bytes]] | None:
+        """(sha, files) at a branch, tag or full commit sha; None for a revision the repo lacks."""
+        sha = self.refs.get(revision, revision)
+        return (sha, self.snapshots[sha]) if sha in self.snapshots else None
 
 
 @dataclass
@@ -80,27 +127,76 @@ class FakeHub:
         repo = self.repos[repo_id] = FakeRepo(repo_id, repo_type, private)
         return repo
 
+    def add_files(
+        self,
+        repo_id: str,
+        files: dict[str, bytes],
+        *,
+        repo_type: str = "model",
+        private: bool = False,
+        summary: str = "upload",
+        tags: tuple[str, ...] = (),
+    ) -> str:
+        """Commit `files` to main (creating the repo), tag the commit with `tags`; returns its sha."""
+        with self._lock:
+            repo = self.repos.get(repo_id) or self.add_repo(repo_id, private=private, repo_type=repo_type)
+            sha = repo.commit(summary, files)
+            for tag in tags:
+                repo.refs[tag] = sha
+        return sha
+
+    def downloads(self) -> list[str]:
+        """Paths of the files sent with GET .../resolve/..., in order (HEAD requests are not downloads)."""
+        found = []
+        for r in self.requests:
+            m = re.fullmatch(r"(?:/(?:datasets|spaces))?/[^/]+/[^/]+/resolve/[^/]+/(.+)", r.path)
+            if r.method == "GET" and m:
+                found.append(unquote(m.group(1)))
+        return found
+
     # -------------------------------------------------------------------------------- routes
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
-        path, _, _query = path.partition("?")
+        path, _, query = path.partition("?")
         with self._lock:
             self.requests.append(Request(method, path, headers.get("authorization"), body))
         if method == "PUT" and (m := re.fullmatch(r"/_lfs/([0-9a-f]{64})", path)):
             return self._lfs_put(m.group(1), body)  # a presigned-style URL: no Hub token expected
         if method == "GET" and path == "/api/agent-harnesses":  # the client's user-agent lookup, anonymous
             return 200, {"standardEnvVars": [], "harnesses": {}}, {}
-        if headers.get("authorization") != f"Bearer {self.token}":
-            return (
-                401,
-                {"error": "Invalid credentials in Authorization header"},
-                {"X-Error-Message": "Invalid credentials in Authorization header"},
-            )
+        authorization = headers.get("authorization")
+        invalid = (
+            401,
+            {"error": "Invalid credentials in Authorization header"},
+            {"X-Error-Message": "Invalid credentials in Authorization header"},
+        )
+        if authorization is not None and authorization != f"Bearer {self.token}":
+            return invalid
         repo_path = r"(?P<type>model|dataset|space)s/(?P<repo>[^/]+/[^/]+?)"
+        # reads: anonymous for public repos, as on the Hub
+        reads = [
+            (("GET",), rf"/api/{repo_path}", self._repo_info),
+            (("GET",), rf"/api/{repo_path}/revision/(?P<rev>[^/]+)", self._repo_info),
+            (("GET",), rf"/api/{repo_path}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", self._tree),
+            (("GET", "HEAD"), r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            (
+                ("GET", "HEAD"),
+                r"/(?P<type>dataset|space)s/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)",
+                self._resolve,
+            ),
+        ]
+        for verbs, pattern, fn in reads:
+            if method in verbs and (m := re.fullmatch(pattern, path)):
+                args = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
+                try:
+                    return fn(body=body, authorized=authorization is not None, query=parse_qs(query), **args)
+                except _Answer as answer:
+                    return answer.status, answer.payload, answer.headers
+        if authorization is None:
+            return invalid
         routes = [
             ("POST", r"/api/repos/create", self._create),
             ("POST", r"/api/validate-yaml", self._validate_yaml),
-            ("GET", rf"/api/{repo_path}", self._repo_info),
             ("POST", rf"/api/{repo_path}/preupload/(?P<rev>[^/]+)", self._preupload),
             ("POST", rf"/api/{repo_path}/commit/(?P<rev>[^/]+)", self._commit),
             ("POST", rf"/{repo_path}\.git/info/lfs/objects/batch", self._lfs_batch),
@@ -135,21 +231,65 @@ class FakeHub:
     def _url(self, repo_type: str, repo_id: str) -> str:
         return f"{self.url}/{'' if repo_type == 'model' else repo_type + 's/'}{repo_id}"
 
-    def _repo_info(self, body: bytes, type: str, repo: str) -> tuple[int, Any, dict]:
+    def _readable(self, type: str, repo: str, authorized: bool, rev: str) -> tuple[FakeRepo, str, dict[str, bytes]]:
+        """(repo, sha, files) at `rev`; raises the error answer the Hub gives for a repo or revision it lacks."""
         found = self._repo(type, repo)
-        if found is None:
-            return self._not_found(repo)
-        sha = hashlib.sha1(json.dumps(found.commits).encode()).hexdigest()
+        if found is None or (found.private and not authorized):
+            raise _Answer(*self._not_found(repo))
+        at = found.at(rev)
+        if at is None:
+            message = f"Invalid rev id: {rev}"
+            raise _Answer(404, {"error": message}, {"X-Error-Code": "RevisionNotFound", "X-Error-Message": message})
+        return found, *at
+
+    def _repo_info(
+        self, body: bytes, type: str, repo: str, authorized: bool, query: dict, rev: str = "main"
+    ) -> tuple[int, Any, dict]:
+        found, sha, files = self._readable(type, repo, authorized, rev)
         return (
             200,
             {
                 "id": repo,
                 "private": found.private,
                 "sha": sha,
-                "siblings": [{"rfilename": p} for p in sorted(found.files)],
+                "siblings": [{"rfilename": p} for p in sorted(files)],
             },
             {},
         )
+
+    def _tree(
+        self, body: bytes, type: str, repo: str, rev: str, authorized: bool, query: dict, sub: str = ""
+    ) -> tuple[int, Any, dict]:
+        _, _, files = self._readable(type, repo, authorized, rev)
+        recursive = query.get("recursive", ["false"])[0].lower() in ("true", "1")
+        prefix = f"{sub.strip('/')}/" if sub else ""
+        entries: dict[str, dict] = {}
+        for path in sorted(files):
+            if not path.startswith(prefix):
+                continue
+            parts = path[len(prefix) :].split("/")
+            for depth in range(1, len(parts)):  # the folders on the way
+                folder = prefix + "/".join(parts[:depth])
+                if recursive or depth == 1:
+                    entries.setdefault(
+                        folder, {"type": "directory", "path": folder, "oid": _sha1(folder.encode()), "size": 0}
+                    )
+            if recursive or len(parts) == 1:
+                data = files[path]
+                entries[path] = {"type": "file", "path": path, "oid": _git_blob_id(data), "size": len(data)}
+        if sub and not entries:
+            return 404, {"error": f"{sub} does not exist"}, {"X-Error-Code": "EntryNotFound"}
+        return 200, list(entries.values()), {}
+
+    def _resolve(
+        self, body: bytes, repo: str, rev: str, file: str, authorized: bool, query: dict, type: str = "model"
+    ) -> tuple[int, Any, dict]:
+        _, sha, files = self._readable(type, repo, authorized, rev)
+        if file not in files:
+            message = f"{file} does not exist at {sha}"
+            return 404, {"error": message}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
+        data = files[file]
+        return 200, data, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
 
     def _validate_yaml(self, body: bytes) -> tuple[int, Any, dict]:
         content = json.loads(body)["content"]
@@ -235,11 +375,18 @@ class FakeHub:
             else:
                 return 400, {"error": f"fake hub does not take {line['key']} commit lines"}, {}
         with self._lock:
-            found.files.update(added)
             found.lfs_paths |= lfs
-            found.commits.append(lines[0]["value"]["summary"])
-            oid = hashlib.sha1(f"{repo}:{len(found.commits)}".encode()).hexdigest()
+            oid = found.commit(lines[0]["value"]["summary"], added)
         return 200, {"commitUrl": f"{self._url(type, repo)}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}, {}
+
+
+def _sha1(data: bytes) -> str:
+    return hashlib.sha1(data).hexdigest()
+
+
+def _git_blob_id(data: bytes) -> str:
+    """The id git gives a file's content, which the Hub reports as a file's `oid`."""
+    return _sha1(b"blob %d\0" % len(data) + data)
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -262,16 +409,18 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             body = self._body()
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, payload, extra = hub.handle(self.command, self.path, headers, body)
-            data = json.dumps(payload).encode()
+            raw = isinstance(payload, bytes)  # a file's content, as /resolve/ sends it
+            data = payload if raw else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "application/octet-stream" if raw else "application/json")
             self.send_header("Content-Length", str(len(data)))
             for k, v in extra.items():
                 self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":  # a HEAD answer has the headers of the GET and no body
+                self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = _serve
+        do_GET = do_POST = do_PUT = do_HEAD = _serve
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: the test reads `hub.requests`
             pass

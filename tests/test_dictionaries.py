@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_llama, write_sparsify_sae
+from conftest import gemma_scope_params, make_tiny_llama, write_sparsify_sae
 
 from autointerp.subjects.attach import open_dictionary
 from autointerp.subjects.dictionaries import DictionaryError, Encoder, load_dictionary
@@ -595,3 +596,49 @@ def test_neurons_decode_is_the_identity_and_transcoders_say_so(tiny_llama, tmp_p
     assert not enc.transcoder
     tc = load_dictionary(write_sparsify_sae(tmp_path / "tc" / "layers.1.mlp", transcode=True))
     assert tc.transcoder and tc.side == "input"
+
+
+def test_gemma_scope_npz_encodes_as_jumprelu_and_reads_its_hookpoint_from_the_path(tmp_path):
+    params = gemma_scope_params()
+    folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_1" / "width_16k" / "average_l0_5"
+    folder.mkdir(parents=True)
+    np.savez(folder / "params.npz", **params)
+    encoder = load_dictionary(folder)
+    assert (encoder.format, encoder.kind, encoder.hookpoint, encoder.num_latents) == (
+        "gemma_scope",
+        "jumprelu",
+        "layers.1",
+        24,
+    )
+
+    x = np.random.default_rng(1).normal(size=(7, 16)).astype(np.float32)
+    pre = x @ params["W_enc"] + params["b_enc"]  # Gemma Scope's encoder: no b_dec subtracted first
+    expected = np.where(pre > params["threshold"], np.maximum(pre, 0), 0)
+    got = encoder.encode(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert 0 < (got > 0).mean() < 1
+    np.testing.assert_allclose(
+        encoder.decode(torch.from_numpy(got), torch.from_numpy(x)).numpy(),
+        got @ params["W_dec"] + params["b_dec"],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    assert load_dictionary(folder / "params.npz", "layers.0").hookpoint == "layers.0"  # the user's name wins
+
+
+def test_gemma_scope_npz_refuses_pickles_and_names_bad_files(tmp_path):
+    mlp = tmp_path / "gemma-scope-2b-pt-mlp" / "layer_3"
+    mlp.mkdir(parents=True)
+    np.savez(mlp / "params.npz", **gemma_scope_params())
+    with pytest.raises(DictionaryError, match="cannot tell which hookpoint .*pass --hookpoint"):
+        load_dictionary(mlp)
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    np.savez(pickled / "params.npz", **gemma_scope_params(), extra=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(DictionaryError, match="only pickle can read; refused"):
+        load_dictionary(pickled, "layers.1")
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    np.savez(missing / "params.npz", **{k: v for k, v in gemma_scope_params().items() if k != "threshold"})
+    with pytest.raises(DictionaryError, match=r"params.npz lacks tensor\(s\) \['threshold'\]"):
+        load_dictionary(missing, "layers.1")

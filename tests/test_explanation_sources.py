@@ -346,7 +346,7 @@ class _TokenNames:
 def oracle_judge(monkeypatch) -> ScriptedJudge:
     judge = ScriptedJudge(token_oracle, model="oracle")
     monkeypatch.setattr(app, "make_judge", lambda name, config: judge)
-    monkeypatch.setattr(app, "load_tokenizer", lambda config: _TokenNames())
+    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: _TokenNames())
     return judge
 
 

@@ -196,7 +196,7 @@ def test_the_run_refuses_such_a_judge_before_any_latent(planted, tmp_path, monke
 
     subject, _, _ = planted
     build_tiny_cache(tmp_path / "run", subject.model)
-    monkeypatch.setattr(app, "load_tokenizer", lambda config: WordTokenizer())
+    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: WordTokenizer())
     files = RunFiles(tmp_path / "run")
     files.prepare()
     config = RunConfig(scorers=["intervention"], sampling=SAMPLING, judge="j")

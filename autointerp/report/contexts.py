@@ -85,7 +85,7 @@ def open_contexts(files: RunFiles, config: RunConfig | None, decode: TokenDecode
         from autointerp import app
 
         try:
-            decode = token_decoder(app.load_tokenizer(config))
+            decode = token_decoder(app.load_tokenizer(config, cache.meta))
         except (OSError, ValueError, ImportError) as e:
             return Contexts(cache, None, rows, f"the tokenizer of {config.model!r} could not be loaded ({e})")
     return Contexts(cache, decode, rows)

@@ -14,15 +14,23 @@ from autointerp.subjects.dictionaries import (
     neurons,
 )
 from autointerp.subjects.hookpoints import Hookpoint, base_model, resolve, width
+from autointerp.subjects.sources import DictionarySource, locate_dictionary
 
 
 def open_dictionary(
-    model: nn.Module, dictionary: str, hookpoint: str | None = None, *, neurons_k: int = 32
+    model: nn.Module,
+    dictionary: str | DictionarySource,
+    hookpoint: str | None = None,
+    *,
+    neurons_k: int = 32,
+    revision: str | None = None,
 ) -> tuple[Encoder, Hookpoint]:
     """The encoder and the hookpoint it reads, validated against the model.
 
     `dictionary` is "default" (the SAE shipped in data/), "neurons" (the MLP neurons of the layer
-    named by `hookpoint`), or a path to a sparsify or SAELens checkpoint.
+    named by `hookpoint`), a local path to a sparsify, SAELens or Gemma Scope checkpoint, a Hub repo
+    `ORG/NAME[/FOLDER]` (at `revision`) or `saelens:RELEASE/SAE_ID`, or a source already located
+    with `sources.locate_dictionary` (which is how a caller fetches it before loading the model).
     """
     if dictionary == "neurons":
         if not hookpoint:
@@ -36,7 +44,10 @@ def open_dictionary(
     if dictionary == "default":
         encoder = load_dictionary(DEFAULT_DICTIONARY, hookpoint or DEFAULT_HOOKPOINT)
     else:
-        encoder = load_dictionary(dictionary, hookpoint)
+        if isinstance(dictionary, str):
+            (dictionary,) = locate_dictionary(dictionary, [hookpoint] if hookpoint else None, revision)
+        encoder = load_dictionary(dictionary.path, dictionary.hookpoint, dictionary.cfg_overrides)
+        encoder.name = dictionary.name or encoder.name
     hp = resolve(model, hookpoint or encoder.hookpoint, side=encoder.side)
     actual = width(model, hp)
     if actual != encoder.d_in:

