@@ -544,7 +544,7 @@ class OpenAIJudge:
             completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
             calls=1,
         )
-        return Reply(text=content, logprobs=lps, usage=usage)
+        return Reply(text=content, logprobs=lps, usage=usage, finish_reason=getattr(choice, "finish_reason", None))
 
     async def aclose(self) -> None:
         client, loop = self._client, self._loop
