@@ -414,6 +414,47 @@ def test_a_server_that_cannot_echo_gives_a_clear_error(server):
         score_text(fast_judge(server.url, supports_prompt_logprobs=True), "some text")
 
 
+# ---------------------------------------------------------------- answers cut off at max_tokens
+
+
+def test_an_answer_cut_at_max_tokens_is_marked_truncated(server):
+    server.set_behaviour(FaultServer.script([("length", "[EXPLANATION]: Legal te"), ("ok", "Yes")]))
+    judge = fast_judge(server.url)
+
+    async def go():
+        try:
+            return await judge.chat(ASK, max_tokens=8), await judge.chat(ASK, max_tokens=8)
+        finally:
+            await judge.aclose()
+
+    cut, whole = asyncio.run(go())
+    assert (cut.text, cut.finish_reason, cut.truncated) == ("[EXPLANATION]: Legal te", "length", True)
+    assert (whole.finish_reason, whole.truncated) == ("stop", False)
+    assert len(server.requests) == 2  # a cut-off answer is a well-formed reply: not retried by the transport
+
+
+def test_a_label_cut_off_by_the_server_is_reasked_never_accepted(server):
+    """The issue's case: `[EXPLANATION]: Legal te` with finish_reason "length" once became the label."""
+    from planted import planted_record
+
+    from autointerp.explainers import ExplanationFailed, explain
+
+    def behaviour(request, n):
+        if "response_format" not in request:
+            return ("length", "The excerpts are about law.\n[EXPLANATION]: Legal te")
+        return ("ok", '{"explanation": "legal terms in contracts"}')
+
+    server.set_behaviour(behaviour)
+    judge = fast_judge(server.url)
+    out = asyncio.run(explain(planted_record(), judge))
+    assert out.text == "legal terms in contracts" and out.failures == 1
+    assert len(server.requests) == 2
+
+    server.set_behaviour(lambda request, n: ("length", '{"explanation": "legal te'))
+    with pytest.raises(ExplanationFailed, match="answer cut off at max_tokens"):
+        asyncio.run(explain(planted_record(), fast_judge(server.url)))
+
+
 # ---------------------------------------------------------------- a real llama.cpp server (slow)
 
 
