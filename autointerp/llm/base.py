@@ -121,3 +121,11 @@ class TextScorer(Protocol):
 
 def can_score_text(judge: object) -> bool:
     return bool(getattr(judge, "supports_prompt_logprobs", False))
+
+
+async def check_judge_ready(judge: object) -> None:
+    """Run the backend's cheap reachability check, where it has one (HTTP judges: `check()`); a judge
+    loaded in process (llama.cpp, vLLM) was checked by loading it. Raises `JudgeError` with the reason."""
+    check = getattr(judge, "check", None)
+    if check is not None:
+        await check()

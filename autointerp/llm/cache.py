@@ -216,6 +216,12 @@ class CachedJudge:
     def supports_prompt_logprobs(self) -> bool:
         return can_score_text(self.inner)
 
+    async def check(self) -> None:
+        """The backend's own reachability check (see `check_judge_ready`), never answered from the cache."""
+        check = getattr(self.inner, "check", None)
+        if check is not None:
+            await check()
+
     async def prompt_logprobs(
         self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
     ) -> list[PromptToken]:
