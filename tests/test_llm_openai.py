@@ -463,7 +463,8 @@ def test_a_timed_out_request_is_retried_only_after_as_long_again(server):
     assert ask(fast_judge(server.url, timeout=0.6)).text == "OK"
     first, second = server.times
     # 0.6 s waiting for the answer, then at least 0.6 s more for the server to finish the abandoned request
-    assert second - first >= 1.2, second - first
+    # (an immediate retry would come ~0.65 s after the first; 0.1 s of slack for when the server logs them)
+    assert second - first >= 1.1, second - first
 
 
 def test_the_default_timeout_suits_a_busy_local_server():
@@ -494,6 +495,8 @@ def test_check_asks_one_token_when_the_model_is_not_listed(server):
     server.set_behaviour(lambda req, n: ("status", 404, {}, "The model `fault-model` does not exist"))
     with pytest.raises(JudgeError, match="does not exist"):
         check(fast_judge(server.url))
+    server.set_behaviour(lambda req, n: ("garbage",))
+    check(fast_judge(server.url))  # an answer it cannot use still shows the server is there
 
 
 def test_check_of_an_unreachable_server_fails_fast_and_names_the_url():

@@ -83,12 +83,14 @@ SchemaMode = Literal["json_object", "json_schema", "none"]
 
 
 class OpenAIJudgeError(JudgeError):
-    """A `JudgeError` from an OpenAI-compatible server; `status` is the HTTP status when there was one."""
+    """A `JudgeError` from an OpenAI-compatible server; `status` is the HTTP status when there was one;
+    `unusable` is True when the server did answer (HTTP 200) but with a reply that cannot be used."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1, unusable: bool = False):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        self.unusable = unusable
 
 
 class _Retryable(Exception):
@@ -315,10 +317,11 @@ class OpenAIJudge:
         raise error
 
     async def check(self, attempts: int = 3) -> None:
-        """Fail fast, naming the URL, when the server cannot be reached or refuses the key; a run
-        calls this once before its first latent instead of failing every latent after minutes of
-        retries. Asks the models list; a server without one, or that does not list this model
-        (llama.cpp's answers to any name), gets one 1-token chat instead."""
+        """Fail fast, naming the URL, when the server cannot be reached, refuses the key or does not
+        know the model; a run calls this once before its first latent instead of failing every latent
+        after minutes of retries. Asks the models list; a server without one, or that does not list
+        this model (llama.cpp's answers to any name), gets one 1-token chat instead. A reply it
+        cannot use still shows the server is there."""
         openai = _import_openai()
         client, _ = self._ensure_client()
         where = f"{self.model} at {_public_url(self.base_url)}"
@@ -357,7 +360,11 @@ class OpenAIJudge:
         try:
             await self.chat([{"role": "user", "content": "Say OK."}], max_tokens=1)
         except OpenAIJudgeError as e:
-            fatal = OpenAIJudgeError(f"the judge failed its first request: {e}", status=e.status, attempts=e.attempts)
+            # a server that answered, however oddly, is there: its answers are the scorers' to judge
+            if not e.unusable:
+                fatal = OpenAIJudgeError(
+                    f"the judge failed its first request: {e}", status=e.status, attempts=e.attempts
+                )
         if fatal is not None:
             raise fatal
 
@@ -523,7 +530,10 @@ class OpenAIJudge:
             failure = self._status_failure(e)
         except (ValueError, TypeError, openai.APIResponseValidationError) as e:  # a body that is not JSON
             failure = OpenAIJudgeError(
-                self._scrub(f"{self.model} at {_public_url(self.base_url)}: unreadable reply ({type(e).__name__}: {e})")
+                self._scrub(
+                    f"{self.model} at {_public_url(self.base_url)}: unreadable reply ({type(e).__name__}: {e})"
+                ),
+                unusable=True,
             )
         except openai.OpenAIError as e:
             failure = OpenAIJudgeError(
@@ -531,7 +541,11 @@ class OpenAIJudge:
             )
         if failure is not None:
             raise failure  # outside the except blocks: the client's exception is not chained
-        return parse(response)
+        try:
+            return parse(response)
+        except OpenAIJudgeError as e:
+            e.unusable = True  # the server answered; what it said cannot be used
+            raise
 
     def _status_failure(self, e: Any) -> BaseException:
         status = int(getattr(e, "status_code", 0) or 0)
