@@ -145,6 +145,17 @@ def test_a_score_with_no_usable_answer_is_a_failure_and_done_again_on_resume(tmp
     assert summary.failed == 0 and all(r.status == "ok" for r in files.scores_by_latent().values())
 
 
+def test_results_keep_the_scores_of_scorers_an_earlier_command_ran(tmp_path, tiny_cache):
+    files = RunFiles(tmp_path / "run")
+    files.prepare()
+    _run(files, tiny_cache, _config(max_latents=2), ScriptedJudge(_explainer), ScriptedJudge(_detector))
+    # a later command that runs another scorer (its options are its own, not the folder's)
+    table = materialize(files, {}, ["embedding"])
+    assert list(table.columns).index("embedding_n") < list(table.columns).index("detection_n")
+    assert table["embedding_n"].isna().all()
+    assert table["detection_n"].notna().all() and table["fuzzing_n"].notna().all()
+
+
 def test_score_stage_uses_the_stored_explanations_and_split(tmp_path, tiny_cache):
     files = RunFiles(tmp_path / "run")
     files.prepare()
