@@ -16,7 +16,7 @@ from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
 from autointerp.embeddings import Embedder
-from autointerp.llm.base import Judge, JudgeError
+from autointerp.llm.base import Judge, JudgeError, check_judge_ready
 from autointerp.llm.cache import ResponseCacheError
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
 from autointerp.results import RunFiles
@@ -94,16 +94,29 @@ def cache_stage(
     """
     from autointerp.cache.store import read_meta
     from autointerp.subjects.attach import open_dictionary
+    from autointerp.subjects.dictionaries import peek_num_latents
 
     existing = read_meta(files.cache)
+    if existing is not None:
+        check_latents(config, existing.num_latents)
     if resolved and existing is not None and existing.complete:
         return resolved
 
-    corpus_path = resolve_corpus(config.corpus)  # a missing file fails before minutes of model loading
-    dictionary = locate_dictionary(config)  # so does a dictionary, a hookpoint or a revision not on the Hub
+    # what can fail fails before minutes of model loading and caching: a missing or binary corpus, a
+    # dictionary, hookpoint or revision not on the Hub, latent indices the dictionary does not have (its
+    # size is in the checkpoint's header)
+    corpus_path = resolve_corpus(config.corpus)
+    dictionary = locate_dictionary(config)
+    if isinstance(dictionary, str):
+        size = peek_num_latents(dictionary, config.hookpoint)
+    else:
+        size = peek_num_latents(dictionary.path, dictionary.hookpoint)
+    if size is not None:
+        check_latents(config, size)
     subject = load_subject(config)
     subject.model.to(config.device)
     encoder, hookpoint = open_dictionary(subject.model, dictionary, config.hookpoint, neurons_k=config.neurons_k)
+    check_latents(config, encoder.num_latents)
     encoder.to(config.device)
     tokenizer = subject.tokenizer
 
@@ -163,6 +176,16 @@ def cache_stage(
     }
 
 
+def check_latents(config: RunConfig, num_latents: int) -> None:
+    """Latent indices asked for (`--latents`) must exist in the dictionary."""
+    bad = [i for i in config.latents or [] if not 0 <= i < num_latents]
+    if bad:
+        raise ConfigError(
+            f"--latents {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''} out of range: "
+            f"the dictionary has {num_latents:,} latents (0..{num_latents - 1})"
+        )
+
+
 def make_judge(name: str, config: RunConfig) -> Judge:
     """A judge by name: "openai:MODEL" over HTTP, "vllm:MODEL" in process by vLLM, else a local GGUF model.
 
@@ -183,6 +206,7 @@ def make_judge(name: str, config: RunConfig) -> Judge:
             supports_logprobs=not config.no_logprobs,
             max_concurrency=slots,
             supports_prompt_logprobs=config.prompt_logprobs,
+            timeout=config.judge_timeout,
         )
         namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
     elif name.startswith("vllm:"):
@@ -265,15 +289,21 @@ async def latent_stages(
     *,
     progress: bool = True,
     judges: dict[str, Judge] | None = None,
+    ready: Callable[[], RunConfig] | None = None,
 ) -> RunSummary:
-    """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests."""
+    """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests.
+
+    Every judge is made and checked (reachable, able to do what each scorer needs) before any latent
+    is touched; then `ready()`, when given, is called and returns the config whose latents to do (the
+    CLI imports explanations and records the command's validated options there).
+    """
     cache = ActivationCache(files.cache)
+    check_latents(config, cache.num_latents)
     embedder = embedders(config)
     similar = embedder(config.sampling.similar_model) if config.sampling.negatives == "similar" else None
     sampler = Sampler(cache, token_decoder(load_tokenizer(config, cache.meta)), config.sampling, embedder=similar)
     context = scorer_context(config, cache, embedder)
     scorers = build_scorers(config.scorers, config, context)
-    latents, n_rare = select_latents(cache, config)
     loaded: dict[str, Judge] = dict(judges or {})
 
     def judge(name: str) -> Judge:
@@ -287,16 +317,23 @@ async def latent_stages(
     asking = (scorers if "score" in stages else []) + ([chooser] if chooser else [])
     scorer_judge = judge(config.judge) if any(s.needs_judge for s in asking) else None
     summary = RunSummary()
-    if n_rare:
-        summary.messages.append(
-            f"{n_rare} of {cache.num_latents} latents fire in fewer than "
-            f"{config.sampling.min_examples} windows and are not eligible"
-        )
-    worker = LatentWorker(files, config, sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser)
     try:
-        # a judge that cannot do what a scorer needs fails here, not on every latent
+        # a judge that cannot do what a scorer needs, or cannot be reached, fails here, not on every latent
         for scorer in asking:
             scorer.check_judge(scorer_judge)
+        for used in {id(j): j for j in (explainer, scorer_judge) if j is not None}.values():
+            await check_judge_ready(used)
+        if ready is not None:
+            config = ready()
+        latents, n_rare = select_latents(cache, config)
+        if n_rare:
+            summary.messages.append(
+                f"{n_rare} of {cache.num_latents} latents fire in fewer than "
+                f"{config.sampling.min_examples} windows and are not eligible"
+            )
+        worker = LatentWorker(
+            files, config, sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
+        )
         return await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
     finally:
         for name, j in loaded.items():

@@ -17,6 +17,7 @@ from typing import Any
 
 from autointerp.config import (
     DEFAULT_JUDGE,
+    DEFAULT_JUDGE_TIMEOUT_S,
     DEFAULT_MAX_LATENTS,
     DEFAULT_N_TOKENS,
     ConfigError,
@@ -25,6 +26,7 @@ from autointerp.config import (
     merge,
     save_config,
     set_field,
+    with_folder,
 )
 from autointerp.explanation_sources import FORMATS
 from autointerp.llm.accounting import PriceTable, describe
@@ -45,7 +47,10 @@ examples:
 A run folder holds config.json, cache/, explanations.jsonl, scores.jsonl, results.parquet and
 judgments.parquet. Running a command again on the same folder resumes: finished latents are kept,
 unfinished ones are done. Options that define the cache or the train/test split cannot change
-within a folder.
+within a folder, and are the only ones it remembers: any other option left out takes its default.
+
+exit status: 0 done; 1 done, but some latents failed (the summary says where the reasons are);
+2 nothing done: bad options or input, or a judge that cannot be reached.
 """
 
 # option dest -> dotted RunConfig field
@@ -85,6 +90,7 @@ OPTION_FIELDS = {
     "concurrency": "concurrency",
     "judge_concurrency": "judge_concurrency",
     "judge_url": "judge_url",
+    "judge_timeout": "judge_timeout",
     "api_key_env": "api_key_env",
     "no_logprobs": "no_logprobs",
     "no_cache": "response_cache",
@@ -327,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
                 "e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)",
             )
             g.add_argument(
+                "--judge-timeout",
+                type=float,
+                metavar="SECONDS",
+                help="seconds an HTTP judge may take to answer one request before it is retried (after "
+                f"waiting as long again, since the server may still be busy with it) (default: "
+                f"{DEFAULT_JUDGE_TIMEOUT_S:g}, for a busy local server)",
+            )
+            g.add_argument(
                 "--api-key-env",
                 help="name of the environment variable holding the API key "
                 "(default: OPENAI_API_KEY); the key itself is never written",
@@ -501,12 +515,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     return requested, explicit
 
 
-def resolve_config(files: RunFiles, args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+def resolve_config(files: RunFiles, args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any], RunConfig | None]:
+    """The command's config (its options on the folder's cache and split), what the folder resolved
+    (names, sizes), and the config stored in the folder (None for a new one)."""
     requested, explicit = config_from_args(args)
     if files.config.exists():
         stored, resolved = load_config(files.config)
-        return merge(stored, requested, explicit), resolved
-    return requested, {}
+        return merge(stored, requested, explicit), resolved, stored
+    return requested, {}, None
 
 
 def _validate(config: RunConfig) -> None:
@@ -535,6 +551,8 @@ def _validate(config: RunConfig) -> None:
     for name in ("n_tokens", "neurons_k", "concurrency", "judge_concurrency"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if not config.judge_timeout > 0:
+        raise ConfigError(f"--judge-timeout must be a positive number of seconds, got {config.judge_timeout}")
     if not config.intervention.kl_target > 0:
         raise ConfigError(f"--kl-target must be positive, got {config.intervention.kl_target}")
     if config.intervention.n_prompts < 1:
@@ -552,8 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = RunFiles(args.out)
         files.prepare()
-        config, resolved = resolve_config(files, args)
+        config, resolved, stored = resolve_config(files, args)
         _validate(config)
+        if (hasattr(args, "explanations_format") or hasattr(args, "explanations_layer")) and not hasattr(
+            args, "explanations"
+        ):
+            raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
         progress = not getattr(args, "quiet", False)
         if args.command in ("run", "cache"):
             resolved = app.cache_stage(files, config, progress=progress, resolved=resolved)
@@ -562,24 +584,37 @@ def main(argv: list[str] | None = None) -> int:
                 f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
                 f"{resolved['hookpoint']} in {files.cache}"
             )
+            # the cache settles what defines the folder; the command's other options are recorded once
+            # they too have been checked (judges reached, explanations read), below
+            save_config(files.config, with_folder(stored or RunConfig(), config), resolved)
         elif not files.config.exists():
             raise ConfigError(
                 f"{files.folder} has no run yet: start with `autointerp cache --out {files.folder}` or `autointerp run`"
             )
-        save_config(files.config, config, resolved)
         if args.command == "cache":
             return 0
         stages = {"run": {"explain", "score"}, "explain": {"explain"}, "score": {"score"}}[args.command]
-        if hasattr(args, "explanations"):
-            config = _import_explanations(files, config, args, progress)
-        elif hasattr(args, "explanations_format") or hasattr(args, "explanations_layer"):
-            raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
-        summary = asyncio.run(app.latent_stages(files, config, stages, progress=progress))
+
+        def ready() -> RunConfig:
+            """Judges are reached: read the explanations to import, then record the command's options."""
+            selected = _import_explanations(files, config, args, progress) if hasattr(args, "explanations") else config
+            save_config(files.config, config, resolved)
+            return selected
+
+        summary = asyncio.run(app.latent_stages(files, config, stages, progress=progress, ready=ready))
         table = materialize(files, provenance(resolved), config.scorers)
         print_summary(summary, table, config, files)
         prices = PriceTable.load(config.prices) if config.prices else None
         for model, usage in usage_by_model(files).items():
             print(f"  tokens in this folder, {describe(usage, model, prices)}")
+        if summary.failed:
+            print(
+                f"autointerp: {summary.failed} of {summary.latents} latents failed; the reasons are in the "
+                f"status and error columns of {files.results} (in full in {files.explanations.name} and "
+                f"{files.scores.name}); running the command again retries those that ended in an error",
+                file=sys.stderr,
+            )
+            return 1
         return 0
     except app.USER_ERRORS as e:
         if os.environ.get("AUTOINTERP_DEBUG"):

@@ -2,11 +2,15 @@
 
 Fields in `FROZEN` define the activation cache and the train/test split. Once a run folder has
 them, later stages (`explain`, `score`, a resumed `run`) must agree, because scoring with a
-different split than the explainer saw would silently leak or mix examples.
+different split than the explainer saw would silently leak or mix examples. They are the only
+fields a folder remembers for the next command: every other option (judge, latents, scorers...)
+belongs to the command that gives it, so a command that failed cannot leave its choices behind
+for the next one, and a command does what its own line says.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import platform
 from dataclasses import asdict, dataclass, field, fields
@@ -15,6 +19,7 @@ from typing import Any
 
 from autointerp.cache.build import CacheSettings
 from autointerp.explainers import ExplainerSettings
+from autointerp.llm.openai_compat import DEFAULT_TIMEOUT_S as DEFAULT_JUDGE_TIMEOUT_S
 from autointerp.sampling import SamplingSettings
 from autointerp.scorers.classify import ClassifierSettings
 from autointerp.scorers.intervention import InterventionSettings
@@ -61,6 +66,7 @@ class RunConfig:
     judge: str = DEFAULT_JUDGE  # scorer judge
     explainer: str | None = None  # explainer model; None = same as judge
     judge_url: str | None = None  # base URL for "openai:MODEL" judges (None = api.openai.com)
+    judge_timeout: float = DEFAULT_JUDGE_TIMEOUT_S  # seconds per HTTP request attempt (a busy local server is slow)
     api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable holding the key, never the key
     no_logprobs: bool = False  # the HTTP judge's server gives no logprobs
     prompt_logprobs: bool = False  # the HTTP judge's server echoes prompt logprobs (surprisal, simulation)
@@ -139,17 +145,22 @@ def load_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
         raise ConfigError(f"unreadable run config {path}: {e}") from None
 
 
+def with_folder(config: RunConfig, folder: RunConfig) -> RunConfig:
+    """A copy of `config` whose fields that define the run folder (FROZEN) are `folder`'s."""
+    out = RunConfig.from_dict(config.to_dict())
+    for name in FROZEN:
+        setattr(out, name, copy.deepcopy(getattr(folder, name)))
+    return out
+
+
 def merge(stored: RunConfig, requested: RunConfig, explicit: set[str]) -> RunConfig:
-    """Stored run settings, with the user's explicit options applied; frozen fields must agree."""
+    """The command's options (given or default) on the folder's stored cache and split settings; an
+    option that defines the folder must agree with what it has. Nothing else is taken from `stored`."""
     clashes = []
-    merged = RunConfig.from_dict(stored.to_dict())
     for name in explicit:
-        top = name.split(".")[0]
-        new = _get(requested, name)
-        if top in FROZEN and _get(stored, name) != new:
-            clashes.append(f"{name}: run has {_get(stored, name)!r}, requested {new!r}")
-            continue
-        set_field(merged, name, new)
+        if name.split(".")[0] in FROZEN and _get(stored, name) != _get(requested, name):
+            clashes.append(f"{name}: run has {_get(stored, name)!r}, requested {_get(requested, name)!r}")
+    merged = with_folder(requested, stored)
     if clashes:
         raise ConfigError(
             "this run folder was cached/sampled with other settings ("

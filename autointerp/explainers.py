@@ -4,7 +4,9 @@ The answer must end with an `[EXPLANATION]:` line; free text first lets a capabl
 before it labels. An answer without that line is re-asked with the output constrained to a JSON
 object `{"explanation": ...}` (backends that constrain decoding cannot miss the format; small
 local models need this), a bounded number of times, and then reported as a failure: it is never
-replaced by a guess.
+replaced by a guess. An answer the token limit cut off is not read either (its last line may be
+half a label: "[EXPLANATION]: Legal te"), nor is a JSON label as long as the schema's `maxLength`,
+where a constrained decoder closes the string mid-phrase: both are re-asked like a missing label.
 
 Two styles: `default` shows only activating examples; `contrastive` also shows the record's
 explainer-side silent examples (`train_negatives`, which `--negatives similar` makes hard) and asks
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from autointerp.llm.asking import Request, ask
-from autointerp.llm.base import Judge, Message
+from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
 from autointerp.prompting import clean_token, format_marked, format_plain, load_prompt, marks_above, render
 from autointerp.records import Example, Explanation, LatentRecord, Usage
 
@@ -41,8 +43,10 @@ class ExplainerSettings:
     mark_fraction: float = 0.3  # mark tokens above this fraction of the example's max activation
     show_activations: bool = False  # also list the marked tokens with 0-10 activation values
     token_counts: bool = False  # also list the most frequent marked tokens with their counts
-    max_tokens: int = 200
-    max_reasks: int = 2  # extra attempts, JSON-constrained, after an unparseable answer
+    max_tokens: int = 300  # the first, free-text answer: some reasoning, then the label line
+    max_reasks: int = 2  # extra attempts, JSON-constrained, after an unparseable or cut-off answer
+    reask_max_tokens: int = 160  # a JSON re-ask: room for max_label_chars at two characters a token
+    max_label_chars: int = 300  # the JSON schema's maxLength; a label that reaches it was cut there
     max_words: int = 15
     # The shipped example is about months; small explainers copy it verbatim onto unrelated latents
     # (Qwen2.5-1.5B and SmolLM2 both did), so it is off unless asked for.
@@ -119,7 +123,7 @@ def parse_explanation(text: str) -> str | None:
     return label
 
 
-def explanation_schema(max_chars: int = 160) -> dict:
+def explanation_schema(max_chars: int = 300) -> dict:
     return {
         "type": "object",
         "properties": {"explanation": {"type": "string", "minLength": 3, "maxLength": max_chars}},
@@ -127,19 +131,40 @@ def explanation_schema(max_chars: int = 160) -> dict:
     }
 
 
-def parse_json_explanation(text: str) -> str | None:
+def _json_label(text: str) -> str | None:
+    """The raw `explanation` string of a JSON answer, or None."""
     try:
         data = json.loads(text, strict=False)  # constrained decoders may put raw newlines in strings
     except json.JSONDecodeError:
-        return parse_explanation(text)
+        return None
     label = data.get("explanation") if isinstance(data, dict) else None
-    if not isinstance(label, str) or not label.strip():
+    return label if isinstance(label, str) else None
+
+
+def parse_json_explanation(text: str) -> str | None:
+    try:
+        json.loads(text, strict=False)
+    except json.JSONDecodeError:
+        return parse_explanation(text)
+    label = _json_label(text)
+    if label is None or not label.strip():
         return None
     return " ".join(label.split())
 
 
-def _read(label: str | None) -> tuple[str | None, str]:
-    return label, "" if label is not None else "no explanation could be read from the answer"
+def read_label(reply: Reply, *, json_mode: bool, max_chars: int) -> tuple[str | None, str]:
+    """The label in an explainer's answer, or None and why not. A JSON label as long as the schema's
+    maxLength is refused: a constrained decoder closes the string there, mid-phrase."""
+    if reply.truncated:
+        return None, CUT_OFF
+    if not json_mode:
+        label = parse_explanation(reply.text)
+        return label, "" if label else "no [EXPLANATION]: line with a label"
+    raw = _json_label(reply.text)
+    if raw is not None and len(raw) >= max_chars:
+        return None, f"label cut off at the schema's maxLength of {max_chars} characters"
+    label = parse_json_explanation(reply.text)
+    return label, "" if label else 'no {"explanation": ...} label'
 
 
 async def explain(
@@ -165,24 +190,24 @@ async def explain(
         # the re-asks constrain the answer to a JSON object: a backend that constrains decoding cannot miss
         return Request(
             reask,
-            max_tokens=80,
+            max_tokens=settings.reask_max_tokens,
             temperature=0.0 if attempt == 1 else 0.7,
-            schema=explanation_schema(),
-            parse=lambda reply: _read(parse_json_explanation(reply.text)),
+            schema=explanation_schema(settings.max_label_chars),
+            parse=lambda reply: read_label(reply, json_mode=True, max_chars=settings.max_label_chars),
         )
 
     usage = Usage()
     asked = await ask(
         judge,
         request,
-        lambda reply: _read(parse_explanation(reply.text)),
+        lambda reply: read_label(reply, json_mode=False, max_chars=settings.max_label_chars),
         attempts=settings.max_reasks + 1,
         usage=usage,
         catch_judge_errors=False,  # a backend failure fails the latent, as an error, not as a bad answer
     )
     if asked.value is None:
         raise ExplanationFailed(
-            f"no explanation could be read from {asked.failures} answers of {judge.model}; "
+            f"no explanation could be read from {asked.failures} answers of {judge.model} (last: {asked.error}); "
             f"last answer: {asked.answer[:300]!r}"
         )
     return Explanation(

@@ -142,7 +142,11 @@ def detect_format(path: Path) -> str:
         return "delphi"
     if name.endswith((".jsonl", ".jsonl.gz", ".gz")):
         first = next(_jsonl_rows(path), None)
-        row = first[1] if first else None
+        if first is None:
+            raise SourceError(f"{path} holds no rows (every line is blank)")
+        where, row = first
+        if isinstance(row, BadLine):
+            raise SourceError(f"{where}: not JSON ({row.error}), so the file's format cannot be told from it")
         if isinstance(row, dict) and "description" in row and "index" in row:
             return "neuronpedia"
         if isinstance(row, dict) and "latent" in row and ("explanation" in row or "status" in row):
@@ -235,7 +239,7 @@ def _read_autointerp(path: Path, progress: bool) -> Iterator[SourceEntry]:
     for where, data in _jsonl_rows(path):
         latent = _int_or_none(data.get("latent")) if isinstance(data, dict) else None
         if not isinstance(data, dict):
-            newest[("?", where)] = (where, None, "not a JSON object")
+            newest[("?", where)] = (where, None, _not_an_object(data))
             continue
         if latent is None:
             newest[("?", where)] = (where, None, f"latent {data.get('latent')!r} is not an integer")
@@ -369,7 +373,7 @@ def _read_neuronpedia(path: Path, progress: bool) -> Iterator[SourceEntry]:
     ):
         for where, row in _jsonl_rows(file):
             if not isinstance(row, dict):
-                yield SourceEntry("neuronpedia", where, None, None, None, problem="not a JSON object")
+                yield SourceEntry("neuronpedia", where, None, None, None, problem=_not_an_object(row))
                 continue
             latent = _int_or_none(row.get("index"))
             problem = "" if latent is not None else f"index {row.get('index')!r} is not a latent index"
@@ -421,8 +425,20 @@ def _read_saebench(path: Path, progress: bool) -> Iterator[SourceEntry]:
 # ---------------------------------------------------------------- small helpers
 
 
+@dataclass
+class BadLine:
+    """A JSONL line that does not parse, with the parser's complaint."""
+
+    error: str
+
+
+def _not_an_object(row: Any) -> str:
+    return f"not JSON ({row.error})" if isinstance(row, BadLine) else "not a JSON object"
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """(where, parsed row) for every non-blank line; a line that is not JSON is yielded as None."""
+    """(where, parsed row) for every non-blank line, `where` being `path:line`; a line that is not
+    JSON is yielded as a `BadLine` saying why."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
@@ -431,8 +447,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
                     continue
                 try:
                     yield f"{path}:{number}", json.loads(line)
-                except json.JSONDecodeError:
-                    yield f"{path}:{number}", None
+                except json.JSONDecodeError as e:
+                    yield f"{path}:{number}", BadLine(str(e))
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise SourceError(f"cannot read {path}: {e}") from None
 

@@ -38,9 +38,13 @@ class RunSummary:
     explained: int = 0
     scored: int = 0
     skipped: int = 0
-    failed: int = 0
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
+    failed_latents: set[int] = field(default_factory=set)  # no label, or a scorer that ended without a score
+
+    @property
+    def failed(self) -> int:
+        return len(self.failed_latents)
 
 
 def select_latents(cache: ActivationCache, config: RunConfig) -> tuple[list[int], int]:
@@ -128,7 +132,7 @@ class LatentWorker:
                 done = await self._explain(record)
         if done is None or done.status != "ok":
             if done is not None and done.status != "ok":
-                self.summary.failed += 1
+                self.summary.failed_latents.add(latent)
             return
         if "score" in self.stages:
             assert done.explanation is not None
@@ -184,6 +188,16 @@ class LatentWorker:
         try:
             score = await scorer(record, explanation, self.judge)
             row = ScoreRow.of(score, hookpoint=hookpoint, judge_model=judge_model, explanation=explanation.text)
+            if score.n_examples > 0 and score.n_failed >= score.n_examples:
+                # a score none of whose judge answers could be used (a judge gone mid-run) is no score: it is
+                # counted as a failure, and done again when the run is resumed
+                reasons = [j.error for j in score.judgments if j.error]
+                row.status = "failed"
+                row.error = (
+                    f"no judge answer could be used ({score.n_failed} of {score.n_examples}); first reason: "
+                    f"{reasons[0] if reasons else 'unknown'}"
+                )
+                self.summary.failed_latents.add(record.latent.index)
         except Exception:  # noqa: BLE001 - recorded with its traceback, the run goes on
             row = ScoreRow(
                 latent=record.latent.index,
@@ -194,7 +208,7 @@ class LatentWorker:
                 judge_model=judge_model,
                 error=traceback.format_exc(),
             )
-            self.summary.failed += 1
+            self.summary.failed_latents.add(record.latent.index)
         append_row(self.files.scores, row)
 
 

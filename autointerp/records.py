@@ -263,7 +263,7 @@ class ScoreRow:
     latent: int
     hookpoint: str | None
     scorer: str
-    status: str  # "ok"; "error": the scorer crashed, `error` holds the traceback
+    status: str  # "ok"; "failed": no judge answer could be used; "error": the scorer crashed (`error` says why)
     explanation: str | None = None  # the text scored: a score of another text than the latent's current one is stale
     judge_model: str | None = None  # for a scorer that asks no LLM, the model it used (embedding)
     error: str = ""

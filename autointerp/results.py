@@ -161,9 +161,13 @@ JUDGMENT_COLUMNS = ["hookpoint", "latent", "scorer", *(f.name for f in fields(Ju
 
 
 def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str]) -> pd.DataFrame:
-    """Rebuild results.parquet and judgments.parquet from the logs; returns the results table."""
+    """Rebuild results.parquet and judgments.parquet from the logs; returns the results table.
+
+    Columns for `scorers` (the command's), then for any other scorer the log holds: a command that
+    runs other scorers than an earlier one (options are not inherited) keeps the earlier scores."""
     explanations = files.explanations_by_latent()
     scores = files.scores_by_latent()
+    scorers = list(dict.fromkeys([*scorers, *(name for _, name in scores)]))
     latents = sorted(set(explanations) | {k[0] for k in scores})
     metric_columns = {name: _metric_columns(name, scores) for name in scorers}
     rows = []

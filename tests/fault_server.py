@@ -18,6 +18,8 @@ Actions a behaviour can return:
   asks for `logprobs`, `logprobs.content` holds one entry per token of `text` (split at spaces) and
   the first token's `top_logprobs` holds `top` (token -> logprob; default: the token alone at -0.01),
   cut to the requested `top_logprobs`.
+- `("length", text)` or `("length", text, top)`: the same, but with `finish_reason: "length"`, as a
+  server sends an answer its `max_tokens` cut off (a well-formed reply whose text stops mid-answer).
 - `("status", code)` / `("status", code, headers)` / `("status", code, headers, message)`: an
   OpenAI-style error body with that HTTP status and extra headers (e.g. `{"Retry-After": "1"}`).
 - `("hang", seconds)`: say nothing for that long, then close the connection without an answer.
@@ -44,13 +46,15 @@ Action = tuple
 Behaviour = Callable[[dict[str, Any], int], Action]
 
 
-def completion_body(request: dict[str, Any], text: str, top: dict[str, float] | None = None) -> dict[str, Any]:
+def completion_body(
+    request: dict[str, Any], text: str, top: dict[str, float] | None = None, finish_reason: str = "stop"
+) -> dict[str, Any]:
     """A `chat.completion` object answering `request` with `text`, with logprobs when it asks for them."""
     tokens = re.findall(r"\s*\S+", text) or [text]
     choice: dict[str, Any] = {
         "index": 0,
         "message": {"role": "assistant", "content": text},
-        "finish_reason": "stop",
+        "finish_reason": finish_reason,
         "logprobs": None,
     }
     if request.get("logprobs"):
@@ -216,9 +220,10 @@ class FaultServer:
                 kind = action[0]
                 if kind == "ok" and "messages" not in request:  # the legacy completions endpoint
                     self._send_json(200, echo_body(request, action[1]))
-                elif kind == "ok":
+                elif kind in ("ok", "length"):
                     top = action[2] if len(action) > 2 else None
-                    self._send_json(200, completion_body(request, action[1], top))
+                    finish = "length" if kind == "length" else "stop"
+                    self._send_json(200, completion_body(request, action[1], top, finish))
                 elif kind == "status":
                     code = int(action[1])
                     headers = action[2] if len(action) > 2 and action[2] else {}

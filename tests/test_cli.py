@@ -1,11 +1,26 @@
-"""The command line on bad input: every mistake gets a message that says what to do, exit code 2."""
+"""The command line on bad input: every mistake gets a message that says what to do, exit code 2,
+before minutes of work and without changing the run folder; a run that ends with failed latents
+exits 1."""
 
 from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
 
 import pytest
 from conftest import write_sparsify_sae
 
+from autointerp import app
 from autointerp.cli import build_parser, main
+from autointerp.config import RunConfig, load_config, merge, save_config
+from autointerp.llm.scripted import ScriptedJudge
+from autointerp.results import RunFiles
+from autointerp.sampling import SamplingSettings
+
+SAMPLING = SamplingSettings(n_train=8, n_test=12, n_negatives=12, n_train_negatives=2, min_examples=10)
 
 
 def _run(capsys, *argv) -> tuple[int, str]:
@@ -125,3 +140,124 @@ def test_new_scorers_and_prompt_logprobs_reach_the_config():
     assert {"scorers", "prompt_logprobs"} <= explicit
     judge = make_judge(config.judge, config)
     assert judge.supports_prompt_logprobs and judge.describe()["supports_prompt_logprobs"]
+
+
+# ---------------------------------------------------------------- failing fast, and leaving the folder alone
+
+
+def _no_model(config):
+    pytest.fail("the subject model was loaded before the bad input was found")
+
+
+def test_a_binary_corpus_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(app, "load_subject", _no_model)
+    corpus = tmp_path / "b.txt"
+    corpus.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(1, 256)) * 100)
+    rc, err = _run(capsys, "cache", "--out", str(tmp_path / "r"), "--corpus", str(corpus), "--quiet")
+    assert rc == 2 and "b.txt is not text: a NUL byte at byte offset 5" in err
+
+
+def test_latents_out_of_range_are_refused_before_caching_and_not_remembered(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(app, "load_subject", _no_model)  # the size comes from the checkpoint's header
+    out = tmp_path / "r"
+    rc, err = _run(capsys, "run", "--out", str(out), "--latents", "3,999999", "--n-tokens", "1024", "--quiet")
+    assert rc == 2 and "--latents 999999 out of range: the dictionary has 2,304 latents (0..2303)" in err
+    assert not (out / "config.json").exists() and not (out / "cache").exists()
+
+
+class _TokenNames:
+    """Stands in for the subject tokenizer of the tiny cache: token i reads " t{i}"."""
+
+    all_special_ids: list[int] = []
+
+    def decode(self, ids):
+        return "".join(f" t{i}" for i in ids)
+
+
+def _tiny_run(tmp_path: Path, tiny_cache, monkeypatch, **config) -> RunFiles:
+    """A run folder holding a copy of the tiny cache (32 latents at layers.1) and its config."""
+    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: _TokenNames())
+    files = RunFiles(tmp_path / "run")
+    files.prepare()
+    shutil.copytree(tiny_cache.folder, files.cache)
+    meta = tiny_cache.meta
+    resolved = {"model": "tiny", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint}
+    save_config(files.config, RunConfig(model="tiny", sampling=SAMPLING, **config), resolved)
+    return files
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_judge_fails_fast_and_the_folder_is_unchanged(tmp_path, tiny_cache, capsys, monkeypatch):
+    files = _tiny_run(tmp_path, tiny_cache, monkeypatch)
+    before = files.config.read_bytes()
+    source = tmp_path / "layers.1_feature.json"
+    source.write_text('{"3": "commas", "4": "dots"}')
+    url = f"http://127.0.0.1:{_free_port()}/v1"  # nothing listens there
+    t0 = time.monotonic()
+    argv = ["score", "--out", str(files.folder), "--explanations", str(source), "--judge", "openai:dead"]
+    rc, err = _run(capsys, *argv, "--judge-url", url, "--no-cache", "--quiet")
+    assert rc == 2 and url in err and "cannot reach" in err
+    assert time.monotonic() - t0 < 30
+    assert files.config.read_bytes() == before  # neither the dead judge nor its URL were recorded
+    assert not files.explanations.exists()  # and nothing was imported
+
+    rc, err = _run(capsys, "explain", "--out", str(files.folder), "--latents", "5,99", "--quiet")
+    assert rc == 2 and "--latents 99 out of range: the dictionary has 32 latents" in err
+    assert files.config.read_bytes() == before
+
+
+def test_only_what_defines_the_folder_carries_over_to_the_next_command(tmp_path, tiny_cache, capsys, monkeypatch):
+    # a config.json as an earlier version left it after failed commands: their options stuck in it
+    stuck = dict(latents=[999_999], judge="openai:dead", judge_url="http://127.0.0.1:1/v1", scorers=["simulation"])
+    files = _tiny_run(tmp_path, tiny_cache, monkeypatch, **stuck)
+    judge = ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 t2", model="oracle")
+    monkeypatch.setattr(app, "make_judge", lambda name, config: judge)
+    rc, err = _run(capsys, "explain", "--out", str(files.folder), "--judge", "oracle", "--max-latents", "2", "--quiet")
+    assert rc == 0, err
+    assert len(judge.calls) == 2
+    config, _ = load_config(files.config)
+    assert (config.latents, config.max_latents, config.judge, config.judge_url) == (None, 2, "oracle", None)
+    assert config.scorers == ["detection", "fuzzing"] and config.sampling == SAMPLING and config.model == "tiny"
+
+
+def test_merge_takes_the_folders_fields_from_the_folder_and_nothing_else():
+    stored = RunConfig(model="tiny", n_tokens=4096, sampling=SAMPLING, judge="openai:dead", latents=[7])
+    requested = RunConfig(max_latents=3)
+    merged = merge(stored, requested, {"max_latents"})
+    assert (merged.model, merged.n_tokens, merged.sampling) == ("tiny", 4096, SAMPLING)
+    assert (merged.judge, merged.latents, merged.max_latents) == (RunConfig().judge, None, 3)
+    with pytest.raises(Exception, match="n_tokens: run has 4096, requested 100"):
+        merge(stored, RunConfig(n_tokens=100), {"n_tokens"})
+
+
+def test_a_run_that_ends_with_failed_latents_exits_1_and_says_where_the_reasons_are(
+    tmp_path, tiny_cache, capsys, monkeypatch
+):
+    files = _tiny_run(tmp_path, tiny_cache, monkeypatch)
+    monkeypatch.setattr(app, "make_judge", lambda name, config: ScriptedJudge(lambda m: "no idea", model="vague"))
+    rc = main(["explain", "--out", str(files.folder), "--judge", "vague", "--max-latents", "2", "--quiet"])
+    out = capsys.readouterr()
+    assert rc == 1
+    assert "2 of 2 latents failed" in out.err and f"status and error columns of {files.results}" in out.err
+    rows = [json.loads(line) for line in files.explanations.read_text().splitlines()]
+    assert [r["status"] for r in rows] == ["failed", "failed"] and all(
+        "no explanation could be read" in r["error"] for r in rows
+    )
+
+
+def test_judge_timeout_reaches_the_http_judge():
+    from autointerp.app import make_judge
+    from autointerp.cli import _validate, config_from_args
+
+    argv = ["score", "--out", "x", "--judge", "openai:m", "--judge-url", "http://127.0.0.1:9/v1", "--no-cache"]
+    config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "7.5"]))
+    assert config.judge_timeout == 7.5 and make_judge(config.judge, config).timeout == 7.5
+    assert RunConfig().judge_timeout >= 300
+    config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "0"]))
+    with pytest.raises(Exception, match="--judge-timeout must be a positive"):
+        _validate(config)

@@ -14,7 +14,13 @@ import torch
 from conftest import gemma_scope_params, make_tiny_llama, write_sparsify_sae
 
 from autointerp.subjects.attach import open_dictionary
-from autointerp.subjects.dictionaries import DictionaryError, Encoder, load_dictionary
+from autointerp.subjects.dictionaries import (
+    DEFAULT_DICTIONARY,
+    DictionaryError,
+    Encoder,
+    load_dictionary,
+    peek_num_latents,
+)
 from autointerp.subjects.hookpoints import HookpointError, capture, resolve
 
 D_IN, D_SAE = 16, 24
@@ -254,6 +260,7 @@ def test_saelens_pre6_config(tmp_path):
         str(folder / "sae_weights.safetensors"),
     )
     enc = load_dictionary(folder)
+    assert peek_num_latents(folder) == enc.num_latents == D_SAE  # from the header alone
     assert (enc.kind, enc.k, enc.hookpoint, enc.normalize) == ("topk", 3, "blocks.0.hook_resid_post", "none")
     assert enc.pre_bias is not None
     assert int((enc.encode(_inputs()) > 0).sum(-1).max()) <= 3
@@ -642,3 +649,15 @@ def test_gemma_scope_npz_refuses_pickles_and_names_bad_files(tmp_path):
     np.savez(missing / "params.npz", **{k: v for k, v in gemma_scope_params().items() if k != "threshold"})
     with pytest.raises(DictionaryError, match=r"params.npz lacks tensor\(s\) \['threshold'\]"):
         load_dictionary(missing, "layers.1")
+
+
+def test_the_number_of_latents_is_read_from_the_header_alone(tmp_path):
+    run = tmp_path / "run"
+    write_sparsify_sae(run / "layers.1", num_latents=40)
+    write_sparsify_sae(run / "layers.2", num_latents=48)
+    assert peek_num_latents(run / "layers.1") == 40 and peek_num_latents(run, "layers.2") == 48
+    assert peek_num_latents(run) is None  # two hookpoints and none named: the loader says which exist
+    assert peek_num_latents("default") == load_dictionary(DEFAULT_DICTIONARY, "layers.10").num_latents
+    assert peek_num_latents("neurons") is None and peek_num_latents(tmp_path / "nope") is None
+    (run / "layers.1" / "sae.safetensors").write_bytes(b"\x00garbage")
+    assert peek_num_latents(run / "layers.1") is None  # a broken file is the loader's to report

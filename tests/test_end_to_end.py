@@ -33,11 +33,21 @@ def test_quick_run_on_the_embedded_default(tmp_path):
         str(responses),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "3 latents" in proc.stdout and "results:" in proc.stdout
+    assert "3 latents" in proc.stdout and "results:" in proc.stdout, proc.stderr[-3000:]
 
     table = pd.read_parquet(out / "results.parquet")
-    assert len(table) == 3 and (table["status"] == "ok").all()
+    assert len(table) == 3
+    # SmolLM2 labels poorly: a latent it gives no usable label (here a label repeating itself until the
+    # schema's maxLength cut it, which was once accepted cut) fails with its reason, and the command
+    # says so and exits 1
+    failed = table[table["status"] != "ok"]
+    expected_rc = 1 if len(failed) else 0
+    assert proc.returncode == expected_rc, proc.stderr[-3000:]
+    assert (failed["error"].str.len() > 0).all()
+    if len(failed):
+        assert f"{len(failed)} of 3 latents failed" in proc.stderr
+    table = table[table["status"] == "ok"]
+    assert len(table) >= 2
     assert table["explanation"].str.len().gt(0).all()
     assert (table["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct").all()
     assert (table["hookpoint"] == "layers.10").all()
@@ -67,18 +77,18 @@ def test_quick_run_on_the_embedded_default(tmp_path):
 
     # running again finds everything done: nothing is asked, nothing duplicated
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == expected_rc, again.stderr[-3000:]
     assert len((out / "explanations.jsonl").read_text().splitlines()) == 3
-    assert len((out / "scores.jsonl").read_text().splitlines()) == 6
+    assert len((out / "scores.jsonl").read_text().splitlines()) == 2 * len(table)
     assert len(pd.read_parquet(out / "results.parquet")) == 3
 
     # the same job in a new folder is answered entirely from the response cache, with the same scores
     # (a re-ask at temperature > 0 is a fresh sample, never cached: compare latents whose labels agree)
     assert cmd[4] == "--out"
     fresh = subprocess.run([*cmd[:5], str(tmp_path / "x2"), *cmd[6:]], capture_output=True, text=True, timeout=600)
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert fresh.returncode in (0, 1), fresh.stderr[-3000:]
     assert " 0 misses" in fresh.stdout, fresh.stdout
-    again_table = pd.read_parquet(tmp_path / "x2" / "results.parquet")
+    again_table = pd.read_parquet(tmp_path / "x2" / "results.parquet").loc[table.index]
     same = again_table["explanation"] == table["explanation"]
     assert same.any()
     for col in ("detection_auroc", "fuzzing_auroc"):

@@ -7,6 +7,7 @@ import pytest
 from planted import planted_record
 
 from autointerp.explainers import ExplainerSettings, ExplanationFailed, build_messages, explain, parse_explanation
+from autointerp.llm.base import CUT_OFF, Reply
 from autointerp.llm.scripted import ScriptedJudge
 
 
@@ -95,6 +96,53 @@ def test_a_runaway_label_is_not_accepted():
     answers = iter([loop, '{"explanation": "prepositions"}'])
     out = asyncio.run(explain(planted_record(), ScriptedJudge(lambda m: next(answers))))
     assert out.text == "prepositions" and out.failures == 1
+
+
+def test_an_answer_cut_off_at_max_tokens_is_never_the_label():
+    answers = iter(
+        [
+            Reply("The excerpts are about law.\n[EXPLANATION]: Legal te", finish_reason="length"),
+            Reply('{"explanation": "legal terms"}', finish_reason="stop"),
+        ]
+    )
+    out = asyncio.run(explain(planted_record(), ScriptedJudge(lambda m: next(answers))))
+    assert out.text == "legal terms" and out.failures == 1
+
+    judge = ScriptedJudge(lambda m: Reply("[EXPLANATION]: Legal te", finish_reason="length"))
+    with pytest.raises(ExplanationFailed, match=CUT_OFF):
+        asyncio.run(explain(planted_record(), judge))
+    assert len(judge.calls) == 3
+
+
+class ConstrainedJudge(ScriptedJudge):
+    """Answers every JSON re-ask with `label`, cut to the schema's maxLength the way a constrained
+    decoder cuts it (the string is closed there, mid-phrase); the free-text answer has no label."""
+
+    def __init__(self, label: str):
+        super().__init__(lambda m: "I am not sure.")
+        self.label = label
+
+    async def chat(self, messages, **kw):
+        schema = kw.get("schema")
+        if schema is None:
+            return await super().chat(messages, **kw)
+        limit = schema["properties"]["explanation"]["maxLength"]
+        return Reply(text='{"explanation": "' + self.label[:limit] + '"}', finish_reason="stop")
+
+
+def test_a_normal_label_fits_the_schema_and_one_cut_at_its_max_length_is_refused():
+    # long for a label (the issue's HTTP run had labels cut at the old 160 characters), but whole
+    label = (
+        "the word 'of' in legal and administrative phrases naming an office, a court or a department "
+        "of the government, such as 'Minister of Justice' or 'Court of Appeal'"
+    )
+    assert 160 < len(label) < 300
+    out = asyncio.run(explain(planted_record(), ConstrainedJudge(label)))
+    assert out.text == label and out.failures == 1
+
+    runaway = label + ", and then the same again: " + label
+    with pytest.raises(ExplanationFailed, match="maxLength of 300 characters"):
+        asyncio.run(explain(planted_record(), ConstrainedJudge(runaway)))
 
 
 def test_contrastive_prompt_shows_both_kinds_delimited_and_nothing_held_out():

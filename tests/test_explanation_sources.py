@@ -198,6 +198,25 @@ def test_unknown_shapes_say_what_is_expected(tmp_path):
         read_explanations(eleuther, "saebench")  # forcing the wrong format fails loudly
 
 
+def test_a_jsonl_line_that_is_not_json_is_named_with_the_parsers_complaint(tmp_path):
+    broken = tmp_path / "mine.jsonl"
+    broken.write_text('{"latent": 1, "explanation": "commas"\n')  # the closing brace is missing
+    with pytest.raises(SourceError, match=r"mine\.jsonl:1: not JSON \(Expecting ',' delimiter"):
+        detect_format(broken)
+    # further down the file, such a line is left out with the same reason, which the import report lists
+    later = tmp_path / "later.jsonl"
+    later.write_text(
+        json.dumps({"latent": 1, "hookpoint": "layers.1", "explanation": "commas"})
+        + "\n{latent: 2}\n"
+        + json.dumps({"latent": 3, "hookpoint": "layers.1", "explanation": "dots"})
+        + "\n"
+    )
+    _, entries = read_explanations(later)
+    (bad,) = [e for e in entries if e.problem]
+    assert bad.origin.endswith("later.jsonl:2") and bad.problem.startswith("not JSON (Expecting property name")
+    assert sorted(e.latent for e in entries if not e.problem) == [1, 3]
+
+
 # ---------------------------------------------------------------- layer names
 
 

@@ -17,7 +17,7 @@ import torch
 from conftest import build_tiny_cache, decode_ids, make_tiny_llama
 from planted import ANIMALS, MONTHS, _category
 
-from autointerp.llm.base import JudgeError, PromptToken, Reply, TokenLogprob
+from autointerp.llm.base import CUT_OFF, JudgeError, PromptToken, Reply, TokenLogprob
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.prompting import clean_token
 from autointerp.records import Explanation
@@ -233,6 +233,20 @@ def test_unreadable_picks_and_text_scoring_errors_are_recorded_failures(planted)
     failed = [j for j in score.judgments if j.error]
     assert failed and score.n_failed == len(failed) and all(j.value is None for j in failed)
     assert score.metrics["surprisal_difference"] is not None  # from the prompts that were scored
+
+
+def test_a_text_pick_is_read_only_where_the_limit_left_it_whole(planted):
+    _, _, record = planted
+    runner = _runner(planted, choice_mode="text", max_reasks=1)
+    chatty = ScriptedJudge(
+        lambda m: Reply(oracle_chooser(m).text + ", since it", finish_reason="length"), supports_logprobs=False
+    )
+    score = _score(InterventionChoiceScorer(runner), record, RIGHT, chatty)
+    assert score.n_failed == 0 and score.metrics["accuracy"] >= 0.8
+    cut = ScriptedJudge(lambda m: Reply(oracle_chooser(m).text, finish_reason="length"), supports_logprobs=False)
+    score = _score(InterventionChoiceScorer(runner), record, RIGHT, cut)
+    asked = [j for j in score.judgments if not j.answer.startswith("not asked")]
+    assert asked and score.n_failed == len(asked) and all(j.error == CUT_OFF for j in asked)
 
 
 def test_prompts_are_held_out_deterministic_and_one_document_each(planted):

@@ -168,6 +168,29 @@ def test_logprobs_survive_the_round_trip_exactly(tmp_path):
     assert second.logprobs is not first.logprobs
 
 
+def test_a_cut_off_answer_stays_cut_off_when_read_back_and_old_rows_still_read(tmp_path):
+    inner = ScriptedJudge(lambda m: Reply(text="[EXPLANATION]: Legal te", finish_reason="length"))
+
+    async def go():
+        first = await cached(tmp_path, inner).chat(msgs("cut"), max_tokens=8)
+        fresh = cached(tmp_path, ScriptedJudge(echo))
+        return first, await fresh.chat(msgs("cut"), max_tokens=8), fresh
+
+    first, again, fresh = asyncio.run(go())
+    assert fresh.hits == 1 and first.truncated
+    assert (again.text, again.finish_reason, again.truncated) == ("[EXPLANATION]: Legal te", "length", True)
+
+    # a row stored before replies kept their finish reason: read, with the reason unknown (None)
+    key = cache_key("scripted:test", msgs("old"), max_tokens=8, temperature=0.0, logprobs=0, schema=None)
+    old = '{"text":"from an older version","logprobs":null,"usage":{"prompt_tokens":3,"completion_tokens":4,"calls":1}}'
+    with sqlite3.connect(tmp_path / "responses.sqlite") as con:
+        con.execute("INSERT INTO replies (key, reply) VALUES (?, ?)", (key, old))
+    judge = cached(tmp_path, ScriptedJudge(echo))
+    reply = asyncio.run(judge.chat(msgs("old"), max_tokens=8))
+    assert judge.hits == 1 and reply.text == "from an older version"
+    assert reply.finish_reason is None and not reply.truncated
+
+
 def test_a_fresh_judge_on_the_same_file_hits(tmp_path):
     async def go():
         a = cached(tmp_path)

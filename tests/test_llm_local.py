@@ -212,6 +212,15 @@ def test_plain_chat_returns_text_and_usage(judge):
 
 
 @pytest.mark.slow
+def test_an_answer_cut_at_max_tokens_says_so(judge):
+    ask = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
+    cut = asyncio.run(judge.chat(ask, max_tokens=3))
+    assert cut.usage.completion_tokens == 3 and (cut.finish_reason, cut.truncated) == ("length", True)
+    whole = asyncio.run(judge.chat(YES_NO, max_tokens=64))
+    assert whole.usage.completion_tokens < 64 and (whole.finish_reason, whole.truncated) == ("stop", False)
+
+
+@pytest.mark.slow
 def test_yes_no_logprobs(judge):
     reply = asyncio.run(judge.chat(YES_NO, max_tokens=1, logprobs=5))
     assert reply.logprobs and len(reply.logprobs) == 1

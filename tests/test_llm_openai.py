@@ -414,6 +414,100 @@ def test_a_server_that_cannot_echo_gives_a_clear_error(server):
         score_text(fast_judge(server.url, supports_prompt_logprobs=True), "some text")
 
 
+# ---------------------------------------------------------------- answers cut off at max_tokens
+
+
+def test_an_answer_cut_at_max_tokens_is_marked_truncated(server):
+    server.set_behaviour(FaultServer.script([("length", "[EXPLANATION]: Legal te"), ("ok", "Yes")]))
+    judge = fast_judge(server.url)
+
+    async def go():
+        try:
+            return await judge.chat(ASK, max_tokens=8), await judge.chat(ASK, max_tokens=8)
+        finally:
+            await judge.aclose()
+
+    cut, whole = asyncio.run(go())
+    assert (cut.text, cut.finish_reason, cut.truncated) == ("[EXPLANATION]: Legal te", "length", True)
+    assert (whole.finish_reason, whole.truncated) == ("stop", False)
+    assert len(server.requests) == 2  # a cut-off answer is a well-formed reply: not retried by the transport
+
+
+def test_a_label_cut_off_by_the_server_is_reasked_never_accepted(server):
+    """The issue's case: `[EXPLANATION]: Legal te` with finish_reason "length" once became the label."""
+    from planted import planted_record
+
+    from autointerp.explainers import ExplanationFailed, explain
+
+    def behaviour(request, n):
+        if "response_format" not in request:
+            return ("length", "The excerpts are about law.\n[EXPLANATION]: Legal te")
+        return ("ok", '{"explanation": "legal terms in contracts"}')
+
+    server.set_behaviour(behaviour)
+    judge = fast_judge(server.url)
+    out = asyncio.run(explain(planted_record(), judge))
+    assert out.text == "legal terms in contracts" and out.failures == 1
+    assert len(server.requests) == 2
+
+    server.set_behaviour(lambda request, n: ("length", '{"explanation": "legal te'))
+    with pytest.raises(ExplanationFailed, match="answer cut off at max_tokens"):
+        asyncio.run(explain(planted_record(), fast_judge(server.url)))
+
+
+# ---------------------------------------------------------------- timeouts and the check before a run
+
+
+def test_a_timed_out_request_is_retried_only_after_as_long_again(server):
+    server.set_behaviour(FaultServer.script([("hang", 5.0)]))
+    assert ask(fast_judge(server.url, timeout=0.6)).text == "OK"
+    first, second = server.times
+    # 0.6 s waiting for the answer, then at least 0.6 s more for the server to finish the abandoned request
+    # (an immediate retry would come ~0.65 s after the first; 0.1 s of slack for when the server logs them)
+    assert second - first >= 1.1, second - first
+
+
+def test_the_default_timeout_suits_a_busy_local_server():
+    judge = OpenAIJudge("m", "http://127.0.0.1:9/v1")
+    assert judge.timeout >= 300 and judge.max_total_s >= 3 * judge.timeout
+    assert OpenAIJudge("m", timeout=5, max_total_s=20).max_total_s == 20
+
+
+def check(judge: OpenAIJudge) -> None:
+    async def go():
+        try:
+            await judge.check()
+        finally:
+            await judge.aclose()
+
+    asyncio.run(go())
+
+
+def test_check_lists_the_models_and_asks_nothing_more_when_the_model_is_there(server):
+    check(OpenAIJudge("fault", server.url, api_key_env=KEY_ENV))  # the fault server lists "fault"
+    assert server.requests == []
+
+
+def test_check_asks_one_token_when_the_model_is_not_listed(server):
+    check(fast_judge(server.url))  # "fault-model": llama.cpp's server answers any name, so ask
+    (request,) = [r for _, r, _ in server.requests]
+    assert request["max_tokens"] == 1 and request["model"] == "fault-model"
+    server.set_behaviour(lambda req, n: ("status", 404, {}, "The model `fault-model` does not exist"))
+    with pytest.raises(JudgeError, match="does not exist"):
+        check(fast_judge(server.url))
+    server.set_behaviour(lambda req, n: ("garbage",))
+    check(fast_judge(server.url))  # an answer it cannot use still shows the server is there
+
+
+def test_check_of_an_unreachable_server_fails_fast_and_names_the_url():
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(JudgeError) as e:
+        check(fast_judge(f"http://127.0.0.1:{port}/v1"))
+    assert time.monotonic() - t0 < 15
+    assert f"127.0.0.1:{port}/v1" in str(e.value) and "cannot reach" in str(e.value)
+
+
 # ---------------------------------------------------------------- a real llama.cpp server (slow)
 
 

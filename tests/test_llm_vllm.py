@@ -121,7 +121,8 @@ class FakeLLM:
         self._begin("chat", conversations, sampling_params, use_tqdm)
         outs = []
         for conv, sp in zip(conversations, sampling_params, strict=True):
-            words = ("answer to " + conv[-1]["content"]).split()[: sp.max_tokens]
+            full = ("answer to " + conv[-1]["content"]).split()
+            words = full[: sp.max_tokens]
             pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
             ids = [self.tokenizer._id(p) for p in pieces]
             logprobs = None
@@ -134,7 +135,10 @@ class FakeLLM:
                             -1.0 - j, j + 2 - (self.chosen_rank > 1), f"alt{j}"
                         )
                     logprobs.append(pos)
-            completion = types.SimpleNamespace(text="".join(pieces), token_ids=ids, logprobs=logprobs)
+            finish = "length" if len(full) > sp.max_tokens else "stop"  # vLLM's CompletionOutput.finish_reason
+            completion = types.SimpleNamespace(
+                text="".join(pieces), token_ids=ids, logprobs=logprobs, finish_reason=finish
+            )
             outs.append(types.SimpleNamespace(outputs=[completion], prompt_token_ids=[1] * 7))
         return outs
 
@@ -285,6 +289,14 @@ def test_logprobs_become_token_logprobs_with_the_top_alternatives(fake_vllm):
     assert list(first.top) == ["answer", "alt0", "alt1"]  # best first, k entries
     assert first.top["alt1"] == pytest.approx(-2.0)
     assert asyncio.run(judge.chat(user("is it"), max_tokens=2)).logprobs is None
+
+
+def test_an_answer_cut_at_max_tokens_says_so(fake_vllm):
+    judge = judge_with(fake_vllm)
+    cut = asyncio.run(judge.chat(user("is it"), max_tokens=2))
+    whole = asyncio.run(judge.chat(user("is it"), max_tokens=50))
+    assert (cut.finish_reason, cut.truncated) == ("length", True)
+    assert (whole.text, whole.finish_reason, whole.truncated) == ("answer to is it", "stop", False)
 
 
 def test_a_chosen_token_outside_the_top_k_is_still_listed(fake_vllm):

@@ -11,6 +11,7 @@ from conftest import decode_ids
 from planted import yes_no
 
 from autointerp.config import RunConfig
+from autointerp.llm.base import JudgeError
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
 from autointerp.results import RunFiles, materialize, read_jsonl
@@ -119,6 +120,40 @@ def test_resume_after_kill_finishes_without_duplicates(tmp_path, tiny_cache):
         assert table[col].dropna().between(0, 1).all()
     judgments = pd.read_parquet(files.judgments)
     assert len(judgments) == 2 * sum(per_scorer.values())
+
+
+def test_a_score_with_no_usable_answer_is_a_failure_and_done_again_on_resume(tmp_path, tiny_cache):
+    """A judge that goes away mid-run: every answer fails. That is no score of the latent: it is counted
+    as a failure (the command exits non-zero) and asked again when the run is resumed."""
+    files = RunFiles(tmp_path / "run")
+    files.prepare()
+    config = _config(max_latents=2)
+
+    def gone(messages):
+        raise JudgeError("connection refused")
+
+    summary, latents = _run(files, tiny_cache, config, ScriptedJudge(_explainer), ScriptedJudge(gone))
+    rows = files.scores_by_latent()
+    assert len(rows) == 2 * len(latents) and summary.failed == len(latents) == 2
+    for row in rows.values():
+        assert row.status == "failed" and row.n_failed == row.n_examples > 0
+        assert "no judge answer could be used" in row.error and "connection refused" in row.error
+    table = materialize(files, {}, ["detection", "fuzzing"])
+    assert (table["status"] == "detection failed").all() and table["error"].str.contains("connection refused").all()
+
+    summary, _ = _run(files, tiny_cache, config, ScriptedJudge(_explainer), ScriptedJudge(_detector))
+    assert summary.failed == 0 and all(r.status == "ok" for r in files.scores_by_latent().values())
+
+
+def test_results_keep_the_scores_of_scorers_an_earlier_command_ran(tmp_path, tiny_cache):
+    files = RunFiles(tmp_path / "run")
+    files.prepare()
+    _run(files, tiny_cache, _config(max_latents=2), ScriptedJudge(_explainer), ScriptedJudge(_detector))
+    # a later command that runs another scorer (its options are its own, not the folder's)
+    table = materialize(files, {}, ["embedding"])
+    assert list(table.columns).index("embedding_n") < list(table.columns).index("detection_n")
+    assert table["embedding_n"].isna().all()
+    assert table["detection_n"].notna().all() and table["fuzzing_n"].notna().all()
 
 
 def test_score_stage_uses_the_stored_explanations_and_split(tmp_path, tiny_cache):

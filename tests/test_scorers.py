@@ -10,7 +10,7 @@ import re
 import pytest
 from planted import oracle, planted_record, yes_no
 
-from autointerp.llm.base import JudgeError
+from autointerp.llm.base import CUT_OFF, JudgeError, Reply
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.records import Explanation
 from autointerp.scorers import ClassifierSettings, DetectionScorer, FuzzingScorer
@@ -145,6 +145,33 @@ def test_json_mode_batches_and_isolates_a_bad_batch():
     assert batches["n"] == 4
     assert score.n_failed == 5
     assert score.metrics["balanced_accuracy"] == 1.0
+
+
+def test_text_mode_reads_a_first_word_the_limit_left_whole_and_no_other():
+    record = planted_record()
+    # a chatty judge that the few-token limit cuts: its first word ended before the cut, and counts
+    chatty = ScriptedJudge(
+        lambda m: Reply(oracle(m).text + ", because the excerpt", finish_reason="length"), supports_logprobs=False
+    )
+    score = _score(DetectionScorer(), record, "month names", chatty)
+    assert score.n_failed == 0 and score.metrics["balanced_accuracy"] == 1.0
+    # cut right after its first word, the answer may have gone on ("No" -> "Nothing here"): not read
+    cut = ScriptedJudge(lambda m: Reply(oracle(m).text, finish_reason="length"), supports_logprobs=False)
+    score = _score(DetectionScorer(ClassifierSettings(max_reasks=1)), record, "month names", cut)
+    assert score.n_failed == score.n_examples and len(cut.calls) == 2 * score.n_examples  # each re-asked once
+    assert {j.error for j in score.judgments} == {CUT_OFF}
+
+
+def test_json_mode_refuses_a_list_the_limit_cut_off():
+    # the judge was revising its list when max_tokens stopped it: the list that parses is not its answer
+    judge = ScriptedJudge(
+        lambda m: Reply("[1, 0, 1, 1, 0]\nWait, excerpt 3 is not about", finish_reason="length"),
+        supports_logprobs=False,
+    )
+    settings = ClassifierSettings(mode="json", batch_size=5, max_reasks=1)
+    score = _score(DetectionScorer(settings), planted_record(n_test=5, n_neg=5), "month names", judge)
+    assert score.n_failed == 10 and len(judge.calls) == 4
+    assert {j.error for j in score.judgments} == {CUT_OFF} and all(j.prediction is None for j in score.judgments)
 
 
 def test_parse_json_answers():

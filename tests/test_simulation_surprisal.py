@@ -11,7 +11,7 @@ import re
 import pytest
 from planted import oracle_text_scorer, planted_record, simulation_oracle
 
-from autointerp.llm.base import JudgeError, PromptToken
+from autointerp.llm.base import CUT_OFF, JudgeError, PromptToken, Reply
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.records import Explanation
 from autointerp.scorers import SimulationScorer, SimulationSettings, SurprisalScorer
@@ -122,6 +122,18 @@ def test_simulation_json_misalignment_is_a_recorded_failure_not_zeros():
     )
     assert calls["n"] == len(score.judgments) + len(bad)  # each failure was re-asked once
     assert score.metrics["correlation"] > 0.8  # computed from the readable answers only
+
+
+def test_simulation_json_cut_off_at_max_tokens_is_a_failure():
+    record = planted_record(n_test=3, n_neg=3)
+    # a whole list, then a remark the limit cut: a list followed by more may have been about to change
+    judge = ScriptedJudge(
+        lambda m: Reply(simulation_oracle(m) + "\nOn second thought, token 4", finish_reason="length"),
+        supports_logprobs=False,
+    )
+    score = _score(SimulationScorer(SimulationSettings(max_reasks=1)), record, RIGHT, judge)
+    assert score.n_failed == 6 and len(judge.calls) == 12 and score.metrics["correlation"] is None
+    assert all(j.error == CUT_OFF and j.prediction is None for j in score.judgments)
 
 
 def test_simulation_unreadable_slots_are_failures():

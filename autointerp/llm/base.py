@@ -7,6 +7,7 @@ an OpenAI-compatible server or vLLM.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -47,11 +48,31 @@ class PromptToken:
     top: dict[str, float] = field(default_factory=dict)
 
 
+CUT_OFF = "answer cut off at max_tokens"  # the reason recorded for an answer the token limit ended
+
+
 @dataclass
 class Reply:
+    """A judge's answer. `finish_reason` is the backend's word for why generation ended ("stop": the
+    model ended it; "length": the `max_tokens` limit did); None when the backend did not say."""
+
     text: str
     logprobs: list[TokenLogprob] | None = None
     usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """The token limit ended the answer: whatever the model meant to say after it is missing, so
+        text that is parsed whole (a label, JSON) cannot be trusted. A one-token answer read from its
+        logprobs always ends at its limit of 1 and is not cut off in this sense: callers that read
+        logprobs do not ask."""
+        return self.finish_reason == "length"
+
+    def uncut_text(self) -> str:
+        """The text without the word the limit may have cut in two ("Yes, becau" -> "Yes, "), for
+        readers of an answer's first word; all of it when the model ended the answer itself."""
+        return re.sub(r"\w+\Z", "", self.text) if self.truncated else self.text
 
 
 @runtime_checkable
@@ -100,3 +121,11 @@ class TextScorer(Protocol):
 
 def can_score_text(judge: object) -> bool:
     return bool(getattr(judge, "supports_prompt_logprobs", False))
+
+
+async def check_judge_ready(judge: object) -> None:
+    """Run the backend's cheap reachability check, where it has one (HTTP judges: `check()`); a judge
+    loaded in process (llama.cpp, vLLM) was checked by loading it. Raises `JudgeError` with the reason."""
+    check = getattr(judge, "check", None)
+    if check is not None:
+        await check()

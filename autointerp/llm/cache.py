@@ -11,7 +11,7 @@ Prompt logprobs (`prompt_logprobs`, teacher forcing a text) are deterministic to
 same way, keyed by the namespace, the text, `top_logprobs` and `top_at`; their keys carry a `kind` field that
 chat keys do not have, so the two can never collide. A hit counts its tokens in `saved.prompt_tokens`.
 
-Only the reply (text, logprobs with their top alternatives, usage) is stored, as JSON, under its key:
+Only the reply (text, logprobs with their top alternatives, usage, finish reason) is stored, as JSON, under its key:
 never the prompt. A hit comes back with zero usage (it cost nothing this run); what it would have cost
 is summed in `saved`. Exceptions of `inner` are never stored.
 
@@ -118,6 +118,7 @@ def encode_reply(reply: Reply) -> str:
             "completion_tokens": reply.usage.completion_tokens,
             "calls": reply.usage.calls,
         },
+        "finish_reason": reply.finish_reason,
     }
     return json.dumps(data, ensure_ascii=True, separators=(",", ":"))
 
@@ -129,7 +130,10 @@ def decode_reply(text: str) -> Reply:
         if data["logprobs"] is None
         else [TokenLogprob(token=t["token"], logprob=t["logprob"], top=dict(t["top"])) for t in data["logprobs"]]
     )
-    return Reply(text=data["text"], logprobs=logprobs, usage=Usage(**data["usage"]))
+    # rows stored before finish_reason was kept have none: read as "not known", like a backend that does not say
+    return Reply(
+        text=data["text"], logprobs=logprobs, usage=Usage(**data["usage"]), finish_reason=data.get("finish_reason")
+    )
 
 
 def _is_corrupt(e: sqlite3.Error) -> bool:
@@ -211,6 +215,12 @@ class CachedJudge:
     @property
     def supports_prompt_logprobs(self) -> bool:
         return can_score_text(self.inner)
+
+    async def check(self) -> None:
+        """The backend's own reachability check (see `check_judge_ready`), never answered from the cache."""
+        check = getattr(self.inner, "check", None)
+        if check is not None:
+            await check()
 
     async def prompt_logprobs(
         self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None

@@ -235,6 +235,7 @@ class LlamaCppJudge:
             text=choice["message"].get("content") or "",
             logprobs=lps,
             usage=Usage(prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=n_completion, calls=1),
+            finish_reason=choice.get("finish_reason"),
         )
 
     @staticmethod

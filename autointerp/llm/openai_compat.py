@@ -7,8 +7,11 @@ Built on the official `openai` client (`AsyncOpenAI`) with the client's own retr
   body cut off mid-transfer), HTTP 408, 429 and 5xx. On 429 and 503 a `Retry-After` header (seconds
   or an HTTP date; also OpenAI's `retry-after-ms`) replaces the backoff for that wait; one asking for
   more than `max_retry_after` seconds ends the call at once (a daily quota will not clear in a minute).
-  Attempts are bounded (`max_attempts`), and so is the time: no retry starts when the time since the
-  first attempt plus the coming wait would pass `max_total_s`. (501 Not Implemented is not retried.)
+  A request that timed out is retried only after waiting at least as long as the timeout: the server
+  (llama.cpp's, say) goes on working on an abandoned request, and a retry sent at once would queue
+  behind it and time out in turn. Attempts are bounded (`max_attempts`), and so is the time: no retry
+  starts when the time since the first attempt plus the coming wait would pass `max_total_s`
+  (default: three timeouts, at least 300 s). (501 Not Implemented is not retried.)
 - not retried, `JudgeError` at once: other 4xx (400 bad request, 401 "check the API key in $NAME",
   403, 404 unknown model or endpoint, ...), and a 200 reply that is unusable: a body that is not JSON,
   no choices, a message with no content, no logprobs when they were asked for. The scorers already
@@ -40,7 +43,13 @@ can repair (tests/test_llm_openai.py pins this).
 
 `max_concurrency` bounds the calls in flight from this judge (an `asyncio.Semaphore`, held across a
 call's retries so a rate-limited server is not hit harder while it asks us to back off);
-`timeout` bounds each attempt, including a server that trickles bytes.
+`timeout` bounds each attempt, including a server that trickles bytes. Its default,
+`DEFAULT_TIMEOUT_S`, is sized for a busy local server rather than a hosted API: on a 2-core machine
+llama.cpp's server took up to 145 s to answer a 2,000-token explainer prompt.
+
+`check()` is a cheap test that the server is there before a run starts: the models list (or, when the
+server has none or does not list the model, one 1-token chat), a few quick attempts, and an error
+naming the URL.
 """
 
 from __future__ import annotations
@@ -67,27 +76,34 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
 RETRY_AFTER_STATUS = frozenset({429, 503})
 _NO_KEY = "sk-no-key-set"  # what the client sends when the variable is unset (llama.cpp ignores it)
+DEFAULT_TIMEOUT_S = 300.0  # per attempt: twice the slowest answer measured from a busy local server
+CHECK_TIMEOUT_S = 20.0  # per attempt of `check()`: listing models is quick even on a busy server
 
 SchemaMode = Literal["json_object", "json_schema", "none"]
 
 
 class OpenAIJudgeError(JudgeError):
-    """A `JudgeError` from an OpenAI-compatible server; `status` is the HTTP status when there was one."""
+    """A `JudgeError` from an OpenAI-compatible server; `status` is the HTTP status when there was one;
+    `unusable` is True when the server did answer (HTTP 200) but with a reply that cannot be used."""
 
-    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1):
+    def __init__(self, message: str, *, status: int | None = None, attempts: int = 1, unusable: bool = False):
         super().__init__(message)
         self.status = status
         self.attempts = attempts
+        self.unusable = unusable
 
 
 class _Retryable(Exception):
     """One failed attempt worth another try (internal: never leaves this module)."""
 
-    def __init__(self, reason: str, *, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self, reason: str, *, status: int | None = None, retry_after: float | None = None, timed_out: bool = False
+    ):
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.timed_out = timed_out
 
 
 def _import_openai() -> Any:
@@ -160,12 +176,12 @@ class OpenAIJudge:
         schema_mode: SchemaMode = "json_object",
         strict_schema: bool = False,
         max_concurrency: int = 8,
-        timeout: float = 60.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         max_attempts: int = 6,
         backoff_initial: float = 1.0,
         backoff_max: float = 30.0,
         max_retry_after: float = 60.0,
-        max_total_s: float = 300.0,
+        max_total_s: float | None = None,
         token_limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
         extra_body: dict[str, Any] | None = None,
     ):
@@ -194,7 +210,8 @@ class OpenAIJudge:
         self.backoff_initial = float(backoff_initial)
         self.backoff_max = float(backoff_max)
         self.max_retry_after = float(max_retry_after)
-        self.max_total_s = float(max_total_s)
+        # by default room for a timed-out attempt, the wait after it and one more attempt
+        self.max_total_s = float(max_total_s) if max_total_s is not None else max(300.0, 3 * self.timeout)
         self.token_limit_field = token_limit_field
         self.extra_body = dict(extra_body or {})
         self.stats = {"calls": 0, "attempts": 0, "retries": 0, "errors": 0}
@@ -298,6 +315,58 @@ class OpenAIJudge:
         # raised outside the except block, so no client exception rides along in __context__
         self.stats["errors"] += 1
         raise error
+
+    async def check(self, attempts: int = 3) -> None:
+        """Fail fast, naming the URL, when the server cannot be reached, refuses the key or does not
+        know the model; a run calls this once before its first latent instead of failing every latent
+        after minutes of retries. Asks the models list; a server without one, or that does not list
+        this model (llama.cpp's answers to any name), gets one 1-token chat instead. A reply it
+        cannot use still shows the server is there."""
+        openai = _import_openai()
+        client, _ = self._ensure_client()
+        where = f"{self.model} at {_public_url(self.base_url)}"
+        problem, fatal, listed = "", None, None
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(float(attempt))
+            try:
+                page = await asyncio.wait_for(client.models.list(timeout=CHECK_TIMEOUT_S), CHECK_TIMEOUT_S + 5)
+                listed = {getattr(m, "id", None) for m in getattr(page, "data", None) or []}
+                break
+            except (asyncio.TimeoutError, openai.APITimeoutError):
+                problem = f"no answer within {CHECK_TIMEOUT_S:g} s"
+            except openai.APIConnectionError as e:
+                cause = e.__cause__ or e
+                problem = self._scrub(f"connection error: {type(cause).__name__}: {cause}")
+            except openai.APIStatusError as e:
+                failure = self._status_failure(e)
+                if isinstance(failure, _Retryable):
+                    problem = failure.reason
+                    continue
+                if getattr(failure, "status", None) in (401, 403):
+                    fatal = failure
+                break  # no models route (404, 405...): the chat below decides
+            except (ValueError, TypeError, openai.OpenAIError):
+                break  # a models list this client cannot read: the chat below decides
+        else:
+            fatal = OpenAIJudgeError(
+                f"cannot reach the judge {where} ({attempts} attempts): {problem}; is the server running "
+                f"and the URL (--judge-url) right?"
+            )
+        if fatal is not None:
+            raise fatal  # outside the except blocks: the client's exception (and request) is not chained
+        if listed is not None and self.model in listed:
+            return
+        try:
+            await self.chat([{"role": "user", "content": "Say OK."}], max_tokens=1)
+        except OpenAIJudgeError as e:
+            # a server that answered, however oddly, is there: its answers are the scorers' to judge
+            if not e.unusable:
+                fatal = OpenAIJudgeError(
+                    f"the judge failed its first request: {e}", status=e.status, attempts=e.attempts
+                )
+        if fatal is not None:
+            raise fatal
 
     async def prompt_logprobs(
         self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
@@ -437,7 +506,11 @@ class OpenAIJudge:
             return ra + random.uniform(0, min(1.0, 0.1 * ra))
         n = max(0, state.attempt_number - 1)
         base = min(self.backoff_max, self.backoff_initial * (2**n))
-        return min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
+        wait = min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
+        if getattr(exc, "timed_out", False):
+            # the server is most likely still busy with the abandoned attempt: give it that long again
+            wait = max(wait, self.timeout)
+        return wait
 
     async def _attempt(self, request: Callable[[], Awaitable[Any]], parse: Callable[[Any], Any]) -> Any:
         """One request: its parsed answer, or `_Retryable`, or `OpenAIJudgeError` (not retried)."""
@@ -447,7 +520,9 @@ class OpenAIJudge:
         try:
             response = await asyncio.wait_for(request(), self.timeout)
         except (asyncio.TimeoutError, openai.APITimeoutError):
-            failure = _Retryable(f"timed out after {self.timeout:g} s")
+            failure = _Retryable(
+                f"timed out after {self.timeout:g} s (a busy server may need longer: --judge-timeout)", timed_out=True
+            )
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
             failure = _Retryable(self._scrub(f"connection error: {type(cause).__name__}: {cause}"))
@@ -455,7 +530,10 @@ class OpenAIJudge:
             failure = self._status_failure(e)
         except (ValueError, TypeError, openai.APIResponseValidationError) as e:  # a body that is not JSON
             failure = OpenAIJudgeError(
-                self._scrub(f"{self.model} at {_public_url(self.base_url)}: unreadable reply ({type(e).__name__}: {e})")
+                self._scrub(
+                    f"{self.model} at {_public_url(self.base_url)}: unreadable reply ({type(e).__name__}: {e})"
+                ),
+                unusable=True,
             )
         except openai.OpenAIError as e:
             failure = OpenAIJudgeError(
@@ -463,7 +541,11 @@ class OpenAIJudge:
             )
         if failure is not None:
             raise failure  # outside the except blocks: the client's exception is not chained
-        return parse(response)
+        try:
+            return parse(response)
+        except OpenAIJudgeError as e:
+            e.unusable = True  # the server answered; what it said cannot be used
+            raise
 
     def _status_failure(self, e: Any) -> BaseException:
         status = int(getattr(e, "status_code", 0) or 0)
@@ -544,7 +626,7 @@ class OpenAIJudge:
             completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
             calls=1,
         )
-        return Reply(text=content, logprobs=lps, usage=usage)
+        return Reply(text=content, logprobs=lps, usage=usage, finish_reason=getattr(choice, "finish_reason", None))
 
     async def aclose(self) -> None:
         client, loop = self._client, self._loop

@@ -1,7 +1,8 @@
 """A judge whose answers are computed by a Python function: for tests and benchmarks.
 
-It lets a test decide exactly what the "LLM" says (including garbage) so that the code around
-the judge (parsing, failure counting, metrics, resume) is tested without any model.
+It lets a test decide exactly what the "LLM" says (including garbage, or an answer cut off at the
+token limit: a `Reply` with `finish_reason="length"`) so that the code around the judge (parsing,
+failure counting, metrics, resume) is tested without any model.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class ScriptedJudge:
         out = self.responder(messages)
         reply = out if isinstance(out, Reply) else Reply(text=out)
         if not logprobs:
-            reply = Reply(text=reply.text, logprobs=None, usage=reply.usage)
+            reply = replace(reply, logprobs=None)
         prompt_chars = sum(len(m["content"]) for m in messages)
         reply.usage = Usage(prompt_tokens=prompt_chars // 4, completion_tokens=len(reply.text) // 4, calls=1)
         return reply

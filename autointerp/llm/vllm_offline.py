@@ -361,7 +361,7 @@ class VLLMJudge:
                 top.setdefault(text, float(chosen.logprob))
                 lps.append(TokenLogprob(token=text, logprob=float(chosen.logprob), top=top))
         usage = Usage(prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(token_ids), calls=1)
-        return Reply(text=completion.text, logprobs=lps, usage=usage)
+        return Reply(text=completion.text, logprobs=lps, usage=usage, finish_reason=completion.finish_reason)
 
     def _tokenize(self, text: str) -> tuple[list[int], list[int], list[bool]]:
         """Token ids of `text` (special tokens the tokenizer adds, like BOS, included), each token's

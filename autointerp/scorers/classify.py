@@ -4,9 +4,12 @@ Three ways to ask, picked by `mode`:
 - "logprobs": one item per call, one generated token, P(Yes) from the top logprobs. This is what
   works with small judges and what gives AUROC.
 - "text": one item per call, the answer's first word read as Yes or No (backends with no logprobs).
+  The limit of a few tokens may cut a chatty answer ("Yes, because the..."): its first word still
+  counts when it ended before the cut.
 - "json": `batch_size` items per call, answered as a JSON list of 0/1 (fewer calls, no AUROC).
-An answer that cannot be read is re-asked up to `max_reasks` times and then recorded as a failure of
-that item: it is excluded from the metrics and counted, never scored as a 0 or a 1.
+An answer that cannot be read, or that the token limit cut off before what is read, is re-asked up
+to `max_reasks` times and then recorded as a failure of that item: it is excluded from the metrics
+and counted, never scored as a 0 or a 1.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from autointerp.llm.asking import Request, ask
-from autointerp.llm.base import Judge, Message, Reply
+from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
 from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
@@ -148,9 +151,10 @@ async def ask_binary(
             if p is None:
                 return None, f"neither {first} nor {second} among the top logprobs"
             return (p > 0.5, p), ""
-        pred = from_text(reply.text)
+        # the first word decides; a word the token limit cut in two is not read as one
+        pred = from_text(reply.uncut_text())
         if pred is None:
-            return None, f"answer is not {first} or {second}"
+            return None, CUT_OFF if reply.truncated else f"answer is not {first} or {second}"
         return (pred, None), ""
 
     asked = await ask(judge, request, parse, attempts=max_reasks + 1, usage=usage)
@@ -284,6 +288,8 @@ class YesNoScorer(Scorer):
             return Request(messages, max_tokens=16 + 4 * n, temperature=temperature, schema=answers_schema(n))
 
         def parse(reply: Reply) -> tuple[list[bool] | None, str]:
+            if reply.truncated:  # a list the limit cut short is not a list of these answers
+                return None, CUT_OFF
             parsed = parse_json_answers(reply.text, n)
             return parsed, "" if parsed is not None else f"not a JSON list of {n} answers"
 

@@ -13,9 +13,9 @@ Two ways to ask, picked by `mode`:
   SmolLM2; none with "0"). A 0 is also what most tokens truly are, so the lines before a slot stay
   plausible; the cost is that an earlier firing token of the same excerpt is shown as silent.
 - "json" (any chat judge): the judge is asked for `{"activations": [...]}`, one number per token,
-  constrained by a schema of exactly that length. An answer of the wrong length or that cannot be read
-  is re-asked up to `max_reasks` times and then recorded as a failure of that example: excluded from
-  the metrics and counted, never read as zeros.
+  constrained by a schema of exactly that length. An answer of the wrong length, that cannot be read
+  or that the token limit cut off is re-asked up to `max_reasks` times and then recorded as a failure
+  of that example: excluded from the metrics and counted, never read as zeros.
 
 The scale is 0-9 rather than OpenAI's 0-10 because the embedded judges' tokenizers (Qwen2.5, SmolLM2)
 write 10 as the two tokens "1", "0": at a slot, a 10 would read as a 1. True activations are scaled
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from autointerp.llm.asking import Request, ask, score_text
-from autointerp.llm.base import Judge, PromptToken, Reply, can_score_text
+from autointerp.llm.base import CUT_OFF, Judge, PromptToken, Reply, can_score_text
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
 from autointerp.scorers.base import Scorer, UnfitJudge
@@ -215,6 +215,8 @@ class SimulationScorer(Scorer):
             return Request(messages, max_tokens=16 + 3 * n, temperature=temperature, schema=levels_schema(n))
 
         def parse(reply: Reply) -> tuple[list[float] | None, str]:
+            if reply.truncated:  # the levels after the cut are missing, whatever the text parses as
+                return None, CUT_OFF
             return parse_levels(reply.text, n)
 
         asked = await ask(judge, request, parse, attempts=self.settings.max_reasks + 1, usage=usage)

@@ -449,6 +449,40 @@ def neuron_hookpoint(name: str) -> str:
     return f"layers.{m.group(1)}.mlp.down_proj"
 
 
+def peek_num_latents(dictionary: str | Path, hookpoint: str | None = None) -> int | None:
+    """A sparsify or SAELens checkpoint's number of latents, from its safetensors header alone: no
+    weights read and no model loaded, so options that name latents are checked before minutes of
+    work. None when it cannot be told this way (neurons, a Gemma Scope params.npz, a name to fetch from
+    the Hub, an unusual layout, a broken file): the full loader then finds the number, or says what is
+    wrong."""
+    from safetensors import safe_open
+
+    if str(dictionary) == "neurons":
+        return None
+    if str(dictionary) == "default":
+        folder, hookpoint = DEFAULT_DICTIONARY, hookpoint or DEFAULT_HOOKPOINT
+    else:
+        folder = Path(dictionary)
+        folder = folder.parent if folder.is_file() else folder
+    if (folder / "sae_weights.safetensors").is_file():
+        weights, tensor, axis = folder / "sae_weights.safetensors", "W_enc", 1  # SAELens: [d_in, d_sae]
+    else:
+        candidates = [folder / "sae.safetensors"] if (folder / "cfg.json").is_file() else []
+        if not candidates and hookpoint:
+            candidates = [folder / hookpoint / "sae.safetensors"]
+        if not candidates:
+            candidates = sorted(folder.glob("*/sae.safetensors"))
+        if len(candidates) != 1:
+            return None
+        weights, tensor, axis = candidates[0], "encoder.weight", 0  # sparsify: [num_latents, d_in]
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shape = f.get_slice(tensor).get_shape()
+        return int(shape[axis])
+    except Exception:  # noqa: BLE001 - any problem is the full loader's to report
+        return None
+
+
 def load_dictionary(
     path: str | Path, hookpoint: str | None = None, cfg_overrides: dict[str, Any] | None = None
 ) -> Encoder:
