@@ -692,7 +692,8 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
             cls = find_scorer(scorer)
             asks = cls is None or cls.needs_judge  # embedding asks no judge
             note = f"{failed}/{total} judge answers unusable" if asks else f"{total} examples, no judge"
-            lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
+            if parts:  # an explain-only folder has the columns, but no score yet
+                lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
     for msg in summary.messages:
         lines.append("  " + msg)
     lines.append(f"results: {files.results}")

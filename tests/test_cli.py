@@ -294,6 +294,7 @@ def test_explain_by_tokens_loads_no_llm(tmp_path, capsys, monkeypatch):
     rc = main(["explain", "--out", str(out), "--explainer", "tokens", "--max-latents", "4", "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
+    assert "4 latents" in captured.out and "mean  (" not in captured.out  # nothing scored: no empty score line
     rows = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["explainer_model"] == "tokens" for r in rows)
     for r in rows:  # a label that names tokens, or a failure that says why: never an empty label
