@@ -16,9 +16,10 @@ from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
 from autointerp.embeddings import Embedder
+from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, JudgeError, check_judge_ready
 from autointerp.llm.cache import ResponseCacheError
-from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
+from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_latents
 from autointerp.results import RunFiles
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers.base import Scorer, ScorerContext
@@ -312,7 +313,8 @@ async def latent_stages(
         return loaded[name]
 
     best_of = "explain" in stages and config.explain.best_of > 1
-    explainer = judge(config.explainer_model) if "explain" in stages else None
+    by_llm = "explain" in stages and config.explainer_model != TOKENS_EXPLAINER  # tokens: no model at all
+    explainer = judge(config.explainer_model) if by_llm else None
     chooser = build_scorers([config.explain.best_of_scorer], config, context)[0] if best_of else None
     asking = (scorers if "score" in stages else []) + ([chooser] if chooser else [])
     scorer_judge = judge(config.judge) if any(s.needs_judge for s in asking) else None
@@ -334,7 +336,12 @@ async def latent_stages(
         worker = LatentWorker(
             files, config, sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
         )
-        return await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
+        await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
+        if "score" in stages and config.controls == "shuffled":
+            await run_controls(
+                latents, worker, seed=config.sampling.seed, concurrency=config.concurrency, progress=progress
+            )
+        return summary
     finally:
         for name, j in loaded.items():
             if hasattr(j, "summary"):

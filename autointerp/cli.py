@@ -28,6 +28,8 @@ from autointerp.config import (
     set_field,
     with_folder,
 )
+from autointerp.controls import CONTROL_KINDS
+from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.explanation_sources import FORMATS
 from autointerp.llm.accounting import PriceTable, describe
 from autointerp.results import RunFiles, materialize, usage_by_model
@@ -80,6 +82,7 @@ OPTION_FIELDS = {
     "judge": "judge",
     "explainer": "explainer",
     "scorers": "scorers",
+    "controls": "controls",
     "judge_mode": "classifier.mode",
     "batch_size": "classifier.batch_size",
     "fuzz_negatives": "fuzz_negatives",
@@ -326,7 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
                 f"OpenAI-compatible server, or 'vllm:MODEL' (HF folder or name, "
                 f"'vllm:smollm2') in process by vLLM (default: {DEFAULT_JUDGE})",
             )
-            g.add_argument("--explainer", help="explainer model, same choices as --judge (default: the judge)")
+            g.add_argument(
+                "--explainer",
+                help="explainer model, same choices as --judge (default: the judge); 'tokens': no LLM, the "
+                "label names the tokens most often marked in the training examples",
+            )
             g.add_argument(
                 "--judge-url",
                 help="base URL of the OpenAI-compatible server for openai:MODEL judges, "
@@ -414,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "--scorers",
                 type=_str_list,
                 help="comma-separated, from " + _scorers_help() + f" (default: {','.join(RunConfig().scorers)})",
+            )
+            g.add_argument(
+                "--controls",
+                choices=list(CONTROL_KINDS),
+                help="shuffled: also score each latent's held-out examples with another latent's label "
+                "(a seeded derangement), the chance level beside each score, <scorer>_control_* columns; "
+                "none: skip it (default: shuffled; doubles the scoring cost)",
             )
             g.add_argument(
                 "--embedding-model",
@@ -535,6 +549,13 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(
             "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"
         )
+    if config.controls not in CONTROL_KINDS:
+        raise ConfigError(f"unknown --controls {config.controls!r}; valid: {', '.join(CONTROL_KINDS)}")
+    if config.explainer_model == TOKENS_EXPLAINER and (config.explain.best_of > 1 or config.explain.style != "default"):
+        raise ConfigError(
+            "--explainer tokens makes one label from the marked tokens, with no LLM: it takes no --best-of "
+            "and no --explainer-style contrastive"
+        )
     if config.cache.ctx_len % config.cache.window_len:
         raise ConfigError("the context length must be a multiple of the window length")
     chooser = find_scorer(config.explain.best_of_scorer)
@@ -648,9 +669,10 @@ def provenance(resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
+    controlled = f"{summary.controlled} controlled, " if summary.controlled else ""
     lines = [
         f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
-        f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed"
+        f"{summary.scored} scored, {controlled}{summary.skipped} skipped, {summary.failed} failed"
     ]
     ok = table[table["status"] == "ok"] if len(table) else table
     from autointerp.scorers.registry import find_scorer, scorer_metrics
@@ -662,13 +684,16 @@ def print_summary(summary, table, config: RunConfig, files: RunFiles) -> None:
             for m in headline:
                 values = ok[f"{scorer}_{m}"].dropna()
                 if len(values):
-                    parts.append(f"{m} {values.mean():.3f}")
+                    control = ok[f"{scorer}_control_{m}"].dropna() if f"{scorer}_control_{m}" in ok else ()
+                    beside = f" (control {control.mean():.3f})" if len(control) else ""
+                    parts.append(f"{m} {values.mean():.3f}{beside}")
             failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
             total = int(ok[f"{scorer}_n"].fillna(0).sum())
             cls = find_scorer(scorer)
             asks = cls is None or cls.needs_judge  # embedding asks no judge
             note = f"{failed}/{total} judge answers unusable" if asks else f"{total} examples, no judge"
-            lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
+            if parts:  # an explain-only folder has the columns, but no score yet
+                lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
     for msg in summary.messages:
         lines.append("  " + msg)
     lines.append(f"results: {files.results}")

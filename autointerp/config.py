@@ -64,7 +64,7 @@ class RunConfig:
     dtype: str = "bfloat16"  # subject model dtype while caching
     device: str = "cpu"
     judge: str = DEFAULT_JUDGE  # scorer judge
-    explainer: str | None = None  # explainer model; None = same as judge
+    explainer: str | None = None  # explainer model; None = same as judge; "tokens" = the marked tokens, no LLM
     judge_url: str | None = None  # base URL for "openai:MODEL" judges (None = api.openai.com)
     judge_timeout: float = DEFAULT_JUDGE_TIMEOUT_S  # seconds per HTTP request attempt (a busy local server is slow)
     api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable holding the key, never the key
@@ -74,6 +74,8 @@ class RunConfig:
     response_cache_path: str | None = None  # None = <cache dir>/responses.sqlite
     prices: str | None = None  # JSON/TOML price table (USD per million tokens) for a cost estimate
     scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing"])
+    # "shuffled": also score each latent's held-out examples with another latent's label (its chance level)
+    controls: str = "shuffled"
     fuzz_negatives: str = "silent"
     embedding_model: str = "default"  # embedding scorer: "default" = bundled all-MiniLM-L6-v2, or a folder / id
     latents: list[int] | None = None

@@ -12,18 +12,31 @@ Two styles: `default` shows only activating examples; `contrastive` also shows t
 explainer-side silent examples (`train_negatives`, which `--negatives similar` makes hard) and asks
 what sets the two apart, so a label that only names the corpus's topic is pushed to be specific.
 The contrastive style takes no few-shot example (the shipped one has no silent excerpts).
+
+`--explainer tokens` asks no LLM at all: the label names the tokens marked most often in the
+training examples (`tokens_label`). It costs nothing, so it is the bar an LLM's label must clear,
+and a first pass over a dictionary too large to send to an LLM.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
 from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
-from autointerp.prompting import clean_token, format_marked, format_plain, load_prompt, marks_above, render
+from autointerp.prompting import (
+    clean_token,
+    format_marked,
+    format_plain,
+    load_prompt,
+    marks_above,
+    readable_token,
+    render,
+)
 from autointerp.records import Example, Explanation, LatentRecord, Usage
 
 _ANSWER = re.compile(r"\[EXPLANATION\]\s*:\s*(.+)", re.IGNORECASE)
@@ -54,6 +67,12 @@ class ExplainerSettings:
     best_of: int = 1  # sample this many labels and keep the best on the validation split (Transluce's recipe)
     best_of_scorer: str = "detection"  # the scorer that picks the best label
     best_of_temperature: float = 0.7  # labels after the first are samples at this temperature
+    # --explainer tokens: name at most this many tokens, each marked in at least this many training examples
+    tokens_max: int = 5
+    tokens_min_examples: int = 2
+
+
+TOKENS_EXPLAINER = "tokens"  # the explainer "model" that labels from marked tokens, with no LLM
 
 
 def format_examples(examples: list[Example], settings: ExplainerSettings, scale: float) -> str:
@@ -217,4 +236,92 @@ async def explain(
         usage=usage,
         failures=asked.failures,
         raw=asked.answer,
+    )
+
+
+# ---------------------------------------------------------------- labels with no LLM: the marked tokens
+
+
+@dataclass
+class MarkedToken:
+    """A token as the explainer would see it marked, merged over case and surrounding spaces."""
+
+    text: str  # its most common surface form, readable (newlines as ↵, spaces stripped)
+    examples: int  # training examples in which some form of it is marked
+    marks: int  # times it is marked, over all of them
+
+
+def marked_tokens(examples: list[Example], mark_fraction: float) -> list[MarkedToken]:
+    """Every marked token of `examples` (above `mark_fraction` of its example's maximum, as the
+    explainer marks them), the ones marked in most examples first, then by marks, then by text.
+
+    " also", "also" and "Also" are one token here: a label should not spend three of its few
+    places on one word; it shows the form marked most often.
+    """
+    forms: dict[str, Counter[str]] = {}
+    in_examples: Counter[str] = Counter()
+    marks: Counter[str] = Counter()
+    for ex in examples:
+        seen: set[str] = set()
+        for tok, marked in zip(ex.str_tokens, marks_above(ex, mark_fraction), strict=True):
+            if marked:
+                form = readable_token(tok)
+                key = form.casefold()
+                forms.setdefault(key, Counter())[form] += 1
+                marks[key] += 1
+                seen.add(key)
+        in_examples.update(seen)
+    ranked = sorted(in_examples, key=lambda k: (-in_examples[k], -marks[k], k))
+    return [MarkedToken(_surface(forms[k]), in_examples[k], marks[k]) for k in ranked]
+
+
+def _surface(forms: Counter[str]) -> str:
+    """The most common form; on a tie the lower-case one, then the first in sort order."""
+    return min(forms, key=lambda f: (-forms[f], f != f.lower(), f))
+
+
+def _quoted(text: str) -> str:
+    for left, right in (('"', '"'), ("'", "'")):
+        if left not in text:
+            return left + text + right
+    return "“" + text + "”"
+
+
+def tokens_label(record: LatentRecord, settings: ExplainerSettings | None = None) -> str:
+    """The label that names the latent's recurring strongly-activating tokens, or `ExplanationFailed`.
+
+    A token counts if it is marked in at least `tokens_min_examples` (2) training examples: a token
+    marked in one example only is that example's, not the latent's (with examples spread over
+    activation quantiles, a token the latent prefers is marked again and again). At most
+    `tokens_max` (5) are named, most frequent first. A latent with no recurring token gets no label
+    (never an empty one): the failure says which token came closest.
+    """
+    settings = settings or ExplainerSettings()
+    n = len(record.train)
+    if not n:
+        raise ExplanationFailed(f"latent {record.latent} has no training examples to take tokens from")
+    found = marked_tokens(record.train, settings.mark_fraction)
+    kept = [t for t in found if t.examples >= settings.tokens_min_examples][: max(1, settings.tokens_max)]
+    if not kept:
+        top = (
+            f"the most frequent, {_quoted(found[0].text)}, is marked in {found[0].examples} of {n}"
+            if found
+            else "no token is marked in any of them"
+        )
+        raise ExplanationFailed(
+            f"no strongly-activating token of latent {record.latent} recurs in its {n} training examples "
+            f"(at least {settings.tokens_min_examples} needed): {top}"
+        )
+    template = "explainer/tokens.md" if len(kept) > 1 else "explainer/tokens_one.md"
+    return render(load_prompt(template), tokens=", ".join(_quoted(t.text) for t in kept))
+
+
+def explain_by_tokens(record: LatentRecord, settings: ExplainerSettings | None = None) -> Explanation:
+    """`tokens_label` as the run records an explanation: `raw` keeps the counts it was made from."""
+    settings = settings or ExplainerSettings()
+    text = tokens_label(record, settings)
+    found = marked_tokens(record.train, settings.mark_fraction)[: 3 * settings.tokens_max]
+    counts = "; ".join(f"{_quoted(t.text)} in {t.examples} examples ({t.marks} marks)" for t in found)
+    return Explanation(
+        latent=record.latent, text=text, model=TOKENS_EXPLAINER, raw=f"{len(record.train)} training examples: {counts}"
     )

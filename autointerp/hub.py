@@ -165,11 +165,23 @@ def _column(df: pd.DataFrame, name: str) -> list[str]:
     return _unique(df[name]) if name in df else []
 
 
+def _finished(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["status"] == "ok"] if "status" in results else results
+
+
+def _mean(df: pd.DataFrame, column: str) -> float | None:
+    if column not in df:
+        return None
+    values = pd.to_numeric(df[column], errors="coerce").dropna()
+    return float(values.mean()) if len(values) else None
+
+
 def score_summary(results: pd.DataFrame, scorers: list[str]) -> list[dict[str, Any]]:
-    """Mean and median of each scorer's headline metrics over the latents that finished ("ok")."""
+    """Mean and median of each scorer's headline metrics over the latents that finished ("ok"), and
+    the mean of the same metric's shuffled-label control (None where the run has none)."""
     from autointerp.scorers import scorer_metrics
 
-    ok = results[results["status"] == "ok"] if "status" in results else results
+    ok = _finished(results)
     rows = []
     for scorer in scorers:
         for metric in scorer_metrics(scorer)[:HEADLINE]:
@@ -184,9 +196,36 @@ def score_summary(results: pd.DataFrame, scorers: list[str]) -> list[dict[str, A
                     "latents": len(values),
                     "mean": float(values.mean()) if len(values) else None,
                     "median": float(values.median()) if len(values) else None,
+                    "control": _mean(ok, f"{scorer}_control_{metric}"),
                 }
             )
     return rows
+
+
+def quantile_summary(results: pd.DataFrame, scorers: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The card's table of accuracy per activation quantile: a header, and a row per scorer that has
+    the metrics (and one for its control), each cell the mean over finished latents."""
+    from autointerp.scorers.metrics import NEGATIVE_ACCURACY, metric_quantile, quantile_metric
+
+    ok = _finished(results)
+    quantiles = sorted(
+        {
+            q
+            for c in ok.columns
+            for s in scorers
+            if c.startswith(s + "_") and (q := metric_quantile(c[len(s) + 1 :])) is not None
+        }
+    )
+    if not quantiles:
+        return [], []
+    rows = []
+    for scorer in scorers:
+        for name, prefix in ((f"`{scorer}`", f"{scorer}_"), (f"`{scorer}` control", f"{scorer}_control_")):
+            metrics = [quantile_metric(q) for q in quantiles] + [NEGATIVE_ACCURACY]
+            means = [_mean(ok, prefix + m) for m in metrics]
+            if any(m is not None for m in means[:-1]):
+                rows.append([name, *(_fmt(m) for m in means)])
+    return ["scorer", *(f"q{q}" for q in quantiles), "silent"], rows
 
 
 def _fmt(x: float | None) -> str:
@@ -285,10 +324,15 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
     model = (_column(df, "model") or [run.resolved.get("model") or cfg.get("model")])[0]
     hookpoints = _column(df, "hookpoint") or _unique([run.resolved.get("hookpoint") or cfg.get("hookpoint")])
     ok = int((df["status"] == "ok").sum()) if "status" in df else len(df)
+    scores = score_summary(df, scorers)
+    controlled = any(r["control"] is not None for r in scores)
     summary = [
-        [f"`{r['scorer']}`", r["metric"], _fmt(r["mean"]), _fmt(r["median"]), r["latents"]]
-        for r in score_summary(df, scorers)
+        [f"`{r['scorer']}`", r["metric"], _fmt(r["mean"]), _fmt(r["median"])]
+        + ([_fmt(r["control"])] if controlled else [])
+        + [r["latents"]]
+        for r in scores
     ]
+    quantile_header, quantile_rows = quantile_summary(df, scorers)
     stored = {"config": public_config(cfg), "resolved": run.resolved, "environment": run.environment}
 
     lines = [
@@ -318,9 +362,25 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
         f"Over the {ok:,} finished latents (a metric that is undefined for a latent, such as AUROC with one "
         "class, is null and left out):",
         "",
-        *_table(["scorer", "metric", "mean", "median", "latents"], summary),
+        *_table(["scorer", "metric", "mean", "median", *(["control mean"] if controlled else []), "latents"], summary),
         "",
     ]
+    if controlled:
+        lines += [
+            "The control is the same metric with each latent's held-out examples scored with another latent's "
+            "label (a seeded derangement; columns `<scorer>_control_<metric>`, the donor in "
+            "`<scorer>_control_latent`): the level a wrong label reaches with this judge on these examples.",
+            "",
+        ]
+    if quantile_rows:
+        lines += [
+            "Accuracy per activation quantile (q0 = weakest): the share of the held-out activating examples of "
+            "each quantile judged activating, and on silent examples the share judged silent; means over the "
+            "finished latents (columns `<scorer>_quantile_accuracy_<q>` and `<scorer>_negative_accuracy`):",
+            "",
+            *_table(quantile_header, quantile_rows),
+            "",
+        ]
     if unusable := _unusable(df, scorers):
         lines += [
             "Judge answers that could not be read (counted, excluded from the metrics): " + ", ".join(unusable) + ".",

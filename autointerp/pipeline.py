@@ -7,6 +7,9 @@ Within a latent, every scorer prompt starts with the same system prompt and expl
 latent's work carries a judge priority key (its position in the run, then its stage), so a judge
 behind an `OrderedJudge` gate serves one latent's scorer prompts back to back even when several
 latents are in flight, and a prefix cache (server or llama.cpp KV) is hit.
+
+After the latents, the control pass (`run_controls`) scores each explained latent's held-out
+examples again with another latent's label (controls.py), the same way and with the same keys.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,10 +25,11 @@ from tqdm.auto import tqdm
 
 from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
-from autointerp.explainers import ExplanationFailed, explain
+from autointerp.controls import TOO_FEW, donor_map
+from autointerp.explainers import TOKENS_EXPLAINER, ExplanationFailed, explain, explain_by_tokens
 from autointerp.llm.base import Judge
 from autointerp.llm.ordering import judge_priority
-from autointerp.records import Candidate, Explanation, ExplanationRow, LatentRecord, ScoreRow
+from autointerp.records import Candidate, Explanation, ExplanationRow, LatentId, LatentRecord, ScoreRow
 from autointerp.results import RunFiles, append_row
 from autointerp.sampling import NotEnoughExamples, Sampler
 from autointerp.scorers.base import Scorer
@@ -38,6 +42,7 @@ class RunSummary:
     explained: int = 0
     scored: int = 0
     skipped: int = 0
+    controlled: int = 0  # latents whose shuffled-label control was scored in this run
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
     failed_latents: set[int] = field(default_factory=set)  # no label, or a scorer that ended without a score
@@ -150,24 +155,29 @@ class LatentWorker:
         return row is not None and row.status == "ok" and row.explanation == text
 
     async def _explain(self, record: LatentRecord) -> ExplanationRow:
-        assert self.explainer is not None
         settings = self.config.explain
+        by_tokens = self.config.explainer_model == TOKENS_EXPLAINER  # no LLM: the marked tokens are the label
+        explainer = self.explainer
+        assert by_tokens or explainer is not None
+        model = explainer.model if explainer is not None else TOKENS_EXPLAINER
         try:
             candidates: list[Candidate] | None = None
             chosen_by: str | None = None
-            if settings.best_of > 1:
+            if by_tokens or explainer is None:
+                expl = explain_by_tokens(record, settings)
+            elif settings.best_of > 1:
                 if self.chooser is None or (self.judge is None and self.chooser.needs_judge):
                     raise ValueError("best-of-n explanations need a scorer and a judge to choose with")
-                expl, candidates = await best_of_n(record, self.explainer, self.judge, self.chooser, settings)
+                expl, candidates = await best_of_n(record, explainer, self.judge, self.chooser, settings)
                 chosen_by = self.chooser.name
             else:
-                expl = await explain(record, self.explainer, settings)
+                expl = await explain(record, explainer, settings)
             row = _explanation_row(
                 record,
                 "ok",
                 explanation=expl.text,
                 explainer_model=expl.model,
-                usage=expl.usage,
+                usage=None if by_tokens else expl.usage,  # no calls, no tokens: nothing to account for
                 failures=expl.failures,
                 raw=expl.raw,
                 candidates=candidates,
@@ -175,19 +185,38 @@ class LatentWorker:
             )
             self.summary.explained += 1
         except ExplanationFailed as e:
-            row = _explanation_row(record, "failed", error=str(e), explainer_model=self.explainer.model)
+            row = _explanation_row(record, "failed", error=str(e), explainer_model=model)
         except Exception:  # noqa: BLE001 - one latent's crash must not end the run
-            row = _explanation_row(record, "error", error=traceback.format_exc(), explainer_model=self.explainer.model)
+            row = _explanation_row(record, "error", error=traceback.format_exc(), explainer_model=model)
         append_row(self.files.explanations, row)
         return row
 
-    async def _score(self, scorer: Scorer, record: LatentRecord, explanation: Explanation) -> None:
+    async def control(self, latent: int, donor: ExplanationRow, done: set[str]) -> None:
+        """Score the latent's held-out examples with the donor's label, by every scorer not in `done`."""
+        assert donor.explanation is not None
+        try:
+            record = await asyncio.to_thread(self.sampler.record, latent)
+        except NotEnoughExamples:  # it had an explanation, so only a changed cache could get here
+            return
+        label = Explanation(latent=record.latent, text=donor.explanation, model=donor.explainer_model or "")
+        todo = [s for s in self.scorers if s.name not in done]
+        for scorer in todo:
+            with judge_priority(1 + self.scorers.index(scorer)):
+                await self._score(scorer, record, label, donor=donor.latent)
+        if todo:
+            self.summary.controlled += 1
+
+    async def _score(
+        self, scorer: Scorer, record: LatentRecord, explanation: Explanation, *, donor: int | None = None
+    ) -> None:
         hookpoint = record.latent.hookpoint
         # a scorer that asks no LLM (embedding) names its own model, and may run with no judge loaded
         judge_model = scorer.judge_model(self.judge)
         try:
             score = await scorer(record, explanation, self.judge)
-            row = ScoreRow.of(score, hookpoint=hookpoint, judge_model=judge_model, explanation=explanation.text)
+            row = ScoreRow.of(
+                score, hookpoint=hookpoint, judge_model=judge_model, explanation=explanation.text, donor=donor
+            )
             if score.n_examples > 0 and score.n_failed >= score.n_examples:
                 # a score none of whose judge answers could be used (a judge gone mid-run) is no score: it is
                 # counted as a failure, and done again when the run is resumed
@@ -207,6 +236,7 @@ class LatentWorker:
                 explanation=explanation.text,
                 judge_model=judge_model,
                 error=traceback.format_exc(),
+                donor=donor,
             )
             self.summary.failed_latents.add(record.latent.index)
         append_row(self.files.scores, row)
@@ -224,19 +254,75 @@ async def process_latents(
     Each latent's judge requests carry its position as their priority key (see llm/ordering.py).
     """
     start = time.perf_counter()
+    await _each(latents, worker.process, concurrency=concurrency, progress=progress, desc="latents")
+    worker.summary.latents = len(latents)
+    worker.summary.seconds = time.perf_counter() - start
+    return worker.summary
+
+
+async def run_controls(
+    latents: list[int],
+    worker: LatentWorker,
+    *,
+    seed: int,
+    concurrency: int = 1,
+    progress: bool = True,
+) -> RunSummary:
+    """The control pass: each of `latents` that has a label is scored again with its donor's label.
+
+    Donors come from a derangement (controls.py) of every labelled latent in the run folder, not
+    only of `latents`, so that scoring a few latents (`--latents 5`, an import of one label) still
+    has labels to borrow. A (latent, scorer) whose control is already in the log is not scored
+    again, even if the donors have changed since (more latents, say): it is still a wrong label for
+    that latent. With fewer than two labelled latents there is no other label to lend: the summary
+    says so and the run goes on.
+    """
+    start = time.perf_counter()
+    explanations = worker.files.explanations_by_latent()
+    controls = worker.files.controls_by_latent()
+    names = [s.name for s in worker.scorers]
+    done = {
+        i: {n for n in names if (c := controls.get((i, n))) is not None and c.status == "ok"}
+        for i in dict.fromkeys(latents)
+        if _labelled(explanations.get(i))
+    }
+    todo = [i for i, finished in done.items() if len(finished) < len(names)]
+    if not todo:
+        return worker.summary
+    hookpoint = worker.sampler.cache.meta.hookpoint
+    pool = [LatentId(hookpoint, i) for i, row in explanations.items() if _labelled(row)]  # a folder: one hookpoint
+    if len(pool) < 2:
+        worker.summary.messages.append(TOO_FEW)
+        return worker.summary
+    donors = donor_map(pool, seed)
+
+    async def control(latent: int) -> None:
+        donor = explanations[donors[LatentId(hookpoint, latent)].index]
+        await worker.control(latent, donor, done[latent])
+
+    await _each(todo, control, concurrency=concurrency, progress=progress, desc="controls")
+    worker.summary.seconds += time.perf_counter() - start
+    return worker.summary
+
+
+def _labelled(row: ExplanationRow | None) -> bool:
+    return row is not None and row.status == "ok" and bool(row.explanation)
+
+
+async def _each(
+    latents: list[int], work: Callable[[int], Awaitable[None]], *, concurrency: int, progress: bool, desc: str
+) -> None:
+    """`work` on every latent, at most `concurrency` at a time, each under its position's judge priority."""
     semaphore = asyncio.Semaphore(max(1, concurrency))
-    bar = tqdm(total=len(latents), unit="latent", desc="latents", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(latents), unit="latent", desc=desc, disable=not progress, dynamic_ncols=True)
 
     async def one(position: int, latent: int) -> None:
         async with semaphore:
             with judge_priority(position):
-                await worker.process(latent)
+                await work(latent)
         bar.update(1)
 
     try:
         await asyncio.gather(*(one(p, i) for p, i in enumerate(latents)))
     finally:
         bar.close()
-    worker.summary.latents = len(latents)
-    worker.summary.seconds = time.perf_counter() - start
-    return worker.summary

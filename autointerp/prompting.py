@@ -58,6 +58,20 @@ def clean_token(s: str) -> str:
     return s.replace("<", "‹").replace(">", "›").replace("\r", "").replace("\n", "↵")
 
 
+_BLANKS = {" ": "␣", "\t": "⇥"}
+
+
+def readable_token(s: str) -> str:
+    """A token as a reader can see it in a label: `clean_token`'s delimiters and newlines (↵),
+    surrounding spaces dropped, other invisible characters as escapes (\\u200b); a token of only
+    spaces or tabs shows them as ␣ and ⇥."""
+    text = "".join(
+        ch if ch.isprintable() or ch in _BLANKS else ch.encode("unicode_escape").decode("ascii")
+        for ch in clean_token(s)
+    )
+    return text.strip() or "".join(_BLANKS.get(ch, ch) for ch in text)
+
+
 def format_marked(str_tokens: Sequence[str], marked: Sequence[bool]) -> str:
     """Text with runs of marked tokens wrapped in << >> (adjacent marked tokens share one pair)."""
     out: list[str] = []

@@ -14,7 +14,9 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-SCHEMA_VERSION = 2  # of the log rows; 1 = the rows written before versions were recorded
+SCHEMA_VERSION = 3  # of the log rows; 1 = the rows written before versions were recorded
+# 2: judgments carry `value` and `detail` with one meaning per field, explanation rows `train_quantiles`;
+# 3: score rows carry `donor` (shuffled-label controls)
 
 
 @dataclass(frozen=True)
@@ -258,7 +260,11 @@ class ExplanationRow:
 
 @dataclass
 class ScoreRow:
-    """One line of `scores.jsonl`: one scorer's score of one explanation of a latent, with every judgment."""
+    """One line of `scores.jsonl`: one scorer's score of one explanation of a latent, with every judgment.
+
+    A *control* row scores the latent's own held-out examples with another latent's label (the
+    `donor`'s, which `explanation` then holds): the chance level its real score is read against.
+    """
 
     latent: int
     hookpoint: str | None
@@ -272,10 +278,17 @@ class ScoreRow:
     n_failed: int | None = None
     usage: Usage | None = None
     judgments: list[Judgment] | None = None
+    donor: int | None = None  # a control: the latent whose label was scored (same hookpoint); None: its own label
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def control(self) -> bool:
+        return self.donor is not None
+
     @classmethod
-    def of(cls, score: Score, *, hookpoint: str, judge_model: str | None, explanation: str) -> ScoreRow:
+    def of(
+        cls, score: Score, *, hookpoint: str, judge_model: str | None, explanation: str, donor: int | None = None
+    ) -> ScoreRow:
         return cls(
             latent=score.latent.index,
             hookpoint=hookpoint,
@@ -288,6 +301,7 @@ class ScoreRow:
             n_failed=score.n_failed,
             usage=score.usage,
             judgments=score.judgments,
+            donor=donor,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -305,6 +319,10 @@ class ScoreRow:
             if version == 1:
                 judgments = [_judgment_v1(data["scorer"], j) for j in judgments]
             known["judgments"] = [Judgment.from_json(j) for j in judgments if isinstance(j, dict)]
+        if version < 3:
+            known.pop("donor", None)  # no controls before schema 3: every row scored the latent's own label
+        elif known.get("donor") is not None and not isinstance(known["donor"], int):
+            raise RowError(f"a score row's donor is {known['donor']!r}, not a latent index")
         return cls(**{**known, "schema_version": SCHEMA_VERSION})
 
 

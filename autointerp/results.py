@@ -118,8 +118,12 @@ class RunFiles:
         return latest(read_explanations(self.explanations), lambda r: r.latent)
 
     def scores_by_latent(self) -> dict[tuple[int, str], ScoreRow]:
-        """Each (latent, scorer)'s newest score row."""
-        return latest(read_scores(self.scores), lambda r: (r.latent, r.scorer))
+        """Each (latent, scorer)'s newest score row of its own label (controls left out)."""
+        return latest((r for r in read_scores(self.scores) if not r.control), lambda r: (r.latent, r.scorer))
+
+    def controls_by_latent(self) -> dict[tuple[int, str], ScoreRow]:
+        """Each (latent, scorer)'s newest control row: its examples scored with a donor latent's label."""
+        return latest((r for r in read_scores(self.scores) if r.control), lambda r: (r.latent, r.scorer))
 
 
 def usage_by_model(files: RunFiles) -> dict[str, Usage]:
@@ -146,18 +150,23 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _metric_columns(scorer: str, scores: dict[tuple[int, str], ScoreRow]) -> list[str]:
-    """The scorer's declared metrics, then any other metric its rows hold (a newer version's, say)."""
+def _metric_columns(scorer: str, rows: Iterable[ScoreRow]) -> list[str]:
+    """The scorer's declared metrics, then the accuracy per activation quantile in quantile order,
+    then any other metric its rows hold (a newer version's, say)."""
+    from autointerp.scorers.metrics import metric_quantile
     from autointerp.scorers.registry import scorer_metrics
 
     names = list(scorer_metrics(scorer))
-    for (_, name), row in scores.items():
-        if name == scorer:
-            names += [m for m in (row.metrics or {}) if m not in names]
-    return names
+    extra: list[str] = []
+    for row in rows:
+        if row.scorer == scorer:
+            extra += [m for m in (row.metrics or {}) if m not in names and m not in extra]
+    quantiles = sorted((m for m in extra if metric_quantile(m) is not None), key=metric_quantile)  # type: ignore[arg-type]
+    return names + quantiles + [m for m in extra if metric_quantile(m) is None]
 
 
-JUDGMENT_COLUMNS = ["hookpoint", "latent", "scorer", *(f.name for f in fields(Judgment))]
+# `control`: the judgment belongs to a shuffled-label control (the latent's example, another latent's label)
+JUDGMENT_COLUMNS = ["hookpoint", "latent", "scorer", "control", *(f.name for f in fields(Judgment))]
 
 
 def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str]) -> pd.DataFrame:
@@ -168,8 +177,10 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
     explanations = files.explanations_by_latent()
     scores = files.scores_by_latent()
     scorers = list(dict.fromkeys([*scorers, *(name for _, name in scores)]))
+    controls = files.controls_by_latent()
     latents = sorted(set(explanations) | {k[0] for k in scores})
-    metric_columns = {name: _metric_columns(name, scores) for name in scorers}
+    metric_columns = {name: _metric_columns(name, [*scores.values(), *controls.values()]) for name in scorers}
+    controlled = {name for _, name in controls}  # scorers with control columns: those with a control row
     rows = []
     judgment_rows = []
     for latent in latents:
@@ -205,10 +216,31 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
                 row["status"] = f"{scorer} {s.status}"
                 row["error"] = s.error
             for j in (s.judgments if s else None) or []:
-                judgment_rows.append({"hookpoint": row["hookpoint"], "latent": latent, "scorer": scorer, **asdict(j)})
+                judgment_rows.append(
+                    {"hookpoint": row["hookpoint"], "latent": latent, "scorer": scorer, "control": False, **asdict(j)}
+                )
+            if scorer in controlled:
+                # the latent's examples scored with another latent's label: its chance level, kept even
+                # when the latent's own label has since changed (it is still a wrong label for them)
+                c = controls.get((latent, scorer))
+                control_metrics = (c.metrics if c is not None and c.status == "ok" else None) or {}
+                for m in metric_columns[scorer]:
+                    row[f"{scorer}_control_{m}"] = control_metrics.get(m)
+                row[f"{scorer}_control_latent"] = c.donor if c is not None else None
+                row[f"{scorer}_control_explanation"] = c.explanation if c is not None else None
+                for j in (c.judgments if c is not None else None) or []:
+                    judgment_rows.append(
+                        {
+                            "hookpoint": row["hookpoint"],
+                            "latent": latent,
+                            "scorer": scorer,
+                            "control": True,
+                            **asdict(j),
+                        }
+                    )
         rows.append(row)
     df = pd.DataFrame(rows)
-    int_cols = ["latent", "fire_windows"] + [f"{s}_{c}" for s in scorers for c in ("n", "n_failed")]
+    int_cols = ["latent", "fire_windows"] + [f"{s}_{c}" for s in scorers for c in ("n", "n_failed", "control_latent")]
     for c in int_cols:
         if c in df:
             df[c] = df[c].astype("Int64")

@@ -261,3 +261,43 @@ def test_judge_timeout_reaches_the_http_judge():
     config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "0"]))
     with pytest.raises(Exception, match="--judge-timeout must be a positive"):
         _validate(config)
+
+
+def test_controls_and_the_tokens_explainer_reach_the_config(tmp_path, capsys):
+    from autointerp.cli import config_from_args
+
+    config, explicit = config_from_args(build_parser().parse_args(["run", "--out", "x", "--controls", "none"]))
+    assert config.controls == "none" and "controls" in explicit
+    assert build_parser().parse_args(["score", "--out", "x"]).__dict__.get("controls") is None  # default: the config's
+    assert RunConfig().controls == "shuffled"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--out", "x", "--controls", "sometimes"])
+    assert "--controls" in capsys.readouterr().err
+    config, _ = config_from_args(build_parser().parse_args(["explain", "--out", "x", "--explainer", "tokens"]))
+    assert config.explainer_model == "tokens"
+    for extra in (["--best-of", "3"], ["--explainer-style", "contrastive"]):
+        rc, err = _run(capsys, "run", "--out", str(tmp_path / "r"), "--explainer", "tokens", *extra)
+        assert rc == 2 and "--explainer tokens" in err
+
+
+def test_explain_by_tokens_loads_no_llm(tmp_path, capsys, monkeypatch):
+    """On the embedded model and SAE: `explain --explainer tokens` labels latents without any judge."""
+
+    def no_judge(name, config):
+        raise AssertionError(f"a judge was built: {name}")
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(f"Also, in May {i} we also walked, and also ran; still, it rained." for i in range(80)))
+    out = tmp_path / "r"
+    assert main(["cache", "--out", str(out), "--corpus", str(corpus), "--n-tokens", "4096", "--quiet"]) == 0
+    monkeypatch.setattr(app, "make_judge", no_judge)
+    rc = main(["explain", "--out", str(out), "--explainer", "tokens", "--max-latents", "4", "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "4 latents" in captured.out and "mean  (" not in captured.out  # nothing scored: no empty score line
+    rows = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(r["explainer_model"] == "tokens" for r in rows)
+    for r in rows:  # a label that names tokens, or a failure that says why: never an empty label
+        assert (r["status"], r["explanation"] is not None) in (("ok", True), ("failed", False))
+        assert r["explanation"] is None or r["explanation"].startswith(("the token ", "the tokens "))
+        assert r["status"] == "ok" or "no strongly-activating token" in r["error"]

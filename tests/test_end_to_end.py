@@ -58,8 +58,16 @@ def test_quick_run_on_the_embedded_default(tmp_path):
         assert (table[f"{scorer}_n"] > 0).all()
         assert (table[f"{scorer}_n_failed"] < table[f"{scorer}_n"]).all()
 
+    # the shuffled-label control: each latent's examples scored again with another latent's label
+    assert (table["detection_control_latent"] != table["latent"]).all()
+    assert sorted(table["detection_control_latent"]) == sorted(table["latent"])
+    assert table["detection_control_auroc"].between(0, 1).all()
+    assert "(control " in proc.stdout
+
     judgments = pd.read_parquet(out / "judgments.parquet")
-    assert len(judgments) == int(table["detection_n"].sum() + table["fuzzing_n"].sum())
+    own = judgments[~judgments["control"]]
+    assert len(own) == int(table["detection_n"].sum() + table["fuzzing_n"].sum())
+    assert judgments["control"].sum() == len(own)
     assert judgments["probability"].dropna().between(0, 1).all()
 
     config = json.loads((out / "config.json").read_text())
@@ -79,7 +87,7 @@ def test_quick_run_on_the_embedded_default(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == expected_rc, again.stderr[-3000:]
     assert len((out / "explanations.jsonl").read_text().splitlines()) == 3
-    assert len((out / "scores.jsonl").read_text().splitlines()) == 2 * len(table)
+    assert len((out / "scores.jsonl").read_text().splitlines()) == 2 * 2 * len(table)  # scorers x (own, control)
     assert len(pd.read_parquet(out / "results.parquet")) == 3
 
     # the same job in a new folder is answered entirely from the response cache, with the same scores

@@ -468,13 +468,15 @@ def test_imported_explanations_are_scored_and_a_right_one_beats_a_wrong_one(tmp_
     assert table.loc[a, "explainer_model"] == "imported:neuronpedia:gpt-4o-mini"
     right = table.loc[a, ["detection_balanced_accuracy", "fuzzing_balanced_accuracy"]]
     assert (right >= 0.75).all(), right
+    # the shuffled-label control: with two labels, each latent is scored with the other's
+    assert table.loc[a, "detection_control_latent"] == b and table.loc[b, "fuzzing_control_latent"] == a
     calls_first = len(oracle_judge.calls)
 
     # running the same import again asks the judge nothing and adds no row
     out = _score(files, source, capsys)
     assert "0 new, 0 replaced, 2 unchanged" in out
     assert len(oracle_judge.calls) == calls_first
-    assert len(list(read_jsonl(files.explanations))) == 2 and len(list(read_jsonl(files.scores))) == 4
+    assert len(list(read_jsonl(files.explanations))) == 2 and len(list(read_jsonl(files.scores))) == 2 * 4
 
     # a delphi folder with a wrong explanation of latent a replaces its label; imported alone (as if scoring
     # were interrupted) the old scores already disappear from the results, since they belong to the old label
@@ -490,7 +492,9 @@ def test_imported_explanations_are_scored_and_a_right_one_beats_a_wrong_one(tmp_
     out = _score(files, wrong_source, capsys)
     assert "0 new, 0 replaced, 1 unchanged" in out
     judgments = pd.read_parquet(files.judgments)
-    assert len(oracle_judge.calls) == calls_first + int((judgments["latent"] == a).sum())
+    own = judgments[~judgments["control"]]
+    assert len(oracle_judge.calls) == calls_first + int((own["latent"] == a).sum())  # its control is kept
+    assert "at least two" not in out  # one latent scored, but the folder has labels to lend (and a's is done)
     table = pd.read_parquet(files.results).set_index("latent")
     assert table.loc[a, "explanation"] == describe(wrong_a[:8])
     assert table.loc[a, "explainer_model"] == "imported:delphi:llama-70b"
@@ -501,7 +505,7 @@ def test_imported_explanations_are_scored_and_a_right_one_beats_a_wrong_one(tmp_
     old = [r for r in read_jsonl(files.scores) if r["latent"] == a and r["explanation"] == describe(right_a)]
     assert len(old) == 2
     current = [r for r in read_jsonl(files.scores) if r["latent"] == a and r["explanation"] == describe(wrong_a[:8])]
-    assert sum(len(r["judgments"]) for r in current) == int((judgments["latent"] == a).sum())
+    assert sum(len(r["judgments"]) for r in current) == int((own["latent"] == a).sum())
 
 
 def test_cli_explanations_layer_and_format_options(tmp_path, tiny_cache, oracle_judge, capsys):

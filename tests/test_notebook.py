@@ -48,7 +48,8 @@ def test_results_notebook_reproduces_the_report(tiny_llama, tmp_path, monkeypatc
     nb.cells.append(
         nbformat.v4.new_code_cell(
             'import sys\nprint(json.dumps({"executable": sys.executable, "run": str(RUN), '
-            '"histograms": len(hist_axes), "latents": len(table), "agreement": agree.to_dict("records")}))'
+            '"histograms": len(hist_axes), "latents": len(table), "agreement": agree.to_dict("records"), '
+            '"quantile_means": quantile_means, "table_columns": list(table.columns)}))'
         )
     )
     NotebookClient(
@@ -65,5 +66,12 @@ def test_results_notebook_reproduces_the_report(tiny_llama, tmp_path, monkeypatc
     [got] = facts["agreement"]
     assert got["latents"] == expected.n
     assert got["pearson"] == pytest.approx(expected.pearson) and got["spearman"] == pytest.approx(expected.spearman)
+    # accuracy per activation quantile, for the two Yes/No scorers and their shuffled-label controls
+    assert set(facts["quantile_means"]) == {f"{s} {k}" for s in ("detection", "fuzzing") for k in (s, "control")}
+    for scorer in ("detection", "fuzzing"):
+        for key, prefix in ((f"{scorer} {scorer}", f"{scorer}_"), (f"{scorer} control", f"{scorer}_control_")):
+            expected = [results[f"{prefix}quantile_accuracy_{q}"].mean() for q in range(10)]
+            assert facts["quantile_means"][key] == pytest.approx(expected)
+    assert "detection_control_balanced_accuracy" in facts["table_columns"]
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 2  # the histograms and the scatter plots
+    assert len(images) == 3  # the histograms, the accuracy per quantile and the scatter plots

@@ -17,7 +17,7 @@ from planted import yes_no
 from autointerp.cli import build_parser, main
 from autointerp.config import RunConfig, save_config
 from autointerp.llm.scripted import ScriptedJudge
-from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
+from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_latents
 from autointerp.results import RunFiles, materialize
 from autointerp.sampling import Sampler, SamplingSettings
 from autointerp.scorers import DetectionScorer, FuzzingScorer
@@ -55,6 +55,7 @@ def run_folder(tiny_cache, tmp_path_factory) -> Path:
         RunSummary(),
     )
     asyncio.run(process_latents(latents, worker, progress=False))
+    asyncio.run(run_controls(latents, worker, seed=0, progress=False))
     resolved = {
         "model": "tiny-llama",
         "dictionary": "/data/sae/tiny/layers.1",
@@ -142,15 +143,29 @@ def test_dry_run_folder_is_a_loadable_dataset_with_a_truthful_card(run_folder, t
         assert text in card, text
     assert "127.0.0.1:9/v1" in card and JUDGE_SECRET not in card and "bob" not in card
 
-    # the summary table holds the real mean and median of each scorer's headline metrics
+    # the summary table holds the real mean and median of each scorer's headline metrics, and the mean of
+    # their shuffled-label controls
     results = pd.read_parquet(run_folder / "results.parquet")
     ok = results[results["status"] == "ok"]
     assert len(ok) >= 2
+    assert "| scorer | metric | mean | median | control mean | latents |" in card
     for scorer in ("detection", "fuzzing"):
         for metric in ("balanced_accuracy", "auroc"):
             values = ok[f"{scorer}_{metric}"].dropna()
-            row = f"| `{scorer}` | {metric} | {values.mean():.3f} | {values.median():.3f} | {len(values)} |"
+            control = ok[f"{scorer}_control_{metric}"].dropna()
+            row = (
+                f"| `{scorer}` | {metric} | {values.mean():.3f} | {values.median():.3f} | {control.mean():.3f} "
+                f"| {len(values)} |"
+            )
             assert row in card, row
+    # and a table of the accuracy per activation quantile, the control's below each scorer's
+    quantiles = sorted(int(c.rsplit("_", 1)[1]) for c in ok if c.startswith("detection_quantile_accuracy_"))
+    assert quantiles and "| scorer | " + " | ".join(f"q{q}" for q in quantiles) + " | silent |" in card
+    for name, prefix in (("`detection`", "detection_"), ("`detection` control", "detection_control_")):
+        cells = [ok[f"{prefix}quantile_accuracy_{q}"].mean() for q in quantiles] + [
+            ok[f"{prefix}negative_accuracy"].mean()
+        ]
+        assert f"| {name} | " + " | ".join(f"{v:.3f}" for v in cells) + " |" in card
 
     # staging again gives the same bytes: the card is a function of the run folder
     assert (

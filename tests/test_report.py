@@ -89,14 +89,34 @@ def test_index_lists_every_latent_with_its_headline_scores(site, results):
         cells = re.search(rf'<tr><td class="num" data-v="{latent}">.*?</tr>', table).group(0)
         shown = [float(v) for v in re.findall(r'data-v="([^"]*)"', cells)[3:] if v]
         expected = [
-            row[c]
-            for c in ("detection_balanced_accuracy", "detection_auroc", "fuzzing_balanced_accuracy", "fuzzing_auroc")
-            if pd.notna(row[c])
+            row[f"{scorer}_{c}"]
+            for scorer in ("detection", "fuzzing")
+            for c in ("balanced_accuracy", "auroc", "control_balanced_accuracy")  # the headline's control too
+            if pd.notna(row[f"{scorer}_{c}"])
         ]
         assert shown == pytest.approx(expected, rel=1e-5)
-    # a histogram per scorer and shown metric, and a scatter for the one pair of scorers
-    assert section(html, "distributions").count("<svg") == 4
+    assert "<small>balanced_accuracy control</small>" in table
+    # a histogram per scorer and shown metric, with its control in outline; a scatter for the one pair of
+    # scorers; a chart of accuracy per activation quantile for each of the two Yes/No scorers
+    distributions = section(html, "distributions")
+    assert distributions.count("<svg") == 4 and distributions.count('class="bar control"') > 0
+    control = results["detection_control_balanced_accuracy"].dropna()
+    assert f"(control {control.mean():.3f})" in distributions
     assert section(html, "agreement").count("<svg") == 1
+    assert section(html, "quantiles").count("<svg") == 2
+
+
+def test_quantile_chart_shows_the_mean_accuracy_per_quantile(site, results):
+    chart = section((site / "index.html").read_text(), "quantiles").split("</svg>")[0]
+    drawn = {
+        (name, int(q)): float(v) for name, q, v in re.findall(r"<title>(detection|control), (\d+): ([\d.]+)", chart)
+    }
+    quantiles = sorted(int(c.rsplit("_", 1)[1]) for c in results if c.startswith("detection_quantile_accuracy_"))
+    assert quantiles == list(range(10))
+    for q in quantiles:
+        assert drawn["detection", q] == pytest.approx(results[f"detection_quantile_accuracy_{q}"].mean(), abs=1e-3)
+        control = results[f"detection_control_quantile_accuracy_{q}"].mean()
+        assert drawn["control", q] == pytest.approx(control, abs=1e-3)
 
 
 def test_agreement_is_the_correlation_of_headline_metrics(site, results):
@@ -188,10 +208,15 @@ def test_skipped_latents_say_why(site, results):
 def test_latent_page_shows_every_judgment_right_and_wrong(site, run, results):
     judgments = pd.read_parquet(run / "judgments.parquet")
     assert (judgments["prediction"].isna()).any(), "the fixture judge should leave some answers unreadable"
+    assert judgments["control"].any() and not judgments["control"].all()
     for latent, group in judgments.groupby("latent"):
         html = section((site / "latents" / f"{latent}.html").read_text(), "judged")
-        for scorer, rows in group.groupby("scorer"):
-            part = html.split(f"<h3>{scorer}</h3>")[1].split("<h3>")[0]
+        for (scorer, control), rows in group.groupby(["scorer", "control"]):
+            heading = f"<h3>{scorer} · control</h3>" if control else f"<h3>{scorer}</h3>"
+            part = html.split(heading)[1].split("<h3>")[0]
+            if control:  # names the latent whose label was used
+                donor = int(results.set_index("latent").loc[latent, f"{scorer}_control_latent"])
+                assert f'<a href="{donor}.html">latent {donor}</a>' in part
             answered = rows.dropna(subset=["prediction"])
             wrong = int((answered["prediction"].astype(bool) != answered["activating"]).sum())
             right = len(answered) - wrong
@@ -347,7 +372,7 @@ def test_chromium_renders_the_site(site, tmp_path):
 
     dom = _browser((site / "index.html").as_uri(), tmp_path, "--dump-dom").stdout
     assert 'id="latents" data-sortable="ready"' in dom  # the sorting script ran
-    assert dom.count("<svg") == 5 and dom.count('class="bar"') > 0 and dom.count('class="dot"') > 0
+    assert dom.count("<svg") == 7 and dom.count('class="bar"') > 0 and dom.count('class="dot"') > 0
     page = _browser(payload_page.as_uri(), tmp_path, "--dump-dom").stdout
     title = re.search(r"<title>(.*?)</title>", page).group(1)
     assert "pwned" not in title  # the corpus' <script> did not run...

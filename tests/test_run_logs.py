@@ -80,14 +80,18 @@ def test_materialising_old_logs_gives_the_same_tables(tmp_path):
         shutil.copy(V1 / name, run / name)
     materialize(RunFiles(run), PROVENANCE, SCORERS)
     before, after = pd.read_parquet(V1 / "results.parquet"), pd.read_parquet(run / "results.parquet")
-    assert list(before.columns) == list(after.columns)
+    # metrics declared since (schema 3) get their columns, empty: the old rows do not hold them
+    added = ["detection_negative_accuracy", "fuzzing_negative_accuracy"]
+    assert [c for c in after.columns if c not in added] == list(before.columns)
+    assert after[added].isna().all().all()
     for column in before.columns:
         assert _values(before[column]) == _values(after[column]), column
     # the superseded scores of the replaced label stay out of the table
     assert after.loc[after["latent"] == 1, "detection_n"].isna().all()
 
     before, after = pd.read_parquet(V1 / "judgments.parquet"), pd.read_parquet(run / "judgments.parquet")
-    assert list(after.columns) == [*before.columns, "detail"]
+    assert list(after.columns) == [*before.columns[:3], "control", *before.columns[3:], "detail"]
+    assert not after["control"].any()  # no controls before schema 3
     moved = after["scorer"].isin(["surprisal", "intervention", "simulation"])
     for column in before.columns:
         same = _values(before.loc[~moved, column]) == _values(after.loc[~moved, column])
@@ -130,3 +134,43 @@ def test_unreadable_rows_say_where_and_why(tmp_path):
     path.write_text(json.dumps({"latent": "one", "status": "ok"}) + "\n")
     with pytest.raises(RowError, match="not an integer"):
         list(read_explanations(path))
+
+
+def test_control_rows_name_their_donor_and_older_rows_are_no_controls(tmp_path):
+    judgment = Judgment(1, True, True, 0.8, 2.5, 3, answer="Yes", text="x")
+    score = Score(LatentId("layers.10", 3), "detection", {"auroc": 0.5}, 1, 0, [judgment], Usage(7, 1, 1))
+    path = tmp_path / "scores.jsonl"
+    control = ScoreRow.of(score, hookpoint="layers.10", judge_model="j", explanation="commas", donor=8)
+    append_row(path, control)
+    assert json.loads(path.read_text())["donor"] == 8
+    [read] = read_scores(path)
+    assert read == control and read.control and read.explanation == "commas"
+    # a schema-2 row has no donor: it scored the latent's own label, and so does one that says None
+    path.write_text(
+        json.dumps(
+            {"latent": 3, "hookpoint": "h", "scorer": "detection", "status": "ok", "schema_version": 2, "donor": 8}
+        )
+        + "\n"
+        + json.dumps(
+            {"latent": 4, "hookpoint": "h", "scorer": "detection", "status": "ok", "schema_version": 3, "donor": None}
+        )
+        + "\n"
+    )
+    assert [r.control for r in read_scores(path)] == [False, False]
+    files = RunFiles(tmp_path)
+    assert set(files.scores_by_latent()) == {(3, "detection"), (4, "detection")} and not files.controls_by_latent()
+    path.write_text(
+        json.dumps(
+            {
+                "latent": 3,
+                "hookpoint": "h",
+                "scorer": "detection",
+                "status": "ok",
+                "donor": "eight",
+                "schema_version": 3,
+            }
+        )
+        + "\n"
+    )
+    with pytest.raises(RowError, match="donor"):
+        list(read_scores(path))

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from planted import oracle, planted_record, yes_no
+from planted import MONTHS, oracle, planted_record, yes_no
 
 from autointerp.llm.base import CUT_OFF, JudgeError, Reply
 from autointerp.llm.scripted import ScriptedJudge
@@ -36,6 +36,31 @@ def test_right_explanation_beats_wrong_one(scorer):
     assert right.n_failed == wrong.n_failed == 0
     misplaced = getattr(scorer, "negatives", "silent") == "misplaced"
     assert right.n_examples == len(record.test) + (len(record.test) if misplaced else len(record.negatives))
+
+
+@pytest.mark.parametrize(
+    "scorer", [DetectionScorer(), FuzzingScorer(negatives="misplaced")], ids=["detection", "fuzzing"]
+)
+def test_accuracy_per_activation_quantile_matches_the_judgments(scorer):
+    """A judge that only sees the strong activations: the accuracy rises with the quantile."""
+    record = planted_record(n_test=30)
+
+    quantile = {e.text: e.quantile for e in record.test} | {e.text: -1 for e in record.negatives}
+
+    def sees_strong_ones(messages):
+        excerpt = re.search(r"<excerpt>\n(.*)\n</excerpt>", messages[-1]["content"], re.DOTALL).group(1)
+        marked = re.findall(r"<<(.*?)>>", excerpt)  # fuzzing's wrong marks carry no month
+        right_marks = all(any(m in span for m in MONTHS) for span in marked)
+        return yes_no(0.9 if quantile[excerpt.replace("<<", "").replace(">>", "")] >= 5 and right_marks else 0.1)
+
+    score = _score(scorer, record, "month names", ScriptedJudge(sees_strong_ones))
+    quantiles = [score.metrics[f"quantile_accuracy_{q}"] for q in range(10)]
+    assert quantiles == [0.0] * 5 + [1.0] * 5
+    silent = [j for j in score.judgments if not j.activating]
+    assert score.metrics["negative_accuracy"] == sum(not j.prediction for j in silent) / len(silent)
+    for q in range(10):  # recomputed from the recorded judgments
+        mine = [j for j in score.judgments if j.activating and j.quantile == q]
+        assert score.metrics[f"quantile_accuracy_{q}"] == sum(bool(j.prediction) for j in mine) / len(mine)
 
 
 def test_detection_shows_plain_text_and_fuzzing_marks_tokens():

@@ -2,13 +2,14 @@
 
 The report must show scorers it has never heard of (a newer version's, someone else's), so a
 scorer's metrics are found from the table itself: its declared metrics first (`scorer_metrics`,
-headline first), then any other numeric `<scorer>_*` column that is not bookkeeping.
+headline first), then any other numeric `<scorer>_*` column that is not bookkeeping. A metric's
+shuffled-label control, where the run has one, is the column `<scorer>_control_<metric>`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ import pandas as pd
 from autointerp.config import RunConfig, load_config
 from autointerp.results import JUDGMENT_COLUMNS, RunFiles
 from autointerp.scorers import scorer_metrics
+from autointerp.scorers.metrics import metric_quantile
 
 # per-scorer columns that describe the scoring, not the explanation's quality
 BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_tokens")
+CONTROL = "control_"  # `<scorer>_control_<metric>`: the metric with another latent's label
 
 
 class ReportError(ValueError):
@@ -33,17 +36,38 @@ class ScorerColumns:
     name: str
     metrics: list[str]
     headline: str | None  # the first metric that has a value for some latent
+    controls: list[str] = field(default_factory=list)  # the metrics that have a control column
 
     def column(self, metric: str) -> str:
         return f"{self.name}_{metric}"
+
+    def control_column(self, metric: str) -> str | None:
+        """The column of the metric's shuffled-label control, None when the run has none."""
+        return f"{self.name}_{CONTROL}{metric}" if metric in self.controls else None
+
+    @property
+    def donor_column(self) -> str | None:
+        """The column naming each latent's control donor (the latent whose label it was scored with)."""
+        return f"{self.name}_{CONTROL}latent" if self.controls else None
+
+    @property
+    def donor_label_column(self) -> str | None:
+        """The column holding the label each latent's control was scored with."""
+        return f"{self.name}_{CONTROL}explanation" if self.controls else None
 
     @property
     def shown(self) -> list[str]:
         """The metrics worth a column of their own in the latent table (headline and the next one)."""
         if self.headline is None:
             return []
-        rest = [m for m in self.metrics if m != self.headline]
+        rest = [m for m in self.metrics if m != self.headline and metric_quantile(m) is None]
         return [self.headline, *rest[:1]]
+
+    @property
+    def quantiles(self) -> list[tuple[int, str]]:
+        """(quantile, metric) of the accuracy per activation quantile, weakest first; empty for most scorers."""
+        found = [(metric_quantile(m), m) for m in self.metrics]
+        return sorted((q, m) for q, m in found if q is not None)
 
 
 @dataclass
@@ -74,10 +98,18 @@ def find_scorers(results: pd.DataFrame, configured: list[str]) -> list[ScorerCol
         if not own:
             continue
         declared = [m for m in scorer_metrics(name) if m in own]
-        extra = [m for m in own if m not in declared and m not in BOOKKEEPING and _is_numeric(results[prefix + m])]
+        extra = [
+            m
+            for m in own
+            if m not in declared
+            and m not in BOOKKEEPING
+            and not m.startswith(CONTROL)
+            and _is_numeric(results[prefix + m])
+        ]
         metrics = declared + extra
         with_values = [m for m in metrics if pd.to_numeric(results[prefix + m], errors="coerce").notna().any()]
-        found.append(ScorerColumns(name, metrics, with_values[0] if with_values else None))
+        controls = [m for m in metrics if CONTROL + m in own]
+        found.append(ScorerColumns(name, metrics, with_values[0] if with_values else None, controls))
     return found
 
 
@@ -103,10 +135,13 @@ def load_run(folder: Path) -> RunData:
         judgments = pd.read_parquet(files.judgments)
     else:
         judgments = pd.DataFrame(columns=JUDGMENT_COLUMNS)
+    if "control" not in judgments:  # written before controls existed
+        judgments["control"] = False
+    judgments["control"] = judgments["control"].fillna(False).astype(bool)
     scorers = find_scorers(results, config.scorers if config else [])
     for s in scorers:
-        for m in s.metrics:
-            results[s.column(m)] = pd.to_numeric(results[s.column(m)], errors="coerce")
+        for column in [s.column(m) for m in s.metrics] + [s.control_column(m) for m in s.controls]:
+            results[column] = pd.to_numeric(results[column], errors="coerce")
     results = results.sort_values("latent", kind="stable").reset_index(drop=True)
     return RunData(files, config, info, results, judgments, scorers)
 

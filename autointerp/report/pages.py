@@ -22,7 +22,7 @@ from autointerp.prompting import format_plain, render
 from autointerp.records import Example
 from autointerp.report.contexts import Contexts, shaded_tokens
 from autointerp.report.data import Agreement, RunData, ScorerColumns
-from autointerp.report.svg import Point, histogram, scatter
+from autointerp.report.svg import Point, Series, histogram, lines, scatter
 
 TEMPLATES = Path(__file__).with_name("templates")
 
@@ -126,23 +126,76 @@ def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{caption}</figcaption></figure>"
 
 
+def _values(data: RunData, column: str | None) -> pd.Series:
+    return (
+        data.results[column].dropna() if column is not None and column in data.results else pd.Series([], dtype=float)
+    )
+
+
 def histograms(data: RunData) -> str:
     figures = []
     for s in data.scorers:
         for metric in s.shown:
             values = data.results[s.column(metric)].dropna()
+            control = _values(data, s.control_column(metric))
             name = f"{s.name} {metric}"
             if values.empty:
                 continue
-            svg = histogram(values.tolist(), x_label=metric, title=name)
+            svg = histogram(values.tolist(), x_label=metric, title=name, control=control.tolist() or None)
+            beside = f" (control {control.mean():.3f})" if len(control) else ""
             figures.append(
                 _figure(
                     svg,
-                    f"<b>{escape(name)}</b>: {len(values)} latents, mean {values.mean():.3f}, "
+                    f"<b>{escape(name)}</b>: {len(values)} latents, mean {values.mean():.3f}{beside}, "
                     f"median {values.median():.3f}",
                 )
             )
     return "".join(figures) or '<p class="missing">No latent has a score yet.</p>'
+
+
+def _mean_and_error(values: pd.Series) -> tuple[float | None, float | None]:
+    """The mean over latents and its standard error (None with fewer than two latents)."""
+    if values.empty:
+        return None, None
+    error = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return float(values.mean()), error
+
+
+def quantile_charts(data: RunData) -> str:
+    """Per scorer with per-quantile accuracies: the mean over latents at each activation quantile,
+    the same with shuffled labels beside it, and the accuracy on silent examples in the caption."""
+    figures = []
+    for s in data.scorers:
+        if not s.quantiles:
+            continue
+        xs = [q for q, _ in s.quantiles]
+        series = []
+        for name, column in ((s.name, s.column), ("control", s.control_column)):
+            stats = [_mean_and_error(_values(data, column(m))) for _, m in s.quantiles]
+            if any(mean is not None for mean, _ in stats):
+                series.append(Series(name, [m for m, _ in stats], [e for _, e in stats], control=name == "control"))
+        if not series:
+            continue
+        n = max(len(_values(data, s.column(m))) for _, m in s.quantiles)
+        silent, _ = _mean_and_error(_values(data, s.column("negative_accuracy")))
+        silent_control, _ = _mean_and_error(_values(data, s.control_column("negative_accuracy")))
+        on_silent = "" if silent is None else f"; on silent examples {silent:.3f}"
+        if on_silent and silent_control is not None:
+            on_silent += f" (control {silent_control:.3f})"
+        svg = lines(
+            xs,
+            series,
+            x_label="activation quantile (0 = weakest)",
+            y_label="accuracy (share judged Yes)",
+            title=f"{s.name} accuracy per activation quantile",
+        )
+        figures.append(
+            _figure(
+                svg,
+                f"<b>{escape(s.name)}</b>: mean over {n} latents ± standard error{on_silent}",
+            )
+        )
+    return "".join(figures) or '<p class="missing">No scorer in this run measures accuracy per quantile.</p>'
 
 
 def agreement_table(rows: list[Agreement]) -> str:
@@ -185,11 +238,23 @@ def scatters(data: RunData, rows: list[Agreement]) -> str:
     return "".join(figures)
 
 
+def _table_columns(data: RunData) -> list[tuple[ScorerColumns, str, str]]:
+    """(scorer, heading, column) of the latent table's score columns: the shown metrics, then the
+    headline's control where the run has one."""
+    out = []
+    for s in data.scorers:
+        out += [(s, m, s.column(m)) for m in s.shown]
+        control = s.control_column(s.headline) if s.headline else None
+        if control is not None:
+            out.append((s, f"{s.headline} control", control))
+    return out
+
+
 def latent_table(data: RunData) -> str:
+    columns = _table_columns(data)
     metric_heads = "".join(
-        f'<th data-first="descending">{escape(s.name)}<br><small>{escape(m)}</small></th>'
-        for s in data.scorers
-        for m in s.shown
+        f'<th data-first="descending">{escape(s.name)}<br><small>{escape(heading)}</small></th>'
+        for s, heading, _ in columns
     )
     head = (
         "<thead><tr><th>latent</th><th>explanation</th><th>status</th>"
@@ -211,7 +276,7 @@ def latent_table(data: RunData) -> str:
             td_num(r.get("frequency"), percent(r.get("frequency"))),
             td_num(r.get("max_activation"), num(r.get("max_activation"), 2)),
         ]
-        cells += [td_num(r.get(s.column(m))) for s in data.scorers for m in s.shown]
+        cells += [td_num(r.get(column)) for _, _, column in columns]
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return head + "<tbody>" + "".join(rows) + "</tbody>"
 
@@ -222,6 +287,7 @@ def index_page(data: RunData, agreement_rows: list[Agreement]) -> str:
         heading=escape(f"Run {data.files.folder.resolve().name}"),
         facts=_run_facts(data),
         histograms=histograms(data),
+        quantiles=quantile_charts(data),
         agreement=agreement_table(agreement_rows),
         scatters=scatters(data, agreement_rows),
         table=latent_table(data),
@@ -241,23 +307,56 @@ def _scores_table(row: dict[str, Any], scorers: list[ScorerColumns]) -> str:
     if not scorers:
         return '<p class="missing">No scorer ran in this run.</p>'
     head = (
-        "<thead><tr><th>scorer</th><th>headline</th><th>other metrics</th><th>examples</th>"
+        "<thead><tr><th>scorer</th><th>headline</th><th>control</th><th>other metrics</th><th>examples</th>"
         "<th>unreadable answers</th><th>judge</th></tr></thead>"
     )
     rows = []
     for s in scorers:
         headline = s.headline or (s.metrics[0] if s.metrics else None)
         value = row.get(s.column(headline)) if headline else None
-        others = " · ".join(f"{escape(m)} {num(row.get(s.column(m)))}" for m in s.metrics if m != headline)
+        per_quantile = {m for _, m in s.quantiles}
+        others = " · ".join(
+            f"{escape(m)} {num(row.get(s.column(m)))}" + _control_value(row, s, m)
+            for m in s.metrics
+            if m != headline and m not in per_quantile
+        )
+        if s.quantiles:
+            values = " · ".join(num(row.get(s.column(m)), 2) for _, m in s.quantiles)
+            others += f"<br>accuracy per activation quantile, weakest first: {values}"
         judge = row.get(s.column("judge_model"))
         rows.append(
             f"<tr><td>{escape(s.name)}</td>"
             f"<td>{escape(headline or '')} <b>{num(value)}</b></td>"
+            f"<td>{_control_cell(row, s, headline)}</td>"
             f'<td class="metrics-list">{others}</td>'
             f"{td_num(row.get(s.column('n')))}{td_num(row.get(s.column('n_failed')))}"
             f"<td>{'' if missing(judge) else escape(str(judge))}</td></tr>"
         )
     return f"<table>{head}<tbody>{''.join(rows)}</tbody></table>"
+
+
+def _control_value(row: dict[str, Any], s: ScorerColumns, metric: str) -> str:
+    column = s.control_column(metric)
+    if column is None or missing(row.get(column)):
+        return ""
+    return f" (control {num(row.get(column))})"
+
+
+def _donor(row: dict[str, Any], s: ScorerColumns) -> int | None:
+    column = s.donor_column
+    return None if column is None or missing(row.get(column)) else int(row[column])
+
+
+def _control_cell(row: dict[str, Any], s: ScorerColumns, metric: str | None) -> str:
+    """The headline with another latent's label, and a link to that latent."""
+    column = s.control_column(metric) if metric else None
+    donor = _donor(row, s)
+    if column is None or donor is None:
+        return '<span class="missing">—</span>'
+    return (
+        f"<b>{num(row.get(column))}</b> <span class='control-note'>with the label of "
+        f'<a href="{latent_href(donor)}">latent {donor}</a></span>'
+    )
 
 
 def _train_section(examples: list[Example] | None, scale: float, reason: str) -> str:
@@ -334,8 +433,9 @@ def _judged_section(
         )
     known = [s.name for s in scorers]
     names = known + sorted(set(judgments["scorer"]) - set(known))
-    for name in names:
-        rows = [r for r in judgments[judgments["scorer"] == name].to_dict("records")]
+    control = judgments["control"] if "control" in judgments else pd.Series(False, index=judgments.index)
+    for name, is_control in ((n, c) for n in names for c in (False, True)):
+        rows = [r for r in judgments[(judgments["scorer"] == name) & (control == is_control)].to_dict("records")]
         if not rows:
             continue
         for r in rows:
@@ -348,18 +448,36 @@ def _judged_section(
             )
         )
         counts = {k: sum(r["_verdict"] == k for r in rows) for k in VERDICT_ORDER}
-        headline = next((s for s in scorers if s.name == name), None)
-        score = ""
-        if headline and headline.headline:
-            score = f" · {escape(headline.headline)} {num(row.get(headline.column(headline.headline)))}"
+        columns = next((s for s in scorers if s.name == name), None)
+        score, title, why = "", escape(name), ""
+        if columns and columns.headline:
+            metric = columns.control_column(columns.headline) if is_control else columns.column(columns.headline)
+            if metric is not None:
+                score = f" · {escape(columns.headline)} {num(row.get(metric))}"
+        if is_control:
+            title += " · control"
+            donor = _donor(row, columns) if columns else None
+            label = row.get(columns.donor_label_column) if columns and columns.donor_label_column else None
+            why = (
+                "The same held-out examples, judged with another latent's label"
+                + (f' (<a href="{latent_href(donor)}">latent {donor}</a>\'s' if donor is not None else " (")
+                + (f": “{escape(str(label))}”)" if not missing(label) else ")")
+                + ": how well a wrong label does on them. "
+            )
         body = "".join(_judgment_row(r, contexts.example(_window(r), latent), scale) for r in rows)
-        parts.append(
-            f"<h3>{escape(name)}</h3><p class='note'>{len(rows)} examples: {counts['right']} right, "
-            f"{counts['wrong']} wrong, {counts['unreadable']} unreadable{score}</p>"
+        table = (
             '<table class="sortable judged"><thead><tr><th>verdict</th><th>truth</th>'
             '<th data-first="descending">max act.</th><th>judge said</th><th data-first="descending">P(Yes)</th>'
             f"<th>excerpt</th><th>answer</th></tr></thead><tbody>{body}</tbody></table>"
         )
+        note = (
+            f"<p class='note'>{why}{len(rows)} examples: {counts['right']} right, "
+            f"{counts['wrong']} wrong, {counts['unreadable']} unreadable{score}</p>"
+        )
+        if is_control:  # folded: it is the reference, not what the page is about
+            parts.append(f"<h3>{title}</h3>{note}<details><summary>show them</summary>{table}</details>")
+        else:
+            parts.append(f"<h3>{title}</h3>{note}{table}")
     return "".join(parts)
 
 

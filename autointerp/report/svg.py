@@ -98,32 +98,90 @@ def _svg(parts: list[str], title: str) -> str:
     )
 
 
+def _finite(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+
+
 def histogram(
-    values: Sequence[float], *, x_label: str, title: str, bins: int = 20, x_range: tuple[float, float] | None = None
+    values: Sequence[float],
+    *,
+    x_label: str,
+    title: str,
+    bins: int = 20,
+    x_range: tuple[float, float] | None = None,
+    control: Sequence[float] | None = None,
 ) -> str:
-    """Counts of `values` in equal bins, with the mean as a dashed line."""
-    vals = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
-    lo, hi = x_range or value_range(vals.tolist())
+    """Counts of `values` in equal bins, with the mean as a dashed line; `control` (the same metric
+    with shuffled labels) is drawn over them as outlined bars, its mean dotted."""
+    vals = _finite(values)
+    ctrl = _finite(control or [])
+    lo, hi = x_range or value_range(vals.tolist() + ctrl.tolist())
     counts, edges = np.histogram(vals, bins=bins, range=(lo, hi))
-    top = max(1, int(counts.max()) if len(counts) else 1)
+    control_counts, _ = np.histogram(ctrl, bins=bins, range=(lo, hi))
+    top = max(1, int(counts.max()) if len(counts) else 1, int(control_counts.max()) if len(ctrl) else 1)
     y_ticks = [t for t in ticks(0, top, 5) if float(t).is_integer()]
     frame = _Frame((lo, hi), (0, max(top, y_ticks[-1] if y_ticks else top)))
     parts = frame.axes(x_label, "latents", y_ticks)
-    for c, a, b in zip(counts, edges[:-1], edges[1:], strict=True):
-        if c == 0:
-            continue
-        x, y = frame.px(a) + 0.5, frame.py(c)
-        parts.append(
-            f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{max(1.0, frame.px(b) - frame.px(a) - 1):.1f}" '
-            f'height="{frame.py(0) - y:.1f}"><title>{_fmt(a)}–{_fmt(b)}: {int(c)} '
-            f"latent{'s' if c != 1 else ''}</title></rect>"
+    for cls, what, series in (("bar", "", counts), ("bar control", "control ", control_counts)):
+        for c, a, b in zip(series, edges[:-1], edges[1:], strict=True):
+            if c == 0:
+                continue
+            x, y = frame.px(a) + 0.5, frame.py(c)
+            parts.append(
+                f'<rect class="{cls}" x="{x:.1f}" y="{y:.1f}" width="{max(1.0, frame.px(b) - frame.px(a) - 1):.1f}" '
+                f'height="{frame.py(0) - y:.1f}"><title>{what}{_fmt(a)}–{_fmt(b)}: {int(c)} '
+                f"latent{'s' if c != 1 else ''}</title></rect>"
+            )
+    for cls, what, series in (("mean", "mean", vals), ("mean control", "control mean", ctrl)):
+        if len(series):
+            m = float(series.mean())
+            parts.append(
+                f'<line class="{cls}" x1="{frame.px(m):.1f}" y1="{TOP}" x2="{frame.px(m):.1f}" '
+                f'y2="{frame.py(0):.1f}"><title>{what} {m:.3f}</title></line>'
+            )
+    return _svg(parts, title)
+
+
+@dataclass
+class Series:
+    """One line of a line chart: y (None where there is no value) at each x, with an error bar each."""
+
+    name: str
+    y: list[float | None]
+    error: list[float | None]  # half-length of the error bar (a standard error); None for none
+    control: bool = False  # drawn dashed and grey: the chance level the other line is read against
+
+
+def lines(xs: Sequence[float], series: Sequence[Series], *, x_label: str, y_label: str, title: str) -> str:
+    """Values in [0, 1] against `xs`, one line per series with its error bars, and a legend."""
+    lo, hi = min(xs), max(xs)
+    frame = _Frame((lo - 0.5, hi + 0.5), (0.0, 1.0))
+    parts = frame.axes(x_label, y_label)
+    for k, s in enumerate(series):
+        kind = " control" if s.control else ""
+        cls = "line" + kind
+        points = [(x, y, e) for x, y, e in zip(xs, s.y, s.error, strict=True) if y is not None and not math.isnan(y)]
+        path = " ".join(
+            f"{'M' if i == 0 else 'L'}{frame.px(x):.1f},{frame.py(y):.1f}" for i, (x, y, _) in enumerate(points)
         )
-    if len(vals):
-        m = float(vals.mean())
-        parts.append(
-            f'<line class="mean" x1="{frame.px(m):.1f}" y1="{TOP}" x2="{frame.px(m):.1f}" '
-            f'y2="{frame.py(0):.1f}"><title>mean {m:.3f}</title></line>'
-        )
+        if path:
+            parts.append(f'<path class="{cls}" d="{path}"/>')
+        for x, y, e in points:
+            if e is not None and not math.isnan(e) and e > 0:
+                top, bottom = frame.py(min(1.0, y + e)), frame.py(max(0.0, y - e))
+                parts.append(
+                    f'<line class="err{kind}" x1="{frame.px(x):.1f}" y1="{top:.1f}" '
+                    f'x2="{frame.px(x):.1f}" y2="{bottom:.1f}"/>'
+                )
+            se = "" if e is None or math.isnan(e) else f" ± {e:.3f}"
+            parts.append(
+                f'<circle class="pt{kind}" cx="{frame.px(x):.1f}" cy="{frame.py(y):.1f}" r="2.5">'
+                f"<title>{escape(s.name)}, {_fmt(x)}: {y:.3f}{se}</title></circle>"
+            )
+        # the legend goes bottom right, where accuracy rising with activation leaves room
+        lx, ly = WIDTH - RIGHT - 88, HEIGHT - BOTTOM - 8 - 13 * (len(series) - 1 - k)
+        parts.append(f'<line class="{cls}" x1="{lx}" y1="{ly - 3.5}" x2="{lx + 18}" y2="{ly - 3.5}"/>')
+        parts.append(f'<text class="legend" x="{lx + 22}" y="{ly:.1f}">{escape(s.name)}</text>')
     return _svg(parts, title)
 
 

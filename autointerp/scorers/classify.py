@@ -30,7 +30,12 @@ from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
 from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
-from autointerp.scorers.metrics import CLASSIFICATION_METRICS, classification_metrics
+from autointerp.scorers.metrics import (
+    CLASSIFICATION_METRICS,
+    NEGATIVE_ACCURACY,
+    classification_metrics,
+    quantile_accuracies,
+)
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
@@ -178,7 +183,8 @@ class YesNoScorer(Scorer):
     """Base of detection and fuzzing: subclasses say how to build items and which prompts to use."""
 
     prompt_dir: ClassVar[str] = ""
-    metrics = CLASSIFICATION_METRICS
+    # then `quantile_accuracy_<q>` for each activation quantile of the held-out activating items
+    metrics = (*CLASSIFICATION_METRICS, NEGATIVE_ACCURACY)
 
     def __init__(self, settings: ClassifierSettings | None = None):
         self.settings = settings or ClassifierSettings()
@@ -227,6 +233,11 @@ class YesNoScorer(Scorer):
         probs = [j.probability for j in answered] if mode == "logprobs" else None
         metrics = classification_metrics(
             [j.activating for j in answered], [bool(j.prediction) for j in answered], probs
+        )
+        # how the judge does on weak activations against strong ones (each item's quantile is its own
+        # example's, so a misplaced-mark negative of fuzzing counts with the silent ones, as it should)
+        metrics |= quantile_accuracies(
+            [j.activating for j in judgments], [j.prediction for j in judgments], [j.quantile for j in judgments]
         )
         return Score(
             latent=record.latent,

@@ -6,12 +6,17 @@ class) is None, never 0: a missing value must not read as a bad explanation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 
 # the columns a Yes/No scorer writes into results.parquet, headline figures first
 CLASSIFICATION_METRICS = ("balanced_accuracy", "auroc", "accuracy", "precision", "recall", "f1")
+# ... and the accuracy on its silent items; the accuracy per activation quantile follows, one metric
+# per quantile (`quantile_metric`), as many as the record's activating items span
+NEGATIVE_ACCURACY = "negative_accuracy"
+_QUANTILE_METRIC = re.compile(r"quantile_accuracy_(\d+)")
 
 
 def _counts(truth: Sequence[bool], pred: Sequence[bool]) -> tuple[int, int, int, int]:
@@ -91,6 +96,44 @@ def classification_metrics(
     }
     if probability is not None and len(probability) and all(p is not None for p in probability):
         out["auroc"] = auroc(truth, [float(p) for p in probability])  # type: ignore[arg-type]
+    return out
+
+
+def quantile_metric(quantile: int) -> str:
+    """The metric name of the accuracy within one activation quantile (0 = weakest)."""
+    return f"quantile_accuracy_{int(quantile)}"
+
+
+def metric_quantile(name: str) -> int | None:
+    """The quantile a `quantile_metric` name stands for; None for any other metric."""
+    m = _QUANTILE_METRIC.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
+def quantile_accuracies(
+    truth: Sequence[bool], pred: Sequence[bool | None], quantile: Sequence[int]
+) -> dict[str, float | None]:
+    """Accuracy within each activation quantile of the activating items (the share called positive:
+    recall within the quantile), and on the non-activating ones (`negative_accuracy`, the
+    specificity).
+
+    One number per quantile rather than a list: every metric stays a plain number, so results,
+    controls, means over latents and the report need no second shape. An item with no usable
+    answer (`pred` None) is left out; a quantile whose items all lack one is None, and a quantile
+    with no item at all gets no metric (the column is null for that latent).
+    """
+    hits: dict[int, list[bool]] = {}
+    silent: list[bool] = []
+    for t, p, q in zip(truth, pred, quantile, strict=True):
+        if t:
+            hits.setdefault(int(q), [])
+            if p is not None:
+                hits[int(q)].append(bool(p))
+        elif p is not None:
+            silent.append(not p)
+    out: dict[str, float | None] = {NEGATIVE_ACCURACY: mean_or_none(silent)}
+    for q in sorted(hits):
+        out[quantile_metric(q)] = mean_or_none(hits[q])
     return out
 
 
