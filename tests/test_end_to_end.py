@@ -50,7 +50,7 @@ def test_quick_run_on_the_embedded_default(tmp_path):
     assert len(table) >= 2
     assert table["explanation"].str.len().gt(0).all()
     assert (table["model"] == "HuggingFaceTB/SmolLM2-135M-Instruct").all()
-    assert (table["hookpoint"] == "layers.10").all()
+    assert (table["hookpoint"] == "layers.3").all()
     assert table["explainer_model"].str.contains("SmolLM2").all()
     for scorer in ("detection", "fuzzing"):
         for metric in ("balanced_accuracy", "auroc"):
@@ -72,7 +72,7 @@ def test_quick_run_on_the_embedded_default(tmp_path):
 
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["judge"] == "smollm2" and config["config"]["n_tokens"] == 20000
-    assert config["resolved"]["num_latents"] == 2304
+    assert config["resolved"]["num_latents"] == 4608
     assert len(config["environment"]["prompts_sha256"]) == 16
 
     # no window shown to the explainer was used to score the same latent
