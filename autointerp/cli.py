@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--model-revision", help="branch, tag or commit of a Hub --model (default: main)")
             g.add_argument(
                 "--dictionary",
-                help="'default' (shipped TopK SAE on layers.10), 'neurons' (MLP neurons), a sparsify / "
+                help="'default' (shipped TopK SAE on layers.3), 'neurons' (MLP neurons), a sparsify / "
                 "SAELens / Gemma Scope (params.npz) folder, a Hub repo ORG/NAME[/FOLDER] (only the files of "
                 "--hookpoint are fetched), or saelens:RELEASE/SAE_ID from sae-lens's directory",
             )

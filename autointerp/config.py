@@ -56,7 +56,7 @@ class RunConfig:
     # the Hub; saelens:RELEASE/SAE_ID; "neurons"
     dictionary: str = "default"
     dictionary_revision: str | None = None  # branch, tag or commit of a Hub dictionary (None = main)
-    hookpoint: str | None = None  # None = the dictionary's own (the default SAE: layers.10)
+    hookpoint: str | None = None  # None = the dictionary's own (the default SAE: layers.3)
     corpus: str = "default"  # "default" = gensim's lee_background.cor; or a .txt/.jsonl/.parquet file
     text_column: str = "text"
     n_tokens: int = DEFAULT_N_TOKENS

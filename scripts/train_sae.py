@@ -1,31 +1,37 @@
 #!/usr/bin/env python
-"""Train the default dictionary: a TopK SAE on SmolLM2-135M-Instruct's residual stream at `layers.10`.
+"""Train the default dictionary: a TopK SAE on SmolLM2-135M-Instruct's residual stream at `layers.3`.
 
     python scripts/train_sae.py --out data/sae/smollm2-135m-res-topk
 
 What it does (all defaults are the shipped settings; see --help):
 
-1. Text, all offline: gensim's `lee_background.cor` (299 news articles, all of it), the Debian
-   `fortunes` files (apt-get install fortunes fortunes-min; entries split on `%` lines) and the
-   Wikipedia articles in gensim's test dump `enwiki-...-shortened.bz2` (markup stripped with
-   gensim's `filter_wiki`). Documents are tokenised, joined with `<|endoftext|>` and cut into
-   256-token rows. Every row of lee_background is kept; fortunes and Wikipedia share the rest of the
-   `--max-tokens` budget equally (rows drawn with the seed). 5% of the rows, drawn with the seed, are
-   held out for evaluation.
+1. Text, all offline, from installed packages: gensim's `lee_background.cor` (300 news articles, the
+   default run corpus, always kept whole) and the Wikipedia articles of gensim's test dump
+   `enwiki-...-shortened.bz2` (markup stripped with gensim's `filter_wiki`); and from Debian packages
+   (`apt-get install fortunes fortunes-min bible-kjv python3-doc debian-handbook debian-reference-en
+   dict-devil`): the fortune cookies (entries split on `%` lines), the King James Bible (printed by
+   `bible`, one chapter per document), the prose of the Python 3.11 documentation sources (unindented
+   reStructuredText paragraphs), the English Debian Administrator's Handbook (HTML text without code),
+   the Debian Reference (plain-text edition) and Bierce's Devil's Dictionary. A source whose package
+   is missing is skipped and recorded. Documents are tokenised, joined with `<|endoftext|>` and cut
+   into 256-token rows. Every lee_background row is kept; the other sources share the rest of the
+   `--max-tokens` budget equally, smallest first (a source with fewer rows passes the rest on; rows
+   drawn with the seed). 5% of the rows, drawn with the seed, are held out for evaluation.
 2. Activations: the embedded subject (bf16, `autointerp.subjects.model.load_subject`) is run once
-   over all rows; the output of decoder block 10 (= `hidden_states[11]` with
+   over all rows; the output of decoder block `--layer` (3: `hidden_states[4]` with
    `output_hidden_states=True`; read here by a forward hook that stops the forward pass there) is
-   kept in memory as fp32. Position 0 of every row is dropped: there it is an attention-sink cluster
-   (pairwise cosine ~0.84, ~1.7x the usual distance from the mean), not text.
-3. Training: TopK SAE, d_in 576, expansion 4 (2304 latents), k 32. Decoder rows unit-norm (the
+   kept as fp16 (in memory, or in `--activations-dir` to be reused by later runs on the same rows;
+   `--gather-layers` stores more layers from the same pass). Position 0 of every row is dropped:
+   there it is an attention-sink cluster, not text.
+3. Training: TopK SAE, d_in 576, expansion 8 (4608 latents), k 16. Decoder rows unit-norm (the
    gradient component parallel to each row is removed before a step, and rows are renormalised after
-   it), encoder initialised as the decoder's transpose, b_dec as the training-data mean. Adam (lr 4e-3) with
-   a linear warm-up and cosine decay; loss = FVU + AuxK/32, where AuxK (Gao et al. 2024, "Scaling and
-   evaluating sparse autoencoders") reconstructs the residual error from the top-(d_in/2) latents
+   it), encoder initialised as the decoder's transpose, b_dec as the training-data mean. Adam (lr 4e-3)
+   with a linear warm-up and cosine decay; loss = FVU + AuxK/32, where AuxK (Gao et al. 2024, "Scaling
+   and evaluating sparse autoencoders") reconstructs the residual error from the top-(d_in/2) latents
    among the dead ones (not fired in the last `--dead-tokens` training tokens).
-4. Output in EleutherAI sparsify's layout: `<out>/layers.10/cfg.json`, `<out>/layers.10/sae.safetensors`
+4. Output in EleutherAI sparsify's layout: `<out>/layers.3/cfg.json`, `<out>/layers.3/sae.safetensors`
    (fp16 `encoder.weight [L,d]`, `encoder.bias [L]`, `W_dec [L,d]`, `b_dec [d]`), and
-   `<out>/layers.10/training.json` (settings, data, seeds, held-out FVU / L0 / dead fraction, times),
+   `<out>/layers.3/training.json` (settings, data, seeds, held-out FVU / L0 / dead fraction, times),
    with metrics measured on the fp16 weights that are written.
 
 Encode: `topk(relu(encoder(x - b_dec)), k)`; decode: `acts @ W_dec + b_dec`.
@@ -42,14 +48,20 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-HOOKPOINT = "layers.10"
-LAYER = 10
+LAYER = 3
+MAX_TOKENS = 1_000_000
+EXPANSION = 8
+K = 16
+EPOCHS = 2
+LR = 4e-3
+DEAD_TOKENS = 50_000
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_SKIP = {"ascii-art", "translate-me"}  # pictures; not English
 
@@ -108,6 +120,145 @@ def read_wikipedia() -> list[str]:
     return docs
 
 
+def read_kjv() -> list[str]:
+    """The King James Bible, one chapter per document (Debian `bible-kjv`: its `bible` program prints
+    the text of `bible-kjv-text`; verse numbers and hard line breaks removed)."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("bible")
+    if exe is None:
+        return []
+    out = subprocess.run(
+        [exe, "-m", "8", "Gen1:1-Rev22:21"], capture_output=True, text=True, errors="replace", check=False
+    ).stdout
+    docs: list[str] = []
+    title, verses = "", []
+    for line in out.splitlines():
+        if re.fullmatch(r"\S.* \d+", line):  # "Genesis 1": a chapter heading
+            if verses:
+                docs.append(title + "\n\n" + " ".join(verses))
+            title, verses = line, []
+        elif re.match(r"\s+\d+ ", line):
+            verses.append(line.strip().split(" ", 1)[1])
+        elif line.strip() and verses:
+            verses[-1] += " " + line.strip()
+    if verses:
+        docs.append(title + "\n\n" + " ".join(verses))
+    return docs
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [re.sub(r"\s+", " ", p).strip() for p in re.split(r"\n\s*\n", text)]
+
+
+def read_rst_prose(folder: Path) -> list[str]:
+    """The prose of reStructuredText sources (one document per file): unindented paragraphs only (code,
+    directives and their bodies are indented), roles like :func:`x` reduced to x."""
+    docs: list[str] = []
+    for f in sorted(folder.rglob("*.rst.txt")) if folder.is_dir() else []:
+        keep = []
+        for para in re.split(r"\n\s*\n", f.read_text(encoding="utf-8", errors="replace")):
+            if not para.strip() or para[0].isspace() or para.startswith(".."):
+                continue
+            lines = [ln for ln in para.splitlines() if not re.fullmatch(r"([=\-~*^#\"'`+])\1{2,}\s*", ln)]
+            text = re.sub(r"\s+", " ", " ".join(lines))
+            text = re.sub(r":[\w:.-]+:`!?~?([^`<]*?)(?:\s*<[^>]*>)?`", r"\1", text)  # :role:`text <target>`
+            text = re.sub(r"``(.*?)``", r"\1", text).replace("::", ":").strip()
+            if len(text.split()) >= 8:
+                keep.append(text)
+        if keep:
+            docs.append("\n\n".join(keep))
+    return docs
+
+
+def read_html_prose(files: list[Path]) -> list[str]:
+    """Text of HTML pages (one document each): paragraphs, list items, headings, table cells; no code."""
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        BLOCK = {"p", "li", "h1", "h2", "h3", "h4", "h5", "dt", "dd", "td", "th", "div", "br", "tr", "title"}
+        SKIP = {"pre", "script", "style", "code"}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts: list[str] = []
+            self.skip = 0
+
+        def handle_starttag(self, tag, attrs):
+            if tag in self.SKIP:
+                self.skip += 1
+            elif tag in self.BLOCK:
+                self.parts.append("\n\n")
+
+        def handle_endtag(self, tag):
+            if tag in self.SKIP:
+                self.skip = max(0, self.skip - 1)
+            elif tag in self.BLOCK:
+                self.parts.append("\n\n")
+
+        def handle_data(self, data):
+            if not self.skip:
+                self.parts.append(data)
+
+    docs = []
+    for f in files:
+        parser = Text()
+        parser.feed(f.read_text(encoding="utf-8", errors="replace"))
+        paras = [p for p in _paragraphs("".join(parser.parts)) if len(p.split()) >= 8]
+        if paras:
+            docs.append("\n\n".join(paras))
+    return docs
+
+
+def read_debian_reference() -> list[str]:
+    """The Debian Reference (`debian-reference-en`), plain-text edition, one document per section."""
+    import gzip
+
+    path = Path("/usr/share/debian-reference/debian-reference.en.txt.gz")
+    if not path.is_file():
+        return []
+    text = gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
+    sections = re.split(r"\n(?=\d+(?:\.\d+)*\. \S)", text)  # headings "4.6.2. Secure Shell" at column 0
+    docs = []
+    for ch in sections:
+        paras = [p for p in _paragraphs(ch) if len(p.split()) >= 8 and not re.match(r"[\$#│┌└├|+-]", p)]
+        if paras:
+            docs.append("\n\n".join(paras))
+    return docs
+
+
+def read_devil() -> list[str]:
+    """Ambrose Bierce's The Devil's Dictionary (Debian `dict-devil`), one entry per document."""
+    import gzip
+
+    path = Path("/usr/share/dictd/devil.dict.dz")
+    if not path.is_file():
+        return []
+    text = gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
+    entries = re.split(r"\n(?=[A-Z][A-Z' -]+, [a-z]+\.)", text)
+    return [re.sub(r"[ \t]+", " ", e).strip() for e in entries[1:] if len(e.split()) >= 8]
+
+
+HANDBOOK = Path("/usr/share/doc/debian-handbook/html/en-US")
+PYTHON_DOCS = Path("/usr/share/doc/python3.11/html/_sources")
+SOURCES: dict[str, Callable[[Path], list[str]]] = {
+    "lee_background": lambda _f: read_lee(),  # the default run corpus: always kept whole
+    "fortunes": read_fortunes,
+    "enwiki_shortened": lambda _f: read_wikipedia(),
+    "kjv_bible": lambda _f: read_kjv(),
+    "python_docs": lambda _f: read_rst_prose(PYTHON_DOCS),
+    "debian_handbook": lambda _f: read_html_prose(sorted(HANDBOOK.glob("*.html")) if HANDBOOK.is_dir() else []),
+    "debian_reference": lambda _f: read_debian_reference(),
+    "devils_dictionary": lambda _f: read_devil(),
+}
+
+
+def read_sources(fortunes_dir: Path, names: list[str]) -> dict[str, list[str]]:
+    """The documents of each named source (empty where its package is not installed)."""
+    return {name: SOURCES[name](fortunes_dir) for name in names}
+
+
 def to_rows(docs: list[str], tokenizer, ctx_len: int) -> np.ndarray:
     """Tokenise documents, join them with <|endoftext|> and cut into full rows of ctx_len tokens."""
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")  # SmolLM2's document separator (id 0)
@@ -129,19 +280,26 @@ class _Stop(Exception):
 
 
 @torch.inference_mode()
-def gather(model, rows: np.ndarray, batch: int, log_every: int = 10) -> torch.Tensor:
-    """Output of block LAYER for every row, position 0 dropped: [rows * (ctx_len - 1), d] fp32."""
-    box: dict[str, torch.Tensor] = {}
+def gather(model, rows: np.ndarray, acts: dict[int, torch.Tensor], batch: int, log_every: int = 10) -> None:
+    """Fill `acts` ({layer: fp16 [rows * (ctx_len - 1), d]}, memory or memory-mapped files) with each
+    block's output for every row, position 0 dropped. fp16 halves the memory of fp32 (batches are
+    cast back to fp32 for training); one forward pass serves every layer, and stops after the last."""
+    layers = sorted(acts)
+    box: dict[int, torch.Tensor] = {}
+    last = max(layers)
 
-    def hook(_mod, _inp, out):
-        box["h"] = out[0] if isinstance(out, tuple) else out
-        raise _Stop  # nothing after block LAYER is needed
+    def hook_for(layer: int):
+        def hook(_mod, _inp, out):
+            box[layer] = out[0] if isinstance(out, tuple) else out
+            if layer == last:
+                raise _Stop  # nothing after the last block asked for is needed
 
-    layers = model.model.layers
-    handle = layers[LAYER].register_forward_hook(hook)
+        return hook
+
+    blocks = model.model.layers
+    handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in layers]
     n, t = rows.shape
     d = model.config.hidden_size
-    acts = torch.empty(n * (t - 1), d, dtype=torch.float32)
     start = time.time()
     try:
         for b, i in enumerate(range(0, n, batch)):
@@ -150,15 +308,48 @@ def gather(model, rows: np.ndarray, batch: int, log_every: int = 10) -> torch.Te
                 model.model(input_ids=ids, use_cache=False)
             except _Stop:
                 pass
-            h = box.pop("h")[:, 1:, :].float()
-            acts[i * (t - 1) : (i + len(ids)) * (t - 1)] = h.reshape(-1, d)
+            for layer in layers:
+                h = box.pop(layer)[:, 1:, :].float()
+                acts[layer][i * (t - 1) : (i + len(ids)) * (t - 1)] = h.reshape(-1, d).half()
             if b % log_every == 0:
                 done = i + len(ids)
                 rate = done * t / (time.time() - start)
                 print(f"  activations {done}/{n} rows, {rate:.0f} tok/s", flush=True)
     finally:
-        handle.remove()
-    return acts
+        for handle in handles:
+            handle.remove()
+
+
+def stored_activations(
+    folder: Path | None, key: str, layers: list[int], layer: int, shape: tuple[int, int], fill: Callable
+) -> tuple[torch.Tensor, float]:
+    """The activations of `layer` for the rows identified by `key`: read from `folder` when an earlier
+    run stored them there (fp16 .npy files, one per layer, not part of the repository), else gathered
+    by `fill` for all of `layers` at once, straight into those files (or into memory without a folder).
+    Returns them and the seconds spent gathering (0 when read)."""
+    path = None if folder is None else folder / key / f"layer{layer}.npy"
+    if path is not None and path.is_file() and (path.parent / "complete").is_file():
+        print(f"activations read from {path}", flush=True)
+        return torch.from_numpy(np.load(path)), 0.0
+    if folder is None:
+        acts = {layer: torch.empty(shape, dtype=torch.float16)}
+    else:
+        (folder / key).mkdir(parents=True, exist_ok=True)
+        (folder / key / "complete").unlink(missing_ok=True)
+        files = {
+            n: np.lib.format.open_memmap(folder / key / f"layer{n}.npy", mode="w+", dtype=np.float16, shape=shape)
+            for n in layers
+        }
+        acts = {n: torch.from_numpy(m) for n, m in files.items()}
+    t1 = time.time()
+    fill(acts)
+    seconds = time.time() - t1
+    if folder is not None:
+        for m in files.values():
+            m.flush()
+        (folder / key / "complete").write_text(json.dumps({"layers": layers, "shape": list(shape)}) + "\n")
+        return torch.from_numpy(np.load(path)), seconds
+    return acts[layer], seconds
 
 
 # ------------------------------------------------------------------------------------------------- SAE
@@ -251,15 +442,23 @@ class TopKSAE(torch.nn.Module):
             self.W_dec.grad -= parallel * self.W_dec
 
 
+def column_mean(x: torch.Tensor, batch: int = 65536) -> torch.Tensor:
+    """Mean over rows in fp32 (x may be fp16)."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, len(x), batch):
+        total += x[i : i + batch].double().sum(0)
+    return (total / len(x)).float()
+
+
 @torch.no_grad()
 def evaluate(sae: TopKSAE, x: torch.Tensor, batch: int = 8192) -> dict:
     """Held-out FVU, L0, and which latents fire, on sae's current weights."""
-    mean = x.mean(0)
+    mean = column_mean(x)
     sse = tot = 0.0
     fired = torch.zeros(sae.num_latents, dtype=torch.long)
     l0 = 0.0
     for i in range(0, len(x), batch):
-        xb = x[i : i + batch]
+        xb = x[i : i + batch].float()
         vals, idx = sae.encode(xb)
         recon = sae.decode(vals, idx)
         sse += (xb - recon).pow(2).sum().item()
@@ -310,7 +509,7 @@ def train(sae: TopKSAE, x: torch.Tensor, args, g: torch.Generator) -> dict:
         run_fvu = run_aux = 0.0
         run_n = 0
         for s in range(steps_per_epoch):
-            xb = x[perm[s * args.batch_size : (s + 1) * args.batch_size]]
+            xb = x[perm[s * args.batch_size : (s + 1) * args.batch_size]].float()
             x_c = xb - sae.b_dec
             with torch.no_grad():
                 pre = F.linear(x_c, sae.encoder.weight, sae.encoder.bias)  # dense, no grad
@@ -392,7 +591,7 @@ def parse_args(argv=None):
         "--out",
         type=Path,
         default=Path("data/sae/smollm2-135m-res-topk"),
-        help="run folder; the SAE goes to <out>/layers.10/",
+        help="run folder; the SAE goes to <out>/layers.<layer>/",
     )
     p.add_argument(
         "--model", default=None, help="local subject model folder; None = the embedded SmolLM2-135M-Instruct"
@@ -400,20 +599,37 @@ def parse_args(argv=None):
     p.add_argument(
         "--cache-dir", type=Path, default=None, help="autointerp cache; None = $AUTOINTERP_CACHE or ~/.cache/autointerp"
     )
+    p.add_argument("--layer", type=int, default=LAYER, help="decoder block whose output is read (hookpoint layers.N)")
     p.add_argument("--fortunes-dir", type=Path, default=FORTUNE_DIR, help="Debian fortunes (skipped if absent)")
-    p.add_argument("--max-tokens", type=int, default=300_000, help="token budget for all rows (train+held-out)")
+    p.add_argument(
+        "--sources",
+        default=",".join(SOURCES),
+        help="text sources to use, comma-separated (absent ones are skipped and recorded)",
+    )
+    p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="token budget for all rows (train+held-out)")
     p.add_argument("--ctx-len", type=int, default=256, help="tokens per row")
     p.add_argument("--holdout", type=float, default=0.05, help="fraction of rows held out for evaluation")
     p.add_argument("--forward-batch", type=int, default=32, help="rows per subject-model forward pass")
-    p.add_argument("--expansion-factor", type=int, default=4, help="latents = d_in x this")
-    p.add_argument("--k", type=int, default=32, help="active latents per token")
-    p.add_argument("--epochs", type=int, default=8, help="passes over the training activations")
+    p.add_argument(
+        "--activations-dir",
+        type=Path,
+        default=None,
+        help="store gathered activations here (fp16 .npy per layer, keyed by model and rows) and reuse them",
+    )
+    p.add_argument(
+        "--gather-layers",
+        default="",
+        help="also gather (and store in --activations-dir) these layers in the same forward pass, e.g. 4,6,8",
+    )
+    p.add_argument("--expansion-factor", type=int, default=EXPANSION, help="latents = d_in x this")
+    p.add_argument("--k", type=int, default=K, help="active latents per token")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the training activations")
     p.add_argument("--batch-size", type=int, default=4096, help="tokens per SAE step")
     p.add_argument(
         "--lr",
         type=float,
-        default=4e-3,
-        help="Adam peak lr (sparsify's 2e-4/sqrt(L/2^14) = 5.3e-4 is too slow for ~500 steps)",
+        default=LR,
+        help="Adam peak lr (sparsify's 2e-4/sqrt(L/2^14) is too slow for a few thousand steps)",
     )
     p.add_argument("--warmup-steps", type=int, default=50, help="linear lr warm-up")
     p.add_argument("--min-lr-frac", type=float, default=0.1, help="cosine decay ends at this fraction of lr")
@@ -421,13 +637,37 @@ def parse_args(argv=None):
     p.add_argument(
         "--dead-tokens",
         type=int,
-        default=50_000,
+        default=DEAD_TOKENS,
         help="a latent is dead for AuxK if it has not fired in this many training tokens",
     )
     p.add_argument("--seed", type=int, default=0, help="data selection, split, init and shuffling")
     p.add_argument("--threads", type=int, default=None, help="torch threads; None = torch's choice")
-    p.add_argument("--log-every", type=int, default=25, help="steps between log lines")
+    p.add_argument("--log-every", type=int, default=100, help="steps between log lines")
+    p.add_argument(
+        "--train-eval-tokens",
+        type=int,
+        default=500_000,
+        help="measure train FVU and dead fraction on this many training tokens (the first, in shuffled row order)",
+    )
     return p.parse_args(argv)
+
+
+def select_rows(rows_by_src: dict[str, np.ndarray], max_rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every lee_background row (the default run corpus), then the other sources share what is left of the
+    budget equally, smallest source first, so a source with fewer rows than its share passes the rest on;
+    rows drawn with the seed."""
+    chosen = {}
+    if "lee_background" in rows_by_src:
+        chosen["lee_background"] = rows_by_src["lee_background"][:max_rows]
+    left = max_rows - sum(len(r) for r in chosen.values())
+    others = sorted((s for s in rows_by_src if s != "lee_background"), key=lambda s: (len(rows_by_src[s]), s))
+    for i, name in enumerate(others):
+        share = left // (len(others) - i)
+        avail = rows_by_src[name]
+        pick = np.sort(rng.choice(len(avail), size=min(share, len(avail)), replace=False))
+        chosen[name] = avail[pick]
+        left -= len(pick)
+    return chosen
 
 
 def main(argv=None) -> None:
@@ -435,6 +675,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
+    hookpoint = f"layers.{args.layer}"
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from autointerp.subjects.model import load_subject
 
@@ -443,22 +684,14 @@ def main(argv=None) -> None:
     print(f"subject {subject.name} loaded in {time.time() - t0:.1f}s", flush=True)
 
     rng = np.random.default_rng(args.seed)
-    sources = {
-        "lee_background": read_lee(),
-        "fortunes": read_fortunes(args.fortunes_dir),
-        "enwiki_shortened": read_wikipedia(),
-    }
+    wanted = [s.strip() for s in args.sources.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SOURCES))
+    if unknown:
+        raise SystemExit(f"unknown sources {unknown}; known: {', '.join(SOURCES)}")
+    sources = read_sources(args.fortunes_dir, wanted)
     rows_by_src = {name: to_rows(docs, tok, args.ctx_len) for name, docs in sources.items() if docs}
-    max_rows = args.max_tokens // args.ctx_len
-    chosen = {"lee_background": rows_by_src["lee_background"][:max_rows]}
-    others = [s for s in rows_by_src if s != "lee_background"]
-    left = max_rows - len(chosen["lee_background"])
-    for i, name in enumerate(others):
-        share = left // (len(others) - i)
-        avail = rows_by_src[name]
-        pick = np.sort(rng.choice(len(avail), size=min(share, len(avail)), replace=False))
-        chosen[name] = avail[pick]
-        left -= len(pick)
+    rows_by_src = {name: r for name, r in rows_by_src.items() if len(r)}
+    chosen = select_rows(rows_by_src, args.max_tokens // args.ctx_len, rng)
     data_info = {
         name: {
             "documents": len(sources[name]),
@@ -479,17 +712,25 @@ def main(argv=None) -> None:
         data_info[name]["rows_heldout"] = int((src_of_row[hold_rows] == name).sum())
     print(f"data: {json.dumps(data_info)}; {len(train_rows)} train rows, {n_hold} held-out rows", flush=True)
 
-    t1 = time.time()
-    acts = gather(subject.model, rows[np.concatenate([train_rows, hold_rows])], args.forward_batch)
-    gather_s = time.time() - t1
+    ordered = rows[np.concatenate([train_rows, hold_rows])]
+    import hashlib
+
+    key = hashlib.sha256(ordered.tobytes() + str(subject.name).encode()).hexdigest()[:16]
+    layers = sorted({args.layer, *(int(x) for x in args.gather_layers.split(",") if x.strip())})
+    model = subject.model
+    shape = (len(ordered) * (args.ctx_len - 1), model.config.hidden_size)
+
+    def fill(out: dict[int, torch.Tensor]) -> None:
+        gather(model, ordered, out, args.forward_batch)
+
+    acts, gather_s = stored_activations(args.activations_dir, key, layers, args.layer, shape, fill)
     per_row = args.ctx_len - 1
     x_train, x_hold = acts[: len(train_rows) * per_row], acts[len(train_rows) * per_row :]
     print(
         f"activations: {len(x_train)} train + {len(x_hold)} held-out tokens in {gather_s:.0f}s "
-        f"(mean norm {x_train.norm(dim=1).mean():.1f})",
+        f"(mean norm {x_hold.float().norm(dim=1).mean():.1f})",
         flush=True,
     )
-    del subject
 
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)
@@ -497,7 +738,7 @@ def main(argv=None) -> None:
     num_latents = d_in * args.expansion_factor
     sae = TopKSAE(d_in, num_latents, args.k)
     with torch.no_grad():
-        sae.b_dec.copy_(x_train.mean(0))
+        sae.b_dec.copy_(column_mean(x_train))
     init_eval = evaluate(sae, x_hold)
     print(f"init held-out FVU {init_eval['fvu']:.4f}", flush=True)
     info = train(sae, x_train, args, g)
@@ -516,7 +757,7 @@ def main(argv=None) -> None:
         sae.W_dec.copy_(tensors["W_dec"].float())
         sae.b_dec.copy_(tensors["b_dec"].float())
     hold = evaluate(sae, x_hold)
-    train_eval = evaluate(sae, x_train)
+    train_eval = evaluate(sae, x_train[: args.train_eval_tokens])
     print(
         f"held-out: FVU {hold['fvu']:.4f}  L0 {hold['l0']:.1f}  dead {hold['dead_fraction']:.4f} "
         f"(train: FVU {train_eval['fvu']:.4f}, dead {train_eval['dead_fraction']:.4f})",
@@ -525,7 +766,7 @@ def main(argv=None) -> None:
 
     from safetensors.torch import save_file
 
-    folder = args.out / HOOKPOINT
+    folder = args.out / hookpoint
     folder.mkdir(parents=True, exist_ok=True)
     cfg = {
         "activation": "topk",
@@ -553,8 +794,9 @@ def main(argv=None) -> None:
         if args.model is None
         else args.model,
         "subject_dtype": "bfloat16",
-        "hookpoint": HOOKPOINT,
-        "hookpoint_meaning": "output of decoder block 10 = hidden_states[11] (output_hidden_states=True)",
+        "hookpoint": hookpoint,
+        "hookpoint_meaning": f"output of decoder block {args.layer} = hidden_states[{args.layer + 1}] "
+        "(output_hidden_states=True)",
         "skipped_positions": [0],
         "settings": settings,
         "seeds": {"data_selection_and_split": args.seed, "init": args.seed, "shuffle": args.seed},
@@ -565,6 +807,7 @@ def main(argv=None) -> None:
             "rows_train": int(len(train_rows)),
             "rows_heldout": int(n_hold),
             "ctx_len": args.ctx_len,
+            "activations_key": key,
         },
         "training": {k: v for k, v in info.items() if k != "log"},
         "heldout_at_init": {"fvu": init_eval["fvu"]},

@@ -161,7 +161,7 @@ def test_latents_out_of_range_are_refused_before_caching_and_not_remembered(tmp_
     monkeypatch.setattr(app, "load_subject", _no_model)  # the size comes from the checkpoint's header
     out = tmp_path / "r"
     rc, err = _run(capsys, "run", "--out", str(out), "--latents", "3,999999", "--n-tokens", "1024", "--quiet")
-    assert rc == 2 and "--latents 999999 out of range: the dictionary has 2,304 latents (0..2303)" in err
+    assert rc == 2 and "--latents 999999 out of range: the dictionary has 4,608 latents (0..4607)" in err
     assert not (out / "config.json").exists() and not (out / "cache").exists()
 
 

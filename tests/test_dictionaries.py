@@ -657,7 +657,7 @@ def test_the_number_of_latents_is_read_from_the_header_alone(tmp_path):
     write_sparsify_sae(run / "layers.2", num_latents=48)
     assert peek_num_latents(run / "layers.1") == 40 and peek_num_latents(run, "layers.2") == 48
     assert peek_num_latents(run) is None  # two hookpoints and none named: the loader says which exist
-    assert peek_num_latents("default") == load_dictionary(DEFAULT_DICTIONARY, "layers.10").num_latents
+    assert peek_num_latents("default") == load_dictionary(DEFAULT_DICTIONARY, "layers.3").num_latents == 4608
     assert peek_num_latents("neurons") is None and peek_num_latents(tmp_path / "nope") is None
     (run / "layers.1" / "sae.safetensors").write_bytes(b"\x00garbage")
     assert peek_num_latents(run / "layers.1") is None  # a broken file is the loader's to report

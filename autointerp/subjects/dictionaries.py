@@ -21,7 +21,7 @@ import torch
 from autointerp.subjects.hookpoints import Side, translate
 
 DEFAULT_DICTIONARY = Path(__file__).resolve().parents[2] / "data" / "sae" / "smollm2-135m-res-topk"
-DEFAULT_HOOKPOINT = "layers.10"
+DEFAULT_HOOKPOINT = "layers.3"
 
 
 class DictionaryError(ValueError):
