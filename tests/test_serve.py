@@ -406,6 +406,14 @@ def test_explain_with_progress_events(server, client, runs):
     ]
     assert "scoring" in stages
 
+    async def follow() -> list[dict]:
+        async with AsyncClient(server.url, KEY) as c:
+            job = await c.score("fresh", 17, "the words: copper")
+            return [e async for e in c.events(job["id"])]
+
+    events = asyncio.run(follow())
+    assert events[-1]["status"] == "done" and events[-1]["result"]["scores"][0]["scorer"] == "detection"
+
 
 def test_a_full_queue_answers_429_and_cors_when_asked_for(runs, tmp_path):
     options = ("--workers", "1", "--max-queue", "2", "--cors-origin", "https://app.example")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -155,7 +156,7 @@ def test_the_log_index_reads_only_what_was_appended(tmp_path):
     append_row(files.scores, row(2, "c"))
     index.refresh()
     assert index.finished(2, "detection", "c", "j") is not None
-    assert [r.explanation for r in index.score_rows(1)] == ["a", "b"]
+    assert [r.explanation for r in asyncio.run(index.score_rows(1))] == ["a", "b"]
     files.scores.write_text("")  # replaced by a shorter file: read again from the start
     index.refresh()
     assert index.finished(1, "detection", "a", "j") is None

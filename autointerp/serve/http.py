@@ -241,8 +241,10 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
         return JSONResponse({"status": "ok", "version": __version__})
 
     @api.get("/openapi.json", include_in_schema=False)
-    async def openapi(_: Client) -> JSONResponse:
-        return JSONResponse(api.openapi())
+    async def openapi(request: Request, _: Client) -> JSONResponse:
+        spec = api.openapi()
+        prefix = request.scope.get("root_path", "")
+        return JSONResponse({**spec, "servers": [{"url": prefix}]} if prefix else spec)
 
     @api.get("/docs", include_in_schema=False)
     async def docs(request: Request, _: Client) -> HTMLResponse:
@@ -257,7 +259,7 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
     async def get_run(run: RunName, _: Client) -> JSONResponse:
         """One run: its config.json, and how many latents are explained and scored."""
         served = runs.get(run)
-        await asyncio.to_thread(served.prepare)
+        (await served.ready()).refresh()
         config = json.loads(served.files.config.read_text())
         return JSONResponse({**served.summary(), **served.index.counts(), "config": config})
 

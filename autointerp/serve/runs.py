@@ -21,7 +21,9 @@ judgments.parquet) are rebuilt in the background shortly after jobs finish, as t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
@@ -52,7 +54,11 @@ JUDGE_FIELDS = (
     "response_cache",
     "response_cache_path",
 )
-RESULTS_DELAY = 0.5  # seconds to gather finished jobs before the results tables are rebuilt
+# The results tables are rebuilt from the whole logs, which costs more as they grow: once a run has been
+# quiet for RESULTS_QUIET seconds, or, under steady load, every RESULTS_EVERY seconds (and at least 10
+# times as long as the last rebuild took), so rebuilding never takes more than a sliver of the server.
+RESULTS_QUIET = 0.5
+RESULTS_EVERY = 30.0
 MAX_SCORERS = 16
 
 BackendFactory = Callable[[], Judge]
@@ -135,9 +141,14 @@ class LogIndex:
         offset = self._finished.get((latent, scorer, text, judge_model))
         return None if offset is None else self._rows[offset]
 
-    def score_rows(self, latent: int) -> list[ScoreRow]:
-        """Every score row of the latent, oldest first, with its judgments (read from the log)."""
-        return [ScoreRow.from_json(read_jsonl_at(self.files.scores, o)) for o in self._by_latent.get(latent, [])]
+    async def score_rows(self, latent: int) -> list[ScoreRow]:
+        """Every score row of the latent, oldest first, with its judgments (read from the log, in a thread)."""
+        offsets = list(self._by_latent.get(latent, []))
+
+        def read() -> list[ScoreRow]:
+            return [ScoreRow.from_json(read_jsonl_at(self.files.scores, o)) for o in offsets]
+
+        return await asyncio.to_thread(read)
 
     def counts(self) -> dict[str, Any]:
         explained = sum(1 for r in self.explanations.values() if r.status == "ok")
@@ -161,8 +172,12 @@ class ServedRun:
         self._open: app.OpenRun | None = None
         self._loading = asyncio.Lock()
         self._locks: weakref.WeakValueDictionary[Any, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._writing: asyncio.Task[None] | None = None
-        self._dirty = False
+        self._later: asyncio.Task[None] | None = None  # the rebuild waiting for the run to be quiet
+        self._rebuilding: asyncio.Future[Any] | None = None
+        self._write_lock = asyncio.Lock()
+        self._pending = False
+        self._changed_at = 0.0
+        self._rebuild_seconds = 0.0
 
     def require_cache(self) -> CacheMeta:
         if self.meta is None or not self.meta.complete:
@@ -173,12 +188,16 @@ class ServedRun:
             )
         return self.meta
 
-    def prepare(self) -> None:
-        """Cut a torn last line of the logs (a crash mid-write), once, then read them into the index."""
+    async def ready(self) -> LogIndex:
+        """The run's log index, read in full on first use (in a thread: a long log takes a while), after a
+        torn last line of a log (a crash mid-write) was cut; later refreshes read only what was appended."""
         if not self._prepared:
-            self.files.prepare()
-            self._prepared = True
-        self.index.refresh()
+            async with self._loading:
+                if not self._prepared:
+                    await asyncio.to_thread(self.files.prepare)
+                    await asyncio.to_thread(self.index.refresh)
+                    self._prepared = True
+        return self.index
 
     async def cache(self) -> ActivationCache:
         if self._cache is None:
@@ -205,24 +224,48 @@ class ServedRun:
         return lock
 
     def results_changed(self) -> None:
-        """Rebuild the results tables soon (once for a burst of finished jobs)."""
-        self._dirty = True
-        if self._writing is None or self._writing.done():
-            self._writing = asyncio.create_task(self._write_results())
+        """Rebuild the results tables soon: once the run is quiet, or after a while under steady load."""
+        self._changed_at = time.monotonic()
+        self._pending = True
+        if self._later is None or self._later.done():
+            self._later = asyncio.create_task(self._write_later())
 
-    async def _write_results(self) -> None:
-        while self._dirty:
-            await asyncio.sleep(RESULTS_DELAY)
-            self._dirty = False
-            try:
-                await asyncio.to_thread(app.write_results, self.files, self.config, self.resolved, self.index.scorers)
-            except Exception:  # noqa: BLE001 - the logs are the record; the tables are rebuilt next time
-                log.exception("could not rebuild the results tables of run %s", self.name)
+    async def _write_later(self) -> None:
+        first = time.monotonic()
+        while True:
+            quiet = time.monotonic() - self._changed_at
+            if quiet >= RESULTS_QUIET or time.monotonic() - first >= max(RESULTS_EVERY, 10 * self._rebuild_seconds):
+                break
+            await asyncio.sleep(max(0.01, RESULTS_QUIET - quiet))
+        await self.flush()
+        if self._pending:  # jobs finished while the tables were being written
+            self._later = asyncio.create_task(self._write_later())
 
     async def flush(self) -> None:
-        """Wait until the results tables hold every finished job."""
-        while self._writing is not None and not self._writing.done():
-            await self._writing
+        """Rebuild the results tables now if jobs have finished since they were last written (one rebuild at
+        a time: a rebuild runs in a thread, and is waited for even when the caller is cancelled meanwhile)."""
+        async with self._write_lock:
+            if self._rebuilding is not None and not self._rebuilding.done():
+                await asyncio.shield(self._rebuilding)
+            if not self._pending:
+                return
+            self._pending = False
+            start = time.monotonic()
+            self._rebuilding = asyncio.ensure_future(
+                asyncio.to_thread(app.write_results, self.files, self.config, self.resolved, set(self.index.scorers))
+            )
+            try:
+                await asyncio.shield(self._rebuilding)
+            except Exception:  # noqa: BLE001 - the logs are the record; the tables are rebuilt next time
+                log.exception("could not rebuild the results tables of run %s", self.name)
+            self._rebuild_seconds = time.monotonic() - start
+
+    async def close(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._later
+        await self.flush()
 
     def summary(self) -> dict[str, Any]:
         c = self.config
@@ -383,7 +426,8 @@ class ServedRuns:
         the current explanation row, and every score row (any label) with the judge's answers."""
         self.check_latent_range(run, latent)
         opened = await run.opened()
-        run.prepare()
+        index = await run.ready()
+        index.refresh()
         stats = opened.cache.stats(latent)
         record: dict[str, Any] | None = None
         reason = ""
@@ -395,7 +439,7 @@ class ServedRuns:
             }
         except NotEnoughExamples as e:
             reason = str(e)
-        explanation = run.index.explanations.get(latent)
+        explanation = index.explanations.get(latent)
         return {
             "run": run.name,
             "latent": latent,
@@ -404,7 +448,7 @@ class ServedRuns:
             "examples": record,
             "no_examples_because": reason or None,
             "explanation": explanation.to_json() if explanation is not None else None,
-            "scores": [r.to_json() for r in await asyncio.to_thread(run.index.score_rows, latent)],
+            "scores": [r.to_json() for r in await index.score_rows(latent)],
         }
 
     def check_latent_range(self, run: ServedRun, latent: int) -> None:
@@ -424,7 +468,7 @@ class ServedRuns:
             run = self.get(job.run)
             progress({"stage": "opening the run"})
             opened = await run.opened()
-            run.prepare()
+            await run.ready()
             if job.kind == "score":
                 return await self._score(run, opened, job, progress)
             if job.kind == "explain":
@@ -493,5 +537,5 @@ class ServedRuns:
 
     async def aclose(self) -> None:
         for run in self._runs.values():
-            await run.flush()
+            await run.close()
         await self.judges.aclose()
