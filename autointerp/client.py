@@ -46,7 +46,6 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    retry: bool = True  # safe to send again (GETs, and POSTs with an idempotency key)
 
 
 def _error(response: httpx.Response) -> ServeError:
@@ -179,8 +178,8 @@ class Client(_Calls):
                 error = _error(response)
                 if response.status_code not in RETRY_STATUS:
                     raise error
-            except httpx.TransportError:
-                if not call.retry or attempt >= self.retries:
+            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
+                if attempt >= self.retries:
                     raise
             if attempt >= self.retries:
                 assert error is not None
@@ -302,8 +301,8 @@ class AsyncClient(_Calls):
                 error = _error(response)
                 if response.status_code not in RETRY_STATUS:
                     raise error
-            except httpx.TransportError:
-                if not call.retry or attempt >= self.retries:
+            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
+                if attempt >= self.retries:
                     raise
             if attempt >= self.retries:
                 assert error is not None

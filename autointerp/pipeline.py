@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -70,6 +71,12 @@ def select_latents(cache: ActivationCache, config: RunConfig) -> tuple[list[int]
     else:
         chosen = eligible if config.max_latents is None else eligible[: config.max_latents]
     return chosen, n - len(eligible)
+
+
+async def _append(path: Path, row: ExplanationRow | ScoreRow) -> None:
+    """Append a finished row, in a thread: its fsync takes milliseconds, in which the event loop serves other
+    latents' judge answers (and, in the HTTP service, requests)."""
+    await asyncio.to_thread(append_row, path, row)
 
 
 def _explanation_row(record: LatentRecord, status: str, **fields: Any) -> ExplanationRow:
@@ -140,7 +147,7 @@ class LatentWorker:
         try:
             record = await asyncio.to_thread(self.sampler.record, latent)
         except NotEnoughExamples as e:
-            append_row(self.files.explanations, ExplanationRow(latent, hookpoint, status="skipped", error=str(e)))
+            await _append(self.files.explanations, ExplanationRow(latent, hookpoint, status="skipped", error=str(e)))
             self.summary.skipped += 1
             return
         if "explain" in self.stages and (done is None or done.status == "error"):
@@ -217,7 +224,7 @@ class LatentWorker:
             row = _explanation_row(record, "failed", error=str(e), explainer_model=model)
         except Exception:  # noqa: BLE001 - one latent's crash must not end the run
             row = _explanation_row(record, "error", error=traceback.format_exc(), explainer_model=model)
-        append_row(self.files.explanations, row)
+        await _append(self.files.explanations, row)
         return row
 
     async def control(self, latent: int, donor: ExplanationRow, done: set[str]) -> None:
@@ -268,7 +275,7 @@ class LatentWorker:
                 donor=donor,
             )
             self.summary.failed_latents.add(record.latent.index)
-        append_row(self.files.scores, row)
+        await _append(self.files.scores, row)
         return row
 
 

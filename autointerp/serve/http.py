@@ -196,7 +196,7 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
 
     # -- auth ---------------------------------------------------------------------------------------
 
-    def client(request: Request) -> str:
+    async def client(request: Request) -> str:  # async: FastAPI would run a plain def in a thread
         if settings.keys is None:
             return LOCAL_CLIENT
         found = settings.keys.client(request.headers.get("authorization"))
@@ -253,7 +253,7 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
     @api.get("/runs", tags=["runs"])
     async def list_runs(_: Client) -> JSONResponse:
         """Every run folder served, with its model, dictionary, judge and scorers."""
-        return JSONResponse({"runs": await asyncio.to_thread(runs.listing)})
+        return JSONResponse({"runs": await runs.listing()})
 
     @api.get("/runs/{run}", tags=["runs"])
     async def get_run(run: RunName, _: Client) -> JSONResponse:

@@ -358,9 +358,10 @@ class ServedRuns:
             self._runs[name] = run
         return run
 
-    def listing(self) -> list[dict[str, Any]]:
+    async def listing(self) -> list[dict[str, Any]]:
         out = []
-        for name, _ in list_runs(self.root):
+        # the folder scan in a thread; the ServedRun objects (with their locks) only ever on the event loop
+        for name, _ in await asyncio.to_thread(list_runs, self.root):
             try:
                 out.append(self.get(name).summary())
             except (NotFound, RequestError):
