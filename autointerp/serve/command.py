@@ -52,14 +52,22 @@ def add_parser(sub: Any) -> None:
         metavar="NAME",
         help="a judge requests may name besides their run's own (repeatable), e.g. smollm2 or openai:gpt-4o-mini",
     )
-    g.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="largest request body (default: 65536)")
     g.add_argument(
-        "--max-explanation-chars", type=int, default=1000, help="longest explanation to score (default: 1000)"
+        "--max-body-bytes", type=int, default=64 * 1024, metavar="N", help="largest request body (default: 65536)"
+    )
+    g.add_argument(
+        "--max-explanation-chars",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="longest explanation to score (default: 1000)",
     )
     g.add_argument("--hash-key", action="store_true", help="print the key file line for a key read from stdin, exit")
     g = p.add_argument_group("jobs")
-    g.add_argument("--workers", type=int, default=4, help="jobs run at once (default: 4)")
-    g.add_argument("--max-queue", type=int, default=256, help="jobs queued or running before 429 (default: 256)")
+    g.add_argument("--workers", type=int, default=4, metavar="N", help="jobs run at once (default: 4)")
+    g.add_argument(
+        "--max-queue", type=int, default=256, metavar="N", help="jobs queued or running before 429 (default: 256)"
+    )
     g.add_argument("--jobs-db", type=Path, metavar="FILE", help="job database (default: RUNS/.serve/jobs.sqlite)")
     g.add_argument(
         "--response-cache",
@@ -67,8 +75,15 @@ def add_parser(sub: Any) -> None:
         help="judges' response cache for every run (default: each run's own setting, usually "
         "~/.cache/autointerp/responses.sqlite)",
     )
-    g.add_argument("--root-path", default="", help="path prefix when a reverse proxy serves this under one")
-    g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    g.add_argument(
+        "--root-path", default="", metavar="PREFIX", help="path prefix a reverse proxy serves this under, e.g. /ai"
+    )
+    g.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level; info logs every request's method, path and status (default: info)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace):
