@@ -33,7 +33,7 @@ from typing import Any
 from autointerp import app
 from autointerp.cache.store import ActivationCache, CacheError, CacheMeta, read_meta
 from autointerp.config import ConfigError, RunConfig, load_config
-from autointerp.llm.base import Judge
+from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.records import ExplanationRow, RowError, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
 from autointerp.sampling import NotEnoughExamples
@@ -47,6 +47,7 @@ log = logging.getLogger("autointerp.serve")
 # the settings a judge is built from: runs that agree on these (and the name) share one judge
 JUDGE_FIELDS = (
     "judge_url",
+    "judge_timeout",
     "api_key_env",
     "no_logprobs",
     "prompt_logprobs",
@@ -101,7 +102,6 @@ class LogIndex:
     def __init__(self, files: RunFiles):
         self.files = files
         self.explanations: dict[int, ExplanationRow] = {}
-        self.scorers: set[str] = set()
         self._finished: dict[tuple[int, str, str, str | None], int] = {}  # -> offset of the newest ok row
         self._rows: dict[int, ScoreRow] = {}  # offset -> the row without judgments
         self._by_latent: dict[int, list[int]] = {}
@@ -114,7 +114,6 @@ class LogIndex:
                 self._finished.clear()
                 self._rows.clear()
                 self._by_latent.clear()
-                self.scorers.clear()
             else:
                 self.explanations.clear()
             self._ends[name] = 0
@@ -132,7 +131,6 @@ class LogIndex:
                 row = replace(ScoreRow.from_json(data), judgments=None)
                 self._rows[offset] = row
                 self._by_latent.setdefault(row.latent, []).append(offset)
-                self.scorers.add(row.scorer)
                 if row.status == "ok":
                     self._finished[(row.latent, row.scorer, row.explanation or "", row.judge_model)] = offset
                 self._ends["scores"] = end
@@ -252,7 +250,7 @@ class ServedRun:
             self._pending = False
             start = time.monotonic()
             self._rebuilding = asyncio.ensure_future(
-                asyncio.to_thread(app.write_results, self.files, self.config, self.resolved, set(self.index.scorers))
+                asyncio.to_thread(app.write_results, self.files, self.config, self.resolved)
             )
             try:
                 await asyncio.shield(self._rebuilding)
@@ -304,6 +302,11 @@ class Judges:
                 judge = self._made.get(key)
                 if judge is None:
                     judge = await asyncio.to_thread(self._make, name, config)
+                    try:
+                        await check_judge_ready(judge)  # an HTTP judge that cannot be reached fails the job now
+                    except BaseException:
+                        await judge.aclose()  # and the next job tries again
+                        raise
                     self._made[key] = judge
         return judge
 
