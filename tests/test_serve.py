@@ -40,7 +40,7 @@ def runs(tmp_path_factory, tiny_llama) -> Path:
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
-    s = start_server(runs, state, "--max-queue", "512", delay=0.002)
+    s = start_server(runs, state, "--max-queue", "512", "--allow-judge", "tokens", delay=0.002)
     yield s
     assert s.stop(), s.log.read_text()[-3000:]
 
@@ -330,7 +330,9 @@ def test_200_concurrent_score_requests(server, runs, tmp_path):
         pd.read_parquet(runs / "crowd" / "results.parquet"),
         pd.read_parquet(runs / "alpha" / "results.parquet"),
     )
-    columns = [c for c in theirs.columns if c.startswith(("detection_", "fuzzing_")) or c == "explanation"]
+    # (the pipeline's run also scored shuffled-label controls, which the service does not)
+    scored = [c for c in theirs.columns if c.startswith(("detection_", "fuzzing_")) and "_control_" not in c]
+    columns = ["explanation", *scored]
     pd.testing.assert_frame_equal(mine[columns], theirs[columns])
 
 
@@ -413,6 +415,14 @@ def test_explain_with_progress_events(server, client, runs):
 
     events = asyncio.run(follow())
     assert events[-1]["status"] == "done" and events[-1]["result"]["scores"][0]["scorer"] == "detection"
+
+
+def test_the_tokens_explainer_asks_no_model(server, client, runs):
+    asked = len(server.judge_calls("scripted-explainer"))
+    job = client.wait(client.explain("fresh", 22, explainer="tokens")["id"], timeout=60)
+    assert job["status"] == "done" and job["result"]["explainer_model"] == "tokens"
+    assert RunFiles(runs / "fresh").explanations_by_latent()[22].explanation == job["result"]["explanation"]
+    assert len(server.judge_calls("scripted-explainer")) == asked
 
 
 def test_a_full_queue_answers_429_and_cors_when_asked_for(runs, tmp_path):

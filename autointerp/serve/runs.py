@@ -33,6 +33,7 @@ from typing import Any
 from autointerp import app
 from autointerp.cache.store import ActivationCache, CacheError, CacheMeta, read_meta
 from autointerp.config import ConfigError, RunConfig, load_config
+from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.records import ExplanationRow, RowError, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
@@ -131,7 +132,7 @@ class LogIndex:
                 row = replace(ScoreRow.from_json(data), judgments=None)
                 self._rows[offset] = row
                 self._by_latent.setdefault(row.latent, []).append(offset)
-                if row.status == "ok":
+                if row.status == "ok" and not row.control:  # a control scored another latent's label
                     self._finished[(row.latent, row.scorer, row.explanation or "", row.judge_model)] = offset
                 self._ends["scores"] = end
 
@@ -508,16 +509,20 @@ class ServedRuns:
         return ("failed" if errors else "done"), result, "; ".join(errors) or None
 
     async def _explain(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
-        progress({"stage": "loading the explainer", "explainer": job.request["explainer"]})
-        explainer = await self.judges.get(job.request["explainer"], run.config)
-        chooser = opened.chooser()
+        name = job.request["explainer"]
+        explainer = None
+        if name != TOKENS_EXPLAINER:  # the tokens explainer asks no LLM
+            progress({"stage": "loading the explainer", "explainer": name})
+            explainer = await self.judges.get(name, run.config)
+        model = TOKENS_EXPLAINER if explainer is None else explainer.model
+        chooser = opened.chooser() if explainer is not None else None
         judge = None
         if chooser is not None and chooser.needs_judge:
             judge = await self.judges.get(run.config.judge, run.config)
         async with run.lock(("explain", job.latent)):
             run.index.refresh()
             current = run.index.explanations.get(job.latent)
-            reused = current is not None and current.status == "ok" and current.explainer_model == explainer.model
+            reused = current is not None and current.status == "ok" and current.explainer_model == model
             if reused:
                 row = current
             else:
