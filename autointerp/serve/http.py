@@ -4,7 +4,8 @@ Every route but /health needs an API key. Errors are JSON `{"error": message, "f
 `field` names the part of the request that is wrong (a body field, a path or query parameter, a
 header) whenever there is one. Responses are built as JSON directly (no response models to validate
 against) since a latent's record can be large and the bench holds the service to a few milliseconds a
-request.
+request. (No `from __future__ import annotations` here: FastAPI reads the routes' annotations at run
+time, and the aliases they use are made inside `create_app`.)
 """
 
 import asyncio
