@@ -327,11 +327,14 @@ class OpenRun:
 
 async def score_label(run: OpenRun, latent: int, text: str, scorers: list[str], judge: Judge | None) -> list[ScoreRow]:
     """Score `text` as an explanation of one latent of the run with each named scorer, on the run's held-out
-    split, and write the rows to its scores log: the same rows `autointerp score` writes for that label."""
+    split, and write the rows to its scores log: the same rows `autointerp score` writes for that label
+    (in a thread: callers are long-lived processes with other work on their event loop)."""
     chosen = run.scorers(scorers)
     for scorer in chosen:
         scorer.check_judge(judge)
-    worker = LatentWorker(run.files, run.config, run.sampler, None, judge, chosen, {"score"}, RunSummary())
+    worker = LatentWorker(
+        run.files, run.config, run.sampler, None, judge, chosen, {"score"}, RunSummary(), write_in_thread=True
+    )
     return await worker.score_text(latent, text)
 
 
@@ -345,7 +348,9 @@ async def explain_latent(run: OpenRun, latent: int, explainer: Judge | None, jud
     chooser = run.chooser() if explainer is not None else None
     if chooser is not None:
         chooser.check_judge(judge)
-    worker = LatentWorker(run.files, config, run.sampler, explainer, judge, [], {"explain"}, RunSummary(), chooser)
+    worker = LatentWorker(
+        run.files, config, run.sampler, explainer, judge, [], {"explain"}, RunSummary(), chooser, write_in_thread=True
+    )
     return await worker.explain_latent(latent)
 
 

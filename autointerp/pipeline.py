@@ -73,12 +73,6 @@ def select_latents(cache: ActivationCache, config: RunConfig) -> tuple[list[int]
     return chosen, n - len(eligible)
 
 
-async def _append(path: Path, row: ExplanationRow | ScoreRow) -> None:
-    """Append a finished row, in a thread: its fsync takes milliseconds, in which the event loop serves other
-    latents' judge answers (and, in the HTTP service, requests)."""
-    await asyncio.to_thread(append_row, path, row)
-
-
 def _explanation_row(record: LatentRecord, status: str, **fields: Any) -> ExplanationRow:
     """A row for a latent whose record was built: its statistics and every window the explainer saw."""
     quantile = {e.window: -1 for e in record.train_negatives} | {e.window: e.quantile for e in record.train}
@@ -115,6 +109,8 @@ class LatentWorker:
         stages: set[str],
         summary: RunSummary,
         chooser: Scorer | None = None,
+        *,
+        write_in_thread: bool = False,
     ):
         self.files = files
         self.config = config
@@ -125,6 +121,10 @@ class LatentWorker:
         self.stages = stages
         self.summary = summary
         self.chooser = chooser  # the scorer that picks among best-of-n labels (on the validation split)
+        # A row's append ends with an fsync (milliseconds). A run writes inline: nothing else moves meanwhile,
+        # so one latent's stages reach the judge back to back. A long-lived server (the HTTP service) writes
+        # in a thread, so its event loop answers requests and other jobs meanwhile.
+        self.write_in_thread = write_in_thread
 
     # What the logs already hold, read on first use: `process` (a run's resume) needs them, while the
     # one-latent calls below (the HTTP service's jobs) do not, and must not read whole logs per call.
@@ -147,7 +147,8 @@ class LatentWorker:
         try:
             record = await asyncio.to_thread(self.sampler.record, latent)
         except NotEnoughExamples as e:
-            await _append(self.files.explanations, ExplanationRow(latent, hookpoint, status="skipped", error=str(e)))
+            skipped = ExplanationRow(latent, hookpoint, status="skipped", error=str(e))
+            await self._append(self.files.explanations, skipped)
             self.summary.skipped += 1
             return
         if "explain" in self.stages and (done is None or done.status == "error"):
@@ -166,6 +167,12 @@ class LatentWorker:
                     await self._score(scorer, record, explanation)
             if todo:
                 self.summary.scored += 1
+
+    async def _append(self, path: Path, row: ExplanationRow | ScoreRow) -> None:
+        if self.write_in_thread:
+            await asyncio.to_thread(append_row, path, row)
+        else:
+            append_row(path, row)
 
     def _scored(self, latent: int, scorer: str, text: str) -> bool:
         """Done already: a finished score of this very text (an imported replacement makes old scores stale)."""
@@ -224,7 +231,7 @@ class LatentWorker:
             row = _explanation_row(record, "failed", error=str(e), explainer_model=model)
         except Exception:  # noqa: BLE001 - one latent's crash must not end the run
             row = _explanation_row(record, "error", error=traceback.format_exc(), explainer_model=model)
-        await _append(self.files.explanations, row)
+        await self._append(self.files.explanations, row)
         return row
 
     async def control(self, latent: int, donor: ExplanationRow, done: set[str]) -> None:
@@ -275,7 +282,7 @@ class LatentWorker:
                 donor=donor,
             )
             self.summary.failed_latents.add(record.latent.index)
-        await _append(self.files.scores, row)
+        await self._append(self.files.scores, row)
         return row
 
 
