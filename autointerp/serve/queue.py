@@ -42,7 +42,8 @@ class JobQueue:
         self.max_queue = max_queue
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._progress: dict[str, dict[str, Any]] = {}
-        self._changed: dict[str, asyncio.Event] = {}
+        self._changed: dict[str, asyncio.Event] = {}  # set at each change of a job (followers of its events)
+        self._ended: dict[str, asyncio.Event] = {}  # set when a job has finished (long-polls)
         self._active = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._seconds = 1.0  # moving average of a job's run time, for Retry-After
@@ -97,16 +98,15 @@ class JobQueue:
         return job if job is not None and job.client == client else None
 
     async def wait(self, job_id: str, client: str, timeout: float) -> Job | None:
-        """The job once it has finished, or as it is when `timeout` seconds have passed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.get(job_id, client)
-            left = deadline - time.monotonic()
-            if job is None or job.status in FINISHED or left <= 0:
-                return job
-            event = self._changed.setdefault(job_id, asyncio.Event())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(event.wait(), left)
+        """The job once it has finished, or as it is when `timeout` seconds have passed (woken by its end
+        only, not by each step of its progress)."""
+        job = self.get(job_id, client)
+        if job is None or job.status in FINISHED:
+            return job
+        event = self._ended.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return self.get(job_id, client)
 
     async def follow(self, job_id: str, client: str, heartbeat: float = 15.0) -> AsyncIterator[Job | None]:
         """The job at once and after each change until it has finished; None after `heartbeat` seconds of quiet."""
@@ -157,3 +157,6 @@ class JobQueue:
             self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - start)
             self._progress.pop(job_id, None)
             self._notify(job_id)
+            ended = self._ended.pop(job_id, None)
+            if ended is not None:
+                ended.set()

@@ -26,7 +26,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,7 @@ class LogIndex:
                 self._ends["explanations"] = end
         if self._start("scores", self.files.scores) > self._ends["scores"]:
             for offset, end, data in scan_jsonl(self.files.scores, self._ends["scores"]):
-                row = replace(ScoreRow.from_json(data), judgments=None)
+                row = ScoreRow.from_json({**data, "judgments": None})  # kept in the log, read when asked for
                 self._rows[offset] = row
                 self._by_latent.setdefault(row.latent, []).append(offset)
                 if row.status == "ok" and not row.control:  # a control scored another latent's label
