@@ -6,7 +6,8 @@ ready objects, which is what lets tests hand them scripted judges and tiny cache
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,7 +21,8 @@ from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, JudgeError, check_judge_ready
 from autointerp.llm.cache import ResponseCacheError
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_latents
-from autointerp.results import RunFiles
+from autointerp.records import ExplanationRow, ScoreRow
+from autointerp.results import RunFiles, materialize
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers.base import Scorer, ScorerContext
 from autointerp.scorers.registry import build_scorers
@@ -193,9 +195,6 @@ def make_judge(name: str, config: RunConfig) -> Judge:
     Layers, outside in: the response cache (a hit never waits for a slot), the ordering gate (bounded
     requests in flight, served by latent and stage so shared prefixes stay together), the backend.
     """
-    from autointerp.llm.assets import default_cache_dir
-    from autointerp.llm.ordering import OrderedJudge
-
     if name.startswith("openai:"):
         from autointerp.llm.openai_compat import OpenAIJudge
 
@@ -222,7 +221,18 @@ def make_judge(name: str, config: RunConfig) -> Judge:
         slots = config.judge_concurrency or 1  # llama.cpp in process runs one request at a time anyway
         judge = load_local_judge(name)
         namespace = f"llama.cpp:{judge.model}"
-    judge = OrderedJudge(judge, slots)
+    return wrap_judge(judge, config, namespace=namespace, slots=slots)
+
+
+def wrap_judge(backend: Judge, config: RunConfig, *, namespace: str, slots: int) -> Judge:
+    """A backend behind the ordering gate (`slots` requests in flight) and, unless the config turns it off,
+    the response cache under `namespace` (which must name the backend and model: two never share answers).
+    The HTTP service wraps the judges it is handed (scripted ones in tests, an instant one in the bench) the
+    same way as the ones it loads by name."""
+    from autointerp.llm.assets import default_cache_dir
+    from autointerp.llm.ordering import OrderedJudge
+
+    judge: Judge = OrderedJudge(backend, slots)
     if not config.response_cache:
         return judge
     from autointerp.llm.cache import CachedJudge
@@ -283,6 +293,73 @@ def make_scorers(
     return build_scorers(config.scorers if names is None else names, config, scorer_context(config, cache, embedder))
 
 
+class OpenRun:
+    """A run folder's heavy parts, loaded once: the activation cache, the sampler (the subject model's
+    tokenizer, and the same held-out split as every stage), and the scorers with their shared context.
+
+    The CLI opens one per command; a long-lived process (the HTTP service) keeps one per run folder and
+    asks it about many latents, so the tokenizer, the cache and the scorers' models are loaded once.
+    """
+
+    def __init__(self, files: RunFiles, config: RunConfig, *, cache: ActivationCache | None = None):
+        self.files = files
+        self.config = config
+        self.cache = cache or ActivationCache(files.cache)
+        self.embedder = embedders(config)
+        similar = self.embedder(config.sampling.similar_model) if config.sampling.negatives == "similar" else None
+        decode = token_decoder(load_tokenizer(config, self.cache.meta))
+        self.sampler = Sampler(self.cache, decode, config.sampling, embedder=similar)
+        self.context = scorer_context(config, self.cache, self.embedder)
+        self._scorers: dict[str, Scorer] = {}
+
+    def scorers(self, names: Iterable[str]) -> list[Scorer]:
+        """The named scorers, each built once for the run, all sharing its context."""
+        names = list(names)
+        for name in names:
+            if name not in self._scorers:
+                (self._scorers[name],) = build_scorers([name], self.config, self.context)
+        return [self._scorers[name] for name in names]
+
+    def chooser(self) -> Scorer | None:
+        """The scorer that rates best-of-n labels, when the run's explainer draws several."""
+        return self.scorers([self.config.explain.best_of_scorer])[0] if self.config.explain.best_of > 1 else None
+
+
+async def score_label(run: OpenRun, latent: int, text: str, scorers: list[str], judge: Judge | None) -> list[ScoreRow]:
+    """Score `text` as an explanation of one latent of the run with each named scorer, on the run's held-out
+    split, and write the rows to its scores log: the same rows `autointerp score` writes for that label
+    (in a thread: callers are long-lived processes with other work on their event loop)."""
+    chosen = run.scorers(scorers)
+    for scorer in chosen:
+        scorer.check_judge(judge)
+    worker = LatentWorker(
+        run.files, run.config, run.sampler, None, judge, chosen, {"score"}, RunSummary(), write_in_thread=True
+    )
+    return await worker.score_text(latent, text)
+
+
+async def explain_latent(run: OpenRun, latent: int, explainer: Judge | None, judge: Judge | None) -> ExplanationRow:
+    """Explain one latent of the run now (`explainer` None: the tokens explainer, no LLM; `judge` rates
+    best-of-n candidates, when the run draws several) and write its row, which becomes the latent's current
+    explanation, as `autointerp explain` would."""
+    config = run.config
+    if (explainer is None) != (config.explainer_model == TOKENS_EXPLAINER):
+        config = replace(config, explainer=TOKENS_EXPLAINER if explainer is None else explainer.model)
+    chooser = run.chooser() if explainer is not None else None
+    if chooser is not None:
+        chooser.check_judge(judge)
+    worker = LatentWorker(
+        run.files, config, run.sampler, explainer, judge, [], {"explain"}, RunSummary(), chooser, write_in_thread=True
+    )
+    return await worker.explain_latent(latent)
+
+
+def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]):
+    """Rebuild results.parquet and judgments.parquet from the logs: the config's scorers' columns first, then
+    those of any other scorer the log holds (one asked for through the HTTP service, say)."""
+    return materialize(files, {k: resolved.get(k) for k in ("model", "dictionary", "hookpoint")}, config.scorers)
+
+
 async def latent_stages(
     files: RunFiles,
     config: RunConfig,
@@ -300,11 +377,8 @@ async def latent_stages(
     """
     cache = ActivationCache(files.cache)
     check_latents(config, cache.num_latents)
-    embedder = embedders(config)
-    similar = embedder(config.sampling.similar_model) if config.sampling.negatives == "similar" else None
-    sampler = Sampler(cache, token_decoder(load_tokenizer(config, cache.meta)), config.sampling, embedder=similar)
-    context = scorer_context(config, cache, embedder)
-    scorers = build_scorers(config.scorers, config, context)
+    run = OpenRun(files, config, cache=cache)
+    scorers = run.scorers(config.scorers)
     loaded: dict[str, Judge] = dict(judges or {})
 
     def judge(name: str) -> Judge:
@@ -312,10 +386,9 @@ async def latent_stages(
             loaded[name] = make_judge(name, config)
         return loaded[name]
 
-    best_of = "explain" in stages and config.explain.best_of > 1
     by_llm = "explain" in stages and config.explainer_model != TOKENS_EXPLAINER  # tokens: no model at all
     explainer = judge(config.explainer_model) if by_llm else None
-    chooser = build_scorers([config.explain.best_of_scorer], config, context)[0] if best_of else None
+    chooser = run.chooser() if "explain" in stages else None
     asking = (scorers if "score" in stages else []) + ([chooser] if chooser else [])
     scorer_judge = judge(config.judge) if any(s.needs_judge for s in asking) else None
     summary = RunSummary()
@@ -327,14 +400,14 @@ async def latent_stages(
             await check_judge_ready(used)
         if ready is not None:
             config = ready()
-        latents, n_rare = select_latents(cache, config)
+        latents, n_rare = select_latents(run.cache, config)
         if n_rare:
             summary.messages.append(
-                f"{n_rare} of {cache.num_latents} latents fire in fewer than "
+                f"{n_rare} of {run.cache.num_latents} latents fire in fewer than "
                 f"{config.sampling.min_examples} windows and are not eligible"
             )
         worker = LatentWorker(
-            files, config, sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
+            files, config, run.sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
         )
         await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
         if "score" in stages and config.controls == "shuffled":

@@ -1,5 +1,5 @@
 """Command line: `autointerp cache | explain | score | run | report`, all over one run folder;
-`publish` uploads one.
+`publish` uploads one; `serve` serves a folder of them over HTTP.
 
 The CLI only parses options into a `RunConfig` and calls the stages; every default lives in the
 config dataclasses, so `--help`, config.json and the library agree.
@@ -33,6 +33,7 @@ from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.explanation_sources import FORMATS
 from autointerp.llm.accounting import PriceTable, describe
 from autointerp.results import RunFiles, materialize, usage_by_model
+from autointerp.serve import command as serve_command
 
 EPILOG = """\
 examples:
@@ -485,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
     _add_publish_parser(sub)
     _add_report_parser(sub)
+    serve_command.add_parser(sub)
     return parser
 
 
@@ -586,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         return publish_command(args)
     if args.command == "report":
         return report_command(args)
+    if args.command == "serve":
+        return serve_command.run(args)
     from autointerp import app
 
     try:

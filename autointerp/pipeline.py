@@ -19,6 +19,8 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -107,6 +109,8 @@ class LatentWorker:
         stages: set[str],
         summary: RunSummary,
         chooser: Scorer | None = None,
+        *,
+        write_in_thread: bool = False,
     ):
         self.files = files
         self.config = config
@@ -117,8 +121,22 @@ class LatentWorker:
         self.stages = stages
         self.summary = summary
         self.chooser = chooser  # the scorer that picks among best-of-n labels (on the validation split)
-        self.explanations = files.explanations_by_latent()
-        self.scores = files.scores_by_latent()
+        # A row's append ends with an fsync (milliseconds). A run writes inline: nothing else moves meanwhile,
+        # so one latent's stages reach the judge back to back. A long-lived server (the HTTP service) writes
+        # in a thread, so its event loop answers requests and other jobs meanwhile.
+        self.write_in_thread = write_in_thread
+
+    # What the logs already hold, read on first use: `process` (a run's resume) needs them, while the
+    # one-latent calls below (the HTTP service's jobs) do not, and must not read whole logs per call.
+    @cached_property
+    def explanations(self) -> dict[int, ExplanationRow]:
+        return self.files.explanations_by_latent()
+
+    @cached_property
+    def scored(self) -> set[tuple[int, str, str]]:
+        """(latent, scorer, text) of every finished score: a label scored once is not scored again, whether or
+        not it is still the latent's current one (an imported label that comes back keeps its score)."""
+        return self.files.finished_scores()
 
     async def process(self, latent: int) -> None:
         hookpoint = self.sampler.cache.meta.hookpoint
@@ -129,7 +147,8 @@ class LatentWorker:
         try:
             record = await asyncio.to_thread(self.sampler.record, latent)
         except NotEnoughExamples as e:
-            append_row(self.files.explanations, ExplanationRow(latent, hookpoint, status="skipped", error=str(e)))
+            skipped = ExplanationRow(latent, hookpoint, status="skipped", error=str(e))
+            await self._append(self.files.explanations, skipped)
             self.summary.skipped += 1
             return
         if "explain" in self.stages and (done is None or done.status == "error"):
@@ -149,10 +168,34 @@ class LatentWorker:
             if todo:
                 self.summary.scored += 1
 
+    async def _append(self, path: Path, row: ExplanationRow | ScoreRow) -> None:
+        if self.write_in_thread:
+            await asyncio.to_thread(append_row, path, row)
+        else:
+            append_row(path, row)
+
     def _scored(self, latent: int, scorer: str, text: str) -> bool:
         """Done already: a finished score of this very text (an imported replacement makes old scores stale)."""
-        row = self.scores.get((latent, scorer))
-        return row is not None and row.status == "ok" and row.explanation == text
+        return (latent, scorer, text) in self.scored
+
+    async def explain_latent(self, latent: int) -> ExplanationRow:
+        """Explain one latent now and write its row (it becomes the latent's current explanation).
+
+        `NotEnoughExamples` is raised, not logged: the caller asked for this latent and should hear why.
+        """
+        record = await asyncio.to_thread(self.sampler.record, latent)
+        return await self._explain(record)
+
+    async def score_text(self, latent: int, text: str) -> list[ScoreRow]:
+        """Score `text` as an explanation of the latent with each of the worker's scorers, on the run's
+        held-out split, writing one row per scorer; any label, not only the latent's current one."""
+        record = await asyncio.to_thread(self.sampler.record, latent)
+        explanation = Explanation(latent=record.latent, text=text, model="")
+        rows = []
+        for position, scorer in enumerate(self.scorers):
+            with judge_priority(1 + position):
+                rows.append(await self._score(scorer, record, explanation))
+        return rows
 
     async def _explain(self, record: LatentRecord) -> ExplanationRow:
         settings = self.config.explain
@@ -188,7 +231,7 @@ class LatentWorker:
             row = _explanation_row(record, "failed", error=str(e), explainer_model=model)
         except Exception:  # noqa: BLE001 - one latent's crash must not end the run
             row = _explanation_row(record, "error", error=traceback.format_exc(), explainer_model=model)
-        append_row(self.files.explanations, row)
+        await self._append(self.files.explanations, row)
         return row
 
     async def control(self, latent: int, donor: ExplanationRow, done: set[str]) -> None:
@@ -208,7 +251,7 @@ class LatentWorker:
 
     async def _score(
         self, scorer: Scorer, record: LatentRecord, explanation: Explanation, *, donor: int | None = None
-    ) -> None:
+    ) -> ScoreRow:
         hookpoint = record.latent.hookpoint
         # a scorer that asks no LLM (embedding) names its own model, and may run with no judge loaded
         judge_model = scorer.judge_model(self.judge)
@@ -239,7 +282,8 @@ class LatentWorker:
                 donor=donor,
             )
             self.summary.failed_latents.add(record.latent.index)
-        append_row(self.files.scores, row)
+        await self._append(self.files.scores, row)
+        return row
 
 
 async def process_latents(

@@ -61,6 +61,34 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 continue
 
 
+def scan_jsonl(path: Path, start: int = 0) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(offset, end, row) of each complete row from byte `start` on: a reader that keeps up with a growing
+    log reads only what was appended since `end` of the last row it saw. A torn last line ends the scan."""
+    if not path.exists():
+        return
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset = start
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            end = offset + len(line)
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                offset = end
+                continue
+            yield offset, end, row
+            offset = end
+
+
+def read_jsonl_at(path: Path, offset: int) -> dict[str, Any]:
+    """The row that starts at byte `offset` (as `scan_jsonl` gave it)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return json.loads(f.readline())
+
+
 def repair_jsonl(path: Path) -> None:
     """Cut a torn last line so the next append starts on a fresh line."""
     if not path.exists():
@@ -125,6 +153,33 @@ class RunFiles:
         """Each (latent, scorer)'s newest control row: its examples scored with a donor latent's label."""
         return latest((r for r in read_scores(self.scores) if r.control), lambda r: (r.latent, r.scorer))
 
+    def finished_scores(self) -> set[tuple[int, str, str]]:
+        """(latent, scorer, text) of every score of a latent's own label that finished (status ok; controls,
+        scores of a donor's label, are left out)."""
+        return {
+            (r.latent, r.scorer, r.explanation or "")
+            for r in read_scores(self.scores)
+            if r.status == "ok" and not r.control
+        }
+
+    def current_scores(self, explanations: dict[int, ExplanationRow]) -> dict[tuple[int, str], ScoreRow]:
+        """Each (latent, scorer)'s score of the latent's current explanation: its newest finished row of that
+        text, else its newest row of that text (a failure). The log also holds scores of other labels (one
+        since replaced, one scored through the HTTP service): they are kept, but are not the latent's score.
+        A latent with no usable explanation keeps its newest score row of any text. Controls are left out."""
+        chosen: dict[tuple[int, str], ScoreRow] = {}
+        for row in read_scores(self.scores):
+            if row.control:
+                continue
+            e = explanations.get(row.latent)
+            if e is not None and e.status == "ok" and row.explanation != e.explanation:
+                continue
+            key = (row.latent, row.scorer)
+            held = chosen.get(key)
+            if held is None or row.status == "ok" or held.status != "ok":
+                chosen[key] = row
+        return chosen
+
 
 def usage_by_model(files: RunFiles) -> dict[str, Usage]:
     """Judge calls and tokens spent in this folder, per model (explainer and scorers together)."""
@@ -175,7 +230,7 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
     Columns for `scorers` (the command's), then for any other scorer the log holds: a command that
     runs other scorers than an earlier one (options are not inherited) keeps the earlier scores."""
     explanations = files.explanations_by_latent()
-    scores = files.scores_by_latent()
+    scores = files.current_scores(explanations)
     scorers = list(dict.fromkeys([*scorers, *(name for _, name in scores)]))
     controls = files.controls_by_latent()
     latents = sorted(set(explanations) | {k[0] for k in scores})
@@ -201,9 +256,7 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
             "explainer_completion_tokens": usage.completion_tokens if usage else None,
         }
         for scorer in scorers:
-            s = scores.get((latent, scorer))
-            if s is not None and e is not None and e.status == "ok" and s.explanation != e.explanation:
-                s = None  # scored for an explanation that has since been replaced: superseded
+            s = scores.get((latent, scorer))  # of the current explanation only: a replaced label's is superseded
             metrics = (s.metrics if s else None) or {}
             for m in metric_columns[scorer]:
                 row[f"{scorer}_{m}"] = metrics.get(m)

@@ -222,3 +222,30 @@ def test_usage_is_summed_per_model(tmp_path, tiny_cache):
     assert cost(totals["jd"], "jd", prices) == pytest.approx(
         (totals["jd"].prompt_tokens + 2 * totals["jd"].completion_tokens) / 1e6
     )
+
+
+def test_a_score_of_another_label_does_not_replace_the_current_ones(tmp_path, tiny_cache):
+    """The HTTP service scores any label a client sends: such rows stay in scores.jsonl, but the results
+    table keeps showing the latent's current explanation's score, and a resumed run scores nothing again."""
+    files = RunFiles(tmp_path / "run")
+    files.prepare()
+    config = _config(max_latents=2)
+    _, latents = _run(files, tiny_cache, config, ScriptedJudge(_explainer), ScriptedJudge(_detector))
+    before = materialize(files, {}, ["detection", "fuzzing"])
+    worker = LatentWorker(
+        files,
+        config,
+        Sampler(tiny_cache, decode_ids, config.sampling),
+        None,
+        ScriptedJudge(_detector),
+        [DetectionScorer()],
+        {"score"},
+        RunSummary(),
+    )
+    (row,) = asyncio.run(worker.score_text(latents[0], "tokens t2 only"))
+    assert row.status == "ok" and row.explanation == "tokens t2 only"
+    after = materialize(files, {}, ["detection", "fuzzing"])
+    pd.testing.assert_frame_equal(before, after)
+    judge = ScriptedJudge(_detector)
+    _run(files, tiny_cache, config, ScriptedJudge(_explainer), judge)
+    assert judge.calls == []

@@ -1,0 +1,373 @@
+"""A small Python client of `autointerp serve` (httpx): the same calls as the HTTP routes.
+
+    from autointerp.client import Client
+    with Client("http://127.0.0.1:8000", api_key="...") as c:
+        job = c.score("demo", 17, "the word 'also'")         # queued at once
+        job = c.wait(job["id"])                               # until done or failed
+        print(job["result"]["scores"][0]["metrics"])
+
+`AsyncClient` has the same methods as coroutines. Every POST carries an idempotency key (a fresh one
+per call unless given), so a call retried after a dropped connection, a 5xx or a 429 (after its
+Retry-After) returns the job the first attempt created instead of queueing a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+FINISHED = ("done", "failed")
+RETRY_STATUS = (429, 502, 503, 504)
+MAX_RETRY_SLEEP = 30.0
+
+
+class ServeError(RuntimeError):
+    """The service refused a request: HTTP `status`, its `message`, the `field` it blames, `retry_after`."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, retry_after: float | None = None):
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _error(response: httpx.Response) -> ServeError:
+    try:
+        data = response.json()
+        message, field_ = str(data.get("error", response.text)), data.get("field")
+    except (ValueError, AttributeError):
+        message, field_ = response.text[:500] or response.reason_phrase, None
+    retry_after = response.headers.get("retry-after")
+    try:
+        wait = float(retry_after) if retry_after is not None else None
+    except ValueError:
+        wait = None
+    return ServeError(response.status_code, message, field_, wait)
+
+
+class _EventParser:
+    """Server-Sent Events, a line at a time: `feed` returns (event, data) when a blank line ends one."""
+
+    def __init__(self) -> None:
+        self.event, self.data = "message", []
+
+    def feed(self, line: str) -> tuple[str, str] | None:
+        if not line:
+            done = (self.event, "\n".join(self.data)) if self.data else None
+            self.event, self.data = "message", []
+            return done
+        if not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                self.event = value
+            elif name == "data":
+                self.data.append(value)
+        return None
+
+
+class _Calls:
+    """The routes as `Call`s; the two clients only differ in how they send them."""
+
+    def _health(self) -> Call:
+        return Call("GET", "/health")
+
+    def _runs(self) -> Call:
+        return Call("GET", "/runs")
+
+    def _run(self, run: str) -> Call:
+        return Call("GET", f"/runs/{run}")
+
+    def _latent(self, run: str, latent: int) -> Call:
+        return Call("GET", f"/runs/{run}/latents/{int(latent)}")
+
+    def _score(
+        self,
+        run: str,
+        latent: int,
+        explanation: str,
+        scorers: list[str] | None,
+        judge: str | None,
+        idempotency_key: str | None,
+    ) -> Call:
+        body: dict[str, Any] = {"explanation": explanation}
+        if scorers is not None:
+            body["scorers"] = list(scorers)
+        if judge is not None:
+            body["judge"] = judge
+        key = idempotency_key or uuid.uuid4().hex
+        return Call("POST", f"/runs/{run}/latents/{int(latent)}/score", body=body, headers={"Idempotency-Key": key})
+
+    def _explain(self, run: str, latent: int, explainer: str | None, idempotency_key: str | None) -> Call:
+        body = {"explainer": explainer} if explainer is not None else {}
+        key = idempotency_key or uuid.uuid4().hex
+        return Call("POST", f"/runs/{run}/latents/{int(latent)}/explain", body=body, headers={"Idempotency-Key": key})
+
+    def _job(self, job_id: str, wait: float) -> Call:
+        return Call("GET", f"/jobs/{job_id}", params={"wait": wait} if wait else {})
+
+    def _jobs(self, status: str | None, run: str | None, limit: int) -> Call:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if run:
+            params["run"] = run
+        return Call("GET", "/jobs", params=params)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _sleep_for(error: ServeError | None, attempt: int) -> float:
+    if error is not None and error.retry_after is not None:
+        return min(MAX_RETRY_SLEEP, error.retry_after)
+    return min(MAX_RETRY_SLEEP, 0.25 * 2**attempt)
+
+
+class Client(_Calls):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.retries = retries
+        self.http = httpx.Client(base_url=url, headers=_headers(api_key), timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _send(self, call: Call, timeout: float | None = None) -> Any:
+        attempt = 0
+        while True:
+            error: ServeError | None = None
+            try:
+                extra = {"timeout": timeout} if timeout is not None else {}
+                response = self.http.request(
+                    call.method, call.path, params=call.params, json=call.body, headers=call.headers, **extra
+                )
+                if response.is_success:
+                    return response.json()
+                error = _error(response)
+                if response.status_code not in RETRY_STATUS:
+                    raise error
+            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
+                if attempt >= self.retries:
+                    raise
+            if attempt >= self.retries:
+                assert error is not None
+                raise error
+            time.sleep(_sleep_for(error, attempt))
+            attempt += 1
+
+    def health(self) -> dict[str, Any]:
+        return self._send(self._health())
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self._send(self._runs())["runs"]
+
+    def run(self, run: str) -> dict[str, Any]:
+        return self._send(self._run(run))
+
+    def latent(self, run: str, latent: int) -> dict[str, Any]:
+        return self._send(self._latent(run, latent))
+
+    def score(
+        self,
+        run: str,
+        latent: int,
+        explanation: str,
+        *,
+        scorers: list[str] | None = None,
+        judge: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Queue a score job; returns the job (its `id`, `status` "queued")."""
+        return self._send(self._score(run, latent, explanation, scorers, judge, idempotency_key))
+
+    def explain(
+        self, run: str, latent: int, *, explainer: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Queue an explain job; returns the job."""
+        return self._send(self._explain(run, latent, explainer, idempotency_key))
+
+    def job(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
+        """The job now, or (wait > 0) once finished or after `wait` seconds."""
+        return self._send(self._job(job_id, wait), timeout=wait + 30 if wait else None)
+
+    def jobs(self, *, status: str | None = None, run: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        return self._send(self._jobs(status, run, limit))["jobs"]
+
+    def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 30.0) -> dict[str, Any]:
+        """The job once it has finished (done or failed); TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if deadline is None else min(poll, deadline - time.monotonic())
+            job = self.job(job_id, wait=max(0.0, left))
+            if job["status"] in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
+
+    def events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The job after each change, from its Server-Sent Events stream, until it has finished."""
+        with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=60.0)) as response:
+            if not response.is_success:
+                response.read()
+                raise _error(response)
+            parser = _EventParser()
+            for line in response.iter_lines():
+                got = parser.feed(line)
+                if got is not None:
+                    yield json.loads(got[1])
+                    if got[0] == "done":
+                        return
+
+    def report(self, run: str, path: str = "") -> str:
+        """A page of the run's HTML report ("" = index.html)."""
+        response = self.http.get(f"/runs/{run}/report/{path}")
+        if not response.is_success:
+            raise _error(response)
+        return response.text
+
+
+class AsyncClient(_Calls):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        transport: httpx.AsyncBaseTransport | None = None,
+        limits: httpx.Limits | None = None,
+    ):
+        self.retries = retries
+        self.http = httpx.AsyncClient(
+            base_url=url,
+            headers=_headers(api_key),
+            timeout=timeout,
+            transport=transport,
+            limits=limits or httpx.Limits(max_connections=100, max_keepalive_connections=100),
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _send(self, call: Call, timeout: float | None = None) -> Any:
+        attempt = 0
+        while True:
+            error: ServeError | None = None
+            try:
+                extra = {"timeout": timeout} if timeout is not None else {}
+                response = await self.http.request(
+                    call.method, call.path, params=call.params, json=call.body, headers=call.headers, **extra
+                )
+                if response.is_success:
+                    return response.json()
+                error = _error(response)
+                if response.status_code not in RETRY_STATUS:
+                    raise error
+            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
+                if attempt >= self.retries:
+                    raise
+            if attempt >= self.retries:
+                assert error is not None
+                raise error
+            await asyncio.sleep(_sleep_for(error, attempt))
+            attempt += 1
+
+    async def health(self) -> dict[str, Any]:
+        return await self._send(self._health())
+
+    async def runs(self) -> list[dict[str, Any]]:
+        return (await self._send(self._runs()))["runs"]
+
+    async def run(self, run: str) -> dict[str, Any]:
+        return await self._send(self._run(run))
+
+    async def latent(self, run: str, latent: int) -> dict[str, Any]:
+        return await self._send(self._latent(run, latent))
+
+    async def score(
+        self,
+        run: str,
+        latent: int,
+        explanation: str,
+        *,
+        scorers: list[str] | None = None,
+        judge: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        return await self._send(self._score(run, latent, explanation, scorers, judge, idempotency_key))
+
+    async def explain(
+        self, run: str, latent: int, *, explainer: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        return await self._send(self._explain(run, latent, explainer, idempotency_key))
+
+    async def job(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
+        return await self._send(self._job(job_id, wait), timeout=wait + 30 if wait else None)
+
+    async def jobs(
+        self, *, status: str | None = None, run: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return (await self._send(self._jobs(status, run, limit)))["jobs"]
+
+    async def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 30.0) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if deadline is None else min(poll, deadline - time.monotonic())
+            job = await self.job(job_id, wait=max(0.0, left))
+            if job["status"] in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
+
+    async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
+        async with self.http.stream(
+            "GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=60.0)
+        ) as response:
+            if not response.is_success:
+                await response.aread()
+                raise _error(response)
+            parser = _EventParser()
+            async for line in response.aiter_lines():
+                got = parser.feed(line)
+                if got is not None:
+                    yield json.loads(got[1])
+                    if got[0] == "done":
+                        return

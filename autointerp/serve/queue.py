@@ -1,0 +1,162 @@
+"""The workers that run queued jobs, and what clients wait on: a job's end, or each change of its progress.
+
+`workers` jobs run at once, as tasks on the server's event loop; the judges' own gates (one request at a
+time for llama.cpp) decide how much of that turns into parallel judge work. Each job's judge requests
+carry the job's sequence number as their priority, so a busy judge finishes older jobs first and serves
+one job's prompts (which share a prefix) together. The queue is bounded by `max_queue` jobs queued or
+running: beyond that, `submit` raises `QueueFull` with the seconds after which a retry is likely to fit,
+estimated from how long recent jobs took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from autointerp.llm.ordering import judge_priority
+from autointerp.serve.jobs import FINISHED, Job, JobStore
+
+log = logging.getLogger("autointerp.serve")
+
+Progress = Callable[[dict[str, Any]], None]
+Outcome = tuple[str, dict[str, Any] | None, str | None]  # status, result, error
+Execute = Callable[[Job, Progress], Awaitable[Outcome]]
+
+
+class QueueFull(RuntimeError):
+    def __init__(self, retry_after: int, limit: int):
+        super().__init__(f"the job queue is full ({limit} jobs queued or running); retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class JobQueue:
+    def __init__(self, store: JobStore, execute: Execute, *, workers: int, max_queue: int):
+        self.store = store
+        self.execute = execute
+        self.workers = workers
+        self.max_queue = max_queue
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._progress: dict[str, dict[str, Any]] = {}
+        self._changed: dict[str, asyncio.Event] = {}  # set at each change of a job (followers of its events)
+        self._ended: dict[str, asyncio.Event] = {}  # set when a job has finished (long-polls)
+        self._active = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._seconds = 1.0  # moving average of a job's run time, for Retry-After
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    async def start(self) -> int:
+        """Queue again what a previous server left queued or running; start the workers. Returns how many."""
+        resumed = self.store.resume()
+        for job in resumed:
+            self._queue.put_nowait(job.id)
+        self._active = self.store.count_active()
+        self._tasks = [asyncio.create_task(self._work(), name=f"serve-worker-{i}") for i in range(self.workers)]
+        return len(resumed)
+
+    async def stop(self) -> None:
+        """Stop the workers; a job cut off here stays 'running' in the table and is resumed at the next start."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def submit(
+        self, kind: str, run: str, latent: int, request: dict[str, Any], client: str, idempotency_key: str | None
+    ) -> tuple[Job, bool]:
+        """(job, created): the earlier job of this idempotency key, or a new queued one."""
+        if idempotency_key is not None:
+            earlier = self.store.replay(kind, run, latent, request, client, idempotency_key)
+            if earlier is not None:
+                return earlier, False
+        if self._active >= self.max_queue:
+            raise QueueFull(self.retry_after(), self.max_queue)
+        job = self.store.add(kind, run, latent, request, client, idempotency_key)
+        self._active += 1
+        self._queue.put_nowait(job.id)
+        return job, True
+
+    def retry_after(self) -> int:
+        ahead = max(1, self._active - self.workers + 1)
+        return min(600, max(1, math.ceil(self._seconds * ahead / self.workers)))
+
+    def progress(self, job_id: str) -> dict[str, Any] | None:
+        return self._progress.get(job_id)
+
+    def get(self, job_id: str, client: str) -> Job | None:
+        """The job, if it is this client's (another client's jobs do not exist for it)."""
+        job = self.store.get(job_id)
+        return job if job is not None and job.client == client else None
+
+    async def wait(self, job_id: str, client: str, timeout: float) -> Job | None:
+        """The job once it has finished, or as it is when `timeout` seconds have passed (woken by its end
+        only, not by each step of its progress)."""
+        job = self.get(job_id, client)
+        if job is None or job.status in FINISHED:
+            return job
+        event = self._ended.setdefault(job_id, asyncio.Event())
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), timeout)
+        return self.get(job_id, client)
+
+    async def follow(self, job_id: str, client: str, heartbeat: float = 15.0) -> AsyncIterator[Job | None]:
+        """The job at once and after each change until it has finished; None after `heartbeat` seconds of quiet."""
+        last: Any = None
+        while True:
+            job = self.get(job_id, client)
+            if job is None:
+                return
+            state = (job.status, repr(self._progress.get(job_id)))
+            if state != last:
+                last = state
+                yield job
+            if job.status in FINISHED:
+                return
+            event = self._changed.setdefault(job_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), heartbeat)
+            except asyncio.TimeoutError:
+                yield None
+
+    def _notify(self, job_id: str) -> None:
+        event = self._changed.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    def _set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self._progress[job_id] = progress
+        self._notify(job_id)
+
+    async def _work(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            job = self.store.claim(job_id)
+            if job is None:
+                continue
+            self._notify(job_id)
+            start = time.monotonic()
+            try:
+                with judge_priority(job.seq):
+                    status, result, error = await self.execute(job, lambda p, i=job_id: self._set_progress(i, p))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - one job's crash must not stop the worker
+                log.exception("job %s crashed", job_id)
+                status, result, error = "failed", None, f"internal error: {type(e).__name__}: {e}"
+            self.store.finish(job_id, status, result, error)
+            self._active -= 1
+            self._seconds = 0.8 * self._seconds + 0.2 * (time.monotonic() - start)
+            self._progress.pop(job_id, None)
+            self._notify(job_id)
+            ended = self._ended.pop(job_id, None)
+            if ended is not None:
+                ended.set()

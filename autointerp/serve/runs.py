@@ -1,0 +1,550 @@
+"""The runs the service serves, each opened once per process, and what a job does to one.
+
+A run is opened on first use: its config.json, then (in a thread) its activation cache, and for jobs and
+latent records its `app.OpenRun` (tokenizer, sampler with the run's own held-out split, scorers). Judges
+are made once per process for each name and judge settings, and shared by every run that names them.
+
+Jobs write through the pipeline's own writers (`app.score_label`, `app.explain_latent`), so their rows are
+the rows the CLI writes. They are idempotent, which is what makes a restart safe: a score job first looks
+in the run's log for a finished score of the same label by the same scorer and judge, and answers with it
+if there is one (a job cut off by a crash after writing its row is not run twice; an identical request is
+not paid twice); an explain job answers with the latent's current explanation when the same explainer made
+it. Identical work in flight at once is done once: the second job waits on the first's lock, then finds its
+row. What scoring does ask is asked through the response cache, so a job that resumes after a crash, or a
+label scored before in another run folder over the same windows, costs no judge call again.
+
+The logs are kept in memory as an index (`LogIndex`) that reads only what was appended since it last
+looked, so a job does not re-read a log that grows with every job; the results tables (results.parquet,
+judgments.parquet) are rebuilt in the background shortly after jobs finish, as the CLI does after a command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from autointerp import app
+from autointerp.cache.store import ActivationCache, CacheError, CacheMeta, read_meta
+from autointerp.config import ConfigError, RunConfig, load_config
+from autointerp.explainers import TOKENS_EXPLAINER
+from autointerp.llm.base import Judge, check_judge_ready
+from autointerp.records import ExplanationRow, RowError, ScoreRow
+from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
+from autointerp.sampling import NotEnoughExamples
+from autointerp.scorers.registry import find_scorer, scorer_names
+from autointerp.serve.jobs import Job
+from autointerp.serve.paths import NotFound, list_runs, run_folder
+from autointerp.serve.queue import Outcome, Progress
+
+log = logging.getLogger("autointerp.serve")
+
+# the settings a judge is built from: runs that agree on these (and the name) share one judge
+JUDGE_FIELDS = (
+    "judge_url",
+    "judge_timeout",
+    "api_key_env",
+    "no_logprobs",
+    "prompt_logprobs",
+    "judge_concurrency",
+    "response_cache",
+    "response_cache_path",
+)
+# The results tables are rebuilt from the whole logs, which costs more as they grow: once a run has been
+# quiet for RESULTS_QUIET seconds, or, under steady load, every RESULTS_EVERY seconds (and at least 10
+# times as long as the last rebuild took), so rebuilding never takes more than a sliver of the server.
+RESULTS_QUIET = 0.5
+RESULTS_EVERY = 30.0
+MAX_SCORERS = 16
+
+BackendFactory = Callable[[], Judge]
+
+
+class RequestError(ValueError):
+    """A request the service refuses; `field` names the part that is wrong, `status` the HTTP answer."""
+
+    def __init__(self, message: str, field: str | None = None, status: int = 422):
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+def _last_line(error: str) -> str:
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else error
+
+
+def score_summary(row: ScoreRow, reused: bool) -> dict[str, Any]:
+    """A score row as a job's result gives it: everything but the judgments (the latent's record has them)."""
+    return {
+        "scorer": row.scorer,
+        "status": row.status,
+        "metrics": row.metrics,
+        "n_examples": row.n_examples,
+        "n_failed": row.n_failed,
+        "judge_model": row.judge_model,
+        "explanation": row.explanation,
+        "usage": None if row.usage is None else asdict(row.usage),
+        "error": _last_line(row.error) if row.error else "",
+        "reused": reused,
+    }
+
+
+class LogIndex:
+    """A run's two logs in memory: each latent's current explanation row, and every score row without its
+    judgments (by the byte offset where the full row is), keyed for the 'already scored?' question."""
+
+    def __init__(self, files: RunFiles):
+        self.files = files
+        self.explanations: dict[int, ExplanationRow] = {}
+        self._finished: dict[tuple[int, str, str, str | None], int] = {}  # -> offset of the newest ok row
+        self._rows: dict[int, ScoreRow] = {}  # offset -> the row without judgments
+        self._by_latent: dict[int, list[int]] = {}
+        self._ends = {"explanations": 0, "scores": 0}
+
+    def _start(self, name: str, path: Path) -> int:
+        size = path.stat().st_size if path.exists() else 0
+        if size < self._ends[name]:  # cut (a torn line repaired) or replaced: read it all again
+            if name == "scores":
+                self._finished.clear()
+                self._rows.clear()
+                self._by_latent.clear()
+            else:
+                self.explanations.clear()
+            self._ends[name] = 0
+        return size
+
+    def refresh(self) -> None:
+        """Read what was appended to the logs since the last look (by this service or anyone else)."""
+        if self._start("explanations", self.files.explanations) > self._ends["explanations"]:
+            for _, end, data in scan_jsonl(self.files.explanations, self._ends["explanations"]):
+                row = ExplanationRow.from_json(data)
+                self.explanations[row.latent] = row
+                self._ends["explanations"] = end
+        if self._start("scores", self.files.scores) > self._ends["scores"]:
+            for offset, end, data in scan_jsonl(self.files.scores, self._ends["scores"]):
+                row = ScoreRow.from_json({**data, "judgments": None})  # kept in the log, read when asked for
+                self._rows[offset] = row
+                self._by_latent.setdefault(row.latent, []).append(offset)
+                if row.status == "ok" and not row.control:  # a control scored another latent's label
+                    self._finished[(row.latent, row.scorer, row.explanation or "", row.judge_model)] = offset
+                self._ends["scores"] = end
+
+    def finished(self, latent: int, scorer: str, text: str, judge_model: str | None) -> ScoreRow | None:
+        offset = self._finished.get((latent, scorer, text, judge_model))
+        return None if offset is None else self._rows[offset]
+
+    async def score_rows(self, latent: int) -> list[ScoreRow]:
+        """Every score row of the latent, oldest first, with its judgments (read from the log, in a thread)."""
+        offsets = list(self._by_latent.get(latent, []))
+
+        def read() -> list[ScoreRow]:
+            return [ScoreRow.from_json(read_jsonl_at(self.files.scores, o)) for o in offsets]
+
+        return await asyncio.to_thread(read)
+
+    def counts(self) -> dict[str, Any]:
+        explained = sum(1 for r in self.explanations.values() if r.status == "ok")
+        scored: dict[str, int] = {}
+        for (_, scorer, _, _), _ in self._finished.items():
+            scored[scorer] = scored.get(scorer, 0) + 1
+        return {"explained": explained, "score_rows": len(self._rows), "finished_scores": scored}
+
+
+class ServedRun:
+    def __init__(self, name: str, folder: Path, *, response_cache: str | None = None):
+        self.name = name
+        self.files = RunFiles(folder)
+        self.config, self.resolved = load_config(self.files.config)
+        if response_cache is not None:
+            self.config.response_cache_path = response_cache
+        self.meta: CacheMeta | None = read_meta(self.files.cache)
+        self.index = LogIndex(self.files)
+        self._prepared = False
+        self._cache: ActivationCache | None = None
+        self._open: app.OpenRun | None = None
+        self._loading = asyncio.Lock()
+        self._locks: weakref.WeakValueDictionary[Any, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._later: asyncio.Task[None] | None = None  # the rebuild waiting for the run to be quiet
+        self._rebuilding: asyncio.Future[Any] | None = None
+        self._write_lock = asyncio.Lock()
+        self._pending = False
+        self._changed_at = 0.0
+        self._rebuild_seconds = 0.0
+
+    def require_cache(self) -> CacheMeta:
+        if self.meta is None or not self.meta.complete:
+            self.meta = read_meta(self.files.cache)
+        if self.meta is None or not self.meta.complete:
+            raise RequestError(
+                f"run {self.name!r} has no finished activation cache yet (run `autointerp cache` on it)", status=409
+            )
+        return self.meta
+
+    async def ready(self) -> LogIndex:
+        """The run's log index, read in full on first use (in a thread: a long log takes a while), after a
+        torn last line of a log (a crash mid-write) was cut; later refreshes read only what was appended."""
+        if not self._prepared:
+            async with self._loading:
+                if not self._prepared:
+                    await asyncio.to_thread(self.files.prepare)
+                    await asyncio.to_thread(self.index.refresh)
+                    self._prepared = True
+        return self.index
+
+    async def cache(self) -> ActivationCache:
+        if self._cache is None:
+            async with self._loading:
+                if self._cache is None:
+                    self.require_cache()
+                    self._cache = await asyncio.to_thread(ActivationCache, self.files.cache)
+        return self._cache
+
+    async def opened(self) -> app.OpenRun:
+        """The run's tokenizer, sampler and scorers, loaded (in a thread) on first use."""
+        if self._open is None:
+            cache = await self.cache()
+            async with self._loading:
+                if self._open is None:
+                    self._open = await asyncio.to_thread(app.OpenRun, self.files, self.config, cache=cache)
+        return self._open
+
+    def lock(self, key: Any) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    def results_changed(self) -> None:
+        """Rebuild the results tables soon: once the run is quiet, or after a while under steady load."""
+        self._changed_at = time.monotonic()
+        self._pending = True
+        if self._later is None or self._later.done():
+            self._later = asyncio.create_task(self._write_later())
+
+    async def _write_later(self) -> None:
+        first = time.monotonic()
+        while True:
+            quiet = time.monotonic() - self._changed_at
+            if quiet >= RESULTS_QUIET or time.monotonic() - first >= max(RESULTS_EVERY, 10 * self._rebuild_seconds):
+                break
+            await asyncio.sleep(max(0.01, RESULTS_QUIET - quiet))
+        await self.flush()
+        if self._pending:  # jobs finished while the tables were being written
+            self._later = asyncio.create_task(self._write_later())
+
+    async def flush(self) -> None:
+        """Rebuild the results tables now if jobs have finished since they were last written (one rebuild at
+        a time: a rebuild runs in a thread, and is waited for even when the caller is cancelled meanwhile)."""
+        async with self._write_lock:
+            if self._rebuilding is not None and not self._rebuilding.done():
+                await asyncio.shield(self._rebuilding)
+            if not self._pending:
+                return
+            self._pending = False
+            start = time.monotonic()
+            self._rebuilding = asyncio.ensure_future(
+                asyncio.to_thread(app.write_results, self.files, self.config, self.resolved)
+            )
+            try:
+                await asyncio.shield(self._rebuilding)
+            except Exception:  # noqa: BLE001 - the logs are the record; the tables are rebuilt next time
+                log.exception("could not rebuild the results tables of run %s", self.name)
+            self._rebuild_seconds = time.monotonic() - start
+
+    async def close(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._later
+        await self.flush()
+
+    def summary(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "name": self.name,
+            "model": self.resolved.get("model", c.model),
+            "dictionary": self.resolved.get("dictionary", c.dictionary),
+            "hookpoint": self.resolved.get("hookpoint", c.hookpoint),
+            "num_latents": self.meta.num_latents if self.meta else None,
+            "cached": bool(self.meta and self.meta.complete),
+            "judge": c.judge,
+            "explainer": c.explainer_model,
+            "scorers": c.scorers,
+            "results": self.files.results.exists(),
+        }
+
+
+class Judges:
+    """Judges by name, made once per process (in a thread: a local model takes seconds to load) and shared.
+
+    `backends` maps names to ready judges the service uses instead of loading a model of that name (tests
+    hand it scripted judges, the bench an instant one); they are wrapped like any other, response cache
+    included.
+    """
+
+    def __init__(self, backends: Mapping[str, BackendFactory] | None = None):
+        self._backends = dict(backends or {})
+        self._made: dict[tuple[Any, ...], Judge] = {}
+        self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
+
+    async def get(self, name: str, config: RunConfig) -> Judge:
+        key = (name, *(getattr(config, f) for f in JUDGE_FIELDS))
+        judge = self._made.get(key)
+        if judge is None:
+            async with self._locks.setdefault(key, asyncio.Lock()):
+                judge = self._made.get(key)
+                if judge is None:
+                    judge = await asyncio.to_thread(self._make, name, config)
+                    try:
+                        await check_judge_ready(judge)  # an HTTP judge that cannot be reached fails the job now
+                    except BaseException:
+                        await judge.aclose()  # and the next job tries again
+                        raise
+                    self._made[key] = judge
+        return judge
+
+    def _make(self, name: str, config: RunConfig) -> Judge:
+        factory = self._backends.get(name)
+        if factory is None:
+            return app.make_judge(name, config)
+        backend = factory()
+        return app.wrap_judge(
+            backend, config, namespace=f"served:{name}:{backend.model}", slots=config.judge_concurrency or 1
+        )
+
+    async def aclose(self) -> None:
+        for judge in self._made.values():
+            try:
+                await judge.aclose()
+            except Exception:  # noqa: BLE001 - closing the others matters more
+                log.exception("could not close a judge")
+        self._made.clear()
+
+
+class ServedRuns:
+    """Every run folder directly under `root`, and the jobs' work on them."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        allowed_judges: tuple[str, ...] = (),
+        backends: Mapping[str, BackendFactory] | None = None,
+        response_cache: str | None = None,
+        max_explanation_chars: int = 1000,
+    ):
+        self.root = Path(root).resolve()
+        self.allowed_judges = tuple(allowed_judges)
+        self.response_cache = response_cache
+        self.max_explanation_chars = max_explanation_chars
+        self.judges = Judges(backends)
+        self._runs: dict[str, ServedRun] = {}
+
+    # -- finding runs -------------------------------------------------------------------------------
+
+    def get(self, name: str) -> ServedRun:
+        """The served run of that name (BadName, NotFound when there is none; RequestError when unreadable)."""
+        folder = run_folder(self.root, name)
+        run = self._runs.get(name)
+        if run is None or run.files.folder != folder:
+            try:
+                run = ServedRun(name, folder, response_cache=self.response_cache)
+            except ConfigError as e:
+                raise RequestError(f"run {name!r} cannot be read: {e}", status=409) from None
+            self._runs[name] = run
+        return run
+
+    async def listing(self) -> list[dict[str, Any]]:
+        out = []
+        # the folder scan in a thread; the ServedRun objects (with their locks) only ever on the event loop
+        for name, _ in await asyncio.to_thread(list_runs, self.root):
+            try:
+                out.append(self.get(name).summary())
+            except (NotFound, RequestError):
+                continue
+        return out
+
+    def judges_for(self, run: ServedRun) -> list[str]:
+        """The judges a request on this run may name: the run's own, and those the server was told to allow."""
+        return list(dict.fromkeys([run.config.judge, run.config.explainer_model, *self.allowed_judges]))
+
+    # -- checking requests (before a job is queued) -------------------------------------------------
+
+    async def check_latent(self, run: ServedRun, latent: int) -> None:
+        """A latent a job can work on: in range, and firing often enough to have a record."""
+        self.check_latent_range(run, latent)
+        cache = await run.cache()
+        fired = int(cache.state.fire_windows[latent])
+        if fired < run.config.sampling.min_examples:
+            raise RequestError(
+                f"latent {latent} fires in {fired} windows of run {run.name!r}, fewer than its min_examples "
+                f"({run.config.sampling.min_examples}): it has no record to explain or score",
+                field="latent",
+            )
+
+    def _judge(self, run: ServedRun, name: str | None, default: str, field: str) -> str:
+        name = default if name is None else name
+        allowed = self.judges_for(run)
+        if name not in allowed:
+            raise RequestError(
+                f"{field} {name[:100]!r} is not served for run {run.name!r}; allowed: {', '.join(allowed)}", field
+            )
+        return name
+
+    def score_request(
+        self, run: ServedRun, explanation: str, scorers: list[str] | None, judge: str | None
+    ) -> dict[str, Any]:
+        """The request as the job will run it, with every default filled in (so identical work looks identical)."""
+        text = explanation.strip()
+        if not text:
+            raise RequestError("explanation: must not be empty", "explanation")
+        if len(text) > self.max_explanation_chars:
+            raise RequestError(
+                f"explanation: at most {self.max_explanation_chars} characters, got {len(text)}", "explanation"
+            )
+        if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in text):
+            raise RequestError("explanation: must be one line of text, without control characters", "explanation")
+        names = list(dict.fromkeys(run.config.scorers if scorers is None else scorers))
+        if not names or len(names) > MAX_SCORERS:
+            raise RequestError(f"scorers: give 1 to {MAX_SCORERS} scorer names", "scorers")
+        unknown = [n for n in names if find_scorer(n) is None]
+        if unknown:
+            shown = ", ".join(repr(n[:40]) for n in unknown[:5])
+            raise RequestError(f"scorers: unknown {shown}; available: {', '.join(scorer_names())}", "scorers")
+        return {"explanation": text, "scorers": names, "judge": self._judge(run, judge, run.config.judge, "judge")}
+
+    def explain_request(self, run: ServedRun, explainer: str | None) -> dict[str, Any]:
+        return {"explainer": self._judge(run, explainer, run.config.explainer_model, "explainer")}
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    async def latent_record(self, run: ServedRun, latent: int) -> dict[str, Any]:
+        """What the service knows of one latent: statistics, the examples of every split with activations,
+        the current explanation row, and every score row (any label) with the judge's answers."""
+        self.check_latent_range(run, latent)
+        opened = await run.opened()
+        index = await run.ready()
+        index.refresh()
+        stats = opened.cache.stats(latent)
+        record: dict[str, Any] | None = None
+        reason = ""
+        try:
+            built = await asyncio.to_thread(opened.sampler.record, latent)
+            record = {
+                split: [vars(e) for e in getattr(built, split)]
+                for split in ("train", "test", "negatives", "train_negatives", "validation", "validation_negatives")
+            }
+        except NotEnoughExamples as e:
+            reason = str(e)
+        explanation = index.explanations.get(latent)
+        return {
+            "run": run.name,
+            "latent": latent,
+            "hookpoint": opened.cache.meta.hookpoint,
+            "stats": {**vars(stats), "frequency": stats.frequency},
+            "examples": record,
+            "no_examples_because": reason or None,
+            "explanation": explanation.to_json() if explanation is not None else None,
+            "scores": [r.to_json() for r in await index.score_rows(latent)],
+        }
+
+    def check_latent_range(self, run: ServedRun, latent: int) -> None:
+        meta = run.require_cache()
+        if not 0 <= latent < meta.num_latents:
+            raise RequestError(
+                f"latent {latent} is out of range: run {run.name!r} has {meta.num_latents} latents "
+                f"(0..{meta.num_latents - 1})",
+                field="latent",
+                status=404,
+            )
+
+    # -- running jobs -------------------------------------------------------------------------------
+
+    async def execute(self, job: Job, progress: Progress) -> Outcome:
+        try:
+            run = self.get(job.run)
+            progress({"stage": "opening the run"})
+            opened = await run.opened()
+            await run.ready()
+            if job.kind == "score":
+                return await self._score(run, opened, job, progress)
+            if job.kind == "explain":
+                return await self._explain(run, opened, job, progress)
+            return "failed", None, f"unknown job kind {job.kind!r}"
+        except (NotFound, RequestError, NotEnoughExamples, RowError, CacheError, *app.USER_ERRORS) as e:
+            return "failed", None, f"{type(e).__name__}: {e}"
+
+    async def _score(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
+        text, names, judge_name = job.request["explanation"], job.request["scorers"], job.request["judge"]
+        scorers = opened.scorers(names)
+        judge = None
+        if any(s.needs_judge for s in scorers):
+            progress({"stage": "loading the judge", "judge": judge_name})
+            judge = await self.judges.get(judge_name, run.config)
+        rows: dict[str, tuple[ScoreRow, bool]] = {}
+        async with run.lock(("score", job.latent, text, judge_name)):
+            run.index.refresh()
+            for scorer in scorers:
+                done = run.index.finished(job.latent, scorer.name, text, scorer.judge_model(judge))
+                if done is not None:
+                    rows[scorer.name] = (done, True)
+            todo = [n for n in names if n not in rows]
+            for i, name in enumerate(todo, 1):
+                progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
+                (row,) = await app.score_label(opened, job.latent, text, [name], judge)
+                rows[name] = (row, False)
+            if todo:
+                run.index.refresh()
+                run.results_changed()
+        result = {"scores": [score_summary(*rows[n]) for n in names]}
+        errors = [f"{n}: {_last_line(rows[n][0].error)}" for n in names if rows[n][0].status != "ok"]
+        return ("failed" if errors else "done"), result, "; ".join(errors) or None
+
+    async def _explain(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
+        name = job.request["explainer"]
+        explainer = None
+        if name != TOKENS_EXPLAINER:  # the tokens explainer asks no LLM
+            progress({"stage": "loading the explainer", "explainer": name})
+            explainer = await self.judges.get(name, run.config)
+        model = TOKENS_EXPLAINER if explainer is None else explainer.model
+        chooser = opened.chooser() if explainer is not None else None
+        judge = None
+        if chooser is not None and chooser.needs_judge:
+            judge = await self.judges.get(run.config.judge, run.config)
+        async with run.lock(("explain", job.latent)):
+            run.index.refresh()
+            current = run.index.explanations.get(job.latent)
+            reused = current is not None and current.status == "ok" and current.explainer_model == model
+            if reused:
+                row = current
+            else:
+                progress({"stage": "explaining"})
+                row = await app.explain_latent(opened, job.latent, explainer, judge)
+                run.index.refresh()
+                run.results_changed()
+        assert row is not None
+        result = {
+            "explanation": row.explanation,
+            "status": row.status,
+            "explainer_model": row.explainer_model,
+            "usage": None if row.usage is None else asdict(row.usage),
+            "failures": row.failures,
+            "candidates": None if row.candidates is None else [asdict(c) for c in row.candidates],
+            "reused": reused,
+        }
+        if row.status != "ok":
+            return "failed", result, _last_line(row.error)
+        return "done", result, None
+
+    async def aclose(self) -> None:
+        for run in self._runs.values():
+            await run.close()
+        await self.judges.aclose()

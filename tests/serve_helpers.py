@@ -1,0 +1,108 @@
+"""Start and stop real `autointerp serve` processes (with scripted judges) for the tests and the bench."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+SCRIPT = Path(__file__).resolve().parent / "serve_scripted.py"
+KEY = "test-key-aaaaaaaaaaaaaaaaaaaaaaaaaaaa"  # in the key file as it is
+OTHER_KEY = "test-key-bbbbbbbbbbbbbbbbbbbbbbbbbbbb"  # in the key file as its sha256: line only
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_keys(path: Path) -> Path:
+    from autointerp.serve.auth import digest_line
+
+    path.write_text(f"# test keys\n{KEY}\n{digest_line(OTHER_KEY)}\n")
+    return path
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    calls: Path
+
+    def judge_calls(self, judge: str = "scripted-judge") -> list[dict]:
+        """What the judge was asked, in order: {"sha": of the request, "temperature": ...} each."""
+        if not self.calls.exists():
+            return []
+        return [d for d in map(json.loads, self.calls.read_text().splitlines()) if d["judge"] == judge]
+
+    def stop(self) -> bool:
+        """SIGTERM; whether the server shut down cleanly (uvicorn re-raises the signal once it has, so the
+        exit status is -SIGTERM either way: its log says whether the shutdown completed)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                return False
+        return "Application shutdown complete" in self.log.read_text()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def start_server(
+    runs: Path,
+    state: Path,
+    *options: str,
+    delay: float = 0.0,
+    port: int | None = None,
+    no_auth: bool = False,
+    timeout: float = 120.0,
+) -> Server:
+    """A server on 127.0.0.1 serving `runs`, its job table, response cache and logs in `state`."""
+    state.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log, calls = state / f"server-{port}.log", state / "judge-calls.jsonl"
+    auth = ["--no-auth"] if no_auth else ["--api-keys", str(write_keys(state / "keys.txt"))]
+    cmd = [sys.executable, str(SCRIPT), "--delay", str(delay), "--calls-log", str(calls), "--"]
+    cmd += ["--runs", str(runs), "--port", str(port), "--jobs-db", str(state / "jobs.sqlite")]
+    cmd += ["--response-cache", str(state / "responses.sqlite"), *auth, *options]
+    env = {**os.environ, "AUTOINTERP_API_KEYS": ""}
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, calls)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(server.url + "/health", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise RuntimeError(f"the server did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def copy_run(source: Path, target: Path, *, keep_scores: bool = False) -> Path:
+    """A copy of a run folder (cache and explanations), without its scores unless asked."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("report", "hub"))
+    if not keep_scores:
+        for name in ("scores.jsonl", "results.parquet", "judgments.parquet"):
+            (target / name).unlink(missing_ok=True)
+    return target
