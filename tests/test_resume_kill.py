@@ -82,7 +82,9 @@ def test_sigkill_then_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         done_before = {
-            (r["latent"], r["scorer"]) for r in map(json.loads, scores.read_text().splitlines()) if r["status"] == "ok"
+            (r["latent"], r["scorer"], r.get("donor"))
+            for r in map(json.loads, scores.read_text().splitlines())
+            if r["status"] == "ok"
         }
         asked_before = len(server.requests)
         assert done_before
@@ -102,15 +104,18 @@ def test_sigkill_then_resume(tmp_path):
     for scorer in ("detection", "fuzzing"):
         assert (ok[f"{scorer}_n_failed"] <= ok[f"{scorer}_n"]).all()
         assert ok[f"{scorer}_balanced_accuracy"].dropna().between(0, 1).all()
-    # each (latent, scorer) has exactly one finished row, and what was finished before the kill
-    # was not asked again: no request of the second run scores an already-scored pair
+    # each (latent, scorer) has exactly one finished row of its own label and one of its shuffled-label
+    # control (donor set), and what was finished before the kill was not asked again
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
-    finished = Counter((r["latent"], r["scorer"]) for r in rows if r["status"] == "ok")
+    finished = Counter((r["latent"], r["scorer"], r.get("donor")) for r in rows if r["status"] == "ok")
     assert all(n == 1 for n in finished.values())
+    assert sum(1 for _, _, donor in finished if donor is not None) == 2 * len(ok)
     explanations = [json.loads(line) for line in (out / "explanations.jsonl").read_text().splitlines()]
     assert Counter(r["latent"] for r in explanations if r["status"] == "ok").most_common(1)[0][1] == 1
-    max_new = sum(8 + 8 for _ in range(2 * 4 - len(done_before))) * 3 + 4 * 4  # re-asks and retries included
+    # 2 scorers x 4 latents x (own label + control) scores of 8 + 8 examples; re-asks and retries included
+    max_new = (2 * 4 * 2 - len(done_before)) * (8 + 8) * 3 + 4 * 4
     assert len(asked_after) <= max_new
     judgments = pd.read_parquet(out / "judgments.parquet")
-    assert len(judgments) == int(ok["detection_n"].sum() + ok["fuzzing_n"].sum())
+    own = judgments[~judgments["control"]]
+    assert len(own) == int(ok["detection_n"].sum() + ok["fuzzing_n"].sum())
     assert judgments[judgments["prediction"].isna()]["error"].str.len().gt(0).all()
