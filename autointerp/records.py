@@ -245,6 +245,7 @@ class ExplanationRow:
     def from_json(cls, data: Any) -> ExplanationRow:
         _version(data, "explanation")  # schema 1 rows read as they are: schema 2 only added train_quantiles
         known = _known(cls, data)
+        known.setdefault("hookpoint", None)  # a hand-written row may name no hookpoint: it is the run's
         known["usage"] = _usage(data.get("usage"))
         if isinstance(data.get("candidates"), list):
             known["candidates"] = [
@@ -313,6 +314,7 @@ class ScoreRow:
         if "scorer" not in data:
             raise RowError("a score row has no 'scorer'")
         known = _known(cls, data)
+        known.setdefault("hookpoint", None)
         known["usage"] = _usage(data.get("usage"))
         judgments = data.get("judgments")
         if isinstance(judgments, list):
