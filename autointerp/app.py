@@ -13,34 +13,22 @@ from typing import Any
 import torch
 
 from autointerp.cache.build import build_cache
-from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
+from autointerp.cache.store import ActivationCache, CacheMeta
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
 from autointerp.embeddings import Embedder
+from autointerp.errors import AutointerpError
 from autointerp.explainers import TOKENS_EXPLAINER
-from autointerp.llm.base import Judge, JudgeError, check_judge_ready
-from autointerp.llm.cache import ResponseCacheError
+from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_latents
 from autointerp.records import ExplanationRow, ScoreRow
 from autointerp.results import RunFiles, materialize
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers.base import Scorer, ScorerContext
 from autointerp.scorers.registry import build_scorers
-from autointerp.subjects.dictionaries import DictionaryError
-from autointerp.subjects.hookpoints import HookpointError
 
-USER_ERRORS = (
-    ConfigError,
-    CorpusError,
-    CacheError,
-    DictionaryError,
-    HookpointError,
-    FileNotFoundError,
-    JudgeError,
-    ImportError,
-    ValueError,
-    ResponseCacheError,
-)
+# what the command line reports as the user's mistake (exit 2); anything else is a bug, with its traceback
+USER_ERRORS = (AutointerpError,)
 
 
 def _model_arg(config: RunConfig) -> str | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.cache.build import CacheSettings
+from autointerp.errors import ConfigError
 from autointerp.explainers import ExplainerSettings
 from autointerp.llm.openai_compat import DEFAULT_TIMEOUT_S as DEFAULT_JUDGE_TIMEOUT_S
 from autointerp.sampling import SamplingSettings
@@ -42,10 +43,6 @@ FROZEN = (
     "cache",
     "sampling",
 )
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from autointerp.errors import AutointerpError
 from autointerp.records import ExplanationRow, RowError
 
 FORMATS = ("autointerp", "delphi", "eleuther", "neuronpedia", "saebench")
@@ -38,7 +39,7 @@ _DELPHI_NAME = re.compile(r"(?P<hookpoint>.*)_latent(?P<latent>-?\d+)\.txt")
 _NEURONPEDIA_NAME = re.compile(r".*batch-\d+\.jsonl(\.gz)?")
 
 
-class SourceError(ValueError):
+class SourceError(AutointerpError):
     """A file that is not in (or does not fit) the explanation format asked for; the message says what is."""
 
 

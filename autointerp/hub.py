@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import yaml
 
+from autointerp.errors import AutointerpError
 from autointerp.results import JUDGMENTS, RESULTS
 
 RESULTS_PATH = "data/results.parquet"
@@ -45,7 +46,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 
-class PublishError(ValueError):
+class PublishError(AutointerpError):
     """Bad input for `autointerp publish`, or a refusal from the Hub, worded for the user."""
 
 

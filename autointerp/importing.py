@@ -29,6 +29,7 @@ from typing import Any
 
 from autointerp.cache.store import ActivationCache, atomic_write_bytes, read_meta
 from autointerp.config import RunConfig
+from autointerp.errors import AutointerpError
 from autointerp.explanation_sources import SourceEntry, iter_explanations, layer_key
 from autointerp.records import ExplanationRow
 from autointerp.results import RunFiles, append_row
@@ -46,7 +47,7 @@ REASONS = {
 }
 
 
-class ExplanationImportError(ValueError):
+class ExplanationImportError(AutointerpError):
     """Nothing in the file can be scored in this run, or the run cannot take imports; says why."""
 
 

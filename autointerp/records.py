@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from autointerp.errors import AutointerpError
+
 SCHEMA_VERSION = 3  # of the log rows; 1 = the rows written before versions were recorded
 # 2: judgments carry `value` and `detail` with one meaning per field, explanation rows `train_quantiles`;
 # 3: score rows carry `donor` (shuffled-label controls)
@@ -171,7 +173,7 @@ class Candidate:
     usage: Usage = field(default_factory=Usage)  # explainer and rating calls for this candidate
 
 
-class RowError(ValueError):
+class RowError(AutointerpError):
     """A log row that cannot be read: malformed, or written by a newer version of autointerp."""
 
 

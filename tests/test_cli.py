@@ -301,3 +301,33 @@ def test_explain_by_tokens_loads_no_llm(tmp_path, capsys, monkeypatch):
         assert (r["status"], r["explanation"] is not None) in (("ok", True), ("failed", False))
         assert r["explanation"] is None or r["explanation"].startswith(("the token ", "the tokens "))
         assert r["status"] == "ok" or "no strongly-activating token" in r["error"]
+
+
+def test_a_bug_keeps_its_traceback_and_a_users_mistake_exits_2(tmp_path, monkeypatch, capsys):
+    """Only AutointerpError is the user's to fix: a ValueError from a bug is not dressed up as one."""
+    from autointerp.corpus import CorpusError
+
+    def bug(*args, **kwargs):
+        raise ValueError("an index went wrong")
+
+    monkeypatch.setattr(app, "cache_stage", bug)
+    with pytest.raises(ValueError, match="an index went wrong"):
+        main(["cache", "--out", str(tmp_path / "r"), "--quiet"])
+
+    def mistake(*args, **kwargs):
+        raise CorpusError("the corpus is empty")
+
+    monkeypatch.setattr(app, "cache_stage", mistake)
+    rc, err = _run(capsys, "cache", "--out", str(tmp_path / "r"), "--quiet")
+    assert rc == 2 and err.startswith("autointerp: error: the corpus is empty\n")
+
+
+def test_a_report_that_cannot_be_written_is_a_users_error(tmp_path, capsys):
+    from conftest import make_tiny_llama
+    from report_fixtures import make_run
+
+    run = make_run(tmp_path / "run", make_tiny_llama(), max_latents=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc, err = _run(capsys, "report", str(run), "--site", str(blocker / "site"), "--quiet")
+    assert rc == 2 and "file" in err

@@ -23,6 +23,7 @@ from autointerp.prompting import clean_token
 from autointerp.records import Explanation
 from autointerp.sampling import Sampler, SamplingSettings
 from autointerp.scorers import InterventionChoiceScorer, InterventionScorer, InterventionSettings, scorer_metrics
+from autointerp.scorers.base import UnfitJudge
 from autointerp.scorers.intervention import (
     InterventionRunner,
     SteeringSubject,
@@ -184,7 +185,7 @@ def test_both_scorers_share_one_steering_run(planted, monkeypatch):
 def test_a_judge_that_cannot_score_text_is_refused(planted):
     _, _, record = planted
     judge = ScriptedJudge(oracle_chooser)  # chat only, no prompt logprobs
-    with pytest.raises(ValueError, match="prompt logprobs.*intervention_choice"):
+    with pytest.raises(UnfitJudge, match="prompt logprobs.*intervention_choice"):
         _score(InterventionScorer(_runner(planted)), record, RIGHT, judge)
     InterventionChoiceScorer(_runner(planted)).check_judge(judge)  # the choice variant only needs chat
 
@@ -201,7 +202,7 @@ def test_the_run_refuses_such_a_judge_before_any_latent(planted, tmp_path, monke
     files.prepare()
     config = RunConfig(scorers=["intervention"], sampling=SAMPLING, judge="j")
     judge = ScriptedJudge(oracle_chooser)
-    with pytest.raises(ValueError, match="judge scripted cannot"):
+    with pytest.raises(UnfitJudge, match="judge scripted cannot"):
         asyncio.run(app.latent_stages(files, config, {"score"}, progress=False, judges={"j": judge}))
     assert judge.calls == [] and not files.scores.exists()
 
@@ -321,6 +322,7 @@ def test_results_hold_the_intervention_columns(planted, tmp_path):
 
 def test_cli_options(tmp_path):
     from autointerp.cli import _validate, build_parser, config_from_args
+    from autointerp.config import ConfigError
 
     args = build_parser().parse_args(
         [
@@ -341,7 +343,7 @@ def test_cli_options(tmp_path):
     assert {"intervention.kl_target", "intervention.n_prompts"} <= explicit
     _validate(config)
     config.intervention.kl_target = 0
-    with pytest.raises(ValueError, match="kl-target"):
+    with pytest.raises(ConfigError, match="kl-target"):
         _validate(config)
 
 

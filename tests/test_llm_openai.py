@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from fault_server import FaultServer
 
+from autointerp.errors import ConfigError
 from autointerp.llm.base import Judge, JudgeError
 from autointerp.llm.openai_compat import OpenAIJudge, OpenAIJudgeError, parse_retry_after
 
@@ -315,7 +316,7 @@ def test_client_made_after_pickling_reads_the_variable_again(server, key):
 
 
 def test_constructor_rejects_a_key_where_the_variable_name_belongs():
-    with pytest.raises(ValueError, match="NAME of an environment variable") as e:
+    with pytest.raises(ConfigError, match="NAME of an environment variable") as e:
         OpenAIJudge("m", "http://127.0.0.1:1/v1", api_key_env="sk-live-abc.def")
     assert "sk-live" not in str(e.value)
 

@@ -12,12 +12,13 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from autointerp.errors import AutointerpError
 from autointerp.records import Usage
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
 
-class JudgeError(RuntimeError):
+class JudgeError(AutointerpError):
     """A backend failed to produce any answer (as opposed to producing an unusable one)."""
 
 

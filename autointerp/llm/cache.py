@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from autointerp.errors import AutointerpError
 from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, TokenLogprob, can_score_text
 from autointerp.records import Usage
 
@@ -50,7 +51,7 @@ FORMAT_VERSION = 1  # of keys and stored replies; a change makes old entries unr
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 
-class ResponseCacheError(RuntimeError):
+class ResponseCacheError(AutointerpError):
     """The response cache file cannot be used (corrupt, not a cache, or of another format)."""
 
 

@@ -44,6 +44,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from autointerp.errors import MissingPackageError
 from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
 
@@ -56,7 +57,7 @@ def _import_llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError as e:
-        raise ImportError(f"the embedded local judge needs llama-cpp-python: {INSTALL_HINT}") from e
+        raise MissingPackageError(f"the embedded local judge needs llama-cpp-python: {INSTALL_HINT}") from e
     return llama_cpp
 
 
@@ -120,7 +121,7 @@ class LlamaCppJudge:
             raise ValueError(f"logprobs_impl must be 'fast' or 'library', not {logprobs_impl!r}")
         model_path = Path(model_path)
         if not model_path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {model_path}")
+            raise JudgeError(f"GGUF file not found: {model_path}")
         cls = _capturing_llama_class()
         if logits_all is None:
             logits_all = logprobs_impl == "library"

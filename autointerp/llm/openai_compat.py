@@ -66,6 +66,7 @@ from datetime import timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from autointerp.errors import ConfigError, MissingPackageError
 from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
 
@@ -111,7 +112,7 @@ def _import_openai() -> Any:
         import openai
         import tenacity  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"the OpenAI-compatible judge needs openai and tenacity: {INSTALL_HINT}") from e
+        raise MissingPackageError(f"the OpenAI-compatible judge needs openai and tenacity: {INSTALL_HINT}") from e
     return openai
 
 
@@ -196,7 +197,7 @@ class OpenAIJudge:
             raise ValueError("max_concurrency and max_attempts must be >= 1 and timeout > 0")
         if not api_key_env or not api_key_env.replace("_", "").isalnum():
             # a guard against passing the key itself where its variable's name belongs
-            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _)")
+            raise ConfigError("api_key_env must be the NAME of an environment variable (letters, digits, _)")
         self.model = model
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.api_key_env = api_key_env

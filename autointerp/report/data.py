@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from autointerp.config import RunConfig, load_config
+from autointerp.errors import AutointerpError
 from autointerp.results import JUDGMENT_COLUMNS, RunFiles
 from autointerp.scorers import scorer_metrics
 from autointerp.scorers.metrics import metric_quantile
@@ -25,7 +26,7 @@ BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_toke
 CONTROL = "control_"  # `<scorer>_control_<metric>`: the metric with another latent's label
 
 
-class ReportError(ValueError):
+class ReportError(AutointerpError):
     """The folder cannot be reported on; the message says what is missing and what to run."""
 
 

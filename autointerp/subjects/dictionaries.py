@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from autointerp.errors import AutointerpError
 from autointerp.subjects.hookpoints import Side, translate
 
 DEFAULT_DICTIONARY = Path(__file__).resolve().parents[2] / "data" / "sae" / "smollm2-135m-res-topk"
 DEFAULT_HOOKPOINT = "layers.3"
 
 
-class DictionaryError(ValueError):
+class DictionaryError(AutointerpError):
     """A dictionary that cannot be used as given; the message names the file or the mismatch."""
 
 

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from autointerp.errors import AutointerpError
+
 Side = Literal["output", "input"]
 
 # TransformerLens hook name -> (module path under the base model, which side of it).
@@ -30,7 +32,7 @@ _TL_PATTERNS: list[tuple[str, str, Side]] = [
 ]
 
 
-class HookpointError(ValueError):
+class HookpointError(AutointerpError):
     """A hookpoint that does not exist in the subject model; the message lists the valid ones."""
 
 
