@@ -15,7 +15,7 @@ from conftest import write_sparsify_sae
 
 from autointerp import app
 from autointerp.cli import build_parser, main
-from autointerp.config import RunConfig, load_config, merge, save_config
+from autointerp.config import ConfigError, RunConfig, load_config, merge, save_config
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.results import RunFiles
 from autointerp.sampling import SamplingSettings
@@ -252,15 +252,14 @@ def test_a_run_that_ends_with_failed_latents_exits_1_and_says_where_the_reasons_
 
 def test_judge_timeout_reaches_the_http_judge():
     from autointerp.app import make_judge
-    from autointerp.cli import _validate, config_from_args
+    from autointerp.cli import config_from_args
 
     argv = ["score", "--out", "x", "--judge", "openai:m", "--judge-url", "http://127.0.0.1:9/v1", "--no-cache"]
     config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "7.5"]))
     assert config.judge_timeout == 7.5 and make_judge(config.judge, config).timeout == 7.5
     assert RunConfig().judge_timeout >= 300
-    config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "0"]))
-    with pytest.raises(Exception, match="--judge-timeout must be a positive"):
-        _validate(config)
+    with pytest.raises(ConfigError, match="--judge-timeout must be positive"):
+        config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "0"]))
 
 
 def test_controls_and_the_tokens_explainer_reach_the_config(tmp_path, capsys):

@@ -394,7 +394,8 @@ def test_a_run_from_hub_ids_records_them_and_its_later_stages_keep_the_commit(hu
     from report_fixtures import SAMPLING, judge
 
     from autointerp import app
-    from autointerp.cli import main, provenance
+    from autointerp.api import provenance
+    from autointerp.cli import main
     from autointerp.config import RunConfig, load_config
     from autointerp.llm.scripted import ScriptedJudge
     from autointerp.results import RunFiles, materialize

@@ -321,7 +321,7 @@ def test_results_hold_the_intervention_columns(planted, tmp_path):
 
 
 def test_cli_options(tmp_path):
-    from autointerp.cli import _validate, build_parser, config_from_args
+    from autointerp.cli import build_parser, config_from_args
     from autointerp.config import ConfigError
 
     args = build_parser().parse_args(
@@ -341,10 +341,10 @@ def test_cli_options(tmp_path):
     assert config.scorers == ["intervention", "intervention_choice"]
     assert (config.intervention.kl_target, config.intervention.n_prompts) == (0.25, 12)
     assert {"intervention.kl_target", "intervention.n_prompts"} <= explicit
-    _validate(config)
+    config.validate()
     config.intervention.kl_target = 0
     with pytest.raises(ConfigError, match="kl-target"):
-        _validate(config)
+        config.validate()
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -46,27 +46,10 @@ from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
 from autointerp.scorers.classify import ask_binary, option_probability
 from autointerp.scorers.metrics import mean_or_none, win_rate
 from autointerp.scorers.registry import register
+from autointerp.settings import InterventionSettings
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
-
-
-@dataclass
-class InterventionSettings:
-    kl_target: float = 0.5  # mean next-token KL(clean || steered) the strength is tuned to (paper: 0.5)
-    kl_tolerance: float = 0.1  # relative: 0.1 accepts a KL within 10% of the target
-    n_prompts: int = 8  # held-out prompts per latent
-    prompt_tokens: int = 16  # prompt length (at most the cache's window length)
-    new_tokens: int = 8  # tokens generated per continuation (paper: 8)
-    temperature: float = 1.0  # sampling temperature of the continuations; 0 = greedy
-    method: str = "auto"  # "auto" | "encode_decode" | "direction" (subjects/steering.py)
-    search_steps: int = 12  # binary-search steps at most
-    log10_min: float = -2.0  # strength search range, log10 of multiples of the latent's max activation
-    log10_max: float = 3.0
-    choice_mode: Literal["auto", "logprobs", "text"] = "auto"  # intervention_choice: how the pick is read
-    max_reasks: int = 1
-    top_logprobs: int = 20
-    seed: int = 0
 
 
 class Tokenizer(Protocol):

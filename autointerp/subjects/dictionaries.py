@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from autointerp.errors import AutointerpError
+from autointerp.settings import DEFAULT_DICTIONARY_HOOKPOINT
 from autointerp.subjects.hookpoints import Side, translate
 
 DEFAULT_DICTIONARY = Path(__file__).resolve().parents[2] / "data" / "sae" / "smollm2-135m-res-topk"
-DEFAULT_HOOKPOINT = "layers.3"
+DEFAULT_HOOKPOINT = DEFAULT_DICTIONARY_HOOKPOINT
 
 
 class DictionaryError(AutointerpError):
