@@ -102,8 +102,9 @@ class Outcome:
                 for m in headline:
                     values = ok[f"{scorer}_{m}"].dropna()
                     if len(values):
-                        control = ok[f"{scorer}_control_{m}"].dropna() if f"{scorer}_control_{m}" in ok else ()
-                        beside = f" (control {control.mean():.3f})" if len(control) else ""
+                        column = f"{scorer}_control_{m}"
+                        control = ok[column].dropna() if column in ok else None
+                        beside = f" (control {control.mean():.3f})" if control is not None and len(control) else ""
                         parts.append(f"{m} {values.mean():.3f}{beside}")
                 failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
                 total = int(ok[f"{scorer}_n"].fillna(0).sum())

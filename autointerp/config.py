@@ -355,7 +355,7 @@ class RunConfig(Checked):
         return cls(**top), explicit
 
 
-def _settings_class(f: dataclasses.Field) -> type | None:
+def _settings_class(f: dataclasses.Field) -> type[Any] | None:
     """The settings class of a nested field (`cache`, `sampling`...), None for a plain one."""
     factory = f.default_factory
     return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None

@@ -252,10 +252,11 @@ def _read_autointerp(path: Path, progress: bool) -> Iterator[SourceEntry]:
             continue
         newest.pop((row.hookpoint, row.latent), None)
         newest[(row.hookpoint, row.latent)] = (where, row, "")
-    for where, row, problem in newest.values():
-        if row is None:
+    for where, found, problem in newest.values():
+        if found is None:
             yield SourceEntry(source="autointerp", origin=where, layer=None, latent=None, text=None, problem=problem)
             continue
+        row = found
         if row.status != "ok":
             problem = f"status {row.status!r} in the source run (no usable explanation)"
         yield SourceEntry(

@@ -321,8 +321,10 @@ def _layers_text(layers: dict[str, LayerTally], limit: int = 10) -> str:
     ranked = sorted(layers.items(), key=lambda kv: (-kv[1].entries, kv[0]))
     parts = []
     for name, tally in ranked[:limit]:
-        low, high = tally.latents or [None, None]
-        span = "" if low is None else f", latent {low}" if low == high else f", latents {low}..{high}"
+        span = ""
+        if tally.latents:
+            low, high = tally.latents
+            span = f", latent {low}" if low == high else f", latents {low}..{high}"
         parts.append(f"{name or '(no layer)'}: {tally.entries:,}{span}")
     if len(ranked) > limit:
         parts.append(f"and {len(ranked) - limit} more layers")

@@ -18,7 +18,6 @@ cheap for a notebook, the CLI's `--help` and the HTTP service.
 
 from __future__ import annotations
 
-import functools
 import types
 import typing
 from collections.abc import Callable
@@ -132,10 +131,14 @@ def display_name(f: Any) -> str:
 # ---------------------------------------------------------------- checking values against their fields
 
 
-@functools.cache
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def hints(cls: type) -> dict[str, Any]:
     """The fields' annotations as types (this module's annotations are strings until resolved)."""
-    return typing.get_type_hints(cls)
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def choices(annotation: Any) -> tuple[Any, ...] | None:
@@ -180,9 +183,12 @@ def _describe(annotation: Any) -> str:
     allowed = choices(annotation)
     if allowed is not None:
         return "one of " + ", ".join(repr(a) for a in allowed)
-    return " or ".join(
-        _WORDS.get(a) or _list_word(a) or getattr(a, "__name__", str(a)) for a in _union_args(annotation)
-    )
+    return " or ".join(_word(a) for a in _union_args(annotation))
+
+
+def _word(annotation: Any) -> str:
+    listed = _list_word(annotation)
+    return _WORDS.get(annotation) or listed or str(getattr(annotation, "__name__", annotation))
 
 
 _WORDS: dict[Any, str] = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,10 @@ class PriceTable:
             if suffix == ".json":
                 data = json.loads(text)
             elif suffix == ".toml":
-                try:
+                if sys.version_info >= (3, 11):
                     import tomllib
-                except ImportError:  # Python 3.10
-                    import tomli as tomllib  # type: ignore[no-redef]
+                else:
+                    import tomli as tomllib
                 data = tomllib.loads(text)
             else:
                 raise PriceTableError(f"price file {path}: expected a .json or .toml file")

@@ -227,16 +227,13 @@ class CachedJudge:
         self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
     ) -> list[PromptToken]:
         """The inner judge's prompt logprobs, from the cache when this text was scored before."""
-        if not can_score_text(self.inner):
-            raise JudgeError(f"judge {self.model} ({type(self.inner).__name__}) cannot give prompt logprobs")
+        inner = self.inner
+        if not can_score_text(inner):
+            raise JudgeError(f"judge {self.model} ({type(inner).__name__}) cannot give prompt logprobs")
         key = prompt_logprobs_key(self.namespace, text, top_logprobs=top_logprobs, top_at=top_at)
 
         async def ask() -> list[PromptToken]:
-            return await self.inner.prompt_logprobs(
-                text,
-                top_logprobs=top_logprobs,  # type: ignore[attr-defined]
-                top_at=top_at,
-            )
+            return await inner.prompt_logprobs(text, top_logprobs=top_logprobs, top_at=top_at)
 
         return await self._cached(key, ask, encode_prompt_tokens, self._hit_tokens)
 

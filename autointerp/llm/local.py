@@ -72,7 +72,9 @@ def _capturing_llama_class() -> Any:
     llama_cpp = _import_llama_cpp()
     import numpy as np
 
-    class _CapturingLlama(llama_cpp.Llama):
+    llama: Any = llama_cpp.Llama
+
+    class _CapturingLlama(llama):
         capture_k: int = 0
         captured: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 

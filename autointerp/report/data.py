@@ -169,19 +169,19 @@ def _corr(x: pd.Series, y: pd.Series, method: str) -> float | None:
 
 def agreement(results: pd.DataFrame, scorers: list[ScorerColumns]) -> list[Agreement]:
     """Pearson and Spearman correlation of headline metrics, for every pair of scorers."""
-    rated = [s for s in scorers if s.headline]
+    rated = [(s, s.headline) for s in scorers if s.headline]
     out = []
-    for i, a in enumerate(rated):
-        for b in rated[i + 1 :]:
-            ca, cb = a.column(a.headline), b.column(b.headline)  # type: ignore[arg-type]
+    for i, (a, ha) in enumerate(rated):
+        for b, hb in rated[i + 1 :]:
+            ca, cb = a.column(ha), b.column(hb)
             both = results[[ca, cb]].dropna()
             out.append(
                 Agreement(
                     a.name,
                     b.name,
-                    a.headline,
-                    b.headline,
-                    len(both),  # type: ignore[arg-type]
+                    ha,
+                    hb,
+                    len(both),
                     _corr(both[ca], both[cb], "pearson"),
                     _corr(both[ca], both[cb], "spearman"),
                 )

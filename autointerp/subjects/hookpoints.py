@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -52,7 +52,7 @@ def base_model(model: nn.Module) -> nn.Module:
 
 
 def n_layers(model: nn.Module) -> int:
-    return len(base_model(model).layers)
+    return len(cast(nn.ModuleList, base_model(model).layers))
 
 
 def valid_hookpoints_text(model: nn.Module) -> str:
