@@ -1,6 +1,7 @@
 """Reading explanations users already have, in the formats our peers write them.
 
-Five sources are understood (REFERENCE.md, "Formats users already have"):
+Labels made elsewhere are worth scoring here (on this run's held-out split, with this run's judge, so
+they compare with our own); five sources are understood, the formats the common tools write:
 
 - `autointerp`: one of our run folders, its `explanations.jsonl` or its `results.parquet`;
 - `delphi`: an output folder with `explanations/<hookpoint>_latent<i>.txt` (each a JSON string);

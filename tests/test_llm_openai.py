@@ -630,7 +630,8 @@ def test_real_server_schema_constrained_json(llama_server):
 
 @pytest.mark.slow
 def test_real_server_rejects_json_schema_type(llama_server):
-    # documents the quirk in REFERENCE.md: llama.cpp's server answers HTTP 500 to type json_schema
+    # pins a quirk of llama.cpp's server: it answers HTTP 500 to response_format type json_schema, which is
+    # why the judge sends json_object by default
     judge = real_judge(llama_server, schema_mode="json_schema", max_attempts=2, backoff_initial=0.01)
     with pytest.raises(JudgeError, match="HTTP 500"):
         ask(judge, max_tokens=8, schema={"type": "object"})

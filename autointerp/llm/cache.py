@@ -15,11 +15,11 @@ Only the reply (text, logprobs with their top alternatives, usage, finish reason
 never the prompt. A hit comes back with zero usage (it cost nothing this run); what it would have cost
 is summed in `saved`. Exceptions of `inner` are never stored.
 
-Concurrency: the sqlite work runs inline on the event loop thread. Measured on this project's
-machine (WAL, synchronous=NORMAL, one connection): a lookup by key takes ~5 us, an insert with its
-commit ~25 us (p99 ~100 us; a WAL checkpoint every ~1000 writes takes a few ms), while a round trip
-through `asyncio.to_thread` alone costs ~60 us and would queue behind other work in the default
-executor (the sampler and the llama.cpp judge use it). Inline calls are also atomic with respect to
+Concurrency: the sqlite work runs inline on the event loop thread. With WAL, synchronous=NORMAL and
+one connection, a lookup by key and an insert with its commit each take less time than the mere
+round trip of a call through `asyncio.to_thread`, which would also queue behind other work in the
+default executor (the sampler and the llama.cpp judge use it); `bench/response_cache_latency.py`
+measures the three. Inline calls are also atomic with respect to
 other coroutines, so writes are serialised without an asyncio lock; a threading lock guards the
 connection in case a judge is shared across threads. Identical requests in flight at the same time
 are coalesced: the first asks `inner`, the others wait for its reply (or its exception).

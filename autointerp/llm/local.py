@@ -10,20 +10,21 @@ tokens after the longest common prefix with it, so consecutive prompts that shar
 prompt and examples cost only their differing tails. Keep prompts that share a prefix together.
 
 Logprobs: the library's own logprobs path (`logits_all=True`) log-softmaxes the logits of every
-token in the context and sorts the whole vocabulary in Python for every generated token, which
-made a one-token Yes/No answer ~10x slower on Qwen (151,936-token vocabulary) than the answer
-itself. Instead the judge reads the raw logits of each sampled position straight from the
+token in the context and sorts the whole vocabulary in Python for every generated token, which on
+a large vocabulary (Qwen's has 151,936 tokens) costs many times what generating a one-token Yes/No
+answer does. Instead the judge reads the raw logits of each sampled position straight from the
 llama.cpp context as the token is sampled (before any grammar or sampler changes them), takes
 the log-softmax of that one row and the top-k with `argpartition`. This needs no `logits_all`,
 which also skips computing the output layer for every prompt token and a n_ctx x n_vocab float
-array (2.5 GB for Qwen at n_ctx=4096). `logprobs_impl="library"` (with `logits_all=True`) uses
+array (4096 x 151,936 float32 = 2.5 GB for Qwen at n_ctx=4096). `logprobs_impl="library"` (with `logits_all=True`) uses
 llama-cpp-python's path instead; a test checks both agree.
 
 Prompt logprobs (`prompt_logprobs`, teacher forcing a raw text): the same context evaluates the
 text's tokens in chunks of `logits_chunk` with a llama.cpp batch that asks for the logits of every
 token (the low-level `llama_decode` with each token's `logits` flag set), and each chunk's rows are
 reduced to (logprob of the next token, top-k) in numpy before the next chunk runs. The context's
-output buffer therefore grows to `logits_chunk` x n_vocab floats (39 MB for Qwen at 64), not
+output buffer therefore grows to `logits_chunk` x n_vocab floats (64 x 151,936 float32 = 39 MB for
+Qwen), not
 n_ctx x n_vocab, and chat stays as fast as before (its batches still ask for the last row only).
 The tokens a text shares with the previous scored text are not evaluated again: their results are
 kept beside the KV cache, so texts with a common prefix (a scorer's instructions, few-shot block and

