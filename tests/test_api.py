@@ -92,9 +92,9 @@ def test_the_command_line_and_the_api_write_the_same_tables(folder, tmp_path, mo
     shutil.copytree(folder, twin)
     made = judges()
     monkeypatch.setattr(app, "make_judge", lambda name, config: made[name])
-    argv = ["--judge", "reader", "--explainer", "namer", "--max-latents", "3", "--scorers", "detection", "--quiet"]
-    assert main(["explain", "--out", str(folder), *argv[:-3], "--quiet"]) == 0
-    assert main(["score", "--out", str(folder), *argv]) == 0
+    argv = ["--out", str(folder), "--judge", "reader", "--explainer", "namer", "--max-latents", "3", "--quiet"]
+    assert main(["explain", *argv]) == 0
+    assert main(["score", *argv, "--scorers", "detection"]) == 0
     out = capsys.readouterr().out
     run = autointerp.Run(twin, judges=judges(), progress=False, echo=None, scorers=["detection"], **OPTIONS)
     run.explain()
