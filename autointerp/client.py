@@ -62,11 +62,17 @@ def _error(response: httpx.Response) -> ServeError:
     return ServeError(response.status_code, message, field_, wait)
 
 
+def _timeout(seconds: float | None) -> float | httpx._client.UseClientDefault:
+    """A call's own timeout, or (None) the client's."""
+    return httpx.USE_CLIENT_DEFAULT if seconds is None else seconds
+
+
 class _EventParser:
     """Server-Sent Events, a line at a time: `feed` returns (event, data) when a blank line ends one."""
 
     def __init__(self) -> None:
-        self.event, self.data = "message", []
+        self.event = "message"
+        self.data: list[str] = []
 
     def feed(self, line: str) -> tuple[str, str] | None:
         if not line:
@@ -169,9 +175,13 @@ class Client(_Calls):
         while True:
             error: ServeError | None = None
             try:
-                extra = {"timeout": timeout} if timeout is not None else {}
                 response = self.http.request(
-                    call.method, call.path, params=call.params, json=call.body, headers=call.headers, **extra
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.body,
+                    headers=call.headers,
+                    timeout=_timeout(timeout),
                 )
                 if response.is_success:
                     return response.json()
@@ -292,9 +302,13 @@ class AsyncClient(_Calls):
         while True:
             error: ServeError | None = None
             try:
-                extra = {"timeout": timeout} if timeout is not None else {}
                 response = await self.http.request(
-                    call.method, call.path, params=call.params, json=call.body, headers=call.headers, **extra
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.body,
+                    headers=call.headers,
+                    timeout=_timeout(timeout),
                 )
                 if response.is_success:
                     return response.json()

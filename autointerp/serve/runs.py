@@ -125,8 +125,8 @@ class LogIndex:
         """Read what was appended to the logs since the last look (by this service or anyone else)."""
         if self._start("explanations", self.files.explanations) > self._ends["explanations"]:
             for _, end, data in scan_jsonl(self.files.explanations, self._ends["explanations"]):
-                row = ExplanationRow.from_json(data)
-                self.explanations[row.latent] = row
+                explanation = ExplanationRow.from_json(data)
+                self.explanations[explanation.latent] = explanation
                 self._ends["explanations"] = end
         if self._start("scores", self.files.scores) > self._ends["scores"]:
             for offset, end, data in scan_jsonl(self.files.scores, self._ends["scores"]):
