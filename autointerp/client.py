@@ -23,12 +23,14 @@ from typing import Any
 
 import httpx
 
+from autointerp.errors import AutointerpError
+
 FINISHED = ("done", "failed")
 RETRY_STATUS = (429, 502, 503, 504)
 MAX_RETRY_SLEEP = 30.0
 
 
-class ServeError(RuntimeError):
+class ServeError(AutointerpError):
     """The service refused a request: HTTP `status`, its `message`, the `field` it blames, `retry_after`."""
 
     def __init__(self, status: int, message: str, field: str | None = None, retry_after: float | None = None):
