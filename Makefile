@@ -22,6 +22,7 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check autointerp tests scripts bench
 	$(VENV)/bin/ruff format --check autointerp tests scripts bench
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 test-fast: install
@@ -30,6 +31,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check autointerp tests scripts bench
 	$(VENV)/bin/ruff format --check autointerp tests scripts bench
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/cache_throughput.py

@@ -13,34 +13,18 @@ from typing import Any
 import torch
 
 from autointerp.cache.build import build_cache
-from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
+from autointerp.cache.store import ActivationCache, CacheMeta
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
 from autointerp.embeddings import Embedder
 from autointerp.explainers import TOKENS_EXPLAINER
-from autointerp.llm.base import Judge, JudgeError, check_judge_ready
-from autointerp.llm.cache import ResponseCacheError
+from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_latents
 from autointerp.records import ExplanationRow, ScoreRow
 from autointerp.results import RunFiles, materialize
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers.base import Scorer, ScorerContext
 from autointerp.scorers.registry import build_scorers
-from autointerp.subjects.dictionaries import DictionaryError
-from autointerp.subjects.hookpoints import HookpointError
-
-USER_ERRORS = (
-    ConfigError,
-    CorpusError,
-    CacheError,
-    DictionaryError,
-    HookpointError,
-    FileNotFoundError,
-    JudgeError,
-    ImportError,
-    ValueError,
-    ResponseCacheError,
-)
 
 
 def _model_arg(config: RunConfig) -> str | None:
@@ -99,6 +83,7 @@ def cache_stage(
     from autointerp.subjects.attach import open_dictionary
     from autointerp.subjects.dictionaries import peek_num_latents
 
+    config.validate()
     existing = read_meta(files.cache)
     if existing is not None:
         check_latents(config, existing.num_latents)
@@ -373,8 +358,9 @@ async def latent_stages(
 
     Every judge is made and checked (reachable, able to do what each scorer needs) before any latent
     is touched; then `ready()`, when given, is called and returns the config whose latents to do (the
-    CLI imports explanations and records the command's validated options there).
+    API imports explanations there and records the stage's validated options).
     """
+    config.validate()
     cache = ActivationCache(files.cache)
     check_latents(config, cache.num_latents)
     run = OpenRun(files, config, cache=cache)

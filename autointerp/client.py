@@ -23,12 +23,14 @@ from typing import Any
 
 import httpx
 
+from autointerp.errors import AutointerpError
+
 FINISHED = ("done", "failed")
 RETRY_STATUS = (429, 502, 503, 504)
 MAX_RETRY_SLEEP = 30.0
 
 
-class ServeError(RuntimeError):
+class ServeError(AutointerpError):
     """The service refused a request: HTTP `status`, its `message`, the `field` it blames, `retry_after`."""
 
     def __init__(self, status: int, message: str, field: str | None = None, retry_after: float | None = None):
@@ -62,11 +64,17 @@ def _error(response: httpx.Response) -> ServeError:
     return ServeError(response.status_code, message, field_, wait)
 
 
+def _timeout(seconds: float | None) -> float | httpx._client.UseClientDefault:
+    """A call's own timeout, or (None) the client's."""
+    return httpx.USE_CLIENT_DEFAULT if seconds is None else seconds
+
+
 class _EventParser:
     """Server-Sent Events, a line at a time: `feed` returns (event, data) when a blank line ends one."""
 
     def __init__(self) -> None:
-        self.event, self.data = "message", []
+        self.event = "message"
+        self.data: list[str] = []
 
     def feed(self, line: str) -> tuple[str, str] | None:
         if not line:
@@ -169,9 +177,13 @@ class Client(_Calls):
         while True:
             error: ServeError | None = None
             try:
-                extra = {"timeout": timeout} if timeout is not None else {}
                 response = self.http.request(
-                    call.method, call.path, params=call.params, json=call.body, headers=call.headers, **extra
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.body,
+                    headers=call.headers,
+                    timeout=_timeout(timeout),
                 )
                 if response.is_success:
                     return response.json()
@@ -292,9 +304,13 @@ class AsyncClient(_Calls):
         while True:
             error: ServeError | None = None
             try:
-                extra = {"timeout": timeout} if timeout is not None else {}
                 response = await self.http.request(
-                    call.method, call.path, params=call.params, json=call.body, headers=call.headers, **extra
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.body,
+                    headers=call.headers,
+                    timeout=_timeout(timeout),
                 )
                 if response.is_success:
                     return response.json()

@@ -1,119 +1,416 @@
 """One object describes a run; it is written next to the outputs as config.json.
 
-Fields in `FROZEN` define the activation cache and the train/test split. Once a run folder has
+`RunConfig` nests the settings of each stage (settings.py) and adds what names the run's inputs and
+judges. Every field is declared with `setting()`, so its default, its checks and its command-line
+option (flag, help, group, commands) live in one place, and `options()` is the table the CLI and the
+Python API both read: the CLI's `--n-test 5` and the API's `Run(..., n_test=5)` set the same field
+through the same code, and get the same checks.
+
+Fields marked `frozen` define the activation cache and the train/test split. Once a run folder has
 them, later stages (`explain`, `score`, a resumed `run`) must agree, because scoring with a
 different split than the explainer saw would silently leak or mix examples. They are the only
 fields a folder remembers for the next command: every other option (judge, latents, scorers...)
 belongs to the command that gives it, so a command that failed cannot leave its choices behind
 for the next one, and a command does what its own line says.
+
+Importing this module is cheap (no torch, numpy or pandas): see settings.py.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import dataclasses
+import difflib
+import functools
 import json
 import platform
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from autointerp.cache.build import CacheSettings
-from autointerp.explainers import ExplainerSettings
+from autointerp.errors import ConfigError
+from autointerp.llm.assets import DEFAULT_JUDGE
 from autointerp.llm.openai_compat import DEFAULT_TIMEOUT_S as DEFAULT_JUDGE_TIMEOUT_S
-from autointerp.sampling import SamplingSettings
-from autointerp.scorers.classify import ClassifierSettings
-from autointerp.scorers.intervention import InterventionSettings
-
-DEFAULT_JUDGE = "qwen2.5-coder-1.5b"
-DEFAULT_N_TOKENS = 100_000
-DEFAULT_MAX_LATENTS = 10
-
-FROZEN = (
-    "model",
-    "model_revision",
-    "dictionary",
-    "dictionary_revision",
-    "hookpoint",
-    "corpus",
-    "text_column",
-    "n_tokens",
-    "neurons_k",
-    "dtype",
-    "cache",
-    "sampling",
+from autointerp.settings import (
+    CACHING,
+    DEFAULT_DICTIONARY_HOOKPOINT,
+    JUDGES,
+    LATENTS,
+    RUNNING,
+    RUNNING_MODEL,
+    SCORING,
+    TOKENS_EXPLAINER,
+    CacheSettings,
+    Checked,
+    ClassifierSettings,
+    ControlKind,
+    ExplainerSettings,
+    InterventionSettings,
+    Option,
+    SamplingSettings,
+    display_name,
+    option_of,
+    setting,
 )
 
+__all__ = [
+    "DEFAULT_JUDGE",
+    "DEFAULT_JUDGE_TIMEOUT_S",
+    "FROZEN",
+    "ConfigError",
+    "OptionField",
+    "RunConfig",
+    "load_config",
+    "merge",
+    "options",
+    "save_config",
+    "set_field",
+    "with_folder",
+]
 
-class ConfigError(ValueError):
-    pass
+
+# ---------------------------------------------------------------- parsers of option values typed on a command line
+
+
+def parse_latents(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected latent indices like 3,17,42, got {text!r}") from None
+
+
+def parse_max_latents(text: str) -> int | None:
+    if text.lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("--max-latents must be at least 1 (or 'all')")
+    return value
+
+
+def parse_names(text: str) -> list[str]:
+    return [x for x in text.replace(" ", "").split(",") if x]
+
+
+def _scorers_help(_: Any) -> str:
+    from autointerp.scorers.registry import scorer_classes
+
+    listed = ", ".join(f"{name} ({cls.summary})" if cls.summary else name for name, cls in scorer_classes().items())
+    return "comma-separated, from " + listed
+
+
+# ---------------------------------------------------------------- the run
 
 
 @dataclass
-class RunConfig:
-    model: str = "smollm2"  # "smollm2" = the embedded SmolLM2-135M-Instruct, a local HF model folder, or ORG/NAME
-    model_revision: str | None = None  # branch, tag or commit of a Hub model (None = main)
-    # "default" = the shipped TopK SAE; a local sparsify/SAELens/Gemma Scope folder; ORG/NAME[/FOLDER] on
-    # the Hub; saelens:RELEASE/SAE_ID; "neurons"
-    dictionary: str = "default"
-    dictionary_revision: str | None = None  # branch, tag or commit of a Hub dictionary (None = main)
-    hookpoint: str | None = None  # None = the dictionary's own (the default SAE: layers.3)
-    corpus: str = "default"  # "default" = gensim's lee_background.cor; or a .txt/.jsonl/.parquet file
-    text_column: str = "text"
-    n_tokens: int = DEFAULT_N_TOKENS
-    neurons_k: int = 32  # with dictionary="neurons": strongest neurons kept per token
-    dtype: str = "bfloat16"  # subject model dtype while caching
-    device: str = "cpu"
-    judge: str = DEFAULT_JUDGE  # scorer judge
-    explainer: str | None = None  # explainer model; None = same as judge; "tokens" = the marked tokens, no LLM
-    judge_url: str | None = None  # base URL for "openai:MODEL" judges (None = api.openai.com)
-    judge_timeout: float = DEFAULT_JUDGE_TIMEOUT_S  # seconds per HTTP request attempt (a busy local server is slow)
-    api_key_env: str = "OPENAI_API_KEY"  # the *name* of the variable holding the key, never the key
-    no_logprobs: bool = False  # the HTTP judge's server gives no logprobs
-    prompt_logprobs: bool = False  # the HTTP judge's server echoes prompt logprobs (surprisal, simulation)
-    response_cache: bool = True  # answer repeated deterministic requests from a SQLite file
-    response_cache_path: str | None = None  # None = <cache dir>/responses.sqlite
-    prices: str | None = None  # JSON/TOML price table (USD per million tokens) for a cost estimate
-    scorers: list[str] = field(default_factory=lambda: ["detection", "fuzzing"])
-    # "shuffled": also score each latent's held-out examples with another latent's label (its chance level)
-    controls: str = "shuffled"
-    fuzz_negatives: str = "silent"
-    embedding_model: str = "default"  # embedding scorer: "default" = bundled all-MiniLM-L6-v2, or a folder / id
-    latents: list[int] | None = None
-    max_latents: int | None = DEFAULT_MAX_LATENTS  # None = every latent that fires often enough
-    concurrency: int = 1  # latents in flight
-    judge_concurrency: int | None = None  # judge requests in flight; None = 1 llama.cpp, 8 HTTP, 128 vLLM
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    explain: ExplainerSettings = field(default_factory=ExplainerSettings)
-    classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
-    intervention: InterventionSettings = field(default_factory=InterventionSettings)
+class RunConfig(Checked):
+    model: str = setting(
+        "smollm2",
+        "subject model: 'smollm2' (the embedded SmolLM2-135M-Instruct), a local Hugging Face model folder, or "
+        "a Hub repo ORG/NAME (safetensors weights; HF_HUB_OFFLINE=1: the local Hub cache only)",
+        cli=CACHING,
+        frozen=True,
+    )
+    model_revision: str | None = setting(
+        None, "branch, tag or commit of a Hub --model", cli=CACHING, none_means="main", frozen=True
+    )
+    dictionary: str = setting(
+        "default",
+        f"'default' (the shipped TopK SAE on {DEFAULT_DICTIONARY_HOOKPOINT}), 'neurons' (MLP neurons), a sparsify "
+        "/ SAELens / Gemma Scope (params.npz) folder, a Hub repo ORG/NAME[/FOLDER] (only the files of --hookpoint "
+        "are fetched), or saelens:RELEASE/SAE_ID from sae-lens's directory",
+        cli=CACHING,
+        frozen=True,
+    )
+    dictionary_revision: str | None = setting(
+        None, "branch, tag or commit of a Hub --dictionary", cli=CACHING, none_means="main", frozen=True
+    )
+    hookpoint: str | None = setting(
+        None,
+        "where the dictionary reads: layers.N, layers.N.mlp, or a TransformerLens name like blocks.N.hook_resid_post",
+        cli=CACHING,
+        none_means="the dictionary's own",
+        frozen=True,
+    )
+    corpus: str = setting(
+        "default",
+        "'default' (gensim's lee_background.cor, 300 news articles), a text file (one document per line), "
+        "or .jsonl / .parquet with a text column",
+        cli=CACHING,
+        frozen=True,
+    )
+    text_column: str = setting("text", "column holding the text in .jsonl/.parquet corpora", cli=CACHING, frozen=True)
+    n_tokens: int = setting(100_000, "tokens to cache at most", cli=CACHING, at_least=1, frozen=True)
+    neurons_k: int = setting(
+        32, "with --dictionary neurons: strongest neurons kept per token", cli=CACHING, at_least=1, frozen=True
+    )
+    dtype: Literal["bfloat16", "float16", "float32"] = setting(
+        "bfloat16", "subject model dtype", cli=CACHING, frozen=True
+    )
+    device: str = setting("cpu", "torch device for the subject model", cli=RUNNING_MODEL)
+    judge: str = setting(
+        DEFAULT_JUDGE,
+        "scorer judge: 'qwen2.5-coder-1.5b' (Qwen2.5-Coder-1.5B-Instruct, local), 'smollm2' (small, fast, for "
+        "quick runs), a .gguf file, 'openai:MODEL' for any OpenAI-compatible server, or 'vllm:MODEL' (HF folder "
+        "or name, 'vllm:smollm2') in process by vLLM",
+        cli=JUDGES,
+    )
+    explainer: str | None = setting(
+        None,
+        f"explainer model, same choices as --judge; '{TOKENS_EXPLAINER}': no LLM, the label names the tokens most "
+        "often marked in the training examples",
+        cli=JUDGES,
+        none_means="the judge",
+    )
+    judge_url: str | None = setting(
+        None,
+        "base URL of the OpenAI-compatible server for openai:MODEL judges, e.g. http://127.0.0.1:8000/v1",
+        cli=JUDGES,
+        none_means="api.openai.com",
+    )
+    judge_timeout: float = setting(
+        DEFAULT_JUDGE_TIMEOUT_S,
+        "seconds an HTTP judge may take to answer one request before it is retried (after waiting as long "
+        "again, since the server may still be busy with it); long, for a busy local server",
+        cli=JUDGES,
+        metavar="SECONDS",
+        above=0,
+    )
+    api_key_env: str = setting(
+        "OPENAI_API_KEY",
+        "name of the environment variable holding the API key; the key itself is never written",
+        cli=JUDGES,
+    )
+    no_logprobs: bool = setting(False, "the server gives no logprobs: judges answer in text (no AUROC)", cli=JUDGES)
+    prompt_logprobs: bool = setting(
+        False,
+        "the server echoes prompt logprobs (/completions with echo=True, e.g. vLLM): needed by surprisal, "
+        "used by simulation (local judges always have them)",
+        cli=JUDGES,
+    )
+    response_cache: bool = setting(
+        True,
+        "do not answer repeated requests from the response cache",
+        cli=JUDGES,
+        flag="--no-cache",
+        negate=True,
+    )
+    response_cache_path: str | None = setting(
+        None,
+        "SQLite file of the response cache",
+        cli=JUDGES,
+        flag="--response-cache",
+        none_means="~/.cache/autointerp/responses.sqlite",
+    )
+    prices: str | None = setting(
+        None,
+        'price table for a cost estimate: JSON or TOML, {"MODEL": {"prompt": USD per 1M tokens, "completion": ...}}',
+        cli=JUDGES,
+    )
+    scorers: list[str] = setting(
+        help=_scorers_help, factory=lambda: ["detection", "fuzzing"], cli=SCORING, parse=parse_names
+    )
+    controls: ControlKind = setting(
+        "shuffled",
+        "shuffled: also score each latent's held-out examples with another latent's label (a seeded "
+        "derangement), the chance level beside each score, <scorer>_control_* columns (doubles the scoring "
+        "cost); none: skip it",
+        cli=SCORING,
+    )
+    fuzz_negatives: Literal["silent", "misplaced"] = setting(
+        "silent",
+        "fuzzing's wrong marks: on random tokens of silent excerpts ('silent') or on silent tokens of "
+        "activating excerpts ('misplaced')",
+        cli=SCORING,
+    )
+    embedding_model: str = setting(
+        "default",
+        "embedding scorer's model: 'default' (bundled all-MiniLM-L6-v2), a sentence-transformers folder, or a "
+        "model id already in the Hugging Face cache",
+        cli=SCORING,
+    )
+    latents: list[int] | None = setting(
+        None, "comma-separated latent indices, e.g. 3,17,42", cli=LATENTS, parse=parse_latents
+    )
+    max_latents: int | None = setting(
+        10,
+        "how many latents (the first ones that fire often enough); 'all' for every latent",
+        cli=LATENTS,
+        parse=parse_max_latents,
+        at_least=1,
+    )
+    concurrency: int = setting(
+        1, "latents in flight at once; a local judge answers one prompt at a time anyway", cli=RUNNING, at_least=1
+    )
+    judge_concurrency: int | None = setting(
+        None,
+        "judge requests in flight; when more wait, one latent's prompts go first, so a server's prefix cache is hit",
+        cli=RUNNING,
+        none_means="1 for llama.cpp, 8 over HTTP, 128 for vLLM",
+        at_least=1,
+    )
+    cache: CacheSettings = setting(factory=CacheSettings, frozen=True)
+    sampling: SamplingSettings = setting(factory=SamplingSettings, frozen=True)
+    explain: ExplainerSettings = setting(factory=ExplainerSettings)
+    classifier: ClassifierSettings = setting(factory=ClassifierSettings)
+    intervention: InterventionSettings = setting(factory=InterventionSettings)
 
     @property
     def explainer_model(self) -> str:
         return self.explainer or self.judge
+
+    def check(self) -> None:
+        super().check()
+        if self.explain.style == "contrastive" and self.sampling.n_train_negatives < 1:
+            raise ConfigError(
+                "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"
+            )
+        if self.explainer_model == TOKENS_EXPLAINER and (self.explain.best_of > 1 or self.explain.style != "default"):
+            raise ConfigError(
+                f"--explainer {TOKENS_EXPLAINER} makes one label from the marked tokens, with no LLM: it takes no "
+                "--best-of and no --explainer-style contrastive"
+            )
+
+    def validate(self) -> RunConfig:
+        """Every check, run before a stage: each field's again (fields can be assigned after the config
+        was made), and the names only the scorer registry knows. Raises `ConfigError`.
+
+        Loading a config.json does not call this: a folder written by a newer version may name a
+        scorer this one does not know, and its results can still be read."""
+        for part in (self.cache, self.sampling, self.explain, self.classifier, self.intervention, self):
+            part.check()
+        from autointerp.scorers.registry import find_scorer, scorer_names
+
+        unknown = [s for s in self.scorers if find_scorer(s) is None]
+        if unknown:
+            raise ConfigError(f"unknown scorer(s) {unknown}; available: {scorer_names()}")
+        chooser = find_scorer(self.explain.best_of_scorer)
+        if chooser is None:
+            raise ConfigError(f"unknown --best-of-scorer {self.explain.best_of_scorer!r}; available: {scorer_names()}")
+        if self.explain.best_of > 1 and not chooser.can_pick_best_of:
+            able = [name for name in scorer_names() if getattr(find_scorer(name), "can_pick_best_of", False)]
+            raise ConfigError(
+                f"--best-of-scorer cannot be {chooser.name}: it cannot rate labels on a validation split; use one "
+                "of " + ", ".join(able)
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        nested = {
-            "cache": CacheSettings,
-            "sampling": SamplingSettings,
-            "explain": ExplainerSettings,
-            "classifier": ClassifierSettings,
-            "intervention": InterventionSettings,
-        }
-        known = {f.name for f in fields(cls)}
+        """A config from its `to_dict()` form; keys this version does not know are ignored."""
+        known = {f.name: f for f in fields(cls)}
         kwargs = {}
         for k, v in data.items():
             if k not in known:
                 continue
-            if k in nested and isinstance(v, dict):
-                sub_known = {f.name for f in fields(nested[k])}
-                v = nested[k](**{a: b for a, b in v.items() if a in sub_known})
+            nested = _settings_class(known[k])
+            if nested is not None and isinstance(v, dict):
+                sub_known = {f.name for f in fields(nested)}
+                v = nested(**{a: b for a, b in v.items() if a in sub_known})
             kwargs[k] = v
         return cls(**kwargs)
+
+    @classmethod
+    def from_options(cls, values: dict[str, Any]) -> tuple[RunConfig, set[str]]:
+        """A config from options named as on the command line (`n_test` for `--n-test`, `no_cache` for
+        `--no-cache`) or as `RunConfig` fields (`sampling=SamplingSettings(...)`), and the dotted fields
+        they set (those a run folder's stored settings must agree with)."""
+        table = options()
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        explicit: set[str] = set()
+        known = {f.name: f for f in fields(cls)}
+        for key, value in values.items():
+            if key in table:
+                spec = table[key]
+                value = (not value) if spec.option.negate else value
+                for dotted in (spec.dotted, *spec.option.also):
+                    head, _, rest = dotted.partition(".")
+                    if rest:
+                        nested.setdefault(head, {})[rest] = value
+                    else:
+                        top[head] = value
+                    explicit.add(dotted)
+            elif key in known:
+                top[key] = value
+                explicit.add(key)
+            else:
+                close = difflib.get_close_matches(key, [*table, *known], n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ConfigError(f"unknown setting {key!r}{hint}")
+        for head, sub in nested.items():
+            base = top.get(head)
+            settings_class = _settings_class(known[head])
+            assert settings_class is not None
+            if base is not None and not isinstance(base, settings_class):
+                raise ConfigError(f"{head} must be a {settings_class.__name__}, not {base!r}")
+            top[head] = dataclasses.replace(base, **sub) if base is not None else settings_class(**sub)
+        return cls(**top), explicit
+
+
+def _settings_class(f: dataclasses.Field) -> type[Any] | None:
+    """The settings class of a nested field (`cache`, `sampling`...), None for a plain one."""
+    factory = f.default_factory
+    return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
+
+
+FROZEN: tuple[str, ...] = tuple(f.name for f in fields(RunConfig) if f.metadata.get("frozen"))
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """A command-line option and the (dotted) config field it sets."""
+
+    name: str  # the option's name as a keyword: --n-test is n_test
+    dotted: str  # the field: "sampling.n_test"
+    field: dataclasses.Field
+    owner: type  # the class that declares the field
+    option: Option
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def frozen(self) -> bool:
+        return self.dotted.split(".")[0] in FROZEN
+
+    @property
+    def default(self) -> Any:
+        return getattr(self.owner(), self.field.name)
+
+
+@functools.cache
+def options() -> dict[str, OptionField]:
+    """Every command-line option of the stage commands, by keyword name, in declaration order."""
+    out: dict[str, OptionField] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        for f in fields(cls):
+            nested = _settings_class(f)
+            if nested is not None:
+                walk(nested, f"{prefix}{f.name}.")
+                continue
+            option = option_of(f)
+            if option is None:
+                continue
+            name = display_name(f).removeprefix("--").replace("-", "_")
+            if name in out:
+                raise TypeError(f"two settings have the option --{name}: {out[name].dotted} and {prefix}{f.name}")
+            out[name] = OptionField(name, prefix + f.name, f, cls, option)
+
+    walk(RunConfig, "")
+    return out
+
+
+# ---------------------------------------------------------------- the run folder's config.json
 
 
 def environment() -> dict[str, str]:
@@ -143,7 +440,7 @@ def load_config(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
         return RunConfig.from_dict(data["config"]), data.get("resolved", {})
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError) as e:
         raise ConfigError(f"unreadable run config {path}: {e}") from None
 
 
@@ -159,7 +456,7 @@ def merge(stored: RunConfig, requested: RunConfig, explicit: set[str]) -> RunCon
     """The command's options (given or default) on the folder's stored cache and split settings; an
     option that defines the folder must agree with what it has. Nothing else is taken from `stored`."""
     clashes = []
-    for name in explicit:
+    for name in sorted(explicit):
         if name.split(".")[0] in FROZEN and _get(stored, name) != _get(requested, name):
             clashes.append(f"{name}: run has {_get(stored, name)!r}, requested {_get(requested, name)!r}")
     merged = with_folder(requested, stored)

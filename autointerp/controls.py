@@ -16,8 +16,10 @@ from collections.abc import Iterable
 import numpy as np
 
 from autointerp.records import LatentId
+from autointerp.settings import CONTROL_KINDS
 
-CONTROL_KINDS: tuple[str, ...] = ("shuffled", "none")
+__all__ = ["CONTROL_KINDS", "TOO_FEW", "derangement", "donor_map"]
+
 TOO_FEW = "the shuffled-label control needs at least two explained latents; scoring without it"
 
 

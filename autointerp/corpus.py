@@ -19,18 +19,20 @@ from pathlib import Path
 
 import numpy as np
 
+from autointerp.errors import AutointerpError
+
 DEFAULT_CORPUS_NAME = "gensim:lee_background.cor"
 SNIFF_BYTES = 65536
 MAX_BAD_SHARE = 0.1  # of the bytes so far that are not UTF-8; Latin-1 prose has a few percent
 MIN_JUDGED_BYTES = 1024  # the share is judged once this much was read (or the file ended)
 
 
-class CorpusError(ValueError):
+class CorpusError(AutointerpError):
     """The corpus cannot be read or holds no text."""
 
 
 def default_corpus_path() -> Path:
-    """gensim's wheel ships 299 news articles, one per line: the embedded default corpus."""
+    """gensim's wheel ships 300 news articles, one per line: the embedded default corpus."""
     try:
         import gensim.test
     except ImportError as e:

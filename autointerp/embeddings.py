@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from autointerp.errors import AutointerpError
+
 DEFAULT_MODEL = "default"
 BUNDLED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 BUNDLED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", BUNDLED_NAME}
@@ -26,7 +28,7 @@ BUNDLED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", BUNDLED_NAME}
 EncodeFn = Callable[[list[str]], np.ndarray]
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(AutointerpError):
     """An embedding model that cannot be found or loaded; the message says what would work."""
 
 

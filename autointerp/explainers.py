@@ -24,7 +24,6 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
 
 from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
@@ -38,41 +37,13 @@ from autointerp.prompting import (
     render,
 )
 from autointerp.records import Example, Explanation, LatentRecord, Usage
+from autointerp.settings import EXPLAINER_STYLES, TOKENS_EXPLAINER, ExplainerSettings
 
 _ANSWER = re.compile(r"\[EXPLANATION\]\s*:\s*(.+)", re.IGNORECASE)
 
 
 class ExplanationFailed(RuntimeError):
     """The explainer gave no parseable label after every re-ask."""
-
-
-ExplainerStyle = Literal["default", "contrastive"]
-EXPLAINER_STYLES: tuple[str, ...] = ("default", "contrastive")
-
-
-@dataclass
-class ExplainerSettings:
-    style: ExplainerStyle = "default"  # contrastive: also show silent examples and ask what differs
-    mark_fraction: float = 0.3  # mark tokens above this fraction of the example's max activation
-    show_activations: bool = False  # also list the marked tokens with 0-10 activation values
-    token_counts: bool = False  # also list the most frequent marked tokens with their counts
-    max_tokens: int = 300  # the first, free-text answer: some reasoning, then the label line
-    max_reasks: int = 2  # extra attempts, JSON-constrained, after an unparseable or cut-off answer
-    reask_max_tokens: int = 160  # a JSON re-ask: room for max_label_chars at two characters a token
-    max_label_chars: int = 300  # the JSON schema's maxLength; a label that reaches it was cut there
-    max_words: int = 15
-    # The shipped example is about months; small explainers copy it verbatim onto unrelated latents
-    # (Qwen2.5-1.5B and SmolLM2 both did), so it is off unless asked for.
-    fewshot: bool = False
-    best_of: int = 1  # sample this many labels and keep the best on the validation split (Transluce's recipe)
-    best_of_scorer: str = "detection"  # the scorer that picks the best label
-    best_of_temperature: float = 0.7  # labels after the first are samples at this temperature
-    # --explainer tokens: name at most this many tokens, each marked in at least this many training examples
-    tokens_max: int = 5
-    tokens_min_examples: int = 2
-
-
-TOKENS_EXPLAINER = "tokens"  # the explainer "model" that labels from marked tokens, with no LLM
 
 
 def format_examples(examples: list[Example], settings: ExplainerSettings, scale: float) -> str:
@@ -108,10 +79,10 @@ def build_messages(record: LatentRecord, settings: ExplainerSettings) -> list[Me
     examples = format_examples(record.train, settings, scale)
     if settings.style == "contrastive":
         silent = "\n".join(f"Silent excerpt {i}: {format_plain(e)}" for i, e in enumerate(record.train_negatives, 1))
-        system = load_prompt("explainer/contrastive_system.md")
+        system = render(load_prompt("explainer/contrastive_system.md"), max_words=settings.max_words)
         user = render(load_prompt("explainer/contrastive_user.md"), active=examples, silent=silent)
     else:
-        system = load_prompt("explainer/system.md")
+        system = render(load_prompt("explainer/system.md"), max_words=settings.max_words)
         user = render(load_prompt("explainer/user.md"), examples=examples)
     if settings.token_counts:
         user += "\n\n" + render(

@@ -1,6 +1,7 @@
 """Reading explanations users already have, in the formats our peers write them.
 
-Five sources are understood (REFERENCE.md, "Formats users already have"):
+Labels made elsewhere are worth scoring here (on this run's held-out split, with this run's judge, so
+they compare with our own); five sources are understood, the formats the common tools write:
 
 - `autointerp`: one of our run folders, its `explanations.jsonl` or its `results.parquet`;
 - `delphi`: an output folder with `explanations/<hookpoint>_latent<i>.txt` (each a JSON string);
@@ -30,6 +31,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from autointerp.errors import AutointerpError
 from autointerp.records import ExplanationRow, RowError
 
 FORMATS = ("autointerp", "delphi", "eleuther", "neuronpedia", "saebench")
@@ -38,7 +40,7 @@ _DELPHI_NAME = re.compile(r"(?P<hookpoint>.*)_latent(?P<latent>-?\d+)\.txt")
 _NEURONPEDIA_NAME = re.compile(r".*batch-\d+\.jsonl(\.gz)?")
 
 
-class SourceError(ValueError):
+class SourceError(AutointerpError):
     """A file that is not in (or does not fit) the explanation format asked for; the message says what is."""
 
 
@@ -251,10 +253,11 @@ def _read_autointerp(path: Path, progress: bool) -> Iterator[SourceEntry]:
             continue
         newest.pop((row.hookpoint, row.latent), None)
         newest[(row.hookpoint, row.latent)] = (where, row, "")
-    for where, row, problem in newest.values():
-        if row is None:
+    for where, found, problem in newest.values():
+        if found is None:
             yield SourceEntry(source="autointerp", origin=where, layer=None, latent=None, text=None, problem=problem)
             continue
+        row = found
         if row.status != "ok":
             problem = f"status {row.status!r} in the source run (no usable explanation)"
         yield SourceEntry(

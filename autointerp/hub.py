@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import yaml
 
+from autointerp.errors import AutointerpError
 from autointerp.results import JUDGMENTS, RESULTS
 
 RESULTS_PATH = "data/results.parquet"
@@ -45,7 +46,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _LICENSE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 
 
-class PublishError(ValueError):
+class PublishError(AutointerpError):
     """Bad input for `autointerp publish`, or a refusal from the Hub, worded for the user."""
 
 
@@ -238,7 +239,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
-def _front_matter(options: PublishOptions, model: str) -> str:
+def _front_matter(options: PublishOptions, model: str | None) -> str:
     configs: list[dict[str, Any]] = [
         {"config_name": "results", "default": True, "data_files": [{"split": "train", "path": RESULTS_PATH}]}
     ]
@@ -267,7 +268,7 @@ def _with_actual(configured: Any, actual: list[str]) -> str:
     return text + " → " + ", ".join(f"`{_cell(a)}`" for a in actual) if actual else text
 
 
-def _provenance(run: Run, scorers: list[str], model: str, hookpoints: list[str]) -> list[list[str]]:
+def _provenance(run: Run, scorers: list[str], model: str | None, hookpoints: list[str]) -> list[list[str]]:
     cfg, res, env, df = run.config, run.resolved, run.environment, run.results
     dictionary = _named(cfg.get("dictionary"), res.get("dictionary"))
     extra = [
@@ -321,7 +322,8 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
     """The README.md of the dataset repo: `configs:` front matter for `load_dataset`, then provenance."""
     cfg, df, repo = run.config, run.results, options.repo_id
     scorers = [s for s in cfg.get("scorers") or [] if isinstance(s, str)]
-    model = (_column(df, "model") or [run.resolved.get("model") or cfg.get("model")])[0]
+    models = _column(df, "model")
+    model = models[0] if models else run.resolved.get("model") or cfg.get("model")
     hookpoints = _column(df, "hookpoint") or _unique([run.resolved.get("hookpoint") or cfg.get("hookpoint")])
     ok = int((df["status"] == "ok").sum()) if "status" in df else len(df)
     scores = score_summary(df, scorers)

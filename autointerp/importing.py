@@ -29,6 +29,7 @@ from typing import Any
 
 from autointerp.cache.store import ActivationCache, atomic_write_bytes, read_meta
 from autointerp.config import RunConfig
+from autointerp.errors import AutointerpError
 from autointerp.explanation_sources import SourceEntry, iter_explanations, layer_key
 from autointerp.records import ExplanationRow
 from autointerp.results import RunFiles, append_row
@@ -46,7 +47,7 @@ REASONS = {
 }
 
 
-class ExplanationImportError(ValueError):
+class ExplanationImportError(AutointerpError):
     """Nothing in the file can be scored in this run, or the run cannot take imports; says why."""
 
 
@@ -320,8 +321,10 @@ def _layers_text(layers: dict[str, LayerTally], limit: int = 10) -> str:
     ranked = sorted(layers.items(), key=lambda kv: (-kv[1].entries, kv[0]))
     parts = []
     for name, tally in ranked[:limit]:
-        low, high = tally.latents or [None, None]
-        span = "" if low is None else f", latent {low}" if low == high else f", latents {low}..{high}"
+        span = ""
+        if tally.latents:
+            low, high = tally.latents
+            span = f", latent {low}" if low == high else f", latents {low}..{high}"
         parts.append(f"{name or '(no layer)'}: {tally.entries:,}{span}")
     if len(ranked) > limit:
         parts.append(f"and {len(ranked) - limit} more layers")

@@ -81,7 +81,7 @@ class CandidatePool:
 
     def get(self) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            if self._windows is None:
+            if self._windows is None or self._vectors is None:
                 n = self.cache.meta.n_windows
                 rng = np.random.default_rng([self.seed, _POOL_TAG])
                 windows = np.sort(rng.choice(n, size=min(self.size, n), replace=False))

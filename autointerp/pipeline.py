@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from autointerp.cache.store import ActivationCache
-from autointerp.config import RunConfig
+from autointerp.config import ConfigError, RunConfig
 from autointerp.controls import TOO_FEW, donor_map
 from autointerp.explainers import TOKENS_EXPLAINER, ExplanationFailed, explain, explain_by_tokens
 from autointerp.llm.base import Judge
@@ -66,7 +66,7 @@ def select_latents(cache: ActivationCache, config: RunConfig) -> tuple[list[int]
     if config.latents:
         bad = [i for i in config.latents if not 0 <= i < n]
         if bad:
-            raise ValueError(f"latent indices {bad} are out of range: the dictionary has {n} latents (0..{n - 1})")
+            raise ConfigError(f"latent indices {bad} are out of range: the dictionary has {n} latents (0..{n - 1})")
         chosen = list(dict.fromkeys(config.latents))
     else:
         chosen = eligible if config.max_latents is None else eligible[: config.max_latents]

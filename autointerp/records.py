@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from autointerp.errors import AutointerpError
+
 SCHEMA_VERSION = 3  # of the log rows; 1 = the rows written before versions were recorded
 # 2: judgments carry `value` and `detail` with one meaning per field, explanation rows `train_quantiles`;
 # 3: score rows carry `donor` (shuffled-label controls)
@@ -171,7 +173,7 @@ class Candidate:
     usage: Usage = field(default_factory=Usage)  # explainer and rating calls for this candidate
 
 
-class RowError(ValueError):
+class RowError(AutointerpError):
     """A log row that cannot be read: malformed, or written by a newer version of autointerp."""
 
 
@@ -245,6 +247,7 @@ class ExplanationRow:
     def from_json(cls, data: Any) -> ExplanationRow:
         _version(data, "explanation")  # schema 1 rows read as they are: schema 2 only added train_quantiles
         known = _known(cls, data)
+        known.setdefault("hookpoint", None)  # a hand-written row may name no hookpoint: it is the run's
         known["usage"] = _usage(data.get("usage"))
         if isinstance(data.get("candidates"), list):
             known["candidates"] = [
@@ -313,6 +316,7 @@ class ScoreRow:
         if "scorer" not in data:
             raise RowError("a score row has no 'scorer'")
         known = _known(cls, data)
+        known.setdefault("hookpoint", None)
         known["usage"] = _usage(data.get("usage"))
         judgments = data.get("judgments")
         if isinstance(judgments, list):

@@ -294,9 +294,9 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
         rows.append(row)
     df = pd.DataFrame(rows)
     int_cols = ["latent", "fire_windows"] + [f"{s}_{c}" for s in scorers for c in ("n", "n_failed", "control_latent")]
-    for c in int_cols:
-        if c in df:
-            df[c] = df[c].astype("Int64")
+    for column in int_cols:
+        if column in df:
+            df[column] = df[column].astype("Int64")
     _write_parquet(df, files.results)
     _write_parquet(pd.DataFrame(judgment_rows, columns=JUDGMENT_COLUMNS), files.judgments)
     return df

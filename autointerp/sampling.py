@@ -14,9 +14,7 @@ token, and no window serves two splits (test, train, validation).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from itertools import islice
-from typing import Literal
 
 import numpy as np
 
@@ -24,27 +22,9 @@ from autointerp.cache.store import ActivationCache
 from autointerp.embeddings import Embedder
 from autointerp.negatives import CandidatePool, cooccurring_latents, negative_groups, rank_cooccurring, rank_similar
 from autointerp.records import Example, LatentId, LatentRecord
+from autointerp.settings import NEGATIVE_KINDS, SamplingSettings
 
 TokenDecoder = Callable[[Sequence[int]], list[str]]
-NegativeKind = Literal["random", "similar", "cooccurring"]
-NEGATIVE_KINDS: tuple[str, ...] = ("random", "similar", "cooccurring")
-
-
-@dataclass
-class SamplingSettings:
-    n_train: int = 40  # activating examples shown to the explainer
-    n_test: int = 50  # held-out activating examples for scorers
-    n_negatives: int = 50  # held-out non-activating examples for scorers
-    n_train_negatives: int = 20  # non-activating examples a contrastive explainer may see
-    n_validation: int = 20  # activating (and as many silent) examples to choose among explanations (best-of-n)
-    n_quantiles: int = 10
-    train_type: Literal["quantiles", "top"] = "quantiles"
-    min_examples: int = 20  # latents firing in fewer windows are skipped
-    seed: int = 0
-    negatives: NegativeKind = "random"  # random silent windows, or hard ones: similar / cooccurring
-    similar_pool: int = 500  # with negatives="similar": random windows embedded once per run as candidates
-    similar_model: str = "default"  # with negatives="similar": the embedding model that ranks them
-    n_cooccurring: int = 10  # with negatives="cooccurring": latents whose top windows are candidates
 
 
 class NotEnoughExamples(ValueError):

@@ -15,7 +15,7 @@ from conftest import write_sparsify_sae
 
 from autointerp import app
 from autointerp.cli import build_parser, main
-from autointerp.config import RunConfig, load_config, merge, save_config
+from autointerp.config import ConfigError, RunConfig, load_config, merge, save_config
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.results import RunFiles
 from autointerp.sampling import SamplingSettings
@@ -252,15 +252,14 @@ def test_a_run_that_ends_with_failed_latents_exits_1_and_says_where_the_reasons_
 
 def test_judge_timeout_reaches_the_http_judge():
     from autointerp.app import make_judge
-    from autointerp.cli import _validate, config_from_args
+    from autointerp.cli import config_from_args
 
     argv = ["score", "--out", "x", "--judge", "openai:m", "--judge-url", "http://127.0.0.1:9/v1", "--no-cache"]
     config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "7.5"]))
     assert config.judge_timeout == 7.5 and make_judge(config.judge, config).timeout == 7.5
     assert RunConfig().judge_timeout >= 300
-    config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "0"]))
-    with pytest.raises(Exception, match="--judge-timeout must be a positive"):
-        _validate(config)
+    with pytest.raises(ConfigError, match="--judge-timeout must be positive"):
+        config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "0"]))
 
 
 def test_controls_and_the_tokens_explainer_reach_the_config(tmp_path, capsys):
@@ -301,3 +300,33 @@ def test_explain_by_tokens_loads_no_llm(tmp_path, capsys, monkeypatch):
         assert (r["status"], r["explanation"] is not None) in (("ok", True), ("failed", False))
         assert r["explanation"] is None or r["explanation"].startswith(("the token ", "the tokens "))
         assert r["status"] == "ok" or "no strongly-activating token" in r["error"]
+
+
+def test_a_bug_keeps_its_traceback_and_a_users_mistake_exits_2(tmp_path, monkeypatch, capsys):
+    """Only AutointerpError is the user's to fix: a ValueError from a bug is not dressed up as one."""
+    from autointerp.corpus import CorpusError
+
+    def bug(*args, **kwargs):
+        raise ValueError("an index went wrong")
+
+    monkeypatch.setattr(app, "cache_stage", bug)
+    with pytest.raises(ValueError, match="an index went wrong"):
+        main(["cache", "--out", str(tmp_path / "r"), "--quiet"])
+
+    def mistake(*args, **kwargs):
+        raise CorpusError("the corpus is empty")
+
+    monkeypatch.setattr(app, "cache_stage", mistake)
+    rc, err = _run(capsys, "cache", "--out", str(tmp_path / "r"), "--quiet")
+    assert rc == 2 and err.startswith("autointerp: error: the corpus is empty\n")
+
+
+def test_a_report_that_cannot_be_written_is_a_users_error(tmp_path, capsys):
+    from conftest import make_tiny_llama
+    from report_fixtures import make_run
+
+    run = make_run(tmp_path / "run", make_tiny_llama(), max_latents=2)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    rc, err = _run(capsys, "report", str(run), "--site", str(blocker / "site"), "--quiet")
+    assert rc == 2 and "file" in err

@@ -16,7 +16,7 @@ from report_fixtures import SAMPLING as WORD_SAMPLING
 from report_fixtures import write_word_tokenizer
 
 from autointerp import app
-from autointerp.cli import print_summary
+from autointerp.api import Outcome
 from autointerp.config import RunConfig, save_config
 from autointerp.controls import TOO_FEW, derangement, donor_map
 from autointerp.llm.ordering import OrderedJudge
@@ -218,7 +218,7 @@ def test_the_app_labels_by_tokens_scores_and_controls_with_one_judge(tmp_path, t
     assert len(ok) >= 3 and (ok["explainer_model"] == "tokens").all()
     assert ok["explanation"].str.match(r'the tokens? "').all()
     assert summary.controlled == len(ok) and ok["detection_control_latent"].notna().all()
-    print_summary(summary, table, config, files)
+    print(Outcome(summary, table, config, files).describe())
     out = capsys.readouterr().out
     right, control = ok["detection_balanced_accuracy"].mean(), ok["detection_control_balanced_accuracy"].mean()
     assert f"detection: mean balanced_accuracy {right:.3f} (control {control:.3f})" in out
@@ -231,7 +231,7 @@ def test_the_app_labels_by_tokens_scores_and_controls_with_one_judge(tmp_path, t
 
 def test_the_app_says_when_there_is_no_second_label(tmp_path, tiny_llama, capsys):
     files, config, summary = _app_run(tmp_path / "run", tiny_llama, ScriptedJudge(reader, model="judge"), max_latents=1)
-    print_summary(summary, materialize(files, {}, config.scorers), config, files)
+    print(Outcome(summary, materialize(files, {}, config.scorers), config, files).describe())
     out = capsys.readouterr().out
     assert "the shuffled-label control needs at least two explained latents; scoring without it" in out
     assert "(control" not in out

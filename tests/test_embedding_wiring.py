@@ -11,7 +11,7 @@ from conftest import build_tiny_cache, decode_ids
 from fake_embedder import fake_embedder
 
 from autointerp.app import make_scorers
-from autointerp.cli import _validate, build_parser, config_from_args
+from autointerp.cli import build_parser, config_from_args
 from autointerp.config import ConfigError, RunConfig
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
@@ -54,7 +54,7 @@ def test_options_reach_the_config():
     assert config.sampling.negatives == "similar" and config.sampling.similar_model == "/models/mini"
     assert config.sampling.n_train_negatives == 7 and config.explain.style == "contrastive"
     assert {"sampling.negatives", "explain.style", "embedding_model"} <= explicit
-    _validate(config)
+    config.validate()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--out", "x", "--negatives", "hardest"])
 
@@ -64,7 +64,7 @@ def test_contrastive_without_silent_examples_is_refused():
     config.explain.style = "contrastive"
     config.sampling.n_train_negatives = 0
     with pytest.raises(ConfigError, match="--n-train-negatives"):
-        _validate(config)
+        config.validate()
 
 
 def test_make_scorers_builds_the_embedding_scorer_on_the_shared_embedder():

@@ -189,3 +189,12 @@ def test_contrastive_explainer_needs_silent_examples():
         asyncio.run(
             explain(record, ScriptedJudge(lambda m: "[EXPLANATION]: x"), ExplainerSettings(style="contrastive"))
         )
+
+
+@pytest.mark.parametrize("style", ["default", "contrastive"])
+def test_the_label_length_asked_for_is_max_words(style):
+    record = planted_record()
+    system = build_messages(record, ExplainerSettings(style=style))[0]["content"]
+    assert "(at most 15 words)" in system and "{{" not in system
+    system = build_messages(record, ExplainerSettings(style=style, max_words=6))[0]["content"]
+    assert "(at most 6 words)" in system

@@ -537,3 +537,24 @@ def test_an_empty_export_says_so(tmp_path, tiny_cache):
     source = write_neuronpedia(tmp_path / "np", [], batches=1)
     with pytest.raises(ExplanationImportError, match="holds no explanations"):
         import_explanations(files, RunConfig(sampling=SAMPLING), source)
+
+
+def test_a_hand_written_log_without_hookpoints_is_the_runs(tmp_path, tiny_cache, oracle_judge, capsys):
+    """Rows of our own format that name no hookpoint (a file written by hand) fit the run's hookpoint;
+    a row that is not usable is listed as left out, never a traceback."""
+    files = make_run(tmp_path, tiny_cache)
+    (a,) = scoreable_latents(tiny_cache, 1)
+    right, _ = firing_tokens(tiny_cache, a)
+    b = (a + 1) % tiny_cache.num_latents
+    source = write_our_log(
+        tmp_path / "mine" / "explanations.jsonl",
+        [{"latent": a, "explanation": describe(right)}, {"latent": b, "status": "failed"}],
+    )
+    _, entries = read_explanations(source)
+    assert {(e.latent, e.layer) for e in entries} == {(a, None), (b, None)}
+    out = _score(files, source, capsys, "--scorers", "detection")
+    assert "imported 1 explanations" in out
+    table = pd.read_parquet(files.results).set_index("latent")
+    assert list(table.index) == [a] and table.loc[a, "hookpoint"] == tiny_cache.meta.hookpoint
+    report = json.loads((files.folder / "import_report.json").read_text())
+    assert [(u["latent"], u["kind"]) for u in report["unused"]] == [(b, "unreadable")]

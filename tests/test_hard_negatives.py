@@ -9,6 +9,7 @@ import pytest
 from conftest import decode_ids
 from fake_embedder import fake_embedder
 
+from autointerp.errors import ConfigError
 from autointerp.negatives import cofiring_jaccard, cooccurring_latents, negative_groups
 from autointerp.sampling import Sampler, SamplingSettings
 
@@ -180,5 +181,5 @@ def test_bad_settings_say_what_is_valid(tiny_cache):
     assert [e.window for e in without.record(latent, negatives=False).train] == [
         e.window for e in _sampler(tiny_cache, "similar").record(latent).train
     ]
-    with pytest.raises(ValueError, match="random, similar, cooccurring"):
-        Sampler(tiny_cache, decode_ids, _settings(negatives="hardest"))
+    with pytest.raises(ConfigError, match="--negatives must be one of 'random', 'similar', 'cooccurring'"):
+        _settings(negatives="hardest")

@@ -21,7 +21,7 @@ from fake_hub import FakeHub
 from autointerp.subjects import sources
 from autointerp.subjects.attach import open_dictionary
 from autointerp.subjects.dictionaries import load_dictionary, load_sparsify
-from autointerp.subjects.model import load_subject, load_tokenizer
+from autointerp.subjects.model import ModelError, load_subject, load_tokenizer
 from autointerp.subjects.sources import SourceError, locate_dictionary
 
 TOKEN = "hf_fAkEtOkEn0123456789abcdefXYZ"
@@ -175,7 +175,7 @@ def test_a_local_folder_wins_over_a_hub_repo_of_the_same_name(hub, tmp_path, mon
     subject = load_subject(MODEL, dtype=torch.float32)
     assert subject.name == MODEL and torch.equal(_weights(subject.model), _weights(make_tiny_llama(seed=2)))
     assert not hub.requests
-    with pytest.raises(ValueError, match="--model-revision v1 is for Hub models"):
+    with pytest.raises(ModelError, match="--model-revision v1 is for Hub models"):
         load_subject(MODEL, revision="v1")
 
 
@@ -394,7 +394,8 @@ def test_a_run_from_hub_ids_records_them_and_its_later_stages_keep_the_commit(hu
     from report_fixtures import SAMPLING, judge
 
     from autointerp import app
-    from autointerp.cli import main, provenance
+    from autointerp.api import provenance
+    from autointerp.cli import main
     from autointerp.config import RunConfig, load_config
     from autointerp.llm.scripted import ScriptedJudge
     from autointerp.results import RunFiles, materialize

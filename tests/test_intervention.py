@@ -23,6 +23,7 @@ from autointerp.prompting import clean_token
 from autointerp.records import Explanation
 from autointerp.sampling import Sampler, SamplingSettings
 from autointerp.scorers import InterventionChoiceScorer, InterventionScorer, InterventionSettings, scorer_metrics
+from autointerp.scorers.base import UnfitJudge
 from autointerp.scorers.intervention import (
     InterventionRunner,
     SteeringSubject,
@@ -184,7 +185,7 @@ def test_both_scorers_share_one_steering_run(planted, monkeypatch):
 def test_a_judge_that_cannot_score_text_is_refused(planted):
     _, _, record = planted
     judge = ScriptedJudge(oracle_chooser)  # chat only, no prompt logprobs
-    with pytest.raises(ValueError, match="prompt logprobs.*intervention_choice"):
+    with pytest.raises(UnfitJudge, match="prompt logprobs.*intervention_choice"):
         _score(InterventionScorer(_runner(planted)), record, RIGHT, judge)
     InterventionChoiceScorer(_runner(planted)).check_judge(judge)  # the choice variant only needs chat
 
@@ -201,7 +202,7 @@ def test_the_run_refuses_such_a_judge_before_any_latent(planted, tmp_path, monke
     files.prepare()
     config = RunConfig(scorers=["intervention"], sampling=SAMPLING, judge="j")
     judge = ScriptedJudge(oracle_chooser)
-    with pytest.raises(ValueError, match="judge scripted cannot"):
+    with pytest.raises(UnfitJudge, match="judge scripted cannot"):
         asyncio.run(app.latent_stages(files, config, {"score"}, progress=False, judges={"j": judge}))
     assert judge.calls == [] and not files.scores.exists()
 
@@ -320,7 +321,8 @@ def test_results_hold_the_intervention_columns(planted, tmp_path):
 
 
 def test_cli_options(tmp_path):
-    from autointerp.cli import _validate, build_parser, config_from_args
+    from autointerp.cli import build_parser, config_from_args
+    from autointerp.config import ConfigError
 
     args = build_parser().parse_args(
         [
@@ -339,10 +341,10 @@ def test_cli_options(tmp_path):
     assert config.scorers == ["intervention", "intervention_choice"]
     assert (config.intervention.kl_target, config.intervention.n_prompts) == (0.25, 12)
     assert {"intervention.kl_target", "intervention.n_prompts"} <= explicit
-    _validate(config)
+    config.validate()
     config.intervention.kl_target = 0
-    with pytest.raises(ValueError, match="kl-target"):
-        _validate(config)
+    with pytest.raises(ConfigError, match="kl-target"):
+        config.validate()
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autointerp.errors import AutointerpError
 from autointerp.llm.accounting import Price, PriceTable, PriceTableError, cost, describe
 from autointerp.llm.base import Judge, JudgeError, PromptToken, Reply, TokenLogprob
 from autointerp.llm.cache import CachedJudge, ResponseCacheError, cache_key, prompt_logprobs_key
@@ -428,11 +429,11 @@ def test_bad_price_files_are_refused(tmp_path, name, text, match):
     (tmp_path / name).write_text(text)
     with pytest.raises(PriceTableError, match=match):
         PriceTable.load(tmp_path / name)
-    assert issubclass(PriceTableError, ValueError)
+    assert issubclass(PriceTableError, AutointerpError)
 
 
 def test_missing_price_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="price file not found"):
+    with pytest.raises(PriceTableError, match="price file not found"):
         PriceTable.load(tmp_path / "nope.json")
 
 

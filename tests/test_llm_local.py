@@ -154,9 +154,9 @@ def test_resolve_gguf_names(monkeypatch, tmp_path):
     own = tmp_path / "My-Model.Q8_0.gguf"
     own.write_bytes(b"GGUF")
     assert assets.resolve_gguf(str(own)) == (own.resolve(), "My-Model.Q8_0")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(JudgeError, match="absent.gguf"):
         assets.resolve_gguf(str(tmp_path / "absent.gguf"))
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(JudgeError) as e:
         assets.resolve_gguf("gpt-5")
     assert "qwen2.5-coder-1.5b" in str(e.value) and "smollm2" in str(e.value)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from fault_server import FaultServer
 
+from autointerp.errors import ConfigError
 from autointerp.llm.base import Judge, JudgeError
 from autointerp.llm.openai_compat import OpenAIJudge, OpenAIJudgeError, parse_retry_after
 
@@ -315,7 +316,7 @@ def test_client_made_after_pickling_reads_the_variable_again(server, key):
 
 
 def test_constructor_rejects_a_key_where_the_variable_name_belongs():
-    with pytest.raises(ValueError, match="NAME of an environment variable") as e:
+    with pytest.raises(ConfigError, match="NAME of an environment variable") as e:
         OpenAIJudge("m", "http://127.0.0.1:1/v1", api_key_env="sk-live-abc.def")
     assert "sk-live" not in str(e.value)
 
@@ -629,7 +630,8 @@ def test_real_server_schema_constrained_json(llama_server):
 
 @pytest.mark.slow
 def test_real_server_rejects_json_schema_type(llama_server):
-    # documents the quirk in REFERENCE.md: llama.cpp's server answers HTTP 500 to type json_schema
+    # pins a quirk of llama.cpp's server: it answers HTTP 500 to response_format type json_schema, which is
+    # why the judge sends json_object by default
     judge = real_judge(llama_server, schema_mode="json_schema", max_attempts=2, backoff_initial=0.01)
     with pytest.raises(JudgeError, match="HTTP 500"):
         ask(judge, max_tokens=8, schema={"type": "object"})

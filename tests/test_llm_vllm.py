@@ -448,7 +448,7 @@ def test_load_refuses_a_gguf_file(fake_vllm, tmp_path):
 
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    with pytest.raises(ValueError, match="not a Hugging Face model folder"):
+    with pytest.raises(JudgeError, match="not a Hugging Face model folder"):
         load_vllm_judge(str(gguf))
 
 
@@ -463,7 +463,7 @@ def test_engine_args_come_from_the_environment(fake_vllm, tmp_path, monkeypatch)
     assert judge.max_batch == 4 and judge.model == str(folder)
     assert FakeLLM.instances[-1].kwargs["gpu_memory_utilization"] == 0.3 and FakeLLM.instances[-1].kwargs["seed"] == 3
     monkeypatch.setenv("AUTOINTERP_VLLM_ARGS", "gpu_memory_utilization=0.3")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(JudgeError, match="not valid JSON"):
         load_vllm_judge(str(folder))
 
 

@@ -45,9 +45,10 @@ def test_results_notebook_reproduces_the_report(tiny_llama, tmp_path, monkeypatc
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
+    assert any("autointerp.Run(RUN)" in c.source for c in nb.cells)  # it reads the run through the Python API
     nb.cells.append(
         nbformat.v4.new_code_cell(
-            'import sys\nprint(json.dumps({"executable": sys.executable, "run": str(RUN), '
+            'import json\nimport sys\nprint(json.dumps({"executable": sys.executable, "run": str(RUN), '
             '"histograms": len(hist_axes), "latents": len(table), "agreement": agree.to_dict("records"), '
             '"quantile_means": quantile_means, "table_columns": list(table.columns)}))'
         )

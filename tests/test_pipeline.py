@@ -10,7 +10,7 @@ import pytest
 from conftest import decode_ids
 from planted import yes_no
 
-from autointerp.config import RunConfig
+from autointerp.config import ConfigError, RunConfig
 from autointerp.llm.base import JudgeError
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
@@ -188,7 +188,7 @@ def test_explicit_latents_that_never_fire_are_reported(tmp_path, tiny_cache):
 
 
 def test_latent_out_of_range_is_an_error(tiny_cache):
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ConfigError, match="out of range"):
         select_latents(tiny_cache, _config(latents=[10_000]))
 
 

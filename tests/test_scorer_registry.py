@@ -11,7 +11,7 @@ from conftest import build_tiny_cache
 from report_fixtures import SAMPLING, write_word_tokenizer
 
 from autointerp import app
-from autointerp.cli import _validate, build_parser
+from autointerp.cli import build_parser
 from autointerp.config import ConfigError, RunConfig
 from autointerp.llm.base import PromptToken
 from autointerp.llm.scripted import ScriptedJudge
@@ -68,13 +68,13 @@ def test_every_scorer_module_registers_itself_and_the_cli_lists_it(capsys):
 
 
 def test_validation_knows_the_registered_scorers_and_who_can_pick_best_of(echo):
-    _validate(RunConfig(scorers=["detection", "echo_test"]))
+    RunConfig(scorers=["detection", "echo_test"]).validate()
     with pytest.raises(ConfigError, match="unknown scorer.*nope.*available: .*echo_test"):
-        _validate(RunConfig(scorers=["nope"]))
+        RunConfig(scorers=["nope"]).validate()
     config = RunConfig()
     config.explain.best_of, config.explain.best_of_scorer = 2, "intervention_choice"
     with pytest.raises(ConfigError, match="cannot be intervention_choice.*use one of detection, echo_test"):
-        _validate(config)
+        config.validate()
 
 
 def test_an_unfit_judge_is_refused_with_the_reason(echo):

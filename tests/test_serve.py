@@ -507,6 +507,13 @@ def test_the_command_refuses_unsafe_setups(runs, tmp_path, capsys, monkeypatch):
     assert rc == 2 and "not a folder" in err
     rc, err = serve("--no-auth")
     assert rc == 2 and "--runs DIR is required" in err
+    foreign = tmp_path / "foreign.sqlite"
+    sqlite3.connect(foreign).execute("CREATE TABLE other (x)").connection.commit()
+    rc, err = serve("--runs", str(runs), "--no-auth", "--jobs-db", str(foreign))
+    assert rc == 2 and "not an autointerp job database" in err  # said before anything listens
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n"))
+    rc, err = serve("--hash-key")
+    assert rc == 2 and "got none" in err
     monkeypatch.setattr("sys.stdin", io.StringIO(KEY + "\n"))
     assert main(["serve", "--hash-key"]) == 0
     out = capsys.readouterr().out

@@ -15,6 +15,7 @@ from autointerp.llm.base import CUT_OFF, JudgeError, PromptToken, Reply
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.records import Explanation
 from autointerp.scorers import SimulationScorer, SimulationSettings, SurprisalScorer
+from autointerp.scorers.base import UnfitJudge
 from autointerp.scorers.metrics import correlation
 from autointerp.scorers.simulation import expected_level, parse_levels, simulation_text, true_levels
 from autointerp.scorers.surprisal import example_loss, text_prefix
@@ -162,7 +163,7 @@ def test_simulation_judge_errors_are_failures():
 
 
 def test_simulation_logprobs_mode_needs_prompt_logprobs():
-    with pytest.raises(ValueError, match="prompt logprobs.*json"):
+    with pytest.raises(UnfitJudge, match="prompt logprobs.*json"):
         _score(
             SimulationScorer(SimulationSettings(mode="logprobs")),
             planted_record(),
@@ -244,7 +245,7 @@ def test_surprisal_counts_only_the_example_tokens():
 
 
 def test_surprisal_needs_prompt_logprobs_and_says_so():
-    with pytest.raises(ValueError, match="surprisal scorer needs a judge that gives prompt logprobs"):
+    with pytest.raises(UnfitJudge, match="surprisal scorer needs a judge that gives prompt logprobs"):
         _score(SurprisalScorer(), planted_record(), RIGHT, ScriptedJudge(no_chat, model="chat-only"))
 
 
@@ -321,9 +322,9 @@ def test_a_judge_without_prompt_logprobs_is_refused_before_any_latent():
 
     scorers = make_scorers(RunConfig(scorers=["detection", "surprisal", "simulation"]))
     assert [s.name for s in scorers] == ["detection", "surprisal", "simulation"]
-    with pytest.raises(ValueError, match="surprisal scorer needs a judge that gives prompt logprobs.*--prompt-"):
+    with pytest.raises(UnfitJudge, match="surprisal scorer needs a judge that gives prompt logprobs.*--prompt-"):
         scorers[1].check_judge(ScriptedJudge(no_chat, model="chat-only"))
     scorers[1].check_judge(ScriptedJudge(no_chat, text_scorer=oracle_text_scorer))
     scorers[2].check_judge(ScriptedJudge(no_chat))  # simulation falls back to JSON answers
-    with pytest.raises(ValueError, match="prompt logprobs"):
+    with pytest.raises(UnfitJudge, match="prompt logprobs"):
         SimulationScorer(SimulationSettings(mode="logprobs")).check_judge(ScriptedJudge(no_chat))

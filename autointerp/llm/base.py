@@ -10,14 +10,15 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
+from autointerp.errors import AutointerpError
 from autointerp.records import Usage
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": ...}
 
 
-class JudgeError(RuntimeError):
+class JudgeError(AutointerpError):
     """A backend failed to produce any answer (as opposed to producing an unusable one)."""
 
 
@@ -84,8 +85,11 @@ class Judge(Protocol):
     for JSON output matching a JSON schema, where the backend can constrain its output.
     """
 
-    model: str
-    supports_logprobs: bool
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def supports_logprobs(self) -> bool: ...
 
     async def chat(
         self,
@@ -119,7 +123,7 @@ class TextScorer(Protocol):
     ) -> list[PromptToken]: ...
 
 
-def can_score_text(judge: object) -> bool:
+def can_score_text(judge: object) -> TypeGuard[TextScorer]:
     return bool(getattr(judge, "supports_prompt_logprobs", False))
 
 

@@ -15,11 +15,11 @@ Only the reply (text, logprobs with their top alternatives, usage, finish reason
 never the prompt. A hit comes back with zero usage (it cost nothing this run); what it would have cost
 is summed in `saved`. Exceptions of `inner` are never stored.
 
-Concurrency: the sqlite work runs inline on the event loop thread. Measured on this project's
-machine (WAL, synchronous=NORMAL, one connection): a lookup by key takes ~5 us, an insert with its
-commit ~25 us (p99 ~100 us; a WAL checkpoint every ~1000 writes takes a few ms), while a round trip
-through `asyncio.to_thread` alone costs ~60 us and would queue behind other work in the default
-executor (the sampler and the llama.cpp judge use it). Inline calls are also atomic with respect to
+Concurrency: the sqlite work runs inline on the event loop thread. With WAL, synchronous=NORMAL and
+one connection, a lookup by key and an insert with its commit each take less time than the mere
+round trip of a call through `asyncio.to_thread`, which would also queue behind other work in the
+default executor (the sampler and the llama.cpp judge use it); `bench/response_cache_latency.py`
+measures the three. Inline calls are also atomic with respect to
 other coroutines, so writes are serialised without an asyncio lock; a threading lock guards the
 connection in case a judge is shared across threads. Identical requests in flight at the same time
 are coalesced: the first asks `inner`, the others wait for its reply (or its exception).
@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
+from autointerp.errors import AutointerpError
 from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, TokenLogprob, can_score_text
 from autointerp.records import Usage
 
@@ -50,7 +51,7 @@ FORMAT_VERSION = 1  # of keys and stored replies; a change makes old entries unr
 _CORRUPT = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
 
 
-class ResponseCacheError(RuntimeError):
+class ResponseCacheError(AutointerpError):
     """The response cache file cannot be used (corrupt, not a cache, or of another format)."""
 
 
@@ -226,16 +227,13 @@ class CachedJudge:
         self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
     ) -> list[PromptToken]:
         """The inner judge's prompt logprobs, from the cache when this text was scored before."""
-        if not can_score_text(self.inner):
-            raise JudgeError(f"judge {self.model} ({type(self.inner).__name__}) cannot give prompt logprobs")
+        inner = self.inner
+        if not can_score_text(inner):
+            raise JudgeError(f"judge {self.model} ({type(inner).__name__}) cannot give prompt logprobs")
         key = prompt_logprobs_key(self.namespace, text, top_logprobs=top_logprobs, top_at=top_at)
 
         async def ask() -> list[PromptToken]:
-            return await self.inner.prompt_logprobs(
-                text,
-                top_logprobs=top_logprobs,  # type: ignore[attr-defined]
-                top_at=top_at,
-            )
+            return await inner.prompt_logprobs(text, top_logprobs=top_logprobs, top_at=top_at)
 
         return await self._cached(key, ask, encode_prompt_tokens, self._hit_tokens)
 

@@ -10,20 +10,21 @@ tokens after the longest common prefix with it, so consecutive prompts that shar
 prompt and examples cost only their differing tails. Keep prompts that share a prefix together.
 
 Logprobs: the library's own logprobs path (`logits_all=True`) log-softmaxes the logits of every
-token in the context and sorts the whole vocabulary in Python for every generated token, which
-made a one-token Yes/No answer ~10x slower on Qwen (151,936-token vocabulary) than the answer
-itself. Instead the judge reads the raw logits of each sampled position straight from the
+token in the context and sorts the whole vocabulary in Python for every generated token, which on
+a large vocabulary (Qwen's has 151,936 tokens) costs many times what generating a one-token Yes/No
+answer does. Instead the judge reads the raw logits of each sampled position straight from the
 llama.cpp context as the token is sampled (before any grammar or sampler changes them), takes
 the log-softmax of that one row and the top-k with `argpartition`. This needs no `logits_all`,
 which also skips computing the output layer for every prompt token and a n_ctx x n_vocab float
-array (2.5 GB for Qwen at n_ctx=4096). `logprobs_impl="library"` (with `logits_all=True`) uses
+array (4096 x 151,936 float32 = 2.5 GB for Qwen at n_ctx=4096). `logprobs_impl="library"` (with `logits_all=True`) uses
 llama-cpp-python's path instead; a test checks both agree.
 
 Prompt logprobs (`prompt_logprobs`, teacher forcing a raw text): the same context evaluates the
 text's tokens in chunks of `logits_chunk` with a llama.cpp batch that asks for the logits of every
 token (the low-level `llama_decode` with each token's `logits` flag set), and each chunk's rows are
 reduced to (logprob of the next token, top-k) in numpy before the next chunk runs. The context's
-output buffer therefore grows to `logits_chunk` x n_vocab floats (39 MB for Qwen at 64), not
+output buffer therefore grows to `logits_chunk` x n_vocab floats (64 x 151,936 float32 = 39 MB for
+Qwen), not
 n_ctx x n_vocab, and chat stays as fast as before (its batches still ask for the last row only).
 The tokens a text shares with the previous scored text are not evaluated again: their results are
 kept beside the KV cache, so texts with a common prefix (a scorer's instructions, few-shot block and
@@ -44,6 +45,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from autointerp.errors import MissingPackageError
 from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
 
@@ -56,7 +58,7 @@ def _import_llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError as e:
-        raise ImportError(f"the embedded local judge needs llama-cpp-python: {INSTALL_HINT}") from e
+        raise MissingPackageError(f"the embedded local judge needs llama-cpp-python: {INSTALL_HINT}") from e
     return llama_cpp
 
 
@@ -71,7 +73,9 @@ def _capturing_llama_class() -> Any:
     llama_cpp = _import_llama_cpp()
     import numpy as np
 
-    class _CapturingLlama(llama_cpp.Llama):
+    llama: Any = llama_cpp.Llama
+
+    class _CapturingLlama(llama):
         capture_k: int = 0
         captured: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
@@ -120,7 +124,7 @@ class LlamaCppJudge:
             raise ValueError(f"logprobs_impl must be 'fast' or 'library', not {logprobs_impl!r}")
         model_path = Path(model_path)
         if not model_path.is_file():
-            raise FileNotFoundError(f"GGUF file not found: {model_path}")
+            raise JudgeError(f"GGUF file not found: {model_path}")
         cls = _capturing_llama_class()
         if logits_all is None:
             logits_all = logprobs_impl == "library"

@@ -44,8 +44,8 @@ can repair (tests/test_llm_openai.py pins this).
 `max_concurrency` bounds the calls in flight from this judge (an `asyncio.Semaphore`, held across a
 call's retries so a rate-limited server is not hit harder while it asks us to back off);
 `timeout` bounds each attempt, including a server that trickles bytes. Its default,
-`DEFAULT_TIMEOUT_S`, is sized for a busy local server rather than a hosted API: on a 2-core machine
-llama.cpp's server took up to 145 s to answer a 2,000-token explainer prompt.
+`DEFAULT_TIMEOUT_S`, is sized for a busy local server rather than a hosted API, which can take
+minutes over a long explainer prompt on a few CPU cores (the README gives a measured case).
 
 `check()` is a cheap test that the server is there before a run starts: the models list (or, when the
 server has none or does not list the model, one 1-token chat), a few quick attempts, and an error
@@ -66,6 +66,7 @@ from datetime import timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from autointerp.errors import ConfigError, MissingPackageError
 from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
 
@@ -111,7 +112,7 @@ def _import_openai() -> Any:
         import openai
         import tenacity  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"the OpenAI-compatible judge needs openai and tenacity: {INSTALL_HINT}") from e
+        raise MissingPackageError(f"the OpenAI-compatible judge needs openai and tenacity: {INSTALL_HINT}") from e
     return openai
 
 
@@ -196,7 +197,7 @@ class OpenAIJudge:
             raise ValueError("max_concurrency and max_attempts must be >= 1 and timeout > 0")
         if not api_key_env or not api_key_env.replace("_", "").isalnum():
             # a guard against passing the key itself where its variable's name belongs
-            raise ValueError("api_key_env must be the NAME of an environment variable (letters, digits, _)")
+            raise ConfigError("api_key_env must be the NAME of an environment variable (letters, digits, _)")
         self.model = model
         self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.api_key_env = api_key_env

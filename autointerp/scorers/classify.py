@@ -21,7 +21,7 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -36,20 +36,10 @@ from autointerp.scorers.metrics import (
     classification_metrics,
     quantile_accuracies,
 )
+from autointerp.settings import ClassifierSettings
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
-
-Mode = Literal["auto", "logprobs", "text", "json"]
-
-
-@dataclass
-class ClassifierSettings:
-    mode: Mode = "auto"  # auto = logprobs when the judge gives them, else text
-    batch_size: int = 5  # items per prompt in json mode
-    max_reasks: int = 1
-    top_logprobs: int = 20
-    seed: int = 0
 
 
 @dataclass

@@ -41,8 +41,9 @@ class FuzzingScorer(YesNoScorer):
 
     @classmethod
     def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
-        negatives: Literal["silent", "misplaced"] = config.fuzz_negatives  # type: ignore[assignment]
-        return cls(cls.settings_from(config), mark_fraction=config.explain.mark_fraction, negatives=negatives)
+        return cls(
+            cls.settings_from(config), mark_fraction=config.explain.mark_fraction, negatives=config.fuzz_negatives
+        )
 
     def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:
         positives = [(e, marks_above(e, self.mark_fraction)) for e in record.test]

@@ -25,6 +25,7 @@ are installed on the shared model), and is shared by the two scorers: scoring bo
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import threading
@@ -33,7 +34,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -46,27 +47,10 @@ from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
 from autointerp.scorers.classify import ask_binary, option_probability
 from autointerp.scorers.metrics import mean_or_none, win_rate
 from autointerp.scorers.registry import register
+from autointerp.settings import InterventionSettings
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
-
-
-@dataclass
-class InterventionSettings:
-    kl_target: float = 0.5  # mean next-token KL(clean || steered) the strength is tuned to (paper: 0.5)
-    kl_tolerance: float = 0.1  # relative: 0.1 accepts a KL within 10% of the target
-    n_prompts: int = 8  # held-out prompts per latent
-    prompt_tokens: int = 16  # prompt length (at most the cache's window length)
-    new_tokens: int = 8  # tokens generated per continuation (paper: 8)
-    temperature: float = 1.0  # sampling temperature of the continuations; 0 = greedy
-    method: str = "auto"  # "auto" | "encode_decode" | "direction" (subjects/steering.py)
-    search_steps: int = 12  # binary-search steps at most
-    log10_min: float = -2.0  # strength search range, log10 of multiples of the latent's max activation
-    log10_max: float = 3.0
-    choice_mode: Literal["auto", "logprobs", "text"] = "auto"  # intervention_choice: how the pick is read
-    max_reasks: int = 1
-    top_logprobs: int = 20
-    seed: int = 0
 
 
 class Tokenizer(Protocol):
@@ -184,7 +168,7 @@ class InterventionRunner:
     def _compute(self, record: LatentRecord) -> Intervention:
         import torch
 
-        from autointerp.subjects.steering import Method, Steerer, generate_pair, tune
+        from autointerp.subjects.steering import Steerer, generate_pair, tune
 
         s = self.settings
         start = time.perf_counter()
@@ -201,8 +185,7 @@ class InterventionRunner:
         ids = torch.tensor(
             np.stack([self.cache.window_tokens(w)[:prompt_len] for w in windows]), dtype=torch.long, device=device
         )
-        method: Method = s.method  # type: ignore[assignment]
-        steerer = Steerer.for_latent(subject.model, subject.encoder, subject.hookpoint, latent, method)
+        steerer = Steerer.for_latent(subject.model, subject.encoder, subject.hookpoint, latent, s.method)
         scale = record.stats.max_activation if record.stats.max_activation > 0 else 1.0
         tuning = tune(
             subject.model,
@@ -367,7 +350,8 @@ class InterventionScorer(_InterventionBase):
     async def _judge(self, c: Continuation, explanation: str, judge: Judge, usage: Usage) -> Judgment:
         # `activating` is the truth "the steered text makes the explanation likelier", true by design;
         # `prediction` whether the judge found it so, `value` the difference in nats
-        base = dict(
+        judgment = functools.partial(
+            Judgment,
             window=c.window,
             activating=True,
             probability=None,
@@ -376,17 +360,16 @@ class InterventionScorer(_InterventionBase):
             text=_display(c),
         )
         if not c.changed:  # the same text twice: the difference is exactly 0, no need to ask
-            return Judgment(prediction=None, value=0.0, detail=NOT_ASKED, **base)
+            return judgment(prediction=None, value=0.0, detail=NOT_ASKED)
         clean, clean_err = await self._logprob(clean_token(c.prompt + c.clean), explanation, judge, usage)
         steered, steered_err = await self._logprob(clean_token(c.prompt + c.steered), explanation, judge, usage)
         if clean is None or steered is None:
-            return Judgment(prediction=None, value=None, error=clean_err or steered_err, **base)
+            return judgment(prediction=None, value=None, error=clean_err or steered_err)
         diff = steered - clean
-        return Judgment(
+        return judgment(
             prediction=diff > 0,
             value=round(diff, 6),
             detail=f"log p(explanation): clean {clean:.4f}, steered {steered:.4f}",
-            **base,
         )
 
 
@@ -439,13 +422,16 @@ class InterventionChoiceScorer(_InterventionBase):
                 for c, first in zip(iv.continuations, steered_first, strict=True)
             )
         )
-        credit = [j.value for j in judgments if j.value is not None]
+        credit = [v for v in (j.value for j in judgments) if v is not None]
         # a pick that was not asked (identical continuations) has P(correct) 1/2, as it has credit 1/2
-        p_correct = [
-            0.5 if j.prediction is None else (j.probability if j.activating else 1 - j.probability)
-            for j in judgments
-            if not j.error and (j.prediction is None or j.probability is not None)
-        ]
+        p_correct: list[float] = []
+        for j in judgments:
+            if j.error:
+                continue
+            if j.prediction is None:
+                p_correct.append(0.5)
+            elif j.probability is not None:
+                p_correct.append(j.probability if j.activating else 1 - j.probability)
         metrics: dict[str, float | None] = {
             "accuracy": mean_or_none(credit),
             "p_correct": mean_or_none(p_correct) if mode == "logprobs" else None,
@@ -481,11 +467,16 @@ class InterventionChoiceScorer(_InterventionBase):
         # `activating` is the truth "A is the steered one", `prediction` "the judge picked A",
         # `probability` P(A); `value` is the pick's credit: 1 right, 0 wrong, 1/2 for a pick between two
         # identical texts, which is not asked (a coin toss: it counts as its expected value)
-        base = dict(
-            window=c.window, activating=steered_first, max_activation=c.max_activation, quantile=-1, text=_display(c)
+        judgment = functools.partial(
+            Judgment,
+            window=c.window,
+            activating=steered_first,
+            max_activation=c.max_activation,
+            quantile=-1,
+            text=_display(c),
         )
         if not c.changed:
-            return Judgment(prediction=None, probability=None, value=0.5, detail=NOT_ASKED, **base)
+            return judgment(prediction=None, probability=None, value=0.5, detail=NOT_ASKED)
         messages = self._messages(c, steered_first, explanation)
         picked_a, p_a, answer, error = await ask_binary(
             judge,
@@ -499,11 +490,10 @@ class InterventionChoiceScorer(_InterventionBase):
             options=("A", "B"),
         )
         if picked_a is None:
-            return Judgment(prediction=None, probability=None, value=None, answer=answer[:200], error=error, **base)
-        return Judgment(
+            return judgment(prediction=None, probability=None, value=None, answer=answer[:200], error=error)
+        return judgment(
             prediction=picked_a,
             probability=None if p_a is None else round(p_a, 6),
             value=float(picked_a == steered_first),
             answer=answer[:200],
-            **base,
         )

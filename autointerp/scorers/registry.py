@@ -12,6 +12,7 @@ import pkgutil
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypeVar
 
+from autointerp.errors import ConfigError
 from autointerp.scorers.base import Scorer, ScorerContext
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ _CLASSES: dict[str, type[Scorer]] = {}
 _loaded = False
 
 
-class UnknownScorer(ValueError):
+class UnknownScorer(ConfigError):
     """A scorer name no module registers; the message lists the ones that exist."""
 
 

@@ -34,7 +34,6 @@ import asyncio
 import json
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 from autointerp.llm.asking import Request, ask, score_text
 from autointerp.llm.base import CUT_OFF, Judge, PromptToken, Reply, can_score_text
@@ -44,19 +43,11 @@ from autointerp.scorers.base import Scorer, UnfitJudge
 from autointerp.scorers.classify import extract_json
 from autointerp.scorers.metrics import auroc, correlation, mean_or_none
 from autointerp.scorers.registry import register
+from autointerp.settings import SimulationSettings
 
 MAX_LEVEL = 9
 SLOT = "0"  # what fills each token's activation slot in the all-at-once text (see the module docstring)
 DIGITS = {str(d): d for d in range(MAX_LEVEL + 1)}
-
-SimulationMode = Literal["auto", "logprobs", "json"]
-
-
-@dataclass
-class SimulationSettings:
-    mode: SimulationMode = "auto"  # auto = logprobs when the judge gives prompt logprobs, else json
-    top_logprobs: int = 20  # alternatives read at each slot; the digits must be among them
-    max_reasks: int = 1  # json mode only (prompt logprobs are deterministic: asking again changes nothing)
 
 
 @dataclass
@@ -158,8 +149,6 @@ class SimulationScorer(Scorer):
 
     def __init__(self, settings: SimulationSettings | None = None):
         self.settings = settings or SimulationSettings()
-        if self.settings.mode not in ("auto", "logprobs", "json"):
-            raise ValueError(f"simulation mode must be 'auto', 'logprobs' or 'json', not {self.settings.mode!r}")
 
     def check_judge(self, judge: Judge | None) -> None:
         """Mode 'logprobs' with a judge that has no prompt logprobs fails here, before any latent."""

@@ -87,8 +87,8 @@ class SurprisalScorer(Scorer):
         drops = [float(j.value) for j in answered if j.value is not None]
         metrics = {
             "auroc": auroc(truth, drops) if answered else None,
-            "reduction_activating": mean_or_none([j.value for j in answered if j.activating]),
-            "reduction_silent": mean_or_none([j.value for j in answered if not j.activating]),
+            "reduction_activating": mean_or_none([j.value for j in answered if j.activating and j.value is not None]),
+            "reduction_silent": mean_or_none([j.value for j in answered if not j.activating and j.value is not None]),
         }
         return Score(
             latent=record.latent,

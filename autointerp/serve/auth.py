@@ -24,12 +24,14 @@ import os
 import re
 from pathlib import Path
 
+from autointerp.errors import AutointerpError
+
 MIN_KEY_CHARS = 16
 _DIGEST_LINE = re.compile(r"sha256:([0-9a-f]{64})")
 LOCAL_CLIENT = "local"  # the client id of every request when authentication is off
 
 
-class KeyFileError(ValueError):
+class KeyFileError(AutointerpError):
     """The keys given cannot be used (too short, unreadable file); the message never contains a key."""
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
+
+from autointerp.errors import MissingPackageError
 
 EPILOG = """\
 examples:
@@ -21,14 +23,25 @@ in RUNS/.serve/jobs.sqlite: a server stopped or killed mid-queue finishes them a
 """
 
 
+def _default(name: str) -> Any:
+    """A server setting's default, read from `ServeSettings` so that `--help` and the library agree."""
+    from autointerp.serve.settings import ServeSettings
+
+    return next(f.default for f in dataclasses.fields(ServeSettings) if f.name == name)
+
+
 def add_parser(sub: Any) -> None:
     text = "serve the runs under a folder over HTTP: explain and score latents on request"
     p = sub.add_parser(
         "serve", help=text, description=text, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--runs", type=Path, metavar="DIR", help="folder whose run folders are served (required)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--host",
+        default=_default("host"),
+        help=f"address to listen on (default: {_default('host')}, this machine only)",
+    )
+    p.add_argument("--port", type=int, default=_default("port"), help=f"port (default: {_default('port')})")
     g = p.add_argument_group("security")
     g.add_argument("--api-keys", type=Path, metavar="FILE", help="API keys, one per line (or sha256:HEX lines)")
     g.add_argument(
@@ -53,20 +66,34 @@ def add_parser(sub: Any) -> None:
         help="a judge requests may name besides their run's own (repeatable), e.g. smollm2 or openai:gpt-4o-mini",
     )
     g.add_argument(
-        "--max-body-bytes", type=int, default=64 * 1024, metavar="N", help="largest request body (default: 65536)"
+        "--max-body-bytes",
+        type=int,
+        default=_default("max_body_bytes"),
+        metavar="N",
+        help=f"largest request body (default: {_default('max_body_bytes')})",
     )
     g.add_argument(
         "--max-explanation-chars",
         type=int,
-        default=1000,
+        default=_default("max_explanation_chars"),
         metavar="N",
-        help="longest explanation to score (default: 1000)",
+        help=f"longest explanation to score (default: {_default('max_explanation_chars')})",
     )
     g.add_argument("--hash-key", action="store_true", help="print the key file line for a key read from stdin, exit")
     g = p.add_argument_group("jobs")
-    g.add_argument("--workers", type=int, default=4, metavar="N", help="jobs run at once (default: 4)")
     g.add_argument(
-        "--max-queue", type=int, default=256, metavar="N", help="jobs queued or running before 429 (default: 256)"
+        "--workers",
+        type=int,
+        default=_default("workers"),
+        metavar="N",
+        help=f"jobs run at once (default: {_default('workers')})",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=_default("max_queue"),
+        metavar="N",
+        help=f"jobs queued or running before 429 (default: {_default('max_queue')})",
     )
     g.add_argument("--jobs-db", type=Path, metavar="FILE", help="job database (default: RUNS/.serve/jobs.sqlite)")
     g.add_argument(
@@ -76,7 +103,10 @@ def add_parser(sub: Any) -> None:
         "~/.cache/autointerp/responses.sqlite)",
     )
     g.add_argument(
-        "--root-path", default="", metavar="PREFIX", help="path prefix a reverse proxy serves this under, e.g. /ai"
+        "--root-path",
+        default=_default("root_path"),
+        metavar="PREFIX",
+        help="path prefix a reverse proxy serves this under, e.g. /ai",
     )
     g.add_argument(
         "--log-level",
@@ -113,27 +143,22 @@ def settings_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from autointerp.serve.auth import KeyFileError, digest_line
+    """Serve until stopped. Bad options, unusable keys or job database and a missing `serve` extra are
+    `AutointerpError`s, which `cli.main` reports (exit 2)."""
+    from autointerp.serve.auth import digest_line
     from autointerp.serve.settings import SettingsError
 
     if args.hash_key:
         key = sys.stdin.readline().strip()
         if not key:
-            print("autointerp: error: --hash-key reads a key from stdin, and got none", file=sys.stderr)
-            return 2
+            raise SettingsError("--hash-key reads a key from stdin, and got none")
         print(digest_line(key))
         return 0
+    settings = settings_from_args(args)
+    settings.check()
     try:
-        settings = settings_from_args(args)
-        settings.check()
         from autointerp.serve.http import serve
-    except (SettingsError, KeyFileError) as e:
-        print(f"autointerp: error: {e}", file=sys.stderr)
-        return 2
     except ImportError as e:
-        if os.environ.get("AUTOINTERP_DEBUG"):
-            raise
-        print(f"autointerp: error: {e}; the service needs: pip install 'autointerp[serve]'", file=sys.stderr)
-        return 2
+        raise MissingPackageError(f"{e}; the service needs: pip install 'autointerp[serve]'") from e
     serve(settings, log_level=args.log_level)
     return 0

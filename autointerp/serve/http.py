@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -67,7 +68,9 @@ class ExplainBody(BaseModel):
     explainer: str | None = Field(None, max_length=200, description="explainer name (default: the run's)")
 
 
-def _error(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, field: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autointerp.errors import AutointerpError
+
 FORMAT_VERSION = 1
 MAX_ATTEMPTS = 3
 ACTIVE = ("queued", "running")
@@ -54,7 +56,7 @@ CREATE INDEX jobs_client ON jobs (client, seq);
 """
 
 
-class JobStoreError(RuntimeError):
+class JobStoreError(AutointerpError):
     """The job database cannot be used (not ours, of another format, unreadable)."""
 
 

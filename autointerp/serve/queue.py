@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -146,7 +147,7 @@ class JobQueue:
             start = time.monotonic()
             try:
                 with judge_priority(job.seq):
-                    status, result, error = await self.execute(job, lambda p, i=job_id: self._set_progress(i, p))
+                    status, result, error = await self.execute(job, functools.partial(self._set_progress, job_id))
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - one job's crash must not stop the worker

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from autointerp import app
-from autointerp.cache.store import ActivationCache, CacheError, CacheMeta, read_meta
+from autointerp.cache.store import ActivationCache, CacheMeta, read_meta
 from autointerp.config import ConfigError, RunConfig, load_config
+from autointerp.errors import AutointerpError
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
-from autointerp.records import ExplanationRow, RowError, ScoreRow
+from autointerp.records import ExplanationRow, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
 from autointerp.sampling import NotEnoughExamples
 from autointerp.scorers.registry import find_scorer, scorer_names
@@ -124,8 +125,8 @@ class LogIndex:
         """Read what was appended to the logs since the last look (by this service or anyone else)."""
         if self._start("explanations", self.files.explanations) > self._ends["explanations"]:
             for _, end, data in scan_jsonl(self.files.explanations, self._ends["explanations"]):
-                row = ExplanationRow.from_json(data)
-                self.explanations[row.latent] = row
+                explanation = ExplanationRow.from_json(data)
+                self.explanations[explanation.latent] = explanation
                 self._ends["explanations"] = end
         if self._start("scores", self.files.scores) > self._ends["scores"]:
             for offset, end, data in scan_jsonl(self.files.scores, self._ends["scores"]):
@@ -479,7 +480,7 @@ class ServedRuns:
             if job.kind == "explain":
                 return await self._explain(run, opened, job, progress)
             return "failed", None, f"unknown job kind {job.kind!r}"
-        except (NotFound, RequestError, NotEnoughExamples, RowError, CacheError, *app.USER_ERRORS) as e:
+        except (NotFound, RequestError, NotEnoughExamples, AutointerpError) as e:
             return "failed", None, f"{type(e).__name__}: {e}"
 
     async def _score(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:

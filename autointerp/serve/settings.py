@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from autointerp.errors import ConfigError
 from autointerp.serve.auth import KeyRing
 
 LOOPBACK = ("127.0.0.1", "::1")
 
 
-class SettingsError(ValueError):
-    pass
+class SettingsError(ConfigError):
+    """Server options that cannot work, alone or together (the command line exits 2 with the message)."""
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""Opening a dictionary against a subject model, checking that the two fit together."""
+"""Opening a dictionary against a subject model, checking that the two fit together.
+
+A dictionary trained on another model or layer still loads and encodes without an error, into
+meaningless latents; so the hookpoint is resolved against the model and the widths are compared
+here, once, before any activation is cached, and a mismatch says both numbers.
+"""
 
 from __future__ import annotations
 

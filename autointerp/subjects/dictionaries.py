@@ -18,13 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from autointerp.errors import AutointerpError
+from autointerp.settings import DEFAULT_DICTIONARY_HOOKPOINT
 from autointerp.subjects.hookpoints import Side, translate
 
 DEFAULT_DICTIONARY = Path(__file__).resolve().parents[2] / "data" / "sae" / "smollm2-135m-res-topk"
-DEFAULT_HOOKPOINT = "layers.3"
+DEFAULT_HOOKPOINT = DEFAULT_DICTIONARY_HOOKPOINT
 
 
-class DictionaryError(ValueError):
+class DictionaryError(AutointerpError):
     """A dictionary that cannot be used as given; the message names the file or the mismatch."""
 
 
@@ -68,19 +70,24 @@ class Encoder:
         x = self._normalize(x)
         if self.pre_bias is not None:
             x = x - self.pre_bias
+        assert self.W_enc is not None, f"a {self.kind} dictionary has an encoder"
         pre = x @ self.W_enc.T
         if self.kind == "gated":
             gate = pre + self.extra["b_gate"]
             mag = pre * torch.exp(self.extra["r_mag"]) + self.extra["b_mag"]
             return (gate > 0).float() * torch.relu(mag)
+        assert self.b_enc is not None, f"a {self.kind} dictionary has an encoder bias"
         pre = pre + self.b_enc
         if self.kind == "topk":
+            assert self.k is not None, "a topk dictionary has its k"
             return _keep_topk(torch.relu(pre), self.k)
         if self.kind == "groupmax":  # sparsify: the max of each of k equal groups of latents
+            assert self.k is not None, "a groupmax dictionary has its k"
             acts = torch.relu(pre).unflatten(-1, (self.k, -1))
             values, indices = acts.max(dim=-1, keepdim=True)
             return torch.zeros_like(acts).scatter_(-1, indices, values).flatten(-2)
         if self.kind == "jumprelu":
+            assert self.threshold is not None, "a jumprelu dictionary has its thresholds"
             return torch.relu(pre) * (pre > self.threshold)
         return torch.relu(pre)
 
@@ -109,6 +116,7 @@ class Encoder:
         z = z.float()
         if self.kind == "neurons":
             return z
+        assert self.W_dec is not None, f"a {self.kind} dictionary has a decoder"
         recon = z @ self.W_dec + (self.b_dec if self.b_dec is not None else 0.0)
         x = x.float()
         if self.normalize in ("none", None):

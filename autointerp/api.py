@@ -1,0 +1,335 @@
+"""The Python API: a run folder as an object, for notebooks and scripts.
+
+    import autointerp
+
+    run = autointerp.Run("runs/demo", judge="smollm2", max_latents=3, n_tokens=20_000)
+    run.cache()             # the activation cache (resumes a half-built one)
+    run.explain()           # a label per latent
+    run.score()             # detection and fuzzing scores of those labels
+    run.results()           # results.parquet as a pandas DataFrame, one row per latent
+    run.judgments()         # judgments.parquet, one row per judge answer
+
+`Run` is what the command line runs: `autointerp run --out DIR --n-test 5` is
+`Run(DIR, n_test=5).run()`, with the same options (a flag's name as a keyword), the same checks, the
+same files and the same resume. The CLI only parses arguments and prints; everything it does is a
+method here, so a notebook can do anything the command line can.
+
+Keyword options name the command line's flags (`--judge-mode json` is `judge_mode="json"`,
+`--no-cache` is `no_cache=True`) or whole fields of `RunConfig` (`sampling=SamplingSettings(...)`).
+As on the command line, the options that define the run folder (model, dictionary, corpus, sizes,
+the example split) are remembered by the folder: a later `Run` on it may leave them out, and one that
+gives another value is refused. Every other option is the call's own, and takes its default when left
+out.
+
+Each stage runs its own event loop; inside a running one (a Jupyter cell) it runs in a worker
+thread, so `run.score()` works the same in a notebook and a script. Nothing heavy (torch, the models)
+is imported before a stage needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from autointerp.config import RunConfig, load_config, merge, save_config, with_folder
+from autointerp.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from autointerp.hub import Published
+    from autointerp.llm.accounting import PriceTable
+    from autointerp.llm.base import Judge
+    from autointerp.pipeline import RunSummary
+    from autointerp.results import RunFiles
+
+T = TypeVar("T")
+Echo = Callable[[str], None]
+
+
+def _echo_stdout(text: str) -> None:
+    print(text)
+    sys.stdout.flush()
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end, from plain code or from inside a running event loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@dataclass
+class Outcome:
+    """What an explain or score stage did: the counts, and the results table it left in the folder."""
+
+    summary: RunSummary
+    results: pd.DataFrame  # results.parquet as written at the end of the stage
+    config: RunConfig  # the config the stage ran with
+    files: RunFiles
+    prices: PriceTable | None = None
+
+    @property
+    def failed(self) -> int:
+        """Latents with no usable label, or a scorer that ended without a score."""
+        return self.summary.failed
+
+    def describe(self) -> str:
+        """The summary the command line prints: counts, mean headline metrics per scorer, token use."""
+        from autointerp.llm.accounting import describe
+        from autointerp.results import usage_by_model
+        from autointerp.scorers.registry import find_scorer, scorer_metrics
+
+        summary, table = self.summary, self.results
+        controlled = f"{summary.controlled} controlled, " if summary.controlled else ""
+        lines = [
+            f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
+            f"{summary.scored} scored, {controlled}{summary.skipped} skipped, {summary.failed} failed"
+        ]
+        ok = table[table["status"] == "ok"] if len(table) else table
+        for scorer in self.config.scorers:
+            headline = [m for m in scorer_metrics(scorer)[:2] if f"{scorer}_{m}" in ok]
+            if len(ok) and headline:
+                parts = []
+                for m in headline:
+                    values = ok[f"{scorer}_{m}"].dropna()
+                    if len(values):
+                        column = f"{scorer}_control_{m}"
+                        control = ok[column].dropna() if column in ok else None
+                        beside = f" (control {control.mean():.3f})" if control is not None and len(control) else ""
+                        parts.append(f"{m} {values.mean():.3f}{beside}")
+                failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
+                total = int(ok[f"{scorer}_n"].fillna(0).sum())
+                cls = find_scorer(scorer)
+                asks = cls is None or cls.needs_judge  # embedding asks no judge
+                note = f"{failed}/{total} judge answers unusable" if asks else f"{total} examples, no judge"
+                if parts:  # an explain-only folder has the columns, but no score yet
+                    lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
+        for msg in summary.messages:
+            lines.append("  " + msg)
+        lines.append(f"results: {self.files.results}")
+        for model, usage in usage_by_model(self.files).items():
+            lines.append(f"  tokens in this folder, {describe(usage, model, self.prices)}")
+        return "\n".join(lines)
+
+    def failure_note(self) -> str | None:
+        """Where the reasons are, when some latents failed (None when none did)."""
+        if not self.failed:
+            return None
+        files = self.files
+        return (
+            f"{self.failed} of {self.summary.latents} latents failed; the reasons are in the status and error "
+            f"columns of {files.results} (in full in {files.explanations.name} and {files.scores.name}); running "
+            "the command again retries those that ended in an error"
+        )
+
+
+class Run:
+    """A run folder and the options of the stages to run on it (see the module docstring).
+
+    `judges` maps judge names to ready `Judge` objects used instead of loading those names (a
+    scripted judge in a test, a judge a notebook built itself); `echo` receives the progress lines
+    the command line prints (None: silent); `progress` shows progress bars.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        config: RunConfig | None = None,
+        *,
+        progress: bool = True,
+        echo: Echo | None = _echo_stdout,
+        judges: dict[str, Judge] | None = None,
+        **options: Any,
+    ):
+        from autointerp.results import RunFiles
+
+        self.files = RunFiles(Path(out))
+        self.progress = progress
+        self.echo = echo or (lambda text: None)
+        self.judges = judges
+        if config is not None:
+            defaults = RunConfig()
+            given = {f.name: getattr(config, f.name) for f in fields(RunConfig)}
+            # a field left at its default counts as not given, as an option left off the command line does
+            explicit = {name for name, value in given.items() if value != getattr(defaults, name)}
+            options = {**{name: given[name] for name in explicit}, **options}
+        self.requested, self.explicit = RunConfig.from_options(options)
+
+    @property
+    def folder(self) -> Path:
+        return self.files.folder
+
+    @property
+    def config(self) -> RunConfig:
+        """The config the next stage runs with: the options given, on the folder's stored settings."""
+        return self._resolve()[0]
+
+    def _resolve(self) -> tuple[RunConfig, dict[str, Any], RunConfig | None]:
+        """The config (the options on the folder's cache and split settings), what the folder resolved
+        (names, sizes), and the config stored in the folder (None for a new one)."""
+        if self.files.config.exists():
+            stored, resolved = load_config(self.files.config)
+            return merge(stored, self.requested, self.explicit), resolved, stored
+        return RunConfig.from_dict(self.requested.to_dict()), {}, None
+
+    # ------------------------------------------------------------ stages
+
+    def cache(self) -> dict[str, Any]:
+        """Build (or finish) the activation cache; returns what the folder resolved: the model, dictionary
+        and hookpoint as recorded, the corpus, the number of latents and of tokens cached."""
+        from autointerp import app
+
+        self.files.prepare()
+        config, resolved, stored = self._resolve()
+        config.validate()
+        resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved)
+        note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
+        self.echo(
+            f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
+            f"{resolved['hookpoint']} in {self.files.cache}"
+        )
+        # the cache settles what defines the folder; the stage's other options are recorded once they
+        # too have been checked (judges reached, explanations read), by the stage that uses them
+        save_config(self.files.config, with_folder(stored or RunConfig(), config), resolved)
+        return resolved
+
+    def explain(self) -> Outcome:
+        """Label the selected latents (resumes: latents already labelled are kept)."""
+        return self._latent_stages({"explain"})
+
+    def score(
+        self,
+        explanations: str | Path | None = None,
+        *,
+        explanations_format: str | None = None,
+        explanations_layer: str | None = None,
+    ) -> Outcome:
+        """Score the selected latents' labels; or, given `explanations` (a file or folder of labels made
+        elsewhere, see the README), import them and score only their latents. `explanations_format`
+        forces the file's format (default: detected); `explanations_layer` takes the file's entries of
+        that layer, named as the file names it."""
+        return self._latent_stages(
+            {"score"}, explanations=explanations, fmt=explanations_format, layer=explanations_layer
+        )
+
+    def run(self) -> Outcome:
+        """Cache, then explain and score each latent: `autointerp run`."""
+        self.cache()
+        return self._latent_stages({"explain", "score"})
+
+    def _latent_stages(
+        self,
+        stages: set[str],
+        *,
+        explanations: str | Path | None = None,
+        fmt: str | None = None,
+        layer: str | None = None,
+    ) -> Outcome:
+        from autointerp import app
+        from autointerp.llm.accounting import PriceTable
+        from autointerp.results import materialize
+
+        files = self.files
+        files.prepare()
+        config, resolved, _ = self._resolve()
+        config.validate()
+        if (fmt is not None or layer is not None) and explanations is None:
+            raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
+        if not files.config.exists():
+            raise ConfigError(
+                f"{files.folder} has no run yet: start with `autointerp cache --out {files.folder}` or `autointerp run`"
+            )
+        prices = PriceTable.load(config.prices) if config.prices else None
+
+        def ready() -> RunConfig:
+            """Judges are reached: read the explanations to import, then record the stage's options."""
+            selected = config
+            if explanations is not None:
+                selected = self._import(config, Path(explanations), fmt or "auto", layer)
+            save_config(files.config, config, resolved)
+            return selected
+
+        summary = _run_sync(
+            app.latent_stages(files, config, stages, progress=self.progress, judges=self.judges, ready=ready)
+        )
+        table = materialize(files, provenance(resolved), config.scorers)
+        return Outcome(summary, table, config, files, prices)
+
+    def _import(self, config: RunConfig, path: Path, fmt: str, layer: str | None) -> RunConfig:
+        """Write the file's explanations into the run; the config to score with selects just their latents
+        (the `latents` option, when given, restricts the import; the run's stored config is not changed)."""
+        from dataclasses import replace
+
+        from autointerp.importing import import_explanations
+
+        outcome = import_explanations(
+            self.files,
+            config,
+            path,
+            fmt=fmt,
+            layer=layer,
+            latents=config.latents,
+            progress=self.progress,
+        )
+        self.echo(outcome.summary())
+        return replace(config, latents=outcome.latents, max_latents=None)
+
+    # ------------------------------------------------------------ reading and sharing what a run wrote
+
+    def results(self) -> pd.DataFrame:
+        """results.parquet: one row per latent (its label, status and every scorer's metrics)."""
+        return self._table(self.files.results)
+
+    def judgments(self) -> pd.DataFrame:
+        """judgments.parquet: one row per judged example (what the judge read, answered and got right)."""
+        return self._table(self.files.judgments)
+
+    def _table(self, path: Path) -> pd.DataFrame:
+        import pandas as pd
+
+        if not path.exists():
+            raise ConfigError(f"{self.folder} has no {path.name} yet: explain or score first")
+        return pd.read_parquet(path)
+
+    def report(self, site: str | Path | None = None) -> Path:
+        """Write the static HTML report (default: into FOLDER/report); returns its index.html."""
+        from autointerp.report import build_report
+
+        return build_report(self.folder, Path(site) if site is not None else None, progress=self.progress)
+
+    def publish(
+        self,
+        repo: str,
+        *,
+        private: bool = False,
+        with_judgments: bool = False,
+        license: str | None = None,
+        dry_run: bool = False,
+        staging: str | Path | None = None,
+    ) -> tuple[Path | None, Published | None]:
+        """Upload the results to the Hugging Face Hub as a dataset repo `repo` with a generated card (see
+        the README); with `dry_run`, only write the folder that would be uploaded. Returns (the staging
+        folder, when kept; the upload, unless a dry run)."""
+        from autointerp.hub import PublishOptions, publish
+
+        options = PublishOptions(repo_id=repo, private=private, with_judgments=with_judgments, license=license)
+        return publish(
+            self.folder,
+            options,
+            dry_run=dry_run,
+            staging=Path(staging) if staging is not None else None,
+            progress=self.progress,
+        )
+
+
+def provenance(resolved: dict[str, Any]) -> dict[str, Any]:
+    return {k: resolved.get(k) for k in ("model", "dictionary", "hookpoint")}

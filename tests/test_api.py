@@ -1,0 +1,120 @@
+"""The Python API (`autointerp.Run`) on the tiny cache with scripted judges: the stages, the tables as
+DataFrames, a notebook's running event loop, and the command line giving the same results."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from planted import _excerpt, yes_no
+
+import autointerp
+from autointerp import app
+from autointerp.cli import main
+from autointerp.config import RunConfig, save_config
+from autointerp.llm.scripted import ScriptedJudge
+from autointerp.results import RunFiles
+from autointerp.sampling import SamplingSettings
+
+SAMPLING = SamplingSettings(n_train=8, n_test=12, n_negatives=12, n_train_negatives=2, min_examples=10)
+OPTIONS = {"judge": "reader", "explainer": "namer", "max_latents": 3}
+
+
+class _TokenNames:
+    """Stands in for the subject tokenizer of the tiny cache: token i reads " t{i}"."""
+
+    all_special_ids: list[int] = []
+
+    def decode(self, ids):
+        return "".join(f" t{i}" for i in ids)
+
+
+def namer(messages) -> str:
+    marked = re.findall(r"<<(.*?)>>", messages[-1]["content"])
+    return "[EXPLANATION]: the tokens " + ", ".join(sorted(set(" ".join(marked).split()))[:4])
+
+
+def reader(messages):
+    explanation, excerpt = _excerpt(messages)
+    named = set(re.findall(r"\bt(\d+)\b", explanation))
+    spans = re.findall(r"<<(.*?)>>", excerpt) or [excerpt]
+    return yes_no(0.9 if all(set(re.findall(r"\bt(\d+)\b", s)) & named for s in spans) else 0.1)
+
+
+def judges() -> dict:
+    return {"reader": ScriptedJudge(reader, model="reader"), "namer": ScriptedJudge(namer, model="namer")}
+
+
+@pytest.fixture
+def folder(tmp_path, tiny_cache, monkeypatch) -> Path:
+    """A run folder holding a copy of the tiny cache (32 latents at layers.1) and its config."""
+    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: _TokenNames())
+    files = RunFiles(tmp_path / "run")
+    files.prepare()
+    shutil.copytree(tiny_cache.folder, files.cache)
+    meta = tiny_cache.meta
+    resolved = {"model": "tiny", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint}
+    save_config(files.config, RunConfig(model="tiny", sampling=SAMPLING), resolved)
+    return files.folder
+
+
+def test_a_run_in_python_explains_scores_and_returns_dataframes(folder):
+    run = autointerp.Run(folder, judges=judges(), progress=False, echo=None, **OPTIONS)
+    assert run.config.sampling == SAMPLING  # the folder's split, though no option named it
+    explained = run.explain()
+    assert explained.summary.explained == 3 and explained.failed == 0
+    scored = run.score()
+    assert scored.summary.scored == 3 and "3 latents in" in scored.describe() and scored.failure_note() is None
+    results = run.results()
+    assert isinstance(results, pd.DataFrame) and len(results) == 3 and (results["status"] == "ok").all()
+    pd.testing.assert_frame_equal(results, scored.results)
+    assert results["explanation"].str.startswith("the tokens").all()
+    judgments = run.judgments()
+    assert set(judgments["scorer"]) == {"detection", "fuzzing"} and set(judgments["latent"]) == set(results["latent"])
+    # the folder remembers what it defines: a later Run may leave it out, and may not contradict it
+    with pytest.raises(autointerp.ConfigError, match="n_test: run has 12, requested 50"):
+        autointerp.Run(folder, n_test=50, judges=judges(), progress=False, echo=None).score()
+
+
+def test_a_stage_runs_inside_a_running_event_loop_as_in_a_notebook(folder):
+    async def cell():
+        return autointerp.Run(folder, judges=judges(), progress=False, echo=None, **OPTIONS).explain()
+
+    assert asyncio.run(cell()).summary.explained == 3
+
+
+def test_the_command_line_and_the_api_write_the_same_tables(folder, tmp_path, monkeypatch, capsys):
+    twin = tmp_path / "twin"
+    shutil.copytree(folder, twin)
+    made = judges()
+    monkeypatch.setattr(app, "make_judge", lambda name, config: made[name])
+    argv = ["--out", str(folder), "--judge", "reader", "--explainer", "namer", "--max-latents", "3", "--quiet"]
+    assert main(["explain", *argv]) == 0
+    assert main(["score", *argv, "--scorers", "detection"]) == 0
+    out = capsys.readouterr().out
+    run = autointerp.Run(twin, judges=judges(), progress=False, echo=None, scorers=["detection"], **OPTIONS)
+    run.explain()
+    outcome = run.score()
+    assert outcome.describe().splitlines()[1] in out  # the detection line the CLI printed
+    for name in ("results", "judgments"):
+        pd.testing.assert_frame_equal(getattr(run, name)(), pd.read_parquet(folder / f"{name}.parquet"))
+
+
+def test_tables_before_any_stage_and_bad_options_are_user_errors(tmp_path):
+    with pytest.raises(autointerp.ConfigError, match="no results.parquet yet"):
+        autointerp.Run(tmp_path / "empty").results()
+    with pytest.raises(autointerp.AutointerpError, match="--judge-mode must be one of"):
+        autointerp.Run(tmp_path / "x", judge_mode="xml")
+    with pytest.raises(autointerp.ConfigError, match="has no run yet"):
+        autointerp.Run(tmp_path / "x", progress=False, echo=None).explain()
+    assert not (tmp_path / "x" / "config.json").exists()
+
+
+def test_a_config_object_counts_only_what_differs_from_the_defaults(folder):
+    run = autointerp.Run(folder, RunConfig(judge="reader", max_latents=2), explainer="namer")
+    assert run.explicit == {"judge", "max_latents", "explainer"}
+    assert run.config.max_latents == 2 and run.config.sampling == SAMPLING
