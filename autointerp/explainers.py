@@ -306,10 +306,14 @@ def explain_by_tokens(record: LatentRecord, settings: ExplainerSettings | None =
 # ---------------------------------------------------------------- the names style: a phrase for the marked tokens
 
 
+NAMES_MAX_WORDS = 6  # a kind of token is named in a few words; --max-words can only ask for fewer
+
+
 def names_messages(found: list[MarkedToken], settings: ExplainerSettings) -> list[Message]:
     """The names-style chat: system prompt, the few-shot turns (tokens of made-up latents and their
     kind, as JSON answers), then this latent's marked tokens with their example counts."""
-    messages: list[Message] = [{"role": "system", "content": load_prompt("explainer/names_system.md")}]
+    system = render(load_prompt("explainer/names_system.md"), max_words=min(settings.max_words, NAMES_MAX_WORDS))
+    messages: list[Message] = [{"role": "system", "content": system}]
     for shot in json.loads(load_prompt("explainer/names_fewshot.json")):
         messages += [
             {"role": "user", "content": shot["tokens"]},
@@ -346,18 +350,18 @@ async def explain_by_names(
         )
 
     usage = Usage()
-    asked = await ask(
-        judge, request, parse, attempts=settings.max_reasks + 1, usage=usage, catch_judge_errors=False
-    )
+    asked = await ask(judge, request, parse, attempts=settings.max_reasks + 1, usage=usage, catch_judge_errors=False)
     if asked.value is None:
         raise ExplanationFailed(
-            f"no phrase could be read from {asked.failures} answers of {judge.model} (last: {asked.error}); "
+            f"no explanation could be read from {asked.failures} answers of {judge.model} (last: {asked.error}); "
             f"last answer: {asked.answer[:300]!r}"
         )
     recurring = [t for t in found if t.examples >= settings.tokens_min_examples][: settings.names_examples]
     phrase = asked.value.rstrip(" .")
     text = (
-        render(load_prompt("explainer/names_label.md"), kind=phrase, tokens=", ".join(quoted(t.text) for t in recurring))
+        render(
+            load_prompt("explainer/names_label.md"), kind=phrase, tokens=", ".join(quoted(t.text) for t in recurring)
+        )
         if recurring
         else phrase
     )
