@@ -10,8 +10,8 @@ so scores differ between latents and between scorers the way real ones do.
 from __future__ import annotations
 
 import asyncio
-import math
 import json
+import math
 import re
 import zlib
 from collections import Counter

@@ -220,7 +220,7 @@ def test_names_style_shows_only_the_marked_tokens_with_counts_after_the_fewshot_
     counts = [(t, int(n)) for t, n in re.findall(r'"([^"]*)" \((\d+)\)', listed)]
     assert 1 < len(counts) <= ExplainerSettings().names_top
     assert [n for _, n in counts] == sorted((n for _, n in counts), reverse=True)
-    marked = {t.strip() for ex in record.train for t, a in zip(ex.str_tokens, ex.activations) if a > 0}
+    marked = {t.strip() for ex in record.train for t, a in zip(ex.str_tokens, ex.activations, strict=True) if a > 0}
     assert {t for t, _ in counts} <= marked
     assert "heldout" not in str(messages) and "<<" not in listed
 
