@@ -269,7 +269,9 @@ class RunConfig(Checked):
             raise ConfigError(
                 "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"
             )
-        if self.explainer_model == TOKENS_EXPLAINER and (self.explain.best_of > 1 or self.explain.style != "default"):
+        if self.explainer_model == TOKENS_EXPLAINER and (
+            self.explain.best_of > 1 or self.explain.style == "contrastive"
+        ):
             raise ConfigError(
                 f"--explainer {TOKENS_EXPLAINER} makes one label from the marked tokens, with no LLM: it takes no "
                 "--best-of and no --explainer-style contrastive"

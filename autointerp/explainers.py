@@ -8,10 +8,18 @@ replaced by a guess. An answer the token limit cut off is not read either (its l
 half a label: "[EXPLANATION]: Legal te"), nor is a JSON label as long as the schema's `maxLength`,
 where a constrained decoder closes the string mid-phrase: both are re-asked like a missing label.
 
-Two styles: `default` shows only activating examples; `contrastive` also shows the record's
-explainer-side silent examples (`train_negatives`, which `--negatives similar` makes hard) and asks
-what sets the two apart, so a label that only names the corpus's topic is pushed to be specific.
-The contrastive style takes no few-shot example (the shipped one has no silent excerpts).
+Three styles. `names` (the default) shows no excerpt at all: only the tokens marked most often in
+the training examples, with how many examples each is marked in, and asks for a short noun phrase
+naming their kind (JSON-constrained, after three few-shot turns about other tokens); the label is
+that phrase followed by the tokens it was made from ("verbs of expecting, such as "expected",
+"expect""). Small explainers shown whole excerpts describe the excerpts' topic or grammar ("The
+marked tokens are all nouns...") instead of the tokens that fire, and the judge then cannot tell
+the latent's examples from anyone else's; named tokens give a small judge something to look for,
+and the phrase carries it to tokens the list missed. `excerpts` (called `default` before `names`
+was) shows activating excerpts with their marked tokens and lets a capable model reason first;
+`contrastive` also shows the record's explainer-side silent examples (`train_negatives`, which
+`--negatives similar` makes hard) and asks what sets the two apart. The contrastive style takes no
+few-shot example (the shipped one has no silent excerpts).
 
 `--explainer tokens` asks no LLM at all: the label names the tokens marked most often in the
 training examples (`tokens_label`). It costs nothing, so it is the bar an LLM's label must clear,
@@ -33,6 +41,7 @@ from autointerp.prompting import (
     format_plain,
     load_prompt,
     marks_above,
+    quoted,
     readable_token,
     render,
 )
@@ -164,9 +173,12 @@ async def explain(
     settings = settings or ExplainerSettings()
     if not record.train:
         raise ExplanationFailed(f"latent {record.latent} has no training examples to explain")
-    if settings.style not in EXPLAINER_STYLES:
-        raise ValueError(f"unknown explainer style {settings.style!r}; valid: {', '.join(EXPLAINER_STYLES)}")
-    if settings.style == "contrastive" and not record.train_negatives:
+    style = settings.style
+    if style not in EXPLAINER_STYLES:
+        raise ValueError(f"unknown explainer style {style!r}; valid: {', '.join(EXPLAINER_STYLES)}")
+    if style == "names":
+        return await explain_by_names(record, judge, settings, temperature=temperature)
+    if style == "contrastive" and not record.train_negatives:
         raise ExplanationFailed(
             f"latent {record.latent} has no silent examples for the contrastive explainer "
             "(it fires almost everywhere, or n_train_negatives is 0)"
@@ -251,13 +263,6 @@ def _surface(forms: Counter[str]) -> str:
     return min(forms, key=lambda f: (-forms[f], f != f.lower(), f))
 
 
-def _quoted(text: str) -> str:
-    for left, right in (('"', '"'), ("'", "'")):
-        if left not in text:
-            return left + text + right
-    return "“" + text + "”"
-
-
 def tokens_label(record: LatentRecord, settings: ExplainerSettings | None = None) -> str:
     """The label that names the latent's recurring strongly-activating tokens, or `ExplanationFailed`.
 
@@ -275,7 +280,7 @@ def tokens_label(record: LatentRecord, settings: ExplainerSettings | None = None
     kept = [t for t in found if t.examples >= settings.tokens_min_examples][: max(1, settings.tokens_max)]
     if not kept:
         top = (
-            f"the most frequent, {_quoted(found[0].text)}, is marked in {found[0].examples} of {n}"
+            f"the most frequent, {quoted(found[0].text)}, is marked in {found[0].examples} of {n}"
             if found
             else "no token is marked in any of them"
         )
@@ -284,7 +289,7 @@ def tokens_label(record: LatentRecord, settings: ExplainerSettings | None = None
             f"(at least {settings.tokens_min_examples} needed): {top}"
         )
     template = "explainer/tokens.md" if len(kept) > 1 else "explainer/tokens_one.md"
-    return render(load_prompt(template), tokens=", ".join(_quoted(t.text) for t in kept))
+    return render(load_prompt(template), tokens=", ".join(quoted(t.text) for t in kept))
 
 
 def explain_by_tokens(record: LatentRecord, settings: ExplainerSettings | None = None) -> Explanation:
@@ -292,7 +297,79 @@ def explain_by_tokens(record: LatentRecord, settings: ExplainerSettings | None =
     settings = settings or ExplainerSettings()
     text = tokens_label(record, settings)
     found = marked_tokens(record.train, settings.mark_fraction)[: 3 * settings.tokens_max]
-    counts = "; ".join(f"{_quoted(t.text)} in {t.examples} examples ({t.marks} marks)" for t in found)
+    counts = "; ".join(f"{quoted(t.text)} in {t.examples} examples ({t.marks} marks)" for t in found)
     return Explanation(
         latent=record.latent, text=text, model=TOKENS_EXPLAINER, raw=f"{len(record.train)} training examples: {counts}"
+    )
+
+
+# ---------------------------------------------------------------- the names style: a phrase for the marked tokens
+
+
+NAMES_MAX_WORDS = 6  # a kind of token is named in a few words; --max-words can only ask for fewer
+
+
+def names_messages(found: list[MarkedToken], settings: ExplainerSettings) -> list[Message]:
+    """The names-style chat: system prompt, the few-shot turns (tokens of made-up latents and their
+    kind, as JSON answers), then this latent's marked tokens with their example counts."""
+    system = render(load_prompt("explainer/names_system.md"), max_words=min(settings.max_words, NAMES_MAX_WORDS))
+    messages: list[Message] = [{"role": "system", "content": system}]
+    for shot in json.loads(load_prompt("explainer/names_fewshot.json")):
+        messages += [
+            {"role": "user", "content": shot["tokens"]},
+            {"role": "assistant", "content": json.dumps({"explanation": shot["kind"]})},
+        ]
+    listed = ", ".join(f"{quoted(t.text)} ({t.examples})" for t in found[: settings.names_top])
+    messages.append({"role": "user", "content": listed})
+    return messages
+
+
+async def explain_by_names(
+    record: LatentRecord, judge: Judge, settings: ExplainerSettings, *, temperature: float = 0.0
+) -> Explanation:
+    """The names-style label: the judge's phrase for the marked tokens, then the recurring ones."""
+    found = marked_tokens(record.train, settings.mark_fraction)
+    if not found:
+        raise ExplanationFailed(
+            f"no token of latent {record.latent} is marked in its {len(record.train)} training examples"
+        )
+    messages = names_messages(found, settings)
+    schema = explanation_schema(settings.names_max_chars)
+
+    def parse(reply: Reply) -> tuple[str | None, str]:
+        return read_label(reply, json_mode=True, max_chars=settings.names_max_chars)
+
+    def request(attempt: int) -> Request:
+        # a re-ask samples: the same prompt at temperature 0 would give the same unreadable answer
+        return Request(
+            messages,
+            max_tokens=settings.names_max_tokens,
+            temperature=temperature if attempt == 0 else 0.7,
+            schema=schema,
+            parse=parse,
+        )
+
+    usage = Usage()
+    asked = await ask(judge, request, parse, attempts=settings.max_reasks + 1, usage=usage, catch_judge_errors=False)
+    if asked.value is None:
+        raise ExplanationFailed(
+            f"no explanation could be read from {asked.failures} answers of {judge.model} (last: {asked.error}); "
+            f"last answer: {asked.answer[:300]!r}"
+        )
+    recurring = [t for t in found if t.examples >= settings.tokens_min_examples][: settings.names_examples]
+    phrase = asked.value.rstrip(" .")
+    text = (
+        render(
+            load_prompt("explainer/names_label.md"), kind=phrase, tokens=", ".join(quoted(t.text) for t in recurring)
+        )
+        if recurring
+        else phrase
+    )
+    return Explanation(
+        latent=record.latent,
+        text=text,
+        model=judge.model,
+        usage=usage,
+        failures=asked.failures,
+        raw=f"{asked.answer} for {messages[-1]['content']}",
     )

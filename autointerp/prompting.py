@@ -94,6 +94,14 @@ def format_marked(str_tokens: Sequence[str], marked: Sequence[bool]) -> str:
     return "".join(out)
 
 
+def quoted(text: str) -> str:
+    """`text` in the first quote marks it does not contain itself, so a quote token stays readable."""
+    for left, right in (('"', '"'), ("'", "'")):
+        if left not in text:
+            return left + text + right
+    return "“" + text + "”"
+
+
 def marks_above(example: Example, fraction: float) -> list[bool]:
     """Tokens whose activation exceeds `fraction` of the example's maximum (none for a silent example)."""
     top = example.max_activation

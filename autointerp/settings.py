@@ -246,8 +246,10 @@ DEFAULT_DICTIONARY_HOOKPOINT = "layers.3"  # where the SAE shipped in data/ read
 SteeringMethod = Literal["auto", "encode_decode", "direction"]
 NegativeKind = Literal["random", "similar", "cooccurring"]
 NEGATIVE_KINDS: tuple[str, ...] = typing.get_args(NegativeKind)
-ExplainerStyle = Literal["default", "contrastive"]
+ExplainerStyle = Literal["names", "excerpts", "contrastive"]
 EXPLAINER_STYLES: tuple[str, ...] = typing.get_args(ExplainerStyle)
+# runs configured before the names style existed saved the excerpts style under this name
+OLD_STYLE_NAMES = {"default": "excerpts"}
 ClassifierMode = Literal["auto", "logprobs", "text", "json"]
 SimulationMode = Literal["auto", "logprobs", "json"]
 ChoiceMode = Literal["auto", "logprobs", "text"]
@@ -323,9 +325,11 @@ class ExplainerSettings(Checked):
     """How the explainer is asked for a label."""
 
     style: ExplainerStyle = setting(
-        "default",
-        "default: show activating examples; contrastive: also show non-activating ones (hard with "
-        "--negatives similar) and ask what sets them apart",
+        "names",
+        "names: show the tokens marked most often and ask for a short phrase naming their kind (the label "
+        "is the phrase and those tokens); excerpts: show activating excerpts and let the explainer reason; "
+        "contrastive: also show non-activating ones (hard with --negatives similar) and ask what sets them "
+        "apart",
         cli=EXPLAINING,
         flag="--explainer-style",
     )
@@ -365,6 +369,16 @@ class ExplainerSettings(Checked):
     tokens_min_examples: int = setting(
         2, "--explainer tokens: name a token only if it is marked in at least this many training examples", at_least=1
     )
+    names_top: int = setting(10, "names style: the explainer sees this many of the most-marked tokens", at_least=1)
+    names_examples: int = setting(
+        3, "names style: the label names this many of them (each marked in tokens_min_examples examples)", at_least=0
+    )
+    names_max_chars: int = setting(60, "names style: the JSON schema's maxLength for the phrase", at_least=8)
+    names_max_tokens: int = setting(40, "names style: the answer's token limit", at_least=1)
+
+    def __post_init__(self) -> None:
+        self.style = OLD_STYLE_NAMES.get(self.style, self.style)  # type: ignore[assignment]
+        super().__post_init__()
 
 
 @dataclass

@@ -100,8 +100,15 @@ def oracle(messages: list[Message]) -> Reply:
 
 
 def oracle_explainer(messages: list[Message]) -> str:
-    """Names the category of the marked tokens, if no silent excerpt (contrastive prompts) holds one too."""
+    """Names the category of the marked tokens, if no silent excerpt (contrastive prompts) holds one too.
+    Shown a names-style list of tokens with counts instead, it names their category as JSON."""
     user = messages[-1]["content"]
+    listed = re.findall(r'"([^"]*)" \(\d+\)', user)
+    if listed and "<<" not in user:
+        for key, words in CATEGORIES.items():
+            if all(any(w in t for w in words) for t in listed):
+                return json.dumps({"explanation": f"{key} names"})
+        return json.dumps({"explanation": "unclear"})
     active = re.search(r"<active_excerpts>\n(.*?)\n</active_excerpts>", user, re.DOTALL)
     silent = re.search(r"<silent_excerpts>\n(.*?)\n</silent_excerpts>", user, re.DOTALL)
     marked = re.findall(r"<<(.*?)>>", active.group(1) if active else user)

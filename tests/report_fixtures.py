@@ -10,6 +10,7 @@ so scores differ between latents and between scorers the way real ones do.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 import zlib
@@ -49,7 +50,12 @@ def write_word_tokenizer(folder: Path) -> Path:
 
 
 def explainer(messages: list[Message]) -> str:
-    spans = re.findall(r"<<(.*?)>>", messages[-1]["content"])
+    """Names the two most-marked words: read from the excerpts' marks, or from a names-style list."""
+    user = messages[-1]["content"]
+    listed = re.findall(r'"([^"]*)" \((\d+)\)', user)
+    if listed and "<<" not in user:
+        return json.dumps({"explanation": "the words: " + ", ".join(w for w, _ in listed[:2])})
+    spans = re.findall(r"<<(.*?)>>", user)
     marked = Counter(w for span in spans for w in span.split())
     return "[EXPLANATION]: the words: " + ", ".join(w for w, _ in marked.most_common(2))
 

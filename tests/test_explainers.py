@@ -10,6 +10,8 @@ from autointerp.explainers import ExplainerSettings, ExplanationFailed, build_me
 from autointerp.llm.base import CUT_OFF, Reply
 from autointerp.llm.scripted import ScriptedJudge
 
+EXCERPTS = ExplainerSettings(style="excerpts")
+
 
 def test_parse_takes_the_last_explanation_line():
     text = 'Thinking...\n[EXPLANATION]: first try\nOn reflection:\n[EXPLANATION]: "month names"\n'
@@ -24,7 +26,7 @@ def test_prompt_shows_only_training_examples_with_marks():
         ex.str_tokens[0] = f"train{i}"
     for i, ex in enumerate(record.test + record.negatives):
         ex.str_tokens[0] = f"heldout{i}"
-    user = build_messages(record, ExplainerSettings())[-1]["content"]
+    user = build_messages(record, EXCERPTS)[-1]["content"]
     assert user.count("Excerpt ") == len(record.train)
     assert all(f"train{i}" in user for i in range(len(record.train)))
     assert "heldout" not in user
@@ -33,7 +35,7 @@ def test_prompt_shows_only_training_examples_with_marks():
 
 def test_activation_values_are_optional():
     record = planted_record()
-    plain = build_messages(record, ExplainerSettings())[-1]["content"]
+    plain = build_messages(record, EXCERPTS)[-1]["content"]
     valued = build_messages(record, ExplainerSettings(show_activations=True))[-1]["content"]
     assert "Activations 1:" not in plain and "Activations 1:" in valued
     assert "(10)" in valued  # the strongest example is scaled to 10
@@ -44,7 +46,7 @@ def test_token_counts_list_the_marked_tokens_most_frequent_first():
 
     record = planted_record(n_train=30)
     user = build_messages(record, ExplainerSettings(token_counts=True))[-1]["content"]
-    assert "most frequent first" not in build_messages(record, ExplainerSettings())[-1]["content"]
+    assert "most frequent first" not in build_messages(record, EXCERPTS)[-1]["content"]
     listed = user.split("most frequent first: ")[1]
     counted = [int(c) for c in re.findall(r" x(\d+)", listed)]
     assert counted == sorted(counted, reverse=True) and sum(counted) == 30  # one marked month per excerpt
@@ -53,19 +55,19 @@ def test_token_counts_list_the_marked_tokens_most_frequent_first():
 
 def test_explain_returns_the_label_with_usage():
     judge = ScriptedJudge(lambda m: "They are months.\n[EXPLANATION]: month names")
-    out = asyncio.run(explain(planted_record(), judge))
+    out = asyncio.run(explain(planted_record(), judge, EXCERPTS))
     assert out.text == "month names" and out.failures == 0 and out.usage.calls == 1
 
 
 def test_unparseable_explanations_are_reasked_then_fail():
     answers = iter(["I think months", "[EXPLANATION]: month names"])
     judge = ScriptedJudge(lambda m: next(answers))
-    out = asyncio.run(explain(planted_record(), judge, ExplainerSettings(max_reasks=1)))
+    out = asyncio.run(explain(planted_record(), judge, ExplainerSettings(style="excerpts", max_reasks=1)))
     assert out.text == "month names" and out.failures == 1
 
     judge = ScriptedJudge(lambda m: "no idea")
     with pytest.raises(ExplanationFailed, match="no explanation could be read from 3 answers"):
-        asyncio.run(explain(planted_record(), judge, ExplainerSettings(max_reasks=2)))
+        asyncio.run(explain(planted_record(), judge, ExplainerSettings(style="excerpts", max_reasks=2)))
     assert len(judge.calls) == 3
 
 
@@ -78,7 +80,7 @@ def test_reask_constrains_the_answer_to_json():
             return await super().chat(messages, **kw)
 
     answers = iter(["rambling without a label", '{"explanation": "month names"}'])
-    out = asyncio.run(explain(planted_record(), Recorder(lambda m: next(answers))))
+    out = asyncio.run(explain(planted_record(), Recorder(lambda m: next(answers)), EXCERPTS))
     assert out.text == "month names" and out.failures == 1
     assert schemas[0] is None and schemas[1]["required"] == ["explanation"]
 
@@ -94,7 +96,7 @@ def test_a_runaway_label_is_not_accepted():
     loop = "[EXPLANATION]: words such as " + ", ".join(['"in", "to", "at"'] * 30)
     assert parse_explanation(loop) is None
     answers = iter([loop, '{"explanation": "prepositions"}'])
-    out = asyncio.run(explain(planted_record(), ScriptedJudge(lambda m: next(answers))))
+    out = asyncio.run(explain(planted_record(), ScriptedJudge(lambda m: next(answers)), EXCERPTS))
     assert out.text == "prepositions" and out.failures == 1
 
 
@@ -105,12 +107,12 @@ def test_an_answer_cut_off_at_max_tokens_is_never_the_label():
             Reply('{"explanation": "legal terms"}', finish_reason="stop"),
         ]
     )
-    out = asyncio.run(explain(planted_record(), ScriptedJudge(lambda m: next(answers))))
+    out = asyncio.run(explain(planted_record(), ScriptedJudge(lambda m: next(answers)), EXCERPTS))
     assert out.text == "legal terms" and out.failures == 1
 
     judge = ScriptedJudge(lambda m: Reply("[EXPLANATION]: Legal te", finish_reason="length"))
     with pytest.raises(ExplanationFailed, match=CUT_OFF):
-        asyncio.run(explain(planted_record(), judge))
+        asyncio.run(explain(planted_record(), judge, EXCERPTS))
     assert len(judge.calls) == 3
 
 
@@ -137,12 +139,12 @@ def test_a_normal_label_fits_the_schema_and_one_cut_at_its_max_length_is_refused
         "of the government, such as 'Minister of Justice' or 'Court of Appeal'"
     )
     assert 160 < len(label) < 300
-    out = asyncio.run(explain(planted_record(), ConstrainedJudge(label)))
+    out = asyncio.run(explain(planted_record(), ConstrainedJudge(label), EXCERPTS))
     assert out.text == label and out.failures == 1
 
     runaway = label + ", and then the same again: " + label
     with pytest.raises(ExplanationFailed, match="maxLength of 300 characters"):
-        asyncio.run(explain(planted_record(), ConstrainedJudge(runaway)))
+        asyncio.run(explain(planted_record(), ConstrainedJudge(runaway), EXCERPTS))
 
 
 def test_contrastive_prompt_shows_both_kinds_delimited_and_nothing_held_out():
@@ -191,10 +193,85 @@ def test_contrastive_explainer_needs_silent_examples():
         )
 
 
-@pytest.mark.parametrize("style", ["default", "contrastive"])
+@pytest.mark.parametrize("style", ["excerpts", "contrastive"])
 def test_the_label_length_asked_for_is_max_words(style):
     record = planted_record()
     system = build_messages(record, ExplainerSettings(style=style))[0]["content"]
     assert "(at most 15 words)" in system and "{{" not in system
     system = build_messages(record, ExplainerSettings(style=style, max_words=6))[0]["content"]
     assert "(at most 6 words)" in system
+
+
+# ---------------------------------------------------------------- the names style (the default)
+
+
+def test_names_style_shows_only_the_marked_tokens_with_counts_after_the_fewshot_turns():
+    record = planted_record()
+    for i, ex in enumerate(record.test + record.negatives):
+        ex.str_tokens[0] = f"heldout{i}"
+    judge = ScriptedJudge(lambda m: '{"explanation": "month names"}')
+    asyncio.run(explain(record, judge))
+    (messages,) = judge.calls
+    roles = [m["role"] for m in messages]
+    assert roles == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert "(at most 6 words)" in messages[0]["content"] and "{{" not in messages[0]["content"]
+    listed = messages[-1]["content"]
+    # every token of the list is a marked training token, most frequent first, with its example count
+    counts = [(t, int(n)) for t, n in re.findall(r'"([^"]*)" \((\d+)\)', listed)]
+    assert 1 < len(counts) <= ExplainerSettings().names_top
+    assert [n for _, n in counts] == sorted((n for _, n in counts), reverse=True)
+    marked = {t.strip() for ex in record.train for t, a in zip(ex.str_tokens, ex.activations, strict=True) if a > 0}
+    assert {t for t, _ in counts} <= marked
+    assert "heldout" not in str(messages) and "<<" not in listed
+
+
+def test_names_label_is_the_phrase_and_the_recurring_tokens_and_it_scores():
+    from planted import MONTHS, oracle, oracle_explainer
+
+    from autointerp.records import Explanation
+    from autointerp.scorers import DetectionScorer
+
+    record = planted_record()
+    label = asyncio.run(explain(record, ScriptedJudge(oracle_explainer)))
+    phrase, tokens = label.text.split(", such as ")
+    named = re.findall(r'"([^"]*)"', tokens)
+    assert phrase == "month names" and len(named) == ExplainerSettings().names_examples
+    assert set(named) <= {m.strip() for m in MONTHS}
+    judge = ScriptedJudge(oracle)
+    right = asyncio.run(DetectionScorer()(record, Explanation(record.latent, label.text, "t"), judge))
+    wrong = asyncio.run(DetectionScorer()(record, Explanation(record.latent, "animal names", "t"), judge))
+    assert right.metrics["auroc"] == 1.0 and wrong.metrics["auroc"] < 0.6
+
+
+def test_names_answers_are_json_constrained_resampled_when_unreadable_then_fail():
+    asked = []
+
+    class Recorder(ScriptedJudge):
+        async def chat(self, messages, **kw):
+            asked.append((kw.get("schema"), kw.get("temperature")))
+            return await super().chat(messages, **kw)
+
+    answers = iter(["month names", '{"explanation": "month names."}'])
+    out = asyncio.run(explain(planted_record(), Recorder(lambda m: next(answers))))
+    assert out.text.startswith("month names, such as ") and out.failures == 1
+    (schema, t0), (_, t1) = asked
+    assert schema["properties"]["explanation"]["maxLength"] == ExplainerSettings().names_max_chars
+    assert (t0, t1) == (0.0, 0.7)  # the same prompt again at temperature 0 would give the same answer
+
+    judge = ScriptedJudge(lambda m: Reply('{"explanation": "' + "x" * 60 + '"}'))
+    with pytest.raises(ExplanationFailed, match="maxLength of 60"):
+        asyncio.run(explain(planted_record(), judge))
+    assert len(judge.calls) == 3
+
+
+def test_names_style_fails_with_the_reason_when_nothing_is_marked():
+    record = planted_record()
+    for ex in record.train:
+        ex.activations = [0.0] * len(ex.activations)
+    with pytest.raises(ExplanationFailed, match="no token of latent .* is marked"):
+        asyncio.run(explain(record, ScriptedJudge(lambda m: '{"explanation": "x"}')))
+
+
+def test_a_run_configured_before_the_names_style_keeps_its_excerpts_explainer():
+    assert ExplainerSettings(style="default").style == "excerpts"  # type: ignore[arg-type]
+    assert ExplainerSettings().style == "names"

@@ -438,7 +438,7 @@ def test_a_label_cut_off_by_the_server_is_reasked_never_accepted(server):
     """The issue's case: `[EXPLANATION]: Legal te` with finish_reason "length" once became the label."""
     from planted import planted_record
 
-    from autointerp.explainers import ExplanationFailed, explain
+    from autointerp.explainers import ExplainerSettings, ExplanationFailed, explain
 
     def behaviour(request, n):
         if "response_format" not in request:
@@ -447,13 +447,13 @@ def test_a_label_cut_off_by_the_server_is_reasked_never_accepted(server):
 
     server.set_behaviour(behaviour)
     judge = fast_judge(server.url)
-    out = asyncio.run(explain(planted_record(), judge))
+    out = asyncio.run(explain(planted_record(), judge, ExplainerSettings(style="excerpts")))
     assert out.text == "legal terms in contracts" and out.failures == 1
     assert len(server.requests) == 2
 
     server.set_behaviour(lambda request, n: ("length", '{"explanation": "legal te'))
     with pytest.raises(ExplanationFailed, match="answer cut off at max_tokens"):
-        asyncio.run(explain(planted_record(), fast_judge(server.url)))
+        asyncio.run(explain(planted_record(), fast_judge(server.url), ExplainerSettings(style="excerpts")))
 
 
 # ---------------------------------------------------------------- timeouts and the check before a run

@@ -165,7 +165,9 @@ def test_score_stage_uses_the_stored_explanations_and_split(tmp_path, tiny_cache
     judge = ScriptedJudge(_detector)
     _run(files, tiny_cache, config, None, judge, stages={"score"})
     scores = list(read_jsonl(files.scores))
-    assert {r["explanation"] for r in scores} == {"tokens t1 to t9"}
+    labels = {r["latent"]: r["explanation"] for r in read_jsonl(files.explanations)}
+    assert all(labels[r["latent"]].startswith("tokens t1 to t9") for r in scores)
+    assert all(r["explanation"] == labels[r["latent"] if r.get("donor") is None else r["donor"]] for r in scores)
     # the scorer saw none of the windows the explainer saw
     train = {r["latent"]: set(r["train_windows"]) for r in read_jsonl(files.explanations)}
     for r in scores:

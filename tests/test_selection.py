@@ -32,7 +32,7 @@ def test_the_better_sampled_label_wins_on_validation_only():
     explainer = SamplingExplainer("animal names", "month names")
     judge = ScriptedJudge(oracle)
     chosen, candidates = asyncio.run(
-        best_of_n(record, explainer, judge, DetectionScorer(), ExplainerSettings(best_of=3))
+        best_of_n(record, explainer, judge, DetectionScorer(), ExplainerSettings(style="excerpts", best_of=3))
     )
     assert chosen.text == "month names"
     assert sorted(explainer.temperatures) == [0.0, 0.7, 0.7]
@@ -52,7 +52,7 @@ def test_the_deterministic_label_is_kept_when_it_is_best():
             SamplingExplainer("month names", "animal names"),
             ScriptedJudge(oracle),
             DetectionScorer(),
-            ExplainerSettings(best_of=2),
+            ExplainerSettings(style="excerpts", best_of=2),
         )
     )
     assert chosen.text == "month names" and len(candidates) == 2
@@ -62,7 +62,13 @@ def test_identical_samples_cost_no_rating_calls():
     judge = ScriptedJudge(oracle)
     explainer = SamplingExplainer("month names", "month names")
     chosen, candidates = asyncio.run(
-        best_of_n(planted_record(n_val=10), explainer, judge, DetectionScorer(), ExplainerSettings(best_of=4))
+        best_of_n(
+            planted_record(n_val=10),
+            explainer,
+            judge,
+            DetectionScorer(),
+            ExplainerSettings(style="excerpts", best_of=4),
+        )
     )
     assert chosen.text == "month names" and len(candidates) == 1 and not judge.calls
 
@@ -75,7 +81,7 @@ def test_no_validation_examples_is_a_clear_failure():
                 SamplingExplainer("a", "b"),
                 ScriptedJudge(oracle),
                 DetectionScorer(),
-                ExplainerSettings(best_of=2),
+                ExplainerSettings(style="excerpts", best_of=2),
             )
         )
 
@@ -93,7 +99,7 @@ def test_the_pipeline_records_candidates_and_validation_windows(tmp_path, tiny_c
         sampling=SamplingSettings(
             n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, n_validation=6, min_examples=10
         ),
-        explain=ExplainerSettings(best_of=2),
+        explain=ExplainerSettings(style="excerpts", best_of=2),
         max_latents=2,
     )
     files = RunFiles(tmp_path / "run")
