@@ -163,6 +163,8 @@ class Run:
             explicit = {name for name, value in given.items() if value != getattr(defaults, name)}
             options = {**{name: given[name] for name in explicit}, **options}
         self.requested, self.explicit = RunConfig.from_options(options)
+        if {"sample_latents", "max_latents"} <= self.explicit:
+            raise ConfigError("--sample-latents N draws N latents per hookpoint: give it or --max-latents, not both")
 
     @property
     def folder(self) -> Path:
@@ -193,10 +195,7 @@ class Run:
         config.validate()
         resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved)
         note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
-        self.echo(
-            f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
-            f"{resolved['hookpoint']} in {self.files.cache}"
-        )
+        self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
         # the cache settles what defines the folder; the stage's other options are recorded once they
         # too have been checked (judges reached, explanations read), by the stage that uses them
         save_config(self.files.config, with_folder(stored or RunConfig(), config), resolved)
@@ -236,7 +235,6 @@ class Run:
     ) -> Outcome:
         from autointerp import app
         from autointerp.llm.accounting import PriceTable
-        from autointerp.results import materialize
 
         files = self.files
         files.prepare()
@@ -261,7 +259,7 @@ class Run:
         summary = _run_sync(
             app.latent_stages(files, config, stages, progress=self.progress, judges=self.judges, ready=ready)
         )
-        table = materialize(files, provenance(resolved), config.scorers)
+        table = app.write_results(files, config, resolved)
         return Outcome(summary, table, config, files, prices)
 
     def _import(self, config: RunConfig, path: Path, fmt: str, layer: str | None) -> RunConfig:
@@ -281,7 +279,7 @@ class Run:
             progress=self.progress,
         )
         self.echo(outcome.summary())
-        return replace(config, latents=outcome.latents, max_latents=None)
+        return replace(config, latents=outcome.latents, max_latents=None, sample_latents=None)
 
     # ------------------------------------------------------------ reading and sharing what a run wrote
 
@@ -329,6 +327,18 @@ class Run:
             staging=Path(staging) if staging is not None else None,
             progress=self.progress,
         )
+
+
+def cached_latents(resolved: dict[str, Any]) -> str:
+    """`4,608 latents at layers.3`, or for several hookpoints `3 hookpoints: layers.0 (24 latents), ...`."""
+    from autointerp.app import run_hookpoints
+
+    hookpoints = run_hookpoints(resolved)
+    by = resolved.get("by_hookpoint") or {}
+    if len(hookpoints) <= 1:
+        return f"{resolved['num_latents']:,} latents at {resolved.get('hookpoint')}"
+    each = ", ".join(f"{hp} ({by.get(hp, {}).get('num_latents', 0):,} latents)" for hp in hookpoints)
+    return f"{len(hookpoints)} hookpoints: {each}"
 
 
 def provenance(resolved: dict[str, Any]) -> dict[str, Any]:
