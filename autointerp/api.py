@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from autointerp.llm.accounting import PriceTable
     from autointerp.llm.base import Judge
     from autointerp.pipeline import RunSummary
+    from autointerp.records import LatentId
     from autointerp.results import RunFiles
 
 T = TypeVar("T")
@@ -248,9 +249,9 @@ class Run:
             )
         prices = PriceTable.load(config.prices) if config.prices else None
 
-        def ready() -> RunConfig:
+        def ready() -> RunConfig | tuple[RunConfig, list[LatentId]]:
             """Judges are reached: read the explanations to import, then record the stage's options."""
-            selected = config
+            selected: RunConfig | tuple[RunConfig, list[LatentId]] = config
             if explanations is not None:
                 selected = self._import(config, Path(explanations), fmt or "auto", layer)
             save_config(files.config, config, resolved)
@@ -262,9 +263,10 @@ class Run:
         table = app.write_results(files, config, resolved)
         return Outcome(summary, table, config, files, prices)
 
-    def _import(self, config: RunConfig, path: Path, fmt: str, layer: str | None) -> RunConfig:
-        """Write the file's explanations into the run; the config to score with selects just their latents
-        (the `latents` option, when given, restricts the import; the run's stored config is not changed)."""
+    def _import(self, config: RunConfig, path: Path, fmt: str, layer: str | None) -> tuple[RunConfig, list[LatentId]]:
+        """Write the file's explanations into the run; the config to score with, and just their (hookpoint,
+        latent) pairs (the `latents` option, when given, restricts the import; the run's stored config is
+        not changed)."""
         from dataclasses import replace
 
         from autointerp.importing import import_explanations
@@ -279,7 +281,7 @@ class Run:
             progress=self.progress,
         )
         self.echo(outcome.summary())
-        return replace(config, latents=outcome.latents, max_latents=None, sample_latents=None)
+        return replace(config, latents=outcome.latents, max_latents=None, sample_latents=None), outcome.units
 
     # ------------------------------------------------------------ reading and sharing what a run wrote
 

@@ -508,13 +508,14 @@ async def latent_stages(
     *,
     progress: bool = True,
     judges: dict[str, Judge] | None = None,
-    ready: Callable[[], RunConfig] | None = None,
+    ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
 ) -> RunSummary:
     """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests.
 
     Every judge is made and checked (reachable, able to do what each scorer needs) before any latent
-    is touched; then `ready()`, when given, is called and returns the config whose latents to do (the
-    API imports explanations there and records the stage's validated options).
+    is touched; then `ready()`, when given, is called and returns the config whose latents to do, or the
+    config and the very (hookpoint, latent) pairs to do (the API imports explanations there and records
+    the stage's validated options).
     """
     config.validate()
     caches = HookpointCaches(files.cache)
@@ -541,9 +542,13 @@ async def latent_stages(
             scorer.check_judge(scorer_judge)
         for used in {id(j): j for j in (explainer, scorer_judge) if j is not None}.values():
             await check_judge_ready(used)
+        chosen: list[LatentId] | None = None
         if ready is not None:
-            config = ready()
+            got = ready()
+            config, chosen = got if isinstance(got, tuple) else (got, None)
         latents, n_rare = select_units(caches, config)
+        if chosen is not None:
+            latents = chosen
         if n_rare:
             total = sum(caches.num_latents(hp) for hp in caches)
             at = f" (over {len(caches)} hookpoints)" if len(caches) > 1 else ""
