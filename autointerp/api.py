@@ -281,7 +281,8 @@ class Run:
             progress=self.progress,
         )
         self.echo(outcome.summary())
-        return replace(config, latents=outcome.latents, max_latents=None, sample_latents=None), outcome.units
+        latents: list[int | str] = list(outcome.latents)
+        return replace(config, latents=latents, max_latents=None, sample_latents=None), outcome.units
 
     # ------------------------------------------------------------ reading and sharing what a run wrote
 

@@ -97,19 +97,20 @@ def cache_stage(
     # size is in the checkpoint's header)
     corpus_path = resolve_corpus(config.corpus)
     dictionary = locate_dictionary(config)
+    sizes: list[tuple[str | None, int | None]]
     if isinstance(dictionary, str):
         hookpoints = config.requested_hookpoints
         sizes = [(hookpoints[0] if hookpoints else None, peek_num_latents(dictionary, config.hookpoint))]
     else:
         sizes = [(source.hookpoint, peek_num_latents(source.path, source.hookpoint)) for source in dictionary]
-    for hookpoint, size in sizes:
+    for name, size in sizes:
         if size is not None:
-            check_latents(config, size, hookpoint if len(sizes) > 1 else None)
+            check_latents(config, size, name if len(sizes) > 1 else None)
     subject = load_subject(config)
     subject.model.to(config.device)
     opened = open_dictionaries(subject.model, dictionary, config.requested_hookpoints, neurons_k=config.neurons_k)
-    for encoder, hookpoint in opened:
-        check_latents(config, encoder.num_latents, hookpoint.name if len(opened) > 1 else None)
+    for encoder, point in opened:
+        check_latents(config, encoder.num_latents, point.name if len(opened) > 1 else None)
         encoder.to(config.device)
     tokenizer = subject.tokenizer
 
@@ -357,11 +358,11 @@ def scorer_context(
         )
     single = SteeringLoader(config)
     meta = cache.meta if cache is not None else None
-    return ScorerContext(
-        cache=cache,
-        embedder=embedder or embedders(config),
-        steering_subject=lambda hookpoint=None: single(hookpoint, meta),
-    )
+
+    def steering(hookpoint: str | None = None) -> Any:
+        return single(hookpoint, meta)
+
+    return ScorerContext(cache=cache, embedder=embedder or embedders(config), steering_subject=steering)
 
 
 def make_scorers(

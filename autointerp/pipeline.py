@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -350,7 +350,8 @@ async def process_latents(
     Each latent's judge requests carry its position as their priority key (see llm/ordering.py).
     """
     start = time.perf_counter()
-    await _each(list(latents), worker.process, concurrency=concurrency, progress=progress, desc="latents")
+    units = [worker.unit(i) for i in latents]
+    await _each(units, worker.process, concurrency=concurrency, progress=progress, desc="latents")
     worker.summary.latents = len(latents)
     worker.summary.seconds = time.perf_counter() - start
     return worker.summary
@@ -404,17 +405,14 @@ def _labelled(row: ExplanationRow | None) -> bool:
     return row is not None and row.status == "ok" and bool(row.explanation)
 
 
-Unit = TypeVar("Unit", int, LatentId)
-
-
 async def _each(
-    latents: list[Unit], work: Callable[[Unit], Awaitable[None]], *, concurrency: int, progress: bool, desc: str
+    latents: list[LatentId], work: Callable[[LatentId], Awaitable[None]], *, concurrency: int, progress: bool, desc: str
 ) -> None:
     """`work` on every latent, at most `concurrency` at a time, each under its position's judge priority."""
     semaphore = asyncio.Semaphore(max(1, concurrency))
     bar = tqdm(total=len(latents), unit="latent", desc=desc, disable=not progress, dynamic_ncols=True)
 
-    async def one(position: int, latent: Unit) -> None:
+    async def one(position: int, latent: LatentId) -> None:
         async with semaphore:
             with judge_priority(position):
                 await work(latent)
