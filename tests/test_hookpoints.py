@@ -5,6 +5,7 @@ latent choices made for big dictionaries (ranges, seeded samples)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 
 import numpy as np
@@ -335,3 +336,21 @@ def test_a_latent_sample_is_seeded_per_hookpoint_and_drawn_from_the_eligible():
     assert choose_latents(eligible, hookpoint="h", **{**kw, "sample_latents": 5000}) == eligible
     assert choose_latents(eligible, hookpoint="h", **{**kw, "sample_latents": None}) == eligible[:10]
     assert choose_latents(eligible, hookpoint="h", **{**kw, "latents": [1, "5:7"], "sample_latents": None}) == [1, 5, 6]
+
+
+def test_the_python_api_checks_hookpoints_and_latents_as_the_command_line_does(tmp_path):
+    import autointerp
+
+    run = autointerp.Run(tmp_path / "r", hookpoints=["layers.4", "layers.8"], latents=["0:1000", 4096], echo=None)
+    assert run.config.requested_hookpoints == ["layers.4", "layers.8"] and run.config.latents == ["0:1000", 4096]
+    bad = {
+        "the latent range 5:5 is empty": {"latents": ["5:5"]},
+        "--latents must be a list of integers or strings or None, not [2.5]": {"latents": [2.5]},
+        "--sample-latents must be at least 1, got 0": {"sample_latents": 0},
+        "give it or --max-latents, not both": {"sample_latents": 3, "max_latents": 4},
+        "--hookpoint NAME (one) or --hookpoints NAMES|all (several), not both": {"hookpoint": "x", "hookpoints": ["y"]},
+        "--hookpoints is either 'all' or names, not both": {"hookpoints": ["all", "layers.1"]},
+    }
+    for words, options in bad.items():
+        with pytest.raises(autointerp.AutointerpError, match=re.escape(words)):
+            autointerp.Run(tmp_path / "r", echo=None, **options)
