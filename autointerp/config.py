@@ -124,7 +124,7 @@ class RunConfig(Checked):
     dictionary: str = setting(
         "default",
         f"'default' (the shipped TopK SAE on {DEFAULT_DICTIONARY_HOOKPOINT}), 'neurons' (MLP neurons), a sparsify "
-        "/ SAELens / Gemma Scope (params.npz) folder, a Hub repo ORG/NAME[/FOLDER] (only the files of --hookpoint "
+        "/ SAELens / Gemma Scope (params.npz) folder, a Hub repo ORG/NAME[/FOLDER] (only the files of --hookpoint(s) "
         "are fetched), or saelens:RELEASE/SAE_ID from sae-lens's directory",
         cli=CACHING,
         frozen=True,
