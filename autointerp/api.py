@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from autointerp.llm.accounting import PriceTable
     from autointerp.llm.base import Judge
     from autointerp.pipeline import RunSummary
+    from autointerp.records import LatentId
     from autointerp.results import RunFiles
 
 T = TypeVar("T")
@@ -163,6 +164,8 @@ class Run:
             explicit = {name for name, value in given.items() if value != getattr(defaults, name)}
             options = {**{name: given[name] for name in explicit}, **options}
         self.requested, self.explicit = RunConfig.from_options(options)
+        if {"sample_latents", "max_latents"} <= self.explicit:
+            raise ConfigError("--sample-latents N draws N latents per hookpoint: give it or --max-latents, not both")
 
     @property
     def folder(self) -> Path:
@@ -193,10 +196,7 @@ class Run:
         config.validate()
         resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved)
         note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
-        self.echo(
-            f"cache: {resolved['n_tokens']:,} tokens{note}, {resolved['num_latents']:,} latents at "
-            f"{resolved['hookpoint']} in {self.files.cache}"
-        )
+        self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
         # the cache settles what defines the folder; the stage's other options are recorded once they
         # too have been checked (judges reached, explanations read), by the stage that uses them
         save_config(self.files.config, with_folder(stored or RunConfig(), config), resolved)
@@ -236,7 +236,6 @@ class Run:
     ) -> Outcome:
         from autointerp import app
         from autointerp.llm.accounting import PriceTable
-        from autointerp.results import materialize
 
         files = self.files
         files.prepare()
@@ -250,9 +249,9 @@ class Run:
             )
         prices = PriceTable.load(config.prices) if config.prices else None
 
-        def ready() -> RunConfig:
+        def ready() -> RunConfig | tuple[RunConfig, list[LatentId]]:
             """Judges are reached: read the explanations to import, then record the stage's options."""
-            selected = config
+            selected: RunConfig | tuple[RunConfig, list[LatentId]] = config
             if explanations is not None:
                 selected = self._import(config, Path(explanations), fmt or "auto", layer)
             save_config(files.config, config, resolved)
@@ -261,12 +260,13 @@ class Run:
         summary = _run_sync(
             app.latent_stages(files, config, stages, progress=self.progress, judges=self.judges, ready=ready)
         )
-        table = materialize(files, provenance(resolved), config.scorers)
+        table = app.write_results(files, config, resolved)
         return Outcome(summary, table, config, files, prices)
 
-    def _import(self, config: RunConfig, path: Path, fmt: str, layer: str | None) -> RunConfig:
-        """Write the file's explanations into the run; the config to score with selects just their latents
-        (the `latents` option, when given, restricts the import; the run's stored config is not changed)."""
+    def _import(self, config: RunConfig, path: Path, fmt: str, layer: str | None) -> tuple[RunConfig, list[LatentId]]:
+        """Write the file's explanations into the run; the config to score with, and just their (hookpoint,
+        latent) pairs (the `latents` option, when given, restricts the import; the run's stored config is
+        not changed)."""
         from dataclasses import replace
 
         from autointerp.importing import import_explanations
@@ -281,7 +281,8 @@ class Run:
             progress=self.progress,
         )
         self.echo(outcome.summary())
-        return replace(config, latents=outcome.latents, max_latents=None)
+        latents: list[int | str] = list(outcome.latents)
+        return replace(config, latents=latents, max_latents=None, sample_latents=None), outcome.units
 
     # ------------------------------------------------------------ reading and sharing what a run wrote
 
@@ -329,6 +330,18 @@ class Run:
             staging=Path(staging) if staging is not None else None,
             progress=self.progress,
         )
+
+
+def cached_latents(resolved: dict[str, Any]) -> str:
+    """`4,608 latents at layers.3`, or for several hookpoints `3 hookpoints: layers.0 (24 latents), ...`."""
+    from autointerp.app import run_hookpoints
+
+    hookpoints = run_hookpoints(resolved)
+    by = resolved.get("by_hookpoint") or {}
+    if len(hookpoints) <= 1:
+        return f"{resolved['num_latents']:,} latents at {resolved.get('hookpoint')}"
+    each = ", ".join(f"{hp} ({by.get(hp, {}).get('num_latents', 0):,} latents)" for hp in hookpoints)
+    return f"{len(hookpoints)} hookpoints: {each}"
 
 
 def provenance(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -6,21 +6,20 @@ ready objects, which is what lets tests hand them scripted judges and tiny cache
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from autointerp.cache.build import build_cache
-from autointerp.cache.store import ActivationCache, CacheMeta
+from autointerp.cache.store import ActivationCache, CacheMeta, HookpointCaches
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
 from autointerp.embeddings import Embedder
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
-from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_latents
-from autointerp.records import ExplanationRow, ScoreRow
+from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_units
+from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, materialize
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers.base import Scorer, ScorerContext
@@ -58,36 +57,39 @@ def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None):
 
 
 def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None):
-    """The run's dictionary, fetched if it comes from the Hub: a `DictionarySource`, or the name of a
-    built-in one ("default", "neurons")."""
-    from autointerp.subjects.sources import locate_dictionary as _locate
+    """The run's dictionaries, fetched if they come from the Hub: `DictionarySource`s (one per hookpoint
+    where the hookpoints are known before loading), or the name of a built-in one ("default", "neurons")."""
+    from autointerp.subjects.dictionaries import DEFAULT_DICTIONARY
+    from autointerp.subjects.sources import locate_dictionaries
 
     if config.dictionary in ("default", "neurons"):
         if config.dictionary_revision is not None:
             raise ConfigError(f"--dictionary-revision is for Hub dictionaries, not --dictionary {config.dictionary}")
+        if config.dictionary == "default" and config.hookpoints:  # chosen among the shipped folder's hookpoints
+            return locate_dictionaries(str(DEFAULT_DICTIONARY), config.hookpoints)
         return config.dictionary
-    hookpoints = [config.hookpoint] if config.hookpoint else None
-    (source,) = _locate(config.dictionary, hookpoints, _revisions(config, meta)[1])
-    return source
+    return locate_dictionaries(config.dictionary, config.requested_hookpoints, _revisions(config, meta)[1])
 
 
 def cache_stage(
     files: RunFiles, config: RunConfig, *, progress: bool = True, resolved: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Build (or finish) the activation cache; returns what was resolved (names, sizes) for config.json.
+    """Build (or finish) the activation caches, every hookpoint in one pass over the corpus; returns what
+    was resolved (names, sizes) for config.json.
 
-    A folder whose cache is complete returns its stored `resolved` at once: the config merge has
+    A folder whose caches are complete returns its stored `resolved` at once: the config merge has
     already checked that the options agree, so the model need not be loaded again to resume.
     """
-    from autointerp.cache.store import read_meta
-    from autointerp.subjects.attach import open_dictionary
+    from autointerp.cache.build import build_caches
+    from autointerp.cache.store import cache_complete, read_metas
+    from autointerp.subjects.attach import open_dictionaries
     from autointerp.subjects.dictionaries import peek_num_latents
 
     config.validate()
-    existing = read_meta(files.cache)
-    if existing is not None:
-        check_latents(config, existing.num_latents)
-    if resolved and existing is not None and existing.complete:
+    existing = read_metas(files.cache) or {}
+    for hookpoint, meta in existing.items():
+        check_latents(config, meta.num_latents, hookpoint if len(existing) > 1 else None)
+    if resolved and cache_complete(files.cache):
         return resolved
 
     # what can fail fails before minutes of model loading and caching: a missing or binary corpus, a
@@ -95,17 +97,21 @@ def cache_stage(
     # size is in the checkpoint's header)
     corpus_path = resolve_corpus(config.corpus)
     dictionary = locate_dictionary(config)
+    sizes: list[tuple[str | None, int | None]]
     if isinstance(dictionary, str):
-        size = peek_num_latents(dictionary, config.hookpoint)
+        hookpoints = config.requested_hookpoints
+        sizes = [(hookpoints[0] if hookpoints else None, peek_num_latents(dictionary, config.hookpoint))]
     else:
-        size = peek_num_latents(dictionary.path, dictionary.hookpoint)
-    if size is not None:
-        check_latents(config, size)
+        sizes = [(source.hookpoint, peek_num_latents(source.path, source.hookpoint)) for source in dictionary]
+    for name, size in sizes:
+        if size is not None:
+            check_latents(config, size, name if len(sizes) > 1 else None)
     subject = load_subject(config)
     subject.model.to(config.device)
-    encoder, hookpoint = open_dictionary(subject.model, dictionary, config.hookpoint, neurons_k=config.neurons_k)
-    check_latents(config, encoder.num_latents)
-    encoder.to(config.device)
+    opened = open_dictionaries(subject.model, dictionary, config.requested_hookpoints, neurons_k=config.neurons_k)
+    for encoder, point in opened:
+        check_latents(config, encoder.num_latents, point.name if len(opened) > 1 else None)
+        encoder.to(config.device)
     tokenizer = subject.tokenizer
 
     def encode(docs: list[str]) -> list[list[int]]:
@@ -128,49 +134,98 @@ def cache_stage(
         yield from rows
 
     s = config.cache
-    meta = CacheMeta(
-        model=subject.name,
-        dictionary=encoder.name,
-        hookpoint=hookpoint.name,
-        corpus=str(corpus_path),
-        num_latents=encoder.num_latents,
-        ctx_len=s.ctx_len,
-        window_len=s.window_len,
-        top_k=s.top_k,
-        sample_size=s.sample_size,
-        seed=s.seed,
-        max_tokens=config.n_tokens,
-    )
-    meta = build_cache(
+    targets = [
+        (
+            hookpoint,
+            encoder,
+            CacheMeta(
+                model=subject.name,
+                dictionary=encoder.name,
+                hookpoint=hookpoint.name,
+                corpus=str(corpus_path),
+                num_latents=encoder.num_latents,
+                ctx_len=s.ctx_len,
+                window_len=s.window_len,
+                top_k=s.top_k,
+                sample_size=s.sample_size,
+                seed=s.seed,
+                max_tokens=config.n_tokens,
+            ),
+        )
+        for encoder, hookpoint in opened
+    ]
+    metas = build_caches(
         files.cache,
         all_rows(),
         model=subject.model,
-        hookpoint=hookpoint,
-        encoder=encoder,
-        meta=meta,
+        targets=targets,
         settings=s,
         device=config.device,
         progress=progress,
     )
+    return resolved_of(config, metas, [encoder for encoder, _ in opened])
+
+
+def resolved_of(config: RunConfig, metas: list[CacheMeta], encoders: list[Any]) -> dict[str, Any]:
+    """What config.json records of a run's cache: model, corpus and tokens, and each hookpoint's dictionary
+    and size (`by_hookpoint`). A run of one hookpoint also has them at the top, as runs always had."""
+    import os.path
+
+    first = metas[0]
+    by_hookpoint = {
+        m.hookpoint: {
+            "dictionary": m.dictionary,
+            "num_latents": m.num_latents,
+            "dictionary_format": e.format,
+            "d_in": e.d_in,
+        }
+        for m, e in zip(metas, encoders, strict=True)
+    }
+    out: dict[str, Any] = {
+        "model": first.model,
+        "corpus": first.corpus,
+        "n_tokens": first.n_tokens,
+        "hookpoints": [m.hookpoint for m in metas],
+        "by_hookpoint": by_hookpoint,
+    }
+    if len(metas) == 1:
+        return {**out, "hookpoint": first.hookpoint, **by_hookpoint[first.hookpoint]}
+    names = [m.dictionary for m in metas]
+    try:
+        common = os.path.commonpath(names)
+    except ValueError:  # absolute and relative names mixed
+        common = ""
     return {
-        "model": meta.model,
-        "dictionary": meta.dictionary,
-        "hookpoint": meta.hookpoint,
-        "corpus": meta.corpus,
-        "num_latents": meta.num_latents,
-        "n_tokens": meta.n_tokens,
-        "dictionary_format": encoder.format,
-        "d_in": encoder.d_in,
+        **out,
+        "hookpoint": None,
+        "dictionary": common if common not in ("", "/") else config.dictionary,
+        "num_latents": sum(m.num_latents for m in metas),
     }
 
 
-def check_latents(config: RunConfig, num_latents: int) -> None:
-    """Latent indices asked for (`--latents`) must exist in the dictionary."""
-    bad = [i for i in config.latents or [] if not 0 <= i < num_latents]
+def run_hookpoints(resolved: dict[str, Any]) -> list[str]:
+    """The hookpoints a run's `resolved` names (a folder written before runs had several names one)."""
+    if resolved.get("hookpoints"):
+        return list(resolved["hookpoints"])
+    return [resolved["hookpoint"]] if resolved.get("hookpoint") else []
+
+
+def run_dictionaries(resolved: dict[str, Any]) -> dict[str, str]:
+    """Each hookpoint's dictionary, as `resolved` names it."""
+    by = resolved.get("by_hookpoint") or {}
+    return {hp: info["dictionary"] for hp, info in by.items() if isinstance(info, dict) and info.get("dictionary")}
+
+
+def check_latents(config: RunConfig, num_latents: int, hookpoint: str | None = None) -> None:
+    """Latent indices asked for (`--latents`) must exist in the dictionary (of every hookpoint)."""
+    from autointerp.latent_choice import out_of_range
+
+    bad = out_of_range(config.latents, num_latents)
     if bad:
+        at = f" at {hookpoint}" if hookpoint else ""
         raise ConfigError(
-            f"--latents {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''} out of range: "
-            f"the dictionary has {num_latents:,} latents (0..{num_latents - 1})"
+            f"--latents {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''} out of range: "
+            f"the dictionary{at} has {num_latents:,} latents (0..{num_latents - 1})"
         )
 
 
@@ -226,18 +281,47 @@ def wrap_judge(backend: Judge, config: RunConfig, *, namespace: str, slots: int)
     return CachedJudge(judge, path, namespace=namespace)
 
 
-def steering_subject(config: RunConfig, meta: CacheMeta | None = None):
-    """The subject model (on config.device) with its dictionary, for the scorers that steer it; `meta`
-    (the run's cache) pins Hub downloads to the commits the cache was built from."""
-    from autointerp.scorers.intervention import SteeringSubject
-    from autointerp.subjects.attach import open_dictionary
+def steering_subject(config: RunConfig, meta: CacheMeta | None = None, hookpoint: str | None = None):
+    """The subject model (on config.device) with the dictionary of a hookpoint (None: the run's only one),
+    for the scorers that steer it; `meta` (that hookpoint's cache) pins Hub downloads to the commits the
+    cache was built from."""
+    return SteeringLoader(config)(hookpoint, meta)
 
-    subject = load_subject(config, meta)
-    subject.model.to(config.device)
-    dictionary = locate_dictionary(config, meta)
-    encoder, hookpoint = open_dictionary(subject.model, dictionary, config.hookpoint, neurons_k=config.neurons_k)
-    encoder.to(config.device)
-    return SteeringSubject(model=subject.model, tokenizer=subject.tokenizer, encoder=encoder, hookpoint=hookpoint)
+
+class SteeringLoader:
+    """The subject model, loaded once for steering, with each hookpoint's dictionary opened on first use."""
+
+    def __init__(self, config: RunConfig, caches: HookpointCaches | None = None):
+        self.config = config
+        self.caches = caches
+        self._subject: Any = None
+        self._opened: dict[str | None, Any] = {}
+
+    def __call__(self, hookpoint: str | None = None, meta: CacheMeta | None = None):
+        from autointerp.scorers.intervention import SteeringSubject
+        from autointerp.subjects.attach import open_dictionaries
+
+        if meta is None and self.caches is not None:
+            meta = self.caches.metas[hookpoint or self.caches.hookpoints[0]]
+        if self._subject is None:
+            self._subject = load_subject(self.config, meta)
+            self._subject.model.to(self.config.device)
+        if hookpoint not in self._opened:
+            config = self.config
+            dictionary = locate_dictionary(config, meta)
+            if not isinstance(dictionary, str):  # open only the hookpoint's own, where the sources name it
+                dictionary = [d for d in dictionary if d.hookpoint == hookpoint] or dictionary
+            wanted = [hookpoint] if hookpoint and isinstance(dictionary, str) else config.requested_hookpoints
+            opened = open_dictionaries(self._subject.model, dictionary, wanted, neurons_k=config.neurons_k)
+            chosen = [(e, hp) for e, hp in opened if hookpoint is None or hp.name == hookpoint]
+            if not chosen:
+                raise ConfigError(f"no dictionary of this run reads hookpoint {hookpoint!r}")
+            encoder, hp = chosen[0]
+            encoder.to(config.device)
+            self._opened[hookpoint] = SteeringSubject(
+                model=self._subject.model, tokenizer=self._subject.tokenizer, encoder=encoder, hookpoint=hp
+            )
+        return self._opened[hookpoint]
 
 
 def embedders(config: RunConfig) -> Callable[[str], Embedder]:
@@ -256,15 +340,29 @@ def embedders(config: RunConfig) -> Callable[[str], Embedder]:
 
 
 def scorer_context(
-    config: RunConfig, cache: ActivationCache | None = None, embedder: Callable[[str], Embedder] | None = None
+    config: RunConfig,
+    cache: ActivationCache | HookpointCaches | None = None,
+    embedder: Callable[[str], Embedder] | None = None,
 ) -> ScorerContext:
-    """What the run's scorers share: the activation cache, the embedders (by name; shared with the
-    sampler's similar negatives) and the subject model for steering (loaded on first use)."""
-    return ScorerContext(
-        cache=cache,
-        embedder=embedder or embedders(config),
-        steering_subject=lambda: steering_subject(config, cache.meta if cache is not None else None),
-    )
+    """What the run's scorers share: the activation cache (of each hookpoint), the embedders (by name;
+    shared with the sampler's similar negatives) and the subject model for steering (loaded on first use)."""
+    if isinstance(cache, HookpointCaches) and len(cache) == 1:
+        cache = cache.open(cache.hookpoints[0])
+    if isinstance(cache, HookpointCaches):
+        loader = SteeringLoader(config, cache)
+        return ScorerContext(
+            embedder=embedder or embedders(config),
+            steering_subject=loader,
+            caches=cache.open,
+            hookpoints=cache.hookpoints,
+        )
+    single = SteeringLoader(config)
+    meta = cache.meta if cache is not None else None
+
+    def steering(hookpoint: str | None = None) -> Any:
+        return single(hookpoint, meta)
+
+    return ScorerContext(cache=cache, embedder=embedder or embedders(config), steering_subject=steering)
 
 
 def make_scorers(
@@ -278,24 +376,74 @@ def make_scorers(
     return build_scorers(config.scorers if names is None else names, config, scorer_context(config, cache, embedder))
 
 
+class LazySamplers(Mapping[str, Sampler]):
+    """A run's samplers by hookpoint, each made on first use (its cache's summaries load then)."""
+
+    def __init__(self, hookpoints: list[str], make: Callable[[str], Sampler]):
+        self._hookpoints = hookpoints
+        self._make = make
+        self._made: dict[str, Sampler] = {}
+
+    def __getitem__(self, hookpoint: str) -> Sampler:
+        if hookpoint not in self._hookpoints:
+            raise KeyError(hookpoint)
+        if hookpoint not in self._made:
+            self._made[hookpoint] = self._make(hookpoint)
+        return self._made[hookpoint]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._hookpoints)
+
+    def __len__(self) -> int:
+        return len(self._hookpoints)
+
+
 class OpenRun:
-    """A run folder's heavy parts, loaded once: the activation cache, the sampler (the subject model's
+    """A run folder's heavy parts, loaded once: the activation caches, the samplers (the subject model's
     tokenizer, and the same held-out split as every stage), and the scorers with their shared context.
 
     The CLI opens one per command; a long-lived process (the HTTP service) keeps one per run folder and
-    asks it about many latents, so the tokenizer, the cache and the scorers' models are loaded once.
+    asks it about many latents, so the tokenizer, the caches and the scorers' models are loaded once.
+    Each hookpoint's cache and sampler are opened when one of its latents is first asked for.
     """
 
-    def __init__(self, files: RunFiles, config: RunConfig, *, cache: ActivationCache | None = None):
+    def __init__(self, files: RunFiles, config: RunConfig, *, cache: ActivationCache | HookpointCaches | None = None):
         self.files = files
         self.config = config
-        self.cache = cache or ActivationCache(files.cache)
+        if cache is None:
+            cache = HookpointCaches(files.cache)
+        self.caches = cache if isinstance(cache, HookpointCaches) else HookpointCaches.of(cache)
+        self.hookpoints = self.caches.hookpoints
         self.embedder = embedders(config)
         similar = self.embedder(config.sampling.similar_model) if config.sampling.negatives == "similar" else None
-        decode = token_decoder(load_tokenizer(config, self.cache.meta))
-        self.sampler = Sampler(self.cache, decode, config.sampling, embedder=similar)
-        self.context = scorer_context(config, self.cache, self.embedder)
+        self.decode = token_decoder(load_tokenizer(config, self.caches.metas[self.hookpoints[0]]))
+        self.samplers = LazySamplers(
+            self.hookpoints,
+            lambda hp: Sampler(self.caches.open(hp), self.decode, config.sampling, embedder=similar),
+        )
+        self.context = scorer_context(config, self.caches, self.embedder)
         self._scorers: dict[str, Scorer] = {}
+
+    @property
+    def cache(self) -> ActivationCache:
+        """The cache of a run of one hookpoint."""
+        return self.caches.open(self._only())
+
+    @property
+    def sampler(self) -> Sampler:
+        """The sampler of a run of one hookpoint."""
+        return self.samplers[self._only()]
+
+    def _only(self) -> str:
+        if len(self.hookpoints) != 1:
+            raise ConfigError(f"this run has several hookpoints ({', '.join(self.hookpoints)}): name one")
+        return self.hookpoints[0]
+
+    def unit(self, latent: int | LatentId, hookpoint: str | None = None) -> LatentId:
+        """A latent of this run as (hookpoint, index); `hookpoint` None: the run's only one."""
+        if isinstance(latent, LatentId):
+            return latent
+        return LatentId(hookpoint if hookpoint is not None else self._only(), int(latent))
 
     def scorers(self, names: Iterable[str]) -> list[Scorer]:
         """The named scorers, each built once for the run, all sharing its context."""
@@ -310,7 +458,9 @@ class OpenRun:
         return self.scorers([self.config.explain.best_of_scorer])[0] if self.config.explain.best_of > 1 else None
 
 
-async def score_label(run: OpenRun, latent: int, text: str, scorers: list[str], judge: Judge | None) -> list[ScoreRow]:
+async def score_label(
+    run: OpenRun, latent: int | LatentId, text: str, scorers: list[str], judge: Judge | None
+) -> list[ScoreRow]:
     """Score `text` as an explanation of one latent of the run with each named scorer, on the run's held-out
     split, and write the rows to its scores log: the same rows `autointerp score` writes for that label
     (in a thread: callers are long-lived processes with other work on their event loop)."""
@@ -318,12 +468,14 @@ async def score_label(run: OpenRun, latent: int, text: str, scorers: list[str], 
     for scorer in chosen:
         scorer.check_judge(judge)
     worker = LatentWorker(
-        run.files, run.config, run.sampler, None, judge, chosen, {"score"}, RunSummary(), write_in_thread=True
+        run.files, run.config, run.samplers, None, judge, chosen, {"score"}, RunSummary(), write_in_thread=True
     )
-    return await worker.score_text(latent, text)
+    return await worker.score_text(run.unit(latent), text)
 
 
-async def explain_latent(run: OpenRun, latent: int, explainer: Judge | None, judge: Judge | None) -> ExplanationRow:
+async def explain_latent(
+    run: OpenRun, latent: int | LatentId, explainer: Judge | None, judge: Judge | None
+) -> ExplanationRow:
     """Explain one latent of the run now (`explainer` None: the tokens explainer, no LLM; `judge` rates
     best-of-n candidates, when the run draws several) and write its row, which becomes the latent's current
     explanation, as `autointerp explain` would."""
@@ -334,15 +486,20 @@ async def explain_latent(run: OpenRun, latent: int, explainer: Judge | None, jud
     if chooser is not None:
         chooser.check_judge(judge)
     worker = LatentWorker(
-        run.files, config, run.sampler, explainer, judge, [], {"explain"}, RunSummary(), chooser, write_in_thread=True
+        run.files, config, run.samplers, explainer, judge, [], {"explain"}, RunSummary(), chooser, write_in_thread=True
     )
-    return await worker.explain_latent(latent)
+    return await worker.explain_latent(run.unit(latent))
 
 
 def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]):
     """Rebuild results.parquet and judgments.parquet from the logs: the config's scorers' columns first, then
     those of any other scorer the log holds (one asked for through the HTTP service, say)."""
-    return materialize(files, {k: resolved.get(k) for k in ("model", "dictionary", "hookpoint")}, config.scorers)
+    return materialize(
+        files,
+        {k: resolved.get(k) for k in ("model", "dictionary", "hookpoint")},
+        config.scorers,
+        dictionaries=run_dictionaries(resolved),
+    )
 
 
 async def latent_stages(
@@ -352,18 +509,20 @@ async def latent_stages(
     *,
     progress: bool = True,
     judges: dict[str, Judge] | None = None,
-    ready: Callable[[], RunConfig] | None = None,
+    ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
 ) -> RunSummary:
     """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests.
 
     Every judge is made and checked (reachable, able to do what each scorer needs) before any latent
-    is touched; then `ready()`, when given, is called and returns the config whose latents to do (the
-    API imports explanations there and records the stage's validated options).
+    is touched; then `ready()`, when given, is called and returns the config whose latents to do, or the
+    config and the very (hookpoint, latent) pairs to do (the API imports explanations there and records
+    the stage's validated options).
     """
     config.validate()
-    cache = ActivationCache(files.cache)
-    check_latents(config, cache.num_latents)
-    run = OpenRun(files, config, cache=cache)
+    caches = HookpointCaches(files.cache)
+    for hookpoint in caches:
+        check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+    run = OpenRun(files, config, cache=caches)
     scorers = run.scorers(config.scorers)
     loaded: dict[str, Judge] = dict(judges or {})
 
@@ -384,16 +543,22 @@ async def latent_stages(
             scorer.check_judge(scorer_judge)
         for used in {id(j): j for j in (explainer, scorer_judge) if j is not None}.values():
             await check_judge_ready(used)
+        chosen: list[LatentId] | None = None
         if ready is not None:
-            config = ready()
-        latents, n_rare = select_latents(run.cache, config)
+            got = ready()
+            config, chosen = got if isinstance(got, tuple) else (got, None)
+        latents, n_rare = select_units(caches, config)
+        if chosen is not None:
+            latents = chosen
         if n_rare:
+            total = sum(caches.num_latents(hp) for hp in caches)
+            at = f" (over {len(caches)} hookpoints)" if len(caches) > 1 else ""
             summary.messages.append(
-                f"{n_rare} of {run.cache.num_latents} latents fire in fewer than "
+                f"{n_rare} of {total} latents{at} fire in fewer than "
                 f"{config.sampling.min_examples} windows and are not eligible"
             )
         worker = LatentWorker(
-            files, config, run.sampler, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
+            files, config, run.samplers, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
         )
         await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
         if "score" in stages and config.controls == "shuffled":

@@ -30,6 +30,8 @@ examples:
   autointerp run --out runs/mine --model ./my-hf-model --dictionary ./sae-run --hookpoint layers.6
   autointerp run --out runs/hub --model EleutherAI/pythia-160m --dictionary EleutherAI/sae-pythia-160m-32k \\
       --hookpoint layers.6                             # model and dictionary from the Hub
+  autointerp run --out runs/all --model ./my-hf-model --dictionary ./sae-run --hookpoints all \\
+      --sample-latents 100                             # every hookpoint in one pass, 100 latents of each
   autointerp run --out runs/neurons --dictionary neurons --hookpoint layers.10
   autointerp cache --out runs/x && autointerp explain --out runs/x && autointerp score --out runs/x
   autointerp publish runs/demo --repo alice/smollm2-sae-labels    # results as a Hub dataset

@@ -91,6 +91,11 @@ class _EventParser:
         return None
 
 
+def _at(hookpoint: str | None) -> dict[str, Any]:
+    """The query naming a latent's hookpoint (needed in a run of several; None: the run's only one)."""
+    return {} if hookpoint is None else {"hookpoint": hookpoint}
+
+
 class _Calls:
     """The routes as `Call`s; the two clients only differ in how they send them."""
 
@@ -103,8 +108,8 @@ class _Calls:
     def _run(self, run: str) -> Call:
         return Call("GET", f"/runs/{run}")
 
-    def _latent(self, run: str, latent: int) -> Call:
-        return Call("GET", f"/runs/{run}/latents/{int(latent)}")
+    def _latent(self, run: str, latent: int, hookpoint: str | None = None) -> Call:
+        return Call("GET", f"/runs/{run}/latents/{int(latent)}", params=_at(hookpoint))
 
     def _score(
         self,
@@ -114,6 +119,7 @@ class _Calls:
         scorers: list[str] | None,
         judge: str | None,
         idempotency_key: str | None,
+        hookpoint: str | None = None,
     ) -> Call:
         body: dict[str, Any] = {"explanation": explanation}
         if scorers is not None:
@@ -121,12 +127,16 @@ class _Calls:
         if judge is not None:
             body["judge"] = judge
         key = idempotency_key or uuid.uuid4().hex
-        return Call("POST", f"/runs/{run}/latents/{int(latent)}/score", body=body, headers={"Idempotency-Key": key})
+        path = f"/runs/{run}/latents/{int(latent)}/score"
+        return Call("POST", path, params=_at(hookpoint), body=body, headers={"Idempotency-Key": key})
 
-    def _explain(self, run: str, latent: int, explainer: str | None, idempotency_key: str | None) -> Call:
+    def _explain(
+        self, run: str, latent: int, explainer: str | None, idempotency_key: str | None, hookpoint: str | None = None
+    ) -> Call:
         body = {"explainer": explainer} if explainer is not None else {}
         key = idempotency_key or uuid.uuid4().hex
-        return Call("POST", f"/runs/{run}/latents/{int(latent)}/explain", body=body, headers={"Idempotency-Key": key})
+        path = f"/runs/{run}/latents/{int(latent)}/explain"
+        return Call("POST", path, params=_at(hookpoint), body=body, headers={"Idempotency-Key": key})
 
     def _job(self, job_id: str, wait: float) -> Call:
         return Call("GET", f"/jobs/{job_id}", params={"wait": wait} if wait else {})
@@ -208,8 +218,8 @@ class Client(_Calls):
     def run(self, run: str) -> dict[str, Any]:
         return self._send(self._run(run))
 
-    def latent(self, run: str, latent: int) -> dict[str, Any]:
-        return self._send(self._latent(run, latent))
+    def latent(self, run: str, latent: int, *, hookpoint: str | None = None) -> dict[str, Any]:
+        return self._send(self._latent(run, latent, hookpoint))
 
     def score(
         self,
@@ -220,15 +230,22 @@ class Client(_Calls):
         scorers: list[str] | None = None,
         judge: str | None = None,
         idempotency_key: str | None = None,
+        hookpoint: str | None = None,
     ) -> dict[str, Any]:
         """Queue a score job; returns the job (its `id`, `status` "queued")."""
-        return self._send(self._score(run, latent, explanation, scorers, judge, idempotency_key))
+        return self._send(self._score(run, latent, explanation, scorers, judge, idempotency_key, hookpoint))
 
     def explain(
-        self, run: str, latent: int, *, explainer: str | None = None, idempotency_key: str | None = None
+        self,
+        run: str,
+        latent: int,
+        *,
+        explainer: str | None = None,
+        idempotency_key: str | None = None,
+        hookpoint: str | None = None,
     ) -> dict[str, Any]:
         """Queue an explain job; returns the job."""
-        return self._send(self._explain(run, latent, explainer, idempotency_key))
+        return self._send(self._explain(run, latent, explainer, idempotency_key, hookpoint))
 
     def job(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
         """The job now, or (wait > 0) once finished or after `wait` seconds."""
@@ -335,8 +352,8 @@ class AsyncClient(_Calls):
     async def run(self, run: str) -> dict[str, Any]:
         return await self._send(self._run(run))
 
-    async def latent(self, run: str, latent: int) -> dict[str, Any]:
-        return await self._send(self._latent(run, latent))
+    async def latent(self, run: str, latent: int, *, hookpoint: str | None = None) -> dict[str, Any]:
+        return await self._send(self._latent(run, latent, hookpoint))
 
     async def score(
         self,
@@ -347,13 +364,20 @@ class AsyncClient(_Calls):
         scorers: list[str] | None = None,
         judge: str | None = None,
         idempotency_key: str | None = None,
+        hookpoint: str | None = None,
     ) -> dict[str, Any]:
-        return await self._send(self._score(run, latent, explanation, scorers, judge, idempotency_key))
+        return await self._send(self._score(run, latent, explanation, scorers, judge, idempotency_key, hookpoint))
 
     async def explain(
-        self, run: str, latent: int, *, explainer: str | None = None, idempotency_key: str | None = None
+        self,
+        run: str,
+        latent: int,
+        *,
+        explainer: str | None = None,
+        idempotency_key: str | None = None,
+        hookpoint: str | None = None,
     ) -> dict[str, Any]:
-        return await self._send(self._explain(run, latent, explainer, idempotency_key))
+        return await self._send(self._explain(run, latent, explainer, idempotency_key, hookpoint))
 
     async def job(self, job_id: str, *, wait: float = 0) -> dict[str, Any]:
         return await self._send(self._job(job_id, wait), timeout=wait + 30 if wait else None)

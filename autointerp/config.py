@@ -73,11 +73,14 @@ __all__ = [
 # ---------------------------------------------------------------- parsers of option values typed on a command line
 
 
-def parse_latents(text: str) -> list[int]:
+def parse_latents(text: str) -> list[int | str]:
+    from autointerp.latent_choice import LatentSpecError
+    from autointerp.latent_choice import parse_latents as parse
+
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected latent indices like 3,17,42, got {text!r}") from None
+        return parse(text)
+    except LatentSpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_max_latents(text: str) -> int | None:
@@ -121,7 +124,7 @@ class RunConfig(Checked):
     dictionary: str = setting(
         "default",
         f"'default' (the shipped TopK SAE on {DEFAULT_DICTIONARY_HOOKPOINT}), 'neurons' (MLP neurons), a sparsify "
-        "/ SAELens / Gemma Scope (params.npz) folder, a Hub repo ORG/NAME[/FOLDER] (only the files of --hookpoint "
+        "/ SAELens / Gemma Scope (params.npz) folder, a Hub repo ORG/NAME[/FOLDER] (only the files of --hookpoint(s) "
         "are fetched), or saelens:RELEASE/SAE_ID from sae-lens's directory",
         cli=CACHING,
         frozen=True,
@@ -134,6 +137,16 @@ class RunConfig(Checked):
         "where the dictionary reads: layers.N, layers.N.mlp, or a TransformerLens name like blocks.N.hook_resid_post",
         cli=CACHING,
         none_means="the dictionary's own",
+        frozen=True,
+    )
+    hookpoints: list[str] | None = setting(
+        None,
+        "several hookpoints of the dictionary, cached in one forward pass and explained in one run: "
+        "comma-separated names the dictionary holds (e.g. layers.4,layers.8), or 'all' for every one "
+        "(also the way to take every dictionary of a --dictionary list A,B)",
+        cli=CACHING,
+        parse=parse_names,
+        metavar="NAMES|all",
         frozen=True,
     )
     corpus: str = setting(
@@ -233,14 +246,26 @@ class RunConfig(Checked):
         "model id already in the Hugging Face cache",
         cli=SCORING,
     )
-    latents: list[int] | None = setting(
-        None, "comma-separated latent indices, e.g. 3,17,42", cli=LATENTS, parse=parse_latents
+    latents: list[int | str] | None = setting(
+        None,
+        "latent indices and half-open ranges, e.g. 3,17,100:200 (= 3, 17 and 100..199), at every hookpoint",
+        cli=LATENTS,
+        parse=parse_latents,
     )
     max_latents: int | None = setting(
         10,
-        "how many latents (the first ones that fire often enough); 'all' for every latent",
+        "how many latents per hookpoint (the first ones that fire often enough); 'all' for every latent",
         cli=LATENTS,
         parse=parse_max_latents,
+        at_least=1,
+    )
+    sample_latents: int | None = setting(
+        None,
+        "instead of the first ones, a random sample of N latents per hookpoint among those that fire often "
+        "enough (drawn from --seed; with --latents, among those named): the usual way to evaluate a large "
+        "dictionary",
+        cli=LATENTS,
+        metavar="N",
         at_least=1,
     )
     concurrency: int = setting(
@@ -263,8 +288,16 @@ class RunConfig(Checked):
     def explainer_model(self) -> str:
         return self.explainer or self.judge
 
+    @property
+    def requested_hookpoints(self) -> list[str] | None:
+        """The hookpoints asked for: `hookpoints`, else the one `hookpoint`, else None (the dictionary's own)."""
+        if self.hookpoints:
+            return list(self.hookpoints)
+        return [self.hookpoint] if self.hookpoint else None
+
     def check(self) -> None:
         super().check()
+        self._check_hookpoints()
         if self.explain.style == "contrastive" and self.sampling.n_train_negatives < 1:
             raise ConfigError(
                 "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"
@@ -276,6 +309,25 @@ class RunConfig(Checked):
                 f"--explainer {TOKENS_EXPLAINER} makes one label from the marked tokens, with no LLM: it takes no "
                 "--best-of and no --explainer-style contrastive"
             )
+
+    def _check_hookpoints(self) -> None:
+        """`--hookpoint` and `--hookpoints` are two ways to say one thing; `--latents` must be indices and
+        well-formed ranges (a library caller's list, or a hand-edited config.json)."""
+        from autointerp.latent_choice import LatentSpecError, check_spec
+
+        if self.hookpoint and self.hookpoints:
+            raise ConfigError("give --hookpoint NAME (one) or --hookpoints NAMES|all (several), not both")
+        if self.hookpoints is not None:
+            if not self.hookpoints:
+                raise ConfigError("--hookpoints needs names (layers.4,layers.8) or 'all'")
+            if "all" in self.hookpoints and len(self.hookpoints) > 1:
+                raise ConfigError(f"--hookpoints is either 'all' or names, not both: {','.join(self.hookpoints)}")
+            if len(set(self.hookpoints)) != len(self.hookpoints):
+                raise ConfigError(f"--hookpoints names a hookpoint twice: {','.join(self.hookpoints)}")
+        try:
+            check_spec(self.latents or [])
+        except LatentSpecError as e:
+            raise ConfigError(f"--latents: {e}") from None
 
     def validate(self) -> RunConfig:
         """Every check, run before a stage: each field's again (fields can be assigned after the config

@@ -203,6 +203,25 @@ def score_summary(results: pd.DataFrame, scorers: list[str]) -> list[dict[str, A
     return rows
 
 
+def hookpoint_summary(results: pd.DataFrame, scorers: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The card's table for a run of several hookpoints: per hookpoint, its latents, those finished, and
+    the mean of each scorer's headline metric over them."""
+    from autointerp.scorers import scorer_metrics
+
+    if "hookpoint" not in results:
+        return [], []
+    headlines = [(s, m) for s in scorers for m in scorer_metrics(s)[:1] if f"{s}_{m}" in results]
+    header = ["hookpoint", "latents", "finished", *(f"{s} {m}" for s, m in headlines)]
+    rows = []
+    for hookpoint, group in results.groupby("hookpoint", sort=False):
+        ok = _finished(group)
+        rows.append(
+            [f"`{_cell(hookpoint)}`", f"{len(group):,}", f"{len(ok):,}"]
+            + [_fmt(_mean(ok, f"{s}_{m}")) for s, m in headlines]
+        )
+    return header, rows
+
+
 def quantile_summary(results: pd.DataFrame, scorers: list[str]) -> tuple[list[str], list[list[str]]]:
     """The card's table of accuracy per activation quantile: a header, and a row per scorer that has
     the metrics (and one for its control), each cell the mean over finished latents."""
@@ -325,6 +344,7 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
     models = _column(df, "model")
     model = models[0] if models else run.resolved.get("model") or cfg.get("model")
     hookpoints = _column(df, "hookpoint") or _unique([run.resolved.get("hookpoint") or cfg.get("hookpoint")])
+    several = len(hookpoints) > 1
     ok = int((df["status"] == "ok").sum()) if "status" in df else len(df)
     scores = score_summary(df, scorers)
     controlled = any(r["control"] is not None for r in scores)
@@ -346,7 +366,9 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
         "",
         f"Natural-language explanations of {len(df):,} dictionary latents of `{_cell(model)}` at "
         f"{', '.join(f'`{_cell(h)}`' for h in hookpoints)}, each scored by LLM judges on held-out "
-        f"examples; written by `autointerp publish`. One row per latent: {ok:,} finished "
+        f"examples; written by `autointerp publish`. One row per "
+        + ("(hookpoint, latent)" if several else "latent")
+        + f": {ok:,} finished "
         '(`status == "ok"`), the others say why in `status` and `error`.',
         "",
         "```python",
@@ -371,9 +393,14 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
         lines += [
             "The control is the same metric with each latent's held-out examples scored with another latent's "
             "label (a seeded derangement; columns `<scorer>_control_<metric>`, the donor in "
-            "`<scorer>_control_latent`): the level a wrong label reaches with this judge on these examples.",
+            "`<scorer>_control_latent`"
+            + (" at `<scorer>_control_hookpoint`" if several else "")
+            + "): the level a wrong label reaches with this judge on these examples.",
             "",
         ]
+    if several:
+        header, rows = hookpoint_summary(df, scorers)
+        lines += [f"Per hookpoint ({len(hookpoints)} in this run):", "", *_table(header, rows), ""]
     if quantile_rows:
         lines += [
             "Accuracy per activation quantile (q0 = weakest): the share of the held-out activating examples of "

@@ -1,6 +1,7 @@
 """Bringing existing explanations into a run folder, so the score stage scores them like its own.
 
-The explanations are matched to the run's dictionary (its hookpoint and its number of latents),
+The explanations are matched to the run's dictionaries (each hookpoint and its number of latents: an
+entry goes to the hookpoint its layer name means, so a whole model's export fills a run of several),
 then written into the run's `explanations.jsonl` as ordinary "ok" rows whose `explainer_model`
 says where they came from ("imported:neuronpedia:gpt-4o-mini"). The score stage then builds each
 latent's record with the run's own sampler, so the judge sees held-out examples of this run's
@@ -27,11 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autointerp.cache.store import ActivationCache, atomic_write_bytes, read_meta
+from autointerp.cache.store import HookpointCaches, atomic_write_bytes, cache_complete, read_metas
 from autointerp.config import RunConfig
 from autointerp.errors import AutointerpError
 from autointerp.explanation_sources import SourceEntry, iter_explanations, layer_key
-from autointerp.records import ExplanationRow
+from autointerp.records import ExplanationRow, LatentId
 from autointerp.results import RunFiles, append_row
 
 REPORT = "import_report.json"
@@ -40,6 +41,7 @@ REPORT = "import_report.json"
 REASONS = {
     "unreadable": "unreadable",
     "not_selected": "not among --latents",
+    "no_layer": "naming no layer (the run has several hookpoints)",
     "out_of_range": "out of range",
     "empty": "empty",
     "duplicate": "duplicate",
@@ -80,13 +82,18 @@ class LayerTally:
 
 @dataclass
 class Matched:
-    """The file's entries sorted into those for this run's dictionary and the rest."""
+    """The file's entries sorted into those for this run's dictionaries and the rest."""
 
-    accepted: dict[int, SourceEntry]  # by latent, in file order
+    units: dict[LatentId, SourceEntry]  # by (hookpoint, latent), in file order
     unused: list[Unused]
-    other_layers: dict[str, LayerTally]  # layers of the file that are not the run's hookpoint
-    this_layer: dict[str, LayerTally]  # the file's layer names taken as the run's hookpoint
+    other_layers: dict[str, LayerTally]  # layers of the file that are none of the run's hookpoints
+    this_layer: dict[str, LayerTally]  # the file's layer names taken as one of the run's hookpoints
     total: int = 0  # entries seen
+
+    @property
+    def accepted(self) -> dict[int, SourceEntry]:
+        """The entries by latent index (in a run of one hookpoint, where the index names the latent)."""
+        return {unit.index: e for unit, e in self.units.items()}
 
 
 def match_entries(
@@ -103,20 +110,49 @@ def match_entries(
     when its layer name means the same block and site as `hookpoint` (`layer_key`); an entry whose
     format names no layer fits any run. The first entry of a latent wins; later ones are duplicates.
     """
-    run_key = layer_key(hookpoint)
+    return match_hookpoints(entries, {hookpoint: num_latents}, layer=layer, latents=latents)
+
+
+def match_hookpoints(
+    entries: Iterable[SourceEntry],
+    sizes: dict[str, int],
+    *,
+    layer: str | None = None,
+    latents: Iterable[int] | None = None,
+) -> Matched:
+    """`match_entries` for a run of one or several hookpoints (`sizes`: each one's number of latents).
+
+    Each entry goes to the run's hookpoint its layer names: the one of that exact name, else the first
+    whose block and site its name means. An entry whose format names no layer fits a run of one
+    hookpoint, and none of a run of several; `layer` (a run of one hookpoint only) takes the file's
+    entries of that layer, whatever it is called. `latents` selects indices at every hookpoint.
+    """
+    if layer and len(sizes) > 1:
+        raise ExplanationImportError(
+            "--explanations-layer takes one layer of the file for a run of one hookpoint; this run has "
+            f"{len(sizes)} ({', '.join(sizes)}), and each entry is matched to the hookpoint its layer name means"
+        )
+    keys = {hp: layer_key(hp) for hp in sizes}
+    only = next(iter(sizes)) if len(sizes) == 1 else None
     selected = set(latents) if latents is not None else None
-    out = Matched(accepted={}, unused=[], other_layers={}, this_layer={})
+    out = Matched(units={}, unused=[], other_layers={}, this_layer={})
     for e in entries:
         out.total += 1
         if e.problem or e.latent is None:
             out.unused.append(_unused(e, "unreadable", e.problem or "no latent index"))
             continue
-        fits = e.layer is None or (e.layer.strip() == layer.strip() if layer else layer_key(e.layer).fits(run_key))
-        if not fits:
+        hookpoint = _hookpoint_of(e, keys, layer, only)
+        if hookpoint is None and e.layer is None:
+            out.unused.append(_unused(e, "no_layer", "the entry names no layer, and the run has several hookpoints"))
+            continue
+        if hookpoint is None:
             out.other_layers.setdefault(e.layer or "", LayerTally()).add(e.latent)
             continue
         out.this_layer.setdefault(e.layer or "", LayerTally()).add(e.latent)
+        num_latents = sizes[hookpoint]
+        unit = LatentId(hookpoint, e.latent)
         text = (e.text or "").strip()
+        at = f" at {hookpoint}" if only is None else ""
         if selected is not None and e.latent not in selected:
             out.unused.append(_unused(e, "not_selected", f"latent {e.latent} is not among --latents"))
         elif not 0 <= e.latent < num_latents:
@@ -124,26 +160,39 @@ def match_entries(
                 _unused(
                     e,
                     "out_of_range",
-                    f"latent {e.latent} is out of range: the dictionary has "
+                    f"latent {e.latent} is out of range: the dictionary{at} has "
                     f"{num_latents} latents (0..{num_latents - 1})",
                 )
             )
         elif not text:
             out.unused.append(_unused(e, "empty", "the explanation is empty"))
-        elif e.latent in out.accepted:
-            first = out.accepted[e.latent]
+        elif unit in out.units:
+            first = out.units[unit]
             same = " (same text)" if (first.text or "").strip() == text else ""
             out.unused.append(
                 _unused(
                     e,
                     "duplicate",
-                    f"latent {e.latent} already has an explanation{same} from "
+                    f"latent {e.latent}{at} already has an explanation{same} from "
                     f"{first.origin}; the first one in the file is used",
                 )
             )
         else:
-            out.accepted[e.latent] = e
+            out.units[unit] = e
     return out
+
+
+def _hookpoint_of(e: SourceEntry, keys: dict[str, Any], layer: str | None, only: str | None) -> str | None:
+    """The run's hookpoint an entry is for, or None (another layer; or no layer named, in a run of several)."""
+    if e.layer is None:
+        return only
+    if layer:
+        return only if e.layer.strip() == layer.strip() else None
+    name = e.layer.strip()
+    if name in keys:
+        return name
+    key = layer_key(name)
+    return next((hp for hp, run_key in keys.items() if key.fits(run_key)), None)
 
 
 def _unused(e: SourceEntry, kind: str, reason: str) -> Unused:
@@ -152,12 +201,12 @@ def _unused(e: SourceEntry, kind: str, reason: str) -> Unused:
 
 @dataclass
 class ImportOutcome:
-    """What an import did, for the printed summary; `latents` are the ones to score."""
+    """What an import did, for the printed summary; `units` are the (hookpoint, latent) pairs to score."""
 
     source: str
     format: str
-    hookpoint: str
-    latents: list[int]
+    hookpoint: str  # the run's hookpoints, comma-separated when it has several
+    units: list[LatentId]
     new: int
     replaced: int
     unchanged: int
@@ -165,9 +214,14 @@ class ImportOutcome:
     other_layers: dict[str, LayerTally]
     report: Path
 
+    @property
+    def latents(self) -> list[int]:
+        """The latent indices imported (of every hookpoint)."""
+        return sorted({u.index for u in self.units})
+
     def summary(self) -> str:
         lines = [
-            f"imported {len(self.latents)} explanations from {self.source} ({self.format}) for "
+            f"imported {len(self.units)} explanations from {self.source} ({self.format}) for "
             f"{self.hookpoint}: {self.new} new, {self.replaced} replaced"
             + (" (their old scores are superseded)" if self.replaced else "")
             + f", {self.unchanged} unchanged"
@@ -196,38 +250,41 @@ def import_explanations(
     *,
     fmt: str = "auto",
     layer: str | None = None,
-    latents: Iterable[int] | None = None,
+    latents: Iterable[int | str] | None = None,
     progress: bool = False,
 ) -> ImportOutcome:
-    """Read `path`, match it to the run's dictionary, write the new explanation rows and the report."""
-    meta = read_meta(files.cache)
-    if meta is None or not meta.complete:
-        state = "no activation cache" if meta is None else "an unfinished activation cache"
+    """Read `path`, match it to the run's dictionaries, write the new explanation rows and the report."""
+    from autointerp.latent_choice import expand_latents
+
+    metas = read_metas(files.cache)
+    if metas is None or not cache_complete(files.cache):
+        state = "no activation cache" if metas is None else "an unfinished activation cache"
         raise ExplanationImportError(
             f"{files.folder} has {state}; explanations are scored on a run's cache. Run `autointerp cache --out "
             f"{files.folder} --model ... --dictionary ... --hookpoint ...` for the dictionary the explanations "
             "describe, then score again"
         )
-    cache = ActivationCache(files.cache)
+    caches = HookpointCaches(files.cache)
+    sizes = {hp: caches.num_latents(hp) for hp in caches}
     path = Path(path).resolve()  # rows and report name the file wherever the command was run from
     fmt, entries = iter_explanations(path, fmt, progress=progress)
-    matched = match_entries(
-        entries, hookpoint=meta.hookpoint, num_latents=meta.num_latents, layer=layer, latents=latents
-    )
+    wanted = expand_latents(list(latents)) if latents is not None else None
+    matched = match_hookpoints(entries, sizes, layer=layer, latents=wanted)
     if not matched.total:
         raise ExplanationImportError(f"{path} ({fmt}) holds no explanations")
     min_examples = config.sampling.min_examples
-    for latent, e in list(matched.accepted.items()):
-        fire = int(cache.state.fire_windows[latent])
+    for unit, e in list(matched.units.items()):
+        fire = int(caches.open(unit.hookpoint).state.fire_windows[unit.index])
         if fire < min_examples:
-            del matched.accepted[latent]
+            del matched.units[unit]
+            at = f" at {unit.hookpoint}" if len(sizes) > 1 else ""
             matched.unused.append(
                 Unused(
                     e.origin,
                     e.layer,
-                    latent,
+                    unit.index,
                     "too_rare",
-                    f"latent {latent} fires in {fire} windows of this run's cache, fewer than "
+                    f"latent {unit.index}{at} fires in {fire} windows of this run's cache, fewer than "
                     f"min_examples={min_examples}: too few examples to score it",
                     e.text,
                 )
@@ -235,29 +292,32 @@ def import_explanations(
 
     report_path = files.folder / REPORT
     left_out = Counter(u.kind for u in matched.unused)
+    hookpoints = ", ".join(sizes)
     base_report = {
         "source": str(path),
         "format": fmt,
-        "run_hookpoint": meta.hookpoint,
-        "run_num_latents": meta.num_latents,
+        "run_hookpoint": hookpoints,
+        "run_num_latents": sum(sizes.values()),
+        "run_hookpoints": sizes,
         "entries": matched.total,
         "left_out": {k: left_out.get(k, 0) for k in REASONS},
         "other_layers": {k: asdict(v) for k, v in matched.other_layers.items()},
         "unused": [asdict(u) for u in matched.unused],
     }
-    if not matched.accepted:
+    if not matched.units:
         _write_report(report_path, {**base_report, "imported": [], "replaced": []})
-        raise ExplanationImportError(
-            _nothing_matched(path, fmt, matched.total, matched, meta.hookpoint, meta.num_latents, layer, report_path)
-        )
+        raise ExplanationImportError(_nothing_matched(path, fmt, matched.total, matched, sizes, layer, report_path))
 
-    existing = files.explanations_by_latent()
+    existing = files.explanations_by_unit()
     new = unchanged = 0
     replaced: list[dict[str, Any]] = []
-    for latent, e in sorted(matched.accepted.items()):
+    order = {hp: i for i, hp in enumerate(sizes)}
+    units = sorted(matched.units, key=lambda u: (order[u.hookpoint], u.index))
+    for unit in units:
+        e = matched.units[unit]
         text = (e.text or "").strip()
         label = model_label(fmt, e.explainer_model)
-        old = existing.get(latent)
+        old = existing.get(unit)
         if old and old.status == "ok":
             if old.explanation == text:
                 unchanged += 1  # its scores still stand
@@ -266,7 +326,8 @@ def import_explanations(
             else:
                 replaced.append(
                     {
-                        "latent": latent,
+                        "hookpoint": unit.hookpoint,
+                        "latent": unit.index,
                         "old_explanation": old.explanation,
                         "old_explainer_model": old.explainer_model,
                         "new_explanation": text,
@@ -274,12 +335,12 @@ def import_explanations(
                 )
         else:
             new += 1
-        stats = cache.stats(latent)
+        stats = caches.open(unit.hookpoint).stats(unit.index)
         append_row(
             files.explanations,
             ExplanationRow(
-                latent=latent,
-                hookpoint=meta.hookpoint,
+                latent=unit.index,
+                hookpoint=unit.hookpoint,
                 status="ok",
                 explanation=text,
                 explainer_model=label,
@@ -297,13 +358,15 @@ def import_explanations(
                 },
             ),
         )
-    latents_used = sorted(matched.accepted)
-    _write_report(report_path, {**base_report, "imported": latents_used, "replaced": replaced})
+    imported: list[Any] = (
+        [u.index for u in units] if len(sizes) == 1 else [{"hookpoint": u.hookpoint, "latent": u.index} for u in units]
+    )
+    _write_report(report_path, {**base_report, "imported": imported, "replaced": replaced})
     return ImportOutcome(
         source=str(path),
         format=fmt,
-        hookpoint=meta.hookpoint,
-        latents=latents_used,
+        hookpoint=hookpoints,
+        units=units,
         new=new,
         replaced=len(replaced),
         unchanged=unchanged,
@@ -332,12 +395,18 @@ def _layers_text(layers: dict[str, LayerTally], limit: int = 10) -> str:
 
 
 def _nothing_matched(
-    path: Path, fmt: str, n: int, matched: Matched, hookpoint: str, num_latents: int, layer: str | None, report: Path
+    path: Path, fmt: str, n: int, matched: Matched, sizes: dict[str, int], layer: str | None, report: Path
 ) -> str:
-    run = (
-        f"the run's dictionary reads {hookpoint} ({layer_key(hookpoint)}) and has {num_latents:,} latents "
-        f"(0..{num_latents - 1})"
-    )
+    if len(sizes) == 1:
+        ((hookpoint, num_latents),) = sizes.items()
+        run = (
+            f"the run's dictionary reads {hookpoint} ({layer_key(hookpoint)}) and has {num_latents:,} latents "
+            f"(0..{num_latents - 1})"
+        )
+    else:
+        run = "the run's dictionaries read " + ", ".join(
+            f"{hp} ({layer_key(hp)}, {n_latents:,} latents)" for hp, n_latents in sizes.items()
+        )
     lines = [f"none of the {n:,} explanations in {path} ({fmt}) can be scored in this run: {run}."]
     if matched.this_layer:
         counts = Counter(u.kind for u in matched.unused)
@@ -345,7 +414,7 @@ def _nothing_matched(
         lines.append(f"The file's entries for this layer ({_layers_text(matched.this_layer)}): {why}.")
     if matched.other_layers:
         lines.append(f"The file holds other layers: {_layers_text(matched.other_layers)}.")
-        if layer is None:
+        if layer is None and len(sizes) == 1:
             lines.append("If one of them is this run's layer under another name, pass it as --explanations-layer.")
     elif not matched.this_layer:
         counts = Counter(u.kind for u in matched.unused)

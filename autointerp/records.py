@@ -16,9 +16,11 @@ from typing import Any
 
 from autointerp.errors import AutointerpError
 
-SCHEMA_VERSION = 3  # of the log rows; 1 = the rows written before versions were recorded
+SCHEMA_VERSION = 4  # of the log rows; 1 = the rows written before versions were recorded
 # 2: judgments carry `value` and `detail` with one meaning per field, explanation rows `train_quantiles`;
-# 3: score rows carry `donor` (shuffled-label controls)
+# 3: score rows carry `donor` (shuffled-label controls);
+# 4: a log may hold several hookpoints (rows are named by hookpoint and latent), and a control row names
+#    its donor's hookpoint (`donor_hookpoint`; None, as in every older row: the latent's own)
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,8 @@ class ScoreRow:
     n_failed: int | None = None
     usage: Usage | None = None
     judgments: list[Judgment] | None = None
-    donor: int | None = None  # a control: the latent whose label was scored (same hookpoint); None: its own label
+    donor: int | None = None  # a control: the latent whose label was scored; None: the latent's own label
+    donor_hookpoint: str | None = None  # the donor's hookpoint; None: the latent's own hookpoint
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -290,7 +293,14 @@ class ScoreRow:
 
     @classmethod
     def of(
-        cls, score: Score, *, hookpoint: str, judge_model: str | None, explanation: str, donor: int | None = None
+        cls,
+        score: Score,
+        *,
+        hookpoint: str,
+        judge_model: str | None,
+        explanation: str,
+        donor: int | None = None,
+        donor_hookpoint: str | None = None,
     ) -> ScoreRow:
         return cls(
             latent=score.latent.index,
@@ -305,6 +315,7 @@ class ScoreRow:
             usage=score.usage,
             judgments=score.judgments,
             donor=donor,
+            donor_hookpoint=donor_hookpoint if donor_hookpoint != hookpoint else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -327,6 +338,8 @@ class ScoreRow:
             known.pop("donor", None)  # no controls before schema 3: every row scored the latent's own label
         elif known.get("donor") is not None and not isinstance(known["donor"], int):
             raise RowError(f"a score row's donor is {known['donor']!r}, not a latent index")
+        if version < 4:
+            known.pop("donor_hookpoint", None)  # a control's donor was always of the latent's own hookpoint
         return cls(**{**known, "schema_version": SCHEMA_VERSION})
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from autointerp.records import ExplanationRow, Judgment, RowError, ScoreRow, Usage
+from autointerp.records import ExplanationRow, Judgment, LatentId, RowError, ScoreRow, Usage
 
 EXPLANATIONS = "explanations.jsonl"
 SCORES = "scores.jsonl"
@@ -141,44 +141,91 @@ class RunFiles:
         repair_jsonl(self.explanations)
         repair_jsonl(self.scores)
 
-    def explanations_by_latent(self) -> dict[int, ExplanationRow]:
-        """Each latent's current explanation row."""
-        return latest(read_explanations(self.explanations), lambda r: r.latent)
+    def hookpoints(self) -> list[str]:
+        """The hookpoints of the run's cache, in the run's order (none before the cache is started)."""
+        from autointerp.cache.store import hookpoint_folders
 
-    def scores_by_latent(self) -> dict[tuple[int, str], ScoreRow]:
-        """Each (latent, scorer)'s newest score row of its own label (controls left out)."""
-        return latest((r for r in read_scores(self.scores) if not r.control), lambda r: (r.latent, r.scorer))
+        return list(hookpoint_folders(self.cache) or {})
 
-    def controls_by_latent(self) -> dict[tuple[int, str], ScoreRow]:
+    def _units(self) -> Callable[[ExplanationRow | ScoreRow], LatentId]:
+        """Names a log row by (hookpoint, latent); a row that names no hookpoint (written by hand) is
+        the run's, when it has one."""
+        only = self.hookpoints()
+        default = only[0] if len(only) == 1 else ""
+        return lambda row: LatentId(row.hookpoint or default, row.latent)
+
+    def explanations_by_unit(self) -> dict[LatentId, ExplanationRow]:
+        """Each (hookpoint, latent)'s current explanation row."""
+        return latest(read_explanations(self.explanations), self._units())
+
+    def scores_by_unit(self) -> dict[tuple[LatentId, str], ScoreRow]:
+        """Each ((hookpoint, latent), scorer)'s newest score row of its own label (controls left out)."""
+        unit = self._units()
+        return latest((r for r in read_scores(self.scores) if not r.control), lambda r: (unit(r), r.scorer))
+
+    def controls_by_unit(self) -> dict[tuple[LatentId, str], ScoreRow]:
+        """Each ((hookpoint, latent), scorer)'s newest control row: its examples scored with a donor's label."""
+        unit = self._units()
+        return latest((r for r in read_scores(self.scores) if r.control), lambda r: (unit(r), r.scorer))
+
+    def explanations_by_latent(self, hookpoint: str | None = None) -> dict[int, ExplanationRow]:
+        """Each latent's current explanation row, of `hookpoint` (None: the run's only one)."""
+        return _by_index(self.explanations_by_unit(), hookpoint, lambda k: k)
+
+    def scores_by_latent(self, hookpoint: str | None = None) -> dict[tuple[int, str], ScoreRow]:
+        """Each (latent, scorer)'s newest score row of its own label (controls left out), of `hookpoint`."""
+        return _by_index(self.scores_by_unit(), hookpoint, lambda k: k[0])
+
+    def controls_by_latent(self, hookpoint: str | None = None) -> dict[tuple[int, str], ScoreRow]:
         """Each (latent, scorer)'s newest control row: its examples scored with a donor latent's label."""
-        return latest((r for r in read_scores(self.scores) if r.control), lambda r: (r.latent, r.scorer))
+        return _by_index(self.controls_by_unit(), hookpoint, lambda k: k[0])
 
-    def finished_scores(self) -> set[tuple[int, str, str]]:
-        """(latent, scorer, text) of every score of a latent's own label that finished (status ok; controls,
-        scores of a donor's label, are left out)."""
+    def finished_scores(self) -> set[tuple[LatentId, str, str]]:
+        """((hookpoint, latent), scorer, text) of every score of a latent's own label that finished (status
+        ok; controls, scores of a donor's label, are left out)."""
+        unit = self._units()
         return {
-            (r.latent, r.scorer, r.explanation or "")
+            (unit(r), r.scorer, r.explanation or "")
             for r in read_scores(self.scores)
             if r.status == "ok" and not r.control
         }
 
-    def current_scores(self, explanations: dict[int, ExplanationRow]) -> dict[tuple[int, str], ScoreRow]:
-        """Each (latent, scorer)'s score of the latent's current explanation: its newest finished row of that
-        text, else its newest row of that text (a failure). The log also holds scores of other labels (one
-        since replaced, one scored through the HTTP service): they are kept, but are not the latent's score.
-        A latent with no usable explanation keeps its newest score row of any text. Controls are left out."""
-        chosen: dict[tuple[int, str], ScoreRow] = {}
+    def current_scores(self, explanations: dict[LatentId, ExplanationRow]) -> dict[tuple[LatentId, str], ScoreRow]:
+        """Each ((hookpoint, latent), scorer)'s score of the latent's current explanation: its newest finished
+        row of that text, else its newest row of that text (a failure). The log also holds scores of other
+        labels (one since replaced, one scored through the HTTP service): they are kept, but are not the
+        latent's score. A latent with no usable explanation keeps its newest score row of any text. Controls
+        are left out."""
+        unit = self._units()
+        chosen: dict[tuple[LatentId, str], ScoreRow] = {}
         for row in read_scores(self.scores):
             if row.control:
                 continue
-            e = explanations.get(row.latent)
+            e = explanations.get(unit(row))
             if e is not None and e.status == "ok" and row.explanation != e.explanation:
                 continue
-            key = (row.latent, row.scorer)
+            key = (unit(row), row.scorer)
             held = chosen.get(key)
             if held is None or row.status == "ok" or held.status != "ok":
                 chosen[key] = row
         return chosen
+
+
+V = TypeVar("V")
+
+
+def _by_index(rows: dict[Any, V], hookpoint: str | None, unit_of: Callable[[Any], LatentId]) -> dict[Any, V]:
+    """`rows` keyed by latent index instead of (hookpoint, latent), for one hookpoint of the run."""
+    if hookpoint is None:
+        present = {unit_of(k).hookpoint for k in rows}
+        if len(present) > 1:
+            raise RowError(f"the run has several hookpoints ({', '.join(sorted(present))}): name the one to read")
+    out = {}
+    for key, row in rows.items():
+        unit = unit_of(key)
+        if hookpoint is None or unit.hookpoint == hookpoint:
+            out[unit.index if key is unit else (unit.index, *key[1:])] = row
+    return out
 
 
 def usage_by_model(files: RunFiles) -> dict[str, Usage]:
@@ -224,26 +271,39 @@ def _metric_columns(scorer: str, rows: Iterable[ScoreRow]) -> list[str]:
 JUDGMENT_COLUMNS = ["hookpoint", "latent", "scorer", "control", *(f.name for f in fields(Judgment))]
 
 
-def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str]) -> pd.DataFrame:
-    """Rebuild results.parquet and judgments.parquet from the logs; returns the results table.
+def materialize(
+    files: RunFiles,
+    provenance: dict[str, Any],
+    scorers: list[str],
+    *,
+    dictionaries: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Rebuild results.parquet and judgments.parquet from the logs; returns the results table, one row per
+    (hookpoint, latent), in the run's hookpoint order, then by latent.
 
     Columns for `scorers` (the command's), then for any other scorer the log holds: a command that
-    runs other scorers than an earlier one (options are not inherited) keeps the earlier scores."""
-    explanations = files.explanations_by_latent()
+    runs other scorers than an earlier one (options are not inherited) keeps the earlier scores.
+    `dictionaries` names each hookpoint's dictionary, in a run of several (the `dictionary` column)."""
+    explanations = files.explanations_by_unit()
     scores = files.current_scores(explanations)
     scorers = list(dict.fromkeys([*scorers, *(name for _, name in scores)]))
-    controls = files.controls_by_latent()
-    latents = sorted(set(explanations) | {k[0] for k in scores})
+    controls = files.controls_by_unit()
+    order = {hp: i for i, hp in enumerate(files.hookpoints())}
+    units = sorted(
+        set(explanations) | {k[0] for k in scores},
+        key=lambda u: (order.get(u.hookpoint, len(order)), u.hookpoint, u.index),
+    )
     metric_columns = {name: _metric_columns(name, [*scores.values(), *controls.values()]) for name in scorers}
     controlled = {name for _, name in controls}  # scorers with control columns: those with a control row
     rows = []
     judgment_rows = []
-    for latent in latents:
-        e = explanations.get(latent)
+    for unit in units:
+        latent = unit.index
+        e = explanations.get(unit)
         usage = e.usage if e is not None else None
         row: dict[str, Any] = {
             **provenance,
-            "hookpoint": e.hookpoint if e is not None else provenance.get("hookpoint"),
+            "hookpoint": unit.hookpoint or provenance.get("hookpoint"),
             "latent": latent,
             "frequency": e.frequency if e else None,
             "max_activation": e.max_activation if e else None,
@@ -255,8 +315,10 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
             "explainer_prompt_tokens": usage.prompt_tokens if usage else None,
             "explainer_completion_tokens": usage.completion_tokens if usage else None,
         }
+        if dictionaries and unit.hookpoint in dictionaries:
+            row["dictionary"] = dictionaries[unit.hookpoint]
         for scorer in scorers:
-            s = scores.get((latent, scorer))  # of the current explanation only: a replaced label's is superseded
+            s = scores.get((unit, scorer))  # of the current explanation only: a replaced label's is superseded
             metrics = (s.metrics if s else None) or {}
             for m in metric_columns[scorer]:
                 row[f"{scorer}_{m}"] = metrics.get(m)
@@ -275,10 +337,11 @@ def materialize(files: RunFiles, provenance: dict[str, Any], scorers: list[str])
             if scorer in controlled:
                 # the latent's examples scored with another latent's label: its chance level, kept even
                 # when the latent's own label has since changed (it is still a wrong label for them)
-                c = controls.get((latent, scorer))
+                c = controls.get((unit, scorer))
                 control_metrics = (c.metrics if c is not None and c.status == "ok" else None) or {}
                 for m in metric_columns[scorer]:
                     row[f"{scorer}_control_{m}"] = control_metrics.get(m)
+                row[f"{scorer}_control_hookpoint"] = (c.donor_hookpoint or row["hookpoint"]) if c is not None else None
                 row[f"{scorer}_control_latent"] = c.donor if c is not None else None
                 row[f"{scorer}_control_explanation"] = c.explanation if c is not None else None
                 for j in (c.judgments if c is not None else None) or []:

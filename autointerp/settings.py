@@ -204,7 +204,10 @@ def _list_word(annotation: Any) -> str | None:
     if typing.get_origin(annotation) is not list:
         return None
     (item,) = typing.get_args(annotation) or (Any,)
-    return f"a list of {_WORDS.get(item, getattr(item, '__name__', str(item))).removeprefix('an ').removeprefix('a ')}s"
+    kinds = [
+        _WORDS.get(a, getattr(a, "__name__", str(a))).removeprefix("an ").removeprefix("a ") for a in _union_args(item)
+    ]
+    return "a list of " + " or ".join(f"{kind}s" for kind in kinds)
 
 
 def check_fields(obj: Any) -> None:

@@ -112,6 +112,7 @@ def test_the_frozen_fields_are_the_ones_that_define_the_folder(capsys):
         "dictionary",
         "dictionary_revision",
         "hookpoint",
+        "hookpoints",
         "corpus",
         "text_column",
         "n_tokens",
@@ -146,7 +147,7 @@ def test_the_frozen_fields_are_the_ones_that_define_the_folder(capsys):
         (lambda: InterventionSettings(method="push"), "method must be one of"),
         (lambda: RunConfig(n_tokens=0), "--n-tokens must be at least 1"),
         (lambda: RunConfig(judge_timeout=-1.0), "--judge-timeout must be positive"),
-        (lambda: RunConfig(latents="3,4"), "--latents must be a list of integers or None"),
+        (lambda: RunConfig(latents="3,4"), "--latents must be a list of integers or strings or None"),
         (lambda: RunConfig(dtype="int8"), "--dtype must be one of"),
         (
             lambda: RunConfig(

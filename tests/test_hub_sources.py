@@ -242,6 +242,32 @@ def test_only_the_requested_hookpoint_is_fetched(hub, tmp_path, tiny_llama):
     assert torch.equal(encoder.encode(x), local.encode(x))
 
 
+def test_several_hookpoints_fetch_only_their_files(hub, tmp_path, tiny_llama):
+    """`--hookpoints` on a Hub sparsify run: the files of the named hookpoints, or of every one with `all`."""
+    from autointerp.subjects.attach import open_dictionaries
+    from autointerp.subjects.sources import ALL, locate_dictionaries
+
+    files = _sae_repo(tmp_path)
+    for n in (2, 10):
+        write_sparsify_sae(tmp_path / "sae-run" / f"layers.{n}", seed=n)
+        files |= _folder_files(tmp_path / "sae-run" / f"layers.{n}", f"layers.{n}/")
+    sha = hub.add_files(SAE, files)
+    chosen = locate_dictionaries(SAE, ["layers.1", "layers.0"])
+    assert [s.hookpoint for s in chosen] == ["layers.1", "layers.0"]
+    # (the two cfg.json are the same bytes: the Hub cache stores that blob once, so one of them is not fetched)
+    fetched = set(hub.downloads())
+    assert {"layers.0/sae.safetensors", "layers.1/sae.safetensors"} <= fetched
+    assert fetched <= {f"layers.{i}/{f}" for i in (0, 1) for f in ("cfg.json", "sae.safetensors")}
+    every = locate_dictionaries(SAE, [ALL])
+    assert [s.name for s in every] == [f"{SAE}@{sha}/layers.{i}" for i in (0, 1, 2, 10)]  # as people count
+    with pytest.raises(
+        SourceError, match=f"{SAE}@{sha} has no hookpoint layers.7; it has layers.0, layers.1, layers.10, layers.2"
+    ):
+        locate_dictionaries(SAE, ["layers.0", "layers.7"])
+    opened = open_dictionaries(tiny_llama, locate_dictionaries(SAE, ["layers.0", "layers.1"]), None)
+    assert [hp.name for _, hp in opened] == ["layers.0", "layers.1"]
+
+
 def test_hookpoint_and_folder_errors_list_what_the_repo_has(hub, tmp_path):
     sha = hub.add_files(SAE, _sae_repo(tmp_path))
     cases = {

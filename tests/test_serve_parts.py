@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from autointerp.records import ScoreRow
+from autointerp.records import LatentId, ScoreRow
 from autointerp.results import RunFiles, append_row
 from autointerp.serve.auth import MIN_KEY_CHARS, KeyFileError, KeyRing, digest_line
 from autointerp.serve.jobs import MAX_ATTEMPTS, IdempotencyConflict, JobStore
@@ -138,7 +138,7 @@ def test_the_log_index_reads_only_what_was_appended(tmp_path):
     files.prepare()
     index = LogIndex(files)
     index.refresh()
-    assert index.finished(1, "detection", "a", "j") is None
+    assert index.finished(LatentId("layers.1", 1), "detection", "a", "j") is None
 
     def row(latent, text, status="ok"):
         return ScoreRow(latent, "layers.1", "detection", status, explanation=text, judge_model="j", metrics={"f1": 1.0})
@@ -148,15 +148,15 @@ def test_the_log_index_reads_only_what_was_appended(tmp_path):
     with open(files.scores, "a") as f:
         f.write(json.dumps(row(2, "c").to_json())[:30])  # a row being written: not read yet
     index.refresh()
-    assert index.finished(1, "detection", "a", "j").metrics == {"f1": 1.0}
-    assert index.finished(1, "detection", "b", "j") is None  # failed: not finished
-    assert index.finished(1, "detection", "a", "other judge") is None
-    assert index.finished(2, "detection", "c", "j") is None
+    assert index.finished(LatentId("layers.1", 1), "detection", "a", "j").metrics == {"f1": 1.0}
+    assert index.finished(LatentId("layers.1", 1), "detection", "b", "j") is None  # failed: not finished
+    assert index.finished(LatentId("layers.1", 1), "detection", "a", "other judge") is None
+    assert index.finished(LatentId("layers.1", 2), "detection", "c", "j") is None
     files.prepare()  # the torn line is cut, as at a restart
     append_row(files.scores, row(2, "c"))
     index.refresh()
-    assert index.finished(2, "detection", "c", "j") is not None
-    assert [r.explanation for r in asyncio.run(index.score_rows(1))] == ["a", "b"]
+    assert index.finished(LatentId("layers.1", 2), "detection", "c", "j") is not None
+    assert [r.explanation for r in asyncio.run(index.score_rows(LatentId("layers.1", 1)))] == ["a", "b"]
     files.scores.write_text("")  # replaced by a shorter file: read again from the start
     index.refresh()
-    assert index.finished(1, "detection", "a", "j") is None
+    assert index.finished(LatentId("layers.1", 1), "detection", "a", "j") is None

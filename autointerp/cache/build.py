@@ -5,22 +5,36 @@ sparse matrix and folded into fixed-size per-latent summaries (top windows by ac
 uniform sample of activating windows chosen by hashed random keys, so the sample does not depend on
 batch size or on where a resumed run restarted). A checkpoint after every `checkpoint_rows` rows
 makes the cache resumable after a crash or a kill.
+
+Several hookpoints are cached in one pass: each batch goes through the subject model once, stopping
+after the deepest hookpoint, and each hookpoint's activations are encoded and folded into its own
+cache in turn.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from autointerp.cache.store import FILES, CacheError, CacheMeta, LatentState, read_meta, write_meta
+from autointerp.cache.store import (
+    FILES,
+    CacheError,
+    CacheMeta,
+    LatentState,
+    hookpoint_folders,
+    read_meta,
+    write_index,
+    write_meta,
+)
 from autointerp.settings import CacheSettings
 from autointerp.subjects.dictionaries import Encoder
-from autointerp.subjects.hookpoints import Hookpoint, capture
+from autointerp.subjects.hookpoints import Hookpoint, capture, capture_many
 
 MAX_DENSE_ELEMENTS = 1 << 25  # encode at most this many (token x latent) activations at once
 
@@ -122,12 +136,8 @@ def _batches(rows: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.stack(batch)
 
 
-def encode_batch(
-    model: torch.nn.Module, hookpoint: Hookpoint, encoder: Encoder, tokens: np.ndarray, device: torch.device
-) -> torch.Tensor:
-    """Dense latent activations [rows, ctx_len, L] for a batch of token rows (position 0 zeroed)."""
-    ids = torch.from_numpy(tokens).long().to(device)
-    hidden = capture(model, hookpoint, ids)
+def encode_hidden(hidden: torch.Tensor, encoder: Encoder) -> torch.Tensor:
+    """Dense latent activations [rows, ctx_len, L] of the activations at a hookpoint (position 0 zeroed)."""
     rows, ctx_len, _ = hidden.shape
     chunk = max(1, MAX_DENSE_ELEMENTS // (ctx_len * encoder.num_latents))
     parts = [encoder.encode(hidden[i : i + chunk]).cpu() for i in range(0, rows, chunk)]
@@ -135,6 +145,25 @@ def encode_batch(
     # Position 0 of a row carries the attention-sink outlier norm: its latents are artefacts.
     acts[:, 0, :] = 0
     return acts
+
+
+def encode_batch(
+    model: torch.nn.Module, hookpoint: Hookpoint, encoder: Encoder, tokens: np.ndarray, device: torch.device
+) -> torch.Tensor:
+    """Dense latent activations [rows, ctx_len, L] for a batch of token rows (position 0 zeroed)."""
+    ids = torch.from_numpy(tokens).long().to(device)
+    return encode_hidden(capture(model, hookpoint, ids), encoder)
+
+
+@dataclass
+class Target:
+    """One hookpoint to cache: where the model is read, the dictionary that encodes it, the cache's
+    metadata (identity and sizes), and the folder its cache lives in."""
+
+    hookpoint: Hookpoint
+    encoder: Encoder
+    meta: CacheMeta
+    folder: Path
 
 
 def build_cache(
@@ -149,28 +178,156 @@ def build_cache(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> CacheMeta:
-    """Fill (or finish) the cache in `folder` from `rows`; returns the final metadata.
+    """Fill (or finish) the cache of one hookpoint in `folder` from `rows`; returns the final metadata.
 
     An existing incomplete cache made with the same model, dictionary, hookpoint and corpus resumes
     from its last checkpoint; one made with different settings is an error, never silently mixed.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    target = Target(hookpoint, encoder, meta, Path(folder))
+    (done,) = fill_caches([target], rows, model=model, settings=settings, device=device, progress=progress)
+    return done
+
+
+def build_caches(
+    root: Path,
+    rows: Iterator[np.ndarray],
+    *,
+    model: torch.nn.Module,
+    targets: list[tuple[Hookpoint, Encoder, CacheMeta]],
+    settings: CacheSettings,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[CacheMeta]:
+    """Fill (or finish) the caches of several hookpoints under `root` in one pass over `rows`.
+
+    One hookpoint is cached in `root` itself; several get a subfolder each and an index (store.py).
+    A folder that holds a cache of other hookpoints is an error naming both sets.
+    """
+    names = [meta.hookpoint for _, _, meta in targets]
+    if len(set(names)) != len(names):
+        raise CacheError(f"hookpoints {names} are not distinct: a run caches each hookpoint once")
+    folders = hookpoint_folders(root)
+    if folders is None:
+        folders = {names[0]: Path(root)} if len(names) == 1 else write_index(Path(root), names)
+    elif list(folders) != names:
+        raise CacheError(
+            f"{root} holds a cache of hookpoints {list(folders)}, not {names}; use another --out or delete the folder"
+        )
+    return fill_caches(
+        [Target(hp, enc, meta, folders[meta.hookpoint]) for hp, enc, meta in targets],
+        rows,
+        model=model,
+        settings=settings,
+        device=device,
+        progress=progress,
+    )
+
+
+@dataclass
+class _Progress:
+    """A hookpoint's cache while it is being filled: its summaries, its files, and how far it is."""
+
+    target: Target
+    state: LatentState
+    appender: _Appender | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return self.target.meta.n_rows
+
+
+def fill_caches(
+    targets: list[Target],
+    rows: Iterator[np.ndarray],
+    *,
+    model: torch.nn.Module,
+    settings: CacheSettings,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[CacheMeta]:
+    """Fill (or finish) each target's cache from one pass over `rows`.
+
+    Each batch goes through the model once, up to the deepest hookpoint still needing it, and is then
+    encoded and folded into one hookpoint's cache at a time, so memory holds one hookpoint's dense
+    activations at a time. Each cache resumes from its own last checkpoint: after a crash between
+    two hookpoints' checkpoints, the rows one of them already holds are not folded in again.
+    """
     device = torch.device(device)
+    work = [_Progress(t, _open_target(t)) for t in targets]
+    todo = [p for p in work if not p.target.meta.complete]
+    if not todo:
+        return [p.target.meta for p in work]
+    first = todo[0].target.meta
+    max_rows = first.max_tokens // first.ctx_len
+    start = min(p.n_rows for p in todo)
+    bar = tqdm(
+        total=max_rows * first.ctx_len,
+        initial=start * first.ctx_len,
+        unit="tok",
+        desc="caching" if len(targets) == 1 else f"caching {len(targets)} hookpoints",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    done_rows = start
+    since_checkpoint = 0
+    try:
+        for p in todo:
+            p.appender = _Appender(p.target.folder, dict(zip(FILES, p.state.lengths.tolist(), strict=True)))
+        for batch in _batches(_skip(rows, start), settings.batch_rows):
+            batch = batch[: max_rows - done_rows]
+            if len(batch) == 0:
+                break
+            needing = [p for p in todo if p.n_rows < done_rows + len(batch)]
+            ids = torch.from_numpy(batch).long().to(device)
+            hidden = capture_many(model, [p.target.hookpoint for p in needing], ids)
+            for p, h in zip(needing, hidden, strict=True):
+                skip = p.n_rows - done_rows  # rows of this batch the hookpoint's cache holds already
+                acts = encode_hidden(h[skip:], p.target.encoder)
+                meta = p.target.meta
+                update_state(p.state, acts, meta.n_rows * meta.windows_per_row, meta.window_len, meta.seed)
+                assert p.appender is not None
+                p.appender.append(batch[skip:], acts)
+                meta.n_rows += len(batch) - skip
+                del acts
+            del hidden
+            done_rows += len(batch)
+            since_checkpoint += len(batch)
+            bar.update(len(batch) * first.ctx_len)
+            if since_checkpoint >= settings.checkpoint_rows:
+                for p in todo:
+                    _checkpoint(p.target.folder, p.target.meta, p.state, p.appender)  # type: ignore[arg-type]
+                since_checkpoint = 0
+            if done_rows >= max_rows:
+                break
+        for p in todo:
+            p.target.meta.complete = True
+            _checkpoint(p.target.folder, p.target.meta, p.state, p.appender)  # type: ignore[arg-type]
+    finally:
+        for p in todo:
+            if p.appender is not None:
+                p.appender.close()
+        bar.close()
+    return [p.target.meta for p in work]
+
+
+def _open_target(target: Target) -> LatentState:
+    """The target's summaries so far (its metadata's `n_rows` set to match), after checking that a cache
+    already in its folder was made with the same settings; a new folder gets its metadata written."""
+    folder, meta = target.folder, target.meta
+    folder.mkdir(parents=True, exist_ok=True)
     existing = read_meta(folder)
     if existing is not None:
-        same = {k: getattr(existing, k) for k in _IDENTITY} == {k: getattr(meta, k) for k in _IDENTITY}
-        if not same:
-            diff = {
-                k: (getattr(existing, k), getattr(meta, k))
-                for k in _IDENTITY
-                if getattr(existing, k) != getattr(meta, k)
-            }
+        diff = {
+            k: (getattr(existing, k), getattr(meta, k)) for k in _IDENTITY if getattr(existing, k) != getattr(meta, k)
+        }
+        if diff:
             raise CacheError(
                 f"{folder} holds a cache made with other settings {diff} (cached, requested); "
                 "use another --out or delete the folder"
             )
         if existing.complete:
-            return existing
+            target.meta = existing
+            return LatentState.empty(0, 0, 0)  # nothing left to fold in
     else:
         write_meta(folder, meta)
     state_path = folder / "state.npz"
@@ -179,41 +336,7 @@ def build_cache(
     else:
         state = LatentState.empty(meta.num_latents, meta.top_k, meta.sample_size)
     meta.n_rows = int(state.n_rows)
-    max_rows = meta.max_tokens // meta.ctx_len
-    appender = _Appender(folder, dict(zip(FILES, state.lengths.tolist(), strict=True)))
-    bar = tqdm(
-        total=max_rows * meta.ctx_len,
-        initial=meta.n_rows * meta.ctx_len,
-        unit="tok",
-        desc="caching",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    skip = meta.n_rows
-    since_checkpoint = 0
-    try:
-        for batch in _batches(_skip(rows, skip), settings.batch_rows):
-            batch = batch[: max_rows - meta.n_rows]
-            if len(batch) == 0:
-                break
-            acts = encode_batch(model, hookpoint, encoder, batch, device)
-            first_window = meta.n_rows * meta.windows_per_row
-            update_state(state, acts, first_window, meta.window_len, meta.seed)
-            appender.append(batch, acts)
-            meta.n_rows += len(batch)
-            since_checkpoint += len(batch)
-            bar.update(len(batch) * meta.ctx_len)
-            if since_checkpoint >= settings.checkpoint_rows:
-                _checkpoint(folder, meta, state, appender)
-                since_checkpoint = 0
-            if meta.n_rows >= max_rows:
-                break
-        meta.complete = True
-        _checkpoint(folder, meta, state, appender)
-    finally:
-        appender.close()
-        bar.close()
-    return meta
+    return state
 
 
 _IDENTITY = (

@@ -14,12 +14,25 @@ writing it needs no memory proportional to the corpus; the per-latent summaries 
 (number of latents) x (top_k + sample_size). `state.npz` is the commit point of a checkpoint: it
 records the rows folded in and the byte lengths of the .bin files then, so a crash mid-append is
 undone on resume by truncating.
+
+A run of several hookpoints has one such cache per hookpoint, each in its own subfolder, and an
+index that names them in the run's order:
+
+    cache/hookpoints.json   {"hookpoints": [{"name": "layers.4", "folder": "layers.4"}, ...]}
+    cache/layers.4/         meta.json, tokens.bin, ... as above
+    cache/layers.8/         ...
+
+A run of one hookpoint keeps its cache in `cache/` itself (as every run did before runs could have
+several), so folders written by earlier versions read unchanged. Each hookpoint's cache commits its
+own checkpoints: an interrupted run resumes every hookpoint from where that hookpoint stopped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +41,7 @@ import numpy as np
 from autointerp.errors import AutointerpError
 from autointerp.records import LatentStats
 
+INDEX = "hookpoints.json"
 FILES = ("tokens.bin", "indptr.bin", "latents.bin", "values.bin")
 DTYPES = {"tokens.bin": np.int32, "indptr.bin": np.int64, "latents.bin": np.int32, "values.bin": np.float16}
 
@@ -225,3 +239,121 @@ class ActivationCache:
         keys, wins = self.state.sample_key[latent], self.state.sample_win[latent]
         keep = np.isfinite(keys)
         return np.sort(wins[keep])
+
+
+# ---------------------------------------------------------------------------------- one cache per hookpoint
+
+
+def folder_name(hookpoint: str, taken: set[str] | None = None) -> str:
+    """A folder name for a hookpoint's cache: the name itself where it is a safe file name (module paths
+    and TransformerLens names are), else its safe characters and a number that keeps it unique."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", hookpoint).strip(".") or "hookpoint"
+    taken = taken or set()
+    if name == hookpoint and name not in taken:
+        return name
+    n = 2
+    while f"{name}-{n}" in taken:
+        n += 1
+    return f"{name}-{n}"
+
+
+def hookpoint_folders(root: Path) -> dict[str, Path] | None:
+    """The cache folder of each hookpoint in the run's order; None when `root` holds no cache yet."""
+    root = Path(root)
+    index = root / INDEX
+    if index.is_file():
+        try:
+            entries = json.loads(index.read_text())["hookpoints"]
+            return {str(e["name"]): root / str(e["folder"]) for e in entries}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CacheError(f"corrupt cache index {index}: {e}; delete the cache folder to rebuild it") from None
+    meta = read_meta(root)
+    return None if meta is None else {meta.hookpoint: root}
+
+
+def write_index(root: Path, hookpoints: list[str]) -> dict[str, Path]:
+    """Give each hookpoint a subfolder of `root` and record them; returns hookpoint -> folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    entries = []
+    for name in hookpoints:
+        folder = folder_name(name, taken)
+        taken.add(folder)
+        entries.append({"name": name, "folder": folder})
+    atomic_write_bytes(root / INDEX, json.dumps({"hookpoints": entries}, indent=2).encode())
+    return {e["name"]: root / e["folder"] for e in entries}
+
+
+def read_metas(root: Path) -> dict[str, CacheMeta] | None:
+    """Each hookpoint's cache metadata (a hookpoint whose cache was not started yet has none); None
+    when `root` holds no cache."""
+    folders = hookpoint_folders(root)
+    if folders is None:
+        return None
+    return {hp: meta for hp, folder in folders.items() if (meta := read_meta(folder)) is not None}
+
+
+def cache_complete(root: Path) -> bool:
+    folders = hookpoint_folders(root)
+    metas = read_metas(root) or {}
+    return folders is not None and all(hp in metas and metas[hp].complete for hp in folders)
+
+
+class HookpointCaches(Mapping[str, ActivationCache]):
+    """A run's finished caches, one per hookpoint in the run's order, each opened on first use (its
+    per-latent summaries are loaded then, so a run of many hookpoints loads only those it works on)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        folders = hookpoint_folders(self.root)
+        if folders is None:
+            raise CacheError(f"no activation cache in {self.root} (run `autointerp cache` first)")
+        metas = read_metas(self.root) or {}
+        unfinished = [hp for hp in folders if hp not in metas or not metas[hp].complete]
+        if unfinished:
+            raise CacheError(
+                f"the activation cache in {self.root} is incomplete (hookpoints {', '.join(unfinished)}): "
+                "run `autointerp cache` (or `run`) on this folder to finish it"
+            )
+        self.folders = folders
+        self.metas = metas
+        self._open: dict[str, ActivationCache] = {}
+
+    @classmethod
+    def of(cls, cache: ActivationCache) -> HookpointCaches:
+        """The one cache of a run of one hookpoint, already open."""
+        caches = cls.__new__(cls)
+        caches.root = cache.folder
+        caches.folders = {cache.meta.hookpoint: cache.folder}
+        caches.metas = {cache.meta.hookpoint: cache.meta}
+        caches._open = {cache.meta.hookpoint: cache}
+        return caches
+
+    @property
+    def hookpoints(self) -> list[str]:
+        return list(self.folders)
+
+    def open(self, hookpoint: str) -> ActivationCache:
+        """The hookpoint's cache; a CacheError naming the run's hookpoints for one it does not have."""
+        if hookpoint not in self.folders:
+            raise CacheError(f"this run has no hookpoint {hookpoint!r}; it has {', '.join(self.folders)}")
+        if hookpoint not in self._open:
+            self._open[hookpoint] = ActivationCache(self.folders[hookpoint])
+        return self._open[hookpoint]
+
+    def __getitem__(self, hookpoint: str) -> ActivationCache:
+        if hookpoint not in self.folders:
+            raise KeyError(hookpoint)
+        return self.open(hookpoint)
+
+    def __contains__(self, hookpoint: object) -> bool:
+        return hookpoint in self.folders
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.folders)
+
+    def __len__(self) -> int:
+        return len(self.folders)
+
+    def num_latents(self, hookpoint: str) -> int:
+        return self.metas[hookpoint].num_latents

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from autointerp.report.contexts import open_contexts
 from autointerp.report.data import ReportError, RunData, agreement, load_run
-from autointerp.report.pages import index_page, latent_href, latent_page
+from autointerp.report.pages import index_page, latent_page, row_href
 from autointerp.sampling import TokenDecoder
 
 
@@ -43,21 +43,26 @@ def _build(data: RunData, site: Path, decode: TokenDecoder | None, progress: boo
     pages.mkdir(parents=True, exist_ok=True)
     contexts = open_contexts(data.files, data.config, decode)
 
-    latents = [int(x) for x in data.results["latent"]]
-    by_latent = dict(tuple(data.judgments.groupby("latent"))) if len(data.judgments) else {}
-    empty = data.judgments.iloc[0:0]
+    judgments = data.judgments
+    if len(judgments) and data.several_hookpoints:
+        by_unit = {(str(hp), int(i)): g for (hp, i), g in judgments.groupby(["hookpoint", "latent"])}
+    elif len(judgments):
+        by_unit = {("", int(i)): g for i, g in judgments.groupby("latent")}
+    else:
+        by_unit = {}
+    empty = judgments.iloc[0:0]
     rows = data.results.to_dict("records")
     for i, row in enumerate(tqdm(rows, desc="report", unit="latent", disable=not progress, dynamic_ncols=True)):
-        latent = latents[i]
+        key = (str(row.get("hookpoint")) if data.several_hookpoints else "", int(row["latent"]))
         html = latent_page(
             data,
             row,
-            by_latent.get(latent, empty),
+            by_unit.get(key, empty),
             contexts,
-            latents[i - 1] if i > 0 else None,
-            latents[i + 1] if i + 1 < len(latents) else None,
+            rows[i - 1] if i > 0 else None,
+            rows[i + 1] if i + 1 < len(rows) else None,
         )
-        _write(pages / latent_href(latent), html)
+        _write(pages / row_href(data, row), html)
     index = site / "index.html"
     _write(index, index_page(data, agreement(data.results, data.scorers)))
     return index

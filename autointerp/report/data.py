@@ -38,6 +38,7 @@ class ScorerColumns:
     metrics: list[str]
     headline: str | None  # the first metric that has a value for some latent
     controls: list[str] = field(default_factory=list)  # the metrics that have a control column
+    has_donor_hookpoint: bool = False
 
     def column(self, metric: str) -> str:
         return f"{self.name}_{metric}"
@@ -45,6 +46,11 @@ class ScorerColumns:
     def control_column(self, metric: str) -> str | None:
         """The column of the metric's shuffled-label control, None when the run has none."""
         return f"{self.name}_{CONTROL}{metric}" if metric in self.controls else None
+
+    @property
+    def donor_hookpoint_column(self) -> str | None:
+        """The column naming each control donor's hookpoint (absent in runs written before it existed)."""
+        return f"{self.name}_{CONTROL}hookpoint" if self.controls and self.has_donor_hookpoint else None
 
     @property
     def donor_column(self) -> str | None:
@@ -80,6 +86,11 @@ class RunData:
     judgments: pd.DataFrame
     scorers: list[ScorerColumns]
 
+    @property
+    def several_hookpoints(self) -> bool:
+        """A run of several hookpoints: latents are named by hookpoint and index, pages too."""
+        return "hookpoint" in self.results and self.results["hookpoint"].nunique(dropna=True) > 1
+
 
 def _is_numeric(values: pd.Series) -> bool:
     present = values.dropna()
@@ -110,7 +121,11 @@ def find_scorers(results: pd.DataFrame, configured: list[str]) -> list[ScorerCol
         metrics = declared + extra
         with_values = [m for m in metrics if pd.to_numeric(results[prefix + m], errors="coerce").notna().any()]
         controls = [m for m in metrics if CONTROL + m in own]
-        found.append(ScorerColumns(name, metrics, with_values[0] if with_values else None, controls))
+        found.append(
+            ScorerColumns(
+                name, metrics, with_values[0] if with_values else None, controls, CONTROL + "hookpoint" in own
+            )
+        )
     return found
 
 
@@ -143,7 +158,14 @@ def load_run(folder: Path) -> RunData:
     for s in scorers:
         for column in [s.column(m) for m in s.metrics] + [s.control_column(m) for m in s.controls]:
             results[column] = pd.to_numeric(results[column], errors="coerce")
-    results = results.sort_values("latent", kind="stable").reset_index(drop=True)
+    # the run's hookpoint order (as results.parquet has it), then by latent
+    if "hookpoint" in results:
+        rank = {hp: i for i, hp in enumerate(dict.fromkeys(results["hookpoint"]))}
+        results["_rank"] = results["hookpoint"].map(rank)
+        results = results.sort_values(["_rank", "latent"], kind="stable").drop(columns="_rank")
+    else:
+        results = results.sort_values("latent", kind="stable")
+    results = results.reset_index(drop=True)
     return RunData(files, config, info, results, judgments, scorers)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import re
 from collections.abc import Iterable
 from html import escape
 from pathlib import Path
@@ -45,8 +46,27 @@ def page(*, title: str, run: str, home: str, body: str) -> str:
     )
 
 
-def latent_href(latent: int) -> str:
-    return f"{int(latent)}.html"
+def latent_href(latent: int, hookpoint: str | None = None) -> str:
+    """The page of a latent: `17.html`, or in a run of several hookpoints `layers.4--17.html`."""
+    if hookpoint is None:
+        return f"{int(latent)}.html"
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', hookpoint)}--{int(latent)}.html"
+
+
+def row_href(data: RunData, row: Any, latent: Any = None, hookpoint: Any = None) -> str:
+    """The page of a results row (or of `latent` at `hookpoint`, e.g. a control's donor)."""
+    latent = row["latent"] if latent is None else latent
+    if not data.several_hookpoints:
+        return latent_href(latent)
+    return latent_href(latent, str(row.get("hookpoint") if hookpoint is None else hookpoint))
+
+
+def latent_name(data: RunData, row: Any, latent: Any = None, hookpoint: Any = None) -> str:
+    """`latent 17`, or in a run of several hookpoints `latent 17 at layers.4`."""
+    latent = row["latent"] if latent is None else latent
+    if not data.several_hookpoints:
+        return f"latent {int(latent)}"
+    return f"latent {int(latent)} at {row.get('hookpoint') if hookpoint is None else hookpoint}"
 
 
 # ---- small formatting helpers (all return HTML-safe strings) ----
@@ -225,8 +245,8 @@ def scatters(data: RunData, rows: list[Agreement]) -> str:
             Point(
                 float(row[ca]),
                 float(row[cb]),
-                f"latent {row['latent']}: {row['explanation'] or ''} ({row[ca]:.3f}, {row[cb]:.3f})",
-                "latents/" + latent_href(row["latent"]),
+                f"{latent_name(data, row)}: {row['explanation'] or ''} ({row[ca]:.3f}, {row[cb]:.3f})",
+                "latents/" + row_href(data, row),
             )
             for _, row in both.iterrows()
         ]
@@ -256,8 +276,9 @@ def latent_table(data: RunData) -> str:
         f'<th data-first="descending">{escape(s.name)}<br><small>{escape(heading)}</small></th>'
         for s, heading, _ in columns
     )
+    where = "<th>hookpoint</th>" if data.several_hookpoints else ""
     head = (
-        "<thead><tr><th>latent</th><th>explanation</th><th>status</th>"
+        f"<thead><tr>{where}<th>latent</th><th>explanation</th><th>status</th>"
         '<th data-first="descending">frequency</th><th data-first="descending">max act.</th>'
         f"{metric_heads}</tr></thead>"
     )
@@ -268,8 +289,9 @@ def latent_table(data: RunData) -> str:
             expl_html = f'<span class="missing">{escape(str(r.get("error") or "")[:200])}</span>'
         else:
             expl_html = escape(str(expl))
-        cells = [
-            f'<td class="num" data-v="{int(r["latent"])}"><a href="latents/{latent_href(r["latent"])}">'
+        cells = [f"<td>{escape(str(r.get('hookpoint')))}</td>"] if data.several_hookpoints else []
+        cells += [
+            f'<td class="num" data-v="{int(r["latent"])}"><a href="latents/{row_href(data, r)}">'
             f"{int(r['latent'])}</a></td>",
             f'<td class="expl">{expl_html}</td>',
             f"<td>{status_badge(r.get('status'))}</td>",
@@ -303,7 +325,7 @@ def index_page(data: RunData, agreement_rows: list[Agreement]) -> str:
 # ---- one latent ----
 
 
-def _scores_table(row: dict[str, Any], scorers: list[ScorerColumns]) -> str:
+def _scores_table(data: RunData, row: dict[str, Any], scorers: list[ScorerColumns]) -> str:
     if not scorers:
         return '<p class="missing">No scorer ran in this run.</p>'
     head = (
@@ -327,7 +349,7 @@ def _scores_table(row: dict[str, Any], scorers: list[ScorerColumns]) -> str:
         rows.append(
             f"<tr><td>{escape(s.name)}</td>"
             f"<td>{escape(headline or '')} <b>{num(value)}</b></td>"
-            f"<td>{_control_cell(row, s, headline)}</td>"
+            f"<td>{_control_cell(data, row, s, headline)}</td>"
             f'<td class="metrics-list">{others}</td>'
             f"{td_num(row.get(s.column('n')))}{td_num(row.get(s.column('n_failed')))}"
             f"<td>{'' if missing(judge) else escape(str(judge))}</td></tr>"
@@ -347,7 +369,15 @@ def _donor(row: dict[str, Any], s: ScorerColumns) -> int | None:
     return None if column is None or missing(row.get(column)) else int(row[column])
 
 
-def _control_cell(row: dict[str, Any], s: ScorerColumns, metric: str | None) -> str:
+def _donor_link(data: RunData, row: dict[str, Any], s: ScorerColumns, donor: int) -> str:
+    """A link to the latent whose label a control scored (of another hookpoint, it may be)."""
+    column = s.donor_hookpoint_column
+    hookpoint = None if column is None or missing(row.get(column)) else str(row[column])
+    name = latent_name(data, row, donor, hookpoint)
+    return f'<a href="{row_href(data, row, donor, hookpoint)}">{escape(name)}</a>'
+
+
+def _control_cell(data: RunData, row: dict[str, Any], s: ScorerColumns, metric: str | None) -> str:
     """The headline with another latent's label, and a link to that latent."""
     column = s.control_column(metric) if metric else None
     donor = _donor(row, s)
@@ -355,7 +385,7 @@ def _control_cell(row: dict[str, Any], s: ScorerColumns, metric: str | None) -> 
         return '<span class="missing">—</span>'
     return (
         f"<b>{num(row.get(column))}</b> <span class='control-note'>with the label of "
-        f'<a href="{latent_href(donor)}">latent {donor}</a></span>'
+        f"{_donor_link(data, row, s, donor)}</span>"
     )
 
 
@@ -416,13 +446,15 @@ def _judgment_row(j: dict[str, Any], example: Example | None, scale: float) -> s
 
 
 def _judged_section(
+    data: RunData,
     judgments: pd.DataFrame,
-    scorers: list[ScorerColumns],
     row: dict[str, Any],
     contexts: Contexts,
-    latent: int,
     scale: float,
 ) -> str:
+    scorers = data.scorers
+    latent = int(row["latent"])
+    hookpoint = None if missing(row.get("hookpoint")) else str(row["hookpoint"])
     if judgments.empty:
         return '<p class="missing">No judgments were recorded for this latent.</p>'
     parts = []
@@ -460,11 +492,11 @@ def _judged_section(
             label = row.get(columns.donor_label_column) if columns and columns.donor_label_column else None
             why = (
                 "The same held-out examples, judged with another latent's label"
-                + (f' (<a href="{latent_href(donor)}">latent {donor}</a>\'s' if donor is not None else " (")
+                + (f" ({_donor_link(data, row, columns, donor)}'s" if columns and donor is not None else " (")
                 + (f": “{escape(str(label))}”)" if not missing(label) else ")")
                 + ": how well a wrong label does on them. "
             )
-        body = "".join(_judgment_row(r, contexts.example(_window(r), latent), scale) for r in rows)
+        body = "".join(_judgment_row(r, contexts.example(_window(r), latent, hookpoint=hookpoint), scale) for r in rows)
         table = (
             '<table class="sortable judged"><thead><tr><th>verdict</th><th>truth</th>'
             '<th data-first="descending">max act.</th><th>judge said</th><th data-first="descending">P(Yes)</th>'
@@ -491,12 +523,12 @@ def latent_page(
     row: dict[str, Any],
     judgments: pd.DataFrame,
     contexts: Contexts,
-    prev_latent: int | None,
-    next_latent: int | None,
+    prev_row: dict[str, Any] | None,
+    next_row: dict[str, Any] | None,
 ) -> str:
     latent = int(row["latent"])
     hookpoint = "" if missing(row.get("hookpoint")) else str(row["hookpoint"])
-    shown = contexts.explainer_examples(latent)
+    shown = contexts.explainer_examples(latent, hookpoint or None)
     scale = float(row["max_activation"]) if not missing(row.get("max_activation")) else 0.0
     expl = row.get("explanation")
     status = str(row.get("status") or "missing")
@@ -506,12 +538,12 @@ def latent_page(
         status_html = f"<p>{status_badge(status)}</p>" + (
             f"<details><summary>why</summary><pre class='error'>{escape(error)}</pre></details>" if error else ""
         )
-    reason = contexts.missing_reason(latent) if shown is None else ""
+    reason = contexts.missing_reason(latent, hookpoint or None) if shown is None else ""
     pager = ['<a href="../index.html">← all latents</a>']
-    if prev_latent is not None:
-        pager.append(f'<a href="{latent_href(prev_latent)}">← latent {prev_latent}</a>')
-    if next_latent is not None:
-        pager.append(f'<a href="{latent_href(next_latent)}">latent {next_latent} →</a>')
+    if prev_row is not None:
+        pager.append(f'<a href="{row_href(data, prev_row)}">← {escape(latent_name(data, prev_row))}</a>')
+    if next_row is not None:
+        pager.append(f'<a href="{row_href(data, next_row)}">{escape(latent_name(data, next_row))} →</a>')
     body = render(
         template("latent.html"),
         pager=" ".join(pager),
@@ -526,12 +558,13 @@ def latent_page(
                 ("explainer", row.get("explainer_model")),
             ]
         ),
-        scores=_scores_table(row, data.scorers),
+        scores=_scores_table(data, row, data.scorers),
         train=_train_section(shown, scale, reason),
-        judged=_judged_section(judgments, data.scorers, row, contexts, latent, scale),
+        judged=_judged_section(data, judgments, row, contexts, scale),
     )
+    name = latent_name(data, row)
     return page(
-        title=f"latent {latent}: {'' if missing(expl) else expl}",
+        title=f"{name}: {'' if missing(expl) else expl}",
         run=str(data.files.folder),
         home="../index.html",
         body=body,

@@ -54,14 +54,23 @@ class ScorerContext:
 
     `cache` is the run's activation cache; `embedder` gets an embedding model by name (one instance
     per name for the run, shared with the sampler's similar negatives); `steering_subject` loads the
-    subject model with its dictionary (called on first use only). `shared` keeps one object per key
+    subject model with a hookpoint's dictionary (called on first use only). `shared` keeps one object per key
     for the run: the two intervention scorers share one steering runner, so a latent is steered once.
     """
 
     cache: ActivationCache | None = None
     embedder: Callable[[str], Embedder] | None = None
-    steering_subject: Callable[[], Any] | None = None
+    steering_subject: Callable[[str | None], Any] | None = None  # called with the hookpoint (None: the only one)
+    # a run of several hookpoints: each one's cache, opened on first use, and their names in the run's order
+    caches: Callable[[str], ActivationCache] | None = None
+    hookpoints: list[str] = field(default_factory=list)
     _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def cache_for(self, hookpoint: str | None) -> ActivationCache | None:
+        """The activation cache of a hookpoint (None: the run's only one)."""
+        if hookpoint is None or self.caches is None:
+            return self.cache
+        return self.caches(hookpoint)
 
     def shared(self, key: str, make: Callable[[], T]) -> T:
         if key not in self._shared:

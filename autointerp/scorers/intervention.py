@@ -227,16 +227,18 @@ class InterventionRunner:
         )
 
 
-def shared_runner(config: RunConfig, context: ScorerContext) -> InterventionRunner:
-    """The run's one steering runner, shared by both intervention scorers: the model loads once, on
-    first use, and a latent's continuations are computed once."""
-    if context.cache is None:
+def shared_runner(config: RunConfig, context: ScorerContext, hookpoint: str | None = None) -> InterventionRunner:
+    """The run's steering runner of a hookpoint (None: the run's only one), shared by both intervention
+    scorers: the model loads once, on first use, and a latent's continuations are computed once."""
+    cache = context.cache_for(hookpoint)
+    if cache is None:
         raise ValueError("the intervention scorers need the run's activation cache")
     if context.steering_subject is None:
         raise ValueError("the intervention scorers need the subject model (a steering_subject loader)")
-    cache, load = context.cache, context.steering_subject
+    load = context.steering_subject
     settings = replace(config.intervention, seed=config.sampling.seed)  # one --seed fixes every draw
-    return context.shared("intervention_runner", lambda: InterventionRunner(load, cache, settings))
+    key = "intervention_runner" if hookpoint is None else f"intervention_runner:{hookpoint}"
+    return context.shared(key, lambda: InterventionRunner(lambda: load(hookpoint), cache, settings))
 
 
 class _InterventionBase(Scorer):
@@ -245,13 +247,29 @@ class _InterventionBase(Scorer):
 
     can_pick_best_of = False
 
-    def __init__(self, runner: InterventionRunner, settings: InterventionSettings | None = None):
+    def __init__(
+        self,
+        runner: InterventionRunner,
+        settings: InterventionSettings | None = None,
+        *,
+        by_hookpoint: Callable[[str], InterventionRunner] | None = None,
+    ):
         self.runner = runner
         self.settings = settings or runner.settings
+        self._by_hookpoint = by_hookpoint  # a run of several hookpoints steers each through its own dictionary
 
     @classmethod
     def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
-        return cls(shared_runner(config, context))
+        if context.caches is None:
+            return cls(shared_runner(config, context))
+        # the first hookpoint's runner stands for the settings; each latent is steered at its own hookpoint
+        return cls(
+            shared_runner(config, context, context.hookpoints[0]),
+            by_hookpoint=lambda hp: shared_runner(config, context, hp),
+        )
+
+    def runner_for(self, record: LatentRecord) -> InterventionRunner:
+        return self.runner if self._by_hookpoint is None else self._by_hookpoint(record.latent.hookpoint)
 
 
 def _decode(tokenizer: Tokenizer, ids: Sequence[int], special: set[int]) -> str:
@@ -318,7 +336,7 @@ class InterventionScorer(_InterventionBase):
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         self.check_judge(judge)
-        iv = await self.runner.run(record)
+        iv = await self.runner_for(record).run(record)
         usage = Usage()
         judgments = await asyncio.gather(*(self._judge(c, explanation.text, judge, usage) for c in iv.continuations))
         values = [j.value for j in judgments if j.value is not None]
@@ -412,7 +430,7 @@ class InterventionChoiceScorer(_InterventionBase):
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         mode = self._mode(judge)
-        iv = await self.runner.run(record)
+        iv = await self.runner_for(record).run(record)
         rng = np.random.default_rng([self.settings.seed, record.latent.index, zlib.crc32(self.name.encode())])
         steered_first = rng.random(len(iv.continuations)) < 0.5
         usage = Usage()

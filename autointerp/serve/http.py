@@ -216,6 +216,13 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
     Client = Annotated[str, Depends(client)]
     RunName = Annotated[str, Path(max_length=200, description="a run folder's name under the served directory")]
     Latent = Annotated[int, Path(ge=0, le=2**31, description="the latent's index in the run's dictionary")]
+    Hookpoint = Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="the latent's hookpoint, in a run of several (default: the run's only one)",
+        ),
+    ]
 
     def job_json(job: Job) -> dict[str, Any]:
         return job.to_json(queue.progress(job.id))
@@ -268,10 +275,10 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
         return JSONResponse({**served.summary(), **served.index.counts(), "config": config})
 
     @api.get("/runs/{run}/latents/{latent}", tags=["runs"])
-    async def get_latent(run: RunName, latent: Latent, _: Client) -> JSONResponse:
+    async def get_latent(run: RunName, latent: Latent, _: Client, hookpoint: Hookpoint = None) -> JSONResponse:
         """A latent's record: statistics, examples of each split with per-token activations, the current
         explanation, and every score with each judge answer."""
-        return JSONResponse(await runs.latent_record(runs.get(run), latent))
+        return JSONResponse(await runs.latent_record(runs.get(run), latent, hookpoint))
 
     @api.post("/runs/{run}/latents/{latent}/score", status_code=202, tags=["jobs"])
     async def score(
@@ -281,13 +288,14 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
         body: ScoreBody,
         who: Client,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        hookpoint: Hookpoint = None,
     ) -> JSONResponse:
         """Queue a job that scores `explanation` for the latent; answers at once with the job (202).
         A finished score of the same label by the same scorer and judge is reused, not paid for again."""
         served = runs.get(run)
         key = idempotency(idempotency_key)
-        req = runs.score_request(served, body.explanation, body.scorers, body.judge)
-        await runs.check_latent(served, latent)
+        req = runs.score_request(served, body.explanation, body.scorers, body.judge, hookpoint)
+        await runs.check_latent(served, latent, hookpoint)
         return submitted(request, *queue.submit("score", run, latent, req, who, key))
 
     @api.post("/runs/{run}/latents/{latent}/explain", status_code=202, tags=["jobs"])
@@ -298,13 +306,14 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
         who: Client,
         body: ExplainBody | None = None,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        hookpoint: Hookpoint = None,
     ) -> JSONResponse:
         """Queue a job that explains the latent (its label becomes the latent's current explanation);
         answers at once with the job (202). A current label by the same explainer is reused."""
         served = runs.get(run)
         key = idempotency(idempotency_key)
-        req = runs.explain_request(served, body.explainer if body else None)
-        await runs.check_latent(served, latent)
+        req = runs.explain_request(served, body.explainer if body else None, hookpoint)
+        await runs.check_latent(served, latent, hookpoint)
         return submitted(request, *queue.submit("explain", run, latent, req, who, key))
 
     @api.get("/jobs", tags=["jobs"])
@@ -371,9 +380,7 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
             if not index.exists() or index.stat().st_mtime < results.stat().st_mtime:
                 opened = await served.opened()
                 try:
-                    await asyncio.to_thread(
-                        build_report, served.files.folder, decode=opened.sampler.decode, progress=False
-                    )
+                    await asyncio.to_thread(build_report, served.files.folder, decode=opened.decode, progress=False)
                 except ReportError as e:
                     raise ApiError(404, str(e), "run") from None
         real = site.resolve()

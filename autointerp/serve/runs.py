@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from autointerp import app
-from autointerp.cache.store import ActivationCache, CacheMeta, read_meta
+from autointerp.cache.store import CacheMeta, HookpointCaches, cache_complete, hookpoint_folders, read_metas
 from autointerp.config import ConfigError, RunConfig, load_config
 from autointerp.errors import AutointerpError
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
-from autointerp.records import ExplanationRow, ScoreRow
+from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
 from autointerp.sampling import NotEnoughExamples
 from autointerp.scorers.registry import find_scorer, scorer_names
@@ -99,15 +99,20 @@ def score_summary(row: ScoreRow, reused: bool) -> dict[str, Any]:
 
 class LogIndex:
     """A run's two logs in memory: each latent's current explanation row, and every score row without its
-    judgments (by the byte offset where the full row is), keyed for the 'already scored?' question."""
+    judgments (by the byte offset where the full row is), keyed for the 'already scored?' question. Latents
+    are named by (hookpoint, index)."""
 
     def __init__(self, files: RunFiles):
         self.files = files
-        self.explanations: dict[int, ExplanationRow] = {}
-        self._finished: dict[tuple[int, str, str, str | None], int] = {}  # -> offset of the newest ok row
+        self.explanations: dict[LatentId, ExplanationRow] = {}
+        self._finished: dict[tuple[LatentId, str, str, str | None], int] = {}  # -> offset of the newest ok row
         self._rows: dict[int, ScoreRow] = {}  # offset -> the row without judgments
-        self._by_latent: dict[int, list[int]] = {}
+        self._by_latent: dict[LatentId, list[int]] = {}
         self._ends = {"explanations": 0, "scores": 0}
+        self._default = ""
+
+    def _unit(self, row: ExplanationRow | ScoreRow) -> LatentId:
+        return LatentId(row.hookpoint or self._default, row.latent)
 
     def _start(self, name: str, path: Path) -> int:
         size = path.stat().st_size if path.exists() else 0
@@ -123,25 +128,29 @@ class LogIndex:
 
     def refresh(self) -> None:
         """Read what was appended to the logs since the last look (by this service or anyone else)."""
+        if not self._default:  # a row that names no hookpoint is the run's, when it has one
+            hookpoints = list(hookpoint_folders(self.files.cache) or {})
+            self._default = hookpoints[0] if len(hookpoints) == 1 else ""
         if self._start("explanations", self.files.explanations) > self._ends["explanations"]:
             for _, end, data in scan_jsonl(self.files.explanations, self._ends["explanations"]):
                 explanation = ExplanationRow.from_json(data)
-                self.explanations[explanation.latent] = explanation
+                self.explanations[self._unit(explanation)] = explanation
                 self._ends["explanations"] = end
         if self._start("scores", self.files.scores) > self._ends["scores"]:
             for offset, end, data in scan_jsonl(self.files.scores, self._ends["scores"]):
                 row = ScoreRow.from_json({**data, "judgments": None})  # kept in the log, read when asked for
+                unit = self._unit(row)
                 self._rows[offset] = row
-                self._by_latent.setdefault(row.latent, []).append(offset)
+                self._by_latent.setdefault(unit, []).append(offset)
                 if row.status == "ok" and not row.control:  # a control scored another latent's label
-                    self._finished[(row.latent, row.scorer, row.explanation or "", row.judge_model)] = offset
+                    self._finished[(unit, row.scorer, row.explanation or "", row.judge_model)] = offset
                 self._ends["scores"] = end
 
-    def finished(self, latent: int, scorer: str, text: str, judge_model: str | None) -> ScoreRow | None:
+    def finished(self, latent: LatentId, scorer: str, text: str, judge_model: str | None) -> ScoreRow | None:
         offset = self._finished.get((latent, scorer, text, judge_model))
         return None if offset is None else self._rows[offset]
 
-    async def score_rows(self, latent: int) -> list[ScoreRow]:
+    async def score_rows(self, latent: LatentId) -> list[ScoreRow]:
         """Every score row of the latent, oldest first, with its judgments (read from the log, in a thread)."""
         offsets = list(self._by_latent.get(latent, []))
 
@@ -165,10 +174,10 @@ class ServedRun:
         self.config, self.resolved = load_config(self.files.config)
         if response_cache is not None:
             self.config.response_cache_path = response_cache
-        self.meta: CacheMeta | None = read_meta(self.files.cache)
+        self.metas: dict[str, CacheMeta] | None = self._finished_metas()
         self.index = LogIndex(self.files)
         self._prepared = False
-        self._cache: ActivationCache | None = None
+        self._cache: HookpointCaches | None = None
         self._open: app.OpenRun | None = None
         self._loading = asyncio.Lock()
         self._locks: weakref.WeakValueDictionary[Any, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -179,14 +188,39 @@ class ServedRun:
         self._changed_at = 0.0
         self._rebuild_seconds = 0.0
 
-    def require_cache(self) -> CacheMeta:
-        if self.meta is None or not self.meta.complete:
-            self.meta = read_meta(self.files.cache)
-        if self.meta is None or not self.meta.complete:
+    def _finished_metas(self) -> dict[str, CacheMeta] | None:
+        """Each hookpoint's cache metadata, once every hookpoint's cache is finished (else None)."""
+        return read_metas(self.files.cache) if cache_complete(self.files.cache) else None
+
+    def require_cache(self) -> dict[str, CacheMeta]:
+        """Each hookpoint's cache metadata, in the run's order."""
+        if self.metas is None:
+            self.metas = self._finished_metas()
+        if self.metas is None:
             raise RequestError(
                 f"run {self.name!r} has no finished activation cache yet (run `autointerp cache` on it)", status=409
             )
-        return self.meta
+        return self.metas
+
+    def unit(self, latent: int, hookpoint: str | None) -> LatentId:
+        """The latent as (hookpoint, index): `hookpoint` None is the run's only one; a run of several must be
+        told which, and a name it does not have is refused with the names it has."""
+        metas = self.require_cache()
+        names = list(metas)
+        if hookpoint is None:
+            if len(names) > 1:
+                raise RequestError(
+                    f"run {self.name!r} has {len(names)} hookpoints: name one with ?hookpoint= ({', '.join(names)})",
+                    field="hookpoint",
+                )
+            hookpoint = names[0]
+        elif hookpoint not in metas:
+            raise RequestError(
+                f"run {self.name!r} has no hookpoint {hookpoint[:200]!r}; it has {', '.join(names)}",
+                field="hookpoint",
+                status=404,
+            )
+        return LatentId(hookpoint, int(latent))
 
     async def ready(self) -> LogIndex:
         """The run's log index, read in full on first use (in a thread: a long log takes a while), after a
@@ -199,12 +233,12 @@ class ServedRun:
                     self._prepared = True
         return self.index
 
-    async def cache(self) -> ActivationCache:
+    async def cache(self) -> HookpointCaches:
         if self._cache is None:
             async with self._loading:
                 if self._cache is None:
                     self.require_cache()
-                    self._cache = await asyncio.to_thread(ActivationCache, self.files.cache)
+                    self._cache = await asyncio.to_thread(HookpointCaches, self.files.cache)
         return self._cache
 
     async def opened(self) -> app.OpenRun:
@@ -269,13 +303,15 @@ class ServedRun:
 
     def summary(self) -> dict[str, Any]:
         c = self.config
+        metas = self.metas or {}
         return {
             "name": self.name,
             "model": self.resolved.get("model", c.model),
             "dictionary": self.resolved.get("dictionary", c.dictionary),
             "hookpoint": self.resolved.get("hookpoint", c.hookpoint),
-            "num_latents": self.meta.num_latents if self.meta else None,
-            "cached": bool(self.meta and self.meta.complete),
+            "hookpoints": {hp: m.num_latents for hp, m in metas.items()},
+            "num_latents": sum(m.num_latents for m in metas.values()) if metas else None,
+            "cached": bool(metas),
             "judge": c.judge,
             "explainer": c.explainer_model,
             "scorers": c.scorers,
@@ -379,17 +415,21 @@ class ServedRuns:
 
     # -- checking requests (before a job is queued) -------------------------------------------------
 
-    async def check_latent(self, run: ServedRun, latent: int) -> None:
-        """A latent a job can work on: in range, and firing often enough to have a record."""
-        self.check_latent_range(run, latent)
-        cache = await run.cache()
+    async def check_latent(self, run: ServedRun, latent: int, hookpoint: str | None = None) -> LatentId:
+        """A latent a job can work on: of one of the run's hookpoints, in range, and firing often enough to
+        have a record."""
+        unit = self.check_latent_range(run, latent, hookpoint)
+        caches = await run.cache()
+        cache = await asyncio.to_thread(caches.open, unit.hookpoint)
         fired = int(cache.state.fire_windows[latent])
+        at = f" at {unit.hookpoint}" if len(caches) > 1 else ""
         if fired < run.config.sampling.min_examples:
             raise RequestError(
-                f"latent {latent} fires in {fired} windows of run {run.name!r}, fewer than its min_examples "
+                f"latent {latent}{at} fires in {fired} windows of run {run.name!r}, fewer than its min_examples "
                 f"({run.config.sampling.min_examples}): it has no record to explain or score",
                 field="latent",
             )
+        return unit
 
     def _judge(self, run: ServedRun, name: str | None, default: str, field: str) -> str:
         name = default if name is None else name
@@ -401,7 +441,12 @@ class ServedRuns:
         return name
 
     def score_request(
-        self, run: ServedRun, explanation: str, scorers: list[str] | None, judge: str | None
+        self,
+        run: ServedRun,
+        explanation: str,
+        scorers: list[str] | None,
+        judge: str | None,
+        hookpoint: str | None = None,
     ) -> dict[str, Any]:
         """The request as the job will run it, with every default filled in (so identical work looks identical)."""
         text = explanation.strip()
@@ -420,52 +465,65 @@ class ServedRuns:
         if unknown:
             shown = ", ".join(repr(n[:40]) for n in unknown[:5])
             raise RequestError(f"scorers: unknown {shown}; available: {', '.join(scorer_names())}", "scorers")
-        return {"explanation": text, "scorers": names, "judge": self._judge(run, judge, run.config.judge, "judge")}
+        request = {"explanation": text, "scorers": names, "judge": self._judge(run, judge, run.config.judge, "judge")}
+        return self._at(run, request, hookpoint)
 
-    def explain_request(self, run: ServedRun, explainer: str | None) -> dict[str, Any]:
-        return {"explainer": self._judge(run, explainer, run.config.explainer_model, "explainer")}
+    def explain_request(self, run: ServedRun, explainer: str | None, hookpoint: str | None = None) -> dict[str, Any]:
+        request = {"explainer": self._judge(run, explainer, run.config.explainer_model, "explainer")}
+        return self._at(run, request, hookpoint)
+
+    @staticmethod
+    def _at(run: ServedRun, request: dict[str, Any], hookpoint: str | None) -> dict[str, Any]:
+        """The request with its hookpoint, in a run of several (in a run of one it is implied, so a request
+        that names it looks the same as one that does not, and as requests made before runs had several)."""
+        unit = run.unit(0, hookpoint)
+        return {**request, "hookpoint": unit.hookpoint} if len(run.require_cache()) > 1 else request
 
     # -- reading ------------------------------------------------------------------------------------
 
-    async def latent_record(self, run: ServedRun, latent: int) -> dict[str, Any]:
+    async def latent_record(self, run: ServedRun, latent: int, hookpoint: str | None = None) -> dict[str, Any]:
         """What the service knows of one latent: statistics, the examples of every split with activations,
         the current explanation row, and every score row (any label) with the judge's answers."""
-        self.check_latent_range(run, latent)
+        unit = self.check_latent_range(run, latent, hookpoint)
         opened = await run.opened()
         index = await run.ready()
         index.refresh()
-        stats = opened.cache.stats(latent)
+        sampler = await asyncio.to_thread(opened.samplers.__getitem__, unit.hookpoint)
+        stats = sampler.cache.stats(latent)
         record: dict[str, Any] | None = None
         reason = ""
         try:
-            built = await asyncio.to_thread(opened.sampler.record, latent)
+            built = await asyncio.to_thread(sampler.record, latent)
             record = {
                 split: [vars(e) for e in getattr(built, split)]
                 for split in ("train", "test", "negatives", "train_negatives", "validation", "validation_negatives")
             }
         except NotEnoughExamples as e:
             reason = str(e)
-        explanation = index.explanations.get(latent)
+        explanation = index.explanations.get(unit)
         return {
             "run": run.name,
             "latent": latent,
-            "hookpoint": opened.cache.meta.hookpoint,
+            "hookpoint": unit.hookpoint,
             "stats": {**vars(stats), "frequency": stats.frequency},
             "examples": record,
             "no_examples_because": reason or None,
             "explanation": explanation.to_json() if explanation is not None else None,
-            "scores": [r.to_json() for r in await index.score_rows(latent)],
+            "scores": [r.to_json() for r in await index.score_rows(unit)],
         }
 
-    def check_latent_range(self, run: ServedRun, latent: int) -> None:
-        meta = run.require_cache()
-        if not 0 <= latent < meta.num_latents:
+    def check_latent_range(self, run: ServedRun, latent: int, hookpoint: str | None = None) -> LatentId:
+        unit = run.unit(latent, hookpoint)
+        metas = run.require_cache()
+        n = metas[unit.hookpoint].num_latents
+        if not 0 <= latent < n:
+            at = f" at {unit.hookpoint}" if len(metas) > 1 else ""
             raise RequestError(
-                f"latent {latent} is out of range: run {run.name!r} has {meta.num_latents} latents "
-                f"(0..{meta.num_latents - 1})",
+                f"latent {latent} is out of range: run {run.name!r} has {n} latents{at} (0..{n - 1})",
                 field="latent",
                 status=404,
             )
+        return unit
 
     # -- running jobs -------------------------------------------------------------------------------
 
@@ -485,22 +543,23 @@ class ServedRuns:
 
     async def _score(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
         text, names, judge_name = job.request["explanation"], job.request["scorers"], job.request["judge"]
+        unit = run.unit(job.latent, job.request.get("hookpoint"))
         scorers = opened.scorers(names)
         judge = None
         if any(s.needs_judge for s in scorers):
             progress({"stage": "loading the judge", "judge": judge_name})
             judge = await self.judges.get(judge_name, run.config)
         rows: dict[str, tuple[ScoreRow, bool]] = {}
-        async with run.lock(("score", job.latent, text, judge_name)):
+        async with run.lock(("score", unit, text, judge_name)):
             run.index.refresh()
             for scorer in scorers:
-                done = run.index.finished(job.latent, scorer.name, text, scorer.judge_model(judge))
+                done = run.index.finished(unit, scorer.name, text, scorer.judge_model(judge))
                 if done is not None:
                     rows[scorer.name] = (done, True)
             todo = [n for n in names if n not in rows]
             for i, name in enumerate(todo, 1):
                 progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
-                (row,) = await app.score_label(opened, job.latent, text, [name], judge)
+                (row,) = await app.score_label(opened, unit, text, [name], judge)
                 rows[name] = (row, False)
             if todo:
                 run.index.refresh()
@@ -511,6 +570,7 @@ class ServedRuns:
 
     async def _explain(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
         name = job.request["explainer"]
+        unit = run.unit(job.latent, job.request.get("hookpoint"))
         explainer = None
         if name != TOKENS_EXPLAINER:  # the tokens explainer asks no LLM
             progress({"stage": "loading the explainer", "explainer": name})
@@ -520,15 +580,15 @@ class ServedRuns:
         judge = None
         if chooser is not None and chooser.needs_judge:
             judge = await self.judges.get(run.config.judge, run.config)
-        async with run.lock(("explain", job.latent)):
+        async with run.lock(("explain", unit)):
             run.index.refresh()
-            current = run.index.explanations.get(job.latent)
+            current = run.index.explanations.get(unit)
             reused = current is not None and current.status == "ok" and current.explainer_model == model
             if reused:
                 row = current
             else:
                 progress({"stage": "explaining"})
-                row = await app.explain_latent(opened, job.latent, explainer, judge)
+                row = await app.explain_latent(opened, unit, explainer, judge)
                 run.index.refresh()
                 run.results_changed()
         assert row is not None

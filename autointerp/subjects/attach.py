@@ -7,6 +7,8 @@ here, once, before any activation is cached, and a mismatch says both numbers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from autointerp.subjects.dictionaries import (
@@ -18,8 +20,8 @@ from autointerp.subjects.dictionaries import (
     neuron_hookpoint,
     neurons,
 )
-from autointerp.subjects.hookpoints import Hookpoint, base_model, resolve, width
-from autointerp.subjects.sources import DictionarySource, locate_dictionary
+from autointerp.subjects.hookpoints import Hookpoint, base_model, n_layers, resolve, width
+from autointerp.subjects.sources import ALL, DictionarySource, locate_dictionary
 
 
 def open_dictionary(
@@ -61,3 +63,40 @@ def open_dictionary(
             f"({hp.side} of {hp.module_path}) has width {actual}"
         )
     return encoder, hp
+
+
+def open_dictionaries(
+    model: nn.Module,
+    dictionary: str | Sequence[DictionarySource],
+    hookpoints: Sequence[str] | None = None,
+    *,
+    neurons_k: int = 32,
+) -> list[tuple[Encoder, Hookpoint]]:
+    """The encoders of a run of one or several hookpoints, each with the hookpoint it reads.
+
+    `dictionary` is "default", "neurons" (one dictionary per layer named in `hookpoints`, or every layer
+    with `[ALL]`), or the sources `sources.locate_dictionaries` found. Two dictionaries that read the
+    same hookpoint are refused: a run's rows are named by (hookpoint, latent).
+    """
+    if dictionary == "neurons":
+        if not hookpoints:
+            raise DictionaryError("--dictionary neurons needs --hookpoint layers.N (layer of the MLP neurons)")
+        names = [f"layers.{i}" for i in range(n_layers(model))] if list(hookpoints) == [ALL] else list(hookpoints)
+        opened = [open_dictionary(model, "neurons", name, neurons_k=neurons_k) for name in names]
+    elif isinstance(dictionary, str):
+        if dictionary != "default":
+            raise DictionaryError(f"locate {dictionary!r} with sources.locate_dictionaries first")
+        if hookpoints is not None and len(hookpoints) > 1:
+            raise DictionaryError(f"the default dictionary reads one hookpoint, {DEFAULT_HOOKPOINT}")
+        opened = [open_dictionary(model, "default", hookpoints[0] if hookpoints else None, neurons_k=neurons_k)]
+    else:
+        opened = [open_dictionary(model, source, source.hookpoint, neurons_k=neurons_k) for source in dictionary]
+    seen: dict[str, str] = {}
+    for encoder, hp in opened:
+        if hp.name in seen:
+            raise DictionaryError(
+                f"two dictionaries read hookpoint {hp.name!r} ({seen[hp.name]} and {encoder.name}); a run holds "
+                "one dictionary per hookpoint"
+            )
+        seen[hp.name] = encoder.name
+    return opened

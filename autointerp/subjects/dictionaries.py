@@ -457,6 +457,51 @@ def neuron_hookpoint(name: str) -> str:
     return f"layers.{m.group(1)}.mlp.down_proj"
 
 
+@dataclass(frozen=True)
+class Held:
+    """One dictionary found at a local path: the hookpoint it reads (None when its files do not say) and
+    the folder (or file) `load_dictionary` opens for it."""
+
+    hookpoint: str | None
+    path: Path
+
+
+def held_dictionaries(path: Path) -> tuple[bool, list[Held]]:
+    """What a local dictionary location holds, without reading weights: (whether it is one dictionary,
+    the dictionaries with their hookpoints). A location is one dictionary (a SAELens folder, a sparsify
+    hookpoint folder, a Gemma Scope params.npz) or a folder of them: a sparsify run (one subfolder per
+    hookpoint, named by it), or a folder whose subfolders are SAELens or Gemma Scope dictionaries, each
+    reading the hook its config names (Gemma Scope: its `layer_N` path). Nothing recognised: (False, [])."""
+    path = Path(path)
+    if not path.exists():
+        return False, []
+    one = _held_one(path)
+    if one is not None:
+        return True, [one]
+    if not path.is_dir():
+        return False, []
+    found = [held for child in sorted(p for p in path.iterdir() if p.is_dir()) if (held := _held_one(child))]
+    return False, found
+
+
+def _held_one(path: Path) -> Held | None:
+    if path.suffix == ".npz" or (path.is_dir() and (path / GEMMA_SCOPE_FILE).is_file()):
+        return Held(gemma_scope_hookpoint(path.resolve().as_posix()), path)
+    if not path.is_dir():
+        return None
+    if (path / "sae_weights.safetensors").is_file():
+        try:
+            cfg = json.loads((path / "cfg.json").read_text())
+        except (OSError, ValueError):
+            return Held(None, path)  # the loader says what is wrong with it
+        meta = cfg.get("metadata") if isinstance(cfg, dict) else None
+        hook = (meta or {}).get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+        return Held(str(hook) if hook else None, path)
+    if (path / "cfg.json").is_file():  # sparsify, named by its folder (missing weights: the loader says so)
+        return Held(path.name, path)
+    return None
+
+
 def peek_num_latents(dictionary: str | Path, hookpoint: str | None = None) -> int | None:
     """A sparsify or SAELens checkpoint's number of latents, from its safetensors header alone: no
     weights read and no model loaded, so options that name latents are checked before minutes of

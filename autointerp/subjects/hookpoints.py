@@ -9,8 +9,9 @@ code never sees the dialect.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ def resolve(model: nn.Module, name: str, side: Side | None = None) -> Hookpoint:
 
 
 class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the hookpoint needs computing."""
+    """Raised by the capture hook: nothing after the hookpoints needs computing."""
 
 
 @torch.inference_mode()
@@ -98,27 +99,51 @@ def capture(
     The forward pass is cut short right after the hookpoint, which is most of the speed of caching
     an early layer.
     """
-    module = base_model(model).get_submodule(hookpoint.module_path)
-    captured: list[torch.Tensor] = []
+    return capture_many(model, [hookpoint], input_ids, attention_mask)[0]
 
-    def grab(tensor_or_tuple):
-        t = tensor_or_tuple[0] if isinstance(tensor_or_tuple, tuple) else tensor_or_tuple
-        captured.append(t)
-        raise _StopForward
 
-    if hookpoint.side == "output":
-        handle = module.register_forward_hook(lambda _m, _inp, out: grab(out))
-    else:
-        handle = module.register_forward_pre_hook(lambda _m, inp: grab(inp))
+@torch.inference_mode()
+def capture_many(
+    model: nn.Module,
+    hookpoints: Sequence[Hookpoint],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+) -> list[torch.Tensor]:
+    """One forward pass that reads every hookpoint; the activations at each, [batch, seq, d], in order.
+
+    The pass stops as soon as the last of them has been read, whichever block that is: nothing after
+    the deepest hookpoint is computed. Two names for one place (`layers.4`, `blocks.4.hook_resid_post`)
+    share one hook.
+    """
+    places = list(dict.fromkeys((hp.module_path, hp.side) for hp in hookpoints))
+    captured: dict[tuple[str, Side], torch.Tensor] = {}
+    handles = []
+
+    def grab(place: tuple[str, Side], tensor_or_tuple: Any) -> None:
+        if place in captured:  # a module run twice in one pass: its first call is the hookpoint
+            return
+        captured[place] = tensor_or_tuple[0] if isinstance(tensor_or_tuple, tuple) else tensor_or_tuple
+        if len(captured) == len(places):
+            raise _StopForward
+
+    base = base_model(model)
     try:
-        base_model(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        for place in places:
+            module = base.get_submodule(place[0])
+            if place[1] == "output":
+                handles.append(module.register_forward_hook(lambda _m, _inp, out, p=place: grab(p, out)))
+            else:
+                handles.append(module.register_forward_pre_hook(lambda _m, inp, p=place: grab(p, inp)))
+        base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    if not captured:
-        raise RuntimeError(f"hookpoint {hookpoint.name!r} was never reached in the forward pass")
-    return captured[0]
+        for handle in handles:
+            handle.remove()
+    missing = [hp.name for hp in hookpoints if (hp.module_path, hp.side) not in captured]
+    if missing:
+        raise RuntimeError(f"hookpoint(s) {missing} never reached in the forward pass")
+    return [captured[(hp.module_path, hp.side)] for hp in hookpoints]
 
 
 def width(model: nn.Module, hookpoint: Hookpoint) -> int:

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from autointerp.errors import AutointerpError
-from autointerp.subjects.dictionaries import GEMMA_SCOPE_FILE, gemma_scope_hookpoint
+from autointerp.subjects.dictionaries import GEMMA_SCOPE_FILE, gemma_scope_hookpoint, held_dictionaries
 
 T = TypeVar("T")
 SAELENS_PREFIX = "saelens:"
+ALL = "all"  # as the requested hookpoints: every hookpoint the dictionary holds
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _PINNED = re.compile(r"(?P<repo>[^@\s]+)@(?P<commit>[0-9a-f]{40})(?:/(?P<path>.*))?")
@@ -340,6 +341,95 @@ def locate_dictionary(
     return sources
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sorts hookpoint names as people read them: layers.2 before layers.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def split_dictionaries(spec: str) -> list[str]:
+    """The locations in a `--dictionary` value: one, or several separated by commas (a local path that
+    exists is one location, comma or not)."""
+    if "," not in spec or Path(spec).expanduser().exists():
+        return [spec]
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
+def locate_dictionaries(
+    spec: str, hookpoints: Sequence[str] | None = None, revision: str | None = None
+) -> list[DictionarySource]:
+    """The dictionaries of a run that may read several hookpoints, one source per hookpoint.
+
+    `spec` is one location or several separated by commas (`split_dictionaries`); a location is one
+    dictionary or a folder of them (a sparsify run; a folder of SAELens or Gemma Scope folders; the
+    same on the Hub). `hookpoints`: None = the dictionary a location is (a folder of several must be
+    told which, unless it holds just one); `[ALL]` = every hookpoint the locations hold; names = those
+    hookpoints, each of which the location must hold (the error lists the ones it does). Several
+    locations mean every hookpoint they hold: `hookpoints` may then only be None or `[ALL]`. A single
+    dictionary asked for one hookpoint reads there (as `--hookpoint` always has: a SAELens or Gemma
+    Scope SAE whose files name no hook, or another name for the same place).
+    """
+    parts = split_dictionaries(spec)
+    requested = list(hookpoints) if hookpoints is not None else None
+    every = requested == [ALL]
+    if len(parts) > 1:
+        if requested is not None and not every:
+            raise SourceError(
+                f"--dictionary lists {len(parts)} locations, and every hookpoint they hold is cached: "
+                "--hookpoints can only be 'all' with several (list fewer locations to cache fewer hookpoints)"
+            )
+        return [source for part in parts for source in _locate_part(part, [ALL], revision)]
+    return _locate_part(spec, requested, revision)
+
+
+def _locate_part(spec: str, requested: list[str] | None, revision: str | None) -> list[DictionarySource]:
+    every = requested == [ALL]
+    if spec.startswith(SAELENS_PREFIX):
+        return locate_dictionary(spec, None if every else requested, revision)
+    local = Path(spec).expanduser()
+    if not local.exists() and _hub_dictionary_spec(spec):
+        return locate_dictionary(spec, requested, revision)
+    single, held = held_dictionaries(local)
+    if not held:  # nothing recognisable: the loader says what is wrong with it
+        return locate_dictionary(spec, None if every else requested, revision)
+    if revision is not None:
+        raise SourceError(f"--dictionary-revision {revision} is for Hub dictionaries, but {spec!r} is a local path")
+    if single:
+        if requested is None or every:
+            return [DictionarySource(held[0].path, None)]
+        if len(requested) > 1:
+            raise SourceError(f"dictionary {spec} is one dictionary; it cannot serve hookpoints {requested}")
+        return [DictionarySource(held[0].path, requested[0])]
+    names = [h.hookpoint for h in held if h.hookpoint]
+    unnamed = [str(h.path) for h in held if not h.hookpoint]
+    if requested is None:
+        if len(held) > 1:
+            raise SourceError(
+                f"dictionary {spec} has several hookpoints, pick one with --hookpoint, several with --hookpoints "
+                f"A,B or every one with --hookpoints all: {_listed(sorted(names))}"
+            )
+        chosen = held
+    elif every:
+        if unnamed:
+            raise SourceError(
+                f"dictionary {spec}: {_listed(unnamed)} name no hookpoint (no hook_name in cfg.json, or a Gemma "
+                "Scope SAE that is not of the residual stream); give those folders one at a time with --hookpoint"
+            )
+        chosen = sorted(held, key=lambda h: natural_key(h.hookpoint or ""))
+    else:
+        unknown = [hp for hp in requested if hp not in names]
+        if unknown:
+            raise SourceError(f"dictionary {spec} has no hookpoint {_listed(unknown)}; it has {_listed(sorted(names))}")
+        chosen = [h for hp in dict.fromkeys(requested) for h in held if h.hookpoint == hp]
+    twice = sorted({h.hookpoint for h in chosen if h.hookpoint and names.count(h.hookpoint) > 1})
+    if twice:
+        folders = [str(h.path) for h in chosen if h.hookpoint in twice]
+        raise SourceError(
+            f"dictionary {spec}: several dictionaries read {', '.join(twice)} ({_listed(folders)}); a run holds one "
+            "dictionary per hookpoint: give one of them as --dictionary"
+        )
+    return [DictionarySource(h.path, h.hookpoint) for h in chosen]
+
+
 def _hub_dictionary_spec(spec: str) -> bool:
     parts = spec.strip("/").split("/")
     return len(parts) >= 2 and looks_like_repo_id("/".join(parts[:2])) and not spec.startswith(("/", ".", "~"))
@@ -374,6 +464,9 @@ def _select_folders(snapshot: Snapshot, folder: str, hookpoints: list[str]) -> l
     """(folder, hookpoint for the loader, format) for each requested hookpoint, or one-line errors."""
     folders = _dictionary_folders(snapshot.files)
     where = snapshot.pinned(folder) + (" (local Hub cache)" if snapshot.cached else "")
+    every = hookpoints == [ALL]
+    if every:
+        hookpoints = []
     if folder in folders:  # the folder is one dictionary: --hookpoint names where it reads, if anything
         if len(hookpoints) > 1:
             raise SourceError(f"dictionary {where} is one dictionary; it cannot serve hookpoints {hookpoints}")
@@ -387,7 +480,9 @@ def _select_folders(snapshot: Snapshot, folder: str, hookpoints: list[str]) -> l
     }
     if children:
         names = sorted(children)
-        if not hookpoints:
+        if every:
+            hookpoints = sorted(names, key=natural_key)
+        elif not hookpoints:
             if len(names) > 1:
                 raise SourceError(f"dictionary {where} has several hookpoints, pick one with --hookpoint: {names}")
             hookpoints = names
