@@ -12,6 +12,7 @@ import asyncio
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -124,7 +125,7 @@ def test_a_ray_run_gives_the_results_of_a_single_run(cluster, template, tmp_path
     assert again.explained == again.scored == again.controlled == 0
 
 
-def test_a_worker_killed_mid_shard_is_retried_and_nothing_is_lost_or_duplicated(cluster, template, tmp_path):
+def test_a_worker_killed_mid_shard_is_retried_and_nothing_is_lost_or_duplicated(cluster, template, tmp_path, capsys):
     plain, config = _copy(template, tmp_path, "plain")
     _plain(plain, config)
     spread, _ = _copy(template, tmp_path, "ray")
@@ -146,9 +147,14 @@ def test_a_worker_killed_mid_shard_is_retried_and_nothing_is_lost_or_duplicated(
 
     killer = threading.Thread(target=kill_one_worker_mid_shard)
     killer.start()
-    factory = functools.partial(scripted_judges, delay=0.02, pids=str(pids))
-    summary = run_latent_stages(spread, config, STAGES, RayOptions(judges=factory, shards=2), progress=False)
+    factory = functools.partial(scripted_judges, delay=0.05, pids=str(pids))
+    summary = run_latent_stages(spread, config, STAGES, RayOptions(judges=factory, shards=2), progress=True)
     killer.join()
+    # one bar per pass over every worker, moving as the workers report (not only when a shard ends)
+    bars = capsys.readouterr().err
+    counts = {int(n) for n in re.findall(rf"latents \(ray\):[^|]*\|[^|]*\| *(\d+)/{summary.latents} ", bars)}
+    assert counts & set(range(1, summary.latents)) and summary.latents in counts, bars[-2000:]
+    assert "controls (ray)" in bars
     assert killed, "no worker was killed: the run ended first"
     # (the kill came while the shards ran: their logs are merged only once every shard has finished)
     want_results, want_judgments = _tables(plain, config)

@@ -20,6 +20,7 @@ The progress of every worker goes to one small actor that the driver reads into 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import threading
 import time
@@ -53,14 +54,20 @@ _held: dict[tuple[Any, ...], dict[str, Judge]] = {}
 _held_lock = threading.Lock()
 
 
-def _on_loop(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` on the worker's one event loop (started on first use), where its judges live."""
+def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
+    """Run `coro` on the worker's one event loop (started on first use), where its judges live, calling
+    `every()` from this thread (the task's own: Ray calls are made from it) every REPORT_EVERY_S meanwhile."""
     global _loop
     with _held_lock:
         if _loop is None:
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="autointerp-worker-loop", daemon=True).start()
-    return asyncio.run_coroutine_threadsafe(coro, _loop).result()
+    future = asyncio.run_coroutine_threadsafe(coro, _loop)
+    while True:
+        try:
+            return future.result(timeout=REPORT_EVERY_S)
+        except concurrent.futures.TimeoutError:
+            every()
 
 
 def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
@@ -103,24 +110,23 @@ def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | No
 
 
 class _Reporter:
-    """Counts a shard's finished latents and tells the driver's progress actor, at most every 0.25 s."""
+    """Counts a shard's finished latents (on the worker's loop) and tells the driver's progress actor (from
+    the task's thread: a Ray call from the loop's thread, which outlives the task, is not the task's)."""
 
     def __init__(self, actor: Any, shard: str):
         self.actor = actor
         self.shard = shard
         self.count = 0
-        self.sent = 0.0
+        self.sent = -1
 
     def __call__(self, latent: int) -> None:
         self.count += 1
-        now = time.monotonic()
-        if now - self.sent >= REPORT_EVERY_S:
-            self.flush()
-            self.sent = now
 
     def flush(self) -> None:
-        if self.actor is not None:
-            self.actor.report.remote(self.shard, self.count)
+        count = self.count
+        if self.actor is not None and count != self.sent:
+            self.actor.report.remote(self.shard, count)
+            self.sent = count
 
 
 def _cache_stats(judges: dict[str, Judge]) -> dict[str, dict[str, int]]:
@@ -158,7 +164,9 @@ def run_shard(
     judges = _held_judges(config, stages, factory)
     before = _cache_stats(judges)
     reporter = _Reporter(progress, shard)
-    summary = _on_loop(app.latent_stages(files, config, stages, progress=False, judges=judges, on_done=reporter))
+    summary = _on_loop(
+        app.latent_stages(files, config, stages, progress=False, judges=judges, on_done=reporter), reporter.flush
+    )
     reporter.flush()
     after = _cache_stats(judges)
     spent = {name: {k: after[name][k] - before.get(name, {}).get(k, 0) for k in after[name]} for name in after}
@@ -318,7 +326,7 @@ def _gather(
     bar = tqdm(total=total, unit="latent", desc=f"{phase} (ray)", disable=not progress, dynamic_ncols=True)
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_EVERY_S)
             for ref in done:
                 try:
                     results[refs[ref]] = ray.get(ref)
