@@ -130,7 +130,13 @@ class _Reporter:
 
 
 def _cache_stats(judges: dict[str, Judge]) -> dict[str, dict[str, int]]:
-    return {name: dict(j.stats()) for name, j in judges.items() if callable(getattr(j, "stats", None))}
+    """Each response-cached judge's counters so far (hits, misses...): a shard reports what it added."""
+    out = {}
+    for name, judge in judges.items():
+        stats = getattr(judge, "stats", None)
+        if callable(stats):
+            out[name] = dict(stats())
+    return out
 
 
 def run_shard(
