@@ -510,6 +510,16 @@ def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]):
     )
 
 
+def rare_note(caches: HookpointCaches, n_rare: int, config: RunConfig) -> str:
+    """The summary's line on latents too rare to explain (a distributed run's driver says it too)."""
+    total = sum(caches.num_latents(hp) for hp in caches)
+    at = f" (over {len(caches)} hookpoints)" if len(caches) > 1 else ""
+    return (
+        f"{n_rare} of {total} latents{at} fire in fewer than {config.sampling.min_examples} windows "
+        "and are not eligible"
+    )
+
+
 async def latent_stages(
     files: RunFiles,
     config: RunConfig,
@@ -566,12 +576,7 @@ async def latent_stages(
         if chosen is not None:
             latents = chosen
         if n_rare:
-            total = sum(caches.num_latents(hp) for hp in caches)
-            at = f" (over {len(caches)} hookpoints)" if len(caches) > 1 else ""
-            summary.messages.append(
-                f"{n_rare} of {total} latents{at} fire in fewer than "
-                f"{config.sampling.min_examples} windows and are not eligible"
-            )
+            summary.messages.append(rare_note(caches, n_rare, config))
         worker = LatentWorker(
             files, config, run.samplers, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
         )

@@ -193,7 +193,9 @@ class RunFiles:
         """((hookpoint, latent), scorer, text) of every score of a latent's own label that finished (status
         ok; controls, scores of a donor's label, are left out)."""
         unit = self._units()
-        return {(unit(r), r.scorer, r.explanation or "") for r in self.score_rows() if r.status == "ok" and not r.control}
+        return {
+            (unit(r), r.scorer, r.explanation or "") for r in self.score_rows() if r.status == "ok" and not r.control
+        }
 
     def current_scores(self, explanations: dict[LatentId, ExplanationRow]) -> dict[tuple[LatentId, str], ScoreRow]:
         """Each ((hookpoint, latent), scorer)'s score of the latent's current explanation: its newest finished

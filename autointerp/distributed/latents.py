@@ -1,8 +1,8 @@
 """Explaining and scoring on Ray: shards of latents as Ray tasks, each an ordinary pipeline run.
 
-The driver picks the latents as a single run would, cuts them into shards (a few per worker, so a
+The driver picks the (hookpoint, latent) pairs as a single run would, cuts them into shards (a few per worker, so a
 slow shard does not hold the run up) and sends each to a Ray task, which runs `app.latent_stages`
-over its latents on a `ShardFiles` view of the run folder. Two passes, as in a single run: first
+over its pairs on a `ShardFiles` view of the run folder. Two passes, as in a single run: first
 every latent is explained and scored; then, once every shard's labels are merged into the run's
 logs, the shuffled-label controls, whose donors are drawn from every labelled latent of the run (a
 shard on its own would only see its own). A worker killed mid-shard is retried by Ray
@@ -37,6 +37,7 @@ from autointerp.distributed.shards import ShardFiles, merge_shards, shard_name, 
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge
 from autointerp.pipeline import RunSummary
+from autointerp.records import LatentId
 from autointerp.results import RunFiles
 
 SHARDS_PER_WORKER = 2  # more shards balance uneven latents; each costs a load of the run's tokenizer and logs
@@ -119,7 +120,7 @@ class _Reporter:
         self.count = 0
         self.sent = -1
 
-    def __call__(self, latent: int) -> None:
+    def __call__(self, latent: LatentId) -> None:
         self.count += 1
 
     def flush(self) -> None:
@@ -143,17 +144,19 @@ def run_shard(
     run_folder: str,
     shard: str,
     config: RunConfig,
-    latents: list[int],
+    units: list[LatentId],
     stages: set[str],
     factory: JudgeFactory | None,
     progress: Any,
 ) -> dict[str, Any]:
-    """A Ray task: the stages over `latents` on the shard's view of the run folder; what it did."""
+    """A Ray task: the stages over `units` (its share of the run's (hookpoint, latent) pairs) on the shard's
+    view of the run folder; what it did."""
     from autointerp import app
+    from autointerp.cache.store import cache_complete
 
     host = socket.gethostname()
     run = RunFiles(Path(run_folder))
-    if not (run.cache / "meta.json").exists():
+    if not cache_complete(run.cache):
         raise DistributedError(
             f"worker on {host} cannot see the run's cache {run.cache}: --out must be a folder every machine of "
             "the cluster shares (a network folder), at the same path"
@@ -166,12 +169,14 @@ def run_shard(
         probe.unlink()
     except OSError as e:
         raise DistributedError(f"worker on {host} cannot write the shared run folder {files.folder}: {e}") from None
-    config = replace(config, latents=latents, max_latents=None)
     judges = _held_judges(config, stages, factory)
     before = _cache_stats(judges)
     reporter = _Reporter(progress, shard)
     summary = _on_loop(
-        app.latent_stages(files, config, stages, progress=False, judges=judges, on_done=reporter), reporter.flush
+        app.latent_stages(
+            files, config, stages, progress=False, judges=judges, ready=lambda: (config, units), on_done=reporter
+        ),
+        reporter.flush,
     )
     reporter.flush()
     after = _cache_stats(judges)
@@ -182,7 +187,7 @@ def run_shard(
         "scored": summary.scored,
         "skipped": summary.skipped,
         "controlled": summary.controlled,
-        "failed_latents": sorted(summary.failed_latents),
+        "failed_latents": list(summary.failed_latents),
         "messages": [m for m in summary.messages if not m.startswith(judge_lines)],
         "cache": spent,
         "host": host,
@@ -222,29 +227,31 @@ def run_latent_stages(
     options: RayOptions,
     *,
     progress: bool = True,
-    ready: Callable[[], RunConfig] | None = None,
+    ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
 ) -> RunSummary:
     """`app.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
     from autointerp import app
-    from autointerp.cache.store import ActivationCache
-    from autointerp.pipeline import select_latents
+    from autointerp.cache.store import HookpointCaches
+    from autointerp.pipeline import select_units
 
     start = time.perf_counter()
     ray = connect(options.address, num_cpus=options.num_cpus)
     merge_shards(files)  # what a driver that died left behind
-    cache = ActivationCache(files.cache)
-    app.check_latents(config, cache.num_latents)
+    caches = HookpointCaches(files.cache)
+    for hookpoint in caches:
+        app.check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
     if options.judges is None:
         _check_http_judges(config, stages)
+    chosen: list[LatentId] | None = None
     if ready is not None:
-        config = ready()
-    latents, n_rare = select_latents(cache, config)
+        got = ready()
+        config, chosen = got if isinstance(got, tuple) else (got, None)
+    latents, n_rare = select_units(caches, config)
+    if chosen is not None:
+        latents = chosen
     summary = RunSummary(latents=len(latents))
     if n_rare:
-        summary.messages.append(
-            f"{n_rare} of {cache.num_latents} latents fire in fewer than "
-            f"{config.sampling.min_examples} windows and are not eligible"
-        )
+        summary.messages.append(app.rare_note(caches, n_rare, config))
     resource = {"num_gpus": 1} if _needs_gpu(config) else {"num_cpus": 1}
     workers = worker_count(ray, "GPU" if "num_gpus" in resource else "CPU")
     task = ray.remote(max_retries=options.max_retries, **resource)(run_shard)

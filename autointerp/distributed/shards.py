@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from autointerp.cache.store import atomic_write_bytes
 from autointerp.records import ExplanationRow, ScoreRow
@@ -28,6 +29,7 @@ from autointerp.results import EXPLANATIONS, SCORES, RunFiles, read_explanations
 SHARDS = "shards"
 LEDGER = "merging.json"
 PHASES = ("latents", "controls")  # the order their shards are merged in
+T = TypeVar("T")
 
 
 class ShardFiles(RunFiles):
@@ -52,14 +54,14 @@ def shard_name(phase: str, index: int) -> str:
     return f"{phase}-{index:05d}"
 
 
-def split(latents: list[int], n: int) -> list[list[int]]:
-    """`latents` in `n` contiguous, nearly equal parts (none empty), in order."""
-    n = max(1, min(n, len(latents)))
-    size, extra = divmod(len(latents), n)
+def split(units: list[T], n: int) -> list[list[T]]:
+    """`units` in `n` contiguous, nearly equal parts (none empty), in order."""
+    n = max(1, min(n, len(units)))
+    size, extra = divmod(len(units), n)
     parts, start = [], 0
     for i in range(n):
         end = start + size + (1 if i < extra else 0)
-        parts.append(latents[start:end])
+        parts.append(units[start:end])
         start = end
     return [p for p in parts if p]
 
