@@ -1,6 +1,6 @@
-"""Runs on a real local Ray cluster (127.0.0.1, 2 worker CPUs): the same results as a single run, a
-worker killed mid-shard retried with nothing lost or duplicated, shard logs merged exactly once, and the
-response cache shared by the workers.
+"""Runs on a real local Ray cluster (127.0.0.1, 2 worker CPUs): the same results as a single run (of one
+hookpoint, and of two, whose shards mix both hookpoints' latents), a worker killed mid-shard retried with
+nothing lost or duplicated, shard logs merged exactly once, and the response cache shared by the workers.
 
 The cluster is started once for the module; its workers find the tests' scripted judges (ray_judges.py)
 on their path.
@@ -89,16 +89,21 @@ def _plain(files: RunFiles, config: RunConfig):
 
 
 def _tables(files: RunFiles, config: RunConfig):
-    results = materialize(files, {}, config.scorers).sort_values("latent").reset_index(drop=True)
+    results = materialize(files, {}, config.scorers).sort_values(["hookpoint", "latent"]).reset_index(drop=True)
     judgments = pd.read_parquet(files.judgments)
-    judgments = judgments.sort_values(["latent", "scorer", "control", "window"]).reset_index(drop=True)
+    judgments = judgments.sort_values(["hookpoint", "latent", "scorer", "control", "window"]).reset_index(drop=True)
     return results, judgments
 
 
 def _finished_once(files: RunFiles) -> Counter:
     rows = [json.loads(line) for line in files.scores.read_text().splitlines()]
-    finished = Counter((r["latent"], r["scorer"], r.get("donor")) for r in rows if r["status"] == "ok")
-    explained = Counter(json.loads(line)["latent"] for line in files.explanations.read_text().splitlines())
+    finished = Counter(
+        (r.get("hookpoint"), r["latent"], r["scorer"], r.get("donor_hookpoint"), r.get("donor"))
+        for r in rows
+        if r["status"] == "ok"
+    )
+    explanations = [json.loads(line) for line in files.explanations.read_text().splitlines()]
+    explained = Counter((r.get("hookpoint"), r["latent"]) for r in explanations)
     assert all(n == 1 for n in finished.values()), [k for k, n in finished.items() if n > 1]
     assert all(n == 1 for n in explained.values()), [k for k, n in explained.items() if n > 1]
     return finished
@@ -121,6 +126,65 @@ def test_a_ray_run_gives_the_results_of_a_single_run(cluster, template, tmp_path
     # run again: everything is done, nothing is asked or written
     before = (spread.explanations.read_bytes(), spread.scores.read_bytes())
     again = run_latent_stages(spread, config, STAGES, RayOptions(judges=scripted_judges, shards=3), progress=False)
+    assert (spread.explanations.read_bytes(), spread.scores.read_bytes()) == before
+    assert again.explained == again.scored == again.controlled == 0
+
+
+@pytest.fixture(scope="module")
+def two_hookpoints(tmp_path_factory):
+    """A run folder cached at two hookpoints of a tiny 3-block checkpoint, not yet explained: up to 5 latents
+    of each (as many as are eligible)."""
+    from checkpoint_fixtures import write_corpus, write_sae_run, write_subject
+
+    from autointerp.api import Run
+
+    root = tmp_path_factory.mktemp("ray_checkpoint")
+    write_subject(root / "subject")
+    write_sae_run(root / "saes")
+    write_corpus(root / "corpus.txt")
+    run = Run(
+        root / "run",
+        progress=False,
+        echo=None,
+        model=str(root / "subject"),
+        dictionary=str(root / "saes"),
+        corpus=str(root / "corpus.txt"),
+        hookpoints=["layers.0", "layers.2"],
+        n_tokens=4096,
+        batch_rows=4,
+        n_train=8,
+        n_test=6,
+        n_negatives=6,
+        n_train_negatives=2,
+        min_examples=10,
+        max_latents=5,
+        judge="scripted-judge",
+        explainer="scripted-explainer",
+    )
+    run.cache()
+    return root / "run", run.config
+
+
+def test_a_ray_run_of_two_hookpoints_gives_the_results_of_a_single_run(cluster, two_hookpoints, tmp_path):
+    plain, config = _copy(two_hookpoints, tmp_path, "plain")
+    plain_summary, _ = _plain(plain, config)
+    spread, _ = _copy(two_hookpoints, tmp_path, "ray")
+    # 3 shards of the (hookpoint, latent) pairs, in the run's order: the middle one holds both hookpoints' latents
+    summary = run_latent_stages(spread, config, STAGES, RayOptions(judges=scripted_judges, shards=3), progress=False)
+    want_results, want_judgments = _tables(plain, config)
+    got_results, got_judgments = _tables(spread, config)
+    assert list(dict.fromkeys(want_results["hookpoint"])) == ["layers.0", "layers.2"]
+    assert len(want_results) == plain_summary.latents >= 8 and (want_results["status"] == "ok").all()
+    # the controls pass saw every shard's labels: some donor is of the other hookpoint
+    assert (want_results["detection_control_hookpoint"] != want_results["hookpoint"]).any()
+    pd.testing.assert_frame_equal(got_results, want_results)
+    pd.testing.assert_frame_equal(got_judgments, want_judgments)
+    for name in ("latents", "explained", "scored", "skipped", "controlled", "failed"):
+        assert getattr(summary, name) == getattr(plain_summary, name), name
+    _finished_once(spread)
+    # run again, cut differently: everything is done, nothing is asked or written
+    before = (spread.explanations.read_bytes(), spread.scores.read_bytes())
+    again = run_latent_stages(spread, config, STAGES, RayOptions(judges=scripted_judges, shards=4), progress=False)
     assert (spread.explanations.read_bytes(), spread.scores.read_bytes()) == before
     assert again.explained == again.scored == again.controlled == 0
 
@@ -169,8 +233,10 @@ def _deterministic_judge(request, n):
     """A judge server whose answer depends only on the request: the explainer gets one label, the scorers a
     Yes or No from a hash of the prompt (so two runs asked the same get the same answers)."""
     system = request["messages"][0]["content"]
-    if "[EXPLANATION]" in system:
+    if "[EXPLANATION]" in system:  # the excerpts explainer style
         return ("ok", "They share a pattern.\n[EXPLANATION]: common English words")
+    if system.startswith("You name what a list of tokens has in common"):  # the names style (the default)
+        return ("ok", json.dumps({"explanation": "common English words"}))
     digest = zlib.crc32(json.dumps(request["messages"]).encode())
     return ("ok", "Yes" if digest % 2 else "No", {"Yes": -0.4, "No": -1.1} if digest % 2 else {"No": -0.4, "Yes": -1.1})
 
