@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
 import sys
@@ -40,8 +41,11 @@ STAGES = {"explain", "score"}
 def sleeper(latency: float):
     def behaviour(request, n):
         time.sleep(latency)
-        if "[EXPLANATION]" in request["messages"][0]["content"]:
+        system = request["messages"][0]["content"]
+        if "[EXPLANATION]" in system:  # the excerpts explainer style
             return ("ok", "They share a pattern.\n[EXPLANATION]: common English words")
+        if system.startswith("You name what a list of tokens has in common"):  # the names style (the default)
+            return ("ok", json.dumps({"explanation": "common English words"}))
         yes = "the" in request["messages"][-1]["content"]
         return ("ok", "Yes" if yes else "No", {"Yes": -0.4, "No": -1.1} if yes else {"No": -0.4, "Yes": -1.1})
 
