@@ -11,7 +11,7 @@ OUT ?= runs/demo
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e ".[embedded,serve,test]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet -e ".[embedded,serve,ray,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

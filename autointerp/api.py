@@ -138,7 +138,9 @@ class Run:
 
     `judges` maps judge names to ready `Judge` objects used instead of loading those names (a
     scripted judge in a test, a judge a notebook built itself); `echo` receives the progress lines
-    the command line prints (None: silent); `progress` shows progress bars.
+    the command line prints (None: silent); `progress` shows progress bars. `ray` explains and scores
+    on a Ray cluster (`--ray`): "local" (a Ray instance started for the run), "auto" (the cluster this
+    machine belongs to) or its address; None runs in this process.
     """
 
     def __init__(
@@ -149,14 +151,18 @@ class Run:
         progress: bool = True,
         echo: Echo | None = _echo_stdout,
         judges: dict[str, Judge] | None = None,
+        ray: str | None = None,
         **options: Any,
     ):
         from autointerp.results import RunFiles
 
+        if ray is not None and judges is not None:
+            raise ConfigError("a Ray run makes its judges in each worker, by name: give no judges objects with ray")
         self.files = RunFiles(Path(out))
         self.progress = progress
         self.echo = echo or (lambda text: None)
         self.judges = judges
+        self.ray = ray
         if config is not None:
             defaults = RunConfig()
             given = {f.name: getattr(config, f.name) for f in fields(RunConfig)}
@@ -194,6 +200,7 @@ class Run:
         self.files.prepare()
         config, resolved, stored = self._resolve()
         config.validate()
+        self._connect()  # Ray missing or out of reach fails before minutes of caching
         resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved)
         note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
         self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
@@ -257,11 +264,24 @@ class Run:
             save_config(files.config, config, resolved)
             return selected
 
-        summary = _run_sync(
-            app.latent_stages(files, config, stages, progress=self.progress, judges=self.judges, ready=ready)
-        )
+        if self.ray is not None:
+            from autointerp.distributed.latents import RayOptions, run_latent_stages
+
+            summary = run_latent_stages(
+                files, config, stages, RayOptions(self.ray), progress=self.progress, ready=ready
+            )
+        else:
+            summary = _run_sync(
+                app.latent_stages(files, config, stages, progress=self.progress, judges=self.judges, ready=ready)
+            )
         table = app.write_results(files, config, resolved)
         return Outcome(summary, table, config, files, prices)
+
+    def _connect(self) -> None:
+        if self.ray is not None:
+            from autointerp.distributed.cluster import connect
+
+            connect(self.ray)
 
     def _import(self, config: RunConfig, path: Path, fmt: str, layer: str | None) -> tuple[RunConfig, list[LatentId]]:
         """Write the file's explanations into the run; the config to score with, and just their (hookpoint,

@@ -237,18 +237,26 @@ def make_judge(name: str, config: RunConfig) -> Judge:
     """
     if name.startswith("openai:"):
         from autointerp.llm.openai_compat import OpenAIJudge
+        from autointerp.llm.spread import SpreadJudge, split_urls
 
-        slots = config.judge_concurrency or 8
-        judge: Judge = OpenAIJudge(
-            name.removeprefix("openai:"),
-            config.judge_url,
-            api_key_env=config.api_key_env,
-            supports_logprobs=not config.no_logprobs,
-            max_concurrency=slots,
-            supports_prompt_logprobs=config.prompt_logprobs,
-            timeout=config.judge_timeout,
-        )
-        namespace = f"openai:{config.judge_url or 'https://api.openai.com/v1'}:{judge.model}"
+        urls = split_urls(config.judge_url)
+        slots = config.judge_concurrency or 8 * len(urls)  # 8 in flight per server
+        servers: list[Judge] = [
+            OpenAIJudge(
+                name.removeprefix("openai:"),
+                url,
+                api_key_env=config.api_key_env,
+                supports_logprobs=not config.no_logprobs,
+                max_concurrency=slots,
+                supports_prompt_logprobs=config.prompt_logprobs,
+                timeout=config.judge_timeout,
+            )
+            for url in urls
+        ]
+        # several servers of one model (--judge-url A,B): each request to the least busy one
+        judge: Judge = servers[0] if len(servers) == 1 else SpreadJudge(servers)
+        where = ",".join(sorted(u or "https://api.openai.com/v1" for u in urls))
+        namespace = f"openai:{where}:{judge.model}"
     elif name.startswith("vllm:"):
         from autointerp.llm.vllm_offline import load_vllm_judge
 
@@ -502,6 +510,16 @@ def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]):
     )
 
 
+def rare_note(caches: HookpointCaches, n_rare: int, config: RunConfig) -> str:
+    """The summary's line on latents too rare to explain (a distributed run's driver says it too)."""
+    total = sum(caches.num_latents(hp) for hp in caches)
+    at = f" (over {len(caches)} hookpoints)" if len(caches) > 1 else ""
+    return (
+        f"{n_rare} of {total} latents{at} fire in fewer than {config.sampling.min_examples} windows "
+        "and are not eligible"
+    )
+
+
 async def latent_stages(
     files: RunFiles,
     config: RunConfig,
@@ -510,13 +528,19 @@ async def latent_stages(
     progress: bool = True,
     judges: dict[str, Judge] | None = None,
     ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
+    on_done: Callable[[LatentId], None] | None = None,
 ) -> RunSummary:
     """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests.
 
     Every judge is made and checked (reachable, able to do what each scorer needs) before any latent
     is touched; then `ready()`, when given, is called and returns the config whose latents to do, or the
     config and the very (hookpoint, latent) pairs to do (the API imports explanations there and records
-    the stage's validated options).
+    the stage's validated options; a shard of a distributed run names its share of the run's pairs).
+
+    The stage "controls" alone runs only the shuffled-label control pass (a distributed run does it once
+    every shard's labels are in, since donors are drawn from every labelled latent); "score" runs it
+    after scoring, as a single run does. `on_done((hookpoint, latent))` is called as each latent of a
+    pass ends.
     """
     config.validate()
     caches = HookpointCaches(files.cache)
@@ -534,7 +558,8 @@ async def latent_stages(
     by_llm = "explain" in stages and config.explainer_model != TOKENS_EXPLAINER  # tokens: no model at all
     explainer = judge(config.explainer_model) if by_llm else None
     chooser = run.chooser() if "explain" in stages else None
-    asking = (scorers if "score" in stages else []) + ([chooser] if chooser else [])
+    scoring = "score" in stages or "controls" in stages
+    asking = (scorers if scoring else []) + ([chooser] if chooser else [])
     scorer_judge = judge(config.judge) if any(s.needs_judge for s in asking) else None
     summary = RunSummary()
     try:
@@ -551,19 +576,20 @@ async def latent_stages(
         if chosen is not None:
             latents = chosen
         if n_rare:
-            total = sum(caches.num_latents(hp) for hp in caches)
-            at = f" (over {len(caches)} hookpoints)" if len(caches) > 1 else ""
-            summary.messages.append(
-                f"{n_rare} of {total} latents{at} fire in fewer than "
-                f"{config.sampling.min_examples} windows and are not eligible"
-            )
+            summary.messages.append(rare_note(caches, n_rare, config))
         worker = LatentWorker(
             files, config, run.samplers, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
         )
-        await process_latents(latents, worker, concurrency=config.concurrency, progress=progress)
-        if "score" in stages and config.controls == "shuffled":
+        if "explain" in stages or "score" in stages:
+            await process_latents(latents, worker, concurrency=config.concurrency, progress=progress, on_done=on_done)
+        if scoring and config.controls == "shuffled":
             await run_controls(
-                latents, worker, seed=config.sampling.seed, concurrency=config.concurrency, progress=progress
+                latents,
+                worker,
+                seed=config.sampling.seed,
+                concurrency=config.concurrency,
+                progress=progress,
+                on_done=on_done,
             )
         return summary
     finally:

@@ -179,6 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, type=Path, help="run folder (created; reused to resume)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         add_setting_options(p, name)
+        if name != "cache":
+            p.add_argument_group("on a Ray cluster").add_argument(
+                "--ray",
+                nargs="?",
+                const="local",
+                metavar="ADDRESS",
+                help="explain and score on a Ray cluster, shards of latents as Ray tasks: 'auto' (the cluster "
+                "this machine belongs to), HOST:PORT or ray://HOST:PORT; bare --ray starts a local Ray instance. "
+                "--out must be a folder every machine shares. Needs the extra: pip install 'autointerp[ray]'",
+            )
         if name == "score":
             g = p.add_argument_group("existing explanations (score labels made elsewhere)")
             g.add_argument(
@@ -256,7 +266,9 @@ def stage_command(args: argparse.Namespace) -> int:
     """`autointerp run | cache | explain | score`: exit 0 when done, 1 when some latents failed."""
     from autointerp.api import Run
 
-    run = Run(args.out, progress=not getattr(args, "quiet", False), **option_values(args))
+    run = Run(
+        args.out, progress=not getattr(args, "quiet", False), ray=getattr(args, "ray", None), **option_values(args)
+    )
     if args.command == "cache":
         run.cache()
         return 0

@@ -181,7 +181,8 @@ class RunConfig(Checked):
     )
     judge_url: str | None = setting(
         None,
-        "base URL of the OpenAI-compatible server for openai:MODEL judges, e.g. http://127.0.0.1:8000/v1",
+        "base URL of the OpenAI-compatible server for openai:MODEL judges, e.g. http://127.0.0.1:8000/v1; "
+        "several servers of the same model, comma-separated, share the requests (each to the least busy one)",
         cli=JUDGES,
         none_means="api.openai.com",
     )

@@ -137,9 +137,12 @@ def _named(given: Any, resolved: Any) -> str:
 
 
 def _redact_url(url: str | None) -> str | None:
-    """A judge URL without user:password, query or fragment (where API keys sometimes ride)."""
+    """A judge URL without user:password, query or fragment (where API keys sometimes ride); each of a
+    comma-separated list of them."""
     if not url:
         return url
+    if "," in url:
+        return ",".join(_redact_url(u.strip()) or "" for u in url.split(",") if u.strip())
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:

@@ -344,14 +344,16 @@ async def process_latents(
     *,
     concurrency: int = 1,
     progress: bool = True,
+    on_done: Callable[[LatentId], None] | None = None,
 ) -> RunSummary:
     """Run `worker` over the latents, at most `concurrency` at a time, in the given order.
 
     Each latent's judge requests carry its position as their priority key (see llm/ordering.py).
+    `on_done(latent)` is called as each latent ends (a distributed run counts them for its one bar).
     """
     start = time.perf_counter()
     units = [worker.unit(i) for i in latents]
-    await _each(units, worker.process, concurrency=concurrency, progress=progress, desc="latents")
+    await _each(units, worker.process, concurrency=concurrency, progress=progress, desc="latents", on_done=on_done)
     worker.summary.latents = len(latents)
     worker.summary.seconds = time.perf_counter() - start
     return worker.summary
@@ -364,6 +366,7 @@ async def run_controls(
     seed: int,
     concurrency: int = 1,
     progress: bool = True,
+    on_done: Callable[[LatentId], None] | None = None,
 ) -> RunSummary:
     """The control pass: each of `latents` that has a label is scored again with its donor's label.
 
@@ -396,7 +399,7 @@ async def run_controls(
         donor = donors[latent]
         await worker.control(latent, donor, explanations[donor], done[latent])
 
-    await _each(todo, control, concurrency=concurrency, progress=progress, desc="controls")
+    await _each(todo, control, concurrency=concurrency, progress=progress, desc="controls", on_done=on_done)
     worker.summary.seconds += time.perf_counter() - start
     return worker.summary
 
@@ -406,7 +409,13 @@ def _labelled(row: ExplanationRow | None) -> bool:
 
 
 async def _each(
-    latents: list[LatentId], work: Callable[[LatentId], Awaitable[None]], *, concurrency: int, progress: bool, desc: str
+    latents: list[LatentId],
+    work: Callable[[LatentId], Awaitable[None]],
+    *,
+    concurrency: int,
+    progress: bool,
+    desc: str,
+    on_done: Callable[[LatentId], None] | None = None,
 ) -> None:
     """`work` on every latent, at most `concurrency` at a time, each under its position's judge priority."""
     semaphore = asyncio.Semaphore(max(1, concurrency))
@@ -417,6 +426,8 @@ async def _each(
             with judge_priority(position):
                 await work(latent)
         bar.update(1)
+        if on_done is not None:
+            on_done(latent)
 
     try:
         await asyncio.gather(*(one(p, i) for p, i in enumerate(latents)))

@@ -147,6 +147,15 @@ class RunFiles:
 
         return list(hookpoint_folders(self.cache) or {})
 
+    def explanation_rows(self) -> Iterator[ExplanationRow]:
+        """Every row of the explanations log, oldest first: what every reader below reads (a shard of a
+        distributed run reads the run's log and its own)."""
+        return read_explanations(self.explanations)
+
+    def score_rows(self) -> Iterator[ScoreRow]:
+        """Every row of the scores log, oldest first."""
+        return read_scores(self.scores)
+
     def _units(self) -> Callable[[ExplanationRow | ScoreRow], LatentId]:
         """Names a log row by (hookpoint, latent); a row that names no hookpoint (written by hand) is
         the run's, when it has one."""
@@ -156,17 +165,17 @@ class RunFiles:
 
     def explanations_by_unit(self) -> dict[LatentId, ExplanationRow]:
         """Each (hookpoint, latent)'s current explanation row."""
-        return latest(read_explanations(self.explanations), self._units())
+        return latest(self.explanation_rows(), self._units())
 
     def scores_by_unit(self) -> dict[tuple[LatentId, str], ScoreRow]:
         """Each ((hookpoint, latent), scorer)'s newest score row of its own label (controls left out)."""
         unit = self._units()
-        return latest((r for r in read_scores(self.scores) if not r.control), lambda r: (unit(r), r.scorer))
+        return latest((r for r in self.score_rows() if not r.control), lambda r: (unit(r), r.scorer))
 
     def controls_by_unit(self) -> dict[tuple[LatentId, str], ScoreRow]:
         """Each ((hookpoint, latent), scorer)'s newest control row: its examples scored with a donor's label."""
         unit = self._units()
-        return latest((r for r in read_scores(self.scores) if r.control), lambda r: (unit(r), r.scorer))
+        return latest((r for r in self.score_rows() if r.control), lambda r: (unit(r), r.scorer))
 
     def explanations_by_latent(self, hookpoint: str | None = None) -> dict[int, ExplanationRow]:
         """Each latent's current explanation row, of `hookpoint` (None: the run's only one)."""
@@ -185,9 +194,7 @@ class RunFiles:
         ok; controls, scores of a donor's label, are left out)."""
         unit = self._units()
         return {
-            (unit(r), r.scorer, r.explanation or "")
-            for r in read_scores(self.scores)
-            if r.status == "ok" and not r.control
+            (unit(r), r.scorer, r.explanation or "") for r in self.score_rows() if r.status == "ok" and not r.control
         }
 
     def current_scores(self, explanations: dict[LatentId, ExplanationRow]) -> dict[tuple[LatentId, str], ScoreRow]:
@@ -198,7 +205,7 @@ class RunFiles:
         are left out."""
         unit = self._units()
         chosen: dict[tuple[LatentId, str], ScoreRow] = {}
-        for row in read_scores(self.scores):
+        for row in self.score_rows():
             if row.control:
                 continue
             e = explanations.get(unit(row))

@@ -32,8 +32,10 @@ def flaky_judge(seed: int):
         if roll < 0.14:
             return ("garbage",)  # a complete but unusable answer: a counted failure, never a 0 or 1
         system = request["messages"][0]["content"]
-        if "[EXPLANATION]" in system:
+        if "[EXPLANATION]" in system:  # the excerpts explainer style
             return ("ok", "They share a pattern.\n[EXPLANATION]: common English words")
+        if system.startswith("You name what a list of tokens has in common"):  # the names style (the default)
+            return ("ok", json.dumps({"explanation": "common English words"}))
         return ("ok", "Yes" if rng.random() < 0.5 else "No", {"Yes": -0.5, "No": -0.9})
 
     return behaviour

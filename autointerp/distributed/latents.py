@@ -1,0 +1,363 @@
+"""Explaining and scoring on Ray: shards of latents as Ray tasks, each an ordinary pipeline run.
+
+The driver picks the (hookpoint, latent) pairs as a single run would, cuts them into shards (a few per worker, so a
+slow shard does not hold the run up) and sends each to a Ray task, which runs `app.latent_stages`
+over its pairs on a `ShardFiles` view of the run folder. Two passes, as in a single run: first
+every latent is explained and scored; then, once every shard's labels are merged into the run's
+logs, the shuffled-label controls, whose donors are drawn from every labelled latent of the run (a
+shard on its own would only see its own). A worker killed mid-shard is retried by Ray
+(`max_retries`); the retry reads what the dead attempt wrote and does only the rest.
+
+Each worker process holds its judges for as long as it lives (a llama.cpp or vLLM model is loaded
+once, not per shard), on one event loop of its own. Their response cache is the run's usual SQLite
+file, resolved on each machine: SQLite in WAL mode with a busy timeout is safe for several writer
+processes on one machine (tests/test_ray.py runs two against one file), not on a network folder,
+which is why the default path is each machine's own cache directory.
+
+The progress of every worker goes to one small actor that the driver reads into one bar per pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+from autointerp.config import RunConfig
+from autointerp.distributed.cluster import DistributedError, connect, worker_count
+from autointerp.distributed.shards import ShardFiles, merge_shards, shard_name, split
+from autointerp.explainers import TOKENS_EXPLAINER
+from autointerp.llm.base import Judge
+from autointerp.pipeline import RunSummary
+from autointerp.records import LatentId
+from autointerp.results import RunFiles
+
+SHARDS_PER_WORKER = 2  # more shards balance uneven latents; each costs a load of the run's tokenizer and logs
+MAX_RETRIES = 3  # attempts of a shard after its worker died (Ray's max_retries)
+REPORT_EVERY_S = 0.25  # a worker's progress reports, at most this often
+
+JudgeFactory = Callable[[], dict[str, Judge]]  # judges by name, made in the worker (tests: scripted ones)
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------- in the worker process
+
+_loop: asyncio.AbstractEventLoop | None = None
+_held: dict[tuple[Any, ...], dict[str, Judge]] = {}
+_held_lock = threading.Lock()
+
+
+def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
+    """Run `coro` on the worker's one event loop (started on first use), where its judges live, calling
+    `every()` from this thread (the task's own: Ray calls are made from it) every REPORT_EVERY_S meanwhile."""
+    global _loop
+    with _held_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="autointerp-worker-loop", daemon=True).start()
+    future = asyncio.run_coroutine_threadsafe(coro, _loop)
+    while True:
+        try:
+            return future.result(timeout=REPORT_EVERY_S)
+        except concurrent.futures.TimeoutError:
+            every()
+
+
+def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
+    """The judges a shard's stages will ask (the rule of `app.latent_stages`)."""
+    from autointerp.scorers.registry import find_scorer
+
+    names = []
+    if "explain" in stages and config.explainer_model != TOKENS_EXPLAINER:
+        names.append(config.explainer_model)
+    scoring = "score" in stages or "controls" in stages
+    asked = [find_scorer(s) for s in config.scorers] if scoring else []
+    if any(cls is None or cls.needs_judge for cls in asked) or ("explain" in stages and config.explain.best_of > 1):
+        names.append(config.judge)
+    return list(dict.fromkeys(names))
+
+
+def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | None) -> dict[str, Judge]:
+    """The worker's judges for this config, made on its first shard and kept for the next ones."""
+    from autointerp import app
+
+    key = (
+        repr(factory) if factory is not None else None,
+        config.judge_url,
+        config.api_key_env,
+        config.judge_timeout,
+        config.judge_concurrency,
+        config.no_logprobs,
+        config.prompt_logprobs,
+        config.response_cache,
+        config.response_cache_path,
+    )
+    with _held_lock:
+        held = _held.setdefault(key, {})
+        if factory is not None and not held:
+            held.update(factory())
+        for name in _judge_names(config, stages):
+            if name not in held:
+                held[name] = app.make_judge(name, config)
+        return dict(held)
+
+
+class _Reporter:
+    """Counts a shard's finished latents (on the worker's loop) and tells the driver's progress actor (from
+    the task's thread: a Ray call from the loop's thread, which outlives the task, is not the task's)."""
+
+    def __init__(self, actor: Any, shard: str):
+        self.actor = actor
+        self.shard = shard
+        self.count = 0
+        self.sent = -1
+
+    def __call__(self, latent: LatentId) -> None:
+        self.count += 1
+
+    def flush(self) -> None:
+        count = self.count
+        if self.actor is not None and count != self.sent:
+            self.actor.report.remote(self.shard, count)
+            self.sent = count
+
+
+def _cache_stats(judges: dict[str, Judge]) -> dict[str, dict[str, int]]:
+    """Each response-cached judge's counters so far (hits, misses...): a shard reports what it added."""
+    out = {}
+    for name, judge in judges.items():
+        stats = getattr(judge, "stats", None)
+        if callable(stats):
+            out[name] = dict(stats())
+    return out
+
+
+def run_shard(
+    run_folder: str,
+    shard: str,
+    config: RunConfig,
+    units: list[LatentId],
+    stages: set[str],
+    factory: JudgeFactory | None,
+    progress: Any,
+) -> dict[str, Any]:
+    """A Ray task: the stages over `units` (its share of the run's (hookpoint, latent) pairs) on the shard's
+    view of the run folder; what it did."""
+    from autointerp import app
+    from autointerp.cache.store import cache_complete
+
+    host = socket.gethostname()
+    run = RunFiles(Path(run_folder))
+    if not cache_complete(run.cache):
+        raise DistributedError(
+            f"worker on {host} cannot see the run's cache {run.cache}: --out must be a folder every machine of "
+            "the cluster shares (a network folder), at the same path"
+        )
+    files = ShardFiles(run, shard)
+    try:
+        files.prepare()
+        probe = files.folder / f".write-test-{host}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DistributedError(f"worker on {host} cannot write the shared run folder {files.folder}: {e}") from None
+    judges = _held_judges(config, stages, factory)
+    before = _cache_stats(judges)
+    reporter = _Reporter(progress, shard)
+    summary = _on_loop(
+        app.latent_stages(
+            files, config, stages, progress=False, judges=judges, ready=lambda: (config, units), on_done=reporter
+        ),
+        reporter.flush,
+    )
+    reporter.flush()
+    after = _cache_stats(judges)
+    spent = {name: {k: after[name][k] - before.get(name, {}).get(k, 0) for k in after[name]} for name in after}
+    judge_lines = tuple(f"{name}: " for name in judges)
+    return {
+        "explained": summary.explained,
+        "scored": summary.scored,
+        "skipped": summary.skipped,
+        "controlled": summary.controlled,
+        "failed_latents": list(summary.failed_latents),
+        "messages": [m for m in summary.messages if not m.startswith(judge_lines)],
+        "cache": spent,
+        "host": host,
+    }
+
+
+class _Progress:
+    """The driver's view of every shard's progress (a Ray actor): the most each has reported."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, int] = {}
+
+    def report(self, shard: str, count: int) -> None:
+        self.done[shard] = max(self.done.get(shard, 0), count)  # a retried shard counts up again from 0
+
+    def total(self) -> int:
+        return sum(self.done.values())
+
+
+# ---------------------------------------------------------------- in the driver
+
+
+@dataclass
+class RayOptions:
+    address: str | None = "local"  # "local": a Ray instance started for the run; "auto"; HOST:PORT
+    shards: int | None = None  # None: SHARDS_PER_WORKER per worker
+    max_retries: int = MAX_RETRIES
+    num_cpus: int | None = None  # a local instance's CPUs (None: the machine's)
+    judges: JudgeFactory | None = None  # tests and benches: judges made by this in each worker
+    cache_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def run_latent_stages(
+    files: RunFiles,
+    config: RunConfig,
+    stages: set[str],
+    options: RayOptions,
+    *,
+    progress: bool = True,
+    ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
+) -> RunSummary:
+    """`app.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
+    from autointerp import app
+    from autointerp.cache.store import HookpointCaches
+    from autointerp.pipeline import select_units
+
+    start = time.perf_counter()
+    ray = connect(options.address, num_cpus=options.num_cpus)
+    merge_shards(files)  # what a driver that died left behind
+    caches = HookpointCaches(files.cache)
+    for hookpoint in caches:
+        app.check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+    if options.judges is None:
+        _check_http_judges(config, stages)
+    chosen: list[LatentId] | None = None
+    if ready is not None:
+        got = ready()
+        config, chosen = got if isinstance(got, tuple) else (got, None)
+    latents, n_rare = select_units(caches, config)
+    if chosen is not None:
+        latents = chosen
+    summary = RunSummary(latents=len(latents))
+    if n_rare:
+        summary.messages.append(app.rare_note(caches, n_rare, config))
+    resource = {"num_gpus": 1} if _needs_gpu(config) else {"num_cpus": 1}
+    workers = worker_count(ray, "GPU" if "num_gpus" in resource else "CPU")
+    task = ray.remote(max_retries=options.max_retries, **resource)(run_shard)
+    actor = ray.remote(num_cpus=0)(_Progress)
+    passes = [("latents", stages & {"explain", "score"}, replace(config, controls="none"))]
+    if "score" in stages and config.controls == "shuffled":
+        passes.append(("controls", {"controls"}, config))
+    for phase, phase_stages, phase_config in passes:
+        if not latents or not phase_stages:
+            continue
+        parts = split(latents, options.shards or workers * SHARDS_PER_WORKER)
+        tracker = actor.remote()
+        refs = {
+            task.remote(
+                str(files.folder),
+                shard_name(phase, i),
+                phase_config,
+                part,
+                phase_stages,
+                options.judges,
+                tracker,
+            ): shard_name(phase, i)
+            for i, part in enumerate(parts)
+        }
+        results = _gather(ray, refs, tracker, len(latents), phase, progress)
+        merge_shards(files)
+        ray.kill(tracker)
+        for result in results:
+            summary.explained += result["explained"]
+            summary.scored += result["scored"]
+            summary.skipped += result["skipped"]
+            summary.controlled += result["controlled"]
+            summary.failed_latents.update(result["failed_latents"])
+            for message in result["messages"]:
+                if message not in summary.messages:
+                    summary.messages.append(message)
+            for name, stats in result["cache"].items():
+                total = options.cache_stats.setdefault(name, {})
+                for k, v in stats.items():
+                    total[k] = total.get(k, 0) + v
+    for name, stats in options.cache_stats.items():
+        summary.messages.append(
+            f"{name}: response cache (all workers): {stats.get('hits', 0)} hits, {stats.get('misses', 0)} misses, "
+            f"{stats.get('bypassed', 0)} uncached (temperature > 0)"
+        )
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _needs_gpu(config: RunConfig) -> bool:
+    """A shard takes a GPU when its judge runs on one (vLLM in process) or its models do (--device cuda)."""
+    return config.device.startswith("cuda") or any(
+        name.startswith("vllm:") for name in (config.judge, config.explainer_model)
+    )
+
+
+def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
+    """HTTP judges are reached from the driver before any shard starts, so a wrong URL fails at once (a
+    judge loaded in process is checked by each worker as it loads it)."""
+    from autointerp import app
+    from autointerp.llm.base import check_judge_ready
+
+    names = [n for n in _judge_names(config, stages) if n.startswith("openai:")]
+    if not names:
+        return
+
+    async def check() -> None:
+        for name in names:
+            judge = app.make_judge(name, replace(config, response_cache=False))
+            try:
+                await check_judge_ready(judge)
+            finally:
+                await judge.aclose()
+
+    asyncio.run(check())
+
+
+def _gather(
+    ray: Any, refs: dict[Any, str], tracker: Any, total: int, phase: str, progress: bool
+) -> list[dict[str, Any]]:
+    """Every shard's result, in shard order, with one bar over all workers; the first shard that fails for
+    good cancels the others and its error is raised (the cause, not Ray's wrapper, when it has one)."""
+    results: dict[str, dict[str, Any]] = {}
+    pending = list(refs)
+    bar = tqdm(total=total, unit="latent", desc=f"{phase} (ray)", disable=not progress, dynamic_ncols=True)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_EVERY_S)
+            for ref in done:
+                try:
+                    results[refs[ref]] = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - re-raised below as what it is
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    raise _unwrap(ray, e, refs[ref]) from None
+            bar.update(ray.get(tracker.total.remote()) - bar.n)
+        bar.update(total - bar.n)
+    finally:
+        bar.close()
+    return [results[name] for name in sorted(results)]
+
+
+def _unwrap(ray: Any, error: Exception, shard: str) -> Exception:
+    cause = getattr(error, "cause", None)
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(cause, Exception):
+        return cause
+    if isinstance(error, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError):
+        return DistributedError(f"shard {shard}: its worker died on every attempt: {error}")
+    return DistributedError(f"shard {shard} failed: {error}")
