@@ -92,8 +92,9 @@ def latent_table(table: pd.DataFrame, scorers: list[str]) -> list[str]:
     def number(value: object, width: int) -> str:
         return f"{value:>{width}.2f}" if isinstance(value, float) and value == value else f"{'-':>{width}}"
 
+    several = "hookpoint" in table and table["hookpoint"].nunique() > 1  # then a latent is named with its hookpoint
     for _, row in table.iterrows():
-        line = f"  {row['latent']:>8}"
+        line = f"  {row['latent']:>8}" if not several else f"  {row['hookpoint']}:{row['latent']}"
         for name, column, control in columns:
             line += "  " + number(row[column], max(len(name), 5))
             if control:

@@ -149,3 +149,23 @@ def test_the_summary_of_a_small_run_ends_with_a_line_per_latent(folder):
         line.split()[:1] == ["latent"]
         for line in Outcome(outcome.summary, big, outcome.config, outcome.files).describe().splitlines()
     )
+
+
+def test_the_latent_table_names_the_hookpoint_when_a_run_has_several():
+    from autointerp.api import latent_table
+
+    table = pd.DataFrame(
+        {
+            "hookpoint": ["layers.2", "layers.10"],
+            "latent": [5, 5],
+            "status": ["ok", "failed"],
+            "error": [None, "no token is marked"],
+            "explanation": ["month names", None],
+            "detection_auroc": [0.91, float("nan")],
+        }
+    )
+    header, first, second = latent_table(table, ["detection"])
+    assert header.split() == ["latent", "detection", "auroc", "label"]  # no control column without controls
+    assert first.split() == ["layers.2:5", "0.91", "month", "names"]
+    assert second.split()[:2] == ["layers.10:5", "-"] and "(failed: no token is marked)" in second
+    assert latent_table(table.iloc[:1], ["detection"])[1].split()[0] == "5"
