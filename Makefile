@@ -3,6 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
+# the demo's size: 6 latents scored on 10 + 10 held-out examples each, so it ends within minutes on 2 cores
+DEMO_OPTIONS ?= --max-latents 6 --n-test 10 --n-negatives 10
 
 .PHONY: install demo test test-fast lint bench clean
 
@@ -17,7 +19,8 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/autointerp run --out $(OUT)
+	$(VENV)/bin/autointerp run --out $(OUT) $(DEMO_OPTIONS)
+	@echo "report: $$($(VENV)/bin/autointerp report $(OUT) --quiet)"
 
 test: install
 	$(VENV)/bin/ruff check autointerp tests scripts bench

@@ -68,6 +68,43 @@ def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
+TABLE_MAX_LATENTS = 20  # a summary lists each latent up to this many; a bigger run points at results.parquet
+LABEL_WIDTH = 60
+
+
+def latent_table(table: pd.DataFrame, scorers: list[str]) -> list[str]:
+    """One line per latent: each scorer's AUROC (or its headline metric) with its shuffled-label control beside it
+    (where the run has controls), then the label, or the reason the latent has none."""
+    from autointerp.scorers.registry import scorer_metrics
+
+    columns = []  # (header, column, control column)
+    for scorer in scorers:
+        metrics = scorer_metrics(scorer)
+        m = "auroc" if "auroc" in metrics else metrics[0] if metrics else None  # AUROC needs no threshold
+        if m is not None and f"{scorer}_{m}" in table:
+            control = f"{scorer}_control_{m}"
+            columns.append((f"{scorer} {m}", f"{scorer}_{m}", control if control in table else None))
+    header = f"  {'latent':>8}"
+    for name, _, control in columns:
+        header += f"  {name:>{max(len(name), 5)}}" + ("  control" if control else "")
+    lines = [header + "  label"]
+
+    def number(value: object, width: int) -> str:
+        return f"{value:>{width}.2f}" if isinstance(value, float) and value == value else f"{'-':>{width}}"
+
+    several = "hookpoint" in table and table["hookpoint"].nunique() > 1  # then a latent is named with its hookpoint
+    for _, row in table.iterrows():
+        line = f"  {row['latent']:>8}" if not several else f"  {row['hookpoint']}:{row['latent']}"
+        for name, column, control in columns:
+            line += "  " + number(row[column], max(len(name), 5))
+            if control:
+                line += "  " + number(row[control], 7)
+        label = row["explanation"] if row["status"] == "ok" else f"({row['status']}: {row.get('error') or ''})"
+        label = " ".join(str(label).split())
+        lines.append(line + "  " + (label if len(label) <= LABEL_WIDTH else label[: LABEL_WIDTH - 1] + "…"))
+    return lines
+
+
 @dataclass
 class Outcome:
     """What an explain or score stage did: the counts, and the results table it left in the folder."""
@@ -116,6 +153,8 @@ class Outcome:
                     lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
         for msg in summary.messages:
             lines.append("  " + msg)
+        if 0 < len(table) <= TABLE_MAX_LATENTS:
+            lines += latent_table(table, self.config.scorers)
         lines.append(f"results: {self.files.results}")
         for model, usage in usage_by_model(self.files).items():
             lines.append(f"  tokens in this folder, {describe(usage, model, self.prices)}")

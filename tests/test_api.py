@@ -118,3 +118,54 @@ def test_a_config_object_counts_only_what_differs_from_the_defaults(folder):
     run = autointerp.Run(folder, RunConfig(judge="reader", max_latents=2), explainer="namer")
     assert run.explicit == {"judge", "max_latents", "explainer"}
     assert run.config.max_latents == 2 and run.config.sampling == SAMPLING
+
+
+def test_the_summary_of_a_small_run_ends_with_a_line_per_latent(folder):
+    from autointerp.api import TABLE_MAX_LATENTS
+
+    run = autointerp.Run(folder, judges=judges(), progress=False, echo=None, **OPTIONS)
+    run.explain()
+    outcome = run.score()
+    lines = outcome.describe().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["latent"])
+    assert lines[start].split() == ["latent", "detection", "auroc", "control", "fuzzing", "auroc", "control", "label"]
+    table = outcome.results
+    rows = lines[start + 1 : start + 1 + len(table)]
+    for line, (_, row) in zip(rows, table.iterrows(), strict=True):
+        cells = line.split(maxsplit=5)
+        assert int(cells[0]) == row["latent"] and cells[5] == row["explanation"]
+        shown = [float("nan") if c == "-" else float(c) for c in cells[1:5]]
+        wanted = [
+            row[c] for c in ("detection_auroc", "detection_control_auroc", "fuzzing_auroc", "fuzzing_control_auroc")
+        ]
+        assert shown == pytest.approx(wanted, abs=0.005, nan_ok=True)
+    assert lines[start + 1 + len(table)].startswith("results: ")
+    assert any(line.split()[1] != "-" for line in rows)
+    # a run too big to list points at results.parquet only
+    big = pd.concat([table] * (TABLE_MAX_LATENTS // len(table) + 1), ignore_index=True)
+    from autointerp.api import Outcome
+
+    assert not any(
+        line.split()[:1] == ["latent"]
+        for line in Outcome(outcome.summary, big, outcome.config, outcome.files).describe().splitlines()
+    )
+
+
+def test_the_latent_table_names_the_hookpoint_when_a_run_has_several():
+    from autointerp.api import latent_table
+
+    table = pd.DataFrame(
+        {
+            "hookpoint": ["layers.2", "layers.10"],
+            "latent": [5, 5],
+            "status": ["ok", "failed"],
+            "error": [None, "no token is marked"],
+            "explanation": ["month names", None],
+            "detection_auroc": [0.91, float("nan")],
+        }
+    )
+    header, first, second = latent_table(table, ["detection"])
+    assert header.split() == ["latent", "detection", "auroc", "label"]  # no control column without controls
+    assert first.split() == ["layers.2:5", "0.91", "month", "names"]
+    assert second.split()[:2] == ["layers.10:5", "-"] and "(failed: no token is marked)" in second
+    assert latent_table(table.iloc[:1], ["detection"])[1].split()[0] == "5"
