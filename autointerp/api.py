@@ -77,13 +77,13 @@ def latent_table(table: pd.DataFrame, scorers: list[str]) -> list[str]:
     (where the run has controls), then the label, or the reason the latent has none."""
     from autointerp.scorers.registry import scorer_metrics
 
-    columns = []  # (header, column, control column)
+    columns: list[tuple[str, str, str | None]] = []  # (header, column, control column where the run has one)
     for scorer in scorers:
         metrics = scorer_metrics(scorer)
         m = "auroc" if "auroc" in metrics else metrics[0] if metrics else None  # AUROC needs no threshold
         if m is not None and f"{scorer}_{m}" in table:
-            control = f"{scorer}_control_{m}"
-            columns.append((f"{scorer} {m}", f"{scorer}_{m}", control if control in table else None))
+            wanted = f"{scorer}_control_{m}"
+            columns.append((f"{scorer} {m}", f"{scorer}_{m}", wanted if wanted in table else None))
     header = f"  {'latent':>8}"
     for name, _, control in columns:
         header += f"  {name:>{max(len(name), 5)}}" + ("  control" if control else "")
