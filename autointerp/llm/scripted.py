@@ -1,5 +1,9 @@
 """A judge whose answers are computed by a Python function: for tests and benchmarks.
 
+Its usage counts 4 characters as a token, and counts as cached the prefix a prompt shares with the
+previous one (as llama.cpp's KV cache and a provider's prefix cache do), so prompt layouts can be
+compared without a model.
+
 It lets a test decide exactly what the "LLM" says (including garbage, or an answer cut off at the
 token limit: a `Reply` with `finish_reason="length"`) so that the code around the judge (parsing,
 failure counting, metrics, resume) is tested without any model.
@@ -7,6 +11,7 @@ failure counting, metrics, resume) is tested without any model.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
@@ -35,6 +40,7 @@ class ScriptedJudge:
         self.text_scorer = text_scorer
         self.supports_prompt_logprobs = text_scorer is not None
         self.calls: list[list[Message]] = []
+        self._last_prompt = ""
         self.scored_texts: list[str] = []
 
     async def chat(
@@ -51,8 +57,16 @@ class ScriptedJudge:
         reply = out if isinstance(out, Reply) else Reply(text=out)
         if not logprobs:
             reply = replace(reply, logprobs=None)
+        prompt = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        common = len(os.path.commonprefix([prompt, self._last_prompt]))
+        self._last_prompt = prompt
         prompt_chars = sum(len(m["content"]) for m in messages)
-        reply.usage = Usage(prompt_tokens=prompt_chars // 4, completion_tokens=len(reply.text) // 4, calls=1)
+        reply.usage = Usage(
+            prompt_tokens=prompt_chars // 4,
+            completion_tokens=len(reply.text) // 4,
+            calls=1,
+            cached_prompt_tokens=min(common // 4, prompt_chars // 4),
+        )
         return reply
 
     async def prompt_logprobs(
