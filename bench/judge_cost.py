@@ -27,7 +27,6 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -87,7 +86,9 @@ def default_latents(args: argparse.Namespace) -> list[tuple[str, LatentRecord, s
 
 async def main_async(args: argparse.Namespace) -> None:
     variants = args.variants.split(",")
-    cases = [(f"planted {s}", planted_record(n_test=args.n, n_neg=args.n, seed=s), RIGHT, WRONG) for s in range(args.planted)]
+    cases = [
+        (f"planted {s}", planted_record(n_test=args.n, n_neg=args.n, seed=s), RIGHT, WRONG) for s in range(args.planted)
+    ]
     if args.judge == "scripted":
         judge = scripted_judge()
     else:
@@ -100,25 +101,26 @@ async def main_async(args: argparse.Namespace) -> None:
     usage: dict[tuple[str, str], list[Usage]] = {}
     auroc: dict[tuple[str, str, str], dict[str, float]] = {}
     failed: dict[tuple[str, str], int] = {}
-    seconds: dict[str, float] = {}
-    for variant in variants:
-        start = time.perf_counter()
-        scorers = [DetectionScorer(settings(variant)), FuzzingScorer(settings(variant))]
-        for name, record, label, control in cases:
-            line = [f"  {variant:>9} {name:>12}"]
-            for scorer in scorers:
+    seconds = dict.fromkeys(variants, 0.0)
+    for name, record, label, control in cases:  # latent by latent, so a cut-short run is still paired
+        for variant in variants:
+            start = time.perf_counter()
+            line = [f"  {name:>12} {variant:>9}"]
+            for scorer in (DetectionScorer(settings(variant)), FuzzingScorer(settings(variant))):
                 for arm, text in (("label", label), ("control", control)):
                     score = await scorer(record, Explanation(record.latent, text, "bench"), judge)
                     if arm == "label":  # the cost of one latent is its label's scoring (the control doubles it)
                         usage.setdefault((variant, scorer.name), []).append(score.usage)
+                        u = score.usage
+                        line.append(f"{scorer.name[:3]} {u.calls}c {u.prompt_tokens}p {u.cached_prompt_tokens}k")
                     failed[(variant, scorer.name)] = failed.get((variant, scorer.name), 0) + score.n_failed
                     value = score.metrics.get("auroc")
                     if value is not None and not math.isnan(value):
                         auroc.setdefault((variant, scorer.name, arm), {})[name] = value
                     line.append(f"{scorer.name[:3]}/{arm[:4]} {'-' if value is None else f'{value:.2f}'}")
                     line.append(f"({score.n_failed} failed)" if score.n_failed else "")
+            seconds[variant] += time.perf_counter() - start
             print(" ".join(x for x in line if x), flush=True)
-        seconds[variant] = time.perf_counter() - start
     await judge.aclose()
 
     print("\nper latent and scorer, mean over latents (the label's scoring; the control costs the same again):")
@@ -137,14 +139,19 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{total.cached_prompt_tokens / k:7.0f} {total.computed_prompt_tokens / k:8.0f} "
                 f"{total.completion_tokens / k:6.0f}"
             )
-        k = max(1, len(cases))
+        k = max(1, len(usage.get((variant, "detection"), [])))
         print(
             f"  {variant:>9} {'both':>9} {both.calls / k:6.1f} {both.prompt_tokens / k:7.0f} "
             f"{both.cached_prompt_tokens / k:7.0f} {both.computed_prompt_tokens / k:8.0f} "
             f"{both.completion_tokens / k:6.0f}   ({seconds[variant]:.0f} s for all latents, both arms)"
         )
-    print("\nAUROC, mean ± standard error over latents (label / control or wrong label), and paired against one-per-call:")
-    groups = {"default": [c[0] for c in cases if c[0].startswith("default")], "planted": [c[0] for c in cases if c[0].startswith("planted")]}
+    print(
+        "\nAUROC, mean ± standard error over latents (label / control or wrong label), and paired against one-per-call:"
+    )
+    groups = {
+        "default": [c[0] for c in cases if c[0].startswith("default")],
+        "planted": [c[0] for c in cases if c[0].startswith("planted")],
+    }
     for group, names in groups.items():
         if not names:
             continue

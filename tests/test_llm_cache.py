@@ -438,12 +438,16 @@ def test_stage_costs_per_1000_latents_from_a_results_table():
     assert set(costs) == {"explainer", "detection", "detection_control"}
     e, d = costs["explainer"], costs["detection"]
     assert (e.model, e.latents, d.model, d.latents) == ("e", 2, "j", 3)
-    assert e.per_1000(e.usage.computed_prompt_tokens) == 1_500_000 and e.per_1000(e.usage.cached_prompt_tokens) == 500_000
+    assert (
+        e.per_1000(e.usage.computed_prompt_tokens) == 1_500_000 and e.per_1000(e.usage.cached_prompt_tokens) == 500_000
+    )
     assert e.usd_per_1000 == pytest.approx((1.5, 0.5, 0.04))
     # detection: 600 uncached, 600 cached, 9 completion tokens over 3 latents
     assert d.usd_per_1000 == pytest.approx((200_000 * 10 / 1e6, 200_000 * 1 / 1e6, 3_000 * 10 / 1e6))
     lines = describe_costs(list(costs.values()), prices)
-    assert any(line.startswith("  detection (j, 3 latents): 200,000 uncached + 200,000 cached prompt") for line in lines)
+    assert any(
+        line.startswith("  detection (j, 3 latents): 200,000 uncached + 200,000 cached prompt") for line in lines
+    )
     total = sum(sum(c.usd_per_1000) for c in costs.values())
     assert lines[-1] == f"  all stages: ${total:.4f} per 1,000 latents"
     assert "no price table given" in describe_costs(stage_costs(table, None), None)[1]

@@ -28,7 +28,6 @@ from typing import Any
 from autointerp.errors import AutointerpError
 from autointerp.records import Usage
 
-
 PRICE_KEYS = ("prompt", "completion", "cached_prompt")
 
 
