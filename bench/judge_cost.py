@@ -62,7 +62,7 @@ def scripted_judge():
     def answer(messages):
         return slots_oracle(messages) if "Excerpt 1:" in messages[-1]["content"] else oracle(messages)
 
-    return ScriptedJudge(answer)
+    return ScriptedJudge(answer, prefix_cache=True)
 
 
 def default_latents(args: argparse.Namespace) -> list[tuple[str, LatentRecord, str, str]]:

@@ -194,7 +194,10 @@ def test_slots_mode_costs_fewer_tokens_and_the_summary_prices_each_stage(folder,
     one = run.score()
     twin = folder.parent / "slots"
     shutil.copytree(folder, twin, ignore=shutil.ignore_patterns("*.jsonl", "*.parquet"))
-    batched = {"reader": ScriptedJudge(slot_reader, model="reader"), "namer": ScriptedJudge(namer, model="namer")}
+    batched = {
+        "reader": ScriptedJudge(slot_reader, model="reader", prefix_cache=True),
+        "namer": ScriptedJudge(namer, model="namer"),
+    }
     run = autointerp.Run(
         twin, judges=batched, progress=False, echo=None, prices=str(prices), judge_mode="slots", batch_size=6, **OPTIONS
     )

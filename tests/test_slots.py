@@ -103,10 +103,12 @@ def test_a_slot_whose_top_has_neither_option_fails_alone():
 def test_slots_score_a_planted_latent_with_fewer_calls_and_a_shared_prefix(scorer_cls):
     record = planted_record(n_test=10, n_neg=10)
     one = ScriptedJudge(lambda m: __import__("planted").oracle(m))
-    many = ScriptedJudge(slots_oracle)
+    many = ScriptedJudge(slots_oracle, prefix_cache=True)
     per_call = _score(scorer_cls(), record, "month names such as March", one)
     right = _score(scorer_cls(_slots(5)), record, "month names such as March", many)
-    wrong = _score(scorer_cls(_slots(5)), record, "animal names like cat", ScriptedJudge(slots_oracle))
+    wrong = _score(
+        scorer_cls(_slots(5)), record, "animal names like cat", ScriptedJudge(slots_oracle, prefix_cache=True)
+    )
     assert right.metrics["auroc"] == per_call.metrics["auroc"] == 1.0 and right.n_failed == 0
     assert wrong.metrics["auroc"] < 0.7
     assert right.usage.calls == 4 and per_call.usage.calls == 20
