@@ -1,6 +1,7 @@
 """Judge tokens per latent, one example per call against several per call, at what validity.
 
-    python bench/judge_cost.py [--judge qwen2.5-coder-1.5b | scripted] [--latents 3] [--planted 2]
+    python bench/judge_cost.py [--judge qwen2.5-coder-1.5b | openai:MODEL --judge-url URL | scripted]
+                               [--latents 3] [--planted 2]
                                [--n 10] [--variants logprobs,slots5,slots10]
 
 On the same latents and the same labels, scores detection and fuzzing with each variant of asking
@@ -92,10 +93,14 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.judge == "scripted":
         judge = scripted_judge()
     else:
-        from autointerp.llm.local import load_local_judge
+        from autointerp import app
+        from autointerp.config import RunConfig
 
         cases = default_latents(args) + cases
-        judge = load_local_judge(args.judge, n_ctx=4096)
+        # any judge a run takes (a local GGUF, openai:MODEL with --judge-url, vllm:MODEL); no response
+        # cache, so every call is counted
+        config = RunConfig(judge=args.judge, judge_url=args.judge_url, response_cache=False)
+        judge = app.make_judge(args.judge, config)
     print(f"judge {judge.model}; {len(cases)} latents, {args.n}+{args.n} held-out examples; variants {variants}")
     # usage[(variant, scorer)] per latent; auroc[(variant, scorer, arm)][case]
     usage: dict[tuple[str, str], list[Usage]] = {}
@@ -173,7 +178,10 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--judge", default="qwen2.5-coder-1.5b", help="a local judge name or GGUF path, or 'scripted'")
+    parser.add_argument(
+        "--judge", default="qwen2.5-coder-1.5b", help="a judge as `run --judge` takes it, or 'scripted'"
+    )
+    parser.add_argument("--judge-url", default=None, help="base URL of an openai: judge's server")
     parser.add_argument("--latents", type=int, default=3, help="default latents (the first eligible ones)")
     parser.add_argument("--planted", type=int, default=2, help="planted latents (seeds 0, 1, ...)")
     parser.add_argument("--n", type=int, default=10, help="held-out activating and silent examples per latent")
