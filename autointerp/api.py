@@ -122,7 +122,7 @@ class Outcome:
 
     def describe(self) -> str:
         """The summary the command line prints: counts, mean headline metrics per scorer, token use."""
-        from autointerp.llm.accounting import describe
+        from autointerp.llm.accounting import describe, describe_costs, stage_costs
         from autointerp.results import usage_by_model
         from autointerp.scorers.registry import find_scorer, scorer_metrics
 
@@ -158,6 +158,8 @@ class Outcome:
         lines.append(f"results: {self.files.results}")
         for model, usage in usage_by_model(self.files).items():
             lines.append(f"  tokens in this folder, {describe(usage, model, self.prices)}")
+        if self.prices is not None:
+            lines += ["  " + line for line in describe_costs(stage_costs(table, self.prices), self.prices)]
         return "\n".join(lines)
 
     def failure_note(self) -> str | None:
@@ -375,13 +377,18 @@ class Run:
         license: str | None = None,
         dry_run: bool = False,
         staging: str | Path | None = None,
+        prices: str | Path | None = None,
     ) -> tuple[Path | None, Published | None]:
         """Upload the results to the Hugging Face Hub as a dataset repo `repo` with a generated card (see
         the README); with `dry_run`, only write the folder that would be uploaded. Returns (the staging
         folder, when kept; the upload, unless a dry run)."""
         from autointerp.hub import PublishOptions, publish
+        from autointerp.llm.accounting import PriceTable
 
-        options = PublishOptions(repo_id=repo, private=private, with_judgments=with_judgments, license=license)
+        table = PriceTable.load(prices) if prices is not None else None
+        options = PublishOptions(
+            repo_id=repo, private=private, with_judgments=with_judgments, license=license, prices=table
+        )
         return publish(
             self.folder,
             options,

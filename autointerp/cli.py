@@ -237,6 +237,11 @@ def _add_publish_parser(sub: Any) -> None:
         help="also upload judgments.parquet (every judge answer) as the config 'judgments'",
     )
     p.add_argument("--license", help="license id for the card, e.g. mit, apache-2.0, cc-by-4.0 (default: none)")
+    p.add_argument(
+        "--prices",
+        type=Path,
+        help="price table (JSON or TOML, as for `run --prices`): the card gives the judge cost per 1,000 latents",
+    )
     p.add_argument("--dry-run", action="store_true", help="only write the folder that would be uploaded")
     p.add_argument(
         "--staging-dir",
@@ -301,6 +306,7 @@ def publish_command(args: argparse.Namespace) -> int:
         license=args.license,
         dry_run=args.dry_run,
         staging=args.staging_dir,
+        prices=args.prices,
     )
     if done is None:
         assert kept is not None

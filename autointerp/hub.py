@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 
 from autointerp.errors import AutointerpError
+from autointerp.llm.accounting import PriceTable, stage_costs
 from autointerp.results import JUDGMENTS, RESULTS
 
 RESULTS_PATH = "data/results.parquet"
@@ -56,6 +57,7 @@ class PublishOptions:
     private: bool = False
     with_judgments: bool = False
     license: str | None = None
+    prices: PriceTable | None = None  # for the card's cost per 1,000 latents (the table is not published)
 
 
 @dataclass
@@ -340,6 +342,45 @@ def _unusable(df: pd.DataFrame, scorers: list[str]) -> list[str]:
     return out
 
 
+def _cost_section(df: pd.DataFrame, prices: PriceTable | None) -> list[str]:
+    """Judge tokens (and, with prices, USD) per 1,000 latents for each stage; uncached and cached apart,
+    since providers bill tokens their prefix cache served at a lower price."""
+    costs = stage_costs(df, prices)
+    if not costs:
+        return []
+    header = ["stage", "model", "latents", "uncached prompt tokens", "cached prompt tokens", "completion tokens"]
+    if prices is not None:
+        header += ["USD uncached prompt", "USD cached prompt", "USD completion", "USD"]
+    rows = []
+    for c in costs:
+        u = c.usage
+        row: list[Any] = [
+            f"`{c.stage}`",
+            _cell(c.model),
+            c.latents,
+            f"{c.per_1000(u.computed_prompt_tokens):,.0f}",
+            f"{c.per_1000(u.cached_prompt_tokens):,.0f}",
+            f"{c.per_1000(u.completion_tokens):,.0f}",
+        ]
+        if prices is not None:
+            usd = c.usd_per_1000
+            row += [f"{v:.4f}" for v in usd] + [f"{sum(usd):.4f}"] if usd is not None else ["", "", "", "no price"]
+        rows.append(row)
+    lines = [
+        "## Judge cost",
+        "",
+        "Judge tokens per 1,000 latents, by stage (the columns `<stage>_prompt_tokens`, "
+        "`<stage>_cached_prompt_tokens` and `<stage>_completion_tokens` per latent); cached prompt tokens are "
+        "those the backend reported its prefix cache held"
+        + (", priced with the run's price table (USD per 1,000 latents)" if prices is not None else "")
+        + ":",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+    return lines
+
+
 def dataset_card(run: Run, options: PublishOptions) -> str:
     """The README.md of the dataset repo: `configs:` front matter for `load_dataset`, then provenance."""
     cfg, df, repo = run.config, run.results, options.repo_id
@@ -418,6 +459,7 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
             "Judge answers that could not be read (counted, excluded from the metrics): " + ", ".join(unusable) + ".",
             "",
         ]
+    lines += _cost_section(df, options.prices)
     lines += [
         "## Provenance",
         "",

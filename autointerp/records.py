@@ -106,16 +106,29 @@ class LatentRecord:
 
 @dataclass
 class Usage:
-    """Token accounting of judge calls, summed over a stage."""
+    """Token accounting of judge calls, summed over a stage.
+
+    `cached_prompt_tokens` is the part of `prompt_tokens` the backend did not compute again because a
+    prefix cache held it (a provider's `cached_tokens`, the KV cache llama.cpp kept from the previous
+    prompt): what a prompt layout that puts the unchanging part first saves, and what providers bill at
+    a lower price. 0 where the backend does not say.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     calls: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def computed_prompt_tokens(self) -> int:
+        """Prompt tokens the backend evaluated (outside any cache)."""
+        return self.prompt_tokens - self.cached_prompt_tokens
 
     def add(self, other: Usage) -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.calls += other.calls
+        self.cached_prompt_tokens += other.cached_prompt_tokens
 
 
 @dataclass

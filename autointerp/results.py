@@ -320,6 +320,7 @@ def materialize(
             "status": e.status if e else "missing",
             "error": e.error if e else "",
             "explainer_prompt_tokens": usage.prompt_tokens if usage else None,
+            "explainer_cached_prompt_tokens": usage.cached_prompt_tokens if usage else None,
             "explainer_completion_tokens": usage.completion_tokens if usage else None,
         }
         if dictionaries and unit.hookpoint in dictionaries:
@@ -333,6 +334,7 @@ def materialize(
             row[f"{scorer}_n_failed"] = s.n_failed if s else None
             row[f"{scorer}_judge_model"] = s.judge_model if s else None
             row[f"{scorer}_prompt_tokens"] = s.usage.prompt_tokens if s and s.usage else None
+            row[f"{scorer}_cached_prompt_tokens"] = s.usage.cached_prompt_tokens if s and s.usage else None
             row[f"{scorer}_completion_tokens"] = s.usage.completion_tokens if s and s.usage else None
             if s and s.status != "ok" and row["status"] == "ok":
                 row["status"] = f"{scorer} {s.status}"
@@ -351,6 +353,10 @@ def materialize(
                 row[f"{scorer}_control_hookpoint"] = (c.donor_hookpoint or row["hookpoint"]) if c is not None else None
                 row[f"{scorer}_control_latent"] = c.donor if c is not None else None
                 row[f"{scorer}_control_explanation"] = c.explanation if c is not None else None
+                spent = c.usage if c is not None else None  # what the control cost: as much again
+                row[f"{scorer}_control_prompt_tokens"] = spent.prompt_tokens if spent else None
+                row[f"{scorer}_control_cached_prompt_tokens"] = spent.cached_prompt_tokens if spent else None
+                row[f"{scorer}_control_completion_tokens"] = spent.completion_tokens if spent else None
                 for j in (c.judgments if c is not None else None) or []:
                     judgment_rows.append(
                         {

@@ -253,7 +253,7 @@ ExplainerStyle = Literal["names", "excerpts", "contrastive"]
 EXPLAINER_STYLES: tuple[str, ...] = typing.get_args(ExplainerStyle)
 # runs configured before the names style existed saved the excerpts style under this name
 OLD_STYLE_NAMES = {"default": "excerpts"}
-ClassifierMode = Literal["auto", "logprobs", "text", "json"]
+ClassifierMode = Literal["auto", "logprobs", "text", "slots", "json"]
 SimulationMode = Literal["auto", "logprobs", "json"]
 ChoiceMode = Literal["auto", "logprobs", "text"]
 ControlKind = Literal["shuffled", "none"]
@@ -391,12 +391,14 @@ class ClassifierSettings(Checked):
     mode: ClassifierMode = setting(
         "auto",
         "auto: logprobs when the judge gives them, else text; logprobs: one example per call, P(Yes) from "
-        "logprobs (gives AUROC); text: one per call, Yes/No read from the answer; json: --batch-size "
-        "examples per call answered as a JSON list",
+        "logprobs (gives AUROC); text: one per call, Yes/No read from the answer; slots: --batch-size "
+        "numbered examples per call answered one line each ('1: Yes'), P(Yes) per line from logprobs "
+        "(fewer calls and prompt tokens, gives AUROC); json: --batch-size examples per call answered as "
+        "a JSON list",
         cli=SCORING,
         flag="--judge-mode",
     )
-    batch_size: int = setting(5, "examples per prompt in json mode", cli=SCORING, at_least=1)
+    batch_size: int = setting(5, "examples per prompt in slots and json modes", cli=SCORING, at_least=1)
     max_reasks: int = setting(1, "extra attempts after an answer that cannot be read", at_least=0)
     top_logprobs: int = setting(20, "alternatives read at the answer's first token", at_least=1)
     seed: int = setting(0, "seed of the order of a latent's items (the run sets it to the sampling seed)")

@@ -15,9 +15,12 @@ bodies, garbage) and check what the code around the judge does with them:
 Actions a behaviour can return:
 
 - `("ok", text)` or `("ok", text, top)`: a proper `chat.completion` with usage; when the request
-  asks for `logprobs`, `logprobs.content` holds one entry per token of `text` (split at spaces) and
-  the first token's `top_logprobs` holds `top` (token -> logprob; default: the token alone at -0.01),
-  cut to the requested `top_logprobs`.
+  asks for `logprobs`, `logprobs.content` holds one entry per token of `text` (split before spaces
+  and newlines) and the first token's `top_logprobs` holds `top` (token -> logprob; default: the
+  token alone at -0.01), cut to the requested `top_logprobs`; `top` may also be a list, one such
+  mapping (or None) per token. The usage reports as `prompt_tokens_details.cached_tokens` the prefix
+  (in the same 4-characters-a-token count) the request's messages share with the previous chat
+  request's, as a provider's prefix cache would.
 - `("length", text)` or `("length", text, top)`: the same, but with `finish_reason: "length"`, as a
   server sends an answer its `max_tokens` cut off (a well-formed reply whose text stops mid-answer).
 - `("status", code)` / `("status", code, headers)` / `("status", code, headers, message)`: an
@@ -35,6 +38,7 @@ answers `("ok", default)` for ever. Every chat request is kept in `requests` as
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -46,8 +50,16 @@ Action = tuple
 Behaviour = Callable[[dict[str, Any], int], Action]
 
 
+def prompt_text(request: dict[str, Any]) -> str:
+    return "".join(f"<{m.get('role')}>{m.get('content', '')}" for m in request.get("messages", []))
+
+
 def completion_body(
-    request: dict[str, Any], text: str, top: dict[str, float] | None = None, finish_reason: str = "stop"
+    request: dict[str, Any],
+    text: str,
+    top: dict[str, float] | list[dict[str, float] | None] | None = None,
+    finish_reason: str = "stop",
+    cached_chars: int = 0,
 ) -> dict[str, Any]:
     """A `chat.completion` object answering `request` with `text`, with logprobs when it asks for them."""
     tokens = re.findall(r"\s*\S+", text) or [text]
@@ -61,7 +73,8 @@ def completion_body(
         k = int(request.get("top_logprobs") or 0)
         content = []
         for i, tok in enumerate(tokens):
-            alts = dict(top) if (i == 0 and top) else {tok: -0.01}
+            given = top[i] if isinstance(top, list) and i < len(top) else (top if i == 0 else None)
+            alts = dict(given) if given else {tok: -0.01}
             lp = alts.get(tok, -0.01)
             ranked = sorted(alts.items(), key=lambda kv: -kv[1])[:k]
             content.append(
@@ -84,6 +97,7 @@ def completion_body(
             "prompt_tokens": max(1, prompt_chars // 4),
             "completion_tokens": len(tokens),
             "total_tokens": max(1, prompt_chars // 4) + len(tokens),
+            "prompt_tokens_details": {"cached_tokens": min(cached_chars // 4, max(1, prompt_chars // 4))},
         },
     }
 
@@ -132,6 +146,7 @@ class FaultServer:
     def __init__(self, behaviour: Behaviour | None = None, *, default: str = "OK"):
         self.behaviour: Behaviour = behaviour or (lambda request, n: ("ok", default))
         self.requests: list[tuple[float, dict[str, Any], dict[str, str]]] = []
+        self._last_prompt = ""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
@@ -223,7 +238,11 @@ class FaultServer:
                 elif kind in ("ok", "length"):
                     top = action[2] if len(action) > 2 else None
                     finish = "length" if kind == "length" else "stop"
-                    self._send_json(200, completion_body(request, action[1], top, finish))
+                    prompt = prompt_text(request)
+                    with server._lock:
+                        cached = len(os.path.commonprefix([prompt, server._last_prompt]))
+                        server._last_prompt = prompt
+                    self._send_json(200, completion_body(request, action[1], top, finish, cached))
                 elif kind == "status":
                     code = int(action[1])
                     headers = action[2] if len(action) > 2 and action[2] else {}

@@ -99,6 +99,45 @@ def oracle(messages: list[Message]) -> Reply:
     return yes_no(0.9 if hit else 0.1)
 
 
+def slot_excerpts(messages: list[Message]) -> tuple[str, list[str]]:
+    """The explanation and the numbered excerpts of a slots-mode prompt."""
+    user = messages[-1]["content"]
+    explanation = re.search(r"Explanation of the feature: (.*)", user).group(1)
+    excerpts = re.findall(r"Excerpt \d+:\n<excerpt>\n(.*?)\n</excerpt>", user, re.DOTALL)
+    return explanation, excerpts
+
+
+def slot_probabilities(messages: list[Message]) -> list[float]:
+    """The oracle's P(Yes) for each excerpt of a slots-mode prompt."""
+    explanation, excerpts = slot_excerpts(messages)
+    out = []
+    for e in excerpts:
+        one = [{"role": "user", "content": f"Explanation of the feature: {explanation}\n<excerpt>\n{e}\n</excerpt>"}]
+        top = oracle(one).logprobs[0].top
+        out.append(math.exp(top[" Yes"]))
+    return out
+
+
+def slot_reply(p_yes: list[float]) -> Reply:
+    """A "1: Yes\n2: No..." answer generated token by token the way Qwen's tokenizer splits it ("1", ":",
+    " Yes", "\n"), with the top logprobs at each answer word."""
+    tokens: list[TokenLogprob] = []
+    for k, p in enumerate(p_yes, 1):
+        p = min(max(p, 1e-4), 1 - 1e-4)
+        top = {" Yes": math.log(p), " No": math.log(1 - p), " Maybe": math.log(1e-6)}
+        word = " Yes" if p >= 0.5 else " No"
+        if k > 1:
+            tokens.append(TokenLogprob("\n", -0.01, {"\n": -0.01}))
+        tokens += [TokenLogprob(str(k), -0.01, {str(k): -0.01}), TokenLogprob(":", -0.01, {":": -0.01})]
+        tokens.append(TokenLogprob(word, top[word], top))
+    return Reply(text="".join(t.token for t in tokens), logprobs=tokens)
+
+
+def slots_oracle(messages: list[Message]) -> Reply:
+    """The oracle, asked about several numbered excerpts at once, answering one line per excerpt."""
+    return slot_reply(slot_probabilities(messages))
+
+
 def oracle_explainer(messages: list[Message]) -> str:
     """Names the category of the marked tokens, if no silent excerpt (contrastive prompts) holds one too.
     Shown a names-style list of tokens with counts instead, it names their category as JSON."""

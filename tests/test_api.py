@@ -169,3 +169,58 @@ def test_the_latent_table_names_the_hookpoint_when_a_run_has_several():
     assert first.split() == ["layers.2:5", "0.91", "month", "names"]
     assert second.split()[:2] == ["layers.10:5", "-"] and "(failed: no token is marked)" in second
     assert latent_table(table.iloc[:1], ["detection"])[1].split()[0] == "5"
+
+
+def slot_reader(messages):
+    """`reader`, asked about numbered excerpts at once (slots mode), answering one line each."""
+    from planted import slot_excerpts, slot_reply
+
+    explanation, excerpts = slot_excerpts(messages)
+    one = [
+        [{"role": "user", "content": f"Explanation of the feature: {explanation}\n<excerpt>\n{e}\n</excerpt>"}]
+        for e in excerpts
+    ]
+    return slot_reply([0.9 if reader(m).text == "Yes" else 0.1 for m in one])
+
+
+def test_slots_mode_costs_fewer_tokens_and_the_summary_prices_each_stage(folder, tmp_path):
+    prices = tmp_path / "prices.json"
+    prices.write_text(
+        '{"reader": {"prompt": 1.0, "completion": 4.0, "cached_prompt": 0.25}, '
+        '"namer": {"prompt": 2.0, "completion": 8.0}}'
+    )
+    run = autointerp.Run(folder, judges=judges(), progress=False, echo=None, prices=str(prices), **OPTIONS)
+    run.explain()
+    one = run.score()
+    twin = folder.parent / "slots"
+    shutil.copytree(folder, twin, ignore=shutil.ignore_patterns("*.jsonl", "*.parquet"))
+    batched = {
+        "reader": ScriptedJudge(slot_reader, model="reader", prefix_cache=True),
+        "namer": ScriptedJudge(namer, model="namer"),
+    }
+    run = autointerp.Run(
+        twin, judges=batched, progress=False, echo=None, prices=str(prices), judge_mode="slots", batch_size=6, **OPTIONS
+    )
+    run.explain()
+    slots = run.score()
+    a, b = one.results, slots.results
+    assert list(a["latent"]) == list(b["latent"])
+    for column in ("detection_balanced_accuracy", "detection_auroc", "fuzzing_balanced_accuracy", "fuzzing_auroc"):
+        pd.testing.assert_series_equal(b[column], a[column])  # the same answers, read from lines
+    assert b["detection_balanced_accuracy"].notna().any()
+    for scorer in ("detection", "fuzzing"):
+        assert (b[f"{scorer}_prompt_tokens"] < a[f"{scorer}_prompt_tokens"] / 2).all()
+        assert (b[f"{scorer}_cached_prompt_tokens"] > 0).all()  # the system prompt and the label come first
+        assert (b[f"{scorer}_control_prompt_tokens"] > 0).all()
+        assert (b[f"{scorer}_n_failed"] == 0).all()
+    text = slots.describe()
+    assert "per 1,000 latents (prices from" in text
+    for stage in ("explainer (namer", "detection (reader", "fuzzing (reader", "detection_control (reader"):
+        assert f"  {stage}, 3 latents): " in text, text
+    assert re.search(r"all stages: \$\d+\.\d{4} per 1,000 latents", text)
+    # the card gives the same figures
+    from autointerp.hub import PublishOptions, dataset_card, load_run
+    from autointerp.llm.accounting import PriceTable
+
+    card = dataset_card(load_run(twin), PublishOptions("a/b", prices=PriceTable.load(prices)))
+    assert "## Judge cost" in card and "| `detection` | reader | 3 |" in card and "USD cached prompt" in card

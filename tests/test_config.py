@@ -141,7 +141,10 @@ def test_the_frozen_fields_are_the_ones_that_define_the_folder(capsys):
         (lambda: CacheSettings(batch_rows=0), "--batch-rows must be at least 1"),
         (lambda: ExplainerSettings(best_of=0), "--best-of must be at least 1"),
         (lambda: ExplainerSettings(style="fancy"), "--explainer-style must be one of"),
-        (lambda: ClassifierSettings(mode="xml"), "--judge-mode must be one of 'auto', 'logprobs', 'text', 'json'"),
+        (
+            lambda: ClassifierSettings(mode="xml"),
+            "--judge-mode must be one of 'auto', 'logprobs', 'text', 'slots', 'json'",
+        ),
         (lambda: SimulationSettings(mode="text"), "mode must be one of 'auto', 'logprobs', 'json'"),
         (lambda: InterventionSettings(kl_target=0), "--kl-target must be positive"),
         (lambda: InterventionSettings(method="push"), "method must be one of"),

@@ -402,6 +402,57 @@ def test_cost():
     assert "$4.0000" in describe(usage, "m", prices)
 
 
+def test_cached_prompt_tokens_cost_their_own_price_or_the_prompt_price():
+    usage = Usage(prompt_tokens=1_000_000, completion_tokens=0, calls=3, cached_prompt_tokens=600_000)
+    discounted = PriceTable.from_mapping({"m": {"prompt": 2.0, "completion": 8.0, "cached_prompt": 0.5}})
+    assert cost(usage, "m", discounted) == pytest.approx(0.4 * 2.0 + 0.6 * 0.5)
+    plain = PriceTable.from_mapping({"m": {"prompt": 2.0, "completion": 8.0}})
+    assert cost(usage, "m", plain) == pytest.approx(2.0)
+    assert "(600,000 cached)" in describe(usage, "m", plain)
+
+
+def test_stage_costs_per_1000_latents_from_a_results_table():
+    import pandas as pd
+
+    from autointerp.llm.accounting import describe_costs, stage_costs
+
+    table = pd.DataFrame(
+        {
+            "explainer_model": ["e", "e", None],
+            "explainer_prompt_tokens": [1000, 3000, None],  # the third latent's label needed no LLM
+            "explainer_cached_prompt_tokens": [0, 1000, None],
+            "explainer_completion_tokens": [10, 30, None],
+            "detection_judge_model": ["j", "j", "j"],
+            "detection_prompt_tokens": [300, 300, 600],
+            "detection_cached_prompt_tokens": [100, 100, 400],
+            "detection_completion_tokens": [3, 3, 3],
+            "detection_control_prompt_tokens": [300, 300, 300],
+            "detection_control_cached_prompt_tokens": [0, 0, 0],
+            "detection_control_completion_tokens": [3, 3, 3],
+        }
+    )
+    prices = PriceTable.from_mapping(
+        {"e": {"prompt": 1.0, "completion": 2.0}, "j": {"prompt": 10.0, "completion": 10.0, "cached_prompt": 1.0}}
+    )
+    costs = {c.stage: c for c in stage_costs(table, prices)}
+    assert set(costs) == {"explainer", "detection", "detection_control"}
+    e, d = costs["explainer"], costs["detection"]
+    assert (e.model, e.latents, d.model, d.latents) == ("e", 2, "j", 3)
+    assert (
+        e.per_1000(e.usage.computed_prompt_tokens) == 1_500_000 and e.per_1000(e.usage.cached_prompt_tokens) == 500_000
+    )
+    assert e.usd_per_1000 == pytest.approx((1.5, 0.5, 0.04))
+    # detection: 600 uncached, 600 cached, 9 completion tokens over 3 latents
+    assert d.usd_per_1000 == pytest.approx((200_000 * 10 / 1e6, 200_000 * 1 / 1e6, 3_000 * 10 / 1e6))
+    lines = describe_costs(list(costs.values()), prices)
+    assert any(
+        line.startswith("  detection (j, 3 latents): 200,000 uncached + 200,000 cached prompt") for line in lines
+    )
+    total = sum(sum(c.usd_per_1000) for c in costs.values())
+    assert lines[-1] == f"  all stages: ${total:.4f} per 1,000 latents"
+    assert "no price table given" in describe_costs(stage_costs(table, None), None)[1]
+
+
 def test_unknown_model_has_no_cost_and_says_so(tmp_path):
     (tmp_path / "p.json").write_text('{"m": {"prompt": 1, "completion": 1}}')
     prices = PriceTable.load(tmp_path / "p.json")
@@ -418,7 +469,8 @@ def test_unknown_model_has_no_cost_and_says_so(tmp_path):
     [
         ("p.json", "{not json", "cannot be parsed"),
         ("p.toml", "[m\nprompt = 1", "cannot be parsed"),
-        ("p.json", '{"m": {"prompt": 1}}', "exactly the keys"),
+        ("p.json", '{"m": {"prompt": 1}}', "needs the keys"),
+        ("p.json", '{"m": {"prompt": 1, "completion": 1, "cache": 0.5}}', "may have 'cached_prompt'"),
         ("p.json", '{"m": {"prompt": -1, "completion": 1}}', ">= 0"),
         ("p.json", '{"m": {"prompt": "1", "completion": 1}}', ">= 0"),
         ("p.json", "[1, 2]", "mapping"),

@@ -301,6 +301,8 @@ def test_shared_prefix_is_not_recomputed(judge):
             )
         assert reply.usage.prompt_tokens > 250
         assert sum(evaluated) < 30, evaluated  # only the differing tail was evaluated
+        # and the reply says so: what was not evaluated is reported as cached
+        assert reply.usage.prompt_tokens - reply.usage.cached_prompt_tokens == sum(evaluated)
     finally:
         del llm.eval
 

@@ -82,8 +82,13 @@ def test_materialising_old_logs_gives_the_same_tables(tmp_path):
     before, after = pd.read_parquet(V1 / "results.parquet"), pd.read_parquet(run / "results.parquet")
     # metrics declared since (schema 3) get their columns, empty: the old rows do not hold them
     added = ["detection_negative_accuracy", "fuzzing_negative_accuracy"]
-    assert [c for c in after.columns if c not in added] == list(before.columns)
+    # and the cached prompt tokens, added since: none reported, where the old row holds token counts
+    cached = ["explainer_cached_prompt_tokens", *(f"{s}_cached_prompt_tokens" for s in SCORERS)]
+    assert [c for c in after.columns if c not in added + cached] == list(before.columns)
     assert after[added].isna().all().all()
+    for column in cached:
+        counted = after[column.replace("_cached", "")].notna()
+        assert (after.loc[counted, column] == 0).all() and after.loc[~counted, column].isna().all(), column
     for column in before.columns:
         assert _values(before[column]) == _values(after[column]), column
     # the superseded scores of the replaced label stay out of the table

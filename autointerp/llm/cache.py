@@ -38,6 +38,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ def encode_reply(reply: Reply) -> str:
             "prompt_tokens": reply.usage.prompt_tokens,
             "completion_tokens": reply.usage.completion_tokens,
             "calls": reply.usage.calls,
+            "cached_prompt_tokens": reply.usage.cached_prompt_tokens,
         },
         "finish_reason": reply.finish_reason,
     }
@@ -321,10 +323,8 @@ class CachedJudge:
     def _hit(self, encoded: str) -> Reply:
         reply = decode_reply(encoded)
         self.hits += 1
-        self.saved.add(
-            Usage(prompt_tokens=reply.usage.prompt_tokens, completion_tokens=reply.usage.completion_tokens, calls=1)
-        )
-        reply.usage = Usage(prompt_tokens=0, completion_tokens=0, calls=0)
+        self.saved.add(replace(reply.usage, calls=1))
+        reply.usage = Usage()
         return reply
 
     def _hit_tokens(self, encoded: str) -> list[PromptToken]:

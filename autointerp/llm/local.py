@@ -8,6 +8,8 @@ runs in a worker thread so the event loop stays responsive.
 Prefix reuse: `Llama.generate` keeps the KV cache of the previous call and only evaluates the
 tokens after the longest common prefix with it, so consecutive prompts that share a long system
 prompt and examples cost only their differing tails. Keep prompts that share a prefix together.
+The library does not report how much it reused, so the judge works it out the same way just before
+`generate` runs (`reused`) and reports it as the reply's `cached_prompt_tokens`.
 
 Logprobs: the library's own logprobs path (`logits_all=True`) log-softmaxes the logits of every
 token in the context and sorts the whole vocabulary in Python for every generated token, which on
@@ -78,6 +80,27 @@ def _capturing_llama_class() -> Any:
     class _CapturingLlama(llama):
         capture_k: int = 0
         captured: list[tuple[int, float, list[tuple[int, float]]]] | None = None
+        reused: int = 0  # prompt tokens of the last generate() the KV cache held (not evaluated again)
+
+        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+            self.reused = self._reusable(list(tokens)) if kwargs.get("reset", True) else self.n_tokens
+            return super().generate(tokens, *args, **kwargs)
+
+        def _reusable(self, tokens: list[int]) -> int:
+            """What `generate` keeps of the KV cache for `tokens`: the common prefix with the tokens it
+            holds, less the last one when the prompt is all prefix (it is evaluated again for its logits)."""
+            if self.n_tokens <= 0 or not tokens:
+                return 0
+            held = self.input_ids[: self.n_tokens]
+            common = 0
+            for a, b in zip(held, tokens, strict=False):
+                if a != b:
+                    break
+                common += 1
+            if common == len(tokens):
+                exact = self.n_tokens == len(tokens) and not getattr(self, "_requires_eval", False)
+                return common if exact else common - 1
+            return common
 
         def sample(self, *args: Any, idx: int | None = None, **kwargs: Any) -> int:
             token = super().sample(*args, idx=idx, **kwargs)
@@ -206,6 +229,7 @@ class LlamaCppJudge:
                 kwargs.update(logprobs=True, top_logprobs=logprobs)
             if fast:
                 llm.capture_k, llm.captured = logprobs, []
+            llm.reused = 0
             try:
                 out = llm.create_chat_completion(
                     messages=messages,
@@ -238,7 +262,12 @@ class LlamaCppJudge:
         return Reply(
             text=choice["message"].get("content") or "",
             logprobs=lps,
-            usage=Usage(prompt_tokens=int(usage.get("prompt_tokens", 0)), completion_tokens=n_completion, calls=1),
+            usage=Usage(
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=n_completion,
+                calls=1,
+                cached_prompt_tokens=min(int(llm.reused), int(usage.get("prompt_tokens", 0))),
+            ),
             finish_reason=choice.get("finish_reason"),
         )
 

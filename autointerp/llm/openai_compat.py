@@ -622,10 +622,12 @@ class OpenAIJudge:
                 top.setdefault(token, float(value))
                 lps.append(TokenLogprob(token=token, logprob=float(value), top=top))
         u = getattr(response, "usage", None)
+        details = getattr(u, "prompt_tokens_details", None)  # OpenAI, vLLM with prefix caching, OpenRouter
         usage = Usage(
             prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
             calls=1,
+            cached_prompt_tokens=int(getattr(details, "cached_tokens", 0) or 0),
         )
         return Reply(text=content, logprobs=lps, usage=usage, finish_reason=getattr(choice, "finish_reason", None))
 

@@ -361,7 +361,12 @@ class VLLMJudge:
                 top = self._alternatives(position, req.top)
                 top.setdefault(text, float(chosen.logprob))
                 lps.append(TokenLogprob(token=text, logprob=float(chosen.logprob), top=top))
-        usage = Usage(prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(token_ids), calls=1)
+        usage = Usage(
+            prompt_tokens=len(out.prompt_token_ids or []),
+            completion_tokens=len(token_ids),
+            calls=1,
+            cached_prompt_tokens=int(getattr(out, "num_cached_tokens", 0) or 0),  # prefix caching's hits
+        )
         return Reply(text=completion.text, logprobs=lps, usage=usage, finish_reason=completion.finish_reason)
 
     def _tokenize(self, text: str) -> tuple[list[int], list[int], list[bool]]:

@@ -6,6 +6,11 @@ Three ways to ask, picked by `mode`:
 - "text": one item per call, the answer's first word read as Yes or No (backends with no logprobs).
   The limit of a few tokens may cut a chatty answer ("Yes, because the..."): its first word still
   counts when it ended before the cut.
+- "slots": `batch_size` items per call, a numbered list answered one line per item ("1: Yes",
+  "2: No", ...); with logprobs, P(Yes) of each item is read at its answer word from the generated
+  tokens' top logprobs, so it gives AUROC. Everything that does not change between one latent's calls
+  (system prompt, explanation) comes first, so prefix caches hold it; the numbered lines keep each
+  answer tied to its excerpt, which is where the JSON lists of 0/1 lost small judges.
 - "json": `batch_size` items per call, answered as a JSON list of 0/1 (fewer calls, no AUROC).
 An answer that cannot be read, or that the token limit cut off before what is read, is re-asked up
 to `max_reasks` times and then recorded as a failure of that item: it is excluded from the metrics
@@ -15,6 +20,7 @@ and counted, never scored as a 0 or a 1.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import math
 import re
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from autointerp.llm.asking import Request, ask
-from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
+from autointerp.llm.base import CUT_OFF, Judge, Message, Reply, TokenLogprob
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
 from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
@@ -60,7 +66,11 @@ def option_probability(reply: Reply, first: str, second: str) -> float | None:
     tokens that spell either option (" Yes", "yes", "YES"...), or None if neither is among them."""
     if not reply.logprobs:
         return None
-    head = reply.logprobs[0]
+    return token_option_probability(reply.logprobs[0], first, second)
+
+
+def token_option_probability(head: TokenLogprob, first: str, second: str) -> float | None:
+    """`option_probability` at one generated token."""
     top = dict(head.top)
     top.setdefault(head.token, head.logprob)
     p_first = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == first)
@@ -159,6 +169,52 @@ async def ask_binary(
     return prediction, probability, asked.answer, ""
 
 
+_SLOT_LINE = re.compile(r"\s*(\d+)\s*:\s*([A-Za-z]+)[.!]?\s*")
+
+SlotAnswer = tuple[bool | None, float | None, str, str]  # prediction, P(Yes), the item's line, error
+
+
+def read_slots(reply: Reply, n: int) -> tuple[list[SlotAnswer] | None, str]:
+    """The answers of a "1: Yes\n2: No\n..." reply to n numbered items, or None and why it cannot be read.
+
+    The reply must be exactly the lines 1..n in order, each Yes or No (a blank line or a full stop
+    is tolerated, nothing else). With logprobs, each item's P(Yes) is read at the generated token that
+    holds its answer word; an item whose slot has neither Yes nor No among the top logprobs is a
+    failure of that item alone.
+    """
+    if reply.truncated:
+        return None, CUT_OFF
+    found: list[tuple[bool, int, str]] = []  # (answer, character offset of the answer word, the line)
+    for m in re.finditer(r"[^\n]+", reply.text):
+        line = m.group(0)
+        if not line.strip():
+            continue
+        slot = _SLOT_LINE.fullmatch(line)
+        k = len(found) + 1
+        if slot is None or int(slot.group(1)) != k or slot.group(2).lower() not in ("yes", "no"):
+            return None, f"line {k} is not '{k}: Yes' or '{k}: No'"
+        found.append((slot.group(2).lower() == "yes", m.start() + slot.start(2), line.strip()))
+    if len(found) != n:
+        return None, f"{len(found)} answer lines for {n} excerpts"
+    if reply.logprobs is None:
+        return [(answer, None, line, "") for answer, _, line in found], ""
+    starts, pos = [], 0
+    for t in reply.logprobs:
+        starts.append(pos)
+        pos += len(t.token)
+    if "".join(t.token for t in reply.logprobs) != reply.text:
+        return None, "the generated tokens do not spell the answer, so its slots cannot be found"
+    out: list[SlotAnswer] = []
+    for _, offset, line in found:
+        token = reply.logprobs[bisect.bisect_right(starts, offset) - 1]
+        p = token_option_probability(token, "yes", "no")
+        if p is None:
+            out.append((None, None, line, "neither Yes nor No among the top logprobs at this answer"))
+        else:
+            out.append((p > 0.5, p, line, ""))
+    return out, ""
+
+
 def answers_schema(n: int) -> dict:
     return {
         "type": "object",
@@ -199,7 +255,7 @@ class YesNoScorer(Scorer):
         if mode == "auto":
             return "logprobs" if judge.supports_logprobs else "text"
         if mode == "logprobs" and not judge.supports_logprobs:
-            raise UnfitJudge(f"judge {judge.model} gives no logprobs; use mode 'text' or 'json'")
+            raise UnfitJudge(f"judge {judge.model} gives no logprobs; use mode 'text', 'slots' or 'json'")
         return mode
 
     def check_judge(self, judge: Judge | None) -> None:
@@ -213,14 +269,15 @@ class YesNoScorer(Scorer):
         items = [items[i] for i in rng.permutation(len(items))]
         mode = self.mode_for(judge)
         usage = Usage()
-        if mode == "json":
-            judgments = await self._ask_batches(items, explanation.text, judge, usage)
+        if mode in ("json", "slots"):
+            judgments = await self._ask_batches(items, explanation.text, judge, usage, mode)
         else:
             judgments = await asyncio.gather(
                 *(self._ask_one(item, explanation.text, judge, mode, usage) for item in items)
             )
         answered = [j for j in judgments if j.prediction is not None]
-        probs = [j.probability for j in answered] if mode == "logprobs" else None
+        with_probs = mode == "logprobs" or (mode == "slots" and judge.supports_logprobs)
+        probs = [j.probability for j in answered] if with_probs else None
         metrics = classification_metrics(
             [j.activating for j in answered], [bool(j.prediction) for j in answered], probs
         )
@@ -239,9 +296,9 @@ class YesNoScorer(Scorer):
             usage=usage,
         )
 
-    def _messages(self, template: str, **values: object) -> list[Message]:
+    def _messages(self, template: str, system: str = "system.md", **values: object) -> list[Message]:
         return [
-            {"role": "system", "content": load_prompt(f"{self.prompt_dir}/system.md")},
+            {"role": "system", "content": load_prompt(f"{self.prompt_dir}/{system}")},
             {"role": "user", "content": render(load_prompt(f"{self.prompt_dir}/{template}"), **values)},
         ]
 
@@ -273,11 +330,37 @@ class YesNoScorer(Scorer):
         )
         return self._judgment(item, pred, p, answer, error)
 
-    async def _ask_batches(self, items: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
+    async def _ask_batches(
+        self, items: list[Item], explanation: str, judge: Judge, usage: Usage, mode: str
+    ) -> list[Judgment]:
         size = max(1, self.settings.batch_size)
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        results = await asyncio.gather(*(self._ask_batch(b, explanation, judge, usage) for b in batches))
+        ask_batch = self._ask_slots if mode == "slots" else self._ask_batch
+        results = await asyncio.gather(*(ask_batch(b, explanation, judge, usage) for b in batches))
         return [j for batch in results for j in batch]
+
+    async def _ask_slots(self, batch: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
+        excerpts = "\n\n".join(f"Excerpt {i}:\n<excerpt>\n{item.text}\n</excerpt>" for i, item in enumerate(batch, 1))
+        n = len(batch)
+        messages = self._messages(
+            "slots_user.md", system="slots_system.md", explanation=explanation, excerpts=excerpts, n=n
+        )
+        top = self.settings.top_logprobs if judge.supports_logprobs else 0
+
+        def request(attempt: int) -> Request:
+            temperature = 0.0 if attempt == 0 else 0.7
+            # "10: Yes\n" is at most 5 tokens; room for a stray blank line or two
+            return Request(messages, max_tokens=6 * n + 8, temperature=temperature, logprobs=top)
+
+        asked = await ask(
+            judge, request, lambda reply: read_slots(reply, n), attempts=self.settings.max_reasks + 1, usage=usage
+        )
+        if asked.value is None:
+            return [self._judgment(item, None, None, asked.answer, asked.error) for item in batch]
+        return [
+            self._judgment(item, pred, p, line, error)
+            for item, (pred, p, line, error) in zip(batch, asked.value, strict=True)
+        ]
 
     async def _ask_batch(self, batch: list[Item], explanation: str, judge: Judge, usage: Usage) -> list[Judgment]:
         excerpts = "\n".join(f"Excerpt {i}: <excerpt>{item.text}</excerpt>" for i, item in enumerate(batch, 1))
