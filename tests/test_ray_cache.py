@@ -119,12 +119,15 @@ def test_a_ray_cache_equals_the_single_pass_cache(cluster, checkpoint, tmp_path)
 
 def record_and_kill(log: str, kill: str, index: int, folder: Path) -> None:
     """Runs in the worker as a cache shard starts: notes the shard, and kills the worker on the first start
-    of shard 1 (kill="once") or on every one (kill="always")."""
+    of shard 1 (kill="once") or on every one (kill="always"), or fails that start with an OSError
+    (kill="raise")."""
     marks = Path(log)
     with open(marks / "started", "a") as f:
         f.write(f"{index}\n")
-    if index == 1 and (kill == "always" or (kill == "once" and not (marks / "killed").exists())):
+    if index == 1 and (kill == "always" or (kill in ("once", "raise") and not (marks / "killed").exists())):
         (marks / "killed").write_text(str(os.getpid()))
+        if kill == "raise":
+            raise OSError("the shared folder went away for a moment")
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -136,14 +139,15 @@ def _config(out: Path, options: dict):
     return autointerp.Run(out, echo=None, progress=False, **options).config
 
 
-def test_a_shard_whose_worker_is_killed_is_retried(cluster, checkpoint, tmp_path):
+@pytest.mark.parametrize("kill", ["once", "raise"])
+def test_a_shard_that_fails_once_is_retried(cluster, checkpoint, tmp_path, kill):
     options = {**_options(checkpoint), "hookpoints": ["layers.1"]}
     autointerp.Run(tmp_path / "plain", echo=None, progress=False, **options).cache()
     files = RunFiles(tmp_path / "ray")
     files.prepare()
     log = tmp_path / "log"
     log.mkdir()
-    hook = functools.partial(record_and_kill, str(log), "once")
+    hook = functools.partial(record_and_kill, str(log), kill)
     resolved = app.cache_stage(
         files, _config(files.folder, options), progress=False, ray=RayOptions(shards=3, before_cache_shard=hook)
     )

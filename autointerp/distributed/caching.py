@@ -6,7 +6,8 @@ batches a single pass would, and gets the same activations), and records the pla
 `RUN/cache-shards/plan.json`. Each shard is a Ray task (on a GPU with `--device cuda`) that loads the
 model and dictionaries and caches its rows, every hookpoint, into `RUN/cache-shards/N/` with its
 first row's offset, so its windows, sample keys and top windows are those of the whole corpus. A
-worker killed mid-shard is retried by Ray and resumes from the shard's last checkpoint; a shard that
+worker killed mid-shard (or a shard failing with an I/O or device error) is retried by Ray and
+resumes from the shard's last checkpoint; a shard that
 finished is not run again when the run is started again. Once every shard is done the driver merges
 them into `RUN/cache` (`cache.merge`): the same files, value for value, as one pass over the corpus.
 """
@@ -33,6 +34,9 @@ from autointerp.results import RunFiles
 CACHE_SHARDS = "cache-shards"
 PLAN = "plan.json"
 RESOLVED = "resolved.json"  # what a shard's cache resolved (names, sizes), written when it is done
+# errors a shard is tried again after, as after its worker died: a file system or a device that failed
+# for a moment (CUDA errors are RuntimeErrors); a bad corpus or cache (AutointerpError) fails at once
+RETRIED = (OSError, RuntimeError)
 
 
 def plan_shards(n_rows: int, batch_rows: int, shards: int) -> list[tuple[int, int]]:
@@ -94,7 +98,11 @@ def run_cache_shards(
     folders = [root / str(i) for i in range(len(plan))]
     todo = [i for i, folder in enumerate(folders) if not (folder / RESOLVED).exists()]
     gpu = config.device.startswith("cuda")
-    task = ray.remote(max_retries=options.max_retries, **({"num_gpus": 1} if gpu else {"num_cpus": 1}))(cache_shard)
+    task = ray.remote(
+        max_retries=options.max_retries,
+        retry_exceptions=list(RETRIED),
+        **({"num_gpus": 1} if gpu else {"num_cpus": 1}),
+    )(cache_shard)
     refs = {
         task.remote(str(files.folder), i, config, plan[i][0], plan[i][1], options.before_cache_shard): i for i in todo
     }
@@ -130,11 +138,12 @@ def _plan(root: Path, config: RunConfig, options: RayOptions, ray: Any, corpus: 
 
 
 def _gather(ray: Any, refs: dict[Any, int], plan: list[tuple[int, int]], progress: bool) -> None:
-    """Wait for every shard, one bar over the rows; the first shard that fails for good cancels the others
-    and its error is raised."""
+    """Wait for every shard, one bar over the rows. A shard that fails for good is raised once the others
+    have ended: what they cached is kept for the next start, which runs only the shards not finished."""
     total = sum(n for _, n in plan)
     done_before = total - sum(plan[i][1] for i in refs.values())
     pending = list(refs)
+    failed: Exception | None = None
     bar = tqdm(
         total=total, initial=done_before, unit="row", desc="caching (ray)", disable=not progress, dynamic_ncols=True
     )
@@ -144,10 +153,11 @@ def _gather(ray: Any, refs: dict[Any, int], plan: list[tuple[int, int]], progres
             for ref in done:
                 try:
                     ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - re-raised below as what it is
-                    for other in pending:
-                        ray.cancel(other, force=True)
-                    raise _unwrap(ray, e, f"cache-{refs[ref]}") from None
+                except Exception as e:  # noqa: BLE001 - raised below as what it is
+                    failed = failed or _unwrap(ray, e, f"cache-{refs[ref]}")
+                    continue
                 bar.update(plan[refs[ref]][1])
     finally:
         bar.close()
+    if failed is not None:
+        raise failed
