@@ -179,9 +179,10 @@ class Run:
 
     `judges` maps judge names to ready `Judge` objects used instead of loading those names (a
     scripted judge in a test, a judge a notebook built itself); `echo` receives the progress lines
-    the command line prints (None: silent); `progress` shows progress bars. `ray` explains and scores
-    on a Ray cluster (`--ray`): "local" (a Ray instance started for the run), "auto" (the cluster this
-    machine belongs to) or its address; None runs in this process.
+    the command line prints (None: silent); `progress` shows progress bars. `ray` caches (shards of the
+    corpus rows), explains and scores (shards of latents) on a Ray cluster (`--ray`): "local" (a Ray
+    instance started for the run), "auto" (the cluster this machine belongs to) or its address; None
+    runs in this process.
     """
 
     def __init__(
@@ -242,7 +243,12 @@ class Run:
         config, resolved, stored = self._resolve()
         config.validate()
         self._connect()  # Ray missing or out of reach fails before minutes of caching
-        resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved)
+        ray = None
+        if self.ray is not None:
+            from autointerp.distributed.latents import RayOptions
+
+            ray = RayOptions(self.ray)
+        resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved, ray=ray)
         note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
         self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
         # the cache settles what defines the folder; the stage's other options are recorded once they

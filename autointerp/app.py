@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -72,18 +73,22 @@ def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None):
 
 
 def cache_stage(
-    files: RunFiles, config: RunConfig, *, progress: bool = True, resolved: dict[str, Any] | None = None
+    files: RunFiles,
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    resolved: dict[str, Any] | None = None,
+    ray: Any = None,
 ) -> dict[str, Any]:
     """Build (or finish) the activation caches, every hookpoint in one pass over the corpus; returns what
-    was resolved (names, sizes) for config.json.
+    was resolved (names, sizes) for config.json. With `ray` (a `RayOptions`), shards of the corpus rows
+    are cached on a Ray cluster and merged into the same cache.
 
     A folder whose caches are complete returns its stored `resolved` at once: the config merge has
     already checked that the options agree, so the model need not be loaded again to resume.
     """
     from autointerp.cache.build import build_caches
     from autointerp.cache.store import cache_complete, read_metas
-    from autointerp.subjects.attach import open_dictionaries
-    from autointerp.subjects.dictionaries import peek_num_latents
 
     config.validate()
     existing = read_metas(files.cache) or {}
@@ -91,10 +96,51 @@ def cache_stage(
         check_latents(config, meta.num_latents, hookpoint if len(existing) > 1 else None)
     if resolved and cache_complete(files.cache):
         return resolved
+    corpus_path, dictionary = check_cache_inputs(config)
+    if ray is not None:
+        from autointerp.distributed.caching import run_cache_shards
 
-    # what can fail fails before minutes of model loading and caching: a missing or binary corpus, a
-    # dictionary, hookpoint or revision not on the Hub, latent indices the dictionary does not have (its
-    # size is in the checkpoint's header)
+        sharded = run_cache_shards(files, config, ray, corpus_path, progress=progress)
+        if sharded is not None:
+            return sharded
+    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary)
+    metas = build_caches(
+        files.cache, rows, model=model, targets=targets, settings=config.cache, device=config.device, progress=progress
+    )
+    return resolved_of(config, metas, encoders)
+
+
+def cache_part(folder: Path, config: RunConfig, first_row: int, n_rows: int) -> dict[str, Any]:
+    """The cache of corpus rows [first_row, first_row + n_rows), every hookpoint, in `folder` (a Ray
+    shard's; resumes as any cache does), its windows numbered as in the whole corpus; what it resolved."""
+    from itertools import islice
+
+    from autointerp.cache.build import build_caches
+
+    corpus_path, dictionary = check_cache_inputs(config)
+    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary, check_empty=first_row == 0)
+    for _, _, meta in targets:
+        meta.max_tokens = n_rows * config.cache.ctx_len
+    metas = build_caches(
+        folder,
+        islice(rows, first_row, first_row + n_rows),
+        model=model,
+        targets=targets,
+        settings=config.cache,
+        device=config.device,
+        progress=False,
+        first_row=first_row,
+    )
+    return resolved_of(config, metas, encoders)
+
+
+def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
+    """The corpus and the dictionaries (located, fetched if from the Hub), after checking what can fail
+    before minutes of model loading and caching: a missing or binary corpus, a dictionary, hookpoint or
+    revision not on the Hub, latent indices the dictionary does not have (its size is in the
+    checkpoint's header)."""
+    from autointerp.subjects.dictionaries import peek_num_latents
+
     corpus_path = resolve_corpus(config.corpus)
     dictionary = locate_dictionary(config)
     sizes: list[tuple[str | None, int | None]]
@@ -106,33 +152,23 @@ def cache_stage(
     for name, size in sizes:
         if size is not None:
             check_latents(config, size, name if len(sizes) > 1 else None)
+    return corpus_path, dictionary
+
+
+def load_cache_inputs(
+    config: RunConfig, corpus_path: Path, dictionary: Any, *, check_empty: bool = True
+) -> tuple[torch.nn.Module, list[Any], list[tuple[Any, Any, CacheMeta]], Iterator[Any]]:
+    """The subject model and dictionaries on `config.device`, each hookpoint's (hookpoint, encoder, meta),
+    and the corpus rows."""
+    from autointerp.subjects.attach import open_dictionaries
+
     subject = load_subject(config)
     subject.model.to(config.device)
     opened = open_dictionaries(subject.model, dictionary, config.requested_hookpoints, neurons_k=config.neurons_k)
     for encoder, point in opened:
         check_latents(config, encoder.num_latents, point.name if len(opened) > 1 else None)
         encoder.to(config.device)
-    tokenizer = subject.tokenizer
-
-    def encode(docs: list[str]) -> list[list[int]]:
-        return tokenizer(docs, add_special_tokens=False)["input_ids"]
-
-    rows = iter_rows(
-        iter_documents(corpus_path, config.text_column),
-        encode,
-        ctx_len=config.cache.ctx_len,
-        separator=tokenizer.eos_token_id,
-    )
-    first = next(rows, None)
-    if first is None:
-        raise CorpusError(
-            f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: nothing to cache"
-        )
-
-    def all_rows():
-        yield first
-        yield from rows
-
+    rows = corpus_rows(config, subject.tokenizer, corpus_path, check_empty=check_empty)
     s = config.cache
     targets = [
         (
@@ -154,16 +190,34 @@ def cache_stage(
         )
         for encoder, hookpoint in opened
     ]
-    metas = build_caches(
-        files.cache,
-        all_rows(),
-        model=subject.model,
-        targets=targets,
-        settings=s,
-        device=config.device,
-        progress=progress,
+    return subject.model, [encoder for encoder, _ in opened], targets, rows
+
+
+def corpus_rows(config: RunConfig, tokenizer: Any, corpus_path: Path, *, check_empty: bool = True) -> Iterator[Any]:
+    """The corpus as rows of `ctx_len` tokens; a corpus too short for one row is an error (`check_empty`)."""
+
+    def encode(docs: list[str]) -> list[list[int]]:
+        return tokenizer(docs, add_special_tokens=False)["input_ids"]
+
+    rows = iter_rows(
+        iter_documents(corpus_path, config.text_column),
+        encode,
+        ctx_len=config.cache.ctx_len,
+        separator=tokenizer.eos_token_id,
     )
-    return resolved_of(config, metas, [encoder for encoder, _ in opened])
+    first = next(rows, None)
+    if first is None:
+        if check_empty:
+            raise CorpusError(
+                f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: nothing to cache"
+            )
+        return iter(())
+
+    def all_rows():
+        yield first
+        yield from rows
+
+    return all_rows()
 
 
 def resolved_of(config: RunConfig, metas: list[CacheMeta], encoders: list[Any]) -> dict[str, Any]:

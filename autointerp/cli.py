@@ -179,16 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, type=Path, help="run folder (created; reused to resume)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         add_setting_options(p, name)
-        if name != "cache":
-            p.add_argument_group("on a Ray cluster").add_argument(
-                "--ray",
-                nargs="?",
-                const="local",
-                metavar="ADDRESS",
-                help="explain and score on a Ray cluster, shards of latents as Ray tasks: 'auto' (the cluster "
-                "this machine belongs to), HOST:PORT or ray://HOST:PORT; bare --ray starts a local Ray instance. "
-                "--out must be a folder every machine shares. Needs the extra: pip install 'autointerp[ray]'",
-            )
+        what = {
+            "cache": "cache on a Ray cluster, shards of corpus rows as Ray tasks",
+            "run": "cache, explain and score on a Ray cluster, shards of corpus rows and then of latents as Ray tasks",
+        }.get(name, "explain and score on a Ray cluster, shards of latents as Ray tasks")
+        p.add_argument_group("on a Ray cluster").add_argument(
+            "--ray",
+            nargs="?",
+            const="local",
+            metavar="ADDRESS",
+            help=f"{what} (a GPU each with --device cuda): 'auto' (the cluster "
+            "this machine belongs to), HOST:PORT or ray://HOST:PORT; bare --ray starts a local Ray instance. "
+            "--out must be a folder every machine shares. Needs the extra: pip install 'autointerp[ray]'",
+        )
         if name == "score":
             g = p.add_argument_group("existing explanations (score labels made elsewhere)")
             g.add_argument(

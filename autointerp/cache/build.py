@@ -69,21 +69,45 @@ def update_state(state: LatentState, acts: torch.Tensor, first_window: int, wind
     window_ids = torch.arange(first_window, first_window + n_windows, dtype=torch.int64)
     cand_val = torch.where(wmax > 0, wmax, torch.tensor(-np.inf)).T  # [L, W]
     cand_win = window_ids.expand(num_latents, n_windows)
-    k = state.top_val.shape[1]
     vals = torch.cat([torch.from_numpy(state.top_val), cand_val], dim=1)
     wins = torch.cat([torch.from_numpy(state.top_win), cand_win], dim=1)
-    top_val, idx = vals.topk(k, dim=1)
-    state.top_val = top_val.numpy()
-    state.top_win = wins.gather(1, idx).numpy()
+    top_val, top_win = keep_best(vals, wins, state.top_val.shape[1], largest=True)
+    state.top_val, state.top_win = top_val.numpy(), top_win.numpy()
 
     keys = hash_keys(window_ids[None, :], torch.arange(num_latents, dtype=torch.int64)[:, None], seed)
     keys = torch.where((wmax > 0).T, keys, torch.tensor(np.inf, dtype=torch.float64))
-    s = state.sample_key.shape[1]
     all_keys = torch.cat([torch.from_numpy(state.sample_key), keys], dim=1)
     all_wins = torch.cat([torch.from_numpy(state.sample_win), cand_win], dim=1)
-    sample_key, idx = all_keys.topk(s, dim=1, largest=False)
-    state.sample_key = sample_key.numpy()
-    state.sample_win = all_wins.gather(1, idx).numpy()
+    sample_key, sample_win = keep_best(all_keys, all_wins, state.sample_key.shape[1], largest=False)
+    state.sample_key, state.sample_win = sample_key.numpy(), sample_win.numpy()
+
+
+def keep_best(
+    values: torch.Tensor, windows: torch.Tensor, k: int, *, largest: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the `k` best (value, window) pairs, best first; an empty slot (a non-finite value) holds
+    window -1.
+
+    Ties between equal values go to the earlier window, so the choice is a function of the pairs alone:
+    a cache folded batch by batch, and one merged from caches of its parts (Ray shards), keep the same
+    windows. The callers put the pairs in window order among equal values (what is kept so far, best
+    first, then later windows in order), so a stable sort by value is the rule; it is only needed on
+    the rows where `topk` (which may order ties either way) met a tie, which are few.
+    """
+    extra = min(k + 1, values.shape[1])  # one more than kept: whether a value equal to the last kept was left out
+    best, order = values.topk(extra, dim=1, largest=largest)
+    kept = windows.gather(1, order)
+    left_out = best[:, k - 1] == best[:, extra - 1] if extra > k else torch.zeros(len(best), dtype=torch.bool)
+    best, kept = best[:, :k], kept[:, :k]
+    tied = (best[:, 1:] == best[:, :-1]) & (kept[:, 1:] < kept[:, :-1])  # kept ties out of window order
+    finite = torch.isfinite(best)
+    redo = ((left_out & finite[:, -1]) | (tied & finite[:, 1:]).any(1)).nonzero()[:, 0]
+    if len(redo):
+        stable = torch.sort(values[redo], dim=1, descending=largest, stable=True).indices[:, :k]
+        best[redo] = values[redo].gather(1, stable)
+        kept[redo] = windows[redo].gather(1, stable)
+        finite = torch.isfinite(best)
+    return best, kept.masked_fill_(~finite, -1)
 
 
 class _Appender:
@@ -158,12 +182,15 @@ def encode_batch(
 @dataclass
 class Target:
     """One hookpoint to cache: where the model is read, the dictionary that encodes it, the cache's
-    metadata (identity and sizes), and the folder its cache lives in."""
+    metadata (identity and sizes), and the folder its cache lives in. `first_row` is the corpus row
+    that the cache's first row is: a part of a corpus cached on its own (a Ray shard) numbers its
+    windows as the whole corpus does, so its sample keys and top windows are those of the whole."""
 
     hookpoint: Hookpoint
     encoder: Encoder
     meta: CacheMeta
     folder: Path
+    first_row: int = 0
 
 
 def build_cache(
@@ -197,11 +224,13 @@ def build_caches(
     settings: CacheSettings,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    first_row: int = 0,
 ) -> list[CacheMeta]:
     """Fill (or finish) the caches of several hookpoints under `root` in one pass over `rows`.
 
     One hookpoint is cached in `root` itself; several get a subfolder each and an index (store.py).
-    A folder that holds a cache of other hookpoints is an error naming both sets.
+    A folder that holds a cache of other hookpoints is an error naming both sets. `rows` start at
+    corpus row `first_row` (see `Target`).
     """
     names = [meta.hookpoint for _, _, meta in targets]
     if len(set(names)) != len(names):
@@ -214,7 +243,7 @@ def build_caches(
             f"{root} holds a cache of hookpoints {list(folders)}, not {names}; use another --out or delete the folder"
         )
     return fill_caches(
-        [Target(hp, enc, meta, folders[meta.hookpoint]) for hp, enc, meta in targets],
+        [Target(hp, enc, meta, folders[meta.hookpoint], first_row) for hp, enc, meta in targets],
         rows,
         model=model,
         settings=settings,
@@ -284,7 +313,8 @@ def fill_caches(
                 skip = p.n_rows - done_rows  # rows of this batch the hookpoint's cache holds already
                 acts = encode_hidden(h[skip:], p.target.encoder)
                 meta = p.target.meta
-                update_state(p.state, acts, meta.n_rows * meta.windows_per_row, meta.window_len, meta.seed)
+                first_window = (p.target.first_row + meta.n_rows) * meta.windows_per_row
+                update_state(p.state, acts, first_window, meta.window_len, meta.seed)
                 assert p.appender is not None
                 p.appender.append(batch[skip:], acts)
                 meta.n_rows += len(batch) - skip

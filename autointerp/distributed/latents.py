@@ -217,6 +217,7 @@ class RayOptions:
     max_retries: int = MAX_RETRIES
     num_cpus: int | None = None  # a local instance's CPUs (None: the machine's)
     judges: JudgeFactory | None = None  # tests and benches: judges made by this in each worker
+    before_cache_shard: Callable[[int, Path], None] | None = None  # tests: called in the worker as a cache shard starts
     cache_stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
