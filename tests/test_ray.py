@@ -1,6 +1,7 @@
 """Runs on a real local Ray cluster (127.0.0.1, 2 worker CPUs): the same results as a single run (of one
 hookpoint, and of two, whose shards mix both hookpoints' latents), a worker killed mid-shard retried with
-nothing lost or duplicated, shard logs merged exactly once, and the response cache shared by the workers.
+nothing lost or duplicated, shard logs merged exactly once, the response cache shared by the workers, the
+embedded SmolLM2 judge loaded by each worker, and a shard folder a worker cannot write.
 
 The cluster is started once for the module; its workers find the tests' scripted judges (ray_judges.py)
 on their path.
