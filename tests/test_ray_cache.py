@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,23 @@ def test_a_run_stopped_by_a_failed_shard_resumes_without_redoing_finished_shards
     app.cache_stage(files, config, progress=False, ray=again)
     assert _started(log) == [1]  # the plan of the first start holds (3 shards), and only shard 1 ran
     _assert_same(files.cache, RunFiles(tmp_path / "plain").cache)
+
+
+def test_a_shard_folder_a_worker_cannot_write_fails_the_run_with_the_path_and_the_host(
+    cluster, checkpoint, tmp_path, capsys
+):
+    """A file where shard 1's folder goes (root writes through any permission bits, a file it cannot write
+    into): the run fails at once, not after retries, naming the folder and the worker's host."""
+    out = tmp_path / "ray"
+    options = {**_options(checkpoint), "hookpoints": "layers.1"}
+    plan = plan_shards(16, 2, 2)
+    (out / CACHE_SHARDS).mkdir(parents=True)
+    (out / CACHE_SHARDS / "plan.json").write_text(
+        json.dumps({"n_tokens": 4096, "batch_rows": 2, "shards": [list(s) for s in plan]})
+    )
+    blocked = out / CACHE_SHARDS / "1"
+    blocked.write_text("not a folder")
+    assert main(["cache", "--out", str(out), *_argv(options), "--ray", "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert f"worker on {socket.gethostname()} cannot write the shared run folder {blocked}" in err, err
+    assert (out / CACHE_SHARDS / "0" / RESOLVED).exists()  # the other shard finished, kept for the next start

@@ -8,11 +8,12 @@ logs, the shuffled-label controls, whose donors are drawn from every labelled la
 shard on its own would only see its own). A worker killed mid-shard is retried by Ray
 (`max_retries`); the retry reads what the dead attempt wrote and does only the rest.
 
-Each worker process holds its judges for as long as it lives (a llama.cpp or vLLM model is loaded
-once, not per shard), on one event loop of its own. Their response cache is the run's usual SQLite
-file, resolved on each machine: SQLite in WAL mode with a busy timeout is safe for several writer
-processes on one machine (tests/test_ray.py runs two against one file), not on a network folder,
-which is why the default path is each machine's own cache directory.
+Each worker process holds its judges for as long as it lives (a llama.cpp model is loaded once, not
+per shard), on one event loop of its own. A shard that takes a GPU gets a fresh process (Ray does not
+reuse GPU workers, whose CUDA device is fixed once set), so a vLLM engine is loaded per shard.
+Their response cache is the run's usual SQLite file, resolved on each machine: SQLite in WAL mode with
+a busy timeout is safe for several writer processes on one machine (tests/test_ray.py runs two against
+one file), not on a network folder, which is why the default path is each machine's own cache directory.
 
 The progress of every worker goes to one small actor that the driver reads into one bar per pass.
 """
