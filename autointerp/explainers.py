@@ -122,36 +122,36 @@ def parse_explanation(text: str) -> str | None:
     return label
 
 
-def explanation_schema(max_chars: int = 300) -> dict:
+def explanation_schema(max_chars: int = 300, key: str = "explanation") -> dict:
     return {
         "type": "object",
-        "properties": {"explanation": {"type": "string", "minLength": 3, "maxLength": max_chars}},
-        "required": ["explanation"],
+        "properties": {key: {"type": "string", "minLength": 3, "maxLength": max_chars}},
+        "required": [key],
     }
 
 
-def _json_label(text: str) -> str | None:
-    """The raw `explanation` string of a JSON answer, or None."""
+def _json_label(text: str, key: str = "explanation") -> str | None:
+    """The raw `key` string of a JSON answer, or None."""
     try:
         data = json.loads(text, strict=False)  # constrained decoders may put raw newlines in strings
     except json.JSONDecodeError:
         return None
-    label = data.get("explanation") if isinstance(data, dict) else None
+    label = data.get(key) if isinstance(data, dict) else None
     return label if isinstance(label, str) else None
 
 
-def parse_json_explanation(text: str) -> str | None:
+def parse_json_explanation(text: str, key: str = "explanation") -> str | None:
     try:
         json.loads(text, strict=False)
     except json.JSONDecodeError:
         return parse_explanation(text)
-    label = _json_label(text)
+    label = _json_label(text, key)
     if label is None or not label.strip():
         return None
     return " ".join(label.split())
 
 
-def read_label(reply: Reply, *, json_mode: bool, max_chars: int) -> tuple[str | None, str]:
+def read_label(reply: Reply, *, json_mode: bool, max_chars: int, key: str = "explanation") -> tuple[str | None, str]:
     """The label in an explainer's answer, or None and why not. A JSON label as long as the schema's
     maxLength is refused: a constrained decoder closes the string there, mid-phrase."""
     if reply.truncated:
@@ -159,11 +159,11 @@ def read_label(reply: Reply, *, json_mode: bool, max_chars: int) -> tuple[str | 
     if not json_mode:
         label = parse_explanation(reply.text)
         return label, "" if label else "no [EXPLANATION]: line with a label"
-    raw = _json_label(reply.text)
+    raw = _json_label(reply.text, key)
     if raw is not None and len(raw) >= max_chars:
         return None, f"label cut off at the schema's maxLength of {max_chars} characters"
-    label = parse_json_explanation(reply.text)
-    return label, "" if label else 'no {"explanation": ...} label'
+    label = parse_json_explanation(reply.text, key)
+    return label, "" if label else f'no {{"{key}": ...}} label'
 
 
 async def explain(
@@ -307,6 +307,9 @@ def explain_by_tokens(record: LatentRecord, settings: ExplainerSettings | None =
 
 
 NAMES_MAX_WORDS = 6  # a kind of token is named in a few words; --max-words can only ask for fewer
+# The answer's JSON key. Qwen2.5-1.5B named the kind specifically ("verbs of carrying") more often under
+# "feature" than under "explanation", where it fell back on parts of speech ("verb forms").
+NAMES_KEY = "feature"
 
 
 def names_messages(found: list[MarkedToken], settings: ExplainerSettings) -> list[Message]:
@@ -317,7 +320,7 @@ def names_messages(found: list[MarkedToken], settings: ExplainerSettings) -> lis
     for shot in json.loads(load_prompt("explainer/names_fewshot.json")):
         messages += [
             {"role": "user", "content": shot["tokens"]},
-            {"role": "assistant", "content": json.dumps({"explanation": shot["kind"]})},
+            {"role": "assistant", "content": json.dumps({NAMES_KEY: shot["kind"]})},
         ]
     listed = ", ".join(f"{quoted(t.text)} ({t.examples})" for t in found[: settings.names_top])
     messages.append({"role": "user", "content": listed})
@@ -334,10 +337,10 @@ async def explain_by_names(
             f"no token of latent {record.latent} is marked in its {len(record.train)} training examples"
         )
     messages = names_messages(found, settings)
-    schema = explanation_schema(settings.names_max_chars)
+    schema = explanation_schema(settings.names_max_chars, NAMES_KEY)
 
     def parse(reply: Reply) -> tuple[str | None, str]:
-        return read_label(reply, json_mode=True, max_chars=settings.names_max_chars)
+        return read_label(reply, json_mode=True, max_chars=settings.names_max_chars, key=NAMES_KEY)
 
     def request(attempt: int) -> Request:
         # a re-ask samples: the same prompt at temperature 0 would give the same unreadable answer

@@ -146,8 +146,8 @@ def oracle_explainer(messages: list[Message]) -> str:
     if listed and "<<" not in user:
         for key, words in CATEGORIES.items():
             if all(any(w in t for w in words) for t in listed):
-                return json.dumps({"explanation": f"{key} names"})
-        return json.dumps({"explanation": "unclear"})
+                return json.dumps({"feature": f"{key} names"})
+        return json.dumps({"feature": "unclear"})
     active = re.search(r"<active_excerpts>\n(.*?)\n</active_excerpts>", user, re.DOTALL)
     silent = re.search(r"<silent_excerpts>\n(.*?)\n</silent_excerpts>", user, re.DOTALL)
     marked = re.findall(r"<<(.*?)>>", active.group(1) if active else user)

@@ -54,7 +54,7 @@ def explainer(messages: list[Message]) -> str:
     user = messages[-1]["content"]
     listed = re.findall(r'"([^"]*)" \((\d+)\)', user)
     if listed and "<<" not in user:
-        return json.dumps({"explanation": "the words: " + ", ".join(w for w, _ in listed[:2])})
+        return json.dumps({"feature": "the words: " + ", ".join(w for w, _ in listed[:2])})
     spans = re.findall(r"<<(.*?)>>", user)
     marked = Counter(w for span in spans for w in span.split())
     return "[EXPLANATION]: the words: " + ", ".join(w for w, _ in marked.most_common(2))

@@ -209,7 +209,7 @@ def test_names_style_shows_only_the_marked_tokens_with_counts_after_the_fewshot_
     record = planted_record()
     for i, ex in enumerate(record.test + record.negatives):
         ex.str_tokens[0] = f"heldout{i}"
-    judge = ScriptedJudge(lambda m: '{"explanation": "month names"}')
+    judge = ScriptedJudge(lambda m: '{"feature": "month names"}')
     asyncio.run(explain(record, judge))
     (messages,) = judge.calls
     roles = [m["role"] for m in messages]
@@ -251,14 +251,16 @@ def test_names_answers_are_json_constrained_resampled_when_unreadable_then_fail(
             asked.append((kw.get("schema"), kw.get("temperature")))
             return await super().chat(messages, **kw)
 
-    answers = iter(["month names", '{"explanation": "month names."}'])
+    # neither free text nor another key than the schema's is read as the phrase
+    answers = iter(["month names", '{"explanation": "month names"}', '{"feature": "month names."}'])
     out = asyncio.run(explain(planted_record(), Recorder(lambda m: next(answers))))
-    assert out.text.startswith("month names, such as ") and out.failures == 1
-    (schema, t0), (_, t1) = asked
-    assert schema["properties"]["explanation"]["maxLength"] == ExplainerSettings().names_max_chars
-    assert (t0, t1) == (0.0, 0.7)  # the same prompt again at temperature 0 would give the same answer
+    assert out.text.startswith("month names, such as ") and out.failures == 2
+    (schema, t0), (_, t1), (_, t2) = asked
+    assert schema["required"] == ["feature"]
+    assert schema["properties"]["feature"]["maxLength"] == ExplainerSettings().names_max_chars
+    assert (t0, t1, t2) == (0.0, 0.7, 0.7)  # the same prompt again at temperature 0 would give the same answer
 
-    judge = ScriptedJudge(lambda m: Reply('{"explanation": "' + "x" * 60 + '"}'))
+    judge = ScriptedJudge(lambda m: Reply('{"feature": "' + "x" * 60 + '"}'))
     with pytest.raises(ExplanationFailed, match="maxLength of 60"):
         asyncio.run(explain(planted_record(), judge))
     assert len(judge.calls) == 3
@@ -269,7 +271,7 @@ def test_names_style_fails_with_the_reason_when_nothing_is_marked():
     for ex in record.train:
         ex.activations = [0.0] * len(ex.activations)
     with pytest.raises(ExplanationFailed, match="no token of latent .* is marked"):
-        asyncio.run(explain(record, ScriptedJudge(lambda m: '{"explanation": "x"}')))
+        asyncio.run(explain(record, ScriptedJudge(lambda m: '{"feature": "x"}')))
 
 
 def test_a_run_configured_before_the_names_style_keeps_its_excerpts_explainer():
