@@ -32,6 +32,7 @@ from fault_server import FaultServer  # noqa: E402
 from autointerp import app  # noqa: E402
 from autointerp.config import RunConfig  # noqa: E402
 from autointerp.distributed.latents import RayOptions, run_latent_stages  # noqa: E402
+from autointerp.explainers import NAMES_KEY  # noqa: E402
 from autointerp.results import RunFiles  # noqa: E402
 from autointerp.sampling import SamplingSettings  # noqa: E402
 
@@ -45,7 +46,7 @@ def sleeper(latency: float):
         if "[EXPLANATION]" in system:  # the excerpts explainer style
             return ("ok", "They share a pattern.\n[EXPLANATION]: common English words")
         if system.startswith("You name what a list of tokens has in common"):  # the names style (the default)
-            return ("ok", json.dumps({"explanation": "common English words"}))
+            return ("ok", json.dumps({NAMES_KEY: "common English words"}))
         yes = "the" in request["messages"][-1]["content"]
         return ("ok", "Yes" if yes else "No", {"Yes": -0.4, "No": -1.1} if yes else {"No": -0.4, "Yes": -1.1})
 

@@ -38,6 +38,7 @@ from autointerp.config import RunConfig, save_config
 from autointerp.distributed.cluster import DistributedError
 from autointerp.distributed.latents import RayOptions, run_latent_stages
 from autointerp.distributed.shards import SHARDS, shard_name
+from autointerp.explainers import NAMES_KEY
 from autointerp.results import RunFiles, materialize
 
 pytestmark = pytest.mark.slow  # a Ray cluster takes seconds to start
@@ -241,7 +242,7 @@ def _deterministic_judge(request, n):
     if "[EXPLANATION]" in system:  # the excerpts explainer style
         return ("ok", "They share a pattern.\n[EXPLANATION]: common English words")
     if system.startswith("You name what a list of tokens has in common"):  # the names style (the default)
-        return ("ok", json.dumps({"explanation": "common English words"}))
+        return ("ok", json.dumps({NAMES_KEY: "common English words"}))
     digest = zlib.crc32(json.dumps(request["messages"]).encode())
     return ("ok", "Yes" if digest % 2 else "No", {"Yes": -0.4, "No": -1.1} if digest % 2 else {"No": -0.4, "Yes": -1.1})
 

@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 from fault_server import FaultServer
 
+from autointerp.explainers import NAMES_KEY
+
 
 def flaky_judge(seed: int):
     rng = random.Random(seed)
@@ -35,7 +37,7 @@ def flaky_judge(seed: int):
         if "[EXPLANATION]" in system:  # the excerpts explainer style
             return ("ok", "They share a pattern.\n[EXPLANATION]: common English words")
         if system.startswith("You name what a list of tokens has in common"):  # the names style (the default)
-            return ("ok", json.dumps({"explanation": "common English words"}))
+            return ("ok", json.dumps({NAMES_KEY: "common English words"}))
         return ("ok", "Yes" if rng.random() < 0.5 else "No", {"Yes": -0.5, "No": -0.9})
 
     return behaviour
