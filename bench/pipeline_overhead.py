@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import time
@@ -23,6 +24,7 @@ from planted import yes_no  # noqa: E402
 from autointerp import app  # noqa: E402
 from autointerp.cache.store import ActivationCache  # noqa: E402
 from autointerp.config import RunConfig  # noqa: E402
+from autointerp.explainers import NAMES_KEY  # noqa: E402
 from autointerp.llm.scripted import ScriptedJudge  # noqa: E402
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents  # noqa: E402
 from autointerp.results import RunFiles  # noqa: E402
@@ -30,8 +32,10 @@ from autointerp.sampling import Sampler, token_decoder  # noqa: E402
 
 
 def instant(messages):
-    if "[EXPLANATION]" in messages[0]["content"]:
+    if "[EXPLANATION]" in messages[0]["content"]:  # the excerpts explainer style
         return "[EXPLANATION]: common words"
+    if messages[0]["content"].startswith("You name what a list of tokens"):  # the names style (the default)
+        return json.dumps({NAMES_KEY: "common words"})
     return yes_no(0.7 if "the" in messages[-1]["content"] else 0.3)
 
 
