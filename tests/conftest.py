@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,21 @@ def decode_ids(ids):
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_llama, tmp_path_factory):
     return build_tiny_cache(tmp_path_factory.mktemp("tiny_cache"), tiny_llama)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster (2 CPUs, no dashboard; workers import this folder's helpers), started once per
+    test module that uses it and shut down after that module's last test."""
+    import ray
+
+    tests = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+    yield ray
+    ray.shutdown()

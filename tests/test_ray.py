@@ -45,21 +45,8 @@ pytestmark = pytest.mark.slow  # a Ray cluster takes seconds to start
 
 ray = pytest.importorskip("ray")
 
+
 STAGES = {"explain", "score"}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    tests = str(Path(__file__).resolve().parent)
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
-    )
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
