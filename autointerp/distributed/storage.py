@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import socket
 import threading
 import uuid
@@ -28,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from autointerp.cache.store import atomic_write_bytes
 from autointerp.distributed.cluster import DistributedError
 from autointerp.errors import MissingPackageError
 
@@ -236,7 +236,7 @@ class Storage:
                 if mine.get(name) != entry or not path.exists() or path.stat().st_size != entry[0]:
                     self.get_file(f"{rel}/{name}", path)
                     mine[name] = entry
-                    mine_path.write_text(json.dumps(mine))
+                    atomic_write_bytes(mine_path, json.dumps(mine).encode())
             for path in sorted(local.rglob("*"), reverse=True):
                 name = path.relative_to(local).as_posix()
                 if name.split("/", 1)[0] in ("shards", f".{MANIFEST}") or name in entries:
@@ -245,8 +245,4 @@ class Storage:
                     path.unlink()
                 elif path.is_dir() and not any(path.iterdir()):
                     path.rmdir()
-            mine_path.write_text(json.dumps(entries))
-
-
-def remove_local(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
+            atomic_write_bytes(mine_path, json.dumps(entries).encode())
