@@ -3,7 +3,7 @@ local S3 server (moto on 127.0.0.1) reached by the real s3fs from the driver and
 real local Ray cluster. The workers read and write only their own copies (under $AUTOINTERP_CACHE) and
 the bucket; the results are a plain run's, value for value, also when a cache shard fails and the run is
 started again (the shards whose marker is in the bucket are not redone) and when a worker is killed
-mid-shard."""
+mid-shard; a shard's logs left on a machine by an attempt of an earlier pass are never taken as its own."""
 
 from __future__ import annotations
 
@@ -173,3 +173,38 @@ def test_a_worker_killed_mid_shard_with_storage_loses_and_duplicates_nothing(clu
     pd.testing.assert_frame_equal(got_judgments, want_judgments)
     _finished_once(spread)
     assert summary.failed == 0
+
+
+def test_a_shard_redoes_what_an_attempt_of_an_earlier_pass_left_on_its_machine(s3, template, tmp_path, monkeypatch):  # noqa: F811
+    """Run in this process (no cluster): logs a dead attempt left in this machine's copy belong to their
+    pass; a later pass's shard of the same name starts afresh (else they would be merged twice). A retry
+    of a shard whose logs were all uploaded only answers what it did."""
+    from autointerp.cache.store import HookpointCaches
+    from autointerp.distributed.latents import _publish, run_shard
+    from autointerp.distributed.shards import SHARDS
+    from autointerp.pipeline import select_units
+
+    monkeypatch.setenv("AUTOINTERP_CACHE", str(tmp_path / "staging"))
+    url = "s3://bucket/run-c"
+    files, config = _copy(template, tmp_path, "ray")
+    units = select_units(HookpointCaches(files.cache), config)[0][:3]
+    storage = Storage(url)
+    _publish(storage, files)
+    name = "latents-00000"
+
+    def shard(pass_id: str) -> dict:
+        return run_shard(str(files.folder), name, config, units, {"explain"}, scripted_judges, None, url, pass_id)
+
+    first = shard("old")
+    assert first["explained"] == 3
+    left = staging_root(url) / "run" / SHARDS / name  # as if the attempt died before its upload ended
+    storage.get_folder(f"{SHARDS}/{name}", left)
+    (left / ".pass").write_text("old")
+    storage.remove(SHARDS)
+    second = shard("new")
+    assert second["explained"] == 3
+    logged = storage.listing(f"{SHARDS}/{name}")
+    rows = tmp_path / "rows.jsonl"
+    storage.get_file(f"{SHARDS}/{name}/explanations.jsonl", rows)
+    assert len(rows.read_text().splitlines()) == 3 and "done.json" in logged
+    assert shard("new") == second  # all uploaded: answered from done.json, nothing asked again
