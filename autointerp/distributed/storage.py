@@ -41,8 +41,9 @@ class StorageError(DistributedError):
     """The exchange URL is out of reach, refuses a write, or lacks its protocol's package."""
 
 
-class TransferError(OSError):
-    """A copy to or from the exchange URL failed part-way: an I/O error, which Ray retries for cache shards."""
+class TransferError(StorageError, OSError):
+    """A copy to or from the exchange URL failed part-way: an I/O error too, which Ray retries for cache
+    shards (a URL out of reach from the start is a StorageError alone: it fails at once)."""
 
 
 def is_url(path: str | None) -> bool:
@@ -87,7 +88,7 @@ class Storage:
     def _call(self, what: str, call: Callable[[], T]) -> T:
         try:
             return call()
-        except (StorageError, TransferError):
+        except StorageError:
             raise
         except Exception as e:  # noqa: BLE001 - every protocol has its own errors: named with the URL
             raise TransferError(f"{self.who}: {what} {self.url} failed: {type(e).__name__}: {e}") from e
