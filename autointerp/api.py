@@ -182,7 +182,8 @@ class Run:
     the command line prints (None: silent); `progress` shows progress bars. `ray` caches (shards of the
     corpus rows), explains and scores (shards of latents) on a Ray cluster (`--ray`): "local" (a Ray
     instance started for the run), "auto" (the cluster this machine belongs to) or its address; None
-    runs in this process.
+    runs in this process. `ray_storage`, an fsspec URL (`s3://BUCKET/PREFIX`), is where the driver and the
+    workers exchange the run when the machines share no folder (`--ray-storage`).
     """
 
     def __init__(
@@ -194,6 +195,7 @@ class Run:
         echo: Echo | None = _echo_stdout,
         judges: dict[str, Judge] | None = None,
         ray: str | None = None,
+        ray_storage: str | None = None,
         **options: Any,
     ):
         from autointerp.results import RunFiles
@@ -204,7 +206,10 @@ class Run:
         self.progress = progress
         self.echo = echo or (lambda text: None)
         self.judges = judges
+        if ray_storage is not None and ray is None:
+            raise ConfigError("--ray-storage URL is where the machines of a Ray run exchange it: give it with --ray")
         self.ray = ray
+        self.ray_storage = ray_storage
         if config is not None:
             defaults = RunConfig()
             given = {f.name: getattr(config, f.name) for f in fields(RunConfig)}
@@ -247,7 +252,7 @@ class Run:
         if self.ray is not None:
             from autointerp.distributed.latents import RayOptions
 
-            ray = RayOptions(self.ray)
+            ray = RayOptions(self.ray, storage=self.ray_storage)
         resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved, ray=ray)
         note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
         self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
@@ -315,7 +320,12 @@ class Run:
             from autointerp.distributed.latents import RayOptions, run_latent_stages
 
             summary = run_latent_stages(
-                files, config, stages, RayOptions(self.ray), progress=self.progress, ready=ready
+                files,
+                config,
+                stages,
+                RayOptions(self.ray, storage=self.ray_storage),
+                progress=self.progress,
+                ready=ready,
             )
         else:
             summary = _run_sync(
@@ -325,6 +335,11 @@ class Run:
         return Outcome(summary, table, config, files, prices)
 
     def _connect(self) -> None:
+        """Storage and cluster reached (storage first: it answers in moments, a local Ray takes seconds)."""
+        if self.ray_storage is not None:
+            from autointerp.distributed.storage import Storage
+
+            Storage(self.ray_storage).check()
         if self.ray is not None:
             from autointerp.distributed.cluster import connect
 

@@ -183,14 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
             "cache": "cache on a Ray cluster, shards of corpus rows as Ray tasks",
             "run": "cache, explain and score on a Ray cluster, shards of corpus rows and then of latents as Ray tasks",
         }.get(name, "explain and score on a Ray cluster, shards of latents as Ray tasks")
-        p.add_argument_group("on a Ray cluster").add_argument(
+        ray_group = p.add_argument_group("on a Ray cluster")
+        ray_group.add_argument(
             "--ray",
             nargs="?",
             const="local",
             metavar="ADDRESS",
             help=f"{what} (a GPU each with --device cuda): 'auto' (the cluster "
             "this machine belongs to), HOST:PORT or ray://HOST:PORT; bare --ray starts a local Ray instance. "
-            "--out must be a folder every machine shares. Needs the extra: pip install 'autointerp[ray]'",
+            "--out must be a folder every machine shares, or give --ray-storage. "
+            "Needs the extra: pip install 'autointerp[ray]'",
+        )
+        ray_group.add_argument(
+            "--ray-storage",
+            metavar="URL",
+            help="with --ray, for machines that share no folder: an fsspec URL (s3://BUCKET/PREFIX, "
+            "gs://BUCKET/PREFIX) the driver and the workers exchange the run through (cache shards, the "
+            "merged cache, the logs); --out is then the driver's own folder. Credentials and endpoint come "
+            "from each machine's environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID...); s3:// needs "
+            "pip install s3fs, gs:// pip install gcsfs",
         )
         if name == "score":
             g = p.add_argument_group("existing explanations (score labels made elsewhere)")
@@ -275,7 +286,11 @@ def stage_command(args: argparse.Namespace) -> int:
     from autointerp.api import Run
 
     run = Run(
-        args.out, progress=not getattr(args, "quiet", False), ray=getattr(args, "ray", None), **option_values(args)
+        args.out,
+        progress=not getattr(args, "quiet", False),
+        ray=getattr(args, "ray", None),
+        ray_storage=getattr(args, "ray_storage", None),
+        **option_values(args),
     )
     if args.command == "cache":
         run.cache()

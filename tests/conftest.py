@@ -143,10 +143,9 @@ def tiny_cache(tiny_llama, tmp_path_factory):
     return build_tiny_cache(tmp_path_factory.mktemp("tiny_cache"), tiny_llama)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A local Ray cluster (2 CPUs, no dashboard; workers import this folder's helpers), started once per
-    test module that uses it and shut down after that module's last test."""
+def start_cluster(env_vars: dict[str, str] | None = None):
+    """A local Ray cluster (2 CPUs, no dashboard) whose workers import this folder's helpers and see
+    `env_vars`; returns ray (shut it down with ray.shutdown())."""
     import ray
 
     tests = str(Path(__file__).resolve().parent)
@@ -155,7 +154,15 @@ def cluster():
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
+        runtime_env={"env_vars": {**(env_vars or {}), "PYTHONPATH": path}},
     )
+    return ray
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster (`start_cluster`), started once per test module that uses it and shut down after
+    that module's last test."""
+    ray = start_cluster()
     yield ray
     ray.shutdown()

@@ -10,6 +10,11 @@ worker killed mid-shard (or a shard failing with an I/O or device error) is retr
 resumes from the shard's last checkpoint; a shard that
 finished is not run again when the run is started again. Once every shard is done the driver merges
 them into `RUN/cache` (`cache.merge`): the same files, value for value, as one pass over the corpus.
+
+With `--ray-storage URL` the workers do not see RUN: each caches its shard in a folder of its own machine
+(keyed by the URL and the plan, so a retry on that machine resumes from the checkpoint) and uploads it to
+`URL/cache-shards/N/`, `resolved.json` last; a shard whose marker is there is done. The driver downloads
+the finished shards into `RUN/cache-shards/N/` and merges them as above.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import math
 import shutil
 import socket
+import uuid
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -29,6 +35,7 @@ from autointerp.cache.store import atomic_write_bytes, cache_complete
 from autointerp.config import RunConfig
 from autointerp.distributed.cluster import DistributedError, connect, worker_count
 from autointerp.distributed.latents import SHARDS_PER_WORKER, RayOptions, _unwrap
+from autointerp.distributed.storage import Storage, staging_root, worker_label
 from autointerp.results import RunFiles
 
 CACHE_SHARDS = "cache-shards"
@@ -60,12 +67,21 @@ def count_rows(config: RunConfig, corpus: Path) -> int:
 
 
 def cache_shard(
-    run_folder: str, index: int, config: RunConfig, first_row: int, n_rows: int, before: Any
+    run_folder: str,
+    index: int,
+    config: RunConfig,
+    first_row: int,
+    n_rows: int,
+    before: Any,
+    storage_url: str | None = None,
+    plan_id: str = "",
 ) -> dict[str, Any]:
     """A Ray task: the cache of the shard's rows in its folder; what it resolved and where it ran."""
     from autointerp import app
 
     host = socket.gethostname()
+    if storage_url is not None:
+        return _cache_shard_to_storage(storage_url, plan_id, index, config, first_row, n_rows, before)
     folder = Path(run_folder) / CACHE_SHARDS / str(index)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,6 +97,33 @@ def cache_shard(
     return {"resolved": resolved, "host": host}
 
 
+def _cache_shard_to_storage(
+    url: str, plan_id: str, index: int, config: RunConfig, first_row: int, n_rows: int, before: Any
+) -> dict[str, Any]:
+    """`cache_shard` on a machine that does not see the run folder: cached here, then uploaded."""
+    from autointerp import app
+
+    host = socket.gethostname()
+    storage = Storage(url, worker_label())
+    storage.check()
+    remote = f"{CACHE_SHARDS}/{index}"
+    done = storage.read_json(f"{remote}/{RESOLVED}")
+    if done is not None:  # an earlier attempt uploaded it all and died before returning
+        return {"resolved": done, "host": host}
+    folder = staging_root(url) / f"{CACHE_SHARDS}-{plan_id}" / str(index)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DistributedError(f"worker on {host} cannot write its staging folder {folder}: {e}") from None
+    if before is not None:
+        before(index, folder)
+    resolved = app.cache_part(folder, config, first_row, n_rows)
+    atomic_write_bytes(folder / RESOLVED, json.dumps(resolved).encode())
+    storage.put_folder(folder, remote, last=RESOLVED)
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"resolved": resolved, "host": host}
+
+
 # ---------------------------------------------------------------- in the driver
 
 
@@ -93,10 +136,16 @@ def run_cache_shards(
     merged = root / RESOLVED
     if cache_complete(files.cache):
         return json.loads(merged.read_text()) if merged.exists() else None
+    storage = Storage(options.storage) if options.storage else None
+    if storage is not None:
+        storage.check()
     ray = connect(options.address, num_cpus=options.num_cpus)
-    plan = _plan(root, config, options, ray, corpus)
+    plan, plan_id = _plan(root, config, options, ray, corpus, storage)
     folders = [root / str(i) for i in range(len(plan))]
     todo = [i for i, folder in enumerate(folders) if not (folder / RESOLVED).exists()]
+    if storage is not None:  # a shard whose marker is in storage is done: only the driver lacks its copy
+        uploaded = storage.listing(CACHE_SHARDS)
+        todo = [i for i in todo if f"{i}/{RESOLVED}" not in uploaded]
     gpu = config.device.startswith("cuda")
     task = ray.remote(
         max_retries=options.max_retries,
@@ -104,9 +153,16 @@ def run_cache_shards(
         **({"num_gpus": 1} if gpu else {"num_cpus": 1}),
     )(cache_shard)
     refs = {
-        task.remote(str(files.folder), i, config, plan[i][0], plan[i][1], options.before_cache_shard): i for i in todo
+        task.remote(
+            str(files.folder), i, config, plan[i][0], plan[i][1], options.before_cache_shard, options.storage, plan_id
+        ): i
+        for i in todo
     }
     _gather(ray, refs, plan, progress)
+    if storage is not None:
+        for i, folder in enumerate(folders):
+            if not (folder / RESOLVED).exists():
+                storage.get_folder(f"{CACHE_SHARDS}/{i}", folder, last=RESOLVED)
     shard_resolved = json.loads((folders[0] / RESOLVED).read_text())
     metas = merge_caches(folders, files.cache, max_tokens=config.n_tokens)
     resolved = {**shard_resolved, "n_tokens": metas[0].n_tokens}
@@ -114,11 +170,16 @@ def run_cache_shards(
     for folder in folders:
         shutil.rmtree(folder)
     (root / PLAN).unlink()
+    if storage is not None:
+        storage.remove(CACHE_SHARDS)
     return resolved
 
 
-def _plan(root: Path, config: RunConfig, options: RayOptions, ray: Any, corpus: Path) -> list[tuple[int, int]]:
-    """The shards' rows: as recorded by an earlier start of this run (its shards resume), else made now."""
+def _plan(
+    root: Path, config: RunConfig, options: RayOptions, ray: Any, corpus: Path, storage: Storage | None
+) -> tuple[list[tuple[int, int]], str]:
+    """The shards' rows and the plan's id: as recorded by an earlier start of this run (its shards resume),
+    else made now (and what storage holds of an older plan removed)."""
     path = root / PLAN
     if path.exists():
         recorded = json.loads(path.read_text())
@@ -127,14 +188,17 @@ def _plan(root: Path, config: RunConfig, options: RayOptions, ray: Any, corpus: 
                 f"{root} holds Ray cache shards of other settings ({recorded['n_tokens']} tokens, batches of "
                 f"{recorded['batch_rows']} rows); delete it to start the cache again"
             )
-        return [(int(a), int(n)) for a, n in recorded["shards"]]
+        return [(int(a), int(n)) for a, n in recorded["shards"]], str(recorded.get("id", ""))
+    if storage is not None:
+        storage.remove(CACHE_SHARDS)
     n_rows = count_rows(config, corpus)
     workers = worker_count(ray, "GPU" if config.device.startswith("cuda") else "CPU")
     plan = plan_shards(n_rows, config.cache.batch_rows, options.shards or workers * SHARDS_PER_WORKER)
     root.mkdir(parents=True, exist_ok=True)
-    record = {"n_tokens": config.n_tokens, "batch_rows": config.cache.batch_rows, "shards": plan}
+    plan_id = uuid.uuid4().hex[:12]
+    record = {"n_tokens": config.n_tokens, "batch_rows": config.cache.batch_rows, "shards": plan, "id": plan_id}
     atomic_write_bytes(path, json.dumps(record).encode())
-    return plan
+    return plan, plan_id
 
 
 def _gather(ray: Any, refs: dict[Any, int], plan: list[tuple[int, int]], progress: bool) -> None:

@@ -16,15 +16,23 @@ a busy timeout is safe for several writer processes on one machine (tests/test_r
 one file), not on a network folder, which is why the default path is each machine's own cache directory.
 
 The progress of every worker goes to one small actor that the driver reads into one bar per pass.
+
+With `--ray-storage URL` the workers do not see the run folder: before each pass the driver uploads what
+they read (the merged cache, once; config.json; the logs, which the controls pass needs merged), each
+worker mirrors it into a folder of its own machine and runs its shard there as above, and uploads the
+shard's logs when the shard ends. The driver downloads them into `RUN/shards/` and merges them as a
+shared folder's (see storage.py for the layout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +42,8 @@ from tqdm.auto import tqdm
 
 from autointerp.config import RunConfig
 from autointerp.distributed.cluster import DistributedError, connect, worker_count
-from autointerp.distributed.shards import ShardFiles, merge_shards, shard_name, split
+from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, shard_name, split
+from autointerp.distributed.storage import Storage, staging_root, worker_label
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge
 from autointerp.pipeline import RunSummary
@@ -44,6 +53,11 @@ from autointerp.results import RunFiles
 SHARDS_PER_WORKER = 2  # more shards balance uneven latents; each costs a load of the run's tokenizer and logs
 MAX_RETRIES = 3  # attempts of a shard after its worker died (Ray's max_retries)
 REPORT_EVERY_S = 0.25  # a worker's progress reports, at most this often
+
+RUN = "run"  # in storage: the copy of the run folder the workers read
+DONE = "done.json"  # in storage: a latent shard's logs are all uploaded (written last)
+PASS = ".pass"  # in a worker's copy of a shard's folder: the pass its logs belong to
+INCOMING = "shards.incoming"  # shard logs being downloaded by the driver
 
 JudgeFactory = Callable[[], dict[str, Judge]]  # judges by name, made in the worker (tests: scripted ones)
 T = TypeVar("T")
@@ -149,20 +163,37 @@ def run_shard(
     stages: set[str],
     factory: JudgeFactory | None,
     progress: Any,
+    storage_url: str | None = None,
+    pass_id: str = "",
 ) -> dict[str, Any]:
     """A Ray task: the stages over `units` (its share of the run's (hookpoint, latent) pairs) on the shard's
     view of the run folder; what it did."""
-    from autointerp import app
     from autointerp.cache.store import cache_complete
 
     host = socket.gethostname()
+    if storage_url is not None:
+        return _run_shard_from_storage(storage_url, pass_id, shard, config, units, stages, factory, progress)
     run = RunFiles(Path(run_folder))
     if not cache_complete(run.cache):
         raise DistributedError(
             f"worker on {host} cannot see the run's cache {run.cache}: --out must be a folder every machine of "
-            "the cluster shares (a network folder), at the same path"
+            "the cluster shares (a network folder), at the same path (or give --ray-storage URL)"
         )
-    files = ShardFiles(run, shard)
+    return _run_shard_in(ShardFiles(run, shard), config, units, stages, factory, progress)
+
+
+def _run_shard_in(
+    files: ShardFiles,
+    config: RunConfig,
+    units: list[LatentId],
+    stages: set[str],
+    factory: JudgeFactory | None,
+    progress: Any,
+) -> dict[str, Any]:
+    from autointerp import app
+
+    host = socket.gethostname()
+    shard = files.folder.name
     try:
         files.prepare()
         probe = files.folder / f".write-test-{host}"
@@ -195,6 +226,45 @@ def run_shard(
     }
 
 
+def _run_shard_from_storage(
+    url: str,
+    pass_id: str,
+    shard: str,
+    config: RunConfig,
+    units: list[LatentId],
+    stages: set[str],
+    factory: JudgeFactory | None,
+    progress: Any,
+) -> dict[str, Any]:
+    """`run_shard` on a machine that does not see the run folder: on this machine's mirror of what the
+    driver uploaded, the shard's logs uploaded when it ends (`done.json` last, holding what it did, so a
+    retry after the upload only answers that)."""
+    storage = Storage(url, worker_label())
+    storage.check()
+    remote = f"{SHARDS}/{shard}"
+    done = storage.read_json(f"{remote}/{DONE}")
+    if done is not None and done.get("pass") == pass_id:
+        result = dict(done["result"])
+        result["failed_latents"] = [LatentId(h, int(i)) for h, i in result["failed_latents"]]
+        return result
+    mirror = staging_root(url) / "run"
+    storage.mirror(RUN, mirror)
+    files = ShardFiles(RunFiles(mirror), shard)
+    mark = files.folder / PASS
+    if not mark.exists() or mark.read_text() != pass_id:  # logs of an earlier pass or run: not this shard's
+        shutil.rmtree(files.folder, ignore_errors=True)
+        files.folder.mkdir(parents=True)
+        mark.write_text(pass_id)
+    result = _run_shard_in(files, config, units, stages, factory, progress)
+    for log in (files.explanations, files.scores):
+        if log.exists():
+            storage.put_file(log, f"{remote}/{log.name}")
+    failed = [[lid.hookpoint, lid.index] for lid in result["failed_latents"]]
+    storage.write_json(f"{remote}/{DONE}", {"pass": pass_id, "result": {**result, "failed_latents": failed}})
+    shutil.rmtree(files.folder, ignore_errors=True)
+    return result
+
+
 class _Progress:
     """The driver's view of every shard's progress (a Ray actor): the most each has reported."""
 
@@ -219,6 +289,7 @@ class RayOptions:
     num_cpus: int | None = None  # a local instance's CPUs (None: the machine's)
     judges: JudgeFactory | None = None  # tests and benches: judges made by this in each worker
     before_cache_shard: Callable[[int, Path], None] | None = None  # tests: called in the worker as a cache shard starts
+    storage: str | None = None  # an fsspec URL the machines exchange the run through (None: --out is shared)
     cache_stats: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -237,7 +308,11 @@ def run_latent_stages(
     from autointerp.pipeline import select_units
 
     start = time.perf_counter()
+    storage = Storage(options.storage) if options.storage else None
+    if storage is not None:
+        storage.check()
     ray = connect(options.address, num_cpus=options.num_cpus)
+    shutil.rmtree(files.folder / INCOMING, ignore_errors=True)  # downloads cut short: never merged, redone
     merge_shards(files)  # what a driver that died left behind
     caches = HookpointCaches(files.cache)
     for hookpoint in caches:
@@ -265,6 +340,9 @@ def run_latent_stages(
         if not latents or not phase_stages:
             continue
         parts = split(latents, options.shards or workers * SHARDS_PER_WORKER)
+        pass_id = uuid.uuid4().hex[:12]
+        if storage is not None:
+            _publish(storage, files)
         tracker = actor.remote()
         refs = {
             task.remote(
@@ -275,11 +353,17 @@ def run_latent_stages(
                 phase_stages,
                 options.judges,
                 tracker,
+                options.storage,
+                pass_id,
             ): shard_name(phase, i)
             for i, part in enumerate(parts)
         }
         results = _gather(ray, refs, tracker, len(latents), phase, progress)
+        if storage is not None:
+            _fetch_shards(storage, files, sorted(refs.values()))
         merge_shards(files)
+        if storage is not None:
+            storage.remove(SHARDS)
         ray.kill(tracker)
         for result in results:
             summary.explained += result["explained"]
@@ -301,6 +385,35 @@ def run_latent_stages(
         )
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _publish(storage: Storage, files: RunFiles) -> None:
+    """What a pass's workers read, uploaded: the merged cache (unchanged files are not sent again), the
+    config and the logs as merged so far. Shard logs left in storage by a driver that died are removed:
+    their rows may already be in the run's logs (downloaded and merged before it died), so they are redone
+    rather than risk counting them twice."""
+    for log in (files.explanations, files.scores):
+        if not log.exists():
+            log.touch()
+    storage.remove(SHARDS)
+    storage.publish(
+        files.folder, RUN, [files.cache.name, files.config.name, files.explanations.name, files.scores.name]
+    )
+
+
+def _fetch_shards(storage: Storage, files: RunFiles, names: list[str]) -> None:
+    """Each finished shard's logs, downloaded into `RUN/shards/NAME/` (whole: each folder is complete
+    before it is renamed there, so `merge_shards` never sees half of one)."""
+    incoming = files.folder / INCOMING
+    for name in names:
+        folder = incoming / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        storage.get_folder(f"{SHARDS}/{name}", folder)
+        (folder / DONE).unlink(missing_ok=True)
+        (files.folder / SHARDS).mkdir(exist_ok=True)
+        folder.rename(files.folder / SHARDS / name)
+    shutil.rmtree(incoming, ignore_errors=True)
 
 
 def _needs_gpu(config: RunConfig) -> bool:
