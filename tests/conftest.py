@@ -143,15 +143,16 @@ def tiny_cache(tiny_llama, tmp_path_factory):
     return build_tiny_cache(tmp_path_factory.mktemp("tiny_cache"), tiny_llama)
 
 
-def start_cluster(env_vars: dict[str, str] | None = None):
-    """A local Ray cluster (2 CPUs, no dashboard) whose workers import this folder's helpers and see
-    `env_vars`; returns ray (shut it down with ray.shutdown())."""
+def start_cluster(env_vars: dict[str, str] | None = None, num_gpus: int = 0):
+    """A local Ray cluster (2 CPUs, `num_gpus` GPUs only counted, no dashboard) whose workers import this
+    folder's helpers and see `env_vars`; returns ray (shut it down with ray.shutdown())."""
     import ray
 
     tests = str(Path(__file__).resolve().parent)
     path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
         num_cpus=2,
+        num_gpus=num_gpus,
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": {**(env_vars or {}), "PYTHONPATH": path}},
@@ -164,5 +165,15 @@ def cluster():
     """A local Ray cluster (`start_cluster`), started once per test module that uses it and shut down after
     that module's last test."""
     ray = start_cluster()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster():
+    """`cluster` that also declares 2 GPUs (Ray's resources are only counted, so none need be there): Ray
+    schedules and isolates GPU work as on a GPU machine (a GPU id per worker in CUDA_VISIBLE_DEVICES, no
+    reuse of a GPU task's worker process), which nothing GPU-bound on this CPU machine may touch."""
+    ray = start_cluster(num_gpus=2)
     yield ray
     ray.shutdown()

@@ -36,3 +36,11 @@ def scripted_judges(delay: float = 0.0, pids: str | None = None) -> dict[str, An
         "scripted-judge": Marked(judge, "scripted-judge", delay, pids),
         "scripted-explainer": Marked(explainer, "scripted-explainer", delay, pids),
     }
+
+
+def counted_judges(log: str, delay: float = 0.0) -> dict[str, Any]:
+    """`scripted_judges`, noting each time they are made: a line per call in the file `log` with the process
+    and the GPUs Ray gave it (CUDA_VISIBLE_DEVICES), so a test can count how often a worker loads its judges."""
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES', '-')}\n")
+    return scripted_judges(delay)

@@ -20,7 +20,9 @@ from autointerp import app
 from autointerp.cli import main
 from autointerp.config import RunConfig, save_config
 from autointerp.distributed.cluster import DistributedError, check_reachable
+from autointerp.distributed.latents import _needs_gpu
 from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, split
+from autointerp.distributed.workers import worker_options
 from autointerp.llm.base import JudgeError
 from autointerp.llm.openai_compat import OpenAIJudge
 from autointerp.llm.spread import SpreadJudge, split_urls
@@ -91,6 +93,18 @@ def test_latents_are_cut_into_nearly_equal_shards_in_order():
     assert split(list(range(10)), 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert split([5, 1], 8) == [[5], [1]]
     assert split([], 4) == []
+
+
+def test_a_run_needing_a_gpu_asks_ray_for_workers_of_one_gpu_each():
+    """A vLLM judge or explainer, or models on CUDA: each worker actor holds a GPU (its own vLLM engine),
+    otherwise a CPU; a worker is restarted as often as its shards' retries could ask."""
+    for config in (
+        RunConfig(judge="vllm:Qwen/Qwen2.5-7B-Instruct"),
+        RunConfig(explainer="vllm:Qwen/Qwen2.5-7B-Instruct"),
+        RunConfig(device="cuda:1"),
+    ):
+        assert worker_options(_needs_gpu(config), 3, 4) == {"num_gpus": 1, "max_restarts": 12, "max_task_retries": 3}
+    assert worker_options(_needs_gpu(RunConfig()), 0, 5) == {"num_cpus": 1, "max_restarts": 0, "max_task_retries": 0}
 
 
 def test_ray_missing_says_how_to_install_it(tmp_path, monkeypatch, capsys):

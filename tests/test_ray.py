@@ -30,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fault_server import FaultServer
-from ray_judges import scripted_judges
+from ray_judges import counted_judges, scripted_judges
 from report_fixtures import SAMPLING, write_word_tokenizer
 
 from autointerp import app
@@ -51,10 +51,13 @@ STAGES = {"explain", "score"}
 
 @pytest.fixture(scope="module")
 def template(tiny_llama, tmp_path_factory):
+    return make_template(tiny_llama, tmp_path_factory.mktemp("ray_template"))
+
+
+def make_template(tiny_llama, folder: Path) -> tuple[Path, RunConfig]:
     """A run folder with its cache and config, not yet explained: each test copies it."""
     from conftest import build_tiny_cache
 
-    folder = tmp_path_factory.mktemp("ray_template")
     tokenizer = write_word_tokenizer(folder / "subject")
     build_tiny_cache(folder, tiny_llama)
     config = RunConfig(
@@ -121,6 +124,19 @@ def test_a_ray_run_gives_the_results_of_a_single_run(cluster, template, tmp_path
     again = run_latent_stages(spread, config, STAGES, RayOptions(judges=scripted_judges, shards=3), progress=False)
     assert (spread.explanations.read_bytes(), spread.scores.read_bytes()) == before
     assert again.explained == again.scored == again.controlled == 0
+
+
+def test_each_worker_makes_its_judges_once_for_all_its_shards(cluster, template, tmp_path):
+    """2 workers, 6 shards in each of the two passes: the judges are made once per worker (2 loads), not once
+    per shard, so a judge that is slow to load (a llama.cpp or vLLM model) is loaded as often as there are
+    workers."""
+    files, config = _copy(template, tmp_path, "ray")
+    loads = tmp_path / "loads"
+    factory = functools.partial(counted_judges, str(loads))
+    summary = run_latent_stages(files, config, STAGES, RayOptions(judges=factory, shards=6), progress=False)
+    assert summary.explained == summary.latents >= 6 and summary.controlled > 0
+    pids = [line.split()[0] for line in loads.read_text().splitlines()]
+    assert 1 <= len(pids) <= 2 and len(set(pids)) == len(pids), pids
 
 
 @pytest.fixture(scope="module")

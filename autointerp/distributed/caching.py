@@ -1,12 +1,13 @@
-"""Caching on Ray: shards of the corpus rows as Ray tasks, merged into the run's usual cache.
+"""Caching on Ray: shards of the corpus rows run by long-lived workers, merged into the run's usual cache.
 
 The driver counts the corpus rows the run caches (the tokenizer only, no model), cuts them into
 consecutive shards whose bounds fall on whole batches (so each shard feeds the model exactly the
 batches a single pass would, and gets the same activations), and records the plan in
-`RUN/cache-shards/plan.json`. Each shard is a Ray task (on a GPU with `--device cuda`) that loads the
-model and dictionaries and caches its rows, every hookpoint, into `RUN/cache-shards/N/` with its
+`RUN/cache-shards/plan.json`. Each shard is run by the next free worker (a Ray actor per GPU with
+`--device cuda`, per CPU otherwise: `workers.py`), which loads the model and dictionaries and caches
+its rows, every hookpoint, into `RUN/cache-shards/N/` with its
 first row's offset, so its windows, sample keys and top windows are those of the whole corpus. A
-worker killed mid-shard (or a shard failing with an I/O or device error) is retried by Ray and
+worker killed mid-shard (or a shard failing with an I/O or device error) is restarted and retried by Ray and
 resumes from the shard's last checkpoint; a shard that
 finished is not run again when the run is started again. Once every shard is done the driver merges
 them into `RUN/cache` (`cache.merge`): the same files, value for value, as one pass over the corpus.
@@ -34,8 +35,9 @@ from autointerp.cache.merge import merge_caches
 from autointerp.cache.store import atomic_write_bytes, cache_complete
 from autointerp.config import RunConfig
 from autointerp.distributed.cluster import DistributedError, connect, worker_count
-from autointerp.distributed.latents import SHARDS_PER_WORKER, RayOptions, _unwrap
+from autointerp.distributed.latents import SHARDS_PER_WORKER, RayOptions
 from autointerp.distributed.storage import Storage, staging_root, worker_label
+from autointerp.distributed.workers import Workers, run_shards, worker_options, workers
 from autointerp.results import RunFiles
 
 CACHE_SHARDS = "cache-shards"
@@ -147,18 +149,10 @@ def run_cache_shards(
         uploaded = storage.listing(CACHE_SHARDS)
         todo = [i for i in todo if f"{i}/{RESOLVED}" not in uploaded]
     gpu = config.device.startswith("cuda")
-    task = ray.remote(
-        max_retries=options.max_retries,
-        retry_exceptions=list(RETRIED),
-        **({"num_gpus": 1} if gpu else {"num_cpus": 1}),
-    )(cache_shard)
-    refs = {
-        task.remote(
-            str(files.folder), i, config, plan[i][0], plan[i][1], options.before_cache_shard, options.storage, plan_id
-        ): i
-        for i in todo
-    }
-    _gather(ray, refs, plan, progress)
+    if todo:
+        slots = worker_count(ray, "GPU" if gpu else "CPU")
+        with workers(ray, min(len(todo), slots), worker_options(gpu, options.max_retries, len(todo))) as pool:
+            _run(ray, pool, files, config, plan, plan_id, todo, options, progress)
     if storage is not None:
         for i, folder in enumerate(folders):
             if not (folder / RESOLVED).exists():
@@ -201,27 +195,50 @@ def _plan(
     return plan, plan_id
 
 
-def _gather(ray: Any, refs: dict[Any, int], plan: list[tuple[int, int]], progress: bool) -> None:
-    """Wait for every shard, one bar over the rows. A shard that fails for good is raised once the others
-    have ended: what they cached is kept for the next start, which runs only the shards not finished."""
+def _run(
+    ray: Any,
+    pool: Workers,
+    files: RunFiles,
+    config: RunConfig,
+    plan: list[tuple[int, int]],
+    plan_id: str,
+    todo: list[int],
+    options: RayOptions,
+    progress: bool,
+) -> None:
+    """The shards `todo` on the workers, one bar over the rows. A shard that fails for good is raised once
+    the others have ended: what they cached is kept for the next start, which runs only the shards not
+    finished."""
     total = sum(n for _, n in plan)
-    done_before = total - sum(plan[i][1] for i in refs.values())
-    pending = list(refs)
-    failed: Exception | None = None
+    done_before = total - sum(plan[i][1] for i in todo)
+    shards = {
+        i: (
+            cache_shard,
+            (
+                str(files.folder),
+                i,
+                config,
+                plan[i][0],
+                plan[i][1],
+                options.before_cache_shard,
+                options.storage,
+                plan_id,
+            ),
+        )
+        for i in todo
+    }
     bar = tqdm(
         total=total, initial=done_before, unit="row", desc="caching (ray)", disable=not progress, dynamic_ncols=True
     )
     try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=None)
-            for ref in done:
-                try:
-                    ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - raised below as what it is
-                    failed = failed or _unwrap(ray, e, f"cache-{refs[ref]}")
-                    continue
-                bar.update(plan[refs[ref]][1])
+        run_shards(
+            ray,
+            pool,
+            shards,
+            name=lambda i: f"cache-{i}",
+            retry_exceptions=list(RETRIED),
+            stop_on_failure=False,
+            on_done=lambda i, _: bar.update(plan[i][1]),
+        )
     finally:
         bar.close()
-    if failed is not None:
-        raise failed

@@ -1,16 +1,18 @@
-"""Explaining and scoring on Ray: shards of latents as Ray tasks, each an ordinary pipeline run.
+"""Explaining and scoring on Ray: shards of latents run by long-lived workers, each an ordinary pipeline run.
 
 The driver picks the (hookpoint, latent) pairs as a single run would, cuts them into shards (a few per worker, so a
-slow shard does not hold the run up) and sends each to a Ray task, which runs `app.latent_stages`
-over its pairs on a `ShardFiles` view of the run folder. Two passes, as in a single run: first
+slow shard does not hold the run up) and hands each to the next free worker (a Ray actor, one per GPU
+when the run needs GPUs, one per CPU otherwise: `workers.py`), which runs `app.latent_stages` over its
+pairs on a `ShardFiles` view of the run folder. Two passes, as in a single run: first
 every latent is explained and scored; then, once every shard's labels are merged into the run's
 logs, the shuffled-label controls, whose donors are drawn from every labelled latent of the run (a
-shard on its own would only see its own). A worker killed mid-shard is retried by Ray
-(`max_retries`); the retry reads what the dead attempt wrote and does only the rest.
+shard on its own would only see its own). A worker killed mid-shard is restarted and the shard run again
+by Ray (`max_retries` times at most); the retry reads what the dead attempt wrote and does only the rest.
 
-Each worker process holds its judges for as long as it lives (a llama.cpp model is loaded once, not
-per shard), on one event loop of its own. A shard that takes a GPU gets a fresh process (Ray does not
-reuse GPU workers, whose CUDA device is fixed once set), so a vLLM engine is loaded per shard.
+Each worker process holds its judges for as long as it lives, which is both passes (a llama.cpp model or
+a vLLM engine is loaded once per worker, not per shard), on one event loop of its own; the workers are
+killed when the passes are done, or as soon as a shard failed for good (which stops the shards still
+running). A worker that was restarted after its process died loads its judges again.
 Their response cache is the run's usual SQLite file, resolved on each machine: SQLite in WAL mode with
 a busy timeout is safe for several writer processes on one machine (tests/test_ray.py runs two against
 one file), not on a network folder, which is why the default path is each machine's own cache directory.
@@ -44,6 +46,7 @@ from autointerp.config import RunConfig
 from autointerp.distributed.cluster import DistributedError, connect, worker_count
 from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, shard_name, split
 from autointerp.distributed.storage import Storage, staging_root, worker_label
+from autointerp.distributed.workers import Workers, run_shards, worker_options, workers
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge
 from autointerp.pipeline import RunSummary
@@ -329,55 +332,20 @@ def run_latent_stages(
     summary = RunSummary(latents=len(latents))
     if n_rare:
         summary.messages.append(app.rare_note(caches, n_rare, config))
-    resource = {"num_gpus": 1} if _needs_gpu(config) else {"num_cpus": 1}
-    workers = worker_count(ray, "GPU" if "num_gpus" in resource else "CPU")
-    task = ray.remote(max_retries=options.max_retries, **resource)(run_shard)
-    actor = ray.remote(num_cpus=0)(_Progress)
+    gpu = _needs_gpu(config)
+    slots = worker_count(ray, "GPU" if gpu else "CPU")
     passes = [("latents", stages & {"explain", "score"}, replace(config, controls="none"))]
     if "score" in stages and config.controls == "shuffled":
         passes.append(("controls", {"controls"}, config))
-    for phase, phase_stages, phase_config in passes:
-        if not latents or not phase_stages:
-            continue
-        parts = split(latents, options.shards or workers * SHARDS_PER_WORKER)
-        pass_id = uuid.uuid4().hex[:12]
-        if storage is not None:
-            _publish(storage, files)
-        tracker = actor.remote()
-        refs = {
-            task.remote(
-                str(files.folder),
-                shard_name(phase, i),
-                phase_config,
-                part,
-                phase_stages,
-                options.judges,
-                tracker,
-                options.storage,
-                pass_id,
-            ): shard_name(phase, i)
-            for i, part in enumerate(parts)
-        }
-        results = _gather(ray, refs, tracker, len(latents), phase, progress)
-        if storage is not None:
-            _fetch_shards(storage, files, sorted(refs.values()))
-        merge_shards(files)
-        if storage is not None:
-            storage.remove(SHARDS)
-        ray.kill(tracker)
-        for result in results:
-            summary.explained += result["explained"]
-            summary.scored += result["scored"]
-            summary.skipped += result["skipped"]
-            summary.controlled += result["controlled"]
-            summary.failed_latents.update(result["failed_latents"])
-            for message in result["messages"]:
-                if message not in summary.messages:
-                    summary.messages.append(message)
-            for name, stats in result["cache"].items():
-                total = options.cache_stats.setdefault(name, {})
-                for k, v in stats.items():
-                    total[k] = total.get(k, 0) + v
+    passes = [p for p in passes if p[1]]
+    parts = split(latents, options.shards or slots * SHARDS_PER_WORKER)
+    if parts and passes:
+        # one worker per GPU (or CPU) for both passes: its judges are made once, on its first shard
+        actor_options = worker_options(gpu, options.max_retries, len(parts) * len(passes))
+        with workers(ray, min(len(parts), slots), actor_options) as pool:
+            for phase, phase_stages, phase_config in passes:
+                for result in _run_pass(ray, pool, files, phase, phase_config, phase_stages, parts, options, progress):
+                    _add(summary, result, options.cache_stats)
     for name, stats in options.cache_stats.items():
         summary.messages.append(
             f"{name}: response cache (all workers): {stats.get('hits', 0)} hits, {stats.get('misses', 0)} misses, "
@@ -416,6 +384,22 @@ def _fetch_shards(storage: Storage, files: RunFiles, names: list[str]) -> None:
     shutil.rmtree(incoming, ignore_errors=True)
 
 
+def _add(summary: RunSummary, result: dict[str, Any], cache_stats: dict[str, dict[str, int]]) -> None:
+    """A shard's result into the run's summary (messages once) and the response cache's counts."""
+    summary.explained += result["explained"]
+    summary.scored += result["scored"]
+    summary.skipped += result["skipped"]
+    summary.controlled += result["controlled"]
+    summary.failed_latents.update(result["failed_latents"])
+    for message in result["messages"]:
+        if message not in summary.messages:
+            summary.messages.append(message)
+    for name, stats in result["cache"].items():
+        total = cache_stats.setdefault(name, {})
+        for k, v in stats.items():
+            total[k] = total.get(k, 0) + v
+
+
 def _needs_gpu(config: RunConfig) -> bool:
     """A shard takes a GPU when its judge runs on one (vLLM in process) or its models do (--device cuda)."""
     return config.device.startswith("cuda") or any(
@@ -444,35 +428,55 @@ def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     asyncio.run(check())
 
 
-def _gather(
-    ray: Any, refs: dict[Any, str], tracker: Any, total: int, phase: str, progress: bool
+def _run_pass(
+    ray: Any,
+    pool: Workers,
+    files: RunFiles,
+    phase: str,
+    config: RunConfig,
+    stages: set[str],
+    parts: list[list[LatentId]],
+    options: RayOptions,
+    progress: bool,
 ) -> list[dict[str, Any]]:
-    """Every shard's result, in shard order, with one bar over all workers; the first shard that fails for
-    good cancels the others and its error is raised (the cause, not Ray's wrapper, when it has one)."""
-    results: dict[str, dict[str, Any]] = {}
-    pending = list(refs)
+    """One pass's shards on the workers, with one bar over all of them, and their logs merged into the run's;
+    every shard's result, in shard order. The first shard that fails for good stops the pass (the caller's
+    exit from `workers` stops the shards still running) and its error is raised."""
+    storage = Storage(options.storage) if options.storage else None
+    pass_id = uuid.uuid4().hex[:12]
+    if storage is not None:
+        _publish(storage, files)
+    tracker = ray.remote(num_cpus=0)(_Progress).remote()
+    total = sum(len(part) for part in parts)
+    shards = {
+        shard_name(phase, i): (
+            run_shard,
+            (
+                str(files.folder),
+                shard_name(phase, i),
+                config,
+                part,
+                stages,
+                options.judges,
+                tracker,
+                options.storage,
+                pass_id,
+            ),
+        )
+        for i, part in enumerate(parts)
+    }
     bar = tqdm(total=total, unit="latent", desc=f"{phase} (ray)", disable=not progress, dynamic_ncols=True)
     try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=REPORT_EVERY_S)
-            for ref in done:
-                try:
-                    results[refs[ref]] = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - re-raised below as what it is
-                    for other in pending:
-                        ray.cancel(other, force=True)
-                    raise _unwrap(ray, e, refs[ref]) from None
-            bar.update(ray.get(tracker.total.remote()) - bar.n)
+        results = run_shards(
+            ray, pool, shards, name=str, tick=lambda: bar.update(ray.get(tracker.total.remote()) - bar.n)
+        )
         bar.update(total - bar.n)
     finally:
         bar.close()
+        ray.kill(tracker)
+    if storage is not None:
+        _fetch_shards(storage, files, sorted(shards))
+    merge_shards(files)
+    if storage is not None:
+        storage.remove(SHARDS)
     return [results[name] for name in sorted(results)]
-
-
-def _unwrap(ray: Any, error: Exception, shard: str) -> Exception:
-    cause = getattr(error, "cause", None)
-    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(cause, Exception):
-        return cause
-    if isinstance(error, ray.exceptions.WorkerCrashedError | ray.exceptions.NodeDiedError):
-        return DistributedError(f"shard {shard}: its worker died on every attempt: {error}")
-    return DistributedError(f"shard {shard} failed: {error}")
