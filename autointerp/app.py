@@ -110,15 +110,26 @@ def cache_stage(
     return resolved_of(config, metas, encoders)
 
 
-def cache_part(folder: Path, config: RunConfig, first_row: int, n_rows: int) -> dict[str, Any]:
+def cache_part(
+    folder: Path,
+    config: RunConfig,
+    first_row: int,
+    n_rows: int,
+    open_models: Callable[[RunConfig, Any], tuple[Any, list[Any]]] | None = None,
+) -> dict[str, Any]:
     """The cache of corpus rows [first_row, first_row + n_rows), every hookpoint, in `folder` (a Ray
-    shard's; resumes as any cache does), its windows numbered as in the whole corpus; what it resolved."""
+    shard's; resumes as any cache does), its windows numbered as in the whole corpus; what it resolved.
+    `open_models` (default `open_cache_models`) lets a worker that caches several shards keep its loaded
+    model and dictionaries from one shard to the next."""
     from itertools import islice
 
     from autointerp.cache.build import build_caches
 
     corpus_path, dictionary = check_cache_inputs(config)
-    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary, check_empty=first_row == 0)
+    models = (open_models or open_cache_models)(config, dictionary)
+    model, encoders, targets, rows = load_cache_inputs(
+        config, corpus_path, dictionary, check_empty=first_row == 0, models=models
+    )
     for _, _, meta in targets:
         meta.max_tokens = n_rows * config.cache.ctx_len
     metas = build_caches(
@@ -155,11 +166,9 @@ def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
     return corpus_path, dictionary
 
 
-def load_cache_inputs(
-    config: RunConfig, corpus_path: Path, dictionary: Any, *, check_empty: bool = True
-) -> tuple[torch.nn.Module, list[Any], list[tuple[Any, Any, CacheMeta]], Iterator[Any]]:
-    """The subject model and dictionaries on `config.device`, each hookpoint's (hookpoint, encoder, meta),
-    and the corpus rows."""
+def open_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any]]:
+    """The subject model and its dictionaries (each (encoder, hookpoint)) on `config.device`. Caching
+    attaches its hooks for the length of a pass only, so what this returns can serve several passes."""
     from autointerp.subjects.attach import open_dictionaries
 
     subject = load_subject(config)
@@ -168,6 +177,20 @@ def load_cache_inputs(
     for encoder, point in opened:
         check_latents(config, encoder.num_latents, point.name if len(opened) > 1 else None)
         encoder.to(config.device)
+    return subject, opened
+
+
+def load_cache_inputs(
+    config: RunConfig,
+    corpus_path: Path,
+    dictionary: Any,
+    *,
+    check_empty: bool = True,
+    models: tuple[Any, list[Any]] | None = None,
+) -> tuple[torch.nn.Module, list[Any], list[tuple[Any, Any, CacheMeta]], Iterator[Any]]:
+    """The subject model and dictionaries on `config.device` (`models`, already open, or opened now), each
+    hookpoint's (hookpoint, encoder, meta), and the corpus rows."""
+    subject, opened = models if models is not None else open_cache_models(config, dictionary)
     rows = corpus_rows(config, subject.tokenizer, corpus_path, check_empty=check_empty)
     s = config.cache
     targets = [

@@ -108,9 +108,13 @@ def record_and_kill(log: str, kill: str, index: int, folder: Path) -> None:
     """Runs in the worker as a cache shard starts: notes the shard, and kills the worker on the first start
     of shard 1 (kill="once") or on every one (kill="always"), or fails that start with an OSError
     (kill="raise")."""
+    from autointerp.distributed import caching
+
     marks = Path(log)
     with open(marks / "started", "a") as f:
         f.write(f"{index}\n")
+    with open(marks / "held", "a") as f:  # whether the worker still holds the model of an earlier shard
+        f.write(f"{index} {int(bool(caching._held_models))}\n")
     if index == 1 and (kill == "always" or (kill in ("once", "raise") and not (marks / "killed").exists())):
         (marks / "killed").write_text(str(os.getpid()))
         if kill == "raise":
@@ -140,6 +144,10 @@ def test_a_shard_that_fails_once_is_retried(cluster, checkpoint, tmp_path, kill)
     )
     assert (log / "killed").exists()
     assert _started(log) == [0, 1, 1, 2]
+    # shards 0 and 1 start on two fresh workers (and shard 1's retry on a restarted or untouched one);
+    # shard 2 runs on a worker that cached a shard before, and keeps its model instead of loading it again
+    held = sorted(tuple(map(int, line.split())) for line in (log / "held").read_text().splitlines())
+    assert held == [(0, 0), (1, 0), (1, 0), (2, 1)]
     assert hookpoint_folders(files.cache) == {"layers.1": files.cache}  # one hookpoint: the cache in cache/ itself
     _assert_same(files.cache, RunFiles(tmp_path / "plain").cache)
     assert resolved == _resolved(tmp_path / "plain")

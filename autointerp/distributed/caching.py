@@ -4,7 +4,8 @@ The driver counts the corpus rows the run caches (the tokenizer only, no model),
 consecutive shards whose bounds fall on whole batches (so each shard feeds the model exactly the
 batches a single pass would, and gets the same activations), and records the plan in
 `RUN/cache-shards/plan.json`. Each shard is run by the next free worker (a Ray actor per GPU with
-`--device cuda`, per CPU otherwise: `workers.py`), which loads the model and dictionaries and caches
+`--device cuda`, per CPU otherwise: `workers.py`), which loads the model and dictionaries on its first
+shard, keeps them for the next ones, and caches
 its rows, every hookpoint, into `RUN/cache-shards/N/` with its
 first row's offset, so its windows, sample keys and top windows are those of the whole corpus. A
 worker killed mid-shard (or a shard failing with an I/O or device error) is restarted and retried by Ray and
@@ -67,6 +68,31 @@ def count_rows(config: RunConfig, corpus: Path) -> int:
 
 # ---------------------------------------------------------------- in the worker process
 
+# the subject model and dictionaries this worker last loaded, by what they were loaded from: a worker
+# caches its shards one after another, and a large model loads for minutes (one entry: another run's
+# model is dropped before the next is loaded, so a GPU never holds two)
+_held_models: dict[str, tuple[Any, list[Any]]] = {}
+
+
+def _held_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any]]:
+    from autointerp import app
+
+    key = repr(
+        (
+            config.model,
+            config.model_revision,
+            config.dtype,
+            config.device,
+            config.neurons_k,
+            config.requested_hookpoints,
+            dictionary,
+        )
+    )
+    if key not in _held_models:
+        _held_models.clear()
+        _held_models[key] = app.open_cache_models(config, dictionary)
+    return _held_models[key]
+
 
 def cache_shard(
     run_folder: str,
@@ -94,7 +120,7 @@ def cache_shard(
         raise DistributedError(f"worker on {host} cannot write the shared run folder {folder}: {e}") from None
     if before is not None:
         before(index, folder)
-    resolved = app.cache_part(folder, config, first_row, n_rows)
+    resolved = app.cache_part(folder, config, first_row, n_rows, _held_cache_models)
     atomic_write_bytes(folder / RESOLVED, json.dumps(resolved).encode())
     return {"resolved": resolved, "host": host}
 
@@ -119,7 +145,7 @@ def _cache_shard_to_storage(
         raise DistributedError(f"worker on {host} cannot write its staging folder {folder}: {e}") from None
     if before is not None:
         before(index, folder)
-    resolved = app.cache_part(folder, config, first_row, n_rows)
+    resolved = app.cache_part(folder, config, first_row, n_rows, _held_cache_models)
     atomic_write_bytes(folder / RESOLVED, json.dumps(resolved).encode())
     storage.put_folder(folder, remote, last=RESOLVED)
     shutil.rmtree(folder, ignore_errors=True)
