@@ -3,10 +3,15 @@
     python bench/judge_cost.py [--judge qwen2.5-coder-1.5b | openai:MODEL --judge-url URL | scripted]
                                [--latents 3] [--planted 2]
                                [--n 10] [--variants logprobs,slots5,slots10]
+                               [--variants logprobs+last,logprobs+first,logprobs+first+prefix1024]
+                               [--variants slots5,slots5+grammar]
 
 On the same latents and the same labels, scores detection and fuzzing with each variant of asking
 the judge: `logprobs` (one example per call, P(Yes) from the one generated token) and `slotsN`
-(N numbered examples per call, one "k: Yes/No" line each, P(Yes) at each line). Latents:
+(N numbered examples per call, one "k: Yes/No" line each, P(Yes) at each line), each with `+`
+options: `+last` / `+first` (the one-per-call layout: question after the excerpt, or everything a
+latent's calls share before it), `+prefixT` (worked examples lengthen the run-wide shared prefix to
+about T tokens), `+grammar` (slots replies constrained by a grammar). Latents:
 
 - `--latents` default latents (the first eligible ones of the embedded default model, SAE and corpus),
   each labelled with its no-LLM tokens label, and scored again with another latent's label (the
@@ -28,6 +33,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -50,11 +56,25 @@ def mean_se(values: list[float]) -> str:
 
 
 def settings(variant: str) -> ClassifierSettings:
-    if variant == "logprobs":
-        return ClassifierSettings(mode="logprobs")
-    if variant.startswith("slots"):
-        return ClassifierSettings(mode="slots", batch_size=int(variant[len("slots") :]))
-    raise SystemExit(f"unknown variant {variant!r}: logprobs or slotsN")
+    """`logprobs` or `slotsN`, then `+` options: `first` / `last` (the one-per-call prompt layout),
+    `prefixT` (worked examples up to T shared-prefix tokens), `grammar` (slots constrained by a grammar)."""
+    base, *options = variant.split("+")
+    if base == "logprobs":
+        out = ClassifierSettings(mode="logprobs")
+    elif base.startswith("slots"):
+        out = ClassifierSettings(mode="slots", batch_size=int(base[len("slots") :]))
+    else:
+        raise SystemExit(f"unknown variant {variant!r}: logprobs or slotsN, then +first, +last, +prefixT, +grammar")
+    for option in options:
+        if option in ("first", "last"):
+            out = replace(out, layout=f"question_{option}")
+        elif option.startswith("prefix"):
+            out = replace(out, prefix_tokens=int(option[len("prefix") :]))
+        elif option == "grammar":
+            out = replace(out, slots_grammar=True)
+        else:
+            raise SystemExit(f"unknown option {option!r} of variant {variant!r}")
+    return out
 
 
 def scripted_judge():
