@@ -420,7 +420,7 @@ class ClassifierSettings(Checked):
     slots_grammar: bool = setting(
         False,
         "slots mode: constrain the reply to exactly the N lines 'k: Yes' / 'k: No' with a grammar, on judges "
-        "that take one (the embedded llama.cpp judge; a llama.cpp server with --judge-grammar); P(Yes) is "
+        "that take one (the embedded llama.cpp judge; others are asked unconstrained); P(Yes) is "
         "still read from each slot's logprobs before the grammar masks them",
         cli=SCORING,
     )
