@@ -126,6 +126,7 @@ async def main_async(args: argparse.Namespace) -> None:
     usage: dict[tuple[str, str], list[Usage]] = {}
     auroc: dict[tuple[str, str, str], dict[str, float]] = {}
     failed: dict[tuple[str, str], int] = {}
+    reasks: dict[tuple[str, str], int] = {}  # calls beyond one per question (answers asked again)
     seconds = dict.fromkeys(variants, 0.0)
     for name, record, label, control in cases:  # latent by latent, so a cut-short run is still paired
         for variant in variants:
@@ -139,6 +140,9 @@ async def main_async(args: argparse.Namespace) -> None:
                         u = score.usage
                         line.append(f"{scorer.name[:3]} {u.calls}c {u.prompt_tokens}p {u.cached_prompt_tokens}k")
                     failed[(variant, scorer.name)] = failed.get((variant, scorer.name), 0) + score.n_failed
+                    per_call = scorer.settings.batch_size if scorer.settings.mode == "slots" else 1
+                    asked_again = score.usage.calls - math.ceil(score.n_examples / per_call)
+                    reasks[(variant, scorer.name)] = reasks.get((variant, scorer.name), 0) + asked_again
                     value = score.metrics.get("auroc")
                     if value is not None and not math.isnan(value):
                         auroc.setdefault((variant, scorer.name, arm), {})[name] = value
@@ -171,7 +175,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{both.completion_tokens / k:6.0f}   ({seconds[variant]:.0f} s for all latents, both arms)"
         )
     print(
-        "\nAUROC, mean ± standard error over latents (label / control or wrong label), and paired against one-per-call:"
+        "\nAUROC, mean ± standard error over latents (label / control or wrong label), paired with the first variant:"
     )
     groups = {
         "default": [c[0] for c in cases if c[0].startswith("default")],
@@ -192,7 +196,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"    {scorer:>9} {variant:>9}: label {mean_se([lab[n] for n in names if n in lab])}, "
                     f"control {mean_se([con[n] for n in names if n in con])}, gap {mean_se(gap)}"
                     + (f", minus {variants[0]} {mean_se(paired)}" if variant != variants[0] else "")
-                    + f"; {failed.get((variant, scorer), 0)} answers unusable"
+                    + f"; {reasks.get((variant, scorer), 0)} calls re-asked, "
+                    + f"{failed.get((variant, scorer), 0)} answers unusable"
                 )
 
 
