@@ -191,11 +191,18 @@ async def main_async(args: argparse.Namespace) -> None:
                 con = auroc.get((variant, scorer, "control"), {})
                 base = auroc.get((variants[0], scorer, "label"), {})
                 gap = [lab[n] - con[n] for n in names if n in lab and n in con]
+                base_con = auroc.get((variants[0], scorer, "control"), {})
                 paired = [lab[n] - base[n] for n in names if n in lab and n in base]
+                both = [n for n in names if n in lab and n in con and n in base and n in base_con]
+                paired_gap = [(lab[n] - con[n]) - (base[n] - base_con[n]) for n in both]
                 print(
                     f"    {scorer:>9} {variant:>9}: label {mean_se([lab[n] for n in names if n in lab])}, "
                     f"control {mean_se([con[n] for n in names if n in con])}, gap {mean_se(gap)}"
-                    + (f", minus {variants[0]} {mean_se(paired)}" if variant != variants[0] else "")
+                    + (
+                        f"; minus {variants[0]}: label {mean_se(paired)}, gap {mean_se(paired_gap)}"
+                        if variant != variants[0]
+                        else ""
+                    )
                     + f"; {reasks.get((variant, scorer), 0)} calls re-asked, "
                     + f"{failed.get((variant, scorer), 0)} answers unusable"
                 )
