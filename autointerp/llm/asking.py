@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply
+from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, supports_grammar
 from autointerp.records import Usage
 
 T = TypeVar("T")
@@ -33,6 +33,7 @@ class Request:
     logprobs: int = 0
     schema: dict[str, Any] | None = None
     parse: Callable[[Reply], tuple[Any, str]] | None = None
+    grammar: str | None = None  # a GBNF grammar, sent only to judges with `supports_grammar`
 
 
 @dataclass
@@ -101,8 +102,15 @@ async def ask(
     async def send(attempt: int) -> Reply:
         r = request(attempt)
         sent.append(r)
+        # only a judge that takes a grammar is given one: every other backend keeps the plain protocol
+        extra = {"grammar": r.grammar} if r.grammar is not None and supports_grammar(judge) else {}
         return await judge.chat(
-            r.messages, max_tokens=r.max_tokens, temperature=r.temperature, logprobs=r.logprobs, schema=r.schema
+            r.messages,
+            max_tokens=r.max_tokens,
+            temperature=r.temperature,
+            logprobs=r.logprobs,
+            schema=r.schema,
+            **extra,
         )
 
     def read(reply: Reply) -> tuple[T | None, str]:

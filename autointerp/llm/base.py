@@ -123,6 +123,13 @@ class TextScorer(Protocol):
     ) -> list[PromptToken]: ...
 
 
+def supports_grammar(judge: object) -> bool:
+    """Whether `judge.chat` takes `grammar=`: a GBNF grammar the whole reply must match (llama.cpp's
+    format). It is an optional capability, so backends without it keep the plain `chat` signature;
+    the logprobs such a judge returns are the model's own, read before the grammar masks any token."""
+    return bool(getattr(judge, "supports_grammar", False))
+
+
 def can_score_text(judge: object) -> TypeGuard[TextScorer]:
     return bool(getattr(judge, "supports_prompt_logprobs", False))
 

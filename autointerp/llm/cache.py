@@ -43,7 +43,16 @@ from pathlib import Path
 from typing import Any
 
 from autointerp.errors import AutointerpError
-from autointerp.llm.base import Judge, JudgeError, Message, PromptToken, Reply, TokenLogprob, can_score_text
+from autointerp.llm.base import (
+    Judge,
+    JudgeError,
+    Message,
+    PromptToken,
+    Reply,
+    TokenLogprob,
+    can_score_text,
+    supports_grammar,
+)
 from autointerp.records import Usage
 
 log = logging.getLogger(__name__)
@@ -64,9 +73,11 @@ def cache_key(
     temperature: float,
     logprobs: int,
     schema: dict[str, Any] | None,
+    grammar: str | None = None,
 ) -> str:
-    """sha256 (hex) of the canonical JSON of a request: sorted keys, no whitespace, ASCII-escaped."""
-    payload = {
+    """sha256 (hex) of the canonical JSON of a request: sorted keys, no whitespace, ASCII-escaped.
+    A grammar enters the key only when given, so the keys of requests without one stay as they were."""
+    payload: dict[str, Any] = {
         "v": FORMAT_VERSION,
         "namespace": namespace,
         "messages": [dict(m) for m in messages],
@@ -75,6 +86,8 @@ def cache_key(
         "logprobs": int(logprobs),
         "schema": schema,
     }
+    if grammar is not None:
+        payload["grammar"] = grammar
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -190,6 +203,10 @@ class CachedJudge:
     def supports_logprobs(self) -> bool:
         return self.inner.supports_logprobs
 
+    @property
+    def supports_grammar(self) -> bool:
+        return supports_grammar(self.inner)
+
     async def chat(
         self,
         messages: list[Message],
@@ -198,19 +215,27 @@ class CachedJudge:
         temperature: float = 0.0,
         logprobs: int = 0,
         schema: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> Reply:
+        extra = {"grammar": grammar} if grammar is not None else {}
         if temperature != 0:
             self.bypassed += 1
             return await self.inner.chat(
-                messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema
+                messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema, **extra
             )
         key = cache_key(
-            self.namespace, messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema
+            self.namespace,
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            logprobs=logprobs,
+            schema=schema,
+            grammar=grammar,
         )
 
         async def ask() -> Reply:
             return await self.inner.chat(
-                messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema
+                messages, max_tokens=max_tokens, temperature=temperature, logprobs=logprobs, schema=schema, **extra
             )
 
         return await self._cached(key, ask, encode_reply, self._hit)

@@ -127,6 +127,7 @@ class LlamaCppJudge:
 
     supports_logprobs = True
     supports_prompt_logprobs = True
+    supports_grammar = True  # chat(grammar=GBNF); the captured logprobs are the raw ones, before it masks
 
     def __init__(
         self,
@@ -200,6 +201,17 @@ class LlamaCppJudge:
                 raise JudgeError(f"cannot turn the JSON schema into a llama.cpp grammar: {e}") from e
         return self._grammars[key]
 
+    def _gbnf(self, text: str) -> Any:
+        key = "gbnf:" + text
+        if key not in self._grammars:
+            from llama_cpp.llama_grammar import LlamaGrammar
+
+            try:
+                self._grammars[key] = LlamaGrammar.from_string(text, verbose=False)
+            except Exception as e:
+                raise JudgeError(f"llama.cpp cannot parse the grammar: {e}") from e
+        return self._grammars[key]
+
     async def chat(
         self,
         messages: list[Message],
@@ -208,10 +220,15 @@ class LlamaCppJudge:
         temperature: float = 0.0,
         logprobs: int = 0,
         schema: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> Reply:
-        grammar = self._grammar(schema) if schema is not None else None
+        if schema is not None and grammar is not None:
+            raise ValueError("give a JSON schema or a grammar, not both")
+        compiled = self._gbnf(grammar) if grammar is not None else None
+        if schema is not None:
+            compiled = self._grammar(schema)
         async with self._async_lock():
-            return await asyncio.to_thread(self._chat_sync, messages, max_tokens, temperature, logprobs, grammar)
+            return await asyncio.to_thread(self._chat_sync, messages, max_tokens, temperature, logprobs, compiled)
 
     def _chat_sync(
         self, messages: list[Message], max_tokens: int, temperature: float, logprobs: int, grammar: Any

@@ -32,6 +32,10 @@ llama.cpp's server and vLLM constrain to; llama.cpp answers HTTP 500 to `"json_s
 what OpenAI itself wants: `schema_mode="json_schema"` (`strict_schema` for its strict mode), or
 `"none"` to leave output unconstrained for servers that accept neither.
 
+Grammars: a server that takes a GBNF grammar in a request-body field (llama.cpp's server reads
+`grammar`) gets one when the judge is made with `grammar_field` naming that field; otherwise the judge
+claims no `supports_grammar` and callers send the request unconstrained.
+
 Prompt logprobs (`prompt_logprobs`, for the surprisal and simulation scorers): the legacy
 `/completions` endpoint with `echo=True`, `logprobs=k` and `max_tokens=1` (some servers read 0 as "no
 limit"), the generated token trimmed off by its `text_offset`. Few servers still offer it (vLLM does;
@@ -185,6 +189,7 @@ class OpenAIJudge:
         max_total_s: float | None = None,
         token_limit_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens",
         extra_body: dict[str, Any] | None = None,
+        grammar_field: str | None = None,
     ):
         _import_openai()
         if schema_mode not in ("json_object", "json_schema", "none"):
@@ -215,6 +220,8 @@ class OpenAIJudge:
         self.max_total_s = float(max_total_s) if max_total_s is not None else max(300.0, 3 * self.timeout)
         self.token_limit_field = token_limit_field
         self.extra_body = dict(extra_body or {})
+        self.grammar_field = grammar_field
+        self.supports_grammar = grammar_field is not None
         self.stats = {"calls": 0, "attempts": 0, "retries": 0, "errors": 0}
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
@@ -282,7 +289,10 @@ class OpenAIJudge:
         temperature: float = 0.0,
         logprobs: int = 0,
         schema: dict[str, Any] | None = None,
+        grammar: str | None = None,
     ) -> Reply:
+        if grammar is not None and self.grammar_field is None:
+            raise ValueError(f"judge {self.model} was made without a grammar_field; do not send a grammar")
         if logprobs and not self.supports_logprobs:
             raise ValueError(f"judge {self.model} was made with supports_logprobs=False; do not ask for logprobs")
         params: dict[str, Any] = {
@@ -300,8 +310,11 @@ class OpenAIJudge:
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": schema, "strict": self.strict_schema},
             }
-        if self.extra_body:
-            params["extra_body"] = self.extra_body
+        extra_body = dict(self.extra_body)
+        if grammar is not None and self.grammar_field is not None:
+            extra_body[self.grammar_field] = grammar
+        if extra_body:
+            params["extra_body"] = extra_body
 
         client, sem = self._ensure_client()
         self.stats["calls"] += 1

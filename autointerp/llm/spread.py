@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from autointerp.llm.base import Judge, Message, PromptToken, Reply, can_score_text
+from autointerp.llm.base import Judge, Message, PromptToken, Reply, can_score_text, supports_grammar
 
 
 def split_urls(text: str | None) -> list[str | None]:
@@ -38,6 +38,7 @@ class SpreadJudge:
         self.model = self.judges[0].model
         self.supports_logprobs = all(j.supports_logprobs for j in self.judges)
         self.supports_prompt_logprobs = all(can_score_text(j) for j in self.judges)
+        self.supports_grammar = all(supports_grammar(j) for j in self.judges)
         self.busy = [0] * len(self.judges)
         self.sent = [0] * len(self.judges)  # requests sent to each, for the summary and the tests
         self._turn = itertools.count()

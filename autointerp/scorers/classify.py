@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import json
 import math
 import re
@@ -215,6 +216,33 @@ def read_slots(reply: Reply, n: int) -> tuple[list[SlotAnswer] | None, str]:
     return out, ""
 
 
+LAYOUT_TEMPLATES = {"question_last": "user.md", "question_first": "user_question_first.md"}
+CHARS_PER_TOKEN = 4  # the estimate `prefix_tokens` is counted in: roughly English text in common tokenizers
+
+
+@functools.cache
+def worked_examples(prompt_dir: str) -> list[dict[str, str]]:
+    """The answered examples of `prompts/<prompt_dir>/worked_examples.json` that lengthen a shared prefix."""
+    shots = json.loads(load_prompt(f"{prompt_dir}/worked_examples.json"))
+    for shot in shots:
+        if set(shot) != {"explanation", "excerpt", "answer"} or shot["answer"] not in ("Yes", "No"):
+            raise ValueError(
+                f"{prompt_dir}/worked_examples.json: each entry has an explanation, excerpt and Yes/No answer"
+            )
+    return shots
+
+
+def slots_grammar(n: int) -> str:
+    """A GBNF grammar of exactly the n lines "1: Yes" ... "n: No" that `read_slots` reads.
+
+    Under it a reply is never malformed (no preamble, no missing or extra line); the answer word at each
+    slot is still the model's choice, and P(Yes) is read from its logprobs before the grammar masks any
+    token, so the probabilities are the model's own.
+    """
+    lines = ' "\\n" '.join(f'"{k}: " answer' for k in range(1, n + 1))
+    return f'root ::= {lines}\nanswer ::= "Yes" | "No"\n'
+
+
 def answers_schema(n: int) -> dict:
     return {
         "type": "object",
@@ -316,8 +344,27 @@ class YesNoScorer(Scorer):
             text=item.text,
         )
 
+    def one_messages(self, explanation: str, text: str) -> list[Message]:
+        """The chat of a one-example-per-call question, laid out as `settings.layout` says.
+
+        With worked examples (`prefix_tokens`), they come as answered chat turns right after the system
+        prompt, in the same layout as the real question: the part every call of the run shares.
+        """
+        template = load_prompt(f"{self.prompt_dir}/{LAYOUT_TEMPLATES[self.settings.layout]}")
+        system = load_prompt(f"{self.prompt_dir}/system.md")
+        messages: list[Message] = [{"role": "system", "content": system}]
+        chars = len(system)
+        for shot in worked_examples(self.prompt_dir):
+            if chars >= CHARS_PER_TOKEN * self.settings.prefix_tokens:
+                break
+            user = render(template, explanation=shot["explanation"], text=shot["excerpt"])
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": shot["answer"]}]
+            chars += len(user) + len(shot["answer"])
+        messages.append({"role": "user", "content": render(template, explanation=explanation, text=text)})
+        return messages
+
     async def _ask_one(self, item: Item, explanation: str, judge: Judge, mode: str, usage: Usage) -> Judgment:
-        messages = self._messages("user.md", explanation=explanation, text=item.text)
+        messages = self.one_messages(explanation, item.text)
         pred, p, answer, error = await ask_binary(
             judge,
             messages,
@@ -346,11 +393,12 @@ class YesNoScorer(Scorer):
             "slots_user.md", system="slots_system.md", explanation=explanation, excerpts=excerpts, n=n
         )
         top = self.settings.top_logprobs if judge.supports_logprobs else 0
+        grammar = slots_grammar(n) if self.settings.slots_grammar else None
 
         def request(attempt: int) -> Request:
             temperature = 0.0 if attempt == 0 else 0.7
             # "10: Yes\n" is at most 5 tokens; room for a stray blank line or two
-            return Request(messages, max_tokens=6 * n + 8, temperature=temperature, logprobs=top)
+            return Request(messages, max_tokens=6 * n + 8, temperature=temperature, logprobs=top, grammar=grammar)
 
         asked = await ask(
             judge, request, lambda reply: read_slots(reply, n), attempts=self.settings.max_reasks + 1, usage=usage
