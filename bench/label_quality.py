@@ -27,6 +27,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from _default_run import default_run
@@ -70,6 +71,7 @@ async def main_async(args: argparse.Namespace) -> None:
         args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
     config.response_cache = not args.no_cache
+    config.classifier = replace(config.classifier, prefix_tokens=args.prefix_tokens, layout=args.prompt_layout)
     files = {}
     arms = []
     for spec in args.arms.split(","):
@@ -81,7 +83,10 @@ async def main_async(args: argparse.Namespace) -> None:
     scorers = app.make_scorers(config, args.scorers.split(","), cache)
     judge = app.make_judge(args.judge, config)
     explainer = judge if "default" in arms else None
-    print(f"{len(latents)} latents {latents}; judge {judge.model}; {args.n}+{args.n} held-out examples per scorer")
+    print(
+        f"{len(latents)} latents {latents}; judge {judge.model}; {args.n}+{args.n} held-out examples per scorer; "
+        f"prompt layout {args.prompt_layout}, worked examples up to {args.prefix_tokens} tokens"
+    )
     started = time.perf_counter()
     records = {i: sampler.record(i) for i in latents}
     labels: dict[str, dict[int, str | None]] = {arm: {} for arm in arms}
@@ -143,6 +148,10 @@ def main() -> None:
     parser.add_argument("--judge", default="qwen2.5-coder-1.5b")
     parser.add_argument("--n-tokens", type=int, default=100_000)
     parser.add_argument("--no-cache", action="store_true", help="bypass the judge's response cache")
+    parser.add_argument(
+        "--prefix-tokens", type=int, default=0, help="detection/fuzzing worked examples up to ~T tokens (default: 0)"
+    )
+    parser.add_argument("--prompt-layout", default="question_last", choices=["question_last", "question_first"])
     parser.add_argument("--work", default=WORK)
     args = parser.parse_args()
     asyncio.run(main_async(args))

@@ -8,9 +8,11 @@ seconds before each answer, as a remote model would; it runs in this process on 
 run folder (default model and SAE over `--n-tokens` of the default corpus) is cached once; every timed
 run explains and scores (detection + fuzzing, with shuffled-label controls) the same latents in a fresh
 copy of it, with the response cache off. Each Ray configuration gets its own local cluster
-(`num_cpus` = workers), warmed by one untimed run (its workers import the code and make their judge);
-the figures are the mean and standard deviation over the timed repeats. The one-off costs (starting the
-cluster, the first run on cold workers) are printed apart: a cluster lives longer than one run.
+(`num_cpus` = workers), warmed by one untimed run (Ray's own processes start, files are read once);
+the figures are the mean and standard deviation over the timed repeats. Each run starts its worker
+actors afresh (they import the code and make their judges), so the timed runs include that fixed cost,
+which weighs less the more latents a run has. The one-off costs (starting the cluster, the first run)
+are printed apart: a cluster lives longer than one run.
 """
 
 from __future__ import annotations
