@@ -198,16 +198,12 @@ def test_a_ray_run_of_two_hookpoints_gives_the_results_of_a_single_run(cluster, 
     assert again.explained == again.scored == again.controlled == 0
 
 
-def test_a_worker_killed_mid_shard_is_retried_and_nothing_is_lost_or_duplicated(cluster, template, tmp_path, capsys):
-    plain, config = _copy(template, tmp_path, "plain")
-    _plain(plain, config)
-    spread, _ = _copy(template, tmp_path, "ray")
-    pids = tmp_path / "pids"
-    pids.mkdir()
+def kill_a_worker_mid_shard(shards: Path, pids: Path) -> tuple[threading.Thread, list[int]]:
+    """A started thread that SIGKILLs one worker (a pid the scripted judges wrote into `pids`) once a latent
+    shard under `shards` has written a score, and the list it puts the victim's pid in."""
     killed: list[int] = []
 
-    def kill_one_worker_mid_shard() -> None:
-        shards = spread.folder / SHARDS
+    def kill() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             logs = list(shards.glob("latents-*/scores.jsonl")) if shards.exists() else []
@@ -218,8 +214,18 @@ def test_a_worker_killed_mid_shard_is_retried_and_nothing_is_lost_or_duplicated(
                 return
             time.sleep(0.02)
 
-    killer = threading.Thread(target=kill_one_worker_mid_shard)
+    killer = threading.Thread(target=kill)
     killer.start()
+    return killer, killed
+
+
+def test_a_worker_killed_mid_shard_is_retried_and_nothing_is_lost_or_duplicated(cluster, template, tmp_path, capsys):
+    plain, config = _copy(template, tmp_path, "plain")
+    _plain(plain, config)
+    spread, _ = _copy(template, tmp_path, "ray")
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    killer, killed = kill_a_worker_mid_shard(spread.folder / SHARDS, pids)
     factory = functools.partial(scripted_judges, delay=0.05, pids=str(pids))
     summary = run_latent_stages(spread, config, STAGES, RayOptions(judges=factory, shards=2), progress=True)
     killer.join()

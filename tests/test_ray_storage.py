@@ -10,9 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +17,15 @@ import pytest
 from conftest import start_cluster
 from ray_judges import scripted_judges
 from s3_server import s3_server
-from test_ray import STAGES, _copy, _finished_once, _plain, _tables, template  # noqa: F401 - a fixture
+from test_ray import (  # noqa: F401 - a fixture
+    STAGES,
+    _copy,
+    _finished_once,
+    _plain,
+    _tables,
+    kill_a_worker_mid_shard,
+    template,
+)
 from test_ray_cache import _assert_same, _started, checkpoint, record_and_kill  # noqa: F401 - a fixture
 
 import autointerp
@@ -145,22 +150,7 @@ def test_a_worker_killed_mid_shard_with_storage_loses_and_duplicates_nothing(clu
     spread, _ = _copy(template, tmp_path, "ray")
     pids = tmp_path / "pids"
     pids.mkdir()
-    killed: list[int] = []
-    shards = _staging(s3, url) / "run" / "shards"
-
-    def kill_one_worker_mid_shard() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            logs = list(shards.glob("latents-*/scores.jsonl")) if shards.exists() else []
-            if any(log.stat().st_size > 0 for log in logs) and any(pids.iterdir()):
-                victim = int(next(iter(pids.iterdir())).name)
-                os.kill(victim, signal.SIGKILL)
-                killed.append(victim)
-                return
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_one_worker_mid_shard)
-    killer.start()
+    killer, killed = kill_a_worker_mid_shard(_staging(s3, url) / "run" / "shards", pids)
     factory = functools.partial(scripted_judges, delay=0.05, pids=str(pids))
     summary = run_latent_stages(
         spread, config, STAGES, RayOptions(judges=factory, shards=2, storage=url), progress=False
