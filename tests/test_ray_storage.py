@@ -10,16 +10,20 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import start_cluster
+from fault_server import FaultServer
 from ray_judges import scripted_judges
 from s3_server import s3_server
 from test_ray import (  # noqa: F401 - a fixture
     STAGES,
+    _cli,
     _copy,
+    _deterministic_judge,
     _finished_once,
     _plain,
     _tables,
@@ -198,3 +202,26 @@ def test_a_shard_redoes_what_an_attempt_of_an_earlier_pass_left_on_its_machine(s
     storage.get_file(f"{SHARDS}/{name}/explanations.jsonl", rows)
     assert len(rows.read_text().splitlines()) == 3 and "done.json" in logged
     assert shard("new") == second  # all uploaded: answered from done.json, nothing asked again
+
+
+def test_the_cli_runs_through_ray_storage_with_the_results_of_a_plain_run(s3, tmp_path):  # noqa: F811
+    """`autointerp run --ray --ray-storage s3://...` in its own process (its own local Ray instance, whose
+    workers inherit the S3 environment) against an HTTP judge: the results equal those of the same command
+    without Ray, and the bucket keeps only the mirrored run, no shard."""
+    url = "s3://bucket/run-cli"
+    env = {**os.environ, **s3, "OPENAI_API_KEY": "sk-test"}
+    with FaultServer(_deterministic_judge) as judge:
+        args = _cli(tmp_path / "ray", judge.url, tmp_path / "responses.sqlite")
+        done = subprocess.run([*args, "--ray-storage", url], env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        plain_args = [a for a in _cli(tmp_path / "plain", judge.url, tmp_path / "plain.sqlite") if a != "--ray"]
+        plain = subprocess.run(plain_args, env=env, capture_output=True, text=True, timeout=600)
+        assert plain.returncode == 0, plain.stderr[-3000:]
+    got = pd.read_parquet(tmp_path / "ray" / "results.parquet").sort_values("latent").reset_index(drop=True)
+    want = pd.read_parquet(tmp_path / "plain" / "results.parquet").sort_values("latent").reset_index(drop=True)
+    assert len(got) == 4 and (got["status"] == "ok").all()
+    usage = [c for c in got if c.endswith("_tokens")]  # the fake server's cached-token counts follow its history
+    pd.testing.assert_frame_equal(got.drop(columns=usage), want.drop(columns=usage))
+    left = Storage(url).listing("")
+    assert "run/manifest.json" in left
+    assert not [name for name in left if name.startswith(("shards/", CACHE_SHARDS))], left
