@@ -105,7 +105,6 @@ def cache_shard(
     plan_id: str = "",
 ) -> dict[str, Any]:
     """A Ray task: the cache of the shard's rows in its folder; what it resolved and where it ran."""
-    from autointerp import app
 
     host = socket.gethostname()
     if storage_url is not None:
@@ -118,18 +117,25 @@ def cache_shard(
         probe.unlink()
     except OSError as e:
         raise DistributedError(f"worker on {host} cannot write the shared run folder {folder}: {e}") from None
+    return {"resolved": _cache_in(folder, index, config, first_row, n_rows, before), "host": host}
+
+
+def _cache_in(folder: Path, index: int, config: RunConfig, first_row: int, n_rows: int, before: Any) -> dict[str, Any]:
+    """The shard's rows cached into `folder` (shared or staging) by this worker's held model, `resolved.json`
+    written last; what the cache resolved."""
+    from autointerp import app
+
     if before is not None:
         before(index, folder)
     resolved = app.cache_part(folder, config, first_row, n_rows, _held_cache_models)
     atomic_write_bytes(folder / RESOLVED, json.dumps(resolved).encode())
-    return {"resolved": resolved, "host": host}
+    return resolved
 
 
 def _cache_shard_to_storage(
     url: str, plan_id: str, index: int, config: RunConfig, first_row: int, n_rows: int, before: Any
 ) -> dict[str, Any]:
     """`cache_shard` on a machine that does not see the run folder: cached here, then uploaded."""
-    from autointerp import app
 
     host = socket.gethostname()
     storage = Storage(url, worker_label())
@@ -143,10 +149,7 @@ def _cache_shard_to_storage(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DistributedError(f"worker on {host} cannot write its staging folder {folder}: {e}") from None
-    if before is not None:
-        before(index, folder)
-    resolved = app.cache_part(folder, config, first_row, n_rows, _held_cache_models)
-    atomic_write_bytes(folder / RESOLVED, json.dumps(resolved).encode())
+    resolved = _cache_in(folder, index, config, first_row, n_rows, before)
     storage.put_folder(folder, remote, last=RESOLVED)
     shutil.rmtree(folder, ignore_errors=True)
     return {"resolved": resolved, "host": host}
