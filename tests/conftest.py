@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,30 @@ def decode_ids(ids):
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_llama, tmp_path_factory):
     return build_tiny_cache(tmp_path_factory.mktemp("tiny_cache"), tiny_llama)
+
+
+# torch's threads in a Ray worker that caches on CPU: Ray gives it one CPU, and sets OMP_NUM_THREADS to that
+WORKER_THREADS = 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to `n` for the block. A cache equals a Ray cache value for value only when
+    both forward passes ran on as many threads (a reduction split otherwise can move the last bits, and a TopK
+    dictionary then picks another latent at a near-tie), so a test's single pass runs as a worker does."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def threads_of_a_worker() -> Iterator[None]:
+    """This process's caching runs on the threads of a Ray CPU worker (`torch_threads`)."""
+    with torch_threads(WORKER_THREADS):
+        yield
 
 
 def start_cluster(env_vars: dict[str, str] | None = None, num_gpus: int = 0):

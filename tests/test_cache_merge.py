@@ -147,3 +147,66 @@ def test_a_merge_cut_short_is_redone_and_parts_must_agree(tmp_path, llama):
     with pytest.raises(CacheError, match="caches hookpoints"):
         merge_caches([parts[0], other], tmp_path / "merged2", max_tokens=CTX * ROWS)
     assert read_meta(parts[0] / "layers.0").complete
+
+
+def test_a_lost_doubled_or_shifted_part_does_not_pass_for_one_pass(tmp_path, llama):
+    """The value-for-value comparison the Ray tests rely on catches the merge bugs it is there for."""
+    targets = _targets(llama, tmp_path / "sae")
+    rows = lambda: token_rows(ROWS, CTX)  # noqa: E731
+    build_caches(tmp_path / "whole", rows(), model=llama, targets=_fresh(targets), settings=SETTINGS, progress=False)
+    want = _contents(tmp_path / "whole")
+    _, parts = _in_parts(tmp_path, llama, targets, rows, [0, 8, 16, ROWS])
+    shifted = tmp_path / "shifted"  # the middle part cached as if it began one row later
+    build_caches(
+        shifted,
+        itertools.islice(rows(), 8, 16),
+        model=llama,
+        targets=_fresh(targets, max_tokens=8 * CTX),
+        settings=SETTINGS,
+        progress=False,
+        first_row=9,
+    )
+    for name, chosen in [("lost", [parts[0], parts[2]]), ("doubled", [parts[0], parts[1], parts[1], parts[2]])]:
+        merge_caches(chosen, tmp_path / name, max_tokens=CTX * ROWS)
+        assert _contents(tmp_path / name) != want, name
+    merge_caches([parts[0], shifted, parts[2]], tmp_path / "shifted-merge", max_tokens=CTX * ROWS)
+    assert _contents(tmp_path / "shifted-merge") != want
+
+
+def test_the_thread_count_is_recorded_and_parts_of_other_counts_merge_as_unknown(tmp_path, llama):
+    """A forward pass's last bits can depend on torch's thread count, so each cache says which it ran with;
+    a merge of parts that ran with different counts says it does not know."""
+    targets = _targets(llama, tmp_path / "sae")
+    rows = lambda: token_rows(ROWS, CTX)  # noqa: E731
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        whole = build_caches(
+            tmp_path / "whole", rows(), model=llama, targets=_fresh(targets), settings=SETTINGS, progress=False
+        )
+        assert {m.threads for m in whole} == {1}
+        part = tmp_path / "part1"
+        build_caches(
+            part,
+            itertools.islice(rows(), 8, ROWS),
+            model=llama,
+            targets=_fresh(targets, max_tokens=(ROWS - 8) * CTX),
+            settings=SETTINGS,
+            progress=False,
+            first_row=8,
+        )
+        torch.set_num_threads(2)
+        first = tmp_path / "part0"
+        build_caches(
+            first,
+            itertools.islice(rows(), 0, 8),
+            model=llama,
+            targets=_fresh(targets, max_tokens=8 * CTX),
+            settings=SETTINGS,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(before)
+    merged = merge_caches([first, part], tmp_path / "merged", max_tokens=CTX * ROWS)
+    assert {m.threads for m in merged} == {None}
+    assert [read_meta(f).threads for f in (hookpoint_folders(part) or {}).values()] == [1, 1]

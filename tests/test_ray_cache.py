@@ -24,7 +24,8 @@ from autointerp.distributed.cluster import DistributedError
 from autointerp.distributed.latents import RayOptions
 from autointerp.results import RunFiles
 
-pytestmark = pytest.mark.slow  # a Ray cluster takes seconds to start
+# a Ray cluster takes seconds to start; this process's single passes run on a worker's threads
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("threads_of_a_worker")]
 
 ray = pytest.importorskip("ray")
 

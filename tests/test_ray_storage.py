@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import start_cluster
+from conftest import WORKER_THREADS, start_cluster
 from fault_server import FaultServer
 from ray_judges import scripted_judges
 from s3_server import s3_server
@@ -41,7 +41,8 @@ from autointerp.distributed.latents import RayOptions, run_latent_stages
 from autointerp.distributed.storage import Storage, staging_root
 from autointerp.results import RunFiles
 
-pytestmark = pytest.mark.slow  # a Ray cluster takes seconds to start
+# a Ray cluster takes seconds to start; this process's single passes run on a worker's threads
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("threads_of_a_worker")]
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("s3fs")
@@ -209,7 +210,9 @@ def test_the_cli_runs_through_ray_storage_with_the_results_of_a_plain_run(s3, tm
     workers inherit the S3 environment) against an HTTP judge: the results equal those of the same command
     without Ray, and the bucket keeps only the mirrored run, no shard."""
     url = "s3://bucket/run-cli"
-    env = {**os.environ, **s3, "OPENAI_API_KEY": "sk-test"}
+    # the plain run's forward passes on as many threads as each Ray worker's (one CPU each): only then are the
+    # two caches equal value for value on every machine (meta.json records the count)
+    env = {**os.environ, **s3, "OPENAI_API_KEY": "sk-test", "OMP_NUM_THREADS": str(WORKER_THREADS)}
     with FaultServer(_deterministic_judge) as judge:
         args = _cli(tmp_path / "ray", judge.url, tmp_path / "responses.sqlite")
         done = subprocess.run([*args, "--ray-storage", url], env=env, capture_output=True, text=True, timeout=600)
@@ -217,6 +220,8 @@ def test_the_cli_runs_through_ray_storage_with_the_results_of_a_plain_run(s3, tm
         plain_args = [a for a in _cli(tmp_path / "plain", judge.url, tmp_path / "plain.sqlite") if a != "--ray"]
         plain = subprocess.run(plain_args, env=env, capture_output=True, text=True, timeout=600)
         assert plain.returncode == 0, plain.stderr[-3000:]
+    threads = [json.loads((tmp_path / run / "cache" / "meta.json").read_text())["threads"] for run in ("ray", "plain")]
+    assert threads == [WORKER_THREADS, WORKER_THREADS]
     got = pd.read_parquet(tmp_path / "ray" / "results.parquet").sort_values("latent").reset_index(drop=True)
     want = pd.read_parquet(tmp_path / "plain" / "results.parquet").sort_values("latent").reset_index(drop=True)
     assert len(got) == 4 and (got["status"] == "ok").all()

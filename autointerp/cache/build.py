@@ -358,7 +358,9 @@ def _open_target(target: Target) -> LatentState:
         if existing.complete:
             target.meta = existing
             return LatentState.empty(0, 0, 0)  # nothing left to fold in
+        meta.threads = existing.threads if existing.threads == torch.get_num_threads() else None
     else:
+        meta.threads = torch.get_num_threads()
         write_meta(folder, meta)
     state_path = folder / "state.npz"
     if state_path.exists():

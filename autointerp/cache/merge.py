@@ -72,10 +72,11 @@ def _merge_hookpoint(parts: list[Path], folder: Path, max_tokens: int) -> CacheM
         metas.append(meta)
     first = metas[0]
     for part, meta in zip(parts, metas, strict=True):
-        other = replace(meta, n_rows=first.n_rows, max_tokens=first.max_tokens)
+        other = replace(meta, n_rows=first.n_rows, max_tokens=first.max_tokens, threads=first.threads)
         if other != first:
             raise CacheError(f"the cache part {part} was made with other settings than {parts[0]}")
-    merged = replace(first, max_tokens=max_tokens, n_rows=sum(m.n_rows for m in metas), complete=True)
+    threads = first.threads if all(m.threads == first.threads for m in metas) else None
+    merged = replace(first, max_tokens=max_tokens, n_rows=sum(m.n_rows for m in metas), complete=True, threads=threads)
     folder.mkdir(parents=True, exist_ok=True)
     done = read_meta(folder)
     if done is not None and done.complete:

@@ -65,6 +65,11 @@ class CacheMeta:
     max_tokens: int
     n_rows: int = 0  # final once `complete`; while building, state.npz holds the progress
     complete: bool = False
+    # torch's intra-op threads in the forward passes that wrote it (None: passes with different counts).
+    # A forward pass's floats can differ in their last bits between thread counts (reductions are split
+    # differently), and a TopK dictionary can turn such a difference at a near-tie into another active
+    # latent: two caches of one corpus are equal value for value only when they ran with the same count.
+    threads: int | None = None
 
     @property
     def n_tokens(self) -> int:
