@@ -177,8 +177,10 @@ def test_429_honours_retry_after_seconds(server):
     assert ask(judge).text == "OK"
     elapsed = time.monotonic() - t0
     gap = server.times[1] - server.times[0]
-    assert 1.0 <= gap < 2.0, gap  # the server's wait, not the 0.01 s backoff
-    assert elapsed < 3.0
+    # the server's wait, not the 0.01 s backoff; the upper bounds only rule out a much longer wait, with
+    # room for a machine busy with other work
+    assert 1.0 <= gap < 10.0, gap
+    assert elapsed < 20.0
 
 
 def test_503_honours_retry_after_http_date(server):
@@ -187,7 +189,7 @@ def test_503_honours_retry_after_http_date(server):
     server.set_behaviour(FaultServer.script([("status", 503, {"Retry-After": date})]))
     assert ask(fast_judge(server.url)).text == "OK"
     gap = server.times[1] - server.times[0]
-    assert 0.9 <= gap < 3.0, gap
+    assert 0.9 <= gap < 10.0, gap  # a few seconds more on a busy machine, never the hour of the next test
 
 
 def test_retry_after_beyond_limit_gives_up_at_once(server):
@@ -202,7 +204,7 @@ def test_hang_longer_than_timeout_is_retried(server):
     t0 = time.monotonic()
     assert ask(fast_judge(server.url, timeout=0.5)).text == "OK"
     elapsed = time.monotonic() - t0
-    assert len(server.requests) == 2 and 0.5 <= elapsed < 3.0, elapsed
+    assert len(server.requests) == 2 and 0.5 <= elapsed < 4.5, elapsed  # the hang lasts 5 s: not waited out
 
 
 def test_body_cut_off_in_transit_is_retried(server):
@@ -227,7 +229,9 @@ def test_total_time_is_bounded(server):
     t0 = time.monotonic()
     with pytest.raises(JudgeError, match="HTTP 500"):
         ask(fast_judge(server.url, max_attempts=50, backoff_initial=0.2, backoff_max=0.2, max_total_s=1.0))
-    assert time.monotonic() - t0 < 2.0 and len(server.requests) < 8
+    # max_total_s bounds the requests (one each 0.2 s at most); the clock only rules out the 50 attempts'
+    # worth of waiting
+    assert time.monotonic() - t0 < 8.0 and len(server.requests) < 8
 
 
 # ---------------------------------------------------------------- failures that are not retried
@@ -557,7 +561,7 @@ def llama_server(tmp_path_factory):
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a second or two when idle; more on a machine busy with other work
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"llama.cpp server exited with {proc.returncode}:\n{_tail(log_path)}")
@@ -568,7 +572,7 @@ def llama_server(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"llama.cpp server did not answer within 60 s:\n{_tail(log_path)}")
+                pytest.fail(f"llama.cpp server did not answer within 180 s:\n{_tail(log_path)}")
             time.sleep(0.2)
         yield url
     finally:
