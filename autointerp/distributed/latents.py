@@ -2,7 +2,7 @@
 
 The driver picks the (hookpoint, latent) pairs as a single run would, cuts them into shards (a few per worker, so a
 slow shard does not hold the run up) and hands each to the next free worker (a Ray actor, one per GPU
-when the run needs GPUs, one per CPU otherwise: `workers.py`), which runs `app.latent_stages` over its
+when the run needs GPUs, one per CPU otherwise: `workers.py`), which runs `stages.latent_stages` over its
 pairs on a `ShardFiles` view of the run folder. Two passes, as in a single run: first
 every latent is explained and scored; then, once every shard's labels are merged into the run's
 logs, the shuffled-label controls, whose donors are drawn from every labelled latent of the run (a
@@ -90,7 +90,7 @@ def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
 
 
 def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
-    """The judges a shard's stages will ask (the rule of `app.latent_stages`)."""
+    """The judges a shard's stages will ask (the rule of `stages.latent_stages`)."""
     from autointerp.scorers.registry import find_scorer
 
     names = []
@@ -105,7 +105,7 @@ def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
 
 def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | None) -> dict[str, Judge]:
     """The worker's judges for this config, made on its first shard and kept for the next ones."""
-    from autointerp import app
+    from autointerp.stages.judges import make_judge
 
     key = (
         repr(factory) if factory is not None else None,
@@ -124,7 +124,7 @@ def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | No
             held.update(factory())
         for name in _judge_names(config, stages):
             if name not in held:
-                held[name] = app.make_judge(name, config)
+                held[name] = make_judge(name, config)
         return dict(held)
 
 
@@ -193,7 +193,7 @@ def _run_shard_in(
     factory: JudgeFactory | None,
     progress: Any,
 ) -> dict[str, Any]:
-    from autointerp import app
+    from autointerp.stages.latent_stages import latent_stages
 
     host = socket.gethostname()
     shard = files.folder.name
@@ -208,7 +208,7 @@ def _run_shard_in(
     before = _cache_stats(judges)
     reporter = _Reporter(progress, shard)
     summary = _on_loop(
-        app.latent_stages(
+        latent_stages(
             files, config, stages, progress=False, judges=judges, ready=lambda: (config, units), on_done=reporter
         ),
         reporter.flush,
@@ -305,10 +305,11 @@ def run_latent_stages(
     progress: bool = True,
     ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
 ) -> RunSummary:
-    """`app.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
-    from autointerp import app
+    """`stages.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
     from autointerp.cache.store import HookpointCaches
     from autointerp.pipeline import select_units
+    from autointerp.stages.latent_stages import rare_note
+    from autointerp.stages.subject_loading import check_latents
 
     start = time.perf_counter()
     storage = Storage(options.storage) if options.storage else None
@@ -319,7 +320,7 @@ def run_latent_stages(
     merge_shards(files)  # what a driver that died left behind
     caches = HookpointCaches(files.cache)
     for hookpoint in caches:
-        app.check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+        check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
     if options.judges is None:
         _check_http_judges(config, stages)
     chosen: list[LatentId] | None = None
@@ -331,7 +332,7 @@ def run_latent_stages(
         latents = chosen
     summary = RunSummary(latents=len(latents))
     if n_rare:
-        summary.messages.append(app.rare_note(caches, n_rare, config))
+        summary.messages.append(rare_note(caches, n_rare, config))
     gpu = _needs_gpu(config)
     slots = worker_count(ray, "GPU" if gpu else "CPU")
     passes = [("latents", stages & {"explain", "score"}, replace(config, controls="none"))]
@@ -410,8 +411,8 @@ def _needs_gpu(config: RunConfig) -> bool:
 def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     """HTTP judges are reached from the driver before any shard starts, so a wrong URL fails at once (a
     judge loaded in process is checked by each worker as it loads it)."""
-    from autointerp import app
     from autointerp.llm.base import check_judge_ready
+    from autointerp.stages.judges import make_judge
 
     names = [n for n in _judge_names(config, stages) if n.startswith("openai:")]
     if not names:
@@ -419,7 +420,7 @@ def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
 
     async def check() -> None:
         for name in names:
-            judge = app.make_judge(name, replace(config, response_cache=False))
+            judge = make_judge(name, replace(config, response_cache=False))
             try:
                 await check_judge_ready(judge)
             finally:
