@@ -33,12 +33,12 @@ def main() -> None:
 
     from autointerp.cache.store import ActivationCache
     from autointerp.config import RunConfig
+    from autointerp.llm.judges import make_judge
     from autointerp.records import Explanation
     from autointerp.results import RunFiles
     from autointerp.sampling import Sampler, token_decoder
     from autointerp.scorers.intervention import InterventionRunner, InterventionScorer
     from autointerp.stages.cache_stage import cache_stage
-    from autointerp.stages.judges import make_judge
     from autointerp.stages.open_run import steering_subject
 
     config = RunConfig(n_tokens=args.tokens, device=args.device, dtype=args.dtype)

@@ -114,7 +114,7 @@ async def main_async(args: argparse.Namespace) -> None:
         judge = scripted_judge()
     else:
         from autointerp.config import RunConfig
-        from autointerp.stages.judges import make_judge
+        from autointerp.llm.judges import make_judge
 
         cases = default_latents(args) + cases
         # any judge a run takes (a local GGUF, openai:MODEL with --judge-url, vllm:MODEL); no response

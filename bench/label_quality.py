@@ -34,9 +34,9 @@ from _default_run import default_run
 
 from autointerp.controls import donor_map
 from autointerp.explainers import ExplanationFailed, explain, tokens_label
+from autointerp.llm.judges import make_judge
 from autointerp.records import Explanation, LatentRecord
 from autointerp.sampling import Sampler, token_decoder
-from autointerp.stages.judges import make_judge
 from autointerp.stages.open_run import make_scorers
 from autointerp.stages.subject_loading import load_tokenizer
 

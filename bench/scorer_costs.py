@@ -21,9 +21,9 @@ from _default_run import WORK, default_run
 from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.explainers import explain
+from autointerp.llm.judges import make_judge
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers import scorer_names
-from autointerp.stages.judges import make_judge
 from autointerp.stages.open_run import make_scorers
 from autointerp.stages.subject_loading import load_tokenizer
 

@@ -33,9 +33,9 @@ from serve_helpers import KEY, copy_run, start_server  # noqa: E402
 
 from autointerp.client import AsyncClient  # noqa: E402
 from autointerp.config import load_config  # noqa: E402
+from autointerp.llm.judges import wrap_judge  # noqa: E402
 from autointerp.llm.scripted import ScriptedJudge  # noqa: E402
 from autointerp.results import RunFiles  # noqa: E402
-from autointerp.stages.judges import wrap_judge  # noqa: E402
 from autointerp.stages.latent_stages import score_label  # noqa: E402
 from autointerp.stages.open_run import OpenRun  # noqa: E402
 

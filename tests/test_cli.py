@@ -117,7 +117,7 @@ def test_any_local_hf_model_folder_and_a_jsonl_corpus(tmp_path, capsys):
 
 def test_new_scorers_and_prompt_logprobs_reach_the_config():
     from autointerp.cli import config_from_args
-    from autointerp.stages.judges import make_judge
+    from autointerp.llm.judges import make_judge
 
     args = build_parser().parse_args(
         [
@@ -256,7 +256,7 @@ def test_a_run_that_ends_with_failed_latents_exits_1_and_says_where_the_reasons_
 
 def test_judge_timeout_reaches_the_http_judge():
     from autointerp.cli import config_from_args
-    from autointerp.stages.judges import make_judge
+    from autointerp.llm.judges import make_judge
 
     argv = ["score", "--out", "x", "--judge", "openai:m", "--judge-url", "http://127.0.0.1:9/v1", "--no-cache"]
     config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "7.5"]))

@@ -23,10 +23,10 @@ from autointerp.distributed.latents import _needs_gpu
 from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, split
 from autointerp.distributed.workers import worker_options
 from autointerp.llm.base import JudgeError
+from autointerp.llm.judges import make_judge
 from autointerp.llm.openai_compat import OpenAIJudge
 from autointerp.llm.spread import SpreadJudge, split_urls
 from autointerp.results import RunFiles
-from autointerp.stages.judges import make_judge
 from autointerp.stages.latent_stages import latent_stages
 
 

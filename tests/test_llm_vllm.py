@@ -470,9 +470,9 @@ def test_engine_args_come_from_the_environment(fake_vllm, tmp_path, monkeypatch)
 def test_make_judge_wires_vllm_behind_the_response_cache(fake_vllm, tmp_path):
     from autointerp.config import RunConfig
     from autointerp.llm.cache import CachedJudge
+    from autointerp.llm.judges import make_judge
     from autointerp.llm.ordering import OrderedJudge
     from autointerp.llm.vllm_offline import VLLMJudge
-    from autointerp.stages.judges import make_judge
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -47,7 +47,6 @@ from autointerp.distributed.cluster import DistributedError, connect, worker_cou
 from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, shard_name, split
 from autointerp.distributed.storage import Storage, staging_root, worker_label
 from autointerp.distributed.workers import Workers, run_shards, worker_options, workers
-from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge
 from autointerp.pipeline import RunSummary
 from autointerp.records import LatentId
@@ -90,34 +89,18 @@ def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
 
 
 def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
-    """The judges a shard's stages will ask (the rule of `stages.latent_stages`)."""
-    from autointerp.scorers.registry import find_scorer
+    """The judges a shard's stages will ask (as a single run's stages ask them)."""
+    from autointerp.stages.latent_stages import stage_judges
 
-    names = []
-    if "explain" in stages and config.explainer_model != TOKENS_EXPLAINER:
-        names.append(config.explainer_model)
-    scoring = "score" in stages or "controls" in stages
-    asked = [find_scorer(s) for s in config.scorers] if scoring else []
-    if any(cls is None or cls.needs_judge for cls in asked) or ("explain" in stages and config.explain.best_of > 1):
-        names.append(config.judge)
-    return list(dict.fromkeys(names))
+    return stage_judges(config, stages).names()
 
 
 def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | None) -> dict[str, Judge]:
     """The worker's judges for this config, made on its first shard and kept for the next ones."""
-    from autointerp.stages.judges import make_judge
+    from autointerp.llm.judges import make_judge
+    from autointerp.llm.providers import JudgeSettings
 
-    key = (
-        repr(factory) if factory is not None else None,
-        config.judge_url,
-        config.api_key_env,
-        config.judge_timeout,
-        config.judge_concurrency,
-        config.no_logprobs,
-        config.prompt_logprobs,
-        config.response_cache,
-        config.response_cache_path,
-    )
+    key = (repr(factory) if factory is not None else None, JudgeSettings.of(config))
     with _held_lock:
         held = _held.setdefault(key, {})
         if factory is not None and not held:
@@ -403,8 +386,10 @@ def _add(summary: RunSummary, result: dict[str, Any], cache_stats: dict[str, dic
 
 def _needs_gpu(config: RunConfig) -> bool:
     """A shard takes a GPU when its judge runs on one (vLLM in process) or its models do (--device cuda)."""
+    from autointerp.llm.providers import find_provider
+
     return config.device.startswith("cuda") or any(
-        name.startswith("vllm:") for name in (config.judge, config.explainer_model)
+        find_provider(name).gpu for name in (config.judge, config.explainer_model)
     )
 
 
@@ -412,9 +397,10 @@ def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     """HTTP judges are reached from the driver before any shard starts, so a wrong URL fails at once (a
     judge loaded in process is checked by each worker as it loads it)."""
     from autointerp.llm.base import check_judge_ready
-    from autointerp.stages.judges import make_judge
+    from autointerp.llm.judges import make_judge
+    from autointerp.llm.providers import find_provider
 
-    names = [n for n in _judge_names(config, stages) if n.startswith("openai:")]
+    names = [n for n in _judge_names(config, stages) if find_provider(n).remote]
     if not names:
         return
 

@@ -35,6 +35,8 @@ from autointerp.config import ConfigError, RunConfig, load_config
 from autointerp.errors import AutointerpError
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
+from autointerp.llm.judges import make_judge
+from autointerp.llm.providers import JudgeSettings
 from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
 from autointerp.sampling import NotEnoughExamples
@@ -42,23 +44,11 @@ from autointerp.scorers.registry import find_scorer, scorer_names
 from autointerp.serve.jobs import Job
 from autointerp.serve.paths import NotFound, list_runs, run_folder
 from autointerp.serve.queue import Outcome, Progress
-from autointerp.stages.judges import make_judge, wrap_judge
 from autointerp.stages.latent_stages import explain_latent, score_label, write_results
 from autointerp.stages.open_run import OpenRun
 
 log = logging.getLogger("autointerp.serve")
 
-# the settings a judge is built from: runs that agree on these (and the name) share one judge
-JUDGE_FIELDS = (
-    "judge_url",
-    "judge_timeout",
-    "api_key_env",
-    "no_logprobs",
-    "prompt_logprobs",
-    "judge_concurrency",
-    "response_cache",
-    "response_cache_path",
-)
 # The results tables are rebuilt from the whole logs, which costs more as they grow: once a run has been
 # quiet for RESULTS_QUIET seconds, or, under steady load, every RESULTS_EVERY seconds (and at least 10
 # times as long as the last rebuild took), so rebuilding never takes more than a sliver of the server.
@@ -335,7 +325,7 @@ class Judges:
         self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
 
     async def get(self, name: str, config: RunConfig) -> Judge:
-        key = (name, *(getattr(config, f) for f in JUDGE_FIELDS))
+        key = (name, JudgeSettings.of(config))  # runs that agree on these share one judge
         judge = self._made.get(key)
         if judge is None:
             async with self._locks.setdefault(key, asyncio.Lock()):
@@ -352,12 +342,7 @@ class Judges:
 
     def _make(self, name: str, config: RunConfig) -> Judge:
         factory = self._backends.get(name)
-        if factory is None:
-            return make_judge(name, config)
-        backend = factory()
-        return wrap_judge(
-            backend, config, namespace=f"served:{name}:{backend.model}", slots=config.judge_concurrency or 1
-        )
+        return make_judge(name, config, backend=factory() if factory is not None else None)
 
     async def aclose(self) -> None:
         for judge in self._made.values():

@@ -8,20 +8,48 @@ do it for one latent, as the HTTP service's jobs ask.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from autointerp.cache.store import HookpointCaches
 from autointerp.config import RunConfig
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
+from autointerp.llm.judges import make_judge
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_units
 from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, materialize
+from autointerp.scorers.registry import find_scorer
 from autointerp.stages.cache_stage import run_dictionaries
-from autointerp.stages.judges import make_judge
 from autointerp.stages.open_run import OpenRun
 from autointerp.stages.subject_loading import check_latents
+
+
+@dataclass(frozen=True)
+class StageJudges:
+    """The judges a run's latent stages ask, by name (None: that role asks no LLM)."""
+
+    explainer: str | None
+    judge: str | None
+
+    def names(self) -> list[str]:
+        """Each judge to make, once (the explainer may be the judge)."""
+        return list(dict.fromkeys(n for n in (self.explainer, self.judge) if n is not None))
+
+
+def stage_judges(config: RunConfig, stages: set[str]) -> StageJudges:
+    """The judges `stages` will ask: the explainer when an LLM writes the labels (the tokens explainer asks
+    none), and the judge when a scorer that asks one runs (scoring, the controls, or the scorer that rates
+    best-of-n labels). A single run and each Ray worker make exactly these."""
+    explaining = "explain" in stages
+    explainer = config.explainer_model if explaining and config.explainer_model != TOKENS_EXPLAINER else None
+    scoring = "score" in stages or "controls" in stages
+    asking = (list(config.scorers) if scoring else []) + (
+        [config.explain.best_of_scorer] if explaining and config.explain.best_of > 1 else []
+    )
+    classes = [find_scorer(name) for name in asking]
+    needs_judge = any(cls is None or cls.needs_judge for cls in classes)  # an unknown name fails when built
+    return StageJudges(explainer, config.judge if needs_judge else None)
 
 
 async def score_label(
@@ -113,12 +141,12 @@ async def latent_stages(
             loaded[name] = make_judge(name, config)
         return loaded[name]
 
-    by_llm = "explain" in stages and config.explainer_model != TOKENS_EXPLAINER  # tokens: no model at all
-    explainer = judge(config.explainer_model) if by_llm else None
+    needed = stage_judges(config, stages)
+    explainer = judge(needed.explainer) if needed.explainer is not None else None
     chooser = run.chooser() if "explain" in stages else None
     scoring = "score" in stages or "controls" in stages
     asking = (scorers if scoring else []) + ([chooser] if chooser else [])
-    scorer_judge = judge(config.judge) if any(s.needs_judge for s in asking) else None
+    scorer_judge = judge(needed.judge) if needed.judge is not None else None
     summary = RunSummary()
     try:
         # a judge that cannot do what a scorer needs, or cannot be reached, fails here, not on every latent
