@@ -42,6 +42,7 @@ from autointerp.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from autointerp.distributed.latents import RayOptions
     from autointerp.hub import Published
     from autointerp.llm.accounting import PriceTable
     from autointerp.llm.base import Judge
@@ -242,18 +243,18 @@ class Run:
     def cache(self) -> dict[str, Any]:
         """Build (or finish) the activation cache; returns what the folder resolved: the model, dictionary
         and hookpoint as recorded, the corpus, the number of latents and of tokens cached."""
-        from autointerp import app
-
         self.files.prepare()
         config, resolved, stored = self._resolve()
         config.validate()
         self._connect()  # Ray missing or out of reach fails before minutes of caching
-        ray = None
         if self.ray is not None:
-            from autointerp.distributed.latents import RayOptions
+            from autointerp.distributed.caching import cache_on_ray
 
-            ray = RayOptions(self.ray, storage=self.ray_storage)
-        resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved, ray=ray)
+            resolved = cache_on_ray(self.files, config, self._ray_options(), progress=self.progress, resolved=resolved)
+        else:
+            from autointerp.stages.cache_stage import cache_stage
+
+            resolved = cache_stage(self.files, config, progress=self.progress, resolved=resolved)
         note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
         self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
         # the cache settles what defines the folder; the stage's other options are recorded once they
@@ -293,8 +294,8 @@ class Run:
         fmt: str | None = None,
         layer: str | None = None,
     ) -> Outcome:
-        from autointerp import app
         from autointerp.llm.accounting import PriceTable
+        from autointerp.stages.latent_stages import write_results
 
         files = self.files
         files.prepare()
@@ -317,22 +318,22 @@ class Run:
             return selected
 
         if self.ray is not None:
-            from autointerp.distributed.latents import RayOptions, run_latent_stages
+            from autointerp.distributed.latents import run_latent_stages
 
-            summary = run_latent_stages(
-                files,
-                config,
-                stages,
-                RayOptions(self.ray, storage=self.ray_storage),
-                progress=self.progress,
-                ready=ready,
-            )
+            summary = run_latent_stages(files, config, stages, self._ray_options(), progress=self.progress, ready=ready)
         else:
+            from autointerp.stages.latent_stages import latent_stages
+
             summary = _run_sync(
-                app.latent_stages(files, config, stages, progress=self.progress, judges=self.judges, ready=ready)
+                latent_stages(files, config, stages, progress=self.progress, judges=self.judges, ready=ready)
             )
-        table = app.write_results(files, config, resolved)
+        table = write_results(files, config, resolved)
         return Outcome(summary, table, config, files, prices)
+
+    def _ray_options(self) -> RayOptions:
+        from autointerp.distributed.latents import RayOptions
+
+        return RayOptions(self.ray, storage=self.ray_storage)
 
     def _connect(self) -> None:
         """Storage and cluster reached (storage first: it answers in moments, a local Ray takes seconds)."""
@@ -421,7 +422,7 @@ class Run:
 
 def cached_latents(resolved: dict[str, Any]) -> str:
     """`4,608 latents at layers.3`, or for several hookpoints `3 hookpoints: layers.0 (24 latents), ...`."""
-    from autointerp.app import run_hookpoints
+    from autointerp.stages.cache_stage import run_hookpoints
 
     hookpoints = run_hookpoints(resolved)
     by = resolved.get("by_hookpoint") or {}

@@ -472,8 +472,8 @@ def environment() -> dict[str, str]:
     """Versions that can change results, recorded beside the config."""
     import importlib.metadata as md
 
-    from autointerp import __version__
     from autointerp.prompting import prompts_hash
+    from autointerp.version import __version__
 
     out = {"autointerp": __version__, "python": platform.python_version(), "prompts_sha256": prompts_hash()}
     for pkg in ("torch", "transformers", "llama-cpp-python", "numpy"):

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from autointerp import app
 from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.pipeline import select_latents
 from autointerp.results import RunFiles
+from autointerp.stages.cache_stage import cache_stage
 
 WORK = "/tmp/autointerp-bench-explainer"
 
@@ -27,7 +27,7 @@ def default_run(
     config.sampling = replace(config.sampling, n_test=n_held_out, n_negatives=n_held_out)
     files = RunFiles(Path(work))
     files.prepare()
-    app.cache_stage(files, config, progress=False)
+    cache_stage(files, config, progress=False)
     cache = ActivationCache(files.cache)
     latents, _ = select_latents(cache, config)
     return config, cache, latents

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from planted import planted_record  # noqa: E402
 
-from autointerp import app  # noqa: E402
 from autointerp.cache.store import ActivationCache  # noqa: E402
 from autointerp.config import RunConfig  # noqa: E402
 from autointerp.embeddings import load_embedder  # noqa: E402
@@ -32,6 +31,8 @@ from autointerp.records import Explanation  # noqa: E402
 from autointerp.results import RunFiles  # noqa: E402
 from autointerp.sampling import Sampler, SamplingSettings, token_decoder  # noqa: E402
 from autointerp.scorers import EmbeddingScorer  # noqa: E402
+from autointerp.stages.cache_stage import cache_stage  # noqa: E402
+from autointerp.stages.subject_loading import load_tokenizer  # noqa: E402
 
 
 def timed(fn):
@@ -55,9 +56,9 @@ def main() -> None:
         files = RunFiles(Path(tmp))
         files.prepare()
         config = RunConfig(n_tokens=args.n_tokens, max_latents=args.latents)
-        app.cache_stage(files, config, progress=False)
+        cache_stage(files, config, progress=False)
         cache = ActivationCache(files.cache)
-        decode = token_decoder(app.load_tokenizer(config))
+        decode = token_decoder(load_tokenizer(config))
         latents, _ = select_latents(cache, config)
         print(f"cache: {cache.meta.n_tokens:,} tokens, {cache.meta.n_windows:,} windows; {len(latents)} latents")
 

@@ -21,12 +21,13 @@ import time
 
 from _default_run import WORK, default_run
 
-from autointerp import app
 from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.explainers import explain
+from autointerp.llm.judges import make_judge
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers import DetectionScorer, FuzzingScorer
+from autointerp.stages.subject_loading import load_tokenizer
 
 VARIANTS = {
     "default": {},
@@ -46,7 +47,7 @@ def configured(base: RunConfig, changes: dict[str, object]) -> RunConfig:
 
 
 async def run_variant(name: str, config: RunConfig, cache: ActivationCache, latents: list[int], judge) -> None:
-    sampler = Sampler(cache, token_decoder(app.load_tokenizer(config)), config.sampling)
+    sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling)
     scorers = [DetectionScorer(config.classifier), FuzzingScorer(config.classifier)]
     aucs: dict[str, list[float]] = {s.name: [] for s in scorers}
     start = time.perf_counter()
@@ -77,7 +78,7 @@ def main() -> None:
     base, cache, latents = default_run(
         args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
-    judge = app.make_judge(args.judge, base)
+    judge = make_judge(args.judge, base)
     print(f"{len(latents)} latents {latents}, judge {judge.model}, {args.n}+{args.n} examples per scorer")
     try:
         for name in args.variants.split(","):

@@ -31,13 +31,15 @@ def main() -> None:
     parser.add_argument("--judge", help="also time the judge side with this judge (needs prompt logprobs)")
     args = parser.parse_args()
 
-    from autointerp import app
     from autointerp.cache.store import ActivationCache
     from autointerp.config import RunConfig
+    from autointerp.llm.judges import make_judge
     from autointerp.records import Explanation
     from autointerp.results import RunFiles
     from autointerp.sampling import Sampler, token_decoder
     from autointerp.scorers.intervention import InterventionRunner, InterventionScorer
+    from autointerp.stages.cache_stage import cache_stage
+    from autointerp.stages.open_run import steering_subject
 
     config = RunConfig(n_tokens=args.tokens, device=args.device, dtype=args.dtype)
     config.intervention.n_prompts = args.prompts
@@ -45,18 +47,18 @@ def main() -> None:
     files.prepare()
     if args.run is None:
         start = time.perf_counter()
-        app.cache_stage(files, config, progress=False)
+        cache_stage(files, config, progress=False)
         print(f"cache of {args.tokens:,} tokens built in {time.perf_counter() - start:.1f}s")
     cache = ActivationCache(files.cache)
     start = time.perf_counter()
-    subject = app.steering_subject(config)
+    subject = steering_subject(config)
     print(f"subject model and dictionary loaded in {time.perf_counter() - start:.1f}s on {args.device}")
     runner = InterventionRunner(subject, cache, config.intervention)
     sampler = Sampler(cache, token_decoder(subject.tokenizer), config.sampling)
     eligible = [i for i in range(cache.num_latents) if cache.state.fire_windows[i] >= config.sampling.min_examples]
     latents = eligible[: args.latents]
 
-    judge = app.make_judge(args.judge, config) if args.judge else None
+    judge = make_judge(args.judge, config) if args.judge else None
     scorer = InterventionScorer(runner) if judge is not None else None
     if scorer is not None:
         scorer.check_judge(judge)

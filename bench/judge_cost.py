@@ -90,15 +90,15 @@ def default_latents(args: argparse.Namespace) -> list[tuple[str, LatentRecord, s
     """(name, record, label, control label) of the first default latents."""
     from _default_run import default_run
 
-    from autointerp import app
     from autointerp.controls import donor_map
     from autointerp.explainers import tokens_label
     from autointerp.sampling import Sampler, token_decoder
+    from autointerp.stages.subject_loading import load_tokenizer
 
     config, cache, latents = default_run(
         args.work, judge="qwen2.5-coder-1.5b", n_tokens=100_000, n_held_out=args.n, n_latents=args.latents
     )
-    sampler = Sampler(cache, token_decoder(app.load_tokenizer(config, cache.meta)), config.sampling)
+    sampler = Sampler(cache, token_decoder(load_tokenizer(config, cache.meta)), config.sampling)
     records = [sampler.record(i) for i in latents]
     labels = {r.latent: tokens_label(r, config.explain) for r in records}
     donors = donor_map(list(labels), config.sampling.seed)
@@ -113,14 +113,14 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.judge == "scripted":
         judge = scripted_judge()
     else:
-        from autointerp import app
         from autointerp.config import RunConfig
+        from autointerp.llm.judges import make_judge
 
         cases = default_latents(args) + cases
         # any judge a run takes (a local GGUF, openai:MODEL with --judge-url, vllm:MODEL); no response
         # cache, so every call is counted
         config = RunConfig(judge=args.judge, judge_url=args.judge_url, response_cache=False)
-        judge = app.make_judge(args.judge, config)
+        judge = make_judge(args.judge, config)
     print(f"judge {judge.model}; {len(cases)} latents, {args.n}+{args.n} held-out examples; variants {variants}")
     # usage[(variant, scorer)] per latent; auroc[(variant, scorer, arm)][case]
     usage: dict[tuple[str, str], list[Usage]] = {}

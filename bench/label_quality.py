@@ -32,11 +32,13 @@ from pathlib import Path
 
 from _default_run import default_run
 
-from autointerp import app
 from autointerp.controls import donor_map
 from autointerp.explainers import ExplanationFailed, explain, tokens_label
+from autointerp.llm.judges import make_judge
 from autointerp.records import Explanation, LatentRecord
 from autointerp.sampling import Sampler, token_decoder
+from autointerp.stages.open_run import make_scorers
+from autointerp.stages.subject_loading import load_tokenizer
 
 WORK = "/tmp/autointerp-bench-labels"
 
@@ -79,9 +81,9 @@ async def main_async(args: argparse.Namespace) -> None:
         if path:
             files[name] = {str(k): v for k, v in json.loads(Path(path).read_text()).items()}
         arms.append(name)
-    sampler = Sampler(cache, token_decoder(app.load_tokenizer(config, cache.meta)), config.sampling)
-    scorers = app.make_scorers(config, args.scorers.split(","), cache)
-    judge = app.make_judge(args.judge, config)
+    sampler = Sampler(cache, token_decoder(load_tokenizer(config, cache.meta)), config.sampling)
+    scorers = make_scorers(config, args.scorers.split(","), cache)
+    judge = make_judge(args.judge, config)
     explainer = judge if "default" in arms else None
     print(
         f"{len(latents)} latents {latents}; judge {judge.model}; {args.n}+{args.n} held-out examples per scorer; "

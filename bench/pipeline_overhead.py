@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from planted import yes_no  # noqa: E402
 
-from autointerp import app  # noqa: E402
 from autointerp.cache.store import ActivationCache  # noqa: E402
 from autointerp.config import RunConfig  # noqa: E402
 from autointerp.explainers import NAMES_KEY  # noqa: E402
@@ -29,6 +28,9 @@ from autointerp.llm.scripted import ScriptedJudge  # noqa: E402
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents  # noqa: E402
 from autointerp.results import RunFiles  # noqa: E402
 from autointerp.sampling import Sampler, token_decoder  # noqa: E402
+from autointerp.stages.cache_stage import cache_stage  # noqa: E402
+from autointerp.stages.open_run import make_scorers  # noqa: E402
+from autointerp.stages.subject_loading import load_tokenizer  # noqa: E402
 
 
 def instant(messages):
@@ -49,13 +51,13 @@ def main() -> None:
         files = RunFiles(Path(tmp))
         files.prepare()
         config = RunConfig(n_tokens=args.n_tokens, max_latents=args.latents, concurrency=args.concurrency)
-        app.cache_stage(files, config, progress=False)
+        cache_stage(files, config, progress=False)
         cache = ActivationCache(files.cache)
-        sampler = Sampler(cache, token_decoder(app.load_tokenizer(config)), config.sampling)
+        sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling)
         latents, _ = select_latents(cache, config)
         judge = ScriptedJudge(instant)
         worker = LatentWorker(
-            files, config, sampler, judge, judge, app.make_scorers(config), {"explain", "score"}, RunSummary()
+            files, config, sampler, judge, judge, make_scorers(config), {"explain", "score"}, RunSummary()
         )
         start = time.perf_counter()
         summary = asyncio.run(process_latents(latents, worker, concurrency=args.concurrency, progress=False))

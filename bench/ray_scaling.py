@@ -31,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from fault_server import FaultServer  # noqa: E402
 
-from autointerp import app  # noqa: E402
 from autointerp.config import RunConfig  # noqa: E402
 from autointerp.distributed.latents import RayOptions, run_latent_stages  # noqa: E402
 from autointerp.explainers import NAMES_KEY  # noqa: E402
 from autointerp.results import RunFiles  # noqa: E402
 from autointerp.sampling import SamplingSettings  # noqa: E402
+from autointerp.stages.cache_stage import cache_stage  # noqa: E402
+from autointerp.stages.latent_stages import latent_stages  # noqa: E402
 
 STAGES = {"explain", "score"}
 
@@ -95,12 +96,12 @@ def main() -> None:
         )
         base = RunFiles(root / "base")
         base.prepare()
-        app.cache_stage(base, config, progress=False)
+        cache_stage(base, config, progress=False)
 
         def plain() -> float:
             files = fresh(base.folder, root / "plain")
             start = time.perf_counter()
-            summary = asyncio.run(app.latent_stages(files, config, STAGES, progress=False))
+            summary = asyncio.run(latent_stages(files, config, STAGES, progress=False))
             assert summary.failed == 0 and summary.explained == args.latents, summary
             return time.perf_counter() - start
 

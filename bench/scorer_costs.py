@@ -18,19 +18,21 @@ import time
 
 from _default_run import WORK, default_run
 
-from autointerp import app
 from autointerp.cache.store import ActivationCache
 from autointerp.config import RunConfig
 from autointerp.explainers import explain
+from autointerp.llm.judges import make_judge
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers import scorer_names
+from autointerp.stages.open_run import make_scorers
+from autointerp.stages.subject_loading import load_tokenizer
 
 DEFAULT_HELD_OUT = 100  # 50 activating + 50 silent
 
 
 async def measure(config: RunConfig, cache: ActivationCache, latents: list[int], names: list[str], judge) -> None:
-    sampler = Sampler(cache, token_decoder(app.load_tokenizer(config)), config.sampling)
-    scorers = app.make_scorers(config, names, cache)
+    sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling)
+    scorers = make_scorers(config, names, cache)
     rows: dict[str, list[tuple[int, int, int, int, float, int]]] = {s.name: [] for s in scorers}
     for latent in latents:
         record = sampler.record(latent)
@@ -87,7 +89,7 @@ def main() -> None:
         args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
     names = scorer_names() if args.scorers == "all" else args.scorers.split(",")
-    judge = app.make_judge(args.judge, config)
+    judge = make_judge(args.judge, config)
     try:
         asyncio.run(measure(config, cache, latents, names, judge))
     finally:

@@ -6,7 +6,7 @@ Builds a tiny run (the tests' tiny model and SAE, 10 + 10 held-out examples per 
 `autointerp serve` (uvicorn, API key, job table) whose judge is a scripted one that answers in
 microseconds, and sends detection score requests of new labels from N concurrent clients, each a
 POST then a long-poll GET of the job until it is done (the client's own cost is counted). The same
-labels are scored in process with `app.score_label` by N concurrent tasks, with the same judge behind
+labels are scored in process with `score_label` by N concurrent tasks, with the same judge behind
 the same gate and response cache: the work the service does for a request, without HTTP, job table
 or queue. Rounds alternate service and in-process, so a busy machine slows both alike; printed are
 requests/s and p50/p99 latency (median over rounds, [min-max] of the rounds), and the overhead: the
@@ -31,11 +31,13 @@ from conftest import make_tiny_llama  # noqa: E402
 from report_fixtures import judge, make_run  # noqa: E402
 from serve_helpers import KEY, copy_run, start_server  # noqa: E402
 
-from autointerp import app  # noqa: E402
 from autointerp.client import AsyncClient  # noqa: E402
 from autointerp.config import load_config  # noqa: E402
+from autointerp.llm.judges import wrap_judge  # noqa: E402
 from autointerp.llm.scripted import ScriptedJudge  # noqa: E402
 from autointerp.results import RunFiles  # noqa: E402
+from autointerp.stages.latent_stages import score_label  # noqa: E402
+from autointerp.stages.open_run import OpenRun  # noqa: E402
 
 LATENTS = (0, 1, 4, 5, 9, 13, 14, 17, 22, 23, 27)  # the tiny run's latents that fire often enough
 _labels = itertools.count()
@@ -83,12 +85,12 @@ class InProcess:
     def __init__(self, folder: Path, cache_file: Path):
         config, _ = load_config(folder / "config.json")
         config.response_cache_path = str(cache_file)
-        self.run = app.OpenRun(RunFiles(folder), config)
-        self.judge = app.wrap_judge(ScriptedJudge(judge, model="scripted-judge"), config, namespace="bench", slots=1)
+        self.run = OpenRun(RunFiles(folder), config)
+        self.judge = wrap_judge(ScriptedJudge(judge, model="scripted-judge"), config, namespace="bench", slots=1)
 
     async def round(self, concurrency: int, n: int):
         async def one(i: int) -> None:
-            (row,) = await app.score_label(self.run, LATENTS[i % len(LATENTS)], new_label(), ["detection"], self.judge)
+            (row,) = await score_label(self.run, LATENTS[i % len(LATENTS)], new_label(), ["detection"], self.judge)
             assert row.status == "ok"
 
         return await drive(concurrency, n, one)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from conftest import build_tiny_cache
 
-from autointerp import app
 from autointerp.config import RunConfig, save_config
 from autointerp.llm.base import Message, Reply, TokenLogprob
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.results import RunFiles, materialize
 from autointerp.sampling import SamplingSettings
+from autointerp.stages.latent_stages import latent_stages
 
 PAYLOAD = " <script>document.title='pwned'</script>"
 WORDS = """the of and to in is was for on that with as by at from his her they which this be are had
@@ -119,6 +119,6 @@ def make_run(
         "scripted-judge": ScriptedJudge(judge, model="scripted-judge"),
         "scripted-explainer": ScriptedJudge(explainer, model="scripted-explainer"),
     }
-    asyncio.run(app.latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
+    asyncio.run(latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
     materialize(files, {k: resolved[k] for k in ("model", "dictionary", "hookpoint")}, config.scorers)
     return folder

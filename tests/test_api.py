@@ -13,7 +13,6 @@ import pytest
 from planted import _excerpt, yes_no
 
 import autointerp
-from autointerp import app
 from autointerp.cli import main
 from autointerp.config import RunConfig, save_config
 from autointerp.llm.scripted import ScriptedJudge
@@ -52,7 +51,7 @@ def judges() -> dict:
 @pytest.fixture
 def folder(tmp_path, tiny_cache, monkeypatch) -> Path:
     """A run folder holding a copy of the tiny cache (32 latents at layers.1) and its config."""
-    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: _TokenNames())
+    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: _TokenNames())
     files = RunFiles(tmp_path / "run")
     files.prepare()
     shutil.copytree(tiny_cache.folder, files.cache)
@@ -91,7 +90,7 @@ def test_the_command_line_and_the_api_write_the_same_tables(folder, tmp_path, mo
     twin = tmp_path / "twin"
     shutil.copytree(folder, twin)
     made = judges()
-    monkeypatch.setattr(app, "make_judge", lambda name, config: made[name])
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: made[name])
     argv = ["--out", str(folder), "--judge", "reader", "--explainer", "namer", "--max-latents", "3", "--quiet"]
     assert main(["explain", *argv]) == 0
     assert main(["score", *argv, "--scorers", "detection"]) == 0

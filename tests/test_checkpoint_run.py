@@ -13,7 +13,6 @@ from checkpoint_fixtures import HOOKPOINTS, write_corpus, write_sae_run, write_s
 from report_fixtures import judge as scripted_judge
 from serve_helpers import KEY, copy_run, start_server
 
-from autointerp import app
 from autointerp.cache.store import HookpointCaches
 from autointerp.cli import main
 from autointerp.client import Client, ServeError
@@ -64,7 +63,9 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    monkeypatch.setattr(app, "make_judge", lambda name, config: ScriptedJudge(scripted_judge, model=name))
+    monkeypatch.setattr(
+        "autointerp.stages.latent_stages.make_judge", lambda name, config: ScriptedJudge(scripted_judge, model=name)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,9 @@ def whole(checkpoint) -> Path:
     """`autointerp run --hookpoints all` on the tiny checkpoint: 4 latents of each hookpoint."""
     out = checkpoint / "run"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(app, "make_judge", lambda name, config: ScriptedJudge(scripted_judge, model=name))
+        mp.setattr(
+            "autointerp.stages.latent_stages.make_judge", lambda name, config: ScriptedJudge(scripted_judge, model=name)
+        )
         rc = main(
             ["run", "--out", str(out), *_options(checkpoint), "--hookpoints", "all", *_labels("--max-latents", "4")]
         )
@@ -217,7 +220,7 @@ def _no_model(*args, **kwargs):
 
 
 def test_a_hookpoint_the_dictionary_lacks_lists_those_it_has(checkpoint, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(app, "load_subject", _no_model)
+    monkeypatch.setattr("autointerp.stages.cache_stage.load_subject", _no_model)
     out = str(tmp_path / "r")
     rc = main(["run", "--out", out, *_options(checkpoint), "--hookpoints", "layers.0,layers.9", "--quiet"])
     err = capsys.readouterr().err
@@ -239,7 +242,7 @@ def test_a_hookpoint_the_dictionary_lacks_lists_those_it_has(checkpoint, tmp_pat
     ],
 )
 def test_an_empty_or_malformed_latent_range_is_a_usage_error(checkpoint, tmp_path, capsys, monkeypatch, latents, words):
-    monkeypatch.setattr(app, "load_subject", _no_model)
+    monkeypatch.setattr("autointerp.stages.cache_stage.load_subject", _no_model)
     with pytest.raises(SystemExit) as e:
         main(["run", "--out", str(tmp_path / "r"), *_options(checkpoint), "--hookpoints", "all", "--latents", latents])
     assert e.value.code == 2 and words in capsys.readouterr().err
@@ -255,7 +258,7 @@ def test_an_empty_or_malformed_latent_range_is_a_usage_error(checkpoint, tmp_pat
     ],
 )
 def test_a_malformed_hookpoint_list_is_refused(checkpoint, tmp_path, capsys, monkeypatch, hookpoints, words):
-    monkeypatch.setattr(app, "load_subject", _no_model)
+    monkeypatch.setattr("autointerp.stages.cache_stage.load_subject", _no_model)
     rc = main(["run", "--out", str(tmp_path / "r"), *_options(checkpoint), "--hookpoints", hookpoints, "--quiet"])
     assert rc == 2 and words in capsys.readouterr().err
 
@@ -266,7 +269,7 @@ def test_latents_beyond_one_hookpoints_dictionary_are_refused_before_caching(tmp
     write_sae_run(root / "saes", ("layers.0", "layers.1"))
     write_sae_run(root / "saes", ("layers.2",), num_latents=16)
     write_corpus(root / "corpus.txt", documents=5)
-    monkeypatch.setattr(app, "load_subject", _no_model)
+    monkeypatch.setattr("autointerp.stages.cache_stage.load_subject", _no_model)
     rc = main(["run", "--out", str(tmp_path / "r"), *_options(root), "--hookpoints", "all", "--latents", "3,10:20"])
     err = capsys.readouterr().err
     assert rc == 2 and "--latents 10:20 out of range: the dictionary at layers.2 has 16 latents" in err

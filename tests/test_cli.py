@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import write_sparsify_sae
 
-from autointerp import app
 from autointerp.cli import build_parser, main
 from autointerp.config import ConfigError, RunConfig, load_config, merge, save_config
 from autointerp.llm.scripted import ScriptedJudge
@@ -117,8 +116,8 @@ def test_any_local_hf_model_folder_and_a_jsonl_corpus(tmp_path, capsys):
 
 
 def test_new_scorers_and_prompt_logprobs_reach_the_config():
-    from autointerp.app import make_judge
     from autointerp.cli import config_from_args
+    from autointerp.llm.judges import make_judge
 
     args = build_parser().parse_args(
         [
@@ -150,7 +149,7 @@ def _no_model(config):
 
 
 def test_a_binary_corpus_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(app, "load_subject", _no_model)
+    monkeypatch.setattr("autointerp.stages.cache_stage.load_subject", _no_model)
     corpus = tmp_path / "b.txt"
     corpus.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(1, 256)) * 100)
     rc, err = _run(capsys, "cache", "--out", str(tmp_path / "r"), "--corpus", str(corpus), "--quiet")
@@ -158,7 +157,9 @@ def test_a_binary_corpus_is_refused_before_the_model_loads(tmp_path, capsys, mon
 
 
 def test_latents_out_of_range_are_refused_before_caching_and_not_remembered(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(app, "load_subject", _no_model)  # the size comes from the checkpoint's header
+    monkeypatch.setattr(
+        "autointerp.stages.cache_stage.load_subject", _no_model
+    )  # the size comes from the checkpoint's header
     out = tmp_path / "r"
     rc, err = _run(capsys, "run", "--out", str(out), "--latents", "3,999999", "--n-tokens", "1024", "--quiet")
     assert rc == 2 and "--latents 999999 out of range: the dictionary has 4,608 latents (0..4607)" in err
@@ -176,7 +177,7 @@ class _TokenNames:
 
 def _tiny_run(tmp_path: Path, tiny_cache, monkeypatch, **config) -> RunFiles:
     """A run folder holding a copy of the tiny cache (32 latents at layers.1) and its config."""
-    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: _TokenNames())
+    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: _TokenNames())
     files = RunFiles(tmp_path / "run")
     files.prepare()
     shutil.copytree(tiny_cache.folder, files.cache)
@@ -216,7 +217,7 @@ def test_only_what_defines_the_folder_carries_over_to_the_next_command(tmp_path,
     stuck = dict(latents=[999_999], judge="openai:dead", judge_url="http://127.0.0.1:1/v1", scorers=["simulation"])
     files = _tiny_run(tmp_path, tiny_cache, monkeypatch, **stuck)
     judge = ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 t2", model="oracle")
-    monkeypatch.setattr(app, "make_judge", lambda name, config: judge)
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: judge)
     rc, err = _run(capsys, "explain", "--out", str(files.folder), "--judge", "oracle", "--max-latents", "2", "--quiet")
     assert rc == 0, err
     assert len(judge.calls) == 2
@@ -239,7 +240,10 @@ def test_a_run_that_ends_with_failed_latents_exits_1_and_says_where_the_reasons_
     tmp_path, tiny_cache, capsys, monkeypatch
 ):
     files = _tiny_run(tmp_path, tiny_cache, monkeypatch)
-    monkeypatch.setattr(app, "make_judge", lambda name, config: ScriptedJudge(lambda m: "no idea", model="vague"))
+    monkeypatch.setattr(
+        "autointerp.stages.latent_stages.make_judge",
+        lambda name, config: ScriptedJudge(lambda m: "no idea", model="vague"),
+    )
     rc = main(["explain", "--out", str(files.folder), "--judge", "vague", "--max-latents", "2", "--quiet"])
     out = capsys.readouterr()
     assert rc == 1
@@ -251,8 +255,8 @@ def test_a_run_that_ends_with_failed_latents_exits_1_and_says_where_the_reasons_
 
 
 def test_judge_timeout_reaches_the_http_judge():
-    from autointerp.app import make_judge
     from autointerp.cli import config_from_args
+    from autointerp.llm.judges import make_judge
 
     argv = ["score", "--out", "x", "--judge", "openai:m", "--judge-url", "http://127.0.0.1:9/v1", "--no-cache"]
     config, _ = config_from_args(build_parser().parse_args([*argv, "--judge-timeout", "7.5"]))
@@ -289,7 +293,7 @@ def test_explain_by_tokens_loads_no_llm(tmp_path, capsys, monkeypatch):
     corpus.write_text("\n".join(f"Also, in May {i} we also walked, and also ran; still, it rained." for i in range(80)))
     out = tmp_path / "r"
     assert main(["cache", "--out", str(out), "--corpus", str(corpus), "--n-tokens", "4096", "--quiet"]) == 0
-    monkeypatch.setattr(app, "make_judge", no_judge)
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", no_judge)
     rc = main(["explain", "--out", str(out), "--explainer", "tokens", "--max-latents", "4", "--quiet"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
@@ -309,14 +313,14 @@ def test_a_bug_keeps_its_traceback_and_a_users_mistake_exits_2(tmp_path, monkeyp
     def bug(*args, **kwargs):
         raise ValueError("an index went wrong")
 
-    monkeypatch.setattr(app, "cache_stage", bug)
+    monkeypatch.setattr("autointerp.stages.cache_stage.cache_stage", bug)
     with pytest.raises(ValueError, match="an index went wrong"):
         main(["cache", "--out", str(tmp_path / "r"), "--quiet"])
 
     def mistake(*args, **kwargs):
         raise CorpusError("the corpus is empty")
 
-    monkeypatch.setattr(app, "cache_stage", mistake)
+    monkeypatch.setattr("autointerp.stages.cache_stage.cache_stage", mistake)
     rc, err = _run(capsys, "cache", "--out", str(tmp_path / "r"), "--quiet")
     assert rc == 2 and err.startswith("autointerp: error: the corpus is empty\n")
 

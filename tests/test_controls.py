@@ -15,7 +15,6 @@ from planted import yes_no
 from report_fixtures import SAMPLING as WORD_SAMPLING
 from report_fixtures import write_word_tokenizer
 
-from autointerp import app
 from autointerp.api import Outcome
 from autointerp.config import RunConfig, save_config
 from autointerp.controls import TOO_FEW, derangement, donor_map
@@ -26,6 +25,7 @@ from autointerp.records import ExplanationRow, LatentId
 from autointerp.results import RunFiles, append_row, materialize, read_scores
 from autointerp.sampling import Sampler, SamplingSettings
 from autointerp.scorers import DetectionScorer, FuzzingScorer
+from autointerp.stages.latent_stages import latent_stages
 
 SAMPLING = SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, min_examples=10)
 
@@ -204,9 +204,7 @@ def _app_run(folder, tiny_llama, judge, **kw):
     files.prepare()
     save_config(files.config, config, {})
     # only the scorers' judge is given: building any other model (an explainer named "tokens") would fail
-    summary = asyncio.run(
-        app.latent_stages(files, config, {"explain", "score"}, progress=False, judges={"judge": judge})
-    )
+    summary = asyncio.run(latent_stages(files, config, {"explain", "score"}, progress=False, judges={"judge": judge}))
     return files, config, summary
 
 

@@ -16,7 +16,6 @@ import pytest
 from fault_server import FaultServer
 from report_fixtures import SAMPLING, write_word_tokenizer
 
-from autointerp import app
 from autointerp.cli import main
 from autointerp.config import RunConfig, save_config
 from autointerp.distributed.cluster import DistributedError, check_reachable
@@ -24,9 +23,11 @@ from autointerp.distributed.latents import _needs_gpu
 from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, split
 from autointerp.distributed.workers import worker_options
 from autointerp.llm.base import JudgeError
+from autointerp.llm.judges import make_judge
 from autointerp.llm.openai_compat import OpenAIJudge
 from autointerp.llm.spread import SpreadJudge, split_urls
 from autointerp.results import RunFiles
+from autointerp.stages.latent_stages import latent_stages
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def _plain(files: RunFiles, config: RunConfig) -> None:
 
     judges = scripted_judges()
     judges = {"j": judges["scripted-judge"], "e": judges["scripted-explainer"]}
-    asyncio.run(app.latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
+    asyncio.run(latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
 
 
 def test_shards_read_the_run_and_their_own_logs_and_merge_exactly_once(tmp_path, template):
@@ -136,7 +137,7 @@ def test_requests_are_spread_over_several_servers_and_each_is_checked():
 
     with FaultServer(slow) as a, FaultServer(slow) as b:
         config = RunConfig(judge_url=f"{a.url},{b.url}", response_cache=False)
-        judge = app.make_judge("openai:fake", config)
+        judge = make_judge("openai:fake", config)
 
         async def ask() -> None:
             await judge.inner.check()

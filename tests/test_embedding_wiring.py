@@ -10,7 +10,6 @@ import pytest
 from conftest import build_tiny_cache, decode_ids
 from fake_embedder import fake_embedder
 
-from autointerp.app import make_scorers
 from autointerp.cli import build_parser, config_from_args
 from autointerp.config import ConfigError, RunConfig
 from autointerp.llm.scripted import ScriptedJudge
@@ -18,6 +17,7 @@ from autointerp.pipeline import LatentWorker, RunSummary, process_latents, selec
 from autointerp.results import RunFiles, materialize, read_jsonl, usage_by_model
 from autointerp.sampling import Sampler, SamplingSettings
 from autointerp.scorers import DetectionScorer, EmbeddingScorer, FuzzingScorer, scorer_metrics
+from autointerp.stages.open_run import make_scorers
 
 SAMPLING = SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, min_examples=10)
 

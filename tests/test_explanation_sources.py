@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 from planted import _excerpt, yes_no
 
-from autointerp import app
 from autointerp.cli import main
 from autointerp.config import RunConfig, save_config
 from autointerp.explanation_sources import SourceEntry, SourceError, detect_format, layer_key, read_explanations
@@ -364,8 +363,8 @@ class _TokenNames:
 @pytest.fixture
 def oracle_judge(monkeypatch) -> ScriptedJudge:
     judge = ScriptedJudge(token_oracle, model="oracle")
-    monkeypatch.setattr(app, "make_judge", lambda name, config: judge)
-    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: _TokenNames())
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: judge)
+    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: _TokenNames())
     return judge
 
 

@@ -419,12 +419,12 @@ def test_our_reading_of_the_directory_is_sae_lens_own():
 def test_a_run_from_hub_ids_records_them_and_its_later_stages_keep_the_commit(hub, tmp_path, monkeypatch, capsys):
     from report_fixtures import SAMPLING, judge
 
-    from autointerp import app
     from autointerp.api import provenance
     from autointerp.cli import main
     from autointerp.config import RunConfig, load_config
     from autointerp.llm.scripted import ScriptedJudge
     from autointerp.results import RunFiles, materialize
+    from autointerp.stages.latent_stages import latent_stages
 
     model_sha = hub.add_files(MODEL, _model_files(tmp_path, seed=0))
     sae_sha = hub.add_files(SAE, _sae_repo(tmp_path))
@@ -449,7 +449,7 @@ def test_a_run_from_hub_ids_records_them_and_its_later_stages_keep_the_commit(hu
     config = RunConfig.from_dict({**config.to_dict(), "sampling": SAMPLING.__dict__, "max_latents": 3})
     judges = {config.judge: ScriptedJudge(judge, model="judge")}
     judges[config.explainer_model] = ScriptedJudge(lambda m: "[EXPLANATION]: w1, w2", model="explainer")
-    summary = asyncio.run(app.latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
+    summary = asyncio.run(latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
     assert summary.scored == 3 and len(hub.requests) == asked
     materialize(files, provenance(resolved), config.scorers)
     table = pd.read_parquet(out / "results.parquet")

@@ -191,19 +191,19 @@ def test_a_judge_that_cannot_score_text_is_refused(planted):
 
 
 def test_the_run_refuses_such_a_judge_before_any_latent(planted, tmp_path, monkeypatch):
-    from autointerp import app
     from autointerp.config import RunConfig
     from autointerp.results import RunFiles
+    from autointerp.stages.latent_stages import latent_stages
 
     subject, _, _ = planted
     build_tiny_cache(tmp_path / "run", subject.model)
-    monkeypatch.setattr(app, "load_tokenizer", lambda config, meta=None: WordTokenizer())
+    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: WordTokenizer())
     files = RunFiles(tmp_path / "run")
     files.prepare()
     config = RunConfig(scorers=["intervention"], sampling=SAMPLING, judge="j")
     judge = ScriptedJudge(oracle_chooser)
     with pytest.raises(UnfitJudge, match="judge scripted cannot"):
-        asyncio.run(app.latent_stages(files, config, {"score"}, progress=False, judges={"j": judge}))
+        asyncio.run(latent_stages(files, config, {"score"}, progress=False, judges={"j": judge}))
     assert judge.calls == [] and not files.scores.exists()
 
 
@@ -353,19 +353,20 @@ def test_real_subject_model_and_shipped_sae(tmp_path):
     with a scripted judge, in reasonable time on CPU (the seconds are printed; run with -s to see them)."""
     import time
 
-    from autointerp import app
     from autointerp.cache.store import ActivationCache
     from autointerp.config import RunConfig
     from autointerp.results import RunFiles
     from autointerp.sampling import token_decoder
+    from autointerp.stages.cache_stage import cache_stage
+    from autointerp.stages.open_run import steering_subject
 
     config = RunConfig(n_tokens=4096)
     config.intervention.n_prompts = 4
     files = RunFiles(tmp_path / "run")
     files.prepare()
-    app.cache_stage(files, config, progress=False)
+    cache_stage(files, config, progress=False)
     cache = ActivationCache(files.cache)
-    subject = app.steering_subject(config)
+    subject = steering_subject(config)
     latent = int(np.flatnonzero(cache.state.fire_windows >= config.sampling.min_examples)[0])
     record = Sampler(cache, token_decoder(subject.tokenizer), config.sampling).record(latent)
     judge = ScriptedJudge(

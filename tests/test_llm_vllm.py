@@ -468,9 +468,9 @@ def test_engine_args_come_from_the_environment(fake_vllm, tmp_path, monkeypatch)
 
 
 def test_make_judge_wires_vllm_behind_the_response_cache(fake_vllm, tmp_path):
-    from autointerp.app import make_judge
     from autointerp.config import RunConfig
     from autointerp.llm.cache import CachedJudge
+    from autointerp.llm.judges import make_judge
     from autointerp.llm.ordering import OrderedJudge
     from autointerp.llm.vllm_offline import VLLMJudge
 

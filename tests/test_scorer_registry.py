@@ -10,7 +10,6 @@ import pytest
 from conftest import build_tiny_cache
 from report_fixtures import SAMPLING, write_word_tokenizer
 
-from autointerp import app
 from autointerp.cli import build_parser
 from autointerp.config import ConfigError, RunConfig
 from autointerp.llm.base import PromptToken
@@ -19,6 +18,7 @@ from autointerp.records import Judgment, Score, Usage
 from autointerp.results import RunFiles, materialize, usage_by_model
 from autointerp.scorers import Scorer, ScorerContext, UnfitJudge, build_scorers, registry
 from autointerp.scorers.registry import find_scorer, register, scorer_classes, scorer_names
+from autointerp.stages.latent_stages import latent_stages
 
 BUILT_IN = ["detection", "embedding", "fuzzing", "intervention", "intervention_choice", "simulation", "surprisal"]
 
@@ -105,7 +105,7 @@ def _run(folder, tiny_llama, judge):
     files.prepare()
     explainer = ScriptedJudge(lambda m: "[EXPLANATION]: words", model="explainer")
     judges = {"judge": judge, "explainer": explainer}
-    summary = asyncio.run(app.latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
+    summary = asyncio.run(latent_stages(files, config, {"explain", "score"}, progress=False, judges=judges))
     return files, config, summary
 
 

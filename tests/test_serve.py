@@ -18,12 +18,13 @@ import pytest
 from report_fixtures import PAYLOAD, judge, make_run
 from serve_helpers import KEY, OTHER_KEY, copy_run, free_port, start_server
 
-from autointerp import app
 from autointerp.client import AsyncClient, Client, ServeError
 from autointerp.config import load_config
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.records import ScoreRow
 from autointerp.results import RunFiles, read_jsonl, read_scores
+from autointerp.stages.latent_stages import score_label
+from autointerp.stages.open_run import OpenRun
 
 
 @pytest.fixture(scope="module")
@@ -313,10 +314,10 @@ def test_200_concurrent_score_requests(server, runs, tmp_path):
     scripted = ScriptedJudge(judge, model="scripted-judge")
 
     async def in_process():
-        run = app.OpenRun(RunFiles(baseline), config)
+        run = OpenRun(RunFiles(baseline), config)
         for latent in latents:
             for text in (labels[latent], other[latent]):
-                rows = await app.score_label(run, latent, text, ["detection", "fuzzing"], scripted)
+                rows = await score_label(run, latent, text, ["detection", "fuzzing"], scripted)
                 for row in rows:
                     assert row.to_json() == served[(latent, row.scorer, text)].to_json()
 

@@ -270,11 +270,11 @@ def test_pipeline_writes_their_columns_and_judgments(tmp_path, tiny_cache):
     import pandas as pd
     from conftest import decode_ids
 
-    from autointerp.app import make_scorers
     from autointerp.config import RunConfig
     from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
     from autointerp.results import RunFiles, materialize
     from autointerp.sampling import Sampler, SamplingSettings
+    from autointerp.stages.open_run import make_scorers
 
     config = RunConfig(
         scorers=["simulation", "surprisal"],
@@ -317,8 +317,8 @@ def test_pipeline_writes_their_columns_and_judgments(tmp_path, tiny_cache):
 
 
 def test_a_judge_without_prompt_logprobs_is_refused_before_any_latent():
-    from autointerp.app import make_scorers
     from autointerp.config import RunConfig
+    from autointerp.stages.open_run import make_scorers
 
     scorers = make_scorers(RunConfig(scorers=["detection", "surprisal", "simulation"]))
     assert [s.name for s in scorers] == ["detection", "surprisal", "simulation"]

@@ -59,11 +59,12 @@ def plan_shards(n_rows: int, batch_rows: int, shards: int) -> list[tuple[int, in
 
 def count_rows(config: RunConfig, corpus: Path) -> int:
     """How many rows the run caches: the corpus's, up to `n_tokens` (the corpus read with the tokenizer)."""
-    from autointerp import app
+    from autointerp.stages.cache_stage import corpus_rows
+    from autointerp.stages.subject_loading import load_tokenizer
 
-    tokenizer = app.load_tokenizer(config)
+    tokenizer = load_tokenizer(config)
     limit = config.n_tokens // config.cache.ctx_len
-    return sum(1 for _ in islice(app.corpus_rows(config, tokenizer, corpus), limit))
+    return sum(1 for _ in islice(corpus_rows(config, tokenizer, corpus), limit))
 
 
 # ---------------------------------------------------------------- in the worker process
@@ -75,7 +76,7 @@ _held_models: dict[str, tuple[Any, list[Any]]] = {}
 
 
 def _held_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any]]:
-    from autointerp import app
+    from autointerp.stages.cache_stage import open_cache_models
 
     key = repr(
         (
@@ -90,7 +91,7 @@ def _held_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[An
     )
     if key not in _held_models:
         _held_models.clear()
-        _held_models[key] = app.open_cache_models(config, dictionary)
+        _held_models[key] = open_cache_models(config, dictionary)
     return _held_models[key]
 
 
@@ -123,11 +124,11 @@ def cache_shard(
 def _cache_in(folder: Path, index: int, config: RunConfig, first_row: int, n_rows: int, before: Any) -> dict[str, Any]:
     """The shard's rows cached into `folder` (shared or staging) by this worker's held model, `resolved.json`
     written last; what the cache resolved."""
-    from autointerp import app
+    from autointerp.stages.cache_stage import cache_part
 
     if before is not None:
         before(index, folder)
-    resolved = app.cache_part(folder, config, first_row, n_rows, _held_cache_models)
+    resolved = cache_part(folder, config, first_row, n_rows, _held_cache_models)
     atomic_write_bytes(folder / RESOLVED, json.dumps(resolved).encode())
     return resolved
 
@@ -158,11 +159,34 @@ def _cache_shard_to_storage(
 # ---------------------------------------------------------------- in the driver
 
 
+def cache_on_ray(
+    files: RunFiles,
+    config: RunConfig,
+    options: RayOptions,
+    *,
+    progress: bool = True,
+    resolved: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The cache stage (`stages.cache_stage`) with the corpus rows cached in shards on a Ray cluster and
+    merged into the same cache; returns what was resolved (names, sizes) for config.json."""
+    from autointerp.stages.cache_stage import build_cache, check_cache_inputs, finished_cache
+
+    finished = finished_cache(files, config, resolved)
+    if finished is not None:
+        return finished
+    corpus_path, dictionary = check_cache_inputs(config)
+    sharded = run_cache_shards(files, config, options, corpus_path, progress=progress)
+    if sharded is not None:
+        return sharded
+    return build_cache(files, config, corpus_path, dictionary, progress=progress)
+
+
 def run_cache_shards(
     files: RunFiles, config: RunConfig, options: RayOptions, corpus: Path, *, progress: bool = True
 ) -> dict[str, Any] | None:
-    """`app.cache_stage` spread over a Ray cluster; what the cache resolved. None for a finished cache that
-    was not made by shards (the caller reads what it resolved as a single run does)."""
+    """The corpus rows cached in shards on a Ray cluster and merged into the run's cache; what it resolved.
+    None for a finished cache that was not made by shards (the caller reads what it resolved as a single
+    run does)."""
     root = files.folder / CACHE_SHARDS
     merged = root / RESOLVED
     if cache_complete(files.cache):

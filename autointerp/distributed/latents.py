@@ -2,7 +2,7 @@
 
 The driver picks the (hookpoint, latent) pairs as a single run would, cuts them into shards (a few per worker, so a
 slow shard does not hold the run up) and hands each to the next free worker (a Ray actor, one per GPU
-when the run needs GPUs, one per CPU otherwise: `workers.py`), which runs `app.latent_stages` over its
+when the run needs GPUs, one per CPU otherwise: `workers.py`), which runs `stages.latent_stages` over its
 pairs on a `ShardFiles` view of the run folder. Two passes, as in a single run: first
 every latent is explained and scored; then, once every shard's labels are merged into the run's
 logs, the shuffled-label controls, whose donors are drawn from every labelled latent of the run (a
@@ -47,7 +47,6 @@ from autointerp.distributed.cluster import DistributedError, connect, worker_cou
 from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, shard_name, split
 from autointerp.distributed.storage import Storage, staging_root, worker_label
 from autointerp.distributed.workers import Workers, run_shards, worker_options, workers
-from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge
 from autointerp.pipeline import RunSummary
 from autointerp.records import LatentId
@@ -90,41 +89,25 @@ def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
 
 
 def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
-    """The judges a shard's stages will ask (the rule of `app.latent_stages`)."""
-    from autointerp.scorers.registry import find_scorer
+    """The judges a shard's stages will ask (as a single run's stages ask them)."""
+    from autointerp.stages.latent_stages import stage_judges
 
-    names = []
-    if "explain" in stages and config.explainer_model != TOKENS_EXPLAINER:
-        names.append(config.explainer_model)
-    scoring = "score" in stages or "controls" in stages
-    asked = [find_scorer(s) for s in config.scorers] if scoring else []
-    if any(cls is None or cls.needs_judge for cls in asked) or ("explain" in stages and config.explain.best_of > 1):
-        names.append(config.judge)
-    return list(dict.fromkeys(names))
+    return stage_judges(config, stages).names()
 
 
 def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | None) -> dict[str, Judge]:
     """The worker's judges for this config, made on its first shard and kept for the next ones."""
-    from autointerp import app
+    from autointerp.llm.judges import make_judge
+    from autointerp.llm.providers import JudgeSettings
 
-    key = (
-        repr(factory) if factory is not None else None,
-        config.judge_url,
-        config.api_key_env,
-        config.judge_timeout,
-        config.judge_concurrency,
-        config.no_logprobs,
-        config.prompt_logprobs,
-        config.response_cache,
-        config.response_cache_path,
-    )
+    key = (repr(factory) if factory is not None else None, JudgeSettings.of(config))
     with _held_lock:
         held = _held.setdefault(key, {})
         if factory is not None and not held:
             held.update(factory())
         for name in _judge_names(config, stages):
             if name not in held:
-                held[name] = app.make_judge(name, config)
+                held[name] = make_judge(name, config)
         return dict(held)
 
 
@@ -193,7 +176,7 @@ def _run_shard_in(
     factory: JudgeFactory | None,
     progress: Any,
 ) -> dict[str, Any]:
-    from autointerp import app
+    from autointerp.stages.latent_stages import latent_stages
 
     host = socket.gethostname()
     shard = files.folder.name
@@ -208,7 +191,7 @@ def _run_shard_in(
     before = _cache_stats(judges)
     reporter = _Reporter(progress, shard)
     summary = _on_loop(
-        app.latent_stages(
+        latent_stages(
             files, config, stages, progress=False, judges=judges, ready=lambda: (config, units), on_done=reporter
         ),
         reporter.flush,
@@ -305,10 +288,11 @@ def run_latent_stages(
     progress: bool = True,
     ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
 ) -> RunSummary:
-    """`app.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
-    from autointerp import app
+    """`stages.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
     from autointerp.cache.store import HookpointCaches
     from autointerp.pipeline import select_units
+    from autointerp.stages.latent_stages import rare_note
+    from autointerp.stages.subject_loading import check_latents
 
     start = time.perf_counter()
     storage = Storage(options.storage) if options.storage else None
@@ -319,7 +303,7 @@ def run_latent_stages(
     merge_shards(files)  # what a driver that died left behind
     caches = HookpointCaches(files.cache)
     for hookpoint in caches:
-        app.check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+        check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
     if options.judges is None:
         _check_http_judges(config, stages)
     chosen: list[LatentId] | None = None
@@ -331,7 +315,7 @@ def run_latent_stages(
         latents = chosen
     summary = RunSummary(latents=len(latents))
     if n_rare:
-        summary.messages.append(app.rare_note(caches, n_rare, config))
+        summary.messages.append(rare_note(caches, n_rare, config))
     gpu = _needs_gpu(config)
     slots = worker_count(ray, "GPU" if gpu else "CPU")
     passes = [("latents", stages & {"explain", "score"}, replace(config, controls="none"))]
@@ -402,24 +386,27 @@ def _add(summary: RunSummary, result: dict[str, Any], cache_stats: dict[str, dic
 
 def _needs_gpu(config: RunConfig) -> bool:
     """A shard takes a GPU when its judge runs on one (vLLM in process) or its models do (--device cuda)."""
+    from autointerp.llm.providers import find_provider
+
     return config.device.startswith("cuda") or any(
-        name.startswith("vllm:") for name in (config.judge, config.explainer_model)
+        find_provider(name).gpu for name in (config.judge, config.explainer_model)
     )
 
 
 def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     """HTTP judges are reached from the driver before any shard starts, so a wrong URL fails at once (a
     judge loaded in process is checked by each worker as it loads it)."""
-    from autointerp import app
     from autointerp.llm.base import check_judge_ready
+    from autointerp.llm.judges import make_judge
+    from autointerp.llm.providers import find_provider
 
-    names = [n for n in _judge_names(config, stages) if n.startswith("openai:")]
+    names = [n for n in _judge_names(config, stages) if find_provider(n).remote]
     if not names:
         return
 
     async def check() -> None:
         for name in names:
-            judge = app.make_judge(name, replace(config, response_cache=False))
+            judge = make_judge(name, replace(config, response_cache=False))
             try:
                 await check_judge_ready(judge)
             finally:

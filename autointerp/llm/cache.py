@@ -51,8 +51,8 @@ from autointerp.llm.base import (
     Reply,
     TokenLogprob,
     can_score_text,
-    supports_grammar,
 )
+from autointerp.llm.forwarding import ForwardingJudge
 from autointerp.records import Usage
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class _Retry:
 _RETRY = _Retry()
 
 
-class CachedJudge:
+class CachedJudge(ForwardingJudge):
     """A `Judge` that answers repeated deterministic requests from a persistent SQLite cache.
 
     Counters (this object's lifetime; hits + misses + bypassed == requests): `hits` (answered from the
@@ -181,7 +181,7 @@ class CachedJudge:
             raise ValueError(
                 "CachedJudge needs a namespace naming the backend and model, so models never share answers"
             )
-        self.inner = inner
+        super().__init__([inner])
         self.path = Path(path)
         self.namespace = namespace
         self.hits = 0
@@ -195,19 +195,8 @@ class CachedJudge:
 
     # -- the Judge protocol ---------------------------------------------------------------------------
 
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def supports_logprobs(self) -> bool:
-        return self.inner.supports_logprobs
-
-    @property
-    def supports_grammar(self) -> bool:
-        return supports_grammar(self.inner)
-
-    async def chat(
+    # the options by name, not forwarded as they come: every one of them is part of the answer's key
+    async def chat(  # type: ignore[override]
         self,
         messages: list[Message],
         *,
@@ -239,16 +228,6 @@ class CachedJudge:
             )
 
         return await self._cached(key, ask, encode_reply, self._hit)
-
-    @property
-    def supports_prompt_logprobs(self) -> bool:
-        return can_score_text(self.inner)
-
-    async def check(self) -> None:
-        """The backend's own reachability check (see `check_judge_ready`), never answered from the cache."""
-        check = getattr(self.inner, "check", None)
-        if check is not None:
-            await check()
 
     async def prompt_logprobs(
         self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
@@ -309,7 +288,7 @@ class CachedJudge:
                     self._con.close()
                     self._con = None
         finally:
-            await self.inner.aclose()
+            await super().aclose()
 
     # -- reporting ------------------------------------------------------------------------------------
 

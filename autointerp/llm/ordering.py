@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Collection, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
-from autointerp.llm.base import Judge, Message, PromptToken, Reply
+from autointerp.llm.base import Judge
+from autointerp.llm.forwarding import ForwardingJudge
+
+T = TypeVar("T")
 
 _PRIORITY: ContextVar[tuple[int, ...]] = ContextVar("autointerp_judge_priority", default=())
 
@@ -80,52 +83,25 @@ class PriorityGate:
         self._busy -= 1
 
 
-class OrderedJudge:
+class OrderedJudge(ForwardingJudge):
     """A judge behind a `PriorityGate`; everything else (model, flags, summary) is the inner judge's."""
 
     def __init__(self, inner: Judge, slots: int):
-        self.inner = inner
+        super().__init__([inner])
         self.gate = PriorityGate(slots)
         self.served: list[tuple[int, ...]] | None = None  # set to [] to record the keys in serving order
 
-    @property
-    def model(self) -> str:
-        return self.inner.model
-
-    @property
-    def supports_logprobs(self) -> bool:
-        return self.inner.supports_logprobs
-
-    @property
-    def supports_prompt_logprobs(self) -> bool:
-        return bool(getattr(self.inner, "supports_prompt_logprobs", False))
-
     def __getattr__(self, name: str) -> Any:  # summary(), describe(), ... of the wrapped backend
-        if name == "inner":
+        if name in ("judges", "inner"):  # not set yet (or being unpickled): no inner judge to ask
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    async def _gated(self, call: Any) -> Any:
+    async def _forward(self, call: Callable[[Any], Awaitable[T]]) -> T:
         key = current_priority()
         await self.gate.acquire(key)
         try:
             if self.served is not None:
                 self.served.append(key)
-            return await call()
+            return await call(self.inner)
         finally:
             self.gate.release()
-
-    async def chat(self, messages: list[Message], **kwargs: Any) -> Reply:
-        return await self._gated(lambda: self.inner.chat(messages, **kwargs))
-
-    async def prompt_logprobs(
-        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
-    ) -> list[PromptToken]:
-        return await self._gated(
-            lambda: self.inner.prompt_logprobs(  # type: ignore[attr-defined]
-                text, top_logprobs=top_logprobs, top_at=top_at
-            )
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

@@ -9,12 +9,14 @@ reachable before a run starts (`check`), so a typo in one URL fails at once and 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from autointerp.llm.base import Judge, Message, PromptToken, Reply, can_score_text, supports_grammar
+from autointerp.llm.base import Judge
+from autointerp.llm.forwarding import ForwardingJudge
+
+T = TypeVar("T")
 
 
 def split_urls(text: str | None) -> list[str | None]:
@@ -25,7 +27,7 @@ def split_urls(text: str | None) -> list[str | None]:
     return list(dict.fromkeys(urls)) or [None]
 
 
-class SpreadJudge:
+class SpreadJudge(ForwardingJudge):
     """A `Judge` that sends each request to the least busy of several judges of one model."""
 
     def __init__(self, judges: Sequence[Judge]):
@@ -34,11 +36,7 @@ class SpreadJudge:
         models = {j.model for j in judges}
         if len(models) > 1:
             raise ValueError(f"the judges of one SpreadJudge must serve one model, not {sorted(models)}")
-        self.judges = list(judges)
-        self.model = self.judges[0].model
-        self.supports_logprobs = all(j.supports_logprobs for j in self.judges)
-        self.supports_prompt_logprobs = all(can_score_text(j) for j in self.judges)
-        self.supports_grammar = all(supports_grammar(j) for j in self.judges)
+        super().__init__(judges)
         self.busy = [0] * len(self.judges)
         self.sent = [0] * len(self.judges)  # requests sent to each, for the summary and the tests
         self._turn = itertools.count()
@@ -48,7 +46,7 @@ class SpreadJudge:
         idle = [i for i, n in enumerate(self.busy) if n == least]
         return idle[next(self._turn) % len(idle)]
 
-    async def _on_one(self, call: Any) -> Any:
+    async def _forward(self, call: Callable[[Any], Awaitable[T]]) -> T:
         i = self._pick()
         self.busy[i] += 1
         self.sent[i] += 1
@@ -57,25 +55,9 @@ class SpreadJudge:
         finally:
             self.busy[i] -= 1
 
-    async def chat(self, messages: list[Message], **kwargs: Any) -> Reply:
-        return await self._on_one(lambda j: j.chat(messages, **kwargs))
-
-    async def prompt_logprobs(
-        self, text: str, *, top_logprobs: int = 0, top_at: Collection[int] | None = None
-    ) -> list[PromptToken]:
-        return await self._on_one(lambda j: j.prompt_logprobs(text, top_logprobs=top_logprobs, top_at=top_at))
-
-    async def check(self) -> None:
-        """Every server answers (each judge's own check, which names its URL when it fails)."""
-        checks = [getattr(j, "check", None) for j in self.judges]
-        await asyncio.gather(*(c() for c in checks if c is not None))
-
     def describe(self) -> dict[str, Any]:
         parts = [j.describe() if hasattr(j, "describe") else {"model": j.model} for j in self.judges]
         return {"backend": "spread", "model": self.model, "judges": parts}
 
     def summary(self) -> str:
         return "requests per server: " + ", ".join(map(str, self.sent))
-
-    async def aclose(self) -> None:
-        await asyncio.gather(*(j.aclose() for j in self.judges))

@@ -99,10 +99,10 @@ def open_contexts(files: RunFiles, config: RunConfig | None, decode: TokenDecode
             return Contexts(
                 caches, None, rows, f"{files.config} is missing, so the subject model's tokenizer is unknown"
             )
-        from autointerp import app
+        from autointerp.stages.subject_loading import load_tokenizer
 
         try:
-            decode = token_decoder(app.load_tokenizer(config, meta))
+            decode = token_decoder(load_tokenizer(config, meta))
         except (OSError, ValueError, ImportError, AutointerpError) as e:
             return Contexts(caches, None, rows, f"the tokenizer of {config.model!r} could not be loaded ({e})")
     return Contexts(caches, decode, rows)

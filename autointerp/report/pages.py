@@ -18,12 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from autointerp import __version__
 from autointerp.prompting import format_plain, render
 from autointerp.records import Example
 from autointerp.report.contexts import Contexts, shaded_tokens
 from autointerp.report.data import Agreement, RunData, ScorerColumns
 from autointerp.report.svg import Point, Series, histogram, lines, scatter
+from autointerp.version import __version__
 
 TEMPLATES = Path(__file__).with_name("templates")
 

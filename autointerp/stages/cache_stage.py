@@ -1,0 +1,247 @@
+"""The cache stage on this machine: the corpus streamed through the subject model and its dictionaries.
+
+Every hookpoint is cached in one pass over the corpus. `cache_part` caches a range of the corpus rows
+(a Ray shard's: `distributed/caching.py` runs those parts and merges them); which of the two a run
+uses is chosen by `api.Run`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autointerp.cache.store import CacheMeta
+from autointerp.config import RunConfig
+from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
+from autointerp.results import RunFiles
+from autointerp.stages.subject_loading import check_latents, load_subject, locate_dictionary
+
+
+def cache_stage(
+    files: RunFiles,
+    config: RunConfig,
+    *,
+    progress: bool = True,
+    resolved: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build (or finish) the activation caches, every hookpoint in one pass over the corpus; returns what
+    was resolved (names, sizes) for config.json."""
+    finished = finished_cache(files, config, resolved)
+    if finished is not None:
+        return finished
+    corpus_path, dictionary = check_cache_inputs(config)
+    return build_cache(files, config, corpus_path, dictionary, progress=progress)
+
+
+def finished_cache(files: RunFiles, config: RunConfig, resolved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stored `resolved` of a folder whose caches are complete (None while they are not), after checking
+    the latents asked for against the caches already there. A complete cache returns at once: the config
+    merge has already checked that the options agree, so the model need not be loaded again to resume."""
+    from autointerp.cache.store import cache_complete, read_metas
+
+    config.validate()
+    existing = read_metas(files.cache) or {}
+    for hookpoint, meta in existing.items():
+        check_latents(config, meta.num_latents, hookpoint if len(existing) > 1 else None)
+    if resolved and cache_complete(files.cache):
+        return resolved
+    return None
+
+
+def build_cache(
+    files: RunFiles, config: RunConfig, corpus_path: Path, dictionary: Any, *, progress: bool = True
+) -> dict[str, Any]:
+    """The run's caches built (or finished) in this process from the checked inputs; what they resolved."""
+    from autointerp.cache.build import build_caches
+
+    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary)
+    metas = build_caches(
+        files.cache, rows, model=model, targets=targets, settings=config.cache, device=config.device, progress=progress
+    )
+    return resolved_of(config, metas, encoders)
+
+
+def cache_part(
+    folder: Path,
+    config: RunConfig,
+    first_row: int,
+    n_rows: int,
+    open_models: Callable[[RunConfig, Any], tuple[Any, list[Any]]] | None = None,
+) -> dict[str, Any]:
+    """The cache of corpus rows [first_row, first_row + n_rows), every hookpoint, in `folder` (a Ray
+    shard's; resumes as any cache does), its windows numbered as in the whole corpus; what it resolved.
+    `open_models` (default `open_cache_models`) lets a worker that caches several shards keep its loaded
+    model and dictionaries from one shard to the next."""
+    from itertools import islice
+
+    from autointerp.cache.build import build_caches
+
+    corpus_path, dictionary = check_cache_inputs(config)
+    models = (open_models or open_cache_models)(config, dictionary)
+    model, encoders, targets, rows = load_cache_inputs(
+        config, corpus_path, dictionary, check_empty=first_row == 0, models=models
+    )
+    for _, _, meta in targets:
+        meta.max_tokens = n_rows * config.cache.ctx_len
+    metas = build_caches(
+        folder,
+        islice(rows, first_row, first_row + n_rows),
+        model=model,
+        targets=targets,
+        settings=config.cache,
+        device=config.device,
+        progress=False,
+        first_row=first_row,
+    )
+    return resolved_of(config, metas, encoders)
+
+
+def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
+    """The corpus and the dictionaries (located, fetched if from the Hub), after checking what can fail
+    before minutes of model loading and caching: a missing or binary corpus, a dictionary, hookpoint or
+    revision not on the Hub, latent indices the dictionary does not have (its size is in the
+    checkpoint's header)."""
+    from autointerp.subjects.dictionaries import peek_num_latents
+
+    corpus_path = resolve_corpus(config.corpus)
+    dictionary = locate_dictionary(config)
+    sizes: list[tuple[str | None, int | None]]
+    if isinstance(dictionary, str):
+        hookpoints = config.requested_hookpoints
+        sizes = [(hookpoints[0] if hookpoints else None, peek_num_latents(dictionary, config.hookpoint))]
+    else:
+        sizes = [(source.hookpoint, peek_num_latents(source.path, source.hookpoint)) for source in dictionary]
+    for name, size in sizes:
+        if size is not None:
+            check_latents(config, size, name if len(sizes) > 1 else None)
+    return corpus_path, dictionary
+
+
+def open_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any]]:
+    """The subject model and its dictionaries (each (encoder, hookpoint)) on `config.device`. Caching
+    attaches its hooks for the length of a pass only, so what this returns can serve several passes."""
+    from autointerp.subjects.attach import open_dictionaries
+
+    subject = load_subject(config)
+    subject.model.to(config.device)
+    opened = open_dictionaries(subject.model, dictionary, config.requested_hookpoints, neurons_k=config.neurons_k)
+    for encoder, point in opened:
+        check_latents(config, encoder.num_latents, point.name if len(opened) > 1 else None)
+        encoder.to(config.device)
+    return subject, opened
+
+
+def load_cache_inputs(
+    config: RunConfig,
+    corpus_path: Path,
+    dictionary: Any,
+    *,
+    check_empty: bool = True,
+    models: tuple[Any, list[Any]] | None = None,
+) -> tuple[torch.nn.Module, list[Any], list[tuple[Any, Any, CacheMeta]], Iterator[Any]]:
+    """The subject model and dictionaries on `config.device` (`models`, already open, or opened now), each
+    hookpoint's (hookpoint, encoder, meta), and the corpus rows."""
+    subject, opened = models if models is not None else open_cache_models(config, dictionary)
+    rows = corpus_rows(config, subject.tokenizer, corpus_path, check_empty=check_empty)
+    s = config.cache
+    targets = [
+        (
+            hookpoint,
+            encoder,
+            CacheMeta(
+                model=subject.name,
+                dictionary=encoder.name,
+                hookpoint=hookpoint.name,
+                corpus=str(corpus_path),
+                num_latents=encoder.num_latents,
+                ctx_len=s.ctx_len,
+                window_len=s.window_len,
+                top_k=s.top_k,
+                sample_size=s.sample_size,
+                seed=s.seed,
+                max_tokens=config.n_tokens,
+            ),
+        )
+        for encoder, hookpoint in opened
+    ]
+    return subject.model, [encoder for encoder, _ in opened], targets, rows
+
+
+def corpus_rows(config: RunConfig, tokenizer: Any, corpus_path: Path, *, check_empty: bool = True) -> Iterator[Any]:
+    """The corpus as rows of `ctx_len` tokens; a corpus too short for one row is an error (`check_empty`)."""
+
+    def encode(docs: list[str]) -> list[list[int]]:
+        return tokenizer(docs, add_special_tokens=False)["input_ids"]
+
+    rows = iter_rows(
+        iter_documents(corpus_path, config.text_column),
+        encode,
+        ctx_len=config.cache.ctx_len,
+        separator=tokenizer.eos_token_id,
+    )
+    first = next(rows, None)
+    if first is None:
+        if check_empty:
+            raise CorpusError(
+                f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: nothing to cache"
+            )
+        return iter(())
+
+    def all_rows():
+        yield first
+        yield from rows
+
+    return all_rows()
+
+
+def resolved_of(config: RunConfig, metas: list[CacheMeta], encoders: list[Any]) -> dict[str, Any]:
+    """What config.json records of a run's cache: model, corpus and tokens, and each hookpoint's dictionary
+    and size (`by_hookpoint`). A run of one hookpoint also has them at the top, as runs always had."""
+    import os.path
+
+    first = metas[0]
+    by_hookpoint = {
+        m.hookpoint: {
+            "dictionary": m.dictionary,
+            "num_latents": m.num_latents,
+            "dictionary_format": e.format,
+            "d_in": e.d_in,
+        }
+        for m, e in zip(metas, encoders, strict=True)
+    }
+    out: dict[str, Any] = {
+        "model": first.model,
+        "corpus": first.corpus,
+        "n_tokens": first.n_tokens,
+        "hookpoints": [m.hookpoint for m in metas],
+        "by_hookpoint": by_hookpoint,
+    }
+    if len(metas) == 1:
+        return {**out, "hookpoint": first.hookpoint, **by_hookpoint[first.hookpoint]}
+    names = [m.dictionary for m in metas]
+    try:
+        common = os.path.commonpath(names)
+    except ValueError:  # absolute and relative names mixed
+        common = ""
+    return {
+        **out,
+        "hookpoint": None,
+        "dictionary": common if common not in ("", "/") else config.dictionary,
+        "num_latents": sum(m.num_latents for m in metas),
+    }
+
+
+def run_hookpoints(resolved: dict[str, Any]) -> list[str]:
+    """The hookpoints a run's `resolved` names (a folder written before runs had several names one)."""
+    if resolved.get("hookpoints"):
+        return list(resolved["hookpoints"])
+    return [resolved["hookpoint"]] if resolved.get("hookpoint") else []
+
+
+def run_dictionaries(resolved: dict[str, Any]) -> dict[str, str]:
+    """Each hookpoint's dictionary, as `resolved` names it."""
+    by = resolved.get("by_hookpoint") or {}
+    return {hp: info["dictionary"] for hp, info in by.items() if isinstance(info, dict) and info.get("dictionary")}
