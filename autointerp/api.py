@@ -253,8 +253,11 @@ class Run:
             from autointerp.distributed.latents import RayOptions
 
             ray = RayOptions(self.ray, storage=self.ray_storage)
-        resolved = app.cache_stage(self.files, config, progress=self.progress, resolved=resolved, ray=ray)
-        note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
+        resolved = app.cache_stage(
+            self.files, config, progress=self.progress, resolved=resolved, ray=ray, echo=self.echo
+        )
+        ctx_len = (resolved.get("contexts") or {}).get("ctx_len") or config.cache.ctx_len or 0
+        note = " (the corpus ended first)" if resolved["n_tokens"] + ctx_len <= config.n_tokens else ""
         self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
         # the cache settles what defines the folder; the stage's other options are recorded once they
         # too have been checked (judges reached, explanations read), by the stage that uses them

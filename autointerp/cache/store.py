@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,9 @@ class CacheMeta:
     max_tokens: int
     n_rows: int = 0  # final once `complete`; while building, state.npz holds the progress
     complete: bool = False
+    # how the corpus was packed into contexts and which positions are not cached (subjects.contexts's
+    # ContextSpec.to_dict()); None in caches made before it was recorded
+    contexts: dict[str, Any] | None = None
 
     @property
     def n_tokens(self) -> int:
