@@ -340,7 +340,8 @@ def test_recorded_context_size_is_rounded_to_whole_windows(subject):
 def test_options_on_the_command_line():
     table = options()
     assert table["ctx_len"].dotted == "cache.ctx_len" and table["ctx_len"].frozen
-    assert table["prepend_bos"].dotted == "cache.prepend_bos" and "run" in table["prepend_bos"].option.placement.commands
+    assert table["prepend_bos"].dotted == "cache.prepend_bos"
+    assert {"run", "cache"} <= set(table["prepend_bos"].option.placement.commands)
 
 
 # ------------------------------------------------------------------------------------------ refusals
