@@ -62,6 +62,7 @@ def count_rows(config: RunConfig, corpus: Path) -> int:
     from autointerp import app
 
     tokenizer = app.load_tokenizer(config)
+    assert config.cache.ctx_len is not None, "the cache stage sets the context length it resolved"
     limit = config.n_tokens // config.cache.ctx_len
     return sum(1 for _ in islice(app.corpus_rows(config, tokenizer, corpus), limit))
 

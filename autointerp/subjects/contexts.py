@@ -38,6 +38,7 @@ import numpy as np
 from autointerp.errors import AutointerpError
 from autointerp.settings import CTX_LEN
 from autointerp.subjects.dictionaries import DEFAULT_DICTIONARY, GEMMA_SCOPE_FILE
+from autointerp.subjects.sources import DictionarySource
 
 Packing = Literal["plain", "saelens", "sparsify"]
 Document = str | Sequence[int]
@@ -179,9 +180,9 @@ class ContextSpec:
 # ---------------------------------------------------------------- what a dictionary records
 
 
-def recorded_contexts(dictionary: str | Sequence[Any]) -> list[Recorded]:
+def recorded_contexts(dictionary: str | Sequence[DictionarySource]) -> list[Recorded]:
     """What each dictionary of a run records about its training contexts: `dictionary` is "default",
-    "neurons", or the located sources (each with `.path` and `.cfg_overrides`). Raises `ContextError` for
+    "neurons", or the located sources. Raises `ContextError` for
     a setting that changes the encoder's input and is not honoured, before any weight or model loads."""
     if dictionary == "neurons":
         return [Recorded("neurons", "plain", "")]
@@ -258,7 +259,7 @@ def check_saelens_inputs(cfg: dict[str, Any], where: str) -> None:
     """Refuse, naming field and value, what would change the activations the SAE encodes and is not
     honoured: a head index, hook_z reshaping, an input normalisation we lack, TransformerLens weight
     processing that moves the residual stream, and any key not known to be harmless."""
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    meta: dict[str, Any] = cfg["metadata"] if isinstance(cfg.get("metadata"), dict) else {}
     merged = {**cfg, **{k: v for k, v in meta.items() if v is not None}}
     for key in ("hook_head_index", "hook_point_head_index"):
         if merged.get(key) is not None:
