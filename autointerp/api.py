@@ -32,7 +32,7 @@ import asyncio
 import concurrent.futures
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -257,6 +257,8 @@ class Run:
             self.files, config, progress=self.progress, resolved=resolved, ray=ray, echo=self.echo
         )
         ctx_len = (resolved.get("contexts") or {}).get("ctx_len") or config.cache.ctx_len or 0
+        # the folder remembers the length its contexts have, so a later --ctx-len is compared with it
+        config = replace(config, cache=replace(config.cache, ctx_len=ctx_len or config.cache.ctx_len))
         note = " (the corpus ended first)" if resolved["n_tokens"] + ctx_len <= config.n_tokens else ""
         self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
         # the cache settles what defines the folder; the stage's other options are recorded once they

@@ -230,6 +230,17 @@ def test_prepend_bos_override_and_folder_refuses_another_spec(tmp_path, subject,
         run_cache(tmp_path / "run", subject, tmp_path / "sae", corpus_path, prepend_bos="yes", ctx_len=32)
 
 
+def test_folder_remembers_the_length_it_resolved(tmp_path, subject, corpus):
+    """A folder cached with the cfg's context_size accepts the same length given explicitly later, and
+    refuses another."""
+    corpus_path, _ = corpus
+    saelens_sae(tmp_path / "sae", prepend_bos=True, context_size=CTX)
+    run_cache(tmp_path / "run", subject, tmp_path / "sae", corpus_path)
+    run_cache(tmp_path / "run", subject, tmp_path / "sae", corpus_path, ctx_len=CTX)
+    with pytest.raises(ConfigError, match="ctx_len"):
+        run_cache(tmp_path / "run", subject, tmp_path / "sae", corpus_path, ctx_len=32)
+
+
 def test_saelens_packing_matches_concat_and_batch_sequences():
     """Our packer against SAELens's own on token documents of every awkward kind: longer than a context,
     starting with BOS or with the separator, empty."""

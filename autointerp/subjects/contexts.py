@@ -81,6 +81,9 @@ SAELENS_HARMLESS = frozenset(
         "eval_every_n_wandb_logs", "mse_loss_normalization", "scale_sparsity_penalty_by_decoder_norm",
         "init_encoder_as_decoder_transpose", "decoder_heuristic_init", "decoder_orthogonal_init",
         "normalize_sae_decoder", "noise_scale", "sparsity_log_frequency", "sae_lens_training_version_date",
+        "feature_sampling_method", "resample_batches", "feature_reinit_scale", "dead_feature_estimation_method",
+        "wandb_id", "log_optimizer_state_to_wandb", "log_activations_store_to_wandb", "log_weights_to_wandb",
+        "hook_point_eval", "resume", "use_error_term", "apply_finetuning_scaling_factor",
     }
 )  # fmt: skip
 # TransformerLens load options that leave the residual stream, MLP and attention outputs as they are
