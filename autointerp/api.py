@@ -32,7 +32,7 @@ import asyncio
 import concurrent.futures
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -250,12 +250,17 @@ class Run:
         if self.ray is not None:
             from autointerp.distributed.caching import cache_on_ray
 
-            resolved = cache_on_ray(self.files, config, self._ray_options(), progress=self.progress, resolved=resolved)
+            resolved = cache_on_ray(
+                self.files, config, self._ray_options(), progress=self.progress, resolved=resolved, echo=self.echo
+            )
         else:
             from autointerp.stages.cache_stage import cache_stage
 
-            resolved = cache_stage(self.files, config, progress=self.progress, resolved=resolved)
-        note = " (the corpus ended first)" if resolved["n_tokens"] + config.cache.ctx_len <= config.n_tokens else ""
+            resolved = cache_stage(self.files, config, progress=self.progress, resolved=resolved, echo=self.echo)
+        ctx_len = (resolved.get("contexts") or {}).get("ctx_len") or config.cache.ctx_len or 0
+        # the folder remembers the length its contexts have, so a later --ctx-len is compared with it
+        config = replace(config, cache=replace(config.cache, ctx_len=ctx_len or config.cache.ctx_len))
+        note = " (the corpus ended first)" if resolved["n_tokens"] + ctx_len <= config.n_tokens else ""
         self.echo(f"cache: {resolved['n_tokens']:,} tokens{note}, {cached_latents(resolved)} in {self.files.cache}")
         # the cache settles what defines the folder; the stage's other options are recorded once they
         # too have been checked (judges reached, explanations read), by the stage that uses them

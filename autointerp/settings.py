@@ -258,6 +258,7 @@ PromptLayout = Literal["question_first", "question_last"]
 SimulationMode = Literal["auto", "logprobs", "json"]
 ChoiceMode = Literal["auto", "logprobs", "text"]
 ControlKind = Literal["shuffled", "none"]
+PrependBos = Literal["auto", "yes", "no"]
 CONTROL_KINDS: tuple[str, ...] = typing.get_args(ControlKind)
 TOKENS_EXPLAINER = "tokens"  # the explainer "model" that labels from marked tokens, with no LLM
 
@@ -266,17 +267,31 @@ TOKENS_EXPLAINER = "tokens"  # the explainer "model" that labels from marked tok
 class CacheSettings(Checked):
     """How the corpus is cut and what the activation cache keeps per latent."""
 
-    ctx_len: int = setting(CTX_LEN, "tokens per row of the corpus (one forward pass each)", at_least=1)
+    ctx_len: int | None = setting(
+        None,
+        "tokens per context, the rows of the corpus the subject model reads (one forward pass each); a multiple "
+        "of the 32-token window",
+        cli=CACHING,
+        metavar="N",
+        none_means=f"the dictionary's (SAELens context_size, sparsify's ctx_len, Gemma Scope's 1024), else {CTX_LEN}",
+        at_least=1,
+    )
+    prepend_bos: PrependBos = setting(
+        "auto",
+        "put the tokenizer's BOS token at position 0 of every context; auto: as the dictionary was trained (SAELens "
+        "prepend_bos, sparsify's chunking, Gemma Scope: yes), else as the tokenizer does by default",
+        cli=CACHING,
+    )
     window_len: int = setting(32, "tokens per window: an example is one window", at_least=1)
     top_k: int = setting(64, "strongest windows kept per latent", at_least=1)
     sample_size: int = setting(256, "activating windows sampled uniformly per latent", at_least=1)
-    batch_rows: int = setting(8, lambda d: f"rows of {d.ctx_len} tokens per forward pass", cli=CACHING, at_least=1)
+    batch_rows: int = setting(8, "contexts per forward pass", cli=CACHING, at_least=1)
     checkpoint_rows: int = setting(256, "rows between two checkpoints of a cache being built", at_least=1)
     seed: int = setting(0, "seed for every random draw", cli=CACHING, also=("sampling.seed",))
 
     def check(self) -> None:
         super().check()
-        if self.ctx_len % self.window_len:
+        if self.ctx_len is not None and self.ctx_len % self.window_len:
             raise ConfigError(
                 f"the context length ({self.ctx_len}) must be a multiple of the window length ({self.window_len})"
             )

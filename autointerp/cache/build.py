@@ -33,6 +33,7 @@ from autointerp.cache.store import (
     write_meta,
 )
 from autointerp.settings import CacheSettings
+from autointerp.subjects.contexts import ContextSpec
 from autointerp.subjects.dictionaries import Encoder
 from autointerp.subjects.hookpoints import Hookpoint, capture, capture_many
 
@@ -160,14 +161,17 @@ def _batches(rows: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
         yield np.stack(batch)
 
 
-def encode_hidden(hidden: torch.Tensor, encoder: Encoder) -> torch.Tensor:
-    """Dense latent activations [rows, ctx_len, L] of the activations at a hookpoint (position 0 zeroed)."""
+def encode_hidden(hidden: torch.Tensor, encoder: Encoder, silenced: np.ndarray | None = None) -> torch.Tensor:
+    """Dense latent activations [rows, ctx_len, L] of the activations at a hookpoint (position 0 zeroed, and
+    the positions `silenced` [rows, ctx_len] marks: BOS, tokens the dictionary never saw in training)."""
     rows, ctx_len, _ = hidden.shape
     chunk = max(1, MAX_DENSE_ELEMENTS // (ctx_len * encoder.num_latents))
     parts = [encoder.encode(hidden[i : i + chunk]).cpu() for i in range(0, rows, chunk)]
     acts = torch.cat(parts)
     # Position 0 of a row carries the attention-sink outlier norm: its latents are artefacts.
     acts[:, 0, :] = 0
+    if silenced is not None:
+        acts[torch.from_numpy(silenced)] = 0
     return acts
 
 
@@ -302,6 +306,7 @@ def fill_caches(
     try:
         for p in todo:
             p.appender = _Appender(p.target.folder, dict(zip(FILES, p.state.lengths.tolist(), strict=True)))
+            contexts = {id(p): ContextSpec.from_dict(p.target.meta.contexts) for p in todo if p.target.meta.contexts}
         for batch in _batches(_skip(rows, start), settings.batch_rows):
             batch = batch[: max_rows - done_rows]
             if len(batch) == 0:
@@ -311,7 +316,8 @@ def fill_caches(
             hidden = capture_many(model, [p.target.hookpoint for p in needing], ids)
             for p, h in zip(needing, hidden, strict=True):
                 skip = p.n_rows - done_rows  # rows of this batch the hookpoint's cache holds already
-                acts = encode_hidden(h[skip:], p.target.encoder)
+                spec = contexts.get(id(p))
+                acts = encode_hidden(h[skip:], p.target.encoder, spec.silenced(batch[skip:]) if spec else None)
                 meta = p.target.meta
                 first_window = (p.target.first_row + meta.n_rows) * meta.windows_per_row
                 update_state(p.state, acts, first_window, meta.window_len, meta.seed)
@@ -348,7 +354,9 @@ def _open_target(target: Target) -> LatentState:
     existing = read_meta(folder)
     if existing is not None:
         diff = {
-            k: (getattr(existing, k), getattr(meta, k)) for k in _IDENTITY if getattr(existing, k) != getattr(meta, k)
+            k: (getattr(existing, k), getattr(meta, k))
+            for k in _IDENTITY
+            if getattr(existing, k) != getattr(meta, k) and not (k == "contexts" and existing.contexts is None)
         }
         if diff:
             raise CacheError(
@@ -383,6 +391,7 @@ _IDENTITY = (
     "sample_size",
     "seed",
     "max_tokens",
+    "contexts",  # not compared with a cache made before contexts were recorded
 )
 
 

@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,6 +71,9 @@ class CacheMeta:
     # differently), and a TopK dictionary can turn such a difference at a near-tie into another active
     # latent: two caches of one corpus are equal value for value only when they ran with the same count.
     threads: int | None = None
+    # how the corpus was packed into contexts and which positions are not cached (subjects.contexts's
+    # ContextSpec.to_dict()); None in caches made before it was recorded
+    contexts: dict[str, Any] | None = None
 
     @property
     def n_tokens(self) -> int:

@@ -26,6 +26,7 @@ import math
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ def count_rows(config: RunConfig, corpus: Path) -> int:
     from autointerp.stages.subject_loading import load_tokenizer
 
     tokenizer = load_tokenizer(config)
+    assert config.cache.ctx_len is not None, "the cache stage sets the context length it resolved"
     limit = config.n_tokens // config.cache.ctx_len
     return sum(1 for _ in islice(corpus_rows(config, tokenizer, corpus), limit))
 
@@ -166,19 +168,21 @@ def cache_on_ray(
     *,
     progress: bool = True,
     resolved: dict[str, Any] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The cache stage (`stages.cache_stage`) with the corpus rows cached in shards on a Ray cluster and
-    merged into the same cache; returns what was resolved (names, sizes) for config.json."""
-    from autointerp.stages.cache_stage import build_cache, check_cache_inputs, finished_cache
+    merged into the same cache; returns what was resolved (names, sizes, the contexts) for config.json."""
+    from autointerp.stages.cache_stage import build_cache, check_cache_inputs, finished_cache, prepare_contexts
 
     finished = finished_cache(files, config, resolved)
     if finished is not None:
         return finished
     corpus_path, dictionary = check_cache_inputs(config)
+    config, contexts, chosen = prepare_contexts(config, dictionary, echo)
     sharded = run_cache_shards(files, config, options, corpus_path, progress=progress)
-    if sharded is not None:
-        return sharded
-    return build_cache(files, config, corpus_path, dictionary, progress=progress)
+    if sharded is None:
+        sharded = build_cache(files, config, corpus_path, dictionary, progress=progress, contexts=contexts)
+    return {**sharded, **chosen}
 
 
 def run_cache_shards(

@@ -8,6 +8,7 @@ uses is chosen by `api.Run`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,9 @@ import torch
 
 from autointerp.cache.store import CacheMeta
 from autointerp.config import RunConfig
-from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
+from autointerp.corpus import CorpusError, iter_documents, resolve_corpus
 from autointerp.results import RunFiles
-from autointerp.stages.subject_loading import check_latents, load_subject, locate_dictionary
+from autointerp.stages.subject_loading import check_latents, load_subject, load_tokenizer, locate_dictionary
 
 
 def cache_stage(
@@ -26,14 +27,27 @@ def cache_stage(
     *,
     progress: bool = True,
     resolved: dict[str, Any] | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build (or finish) the activation caches, every hookpoint in one pass over the corpus; returns what
-    was resolved (names, sizes) for config.json."""
+    was resolved (names, sizes, the contexts) for config.json. `echo` is told the contexts chosen, and why."""
     finished = finished_cache(files, config, resolved)
     if finished is not None:
         return finished
     corpus_path, dictionary = check_cache_inputs(config)
-    return build_cache(files, config, corpus_path, dictionary, progress=progress)
+    config, contexts, chosen = prepare_contexts(config, dictionary, echo)
+    return {**build_cache(files, config, corpus_path, dictionary, progress=progress, contexts=contexts), **chosen}
+
+
+def prepare_contexts(
+    config: RunConfig, dictionary: Any, echo: Callable[[str], None] | None = None
+) -> tuple[RunConfig, Any, dict[str, Any]]:
+    """The contexts the run caches (a `ContextSpec`), said through `echo`; the config with the context length
+    they resolved, and what config.json records of them (the choice, and why)."""
+    contexts = context_spec(config, dictionary)
+    (echo or (lambda text: None))(contexts.describe())
+    config = replace(config, cache=replace(config.cache, ctx_len=contexts.ctx_len))
+    return config, contexts, {"contexts": {**contexts.to_dict(), "why": list(contexts.reasons)}}
 
 
 def finished_cache(files: RunFiles, config: RunConfig, resolved: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -52,12 +66,19 @@ def finished_cache(files: RunFiles, config: RunConfig, resolved: dict[str, Any] 
 
 
 def build_cache(
-    files: RunFiles, config: RunConfig, corpus_path: Path, dictionary: Any, *, progress: bool = True
+    files: RunFiles,
+    config: RunConfig,
+    corpus_path: Path,
+    dictionary: Any,
+    *,
+    progress: bool = True,
+    contexts: Any = None,
 ) -> dict[str, Any]:
-    """The run's caches built (or finished) in this process from the checked inputs; what they resolved."""
+    """The run's caches built (or finished) in this process from the checked inputs, packed as `contexts`
+    (None: resolved now); what they resolved."""
     from autointerp.cache.build import build_caches
 
-    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary)
+    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary, contexts=contexts)
     metas = build_caches(
         files.cache, rows, model=model, targets=targets, settings=config.cache, device=config.device, progress=progress
     )
@@ -85,7 +106,7 @@ def cache_part(
         config, corpus_path, dictionary, check_empty=first_row == 0, models=models
     )
     for _, _, meta in targets:
-        meta.max_tokens = n_rows * config.cache.ctx_len
+        meta.max_tokens = n_rows * meta.ctx_len
     metas = build_caches(
         folder,
         islice(rows, first_row, first_row + n_rows),
@@ -103,7 +124,8 @@ def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
     """The corpus and the dictionaries (located, fetched if from the Hub), after checking what can fail
     before minutes of model loading and caching: a missing or binary corpus, a dictionary, hookpoint or
     revision not on the Hub, latent indices the dictionary does not have (its size is in the
-    checkpoint's header)."""
+    checkpoint's header), a dictionary setting that changes what the encoder sees and is not honoured."""
+    from autointerp.subjects.contexts import recorded_contexts
     from autointerp.subjects.dictionaries import peek_num_latents
 
     corpus_path = resolve_corpus(config.corpus)
@@ -117,7 +139,23 @@ def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
     for name, size in sizes:
         if size is not None:
             check_latents(config, size, name if len(sizes) > 1 else None)
+    recorded_contexts(dictionary)
     return corpus_path, dictionary
+
+
+def context_spec(config: RunConfig, dictionary: Any, tokenizer: Any = None) -> Any:
+    """The contexts the run caches (`subjects.contexts`): `--ctx-len` / `--prepend-bos` over what the
+    dictionaries record, over the tokenizer's default (`tokenizer` None: the subject model's, loaded alone)."""
+    from autointerp.subjects.contexts import recorded_contexts, resolve_contexts
+
+    s = config.cache
+    return resolve_contexts(
+        recorded_contexts(dictionary),
+        tokenizer if tokenizer is not None else load_tokenizer(config),
+        ctx_len=s.ctx_len,
+        prepend_bos=s.prepend_bos,
+        window_len=s.window_len,
+    )
 
 
 def open_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any]]:
@@ -141,11 +179,15 @@ def load_cache_inputs(
     *,
     check_empty: bool = True,
     models: tuple[Any, list[Any]] | None = None,
+    contexts: Any = None,
 ) -> tuple[torch.nn.Module, list[Any], list[tuple[Any, Any, CacheMeta]], Iterator[Any]]:
     """The subject model and dictionaries on `config.device` (`models`, already open, or opened now), each
-    hookpoint's (hookpoint, encoder, meta), and the corpus rows."""
+    hookpoint's (hookpoint, encoder, meta), and the corpus rows, packed as `contexts` (a `ContextSpec`;
+    None: resolved now)."""
     subject, opened = models if models is not None else open_cache_models(config, dictionary)
-    rows = corpus_rows(config, subject.tokenizer, corpus_path, check_empty=check_empty)
+    if contexts is None:
+        contexts = context_spec(config, dictionary, subject.tokenizer)
+    rows = corpus_rows(config, subject.tokenizer, corpus_path, check_empty=check_empty, contexts=contexts)
     s = config.cache
     targets = [
         (
@@ -157,12 +199,13 @@ def load_cache_inputs(
                 hookpoint=hookpoint.name,
                 corpus=str(corpus_path),
                 num_latents=encoder.num_latents,
-                ctx_len=s.ctx_len,
+                ctx_len=contexts.ctx_len,
                 window_len=s.window_len,
                 top_k=s.top_k,
                 sample_size=s.sample_size,
                 seed=s.seed,
                 max_tokens=config.n_tokens,
+                contexts=contexts.to_dict(),
             ),
         )
         for encoder, hookpoint in opened
@@ -170,23 +213,21 @@ def load_cache_inputs(
     return subject.model, [encoder for encoder, _ in opened], targets, rows
 
 
-def corpus_rows(config: RunConfig, tokenizer: Any, corpus_path: Path, *, check_empty: bool = True) -> Iterator[Any]:
-    """The corpus as rows of `ctx_len` tokens; a corpus too short for one row is an error (`check_empty`)."""
+def corpus_rows(
+    config: RunConfig, tokenizer: Any, corpus_path: Path, *, check_empty: bool = True, contexts: Any = None
+) -> Iterator[Any]:
+    """The corpus as contexts (rows) packed as the dictionary was trained (`contexts`, a `ContextSpec`;
+    None: resolved now); a corpus too short for one row is an error (`check_empty`)."""
+    from autointerp.subjects.contexts import pack_contexts
 
-    def encode(docs: list[str]) -> list[list[int]]:
-        return tokenizer(docs, add_special_tokens=False)["input_ids"]
-
-    rows = iter_rows(
-        iter_documents(corpus_path, config.text_column),
-        encode,
-        ctx_len=config.cache.ctx_len,
-        separator=tokenizer.eos_token_id,
-    )
+    if contexts is None:
+        contexts = context_spec(config, locate_dictionary(config), tokenizer)
+    rows = pack_contexts(iter_documents(corpus_path, config.text_column), tokenizer, contexts)
     first = next(rows, None)
     if first is None:
         if check_empty:
             raise CorpusError(
-                f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: nothing to cache"
+                f"corpus {corpus_path} holds fewer than {contexts.ctx_len} tokens of text: nothing to cache"
             )
         return iter(())
 

@@ -51,7 +51,8 @@ _DICTIONARY_FILES = {
 # sae-lens conversion functions whose checkpoints one of our loaders reads
 _SAELENS_FORMATS = {None: "saelens", "gemma_2": "gemma_scope"}
 # keys of a release's config_overrides that change how our SAELens loader encodes
-_SAELENS_OVERRIDES = ("normalize_activations", "apply_b_dec_to_input")
+# and the ones that say how it read the model (checked by subjects.contexts before the model loads)
+_SAELENS_OVERRIDES = ("normalize_activations", "apply_b_dec_to_input", "model_from_pretrained_kwargs")
 
 
 class SourceError(AutointerpError):
@@ -518,7 +519,11 @@ def _complete(snapshot: Snapshot, folder: str, fmt: str) -> str:
 def _folder_files(snapshot: Snapshot, folder: str, fmt: str) -> list[str]:
     required, optional = _DICTIONARY_FILES[fmt]
     prefix = f"{folder}/" if folder else ""
-    return [prefix + f for f in required] + [prefix + f for f in optional if prefix + f in snapshot.files]
+    files = [prefix + f for f in required] + [prefix + f for f in optional if prefix + f in snapshot.files]
+    if fmt == "sparsify" and folder:  # the run's config.json above the hookpoint folder: its ctx_len
+        run_config = f"{folder.rsplit('/', 1)[0]}/config.json" if "/" in folder else "config.json"
+        files += [run_config] if run_config in snapshot.files else []
+    return files
 
 
 def _gemma_scope_hookpoint(snapshot: Snapshot, folder: str, hookpoint: str | None) -> str:
