@@ -15,7 +15,7 @@ import torch
 
 from autointerp.cache.store import ActivationCache, CacheMeta, HookpointCaches
 from autointerp.config import ConfigError, RunConfig
-from autointerp.corpus import CorpusError, iter_documents, iter_rows, resolve_corpus
+from autointerp.corpus import Corpus, CorpusError, corpus_of, iter_rows
 from autointerp.embeddings import Embedder
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
@@ -96,14 +96,14 @@ def cache_stage(
         check_latents(config, meta.num_latents, hookpoint if len(existing) > 1 else None)
     if resolved and cache_complete(files.cache):
         return resolved
-    corpus_path, dictionary = check_cache_inputs(config)
+    corpus, dictionary = check_cache_inputs(config)
     if ray is not None:
         from autointerp.distributed.caching import run_cache_shards
 
-        sharded = run_cache_shards(files, config, ray, corpus_path, progress=progress)
+        sharded = run_cache_shards(files, config, ray, corpus, progress=progress)
         if sharded is not None:
             return sharded
-    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary)
+    model, encoders, targets, rows = load_cache_inputs(config, corpus, dictionary)
     metas = build_caches(
         files.cache, rows, model=model, targets=targets, settings=config.cache, device=config.device, progress=progress
     )
@@ -125,10 +125,10 @@ def cache_part(
 
     from autointerp.cache.build import build_caches
 
-    corpus_path, dictionary = check_cache_inputs(config)
+    corpus, dictionary = check_cache_inputs(config)
     models = (open_models or open_cache_models)(config, dictionary)
     model, encoders, targets, rows = load_cache_inputs(
-        config, corpus_path, dictionary, check_empty=first_row == 0, models=models
+        config, corpus, dictionary, check_empty=first_row == 0, models=models
     )
     for _, _, meta in targets:
         meta.max_tokens = n_rows * config.cache.ctx_len
@@ -145,14 +145,15 @@ def cache_part(
     return resolved_of(config, metas, encoders)
 
 
-def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
+def check_cache_inputs(config: RunConfig) -> tuple[Corpus, Any]:
     """The corpus and the dictionaries (located, fetched if from the Hub), after checking what can fail
-    before minutes of model loading and caching: a missing or binary corpus, a dictionary, hookpoint or
+    before minutes of model loading and caching: a missing or binary corpus, a Hub dataset's config,
+    split or column that is not there, a dictionary, hookpoint or
     revision not on the Hub, latent indices the dictionary does not have (its size is in the
     checkpoint's header)."""
     from autointerp.subjects.dictionaries import peek_num_latents
 
-    corpus_path = resolve_corpus(config.corpus)
+    corpus = corpus_of(config)
     dictionary = locate_dictionary(config)
     sizes: list[tuple[str | None, int | None]]
     if isinstance(dictionary, str):
@@ -163,7 +164,7 @@ def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
     for name, size in sizes:
         if size is not None:
             check_latents(config, size, name if len(sizes) > 1 else None)
-    return corpus_path, dictionary
+    return corpus, dictionary
 
 
 def open_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any]]:
@@ -182,7 +183,7 @@ def open_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any
 
 def load_cache_inputs(
     config: RunConfig,
-    corpus_path: Path,
+    corpus: Corpus,
     dictionary: Any,
     *,
     check_empty: bool = True,
@@ -191,7 +192,7 @@ def load_cache_inputs(
     """The subject model and dictionaries on `config.device` (`models`, already open, or opened now), each
     hookpoint's (hookpoint, encoder, meta), and the corpus rows."""
     subject, opened = models if models is not None else open_cache_models(config, dictionary)
-    rows = corpus_rows(config, subject.tokenizer, corpus_path, check_empty=check_empty)
+    rows = corpus_rows(config, subject.tokenizer, corpus, check_empty=check_empty)
     s = config.cache
     targets = [
         (
@@ -201,7 +202,7 @@ def load_cache_inputs(
                 model=subject.name,
                 dictionary=encoder.name,
                 hookpoint=hookpoint.name,
-                corpus=str(corpus_path),
+                corpus=corpus.name,
                 num_latents=encoder.num_latents,
                 ctx_len=s.ctx_len,
                 window_len=s.window_len,
@@ -216,23 +217,25 @@ def load_cache_inputs(
     return subject.model, [encoder for encoder, _ in opened], targets, rows
 
 
-def corpus_rows(config: RunConfig, tokenizer: Any, corpus_path: Path, *, check_empty: bool = True) -> Iterator[Any]:
-    """The corpus as rows of `ctx_len` tokens; a corpus too short for one row is an error (`check_empty`)."""
+def corpus_rows(config: RunConfig, tokenizer: Any, corpus: Corpus, *, check_empty: bool = True) -> Iterator[Any]:
+    """The corpus as rows of `ctx_len` tokens; a corpus too short for one row is an error (`check_empty`).
+    Documents of token ids (a pre-tokenized corpus) are used as they are."""
 
     def encode(docs: list[str]) -> list[list[int]]:
         return tokenizer(docs, add_special_tokens=False)["input_ids"]
 
     rows = iter_rows(
-        iter_documents(corpus_path, config.text_column),
+        corpus.documents(),
         encode,
         ctx_len=config.cache.ctx_len,
         separator=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
     )
     first = next(rows, None)
     if first is None:
         if check_empty:
             raise CorpusError(
-                f"corpus {corpus_path} holds fewer than {config.cache.ctx_len} tokens of text: nothing to cache"
+                f"corpus {corpus} holds fewer than {config.cache.ctx_len} tokens of text: nothing to cache"
             )
         return iter(())
 
