@@ -265,15 +265,14 @@ def test_a_run_from_python_caches_a_hub_corpus_and_records_its_commit(hub, tmp_p
 
     sha = hub.add_files(REPO, _dataset_files(), repo_type="dataset")
     sae = write_sparsify_sae(tmp_path / "sae" / "layers.1")
+    model = str(_model_folder(tmp_path / "model"))
+    common = dict(model=model, dictionary=str(sae.parent), hookpoint="layers.1", dtype="float32")
     run = autointerp.Run(
         tmp_path / "run",
-        model=str(_model_folder(tmp_path / "model")),
-        dictionary=str(sae.parent),
-        hookpoint="layers.1",
         corpus=REPO,
         corpus_split="train[:6]",  # six documents of 51 tokens with the separator: one row of 256
         n_tokens=10_000,
-        dtype="float32",
+        **common,
     )
     resolved = run.cache()
     assert resolved["corpus"] == f"{REPO}@{sha}/plain/train[:6]" and resolved["n_tokens"] == 256
@@ -283,3 +282,16 @@ def test_a_run_from_python_caches_a_hub_corpus_and_records_its_commit(hub, tmp_p
     (meta,) = read_metas(tmp_path / "run" / "cache").values()
     assert meta.corpus == resolved["corpus"] and meta.n_rows == 1
     assert "plain/train-00001-of-00002.parquet" not in hub.downloads()  # the six rows are all in the first
+
+    # a long split: caching stops pulling documents once it has --n-tokens, and the second file is never read
+    long_docs = [" ".join(WORDS[(d * 7 + j) % 90] for j in range(50)) for d in range(160)]
+    files = {
+        f"data/train-0000{i}-of-00002.parquet": _parquet(pd.DataFrame({"text": long_docs[i * 80 : (i + 1) * 80]}))
+        for i in range(2)
+    }
+    hub.add_files("alice/long-corpus", files, repo_type="dataset")
+    hub.requests.clear()
+    resolved = autointerp.Run(tmp_path / "long", corpus="alice/long-corpus", n_tokens=512, **common).cache()
+    assert resolved["n_tokens"] == 512
+    assert "data/train-00000-of-00002.parquet" in hub.downloads()
+    assert "data/train-00001-of-00002.parquet" not in hub.downloads()
