@@ -153,7 +153,8 @@ class RunConfig(Checked):
         "default",
         "'default' (gensim's lee_background.cor, 300 news articles), a text file (one document per line), "
         ".jsonl / .parquet with a text column, or a Hub dataset ORG/NAME, streamed (only the rows --n-tokens "
-        "needs are read); an existing local path of that name wins over a Hub id",
+        "needs are read); an existing local path wins over a Hub id, and a name ending like a file (.txt, .jsonl, "
+        ".parquet, .gz...) is always a local file",
         cli=CACHING,
         frozen=True,
     )

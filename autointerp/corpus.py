@@ -41,6 +41,7 @@ MIN_JUDGED_BYTES = 1024  # the share is judged once this much was read (or the f
 TOKEN_COLUMNS = ("input_ids", "tokens")  # pre-tokenized columns taken when the default text column is absent
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_SPLIT = "train"
+_FILE_SUFFIXES = (".txt", ".cor", ".jsonl", ".json", ".parquet", ".gz", ".csv")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -89,8 +90,9 @@ class LocalCorpus(Corpus):
 
 
 def is_hub_id(name: str) -> bool:
-    """A name of the form ORG/NAME that is no existing local path: a Hub dataset."""
-    return _HUB_ID.fullmatch(name) is not None and not Path(name).exists()
+    """A name of the form ORG/NAME that is no existing local path and does not end like a corpus file
+    (`data/c.txt` that is missing is a missing file, not a dataset to look for on the Hub)."""
+    return _HUB_ID.fullmatch(name) is not None and not Path(name).exists() and not name.lower().endswith(_FILE_SUFFIXES)
 
 
 def open_corpus(
@@ -164,7 +166,7 @@ def resolve_corpus(corpus: str | None) -> Path:
         return default_corpus_path()
     path = Path(corpus)
     if not path.is_file():
-        hint = "" if "/" in corpus else " (a Hub dataset is named ORG/NAME)"
+        hint = "" if _HUB_ID.fullmatch(corpus) else " (a Hub dataset is named ORG/NAME)"
         raise CorpusError(f"corpus file not found: {path}{hint}")
     check_text_file(path)
     return path

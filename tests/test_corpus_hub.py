@@ -165,6 +165,10 @@ def test_each_name_that_is_not_there_gets_one_line_naming_what_is(hub, tmp_path)
         open_corpus(str(local), config="plain", split="test")
     with pytest.raises(CorpusError, match="corpus file not found: nope.txt \\(a Hub dataset is named ORG/NAME\\)"):
         open_corpus("nope.txt")
+    asked = len(hub.requests)
+    with pytest.raises(CorpusError, match="corpus file not found: data/nope.jsonl$"):
+        open_corpus("data/nope.jsonl")  # the form of a Hub id, the ending of a file: not looked for on the Hub
+    assert len(hub.requests) == asked
 
 
 def test_a_dataset_of_several_configs_and_no_default_asks_for_one(hub):
