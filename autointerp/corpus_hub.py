@@ -162,6 +162,10 @@ def _builder(repo_id: str, config: str | None, revision: str | None) -> Any:
         ) from None
     except ValueError as e:
         raise _config_error(repo_id, config, revision, e) from None
+    except RuntimeError as e:  # a dataset of a loading script, which datasets no longer runs
+        if "script" not in str(e).lower():
+            raise
+        raise CorpusError(f"Hub dataset {repo_id}: {str(e).splitlines()[0]}") from None
 
 
 def _config_error(repo_id: str, config: str | None, revision: str | None, error: ValueError) -> CorpusError:

@@ -127,6 +127,18 @@ def test_the_revision_is_pinned_and_a_moving_branch_is_seen(hub):
     assert latest.name == f"{REPO}@{head}/plain/train" and list(latest.documents()) == newer
 
 
+def test_a_jsonl_dataset_without_a_card(hub):
+    """Columns come from the first row; a percentage cannot be counted without reading every file."""
+    rows = [{"tokens": ids, "n": i} for i, ids in enumerate(TOKENS)]
+    hub.add_files("alice/jsonl", {"train.jsonl": "\n".join(map(json.dumps, rows)).encode()}, repo_type="dataset")
+    assert _read("alice/jsonl") == TOKENS  # no 'text' column: the tokens column
+    assert _read("alice/jsonl", split="train[1:]") == TOKENS[1:]
+    with pytest.raises(CorpusError, match=r"has no column 'body'; columns: tokens, n$"):
+        open_corpus("alice/jsonl", text_column="body")
+    with pytest.raises(CorpusError, match=r"needs the split's number of rows.*give row numbers, e.g. train\[:100000\]"):
+        open_corpus("alice/jsonl", split="train[:50%]")
+
+
 def test_a_seeded_shuffle_is_a_reproducible_permutation(hub):
     hub.add_files(REPO, _dataset_files(), repo_type="dataset")
     a = _read(REPO, shuffle_seed=22, shuffle_buffer=5)
