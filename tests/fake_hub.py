@@ -30,8 +30,6 @@ and, for downloads (`snapshot_download`, `hf_hub_download`, `HfApi.model_info`),
                                                     the Hub's storage does: `datasets` streams files
                                                     (HfFileSystem) by ranges, e.g. a Parquet footer
                                                     and then the row groups it reads
-- `POST /api/{type}s/{repo}/paths-info/{rev}`       HfFileSystem's look-up of given paths (form field
-                                                    `paths`), the entries as the tree gives them
 
 `datasets.load_dataset(..., streaming=True)` of a repo of data files needs nothing more: it reads the
 repo info, the README's front matter (its `configs`), the tree, and the data files by ranges.
@@ -189,7 +187,6 @@ class FakeHub:
             (("GET",), rf"/api/{repo_path}", self._repo_info),
             (("GET",), rf"/api/{repo_path}/revision/(?P<rev>[^/]+)", self._repo_info),
             (("GET",), rf"/api/{repo_path}/tree/(?P<rev>[^/]+)(?:/(?P<sub>.+))?", self._tree),
-            (("POST",), rf"/api/{repo_path}/paths-info/(?P<rev>[^/]+)", self._paths_info),
             (("GET", "HEAD"), r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
             (
                 ("GET", "HEAD"),
@@ -294,21 +291,6 @@ class FakeHub:
         if sub and not entries:
             return 404, {"error": f"{sub} does not exist"}, {"X-Error-Code": "EntryNotFound"}
         return 200, list(entries.values()), {}
-
-    def _paths_info(
-        self, body: bytes, type: str, repo: str, rev: str, authorized: bool, query: dict
-    ) -> tuple[int, Any, dict]:
-        _, _, files = self._readable(type, repo, authorized, rev)
-        form = parse_qs(body.decode())
-        asked = [p.strip("/") for p in form.get("paths", [])]
-        entries = []
-        for path in asked:
-            if path in files:
-                data = files[path]
-                entries.append({"type": "file", "path": path, "oid": _git_blob_id(data), "size": len(data)})
-            elif any(f.startswith(path + "/") for f in files):
-                entries.append({"type": "directory", "path": path, "oid": _sha1(path.encode()), "size": 0})
-        return 200, entries, {}
 
     def _resolve(
         self,
