@@ -152,11 +152,46 @@ class RunConfig(Checked):
     corpus: str = setting(
         "default",
         "'default' (gensim's lee_background.cor, 300 news articles), a text file (one document per line), "
-        "or .jsonl / .parquet with a text column",
+        ".jsonl / .parquet with a text column, or a Hub dataset ORG/NAME, streamed (only the rows --n-tokens "
+        "needs are read); an existing local path wins over a Hub id, and a name ending like a file (.txt, .jsonl, "
+        ".parquet, .gz...) is always a local file",
         cli=CACHING,
         frozen=True,
     )
-    text_column: str = setting("text", "column holding the text in .jsonl/.parquet corpora", cli=CACHING, frozen=True)
+    text_column: str = setting(
+        "text",
+        "column of .jsonl / .parquet files and Hub datasets to read: text, or token ids used as they are "
+        "(where the default 'text' is missing, an input_ids or tokens column is taken)",
+        cli=CACHING,
+        frozen=True,
+    )
+    corpus_config: str | None = setting(
+        None, "config (subset) of a Hub dataset --corpus", cli=CACHING, none_means="the dataset's default", frozen=True
+    )
+    corpus_split: str = setting(
+        "train",
+        "split of a Hub dataset --corpus, with an optional slice of rows: train[:100000], train[:1%], train[10%:20%]",
+        cli=CACHING,
+        frozen=True,
+    )
+    corpus_revision: str | None = setting(
+        None, "branch, tag or commit of a Hub dataset --corpus", cli=CACHING, none_means="main", frozen=True
+    )
+    corpus_shuffle_seed: int | None = setting(
+        None,
+        "read the corpus's documents in a random order drawn from this seed (a buffer shuffle: each document "
+        "moves at most about --corpus-shuffle-buffer places; delphi shuffles with seed 22)",
+        cli=CACHING,
+        none_means="no shuffle, the corpus's own order",
+        frozen=True,
+    )
+    corpus_shuffle_buffer: int = setting(
+        1000,
+        "documents held by the shuffle (read before the first row is cached)",
+        cli=CACHING,
+        at_least=1,
+        frozen=True,
+    )
     n_tokens: int = setting(100_000, "tokens to cache at most", cli=CACHING, at_least=1, frozen=True)
     neurons_k: int = setting(
         32, "with --dictionary neurons: strongest neurons kept per token", cli=CACHING, at_least=1, frozen=True
@@ -299,6 +334,12 @@ class RunConfig(Checked):
     def check(self) -> None:
         super().check()
         self._check_hookpoints()
+        from autointerp.corpus_split import parse_split
+
+        try:
+            parse_split(self.corpus_split)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.explain.style == "contrastive" and self.sampling.n_train_negatives < 1:
             raise ConfigError(
                 "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"

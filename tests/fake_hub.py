@@ -25,7 +25,14 @@ and, for downloads (`snapshot_download`, `hf_hub_download`, `HfApi.model_info`),
                                                     file: `X-Repo-Commit`, `ETag`, `Content-Length`;
                                                     a 404 carries `X-Error-Code` RepoNotFound,
                                                     RevisionNotFound or EntryNotFound, as the client
-                                                    maps errors by that header
+                                                    maps errors by that header. A `Range: bytes=A-B`
+                                                    request is answered 206 with that part only, as
+                                                    the Hub's storage does: `datasets` streams files
+                                                    (HfFileSystem) by ranges, e.g. a Parquet footer
+                                                    and then the row groups it reads
+
+`datasets.load_dataset(..., streaming=True)` of a repo of data files needs nothing more: it reads the
+repo info, the README's front matter (its `configs`), the tree, and the data files by ranges.
 
 Public repos are readable without a token (as on the Hub); private ones answer RepoNotFound to
 anyone without the token. Each commit (an upload, or `add_files`) is a snapshot with its own sha;
@@ -47,6 +54,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -96,6 +104,7 @@ class Request:
     path: str
     authorization: str | None
     body: bytes
+    range: str | None = None  # the Range header of a partial GET
 
 
 class FakeHub:
@@ -159,7 +168,7 @@ class FakeHub:
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, dict]:
         path, _, query = path.partition("?")
         with self._lock:
-            self.requests.append(Request(method, path, headers.get("authorization"), body))
+            self.requests.append(Request(method, path, headers.get("authorization"), body, headers.get("range")))
         if method == "PUT" and (m := re.fullmatch(r"/_lfs/([0-9a-f]{64})", path)):
             return self._lfs_put(m.group(1), body)  # a presigned-style URL: no Hub token expected
         if method == "GET" and path == "/api/agent-harnesses":  # the client's user-agent lookup, anonymous
@@ -188,6 +197,8 @@ class FakeHub:
         for verbs, pattern, fn in reads:
             if method in verbs and (m := re.fullmatch(pattern, path)):
                 args = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
+                if fn == self._resolve:
+                    args["byte_range"] = headers.get("range", "")
                 try:
                     return fn(body=body, authorized=authorization is not None, query=parse_qs(query), **args)
                 except _Answer as answer:
@@ -282,14 +293,32 @@ class FakeHub:
         return 200, list(entries.values()), {}
 
     def _resolve(
-        self, body: bytes, repo: str, rev: str, file: str, authorized: bool, query: dict, type: str = "model"
+        self,
+        body: bytes,
+        repo: str,
+        rev: str,
+        file: str,
+        authorized: bool,
+        query: dict,
+        type: str = "model",
+        byte_range: str = "",
     ) -> tuple[int, Any, dict]:
         _, sha, files = self._readable(type, repo, authorized, rev)
         if file not in files:
             message = f"{file} does not exist at {sha}"
             return 404, {"error": message}, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha}
         data = files[file]
-        return 200, data, {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Accept-Ranges": "bytes"}
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", byte_range.strip())
+        if m is None or not (m.group(1) or m.group(2)):
+            return 200, data, headers
+        if m.group(1):
+            first, last = int(m.group(1)), min(int(m.group(2) or len(data) - 1), len(data) - 1)
+        else:  # the last N bytes
+            first, last = max(0, len(data) - int(m.group(2))), len(data) - 1
+        if first >= len(data):
+            return 416, {"error": "range not satisfiable"}, {"Content-Range": f"bytes */{len(data)}"}
+        return 206, data[first : last + 1], {**headers, "Content-Range": f"bytes {first}-{last}/{len(data)}"}
 
     def _validate_yaml(self, body: bytes) -> tuple[int, Any, dict]:
         content = json.loads(body)["content"]
@@ -378,6 +407,43 @@ class FakeHub:
             found.lfs_paths |= lfs
             oid = found.commit(lines[0]["value"]["summary"], added)
         return 200, {"commitUrl": f"{self._url(type, repo)}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}, {}
+
+
+def point_clients_at(hub: FakeHub, monkeypatch: Any, cache: Path) -> None:
+    """Send huggingface_hub's and datasets' requests to `hub`, with empty caches under `cache`, no login
+    and not offline. Both libraries read these settings once, when imported, so the modules are patched
+    as well as the environment (a subprocess started by the test reads the environment)."""
+    import datasets.config as ds_config
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(
+        hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache / "hf-cache"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(cache / "no-login" / "token"))
+    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(cache / "harnesses.json"))
+    monkeypatch.setattr(ds_config, "HF_ENDPOINT", hub.url)
+    monkeypatch.setattr(ds_config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(ds_config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(ds_config, "HF_DATASETS_CACHE", cache / "datasets")
+    monkeypatch.setattr(ds_config, "HF_MODULES_CACHE", cache / "modules")
+    monkeypatch.setattr(ds_config, "DOWNLOADED_DATASETS_PATH", cache / "datasets" / "downloads")
+    monkeypatch.setattr(ds_config, "EXTRACTED_DATASETS_PATH", cache / "datasets" / "downloads" / "extracted")
+
+
+def go_offline(monkeypatch: Any, offline: bool = True) -> None:
+    """HF_HUB_OFFLINE set (or cleared) as both libraries see it once imported."""
+    import datasets.config as ds_config
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(ds_config, "HF_HUB_OFFLINE", offline)
 
 
 def _sha1(data: bytes) -> str:

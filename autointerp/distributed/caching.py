@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from autointerp.cache.merge import merge_caches
 from autointerp.cache.store import atomic_write_bytes, cache_complete
 from autointerp.config import RunConfig
+from autointerp.corpus import Corpus
 from autointerp.distributed.cluster import DistributedError, connect, worker_count
 from autointerp.distributed.latents import SHARDS_PER_WORKER, RayOptions
 from autointerp.distributed.storage import Storage, staging_root, worker_label
@@ -58,7 +59,7 @@ def plan_shards(n_rows: int, batch_rows: int, shards: int) -> list[tuple[int, in
     return [(start, min(per, n_rows - start)) for start in range(0, n_rows, per)]
 
 
-def count_rows(config: RunConfig, corpus: Path) -> int:
+def count_rows(config: RunConfig, corpus: Corpus) -> int:
     """How many rows the run caches: the corpus's, up to `n_tokens` (the corpus read with the tokenizer)."""
     from autointerp.stages.cache_stage import corpus_rows
     from autointerp.stages.subject_loading import load_tokenizer
@@ -186,7 +187,7 @@ def cache_on_ray(
 
 
 def run_cache_shards(
-    files: RunFiles, config: RunConfig, options: RayOptions, corpus: Path, *, progress: bool = True
+    files: RunFiles, config: RunConfig, options: RayOptions, corpus: Corpus, *, progress: bool = True
 ) -> dict[str, Any] | None:
     """The corpus rows cached in shards on a Ray cluster and merged into the run's cache; what it resolved.
     None for a finished cache that was not made by shards (the caller reads what it resolved as a single
@@ -227,7 +228,7 @@ def run_cache_shards(
 
 
 def _plan(
-    root: Path, config: RunConfig, options: RayOptions, ray: Any, corpus: Path, storage: Storage | None
+    root: Path, config: RunConfig, options: RayOptions, ray: Any, corpus: Corpus, storage: Storage | None
 ) -> tuple[list[tuple[int, int]], str]:
     """The shards' rows and the plan's id: as recorded by an earlier start of this run (its shards resume),
     else made now (and what storage holds of an older plan removed)."""

@@ -16,7 +16,7 @@ import torch
 
 from autointerp.cache.store import CacheMeta
 from autointerp.config import RunConfig
-from autointerp.corpus import CorpusError, iter_documents, resolve_corpus
+from autointerp.corpus import Corpus, CorpusError, corpus_of
 from autointerp.results import RunFiles
 from autointerp.stages.subject_loading import check_latents, load_subject, load_tokenizer, locate_dictionary
 
@@ -34,9 +34,9 @@ def cache_stage(
     finished = finished_cache(files, config, resolved)
     if finished is not None:
         return finished
-    corpus_path, dictionary = check_cache_inputs(config)
+    corpus, dictionary = check_cache_inputs(config)
     config, contexts, chosen = prepare_contexts(config, dictionary, echo)
-    return {**build_cache(files, config, corpus_path, dictionary, progress=progress, contexts=contexts), **chosen}
+    return {**build_cache(files, config, corpus, dictionary, progress=progress, contexts=contexts), **chosen}
 
 
 def prepare_contexts(
@@ -68,7 +68,7 @@ def finished_cache(files: RunFiles, config: RunConfig, resolved: dict[str, Any] 
 def build_cache(
     files: RunFiles,
     config: RunConfig,
-    corpus_path: Path,
+    corpus: Corpus,
     dictionary: Any,
     *,
     progress: bool = True,
@@ -78,7 +78,7 @@ def build_cache(
     (None: resolved now); what they resolved."""
     from autointerp.cache.build import build_caches
 
-    model, encoders, targets, rows = load_cache_inputs(config, corpus_path, dictionary, contexts=contexts)
+    model, encoders, targets, rows = load_cache_inputs(config, corpus, dictionary, contexts=contexts)
     metas = build_caches(
         files.cache, rows, model=model, targets=targets, settings=config.cache, device=config.device, progress=progress
     )
@@ -100,10 +100,10 @@ def cache_part(
 
     from autointerp.cache.build import build_caches
 
-    corpus_path, dictionary = check_cache_inputs(config)
+    corpus, dictionary = check_cache_inputs(config)
     models = (open_models or open_cache_models)(config, dictionary)
     model, encoders, targets, rows = load_cache_inputs(
-        config, corpus_path, dictionary, check_empty=first_row == 0, models=models
+        config, corpus, dictionary, check_empty=first_row == 0, models=models
     )
     for _, _, meta in targets:
         meta.max_tokens = n_rows * meta.ctx_len
@@ -120,15 +120,16 @@ def cache_part(
     return resolved_of(config, metas, encoders)
 
 
-def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
+def check_cache_inputs(config: RunConfig) -> tuple[Corpus, Any]:
     """The corpus and the dictionaries (located, fetched if from the Hub), after checking what can fail
-    before minutes of model loading and caching: a missing or binary corpus, a dictionary, hookpoint or
+    before minutes of model loading and caching: a missing or binary corpus, a Hub dataset's config,
+    split or column that is not there, a dictionary, hookpoint or
     revision not on the Hub, latent indices the dictionary does not have (its size is in the
     checkpoint's header), a dictionary setting that changes what the encoder sees and is not honoured."""
     from autointerp.subjects.contexts import recorded_contexts
     from autointerp.subjects.dictionaries import peek_num_latents
 
-    corpus_path = resolve_corpus(config.corpus)
+    corpus = corpus_of(config)
     dictionary = locate_dictionary(config)
     sizes: list[tuple[str | None, int | None]]
     if isinstance(dictionary, str):
@@ -140,7 +141,7 @@ def check_cache_inputs(config: RunConfig) -> tuple[Path, Any]:
         if size is not None:
             check_latents(config, size, name if len(sizes) > 1 else None)
     recorded_contexts(dictionary)
-    return corpus_path, dictionary
+    return corpus, dictionary
 
 
 def context_spec(config: RunConfig, dictionary: Any, tokenizer: Any = None) -> Any:
@@ -174,7 +175,7 @@ def open_cache_models(config: RunConfig, dictionary: Any) -> tuple[Any, list[Any
 
 def load_cache_inputs(
     config: RunConfig,
-    corpus_path: Path,
+    corpus: Corpus,
     dictionary: Any,
     *,
     check_empty: bool = True,
@@ -187,7 +188,7 @@ def load_cache_inputs(
     subject, opened = models if models is not None else open_cache_models(config, dictionary)
     if contexts is None:
         contexts = context_spec(config, dictionary, subject.tokenizer)
-    rows = corpus_rows(config, subject.tokenizer, corpus_path, check_empty=check_empty, contexts=contexts)
+    rows = corpus_rows(config, subject.tokenizer, corpus, check_empty=check_empty, contexts=contexts)
     s = config.cache
     targets = [
         (
@@ -197,7 +198,7 @@ def load_cache_inputs(
                 model=subject.name,
                 dictionary=encoder.name,
                 hookpoint=hookpoint.name,
-                corpus=str(corpus_path),
+                corpus=corpus.name,
                 num_latents=encoder.num_latents,
                 ctx_len=contexts.ctx_len,
                 window_len=s.window_len,
@@ -214,21 +215,20 @@ def load_cache_inputs(
 
 
 def corpus_rows(
-    config: RunConfig, tokenizer: Any, corpus_path: Path, *, check_empty: bool = True, contexts: Any = None
+    config: RunConfig, tokenizer: Any, corpus: Corpus, *, check_empty: bool = True, contexts: Any = None
 ) -> Iterator[Any]:
     """The corpus as contexts (rows) packed as the dictionary was trained (`contexts`, a `ContextSpec`;
-    None: resolved now); a corpus too short for one row is an error (`check_empty`)."""
+    None: resolved now); a corpus too short for one row is an error (`check_empty`). Documents of token
+    ids (a pre-tokenized corpus) are used as they are."""
     from autointerp.subjects.contexts import pack_contexts
 
     if contexts is None:
         contexts = context_spec(config, locate_dictionary(config), tokenizer)
-    rows = pack_contexts(iter_documents(corpus_path, config.text_column), tokenizer, contexts)
+    rows = pack_contexts(corpus.documents(), tokenizer, contexts)
     first = next(rows, None)
     if first is None:
         if check_empty:
-            raise CorpusError(
-                f"corpus {corpus_path} holds fewer than {contexts.ctx_len} tokens of text: nothing to cache"
-            )
+            raise CorpusError(f"corpus {corpus} holds fewer than {contexts.ctx_len} tokens of text: nothing to cache")
         return iter(())
 
     def all_rows():

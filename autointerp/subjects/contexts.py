@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from autointerp.corpus import tokenized
 from autointerp.errors import AutointerpError
 from autointerp.settings import CTX_LEN
 from autointerp.subjects.dictionaries import DEFAULT_DICTIONARY, GEMMA_SCOPE_FILE
@@ -517,24 +518,20 @@ def pack_contexts(documents: Iterable[Document], tokenizer: Any, spec: ContextSp
 
 
 def _document_tokens(documents: Iterable[Document], tokenizer: Any) -> Iterator[list[int]]:
-    """Each document's tokens without special tokens, tokenized a group at a time."""
-    group: list[str] = []
+    """Each document's tokens without special tokens, tokenized a group at a time (token-id documents
+    checked against the tokenizer's size, so ids from another tokenizer fail by name)."""
 
-    def flush() -> Iterator[list[int]]:
-        yield from tokenizer(group, add_special_tokens=False)["input_ids"]
-        group.clear()
+    def encode(texts: list[str]) -> list[list[int]]:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
+    group: list[str | list[int]] = []
     for doc in documents:
-        if isinstance(doc, str):
-            group.append(doc)
-            if len(group) >= DOCS_PER_CALL:
-                yield from flush()
-            continue
-        if group:
-            yield from flush()
-        yield [int(t) for t in doc]
+        group.append(doc if isinstance(doc, str) else [int(t) for t in doc])
+        if len(group) >= DOCS_PER_CALL:
+            yield from tokenized(group, encode, len(tokenizer))
+            group = []
     if group:
-        yield from flush()
+        yield from tokenized(group, encode, len(tokenizer))
 
 
 def _plain(tokens: Iterator[list[int]], ctx_len: int, separator: int | None) -> Iterator[np.ndarray]:
