@@ -1,8 +1,8 @@
 """Reading a corpus and cutting it into fixed-length token rows, lazily.
 
-A corpus is a local file or a Hub dataset (corpus_hub.py); either way it yields documents, each a
-text or, from a pre-tokenized column, a list of token ids that is used as it is. A name that is an
-existing local path is always the file; otherwise a name of the form ORG/NAME is a Hub dataset id.
+A corpus is a local file (here) or a Hub dataset (corpus_hub.py), which of the two a run names is told by
+corpus_choice.py; either way it yields documents, each a text or, from a pre-tokenized column, a list of
+token ids that is used as it is.
 
 Documents are streamed from disk and tokenised in small groups, so a corpus larger than memory
 costs no more than a small one; the row order is a pure function of the file, which is what lets
@@ -23,14 +23,10 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autointerp.errors import AutointerpError, ConfigError
-
-if TYPE_CHECKING:
-    from autointerp.config import RunConfig
+from autointerp.errors import AutointerpError
 
 # a text, or the token ids of a pre-tokenized corpus (used without the tokenizer)
 Document = str | list[int]
@@ -41,8 +37,7 @@ MIN_JUDGED_BYTES = 1024  # the share is judged once this much was read (or the f
 TOKEN_COLUMNS = ("input_ids", "tokens")  # pre-tokenized columns taken when the default text column is absent
 DEFAULT_TEXT_COLUMN = "text"
 DEFAULT_SPLIT = "train"
-_FILE_SUFFIXES = (".txt", ".cor", ".jsonl", ".json", ".parquet", ".gz", ".csv")
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class CorpusError(AutointerpError):
@@ -89,59 +84,6 @@ class LocalCorpus(Corpus):
         return buffer_shuffled(docs, self.shuffle_seed, self.shuffle_buffer)
 
 
-def is_hub_id(name: str) -> bool:
-    """A name of the form ORG/NAME that is no existing local path and does not end like a corpus file
-    (`data/c.txt` that is missing is a missing file, not a dataset to look for on the Hub)."""
-    return _HUB_ID.fullmatch(name) is not None and not Path(name).exists() and not name.lower().endswith(_FILE_SUFFIXES)
-
-
-def open_corpus(
-    name: str | None,
-    *,
-    text_column: str = DEFAULT_TEXT_COLUMN,
-    config: str | None = None,
-    split: str = DEFAULT_SPLIT,
-    revision: str | None = None,
-    shuffle_seed: int | None = None,
-    shuffle_buffer: int = 1000,
-) -> Corpus:
-    """The corpus `name` names, checked before any model loads: a local file (it exists and, for text
-    and JSONL, begins with text) or a Hub dataset (its config, split and column exist; its revision is
-    resolved to a commit). `config`, `split` and `revision` are for Hub datasets only."""
-    if name is not None and is_hub_id(name):
-        from autointerp.corpus_hub import open_hub_corpus
-
-        return open_hub_corpus(
-            name,
-            config=config,
-            split=split,
-            revision=revision,
-            text_column=text_column,
-            shuffle_seed=shuffle_seed,
-            shuffle_buffer=shuffle_buffer,
-        )
-    given = [
-        flag for flag, value in (("--corpus-config", config), ("--corpus-revision", revision)) if value is not None
-    ] + (["--corpus-split"] if split != DEFAULT_SPLIT else [])
-    if given:
-        raise ConfigError(f"{', '.join(given)} is for a Hub dataset --corpus ORG/NAME, not the local corpus {name}")
-    path = resolve_corpus(name)
-    return LocalCorpus(str(path), path, text_column, shuffle_seed, shuffle_buffer)
-
-
-def corpus_of(run: RunConfig) -> Corpus:
-    """The corpus a run's settings name (`--corpus` and the `--corpus-*` / `--text-column` options)."""
-    return open_corpus(
-        run.corpus,
-        text_column=run.text_column,
-        config=run.corpus_config,
-        split=run.corpus_split,
-        revision=run.corpus_revision,
-        shuffle_seed=run.corpus_shuffle_seed,
-        shuffle_buffer=run.corpus_shuffle_buffer,
-    )
-
-
 def buffer_shuffled(documents: Iterable[Document], seed: int, buffer: int) -> Iterator[Document]:
     """The documents in a seeded random order that needs no more than `buffer` of them in memory: each
     new one takes the place of a random one in the buffer, which is yielded. A document can move at
@@ -166,7 +108,7 @@ def resolve_corpus(corpus: str | None) -> Path:
         return default_corpus_path()
     path = Path(corpus)
     if not path.is_file():
-        hint = "" if _HUB_ID.fullmatch(corpus) else " (a Hub dataset is named ORG/NAME)"
+        hint = "" if HUB_ID.fullmatch(corpus) else " (a Hub dataset is named ORG/NAME)"
         raise CorpusError(f"corpus file not found: {path}{hint}")
     check_text_file(path)
     return path

@@ -21,7 +21,8 @@ from conftest import make_tiny_llama, write_sparsify_sae
 from fake_hub import FakeHub, go_offline, point_clients_at
 
 from autointerp.config import ConfigError, RunConfig
-from autointerp.corpus import CorpusError, buffer_shuffled, iter_documents, iter_rows, open_corpus
+from autointerp.corpus import CorpusError, buffer_shuffled, iter_documents, iter_rows
+from autointerp.corpus_choice import open_corpus
 
 REPO = "alice/tiny-corpus"
 WORDS = [f"w{i}" for i in range(90)]
@@ -236,7 +237,7 @@ def test_hf_datasets_offline_from_the_environment_is_honoured(hub, tmp_path):
         "HF_DATASETS_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
     }
-    code = f"from autointerp.corpus import open_corpus; open_corpus({REPO!r})"
+    code = f"from autointerp.corpus_choice import open_corpus; open_corpus({REPO!r})"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "CorpusError" in done.stderr
     assert "not in the local datasets cache and HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE) is set" in done.stderr

@@ -16,7 +16,8 @@ import torch
 
 from autointerp.cache.store import CacheMeta
 from autointerp.config import RunConfig
-from autointerp.corpus import Corpus, CorpusError, corpus_of
+from autointerp.corpus import Corpus, CorpusError
+from autointerp.corpus_choice import corpus_of
 from autointerp.results import RunFiles
 from autointerp.stages.subject_loading import check_latents, load_subject, load_tokenizer, locate_dictionary
 
