@@ -20,6 +20,7 @@ from typing import Any
 
 from autointerp.config import OptionField, RunConfig, options
 from autointerp.errors import AutointerpError
+from autointerp.exports import command as export_command
 from autointerp.serve import command as serve_command
 from autointerp.settings import GROUPS, STAGE_COMMANDS
 
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_publish_parser(sub)
     _add_report_parser(sub)
     serve_command.add_parser(sub)
+    export_command.add_parser(sub)
     return parser
 
 
@@ -351,6 +353,7 @@ COMMANDS = {
     "publish": publish_command,
     "report": report_command,
     "serve": serve_command.run,
+    "export": export_command.run,
     **dict.fromkeys(STAGE_COMMANDS, stage_command),
 }
 
