@@ -179,3 +179,128 @@ def test_export_command(run, tmp_path, capsys):
     assert body["source"] == "1-res-jb"
     assert main(["export", str(run), str(tmp_path / "sb"), "--format", "saebench"]) == 0
     assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "x"), "--format", "saebench"]) == 2
+
+
+# ---------------------------------------------------------------- Neuronpedia's own upload helper
+
+
+class UploadRoute:
+    """A local stand-in for Neuronpedia's `POST /api/feature/upload-batch`: it checks a body as the route's
+    schema does (1..128 features of unique index, density in [0, 1], explanation text 1..512 characters,
+    activations of 1..1024 tokens with one value per token, quantileFraction in [0, 1]) and keeps it."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.bodies: list[dict] = []
+        self.problems: list[str] = []
+        route = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/api/feature/upload-batch" or not self.headers.get("X-Api-Key"):
+                    route.problems.append(f"{self.path} without a key")
+                route.problems += route.check(body)
+                route.bodies.append(body)
+                answer = json.dumps({"message": f"{len(body['features'])} features created."}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+    @staticmethod
+    def check(body: dict) -> list[str]:
+        out = []
+        features = body["features"]
+        if not 1 <= len(features) <= 128 or len({f["index"] for f in features}) != len(features):
+            out.append("features: 1..128 of unique index")
+        for f in features:
+            if f.get("density") is not None and not 0 <= f["density"] <= 1:
+                out.append(f"{f['index']}: density")
+            if any(not 1 <= len(e["text"]) <= 512 for e in f.get("explanations") or []):
+                out.append(f"{f['index']}: explanation text")
+            if not f["activations"]:
+                out.append(f"{f['index']}: no activations")
+            for a in f["activations"]:
+                if not 1 <= len(a["tokens"]) <= 1024 or len(a["tokens"]) != len(a["values"]):
+                    out.append(f"{f['index']}: tokens/values")
+                if a.get("quantileFraction") is not None and not 0 <= a["quantileFraction"] <= 1:
+                    out.append(f"{f['index']}: quantileFraction")
+        return out
+
+    def __enter__(self):
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/api"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _without_nones(value):
+    if isinstance(value, dict):
+        return {k: _without_nones(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nones(v) for v in value]
+    return value
+
+
+def test_the_neuronpedia_packages_upload_helper_sends_our_batches_as_they_are(run, tmp_path, monkeypatch):
+    """Our batches, read into the `neuronpedia` package's own Feature objects and sent by its
+    `FeatureRequest.upload_batch`, reach the route as the very bodies we wrote."""
+    pytest.importorskip("neuronpedia", reason="pip install -e '.[test]' (neuronpedia)")
+    from neuronpedia.np_activation import Activation
+    from neuronpedia.np_explanation import Explanation
+    from neuronpedia.np_feature import Feature
+    from neuronpedia.requests.base_request import NPRequest
+    from neuronpedia.requests.feature_request import FeatureRequest
+
+    monkeypatch.setattr(neuronpedia, "BATCH_FEATURES", 4)
+    done = export_neuronpedia(run, tmp_path / "np", NeuronpediaOptions(method_name="np_acts"))
+    route = UploadRoute()
+    with route as url:
+        monkeypatch.setattr(NPRequest, "BASE_URL", url)
+        sent = []
+        for path in done.batches:
+            body = json.loads(path.read_text())
+            model, source = body["modelId"], body["source"]
+            features = [
+                Feature(
+                    modelId=model,
+                    source=source,
+                    index=f["index"],
+                    density=f["density"],
+                    explanations=[
+                        Explanation(model, source, f["index"], e["text"], e.get("methodName"), e.get("modelName"))
+                        for e in f["explanations"]
+                    ],
+                    activations=[
+                        Activation(
+                            model,
+                            source,
+                            f["index"],
+                            a["tokens"],
+                            a["values"],
+                            a.get("quantileMax"),
+                            a.get("quantileMin"),
+                            a.get("quantileFraction"),
+                        )
+                        for a in f["activations"]
+                    ],
+                )
+                for f in body["features"]
+            ]
+            FeatureRequest(api_key="np-test-key").upload_batch(model, source, features)
+            sent.append(body)
+    # the route got every batch, unchanged but for the fields the helper always writes (null there)
+    assert not route.problems
+    assert [_without_nones(b) for b in route.bodies] == sent and len(sent) > 1
