@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "narrows the import): one of our "
                 "run folders (or its explanations.jsonl / results.parquet), a delphi output folder, "
                 "an EleutherAI auto_interp_explanations .json, a Neuronpedia export (explanations/"
-                "batch-N.jsonl.gz) or SAEBench *_eval_results.json; entries left out are listed in "
-                "import_report.json",
+                "batch-N.jsonl.gz) or SAEBench *_eval_results.json; or a Hub repo ORG/NAME[@REV][/PATH] "
+                "holding such files (only those of the run's hookpoints are downloaded, at one commit, which the "
+                "import records); entries left out are listed in import_report.json",
             )
             g.add_argument(
                 "--explanations-format",
