@@ -196,3 +196,19 @@ def test_keys_and_body_size(server):
     huge = {"activations": [{"tokens": [" river"] * 1000, "values": [1.0] * 1000}] * 10, "explanation": RIGHT}
     r = httpx.post(url, json=huge, headers={"X-SECRET-KEY": KEY}, timeout=60)
     assert r.status_code == 413 and r.json()["field"] == "body"
+
+
+def test_a_repeated_request_is_answered_from_the_response_cache(server):
+    body = {
+        "activations": planted_activations(5, 5, seed=7),
+        "explanation": RIGHT,
+        "openrouter_key": "",
+        "model": "scripted-judge",
+        "type": "FUZZ",
+    }
+    url, headers = server.url + "/v1/score/fuzz-detection", {"X-SECRET-KEY": KEY}
+    first = httpx.post(url, json=body, headers=headers, timeout=60)
+    asked = len(server.judge_calls())
+    again = httpx.post(url, json=body, headers=headers, timeout=60)
+    assert first.status_code == again.status_code == 200 and asked > 0
+    assert again.json() == first.json() and len(server.judge_calls()) == asked
