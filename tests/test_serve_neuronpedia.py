@@ -212,3 +212,49 @@ def test_a_repeated_request_is_answered_from_the_response_cache(server):
     again = httpx.post(url, json=body, headers=headers, timeout=60)
     assert first.status_code == again.status_code == 200 and asked > 0
     assert again.json() == first.json() and len(server.judge_calls()) == asked
+
+
+@pytest.mark.slow
+def test_the_published_client_with_the_real_embedded_judge(tmp_path):
+    """The same contract with Qwen2.5-Coder-1.5B (llama.cpp, in the server) on a planted month latent."""
+    from neuronpedia_autointerp_client import (
+        ApiClient,
+        Configuration,
+        DefaultApi,
+        ExplainDefaultPostRequest,
+        NPActivation,
+        NPScoreFuzzDetectionType,
+        ScoreFuzzDetectionPostRequest,
+    )
+    from planted import planted_record
+
+    record = planted_record(n_train=10, n_test=8, n_neg=8, seed=1)
+
+    def sent(examples):
+        return [NPActivation(tokens=e.str_tokens, values=e.activations) for e in examples]
+
+    (tmp_path / "runs").mkdir()
+    judge = "qwen2.5-coder-1.5b"
+    srv = start_server(tmp_path / "runs", tmp_path / "state", "--allow-judge", judge, timeout=300)
+    try:
+        config = Configuration(host=srv.url + "/v1", api_key={"SimpleSecretAuth": KEY})
+        with ApiClient(config) as c:
+            api = DefaultApi(c)
+            label = api.explain_default_post(
+                ExplainDefaultPostRequest(activations=sent(record.train), openrouter_key="", model=judge)
+            ).explanation
+            assert label.strip()
+            scores = {}
+            for text in ("names of calendar months, such as March or October", "names of animals, such as cat or dog"):
+                request = ScoreFuzzDetectionPostRequest(
+                    activations=sent(record.test + record.negatives),
+                    explanation=text,
+                    openrouter_key="",
+                    model=judge,
+                    type=NPScoreFuzzDetectionType.DETECTION,
+                )
+                scores[text] = api.score_fuzz_detection_post(request, _request_timeout=600).score
+    finally:
+        srv.stop()
+    right, wrong = scores.values()
+    assert right > wrong + 0.2, (label, scores)
