@@ -357,17 +357,20 @@ class Run:
         not changed)."""
         from dataclasses import replace
 
+        from autointerp.explanation_hub import explanations_at
         from autointerp.importing import import_explanations
 
-        outcome = import_explanations(
-            self.files,
-            config,
-            path,
-            fmt=fmt,
-            layer=layer,
-            latents=config.latents,
-            progress=self.progress,
-        )
+        with explanations_at(str(path), self.files.hookpoints()) as found:  # a Hub id: the run's files, pinned
+            outcome = import_explanations(
+                self.files,
+                config,
+                found.path,
+                fmt=fmt,
+                layer=layer,
+                latents=config.latents,
+                progress=self.progress,
+                source=found.source,
+            )
         self.echo(outcome.summary())
         latents: list[int | str] = list(outcome.latents)
         return replace(config, latents=latents, max_latents=None, sample_latents=None), outcome.units

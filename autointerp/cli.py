@@ -20,6 +20,7 @@ from typing import Any
 
 from autointerp.config import OptionField, RunConfig, options
 from autointerp.errors import AutointerpError
+from autointerp.exports import command as export_command
 from autointerp.serve import command as serve_command
 from autointerp.settings import GROUPS, STAGE_COMMANDS
 
@@ -213,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "narrows the import): one of our "
                 "run folders (or its explanations.jsonl / results.parquet), a delphi output folder, "
                 "an EleutherAI auto_interp_explanations .json, a Neuronpedia export (explanations/"
-                "batch-N.jsonl.gz) or SAEBench *_eval_results.json; entries left out are listed in "
-                "import_report.json",
+                "batch-N.jsonl.gz) or SAEBench *_eval_results.json; or a Hub repo ORG/NAME[@REV][/PATH] "
+                "holding such files (only those of the run's hookpoints are downloaded, at one commit, which the "
+                "import records); entries left out are listed in import_report.json",
             )
             g.add_argument(
                 "--explanations-format",
@@ -230,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_publish_parser(sub)
     _add_report_parser(sub)
     serve_command.add_parser(sub)
+    export_command.add_parser(sub)
     return parser
 
 
@@ -351,6 +354,7 @@ COMMANDS = {
     "publish": publish_command,
     "report": report_command,
     "serve": serve_command.run,
+    "export": export_command.run,
     **dict.fromkeys(STAGE_COMMANDS, stage_command),
 }
 

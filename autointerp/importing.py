@@ -252,8 +252,10 @@ def import_explanations(
     layer: str | None = None,
     latents: Iterable[int | str] | None = None,
     progress: bool = False,
+    source: str | None = None,
 ) -> ImportOutcome:
-    """Read `path`, match it to the run's dictionaries, write the new explanation rows and the report."""
+    """Read `path`, match it to the run's dictionaries, write the new explanation rows and the report.
+    `source` names where the file came from when that is not `path` (a Hub download: `ORG/NAME@COMMIT/PATH`)."""
     from autointerp.latent_choice import expand_latents
 
     metas = read_metas(files.cache)
@@ -268,6 +270,7 @@ def import_explanations(
     sizes = {hp: caches.num_latents(hp) for hp in caches}
     path = Path(path).resolve()  # rows and report name the file wherever the command was run from
     fmt, entries = iter_explanations(path, fmt, progress=progress)
+    origin = source or str(path)
     wanted = expand_latents(list(latents)) if latents is not None else None
     matched = match_hookpoints(entries, sizes, layer=layer, latents=wanted)
     if not matched.total:
@@ -294,7 +297,7 @@ def import_explanations(
     left_out = Counter(u.kind for u in matched.unused)
     hookpoints = ", ".join(sizes)
     base_report = {
-        "source": str(path),
+        "source": origin,
         "format": fmt,
         "run_hookpoint": hookpoints,
         "run_num_latents": sum(sizes.values()),
@@ -306,7 +309,7 @@ def import_explanations(
     }
     if not matched.units:
         _write_report(report_path, {**base_report, "imported": [], "replaced": []})
-        raise ExplanationImportError(_nothing_matched(path, fmt, matched.total, matched, sizes, layer, report_path))
+        raise ExplanationImportError(_nothing_matched(origin, fmt, matched.total, matched, sizes, layer, report_path))
 
     existing = files.explanations_by_unit()
     new = unchanged = 0
@@ -350,7 +353,7 @@ def import_explanations(
                 n_tokens=stats.n_tokens,
                 source={
                     "format": fmt,
-                    "file": str(path),
+                    "file": origin,
                     "origin": e.origin,
                     "layer": e.layer,
                     "explainer_model": e.explainer_model,
@@ -363,7 +366,7 @@ def import_explanations(
     )
     _write_report(report_path, {**base_report, "imported": imported, "replaced": replaced})
     return ImportOutcome(
-        source=str(path),
+        source=origin,
         format=fmt,
         hookpoint=hookpoints,
         units=units,
@@ -395,7 +398,7 @@ def _layers_text(layers: dict[str, LayerTally], limit: int = 10) -> str:
 
 
 def _nothing_matched(
-    path: Path, fmt: str, n: int, matched: Matched, sizes: dict[str, int], layer: str | None, report: Path
+    path: str, fmt: str, n: int, matched: Matched, sizes: dict[str, int], layer: str | None, report: Path
 ) -> str:
     if len(sizes) == 1:
         ((hookpoint, num_latents),) = sizes.items()

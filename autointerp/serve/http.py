@@ -28,6 +28,7 @@ from autointerp import __version__
 from autointerp.report import ReportError, build_report
 from autointerp.serve.auth import LOCAL_CLIENT
 from autointerp.serve.jobs import FINISHED, IdempotencyConflict, Job, JobStore
+from autointerp.serve.neuronpedia import neuronpedia_router
 from autointerp.serve.paths import BadName, NotFound, file_within, inside
 from autointerp.serve.queue import JobQueue, QueueFull
 from autointerp.serve.runs import BackendFactory, RequestError, ServedRun, ServedRuns
@@ -152,6 +153,7 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
         openapi_url=None,
     )
     api.state.runs, api.state.queue = runs, queue
+    api.include_router(neuronpedia_router(settings, runs.judges))  # Neuronpedia's autointerp API, under /v1
     if settings.cors_origins:
         api.add_middleware(
             CORSMiddleware,
