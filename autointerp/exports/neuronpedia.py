@@ -106,9 +106,9 @@ def export_neuronpedia(folder: Path, out: Path, options: NeuronpediaOptions | No
         caches = HookpointCaches(files.cache)
     except CacheError as e:
         raise ExportError(f"{e}; Neuronpedia features carry activations, which come from the run's cache") from None
-    from autointerp import app
+    from autointerp.stages.subject_loading import load_tokenizer
 
-    decode = token_decoder(app.load_tokenizer(config, caches.metas[caches.hookpoints[0]]))
+    decode = token_decoder(load_tokenizer(config, caches.metas[caches.hookpoints[0]]))
     model_id = (options.model_id or _model_name(resolved.get("model") or config.model)).lower()
     sources = {hp: options.sources.get(hp) or default_source(hp, options.source_set) for hp in caches}
     rows = {u: r for u, r in files.explanations_by_unit().items() if r.status == "ok" and r.explanation}
