@@ -290,9 +290,7 @@ def run_latent_stages(
 ) -> RunSummary:
     """`stages.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
     from autointerp.cache.store import HookpointCaches
-    from autointerp.pipeline import select_units
-    from autointerp.stages.latent_stages import rare_note
-    from autointerp.stages.subject_loading import check_latents
+    from autointerp.stages.latent_stages import check_cached_latents, stage_units
 
     start = time.perf_counter()
     storage = Storage(options.storage) if options.storage else None
@@ -302,20 +300,13 @@ def run_latent_stages(
     shutil.rmtree(files.folder / INCOMING, ignore_errors=True)  # downloads cut short: never merged, redone
     merge_shards(files)  # what a driver that died left behind
     caches = HookpointCaches(files.cache)
-    for hookpoint in caches:
-        check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+    check_cached_latents(config, caches)
     if options.judges is None:
         _check_http_judges(config, stages)
-    chosen: list[LatentId] | None = None
-    if ready is not None:
-        got = ready()
-        config, chosen = got if isinstance(got, tuple) else (got, None)
-    latents, n_rare = select_units(caches, config)
-    if chosen is not None:
-        latents = chosen
+    config, latents, note = stage_units(caches, config, ready)
     summary = RunSummary(latents=len(latents))
-    if n_rare:
-        summary.messages.append(rare_note(caches, n_rare, config))
+    if note:
+        summary.messages.append(note)
     gpu = _needs_gpu(config)
     slots = worker_count(ray, "GPU" if gpu else "CPU")
     passes = [("latents", stages & {"explain", "score"}, replace(config, controls="none"))]
