@@ -88,24 +88,18 @@ def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
             every()
 
 
-def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
-    """The judges a shard's stages will ask (as a single run's stages ask them)."""
-    from autointerp.stages.latent_stages import stage_judges
-
-    return stage_judges(config, stages).names()
-
-
 def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | None) -> dict[str, Judge]:
     """The worker's judges for this config, made on its first shard and kept for the next ones."""
     from autointerp.llm.judges import make_judge
     from autointerp.llm.providers import JudgeSettings
+    from autointerp.stages.latent_stages import stage_judges
 
     key = (repr(factory) if factory is not None else None, JudgeSettings.of(config))
     with _held_lock:
         held = _held.setdefault(key, {})
         if factory is not None and not held:
             held.update(factory())
-        for name in _judge_names(config, stages):
+        for name in stage_judges(config, stages).names():  # those a single run's stages would make
             if name not in held:
                 held[name] = make_judge(name, config)
         return dict(held)
@@ -390,8 +384,9 @@ def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     from autointerp.llm.base import check_judge_ready
     from autointerp.llm.judges import make_judge
     from autointerp.llm.providers import find_provider
+    from autointerp.stages.latent_stages import stage_judges
 
-    names = [n for n in _judge_names(config, stages) if find_provider(n).remote]
+    names = [n for n in stage_judges(config, stages).names() if find_provider(n).remote]
     if not names:
         return
 
