@@ -88,24 +88,18 @@ def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
             every()
 
 
-def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
-    """The judges a shard's stages will ask (as a single run's stages ask them)."""
-    from autointerp.stages.latent_stages import stage_judges
-
-    return stage_judges(config, stages).names()
-
-
 def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | None) -> dict[str, Judge]:
     """The worker's judges for this config, made on its first shard and kept for the next ones."""
     from autointerp.llm.judges import make_judge
     from autointerp.llm.providers import JudgeSettings
+    from autointerp.stages.latent_stages import stage_judges
 
     key = (repr(factory) if factory is not None else None, JudgeSettings.of(config))
     with _held_lock:
         held = _held.setdefault(key, {})
         if factory is not None and not held:
             held.update(factory())
-        for name in _judge_names(config, stages):
+        for name in stage_judges(config, stages).names():  # those a single run's stages would make
             if name not in held:
                 held[name] = make_judge(name, config)
         return dict(held)
@@ -290,9 +284,7 @@ def run_latent_stages(
 ) -> RunSummary:
     """`stages.latent_stages` spread over a Ray cluster: the same rows in the same logs, the same summary."""
     from autointerp.cache.store import HookpointCaches
-    from autointerp.pipeline import select_units
-    from autointerp.stages.latent_stages import rare_note
-    from autointerp.stages.subject_loading import check_latents
+    from autointerp.stages.latent_stages import check_cached_latents, stage_units
 
     start = time.perf_counter()
     storage = Storage(options.storage) if options.storage else None
@@ -302,20 +294,13 @@ def run_latent_stages(
     shutil.rmtree(files.folder / INCOMING, ignore_errors=True)  # downloads cut short: never merged, redone
     merge_shards(files)  # what a driver that died left behind
     caches = HookpointCaches(files.cache)
-    for hookpoint in caches:
-        check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+    check_cached_latents(config, caches)
     if options.judges is None:
         _check_http_judges(config, stages)
-    chosen: list[LatentId] | None = None
-    if ready is not None:
-        got = ready()
-        config, chosen = got if isinstance(got, tuple) else (got, None)
-    latents, n_rare = select_units(caches, config)
-    if chosen is not None:
-        latents = chosen
+    config, latents, note = stage_units(caches, config, ready)
     summary = RunSummary(latents=len(latents))
-    if n_rare:
-        summary.messages.append(rare_note(caches, n_rare, config))
+    if note:
+        summary.messages.append(note)
     gpu = _needs_gpu(config)
     slots = worker_count(ray, "GPU" if gpu else "CPU")
     passes = [("latents", stages & {"explain", "score"}, replace(config, controls="none"))]
@@ -399,8 +384,9 @@ def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     from autointerp.llm.base import check_judge_ready
     from autointerp.llm.judges import make_judge
     from autointerp.llm.providers import find_provider
+    from autointerp.stages.latent_stages import stage_judges
 
-    names = [n for n in _judge_names(config, stages) if find_provider(n).remote]
+    names = [n for n in stage_judges(config, stages).names() if find_provider(n).remote]
     if not names:
         return
 

@@ -106,6 +106,29 @@ def rare_note(caches: HookpointCaches, n_rare: int, config: RunConfig) -> str:
     )
 
 
+Ready = Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]]  # the config to run, or it and the pairs to do
+
+
+def check_cached_latents(config: RunConfig, caches: HookpointCaches) -> None:
+    """The latents asked for exist in the dictionary of every cached hookpoint."""
+    for hookpoint in caches:
+        check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+
+
+def stage_units(
+    caches: HookpointCaches, config: RunConfig, ready: Ready | None
+) -> tuple[RunConfig, list[LatentId], str | None]:
+    """Once the judges are checked: the config to run with (`ready()`'s, when given), the (hookpoint, latent)
+    pairs to do (those `ready()` names, else the run's selection) and the note on latents too rare to
+    explain (None when none is)."""
+    chosen: list[LatentId] | None = None
+    if ready is not None:
+        got = ready()
+        config, chosen = got if isinstance(got, tuple) else (got, None)
+    latents, n_rare = select_units(caches, config)
+    return config, latents if chosen is None else chosen, rare_note(caches, n_rare, config) if n_rare else None
+
+
 async def latent_stages(
     files: RunFiles,
     config: RunConfig,
@@ -113,7 +136,7 @@ async def latent_stages(
     *,
     progress: bool = True,
     judges: dict[str, Judge] | None = None,
-    ready: Callable[[], RunConfig | tuple[RunConfig, list[LatentId]]] | None = None,
+    ready: Ready | None = None,
     on_done: Callable[[LatentId], None] | None = None,
 ) -> RunSummary:
     """Explain and/or score the selected latents; `judges` (by name) overrides model loading in tests.
@@ -130,8 +153,7 @@ async def latent_stages(
     """
     config.validate()
     caches = HookpointCaches(files.cache)
-    for hookpoint in caches:
-        check_latents(config, caches.num_latents(hookpoint), hookpoint if len(caches) > 1 else None)
+    check_cached_latents(config, caches)
     run = OpenRun(files, config, cache=caches)
     scorers = run.scorers(config.scorers)
     loaded: dict[str, Judge] = dict(judges or {})
@@ -154,15 +176,9 @@ async def latent_stages(
             scorer.check_judge(scorer_judge)
         for used in {id(j): j for j in (explainer, scorer_judge) if j is not None}.values():
             await check_judge_ready(used)
-        chosen: list[LatentId] | None = None
-        if ready is not None:
-            got = ready()
-            config, chosen = got if isinstance(got, tuple) else (got, None)
-        latents, n_rare = select_units(caches, config)
-        if chosen is not None:
-            latents = chosen
-        if n_rare:
-            summary.messages.append(rare_note(caches, n_rare, config))
+        config, latents, note = stage_units(caches, config, ready)
+        if note:
+            summary.messages.append(note)
         worker = LatentWorker(
             files, config, run.samplers, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
         )
