@@ -20,6 +20,7 @@ from autointerp.config import ConfigError, options
 from autointerp.subjects.contexts import (
     ContextError,
     Recorded,
+    _one_per_context,
     _saelens,
     pack_contexts,
     recorded_contexts,
@@ -260,6 +261,41 @@ def test_saelens_packing_matches_concat_and_batch_sequences():
             sequence_separator_token_id=sep,
         )
         np.testing.assert_array_equal(np.stack(ours), torch.stack(list(theirs)).numpy())
+
+
+def test_one_document_per_context_matches_saelens():
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    rng = np.random.default_rng(4)
+    docs = [list(rng.integers(3, 90, size=int(n))) for n in rng.integers(10, 30, size=40)]
+    docs[2] = [BOS, *docs[2]]
+    for bos in (BOS, None):
+        ours = list(_one_per_context(iter(docs), 16, bos))
+        theirs = concat_and_batch_sequences(
+            (torch.tensor(d, dtype=torch.long) for d in docs),
+            context_size=16,
+            begin_batch_token_id=bos,
+            disable_concat_sequences=True,
+        )
+        np.testing.assert_array_equal(np.stack(ours), torch.stack(list(theirs)).numpy())
+
+
+def test_separator_recorded_as_none_and_bos_between_documents(tmp_path, subject):
+    """A cfg that says no separator keeps none; BOS between documents is never cached even without BOS
+    at position 0."""
+    from checkpoint_fixtures import write_saelens
+
+    folder = write_saelens(tmp_path / "sae", HOOK)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["metadata"].update(prepend_bos=False, sequence_separator_token=None)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    (recorded,) = recorded_contexts([DictionarySource(folder, None)])
+    assert recorded.separator is None and recorded.prepend_bos is False
+    spec = resolve_contexts([recorded], _tokenizer(subject))
+    assert (spec.separator, spec.silenced_tokens) == (None, ())
+
+    between = resolve_contexts([Recorded("x", "saelens", "cfg", prepend_bos=False)], _tokenizer(subject))
+    assert (between.prepend_bos, between.separator, between.silenced_tokens) == (False, BOS, (BOS,))
 
 
 # ------------------------------------------------------------------------------------------ sparsify

@@ -191,15 +191,17 @@ def recorded_contexts(dictionary: str | Sequence[DictionarySource]) -> list[Reco
         return [Recorded("neurons", "plain", "")]
     if isinstance(dictionary, str):
         return [_recorded_at(DEFAULT_DICTIONARY, {})]
-    return [_recorded_at(Path(source.path), dict(source.cfg_overrides or {})) for source in dictionary]
+    return [_recorded_at(Path(s.path), dict(s.cfg_overrides or {}), s.hookpoint) for s in dictionary]
 
 
-def _recorded_at(path: Path, overrides: dict[str, Any]) -> Recorded:
+def _recorded_at(path: Path, overrides: dict[str, Any], hookpoint: str | None = None) -> Recorded:
     if path.suffix == ".npz" or (path / GEMMA_SCOPE_FILE).is_file():
         return Recorded(str(path), "saelens", "Gemma Scope's defaults", prepend_bos=True, ctx_len=GEMMA_SCOPE_CTX_LEN)
     folder = path.parent if path.is_file() else path
     if (folder / "sae_weights.safetensors").is_file():
         return saelens_recorded(folder, overrides)
+    if not (folder / "cfg.json").is_file() and hookpoint and (folder / hookpoint / "cfg.json").is_file():
+        folder = folder / hookpoint  # a sparsify run folder and the hookpoint read in it
     return sparsify_recorded(folder)
 
 
@@ -230,13 +232,15 @@ def saelens_recorded(folder: Path, overrides: dict[str, Any] | None = None) -> R
         prepend = True
     exclude = get("exclude_special_tokens", False)
     positions = get("seqpos_slice")
+    key = "sequence_separator_token"  # None is a value here: no separator
+    separator = meta[key] if meta is not None and key in meta else cfg.get(key, "bos")
     return Recorded(
         str(folder),
         "saelens",
         where,
         prepend_bos=None if prepend is None else bool(prepend),
         ctx_len=int(get("context_size")) if get("context_size") else None,
-        separator=get("sequence_separator_token", "bos") if "sequence_separator_token" in (meta or cfg) else "bos",
+        separator=separator,
         one_document=bool(get("disable_concat_sequences", False)),
         exclude_special=exclude is True,
         exclude_ids=tuple(int(i) for i in exclude) if isinstance(exclude, list) else (),
@@ -429,8 +433,9 @@ def _resolve_one(r: Recorded, tokenizer: Any, ctx_len: int | None, prepend_bos: 
     separator: int | None = None
     if packing == "sparsify" and prepend != default_bos:
         packing = "saelens"  # the tokenizer would not give what was asked: pack documents ourselves
-        reasons.append("documents packed one by one with EOS between them (not sparsify's chunking, which ")
-        reasons[-1] += "would follow the tokenizer's default)"
+        reasons.append(
+            "documents packed one by one with EOS between them (sparsify's chunking would follow the tokenizer)"
+        )
         separator = eos
     elif packing == "saelens":
         separator = _separator_id(r.separator, tokenizer)
@@ -454,9 +459,9 @@ def _resolve_one(r: Recorded, tokenizer: Any, ctx_len: int | None, prepend_bos: 
         reasons.append(f"special tokens {sorted(special_token_ids(tokenizer))} not cached (exclude_special_tokens)")
     elif r.exclude_ids:
         reasons.append(f"tokens {list(r.exclude_ids)} not cached (excluded in training)")
-    if prepend and bos is not None:
+    if bos is not None and (prepend or separator == bos):
         silenced.add(bos)
-        reasons.append("the BOS position is never cached")
+        reasons.append("BOS positions are never cached")
     if r.positions is not None:
         reasons.append(f"only positions {_slice_text(r.positions)} cached (seqpos_slice)")
     return ContextSpec(
