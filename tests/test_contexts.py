@@ -417,3 +417,19 @@ def test_unhonoured_settings_are_refused_before_the_model_loads(tmp_path, corpus
     (folder / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 16, "d_sae": 20, **cfg}))
     with pytest.raises(ContextError, match=named.replace("(", r"\(")):
         run_cache(tmp_path / "run", tmp_path / "no-such-model", folder, corpus[0])
+
+
+def test_the_command_line_says_what_it_chose_and_refuses_bos_without_one(tmp_path, subject, corpus, capsys):
+    from checkpoint_fixtures import write_subject
+
+    from autointerp.cli import main
+
+    saelens_sae(tmp_path / "sae", prepend_bos=True, context_size=CTX)
+    common = ["--dictionary", str(tmp_path / "sae"), "--corpus", str(corpus[0]), "--n-tokens", "512"]
+    assert main(["cache", "--out", str(tmp_path / "run"), "--model", str(subject), *common]) == 0
+    out = capsys.readouterr().out
+    assert "contexts: prepend_bos=yes from the SAE's cfg.json" in out and "BOS positions are never cached" in out
+
+    nobos = write_subject(tmp_path / "nobos")
+    rc = main(["cache", "--out", str(tmp_path / "r2"), "--model", str(nobos), *common, "--prepend-bos", "yes"])
+    assert rc == 2 and "--prepend-bos yes: the tokenizer has no BOS token" in capsys.readouterr().err
