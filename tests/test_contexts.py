@@ -371,6 +371,14 @@ def test_gemma_scope_defaults(tmp_path, subject):
     assert "ctx_len 1024 from Gemma Scope's defaults" in spec.describe()
 
 
+def test_gemma_scope_with_an_unknown_array_is_refused(tmp_path):
+    from conftest import gemma_scope_params
+
+    np.savez(tmp_path / "params.npz", **gemma_scope_params(), input_scale=np.ones(16, np.float32))
+    with pytest.raises(ContextError, match="unknown array 'input_scale'"):
+        recorded_contexts([DictionarySource(tmp_path, "layers.1")])
+
+
 def test_prepend_bos_yes_needs_a_bos_token(tmp_path):
     from checkpoint_fixtures import write_subject
 

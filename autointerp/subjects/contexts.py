@@ -28,6 +28,7 @@ are never shown to the explainer as activating nor judged.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -104,6 +105,9 @@ SPARSIFY_CODER_KEYS = frozenset(
     {"activation", "expansion_factor", "normalize_decoder", "num_latents", "k", "multi_topk", "skip_connection",
      "transcode", "d_in", "signed"}
 )  # fmt: skip
+
+
+GEMMA_SCOPE_ARRAYS = frozenset({"W_enc", "w_enc", "W_dec", "w_dec", "b_enc", "b_dec", "threshold", "scaling_factor"})
 
 
 class ContextError(AutointerpError):
@@ -196,6 +200,7 @@ def recorded_contexts(dictionary: str | Sequence[DictionarySource]) -> list[Reco
 
 def _recorded_at(path: Path, overrides: dict[str, Any], hookpoint: str | None = None) -> Recorded:
     if path.suffix == ".npz" or (path / GEMMA_SCOPE_FILE).is_file():
+        check_gemma_scope_arrays(path / GEMMA_SCOPE_FILE if path.is_dir() else path)
         return Recorded(str(path), "saelens", "Gemma Scope's defaults", prepend_bos=True, ctx_len=GEMMA_SCOPE_CTX_LEN)
     folder = path.parent if path.is_file() else path
     if (folder / "sae_weights.safetensors").is_file():
@@ -203,6 +208,22 @@ def _recorded_at(path: Path, overrides: dict[str, Any], hookpoint: str | None = 
     if not (folder / "cfg.json").is_file() and hookpoint and (folder / hookpoint / "cfg.json").is_file():
         folder = folder / hookpoint  # a sparsify run folder and the hookpoint read in it
     return sparsify_recorded(folder)
+
+
+def check_gemma_scope_arrays(file: Path) -> None:
+    """Refuse a params.npz holding an array the loader does not use (it might scale or shift the input);
+    the listing is read, not the arrays."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            names = list(data.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return  # the loader says what is wrong with it
+    unknown = sorted(set(names) - GEMMA_SCOPE_ARRAYS)
+    if unknown:
+        raise ContextError(
+            f"Gemma Scope {file}: unknown array {unknown[0]!r}: autointerp cannot tell whether it changes the "
+            f"activations the SAE encodes (it reads {sorted(GEMMA_SCOPE_ARRAYS)})"
+        )
 
 
 def _read(path: Path) -> dict[str, Any]:
