@@ -112,6 +112,26 @@ def test_summaries_do_not_depend_on_batching(tmp_path, setup):
     np.testing.assert_allclose(a.state.max_act, b.state.max_act, rtol=1e-5)
 
 
+def test_a_batch_encoded_a_row_at_a_time_gives_the_same_cache(tmp_path, setup, monkeypatch):
+    """Long contexts and wide dictionaries are encoded a few rows of a batch at a time: same cache."""
+    import autointerp.cache.build as build
+
+    model, encoder, hp = setup
+    a = _build(tmp_path / "a", model, encoder, hp, batch_rows=5)
+    monkeypatch.setattr(build, "MAX_DENSE_ELEMENTS", CTX * encoder.num_latents)  # one row per piece
+    b = _build(tmp_path / "b", model, encoder, hp, batch_rows=5)
+    for name in ("tokens.bin", "indptr.bin", "latents.bin"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    np.testing.assert_allclose(
+        np.fromfile(tmp_path / "a" / "values.bin", np.float16),
+        np.fromfile(tmp_path / "b" / "values.bin", np.float16),
+        rtol=1e-3,
+    )
+    for latent in range(encoder.num_latents):
+        np.testing.assert_array_equal(a.sampled_windows(latent), b.sampled_windows(latent))
+        np.testing.assert_array_equal(a.top_windows(latent)[0], b.top_windows(latent)[0])
+
+
 def test_resume_after_crash_equals_uninterrupted(tmp_path, setup):
     model, encoder, hp = setup
     clean = _build(tmp_path / "clean", model, encoder, hp)

@@ -20,6 +20,7 @@ from autointerp.config import ConfigError, options
 from autointerp.subjects.contexts import (
     ContextError,
     Recorded,
+    _one_per_context,
     _saelens,
     pack_contexts,
     recorded_contexts,
@@ -262,6 +263,41 @@ def test_saelens_packing_matches_concat_and_batch_sequences():
         np.testing.assert_array_equal(np.stack(ours), torch.stack(list(theirs)).numpy())
 
 
+def test_one_document_per_context_matches_saelens():
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    rng = np.random.default_rng(4)
+    docs = [list(rng.integers(3, 90, size=int(n))) for n in rng.integers(10, 30, size=40)]
+    docs[2] = [BOS, *docs[2]]
+    for bos in (BOS, None):
+        ours = list(_one_per_context(iter(docs), 16, bos))
+        theirs = concat_and_batch_sequences(
+            (torch.tensor(d, dtype=torch.long) for d in docs),
+            context_size=16,
+            begin_batch_token_id=bos,
+            disable_concat_sequences=True,
+        )
+        np.testing.assert_array_equal(np.stack(ours), torch.stack(list(theirs)).numpy())
+
+
+def test_separator_recorded_as_none_and_bos_between_documents(tmp_path, subject):
+    """A cfg that says no separator keeps none; BOS between documents is never cached even without BOS
+    at position 0."""
+    from checkpoint_fixtures import write_saelens
+
+    folder = write_saelens(tmp_path / "sae", HOOK)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["metadata"].update(prepend_bos=False, sequence_separator_token=None)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    (recorded,) = recorded_contexts([DictionarySource(folder, None)])
+    assert recorded.separator is None and recorded.prepend_bos is False
+    spec = resolve_contexts([recorded], _tokenizer(subject))
+    assert (spec.separator, spec.silenced_tokens) == (None, ())
+
+    between = resolve_contexts([Recorded("x", "saelens", "cfg", prepend_bos=False)], _tokenizer(subject))
+    assert (between.prepend_bos, between.separator, between.silenced_tokens) == (False, BOS, (BOS,))
+
+
 # ------------------------------------------------------------------------------------------ sparsify
 
 
@@ -335,6 +371,14 @@ def test_gemma_scope_defaults(tmp_path, subject):
     assert "ctx_len 1024 from Gemma Scope's defaults" in spec.describe()
 
 
+def test_gemma_scope_with_an_unknown_array_is_refused(tmp_path):
+    from conftest import gemma_scope_params
+
+    np.savez(tmp_path / "params.npz", **gemma_scope_params(), input_scale=np.ones(16, np.float32))
+    with pytest.raises(ContextError, match="unknown array 'input_scale'"):
+        recorded_contexts([DictionarySource(tmp_path, "layers.1")])
+
+
 def test_prepend_bos_yes_needs_a_bos_token(tmp_path):
     from checkpoint_fixtures import write_subject
 
@@ -381,3 +425,19 @@ def test_unhonoured_settings_are_refused_before_the_model_loads(tmp_path, corpus
     (folder / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": 16, "d_sae": 20, **cfg}))
     with pytest.raises(ContextError, match=named.replace("(", r"\(")):
         run_cache(tmp_path / "run", tmp_path / "no-such-model", folder, corpus[0])
+
+
+def test_the_command_line_says_what_it_chose_and_refuses_bos_without_one(tmp_path, subject, corpus, capsys):
+    from checkpoint_fixtures import write_subject
+
+    from autointerp.cli import main
+
+    saelens_sae(tmp_path / "sae", prepend_bos=True, context_size=CTX)
+    common = ["--dictionary", str(tmp_path / "sae"), "--corpus", str(corpus[0]), "--n-tokens", "512"]
+    assert main(["cache", "--out", str(tmp_path / "run"), "--model", str(subject), *common]) == 0
+    out = capsys.readouterr().out
+    assert "contexts: prepend_bos=yes from the SAE's cfg.json" in out and "BOS positions are never cached" in out
+
+    nobos = write_subject(tmp_path / "nobos")
+    rc = main(["cache", "--out", str(tmp_path / "r2"), "--model", str(nobos), *common, "--prepend-bos", "yes"])
+    assert rc == 2 and "--prepend-bos yes: the tokenizer has no BOS token" in capsys.readouterr().err

@@ -242,6 +242,18 @@ def test_only_the_requested_hookpoint_is_fetched(hub, tmp_path, tiny_llama):
     assert torch.equal(encoder.encode(x), local.encode(x))
 
 
+def test_a_sparsify_run_config_is_fetched_with_its_hookpoint(hub, tmp_path):
+    """The run's config.json above the hookpoint folders says how long its contexts were: it comes too."""
+    from autointerp.subjects.contexts import recorded_contexts
+
+    run_config = {"ctx_len": 512, "hookpoints": ["layers.0", "layers.1"], "sae": {"k": 4}}
+    hub.add_files(SAE, {**_sae_repo(tmp_path), "config.json": json.dumps(run_config).encode()})
+    (source,) = locate_dictionary(SAE, ["layers.1"])
+    assert sorted(hub.downloads()) == ["config.json", "layers.1/cfg.json", "layers.1/sae.safetensors"]
+    (recorded,) = recorded_contexts([source])
+    assert (recorded.packing, recorded.ctx_len) == ("sparsify", 512)
+
+
 def test_several_hookpoints_fetch_only_their_files(hub, tmp_path, tiny_llama):
     """`--hookpoints` on a Hub sparsify run: the files of the named hookpoints, or of every one with `all`."""
     from autointerp.subjects.attach import open_dictionaries

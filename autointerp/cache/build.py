@@ -317,14 +317,20 @@ def fill_caches(
             for p, h in zip(needing, hidden, strict=True):
                 skip = p.n_rows - done_rows  # rows of this batch the hookpoint's cache holds already
                 spec = contexts.get(id(p))
-                acts = encode_hidden(h[skip:], p.target.encoder, spec.silenced(batch[skip:]) if spec else None)
                 meta = p.target.meta
-                first_window = (p.target.first_row + meta.n_rows) * meta.windows_per_row
-                update_state(p.state, acts, first_window, meta.window_len, meta.seed)
-                assert p.appender is not None
-                p.appender.append(batch[skip:], acts)
-                meta.n_rows += len(batch) - skip
-                del acts
+                # the dense activations of a few rows at a time: contexts of 1,024 or 2,048 tokens and a
+                # dictionary of 131k latents would need gigabytes for a whole batch
+                step = max(1, MAX_DENSE_ELEMENTS // (meta.ctx_len * meta.num_latents))
+                for start in range(skip, len(batch), step):
+                    part = batch[start : start + step]
+                    silenced = spec.silenced(part) if spec else None
+                    acts = encode_hidden(h[start : start + step], p.target.encoder, silenced)
+                    first_window = (p.target.first_row + meta.n_rows) * meta.windows_per_row
+                    update_state(p.state, acts, first_window, meta.window_len, meta.seed)
+                    assert p.appender is not None
+                    p.appender.append(part, acts)
+                    meta.n_rows += len(part)
+                    del acts
             del hidden
             done_rows += len(batch)
             since_checkpoint += len(batch)

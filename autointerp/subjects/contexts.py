@@ -28,6 +28,7 @@ are never shown to the explainer as activating nor judged.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,6 +106,9 @@ SPARSIFY_CODER_KEYS = frozenset(
     {"activation", "expansion_factor", "normalize_decoder", "num_latents", "k", "multi_topk", "skip_connection",
      "transcode", "d_in", "signed"}
 )  # fmt: skip
+
+
+GEMMA_SCOPE_ARRAYS = frozenset({"W_enc", "w_enc", "W_dec", "w_dec", "b_enc", "b_dec", "threshold", "scaling_factor"})
 
 
 class ContextError(AutointerpError):
@@ -192,16 +196,35 @@ def recorded_contexts(dictionary: str | Sequence[DictionarySource]) -> list[Reco
         return [Recorded("neurons", "plain", "")]
     if isinstance(dictionary, str):
         return [_recorded_at(DEFAULT_DICTIONARY, {})]
-    return [_recorded_at(Path(source.path), dict(source.cfg_overrides or {})) for source in dictionary]
+    return [_recorded_at(Path(s.path), dict(s.cfg_overrides or {}), s.hookpoint) for s in dictionary]
 
 
-def _recorded_at(path: Path, overrides: dict[str, Any]) -> Recorded:
+def _recorded_at(path: Path, overrides: dict[str, Any], hookpoint: str | None = None) -> Recorded:
     if path.suffix == ".npz" or (path / GEMMA_SCOPE_FILE).is_file():
+        check_gemma_scope_arrays(path / GEMMA_SCOPE_FILE if path.is_dir() else path)
         return Recorded(str(path), "saelens", "Gemma Scope's defaults", prepend_bos=True, ctx_len=GEMMA_SCOPE_CTX_LEN)
     folder = path.parent if path.is_file() else path
     if (folder / "sae_weights.safetensors").is_file():
         return saelens_recorded(folder, overrides)
+    if not (folder / "cfg.json").is_file() and hookpoint and (folder / hookpoint / "cfg.json").is_file():
+        folder = folder / hookpoint  # a sparsify run folder and the hookpoint read in it
     return sparsify_recorded(folder)
+
+
+def check_gemma_scope_arrays(file: Path) -> None:
+    """Refuse a params.npz holding an array the loader does not use (it might scale or shift the input);
+    the listing is read, not the arrays."""
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            names = list(data.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return  # the loader says what is wrong with it
+    unknown = sorted(set(names) - GEMMA_SCOPE_ARRAYS)
+    if unknown:
+        raise ContextError(
+            f"Gemma Scope {file}: unknown array {unknown[0]!r}: autointerp cannot tell whether it changes the "
+            f"activations the SAE encodes (it reads {sorted(GEMMA_SCOPE_ARRAYS)})"
+        )
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -231,13 +254,15 @@ def saelens_recorded(folder: Path, overrides: dict[str, Any] | None = None) -> R
         prepend = True
     exclude = get("exclude_special_tokens", False)
     positions = get("seqpos_slice")
+    key = "sequence_separator_token"  # None is a value here: no separator
+    separator = meta[key] if meta is not None and key in meta else cfg.get(key, "bos")
     return Recorded(
         str(folder),
         "saelens",
         where,
         prepend_bos=None if prepend is None else bool(prepend),
         ctx_len=int(get("context_size")) if get("context_size") else None,
-        separator=get("sequence_separator_token", "bos") if "sequence_separator_token" in (meta or cfg) else "bos",
+        separator=separator,
         one_document=bool(get("disable_concat_sequences", False)),
         exclude_special=exclude is True,
         exclude_ids=tuple(int(i) for i in exclude) if isinstance(exclude, list) else (),
@@ -430,8 +455,9 @@ def _resolve_one(r: Recorded, tokenizer: Any, ctx_len: int | None, prepend_bos: 
     separator: int | None = None
     if packing == "sparsify" and prepend != default_bos:
         packing = "saelens"  # the tokenizer would not give what was asked: pack documents ourselves
-        reasons.append("documents packed one by one with EOS between them (not sparsify's chunking, which ")
-        reasons[-1] += "would follow the tokenizer's default)"
+        reasons.append(
+            "documents packed one by one with EOS between them (sparsify's chunking would follow the tokenizer)"
+        )
         separator = eos
     elif packing == "saelens":
         separator = _separator_id(r.separator, tokenizer)
@@ -455,9 +481,9 @@ def _resolve_one(r: Recorded, tokenizer: Any, ctx_len: int | None, prepend_bos: 
         reasons.append(f"special tokens {sorted(special_token_ids(tokenizer))} not cached (exclude_special_tokens)")
     elif r.exclude_ids:
         reasons.append(f"tokens {list(r.exclude_ids)} not cached (excluded in training)")
-    if prepend and bos is not None:
+    if bos is not None and (prepend or separator == bos):
         silenced.add(bos)
-        reasons.append("the BOS position is never cached")
+        reasons.append("BOS positions are never cached")
     if r.positions is not None:
         reasons.append(f"only positions {_slice_text(r.positions)} cached (seqpos_slice)")
     return ContextSpec(
