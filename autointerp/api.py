@@ -174,12 +174,23 @@ class Outcome:
         )
 
 
+def _progress_bars(progress: bool | None, quiet: bool | None) -> bool:
+    """Whether to show progress bars: `progress`, or `quiet` said the other way round (on by default).
+    Both are accepted because the command line says `--quiet` and a notebook says `progress=False`."""
+    if progress is not None and quiet is not None and progress == quiet:
+        raise ConfigError(f"progress={progress} and quiet={quiet} contradict each other: give one of them")
+    if progress is not None:
+        return progress
+    return not quiet
+
+
 class Run:
     """A run folder and the options of the stages to run on it (see the module docstring).
 
     `judges` maps judge names to ready `Judge` objects used instead of loading those names (a
     scripted judge in a test, a judge a notebook built itself); `echo` receives the progress lines
-    the command line prints (None: silent); `progress` shows progress bars. `ray` caches (shards of the
+    the command line prints (None: silent); `progress` shows progress bars, and `quiet=True` (the
+    command line's `--quiet`) is another way to say `progress=False`. `ray` caches (shards of the
     corpus rows), explains and scores (shards of latents) on a Ray cluster (`--ray`): "local" (a Ray
     instance started for the run), "auto" (the cluster this machine belongs to) or its address; None
     runs in this process. `ray_storage`, an fsspec URL (`s3://BUCKET/PREFIX`), is where the driver and the
@@ -191,7 +202,8 @@ class Run:
         out: str | Path,
         config: RunConfig | None = None,
         *,
-        progress: bool = True,
+        progress: bool | None = None,
+        quiet: bool | None = None,
         echo: Echo | None = _echo_stdout,
         judges: dict[str, Judge] | None = None,
         ray: str | None = None,
@@ -203,7 +215,7 @@ class Run:
         if ray is not None and judges is not None:
             raise ConfigError("a Ray run makes its judges in each worker, by name: give no judges objects with ray")
         self.files = RunFiles(Path(out))
-        self.progress = progress
+        self.progress = _progress_bars(progress, quiet)
         self.echo = echo or (lambda text: None)
         self.judges = judges
         if ray_storage is not None and ray is None:

@@ -287,7 +287,7 @@ def stage_command(args: argparse.Namespace) -> int:
 
     run = Run(
         args.out,
-        progress=not getattr(args, "quiet", False),
+        quiet=getattr(args, "quiet", False),
         ray=getattr(args, "ray", None),
         ray_storage=getattr(args, "ray_storage", None),
         **option_values(args),
@@ -317,7 +317,7 @@ def stage_command(args: argparse.Namespace) -> int:
 def publish_command(args: argparse.Namespace) -> int:
     from autointerp.api import Run
 
-    kept, done = Run(args.run, progress=not args.quiet).publish(
+    kept, done = Run(args.run, quiet=args.quiet).publish(
         args.repo,
         private=args.private,
         with_judgments=args.with_judgments,
@@ -343,7 +343,7 @@ def report_command(args: argparse.Namespace) -> int:
     """`autointerp report RUN`: prints the path of the index page it wrote."""
     from autointerp.api import Run
 
-    print(Run(args.run, progress=not args.quiet).report(args.site))
+    print(Run(args.run, quiet=args.quiet).report(args.site))
     return 0
 
 
