@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields
@@ -42,6 +43,7 @@ from autointerp.errors import ConfigError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from autointerp.folder_lock import Holder
     from autointerp.hub import Published
     from autointerp.llm.accounting import PriceTable
     from autointerp.llm.base import Judge
@@ -195,6 +197,10 @@ class Run:
     instance started for the run), "auto" (the cluster this machine belongs to) or its address; None
     runs in this process. `ray_storage`, an fsspec URL (`s3://BUCKET/PREFIX`), is where the driver and the
     workers exchange the run when the machines share no folder (`--ray-storage`).
+
+    A stage takes the folder's lock (folder_lock.py) for as long as it writes: when another command (or
+    the HTTP service) is writing the folder, it raises `FolderBusy` naming the holder, or with `wait`
+    (`--wait`) waits for the holder to end first.
     """
 
     def __init__(
@@ -208,8 +214,10 @@ class Run:
         judges: dict[str, Judge] | None = None,
         ray: str | None = None,
         ray_storage: str | None = None,
+        wait: bool = False,
         **options: Any,
     ):
+        from autointerp.folder_lock import FolderLock
         from autointerp.results import RunFiles
 
         if ray is not None and judges is not None:
@@ -218,6 +226,8 @@ class Run:
         self.progress = _progress_bars(progress, quiet)
         self.echo = echo or (lambda text: None)
         self.judges = judges
+        self.wait = wait
+        self.lock = FolderLock(self.files.folder)
         if ray_storage is not None and ray is None:
             raise ConfigError("--ray-storage URL is where the machines of a Ray run exchange it: give it with --ray")
         self.ray = ray
@@ -254,6 +264,10 @@ class Run:
     def cache(self) -> dict[str, Any]:
         """Build (or finish) the activation cache; returns what the folder resolved: the model, dictionary
         and hookpoint as recorded, the corpus, the number of latents and of tokens cached."""
+        with self._writing():
+            return self._cache()
+
+    def _cache(self) -> dict[str, Any]:
         from autointerp import app
 
         self.files.prepare()
@@ -294,10 +308,31 @@ class Run:
 
     def run(self) -> Outcome:
         """Cache, then explain and score each latent: `autointerp run`."""
-        self.cache()
-        return self._latent_stages({"explain", "score"})
+        with self._writing():  # one hold for both: no other command gets in between
+            self.cache()
+            return self._latent_stages({"explain", "score"})
+
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        """The folder's lock, held while a stage writes (see the class docstring)."""
+
+        def waiting(holder: Holder | None) -> None:
+            who = holder.describe() if holder is not None else "another process"
+            self.echo(f"waiting for {who} to finish writing {self.folder}")
+
+        return self.lock.hold(wait=self.wait, waiting=waiting)
 
     def _latent_stages(
+        self,
+        stages: set[str],
+        *,
+        explanations: str | Path | None = None,
+        fmt: str | None = None,
+        layer: str | None = None,
+    ) -> Outcome:
+        with self._writing():
+            return self._stages(stages, explanations=explanations, fmt=fmt, layer=layer)
+
+    def _stages(
         self,
         stages: set[str],
         *,

@@ -39,8 +39,10 @@ examples:
 
 A run folder holds config.json, cache/, explanations.jsonl, scores.jsonl, results.parquet and
 judgments.parquet. Running a command again on the same folder resumes: finished latents are kept,
-unfinished ones are done. Options that define the cache or the train/test split cannot change
-within a folder, and are the only ones it remembers: any other option left out takes its default.
+unfinished ones are done. One command writes a folder at a time: a second one exits 2 naming the
+first (pid, host, command), or with --wait starts when it ends. Options that define the cache or the
+train/test split cannot change within a folder, and are the only ones it remembers (give them to
+cache or run): any other option left out takes its default.
 
 exit status: 0 done; 1 done, but some latents failed (the summary says where the reasons are);
 2 nothing done: bad options or input, or a judge that cannot be reached.
@@ -178,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--out", required=True, type=Path, help="run folder (created; reused to resume)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="when another command (or autointerp serve) is writing the run folder, wait for it to end "
+            "instead of exiting with status 2",
+        )
         add_setting_options(p, name)
         what = {
             "cache": "cache on a Ray cluster, shards of corpus rows as Ray tasks",
@@ -288,6 +296,7 @@ def stage_command(args: argparse.Namespace) -> int:
     run = Run(
         args.out,
         quiet=getattr(args, "quiet", False),
+        wait=getattr(args, "wait", False),
         ray=getattr(args, "ray", None),
         ray_storage=getattr(args, "ray_storage", None),
         **option_values(args),

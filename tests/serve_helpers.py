@@ -72,13 +72,15 @@ def start_server(
     port: int | None = None,
     no_auth: bool = False,
     timeout: float = 120.0,
+    gate: Path | None = None,
 ) -> Server:
     """A server on 127.0.0.1 serving `runs`, its job table, response cache and logs in `state`."""
     state.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log, calls = state / f"server-{port}.log", state / "judge-calls.jsonl"
     auth = ["--no-auth"] if no_auth else ["--api-keys", str(write_keys(state / "keys.txt"))]
-    cmd = [sys.executable, str(SCRIPT), "--delay", str(delay), "--calls-log", str(calls), "--"]
+    cmd = [sys.executable, str(SCRIPT), "--delay", str(delay), "--calls-log", str(calls)]
+    cmd += [*(["--gate", str(gate)] if gate is not None else []), "--"]
     cmd += ["--runs", str(runs), "--port", str(port), "--jobs-db", str(state / "jobs.sqlite")]
     cmd += ["--response-cache", str(state / "responses.sqlite"), *auth, *options]
     env = {**os.environ, "AUTOINTERP_API_KEYS": ""}

@@ -16,6 +16,13 @@ label scored before in another run folder over the same windows, costs no judge 
 The logs are kept in memory as an index (`LogIndex`) that reads only what was appended since it last
 looked, so a job does not re-read a log that grows with every job; the results tables (results.parquet,
 judgments.parquet) are rebuilt in the background shortly after jobs finish, as the CLI does after a command.
+
+A command writing a run folder and the service are kept apart by the folder's lock (folder_lock.py): the
+service holds it while any of its jobs on the run writes (jobs of one run share the hold), and lets it
+go when the last one is done. A job that finds the lock held by a command waits for it (its progress
+says `waiting for the run folder` and names the holder) rather than failing: the command's rows are
+read first, so the job reuses a score the command made. The results tables are rebuilt only while the
+service holds the lock, or can take it at once; otherwise the command rebuilds them when it ends.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,7 @@ from autointerp.cache.store import CacheMeta, HookpointCaches, cache_complete, h
 from autointerp.config import ConfigError, RunConfig, load_config
 from autointerp.errors import AutointerpError
 from autointerp.explainers import TOKENS_EXPLAINER
+from autointerp.folder_lock import FolderLock, Holder, command_line
 from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
@@ -63,6 +71,7 @@ JUDGE_FIELDS = (
 RESULTS_QUIET = 0.5
 RESULTS_EVERY = 30.0
 MAX_SCORERS = 16
+LOCK_POLL_S = 0.25  # a job waiting for the run folder tries its lock this often
 
 BackendFactory = Callable[[], Judge]
 
@@ -79,6 +88,16 @@ class RequestError(ValueError):
 def _last_line(error: str) -> str:
     lines = [line for line in error.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else error
+
+
+def _waiting(progress: Progress) -> Callable[[Holder | None], None]:
+    """What a job's progress says while a command holds its run folder."""
+
+    def told(holder: Holder | None) -> None:
+        who = holder.describe() if holder is not None else "another process"
+        progress({"stage": "waiting for the run folder", "holder": who})
+
+    return told
 
 
 def score_summary(row: ScoreRow, reused: bool) -> dict[str, Any]:
@@ -184,6 +203,8 @@ class ServedRun:
         self._later: asyncio.Task[None] | None = None  # the rebuild waiting for the run to be quiet
         self._rebuilding: asyncio.Future[Any] | None = None
         self._write_lock = asyncio.Lock()
+        self.folder_lock = FolderLock(self.files.folder, command=f"{command_line()} (HTTP service jobs)")
+        self._taking = asyncio.Lock()
         self._pending = False
         self._changed_at = 0.0
         self._rebuild_seconds = 0.0
@@ -223,15 +244,34 @@ class ServedRun:
         return LatentId(hookpoint, int(latent))
 
     async def ready(self) -> LogIndex:
-        """The run's log index, read in full on first use (in a thread: a long log takes a while), after a
-        torn last line of a log (a crash mid-write) was cut; later refreshes read only what was appended."""
+        """The run's log index, read in full on first use (in a thread: a long log takes a while); later
+        refreshes read only what was appended. (A torn last line is cut by `writing`, under the lock: a
+        command may be writing that line right now.)"""
         if not self._prepared:
             async with self._loading:
                 if not self._prepared:
-                    await asyncio.to_thread(self.files.prepare)
                     await asyncio.to_thread(self.index.refresh)
                     self._prepared = True
         return self.index
+
+    @contextlib.asynccontextmanager
+    async def writing(self, waiting: Callable[[Holder | None], None] | None = None) -> AsyncIterator[None]:
+        """The run folder's lock, held while a job writes (shared by the jobs of this run in flight); while a
+        command holds it, `waiting` is told who, and the job waits. On taking it, a torn last line of a log
+        (a crash mid-write) is cut, so the next row starts on a line of its own."""
+        async with self._taking:
+            if not self.folder_lock.held:
+                while not self.folder_lock.try_acquire():
+                    if waiting is not None:
+                        waiting(self.folder_lock.holder())
+                    await asyncio.sleep(LOCK_POLL_S)
+                await asyncio.to_thread(self.files.prepare)
+            else:
+                self.folder_lock.try_acquire()  # one more hold on it: never waits
+        try:
+            yield
+        finally:
+            self.folder_lock.release()
 
     async def cache(self) -> HookpointCaches:
         if self._cache is None:
@@ -283,11 +323,15 @@ class ServedRun:
                 await asyncio.shield(self._rebuilding)
             if not self._pending:
                 return
+            if not self.folder_lock.try_acquire():  # a command writes the folder: it rebuilds them when it ends
+                self._changed_at = time.monotonic()  # and the rebuild is tried again shortly
+                return
             self._pending = False
             start = time.monotonic()
             self._rebuilding = asyncio.ensure_future(
                 asyncio.to_thread(app.write_results, self.files, self.config, self.resolved)
             )
+            self._rebuilding.add_done_callback(lambda _: self.folder_lock.release())  # held until written
             try:
                 await asyncio.shield(self._rebuilding)
             except Exception:  # noqa: BLE001 - the logs are the record; the tables are rebuilt next time
@@ -550,7 +594,7 @@ class ServedRuns:
             progress({"stage": "loading the judge", "judge": judge_name})
             judge = await self.judges.get(judge_name, run.config)
         rows: dict[str, tuple[ScoreRow, bool]] = {}
-        async with run.lock(("score", unit, text, judge_name)):
+        async with run.writing(_waiting(progress)), run.lock(("score", unit, text, judge_name)):
             run.index.refresh()
             for scorer in scorers:
                 done = run.index.finished(unit, scorer.name, text, scorer.judge_model(judge))
@@ -580,7 +624,7 @@ class ServedRuns:
         judge = None
         if chooser is not None and chooser.needs_judge:
             judge = await self.judges.get(run.config.judge, run.config)
-        async with run.lock(("explain", unit)):
+        async with run.writing(_waiting(progress)), run.lock(("explain", unit)):
             run.index.refresh()
             current = run.index.explanations.get(unit)
             reused = current is not None and current.status == "ok" and current.explainer_model == model
