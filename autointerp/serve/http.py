@@ -29,7 +29,7 @@ from autointerp.report import ReportError, build_report
 from autointerp.serve.auth import LOCAL_CLIENT
 from autointerp.serve.jobs import FINISHED, IdempotencyConflict, Job, JobStore
 from autointerp.serve.paths import BadName, NotFound, file_within, inside
-from autointerp.serve.queue import JobQueue, QueueFull
+from autointerp.serve.queue import JobQueue, QueueFull, parse_event_id
 from autointerp.serve.runs import BackendFactory, RequestError, ServedRun, ServedRuns
 from autointerp.serve.settings import ServeSettings
 
@@ -156,8 +156,8 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
         api.add_middleware(
             CORSMiddleware,
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"],
             expose_headers=["Location", "Retry-After"],
         )
     api.add_middleware(Guard, limit=settings.max_body_bytes)
@@ -319,7 +319,7 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
     @api.get("/jobs", tags=["jobs"])
     async def list_jobs(
         who: Client,
-        status: Annotated[str | None, Query(pattern="^(queued|running|done|failed)$")] = None,
+        status: Annotated[str | None, Query(pattern="^(queued|running|done|failed|cancelled)$")] = None,
         run: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> JSONResponse:
@@ -340,19 +340,38 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
             job = await queue.wait(job.id, who, wait) or job
         return JSONResponse(job_json(job))
 
-    @api.get("/jobs/{job_id}/events", tags=["jobs"])
-    async def job_events(job_id: str, who: Client) -> StreamingResponse:
-        """Server-Sent Events: a `progress` event with the job now and after each change, a comment every
-        15 s of quiet, and a last `done` event once the job has finished (done or failed)."""
+    @api.delete("/jobs/{job_id}", tags=["jobs"])
+    async def cancel_job(job_id: str, who: Client) -> JSONResponse:
+        """Cancel a job. A queued job never starts: it is answered `cancelled` (200). A running job stops
+        once the work in flight is written (a scorer's row is written whole or not at all): it is answered
+        still `running` (202) and becomes `cancelled`; follow it to see when. A finished job is answered as
+        it is (200), so a repeated DELETE does no harm."""
         own_job(job_id, who)
+        job = queue.cancel(job_id, who)
+        assert job is not None
+        return JSONResponse(job_json(job), status_code=202 if job.status == "running" else 200)
+
+    @api.get("/jobs/{job_id}/events", tags=["jobs"])
+    async def job_events(
+        job_id: str,
+        who: Client,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=100)] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: a `progress` event with the job now and after each change, a comment every
+        15 s of quiet, and a last `done` event once the job has finished (done, failed or cancelled).
+        Each event has an id: a client that reconnects with `Last-Event-ID` is sent only what came after
+        that event (nothing at all when that was the last one)."""
+        own_job(job_id, who)
+        after = parse_event_id(last_event_id)
 
         async def stream() -> Any:
-            async for job in queue.follow(job_id, who):
-                if job is None:
+            async for item in queue.follow(job_id, who, after=after):
+                if item is None:
                     yield ": keep-alive\n\n"
                     continue
+                job, event_id = item
                 name = "done" if job.status in FINISHED else "progress"
-                yield f"event: {name}\ndata: {json.dumps(job_json(job))}\n\n"
+                yield f"id: {event_id}\nevent: {name}\ndata: {json.dumps(job_json(job))}\n\n"
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)

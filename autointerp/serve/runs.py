@@ -50,7 +50,7 @@ from autointerp.sampling import NotEnoughExamples
 from autointerp.scorers.registry import find_scorer, scorer_names
 from autointerp.serve.jobs import Job
 from autointerp.serve.paths import NotFound, list_runs, run_folder
-from autointerp.serve.queue import Outcome, Progress
+from autointerp.serve.queue import Cancelled, Outcome, Progress
 
 log = logging.getLogger("autointerp.serve")
 
@@ -90,10 +90,16 @@ def _last_line(error: str) -> str:
     return lines[-1].strip() if lines else error
 
 
-def _waiting(progress: Progress) -> Callable[[Holder | None], None]:
-    """What a job's progress says while a command holds its run folder."""
+class JobCancelled(Exception):
+    """The job was cancelled before it wrote anything."""
+
+
+def _waiting(progress: Progress, cancelled: Cancelled) -> Callable[[Holder | None], None]:
+    """What a job's progress says while a command holds its run folder (a cancel ends the wait)."""
 
     def told(holder: Holder | None) -> None:
+        if cancelled():
+            raise JobCancelled("cancelled while waiting for the run folder")
         who = holder.describe() if holder is not None else "another process"
         progress({"stage": "waiting for the run folder", "holder": who})
 
@@ -571,21 +577,27 @@ class ServedRuns:
 
     # -- running jobs -------------------------------------------------------------------------------
 
-    async def execute(self, job: Job, progress: Progress) -> Outcome:
+    async def execute(self, job: Job, progress: Progress, cancelled: Cancelled = lambda: False) -> Outcome:
+        """Run the job; `cancelled()` turns true when it is asked to stop: it then stops before the next
+        row it would write (a row being written is finished: rows are whole or absent)."""
         try:
             run = self.get(job.run)
             progress({"stage": "opening the run"})
             opened = await run.opened()
             await run.ready()
             if job.kind == "score":
-                return await self._score(run, opened, job, progress)
+                return await self._score(run, opened, job, progress, cancelled)
             if job.kind == "explain":
-                return await self._explain(run, opened, job, progress)
+                return await self._explain(run, opened, job, progress, cancelled)
             return "failed", None, f"unknown job kind {job.kind!r}"
+        except JobCancelled as e:
+            return "cancelled", None, str(e)
         except (NotFound, RequestError, NotEnoughExamples, AutointerpError) as e:
             return "failed", None, f"{type(e).__name__}: {e}"
 
-    async def _score(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
+    async def _score(
+        self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress, cancelled: Cancelled
+    ) -> Outcome:
         text, names, judge_name = job.request["explanation"], job.request["scorers"], job.request["judge"]
         unit = run.unit(job.latent, job.request.get("hookpoint"))
         scorers = opened.scorers(names)
@@ -594,7 +606,9 @@ class ServedRuns:
             progress({"stage": "loading the judge", "judge": judge_name})
             judge = await self.judges.get(judge_name, run.config)
         rows: dict[str, tuple[ScoreRow, bool]] = {}
-        async with run.writing(_waiting(progress)), run.lock(("score", unit, text, judge_name)):
+        if cancelled():
+            raise JobCancelled("cancelled before it wrote anything")
+        async with run.writing(_waiting(progress, cancelled)), run.lock(("score", unit, text, judge_name)):
             run.index.refresh()
             for scorer in scorers:
                 done = run.index.finished(unit, scorer.name, text, scorer.judge_model(judge))
@@ -602,17 +616,24 @@ class ServedRuns:
                     rows[scorer.name] = (done, True)
             todo = [n for n in names if n not in rows]
             for i, name in enumerate(todo, 1):
+                if cancelled():
+                    break
                 progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
                 (row,) = await app.score_label(opened, unit, text, [name], judge)
                 rows[name] = (row, False)
             if todo:
                 run.index.refresh()
                 run.results_changed()
-        result = {"scores": [score_summary(*rows[n]) for n in names]}
+        result = {"scores": [score_summary(*rows[n]) for n in names if n in rows]}
+        if len(rows) < len(names):  # cancelled: the scorers it got to have their rows, the others none
+            left = [n for n in names if n not in rows]
+            return "cancelled", result, f"cancelled before scoring with {', '.join(left)}"
         errors = [f"{n}: {_last_line(rows[n][0].error)}" for n in names if rows[n][0].status != "ok"]
         return ("failed" if errors else "done"), result, "; ".join(errors) or None
 
-    async def _explain(self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress) -> Outcome:
+    async def _explain(
+        self, run: ServedRun, opened: app.OpenRun, job: Job, progress: Progress, cancelled: Cancelled
+    ) -> Outcome:
         name = job.request["explainer"]
         unit = run.unit(job.latent, job.request.get("hookpoint"))
         explainer = None
@@ -624,12 +645,16 @@ class ServedRuns:
         judge = None
         if chooser is not None and chooser.needs_judge:
             judge = await self.judges.get(run.config.judge, run.config)
-        async with run.writing(_waiting(progress)), run.lock(("explain", unit)):
+        if cancelled():
+            raise JobCancelled("cancelled before it wrote anything")
+        async with run.writing(_waiting(progress, cancelled)), run.lock(("explain", unit)):
             run.index.refresh()
             current = run.index.explanations.get(unit)
             reused = current is not None and current.status == "ok" and current.explainer_model == model
             if reused:
                 row = current
+            elif cancelled():
+                raise JobCancelled("cancelled before it wrote anything")
             else:
                 progress({"stage": "explaining"})
                 row = await app.explain_latent(opened, unit, explainer, judge)
