@@ -90,7 +90,7 @@ def _last_line(error: str) -> str:
     return lines[-1].strip() if lines else error
 
 
-class JobCancelled(Exception):
+class _JobCancelled(Exception):
     """The job was cancelled before it wrote anything."""
 
 
@@ -99,7 +99,7 @@ def _waiting(progress: Progress, cancelled: Cancelled) -> Callable[[Holder | Non
 
     def told(holder: Holder | None) -> None:
         if cancelled():
-            raise JobCancelled("cancelled while waiting for the run folder")
+            raise _JobCancelled("cancelled while waiting for the run folder")
         who = holder.describe() if holder is not None else "another process"
         progress({"stage": "waiting for the run folder", "holder": who})
 
@@ -590,7 +590,7 @@ class ServedRuns:
             if job.kind == "explain":
                 return await self._explain(run, opened, job, progress, cancelled)
             return "failed", None, f"unknown job kind {job.kind!r}"
-        except JobCancelled as e:
+        except _JobCancelled as e:
             return "cancelled", None, str(e)
         except (NotFound, RequestError, NotEnoughExamples, AutointerpError) as e:
             return "failed", None, f"{type(e).__name__}: {e}"
@@ -607,7 +607,7 @@ class ServedRuns:
             judge = await self.judges.get(judge_name, run.config)
         rows: dict[str, tuple[ScoreRow, bool]] = {}
         if cancelled():
-            raise JobCancelled("cancelled before it wrote anything")
+            raise _JobCancelled("cancelled before it wrote anything")
         async with run.writing(_waiting(progress, cancelled)), run.lock(("score", unit, text, judge_name)):
             run.index.refresh()
             for scorer in scorers:
@@ -646,7 +646,7 @@ class ServedRuns:
         if chooser is not None and chooser.needs_judge:
             judge = await self.judges.get(run.config.judge, run.config)
         if cancelled():
-            raise JobCancelled("cancelled before it wrote anything")
+            raise _JobCancelled("cancelled before it wrote anything")
         async with run.writing(_waiting(progress, cancelled)), run.lock(("explain", unit)):
             run.index.refresh()
             current = run.index.explanations.get(unit)
@@ -654,7 +654,7 @@ class ServedRuns:
             if reused:
                 row = current
             elif cancelled():
-                raise JobCancelled("cancelled before it wrote anything")
+                raise _JobCancelled("cancelled before it wrote anything")
             else:
                 progress({"stage": "explaining"})
                 row = await app.explain_latent(opened, unit, explainer, judge)
