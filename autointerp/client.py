@@ -17,6 +17,7 @@ so it neither misses the end nor repeats an event.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -51,6 +52,17 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+    def request(self, timeout: float | None) -> dict[str, Any]:
+        """httpx's `request` arguments for this call (`timeout` None: the client's own)."""
+        return {
+            "method": self.method,
+            "url": self.path,
+            "params": self.params,
+            "json": self.body,
+            "headers": self.headers,
+            "timeout": _timeout(timeout),
+        }
 
 
 def _error(response: httpx.Response) -> ServeError:
@@ -172,6 +184,26 @@ def _sleep_for(error: ServeError | None, attempt: int) -> float:
     return min(MAX_RETRY_SLEEP, 0.25 * 2**attempt)
 
 
+def _answer(response: httpx.Response) -> Any:
+    """The response's JSON, or the `ServeError` it is."""
+    if response.is_success:
+        return response.json()
+    raise _error(response)
+
+
+def _pause(failure: Exception, attempt: int, retries: int) -> float:
+    """The retry policy both clients follow: how long to wait before sending a call again after `failure`
+    (its `attempt`-th, from 0), or the failure raised when it is not to be sent again. A dropped connection,
+    a 429 and the 5xx a proxy or an overloaded server answers are worth another try: GETs and DELETEs are
+    safe to send twice, and POSTs carry their idempotency key."""
+    error = failure if isinstance(failure, ServeError) else None
+    if error is not None and error.status not in RETRY_STATUS:
+        raise failure
+    if attempt >= retries:
+        raise failure
+    return _sleep_for(error, attempt)
+
+
 class Client(_Calls):
     def __init__(
         self,
@@ -195,31 +227,11 @@ class Client(_Calls):
         self.http.close()
 
     def _send(self, call: Call, timeout: float | None = None) -> Any:
-        attempt = 0
-        while True:
-            error: ServeError | None = None
+        for attempt in itertools.count():
             try:
-                response = self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    headers=call.headers,
-                    timeout=_timeout(timeout),
-                )
-                if response.is_success:
-                    return response.json()
-                error = _error(response)
-                if response.status_code not in RETRY_STATUS:
-                    raise error
-            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
-                if attempt >= self.retries:
-                    raise
-            if attempt >= self.retries:
-                assert error is not None
-                raise error
-            time.sleep(_sleep_for(error, attempt))
-            attempt += 1
+                return _answer(self.http.request(**call.request(timeout)))
+            except (ServeError, httpx.TransportError) as failure:
+                time.sleep(_pause(failure, attempt, self.retries))
 
     def health(self) -> dict[str, Any]:
         return self._send(self._health())
@@ -307,10 +319,8 @@ class Client(_Calls):
                             if got[0] == "done":
                                 return
                     return  # the server ended the stream: the job has finished (or is gone)
-            except httpx.TransportError:
-                if dropped >= self.retries:
-                    raise
-                time.sleep(_sleep_for(None, dropped))
+            except httpx.TransportError as failure:
+                time.sleep(_pause(failure, dropped, self.retries))
                 dropped += 1
 
     def report(self, run: str, path: str = "") -> str:
@@ -351,31 +361,11 @@ class AsyncClient(_Calls):
         await self.http.aclose()
 
     async def _send(self, call: Call, timeout: float | None = None) -> Any:
-        attempt = 0
-        while True:
-            error: ServeError | None = None
+        for attempt in itertools.count():
             try:
-                response = await self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    headers=call.headers,
-                    timeout=_timeout(timeout),
-                )
-                if response.is_success:
-                    return response.json()
-                error = _error(response)
-                if response.status_code not in RETRY_STATUS:
-                    raise error
-            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
-                if attempt >= self.retries:
-                    raise
-            if attempt >= self.retries:
-                assert error is not None
-                raise error
-            await asyncio.sleep(_sleep_for(error, attempt))
-            attempt += 1
+                return _answer(await self.http.request(**call.request(timeout)))
+            except (ServeError, httpx.TransportError) as failure:
+                await asyncio.sleep(_pause(failure, attempt, self.retries))
 
     async def health(self) -> dict[str, Any]:
         return await self._send(self._health())
@@ -456,8 +446,6 @@ class AsyncClient(_Calls):
                             if got[0] == "done":
                                 return
                     return
-            except httpx.TransportError:
-                if dropped >= self.retries:
-                    raise
-                await asyncio.sleep(_sleep_for(None, dropped))
+            except httpx.TransportError as failure:
+                await asyncio.sleep(_pause(failure, dropped, self.retries))
                 dropped += 1
