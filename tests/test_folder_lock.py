@@ -222,6 +222,25 @@ def progress_is(client: Client, job_id: str, stage: str) -> dict:
     raise AssertionError(f"job {job_id} never reached {stage!r}: {client.job(job_id)}")
 
 
+def test_a_command_killed_while_it_holds_the_folder_blocks_nobody(explained, tmp_path):
+    """SIGKILL gives the holder no chance to let go or to remove its holder file: the OS lets go for it, and
+    the next command takes the folder at once and finishes the work."""
+    folder = copy_run(explained, tmp_path / "run")
+    judge = GatedJudge()
+    with judge.server as server:
+        first = started(score_command(folder, server.url))
+        try:
+            assert judge.entered.wait(BOUND_S), first.communicate()[1][-3000:]
+        finally:
+            first.kill()
+            first.wait(BOUND_S)
+        assert read_holder(folder / HOLDER_NAME).pid == first.pid  # left behind, and not believed
+        judge.open()
+        again = subprocess.run(score_command(folder, server.url), env=ENV, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr[-3000:]
+    assert len(score_rows(folder)) == 3 and not (folder / HOLDER_NAME).exists()
+
+
 # -- the lock itself, in one process ------------------------------------------------------------------
 
 

@@ -5,12 +5,13 @@ running or queued by what the test can see, not by timing."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
 import pytest
 from report_fixtures import make_run
-from serve_helpers import KEY, OTHER_KEY, start_server
+from serve_helpers import KEY, OTHER_KEY, DroppingProxy, copy_run, start_server
 
 from autointerp.client import AsyncClient, Client, ServeError
 from autointerp.serve.queue import parse_event_id
@@ -129,6 +130,33 @@ def test_the_async_client_cancels_and_follows_too(served):
 
     cancelled, seen = asyncio.run(go())
     assert seen[-1]["status"] == "done" and cancelled["status"] == "done"  # finished first: left as it was
+
+
+def test_the_client_resumes_a_dropped_event_stream_after_the_last_event_it_had(served, tmp_path):
+    """A stream cut after its first event (a proxy drops the connection): `Client.events` reconnects with
+    that event's id, is sent only what came after, and ends with the job's end."""
+    _, folder, _ = served
+    copy_run(folder, tmp_path / "runs" / "beta")
+    gate = tmp_path / "gate"
+    server = start_server(tmp_path / "runs", tmp_path / "state", gate=gate)
+    proxy = DroppingProxy(int(server.url.rsplit(":", 1)[1]))
+    try:
+        with Client(server.url, KEY, timeout=60) as client, Client(proxy.url, KEY, timeout=60) as through_proxy:
+            job = client.score("beta", 0, "a label followed through a bad line", scorers=["detection"])
+            until(client, job["id"], lambda j: (j["progress"] or {}).get("scorer") == "detection")
+            events = through_proxy.events(job["id"])
+            first = next(events)
+            assert first["status"] == "running" and proxy.dropped
+            gate.touch()
+            rest = list(events)
+    finally:
+        gate.touch()
+        proxy.close()
+        assert server.stop(), server.log.read_text()[-3000:]
+    assert rest and rest[-1]["status"] == "done" and first not in rest
+    streams = [head for head in proxy.heads if "/events" in head.split("\r\n", 1)[0]]
+    assert len(streams) == 2 and "last-event-id" not in streams[0].lower()
+    assert re.search(r"(?im)^last-event-id: 0*\d+\.\d+\r?$", streams[1]), streams[1]
 
 
 def test_event_ids_order_by_attempt_then_change_and_the_client_keeps_the_last():
