@@ -271,7 +271,11 @@ class ServedRun:
                     if waiting is not None:
                         waiting(self.folder_lock.holder())
                     await asyncio.sleep(LOCK_POLL_S)
-                await asyncio.to_thread(self.files.prepare)
+                try:
+                    await asyncio.to_thread(self.files.prepare)
+                except BaseException:  # cancelled meanwhile (a server stopping): let go of it again
+                    self.folder_lock.release()
+                    raise
             else:
                 self.folder_lock.try_acquire()  # one more hold on it: never waits
         try:
