@@ -21,7 +21,8 @@ A command writing a run folder and the service are kept apart by the folder's lo
 service holds it while any of its jobs on the run writes (jobs of one run share the hold), and lets it
 go when the last one is done. A job that finds the lock held by a command waits for it (its progress
 says `waiting for the run folder` and names the holder) rather than failing: the command's rows are
-read first, so the job reuses a score the command made. The results tables are rebuilt only while the
+read first, so the job reuses a score the command made (a job that only reuses one takes no lock at all:
+it writes nothing). The results tables are rebuilt only while the
 service holds the lock, or can take it at once; otherwise the command rebuilds them when it ends.
 """
 
@@ -610,24 +611,30 @@ class ServedRuns:
             progress({"stage": "loading the judge", "judge": judge_name})
             judge = await self.judges.get(judge_name, run.config)
         rows: dict[str, tuple[ScoreRow, bool]] = {}
-        if cancelled():
-            raise _JobCancelled("cancelled before it wrote anything")
-        async with run.writing(_waiting(progress, cancelled)), run.lock(("score", unit, text, judge_name)):
+
+        def reuse() -> list[str]:
+            """Take the finished scores the log holds; the scorers still to run."""
             run.index.refresh()
             for scorer in scorers:
                 done = run.index.finished(unit, scorer.name, text, scorer.judge_model(judge))
                 if done is not None:
                     rows[scorer.name] = (done, True)
-            todo = [n for n in names if n not in rows]
-            for i, name in enumerate(todo, 1):
-                if cancelled():
-                    break
-                progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
-                (row,) = await app.score_label(opened, unit, text, [name], judge)
-                rows[name] = (row, False)
-            if todo:
-                run.index.refresh()
-                run.results_changed()
+            return [n for n in names if n not in rows]
+
+        if reuse():  # only a job with something to write takes the folder (a reused score is read, never written)
+            if cancelled():
+                raise _JobCancelled("cancelled before it wrote anything")
+            async with run.writing(_waiting(progress, cancelled)), run.lock(("score", unit, text, judge_name)):
+                todo = reuse()  # again, under the locks: a command or another job may have scored it meanwhile
+                for i, name in enumerate(todo, 1):
+                    if cancelled():
+                        break
+                    progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
+                    (row,) = await app.score_label(opened, unit, text, [name], judge)
+                    rows[name] = (row, False)
+                if todo:
+                    run.index.refresh()
+                    run.results_changed()
         result = {"scores": [score_summary(*rows[n]) for n in names if n in rows]}
         if len(rows) < len(names):  # cancelled: the scorers it got to have their rows, the others none
             left = [n for n in names if n not in rows]
