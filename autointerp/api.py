@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, fields, replace
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from autointerp.distributed.latents import RayOptions
+    from autointerp.folder_lock import Holder
     from autointerp.hub import Published
     from autointerp.llm.accounting import PriceTable
     from autointerp.llm.base import Judge
@@ -175,16 +177,31 @@ class Outcome:
         )
 
 
+def _progress_bars(progress: bool | None, quiet: bool | None) -> bool:
+    """Whether to show progress bars: `progress`, or `quiet` said the other way round (on by default).
+    Both are accepted because the command line says `--quiet` and a notebook says `progress=False`."""
+    if progress is not None and quiet is not None and progress == quiet:
+        raise ConfigError(f"progress={progress} and quiet={quiet} contradict each other: give one of them")
+    if progress is not None:
+        return progress
+    return not quiet
+
+
 class Run:
     """A run folder and the options of the stages to run on it (see the module docstring).
 
     `judges` maps judge names to ready `Judge` objects used instead of loading those names (a
     scripted judge in a test, a judge a notebook built itself); `echo` receives the progress lines
-    the command line prints (None: silent); `progress` shows progress bars. `ray` caches (shards of the
+    the command line prints (None: silent); `progress` shows progress bars, and `quiet=True` (the
+    command line's `--quiet`) is another way to say `progress=False`. `ray` caches (shards of the
     corpus rows), explains and scores (shards of latents) on a Ray cluster (`--ray`): "local" (a Ray
     instance started for the run), "auto" (the cluster this machine belongs to) or its address; None
     runs in this process. `ray_storage`, an fsspec URL (`s3://BUCKET/PREFIX`), is where the driver and the
     workers exchange the run when the machines share no folder (`--ray-storage`).
+
+    A stage takes the folder's lock (folder_lock.py) for as long as it writes: when another command (or
+    the HTTP service) is writing the folder, it raises `FolderBusy` naming the holder, or with `wait`
+    (`--wait`) waits for the holder to end first.
     """
 
     def __init__(
@@ -192,21 +209,26 @@ class Run:
         out: str | Path,
         config: RunConfig | None = None,
         *,
-        progress: bool = True,
+        progress: bool | None = None,
+        quiet: bool | None = None,
         echo: Echo | None = _echo_stdout,
         judges: dict[str, Judge] | None = None,
         ray: str | None = None,
         ray_storage: str | None = None,
+        wait: bool = False,
         **options: Any,
     ):
+        from autointerp.folder_lock import FolderLock
         from autointerp.results import RunFiles
 
         if ray is not None and judges is not None:
             raise ConfigError("a Ray run makes its judges in each worker, by name: give no judges objects with ray")
         self.files = RunFiles(Path(out))
-        self.progress = progress
+        self.progress = _progress_bars(progress, quiet)
         self.echo = echo or (lambda text: None)
         self.judges = judges
+        self.wait = wait
+        self.lock = FolderLock(self.files.folder)
         if ray_storage is not None and ray is None:
             raise ConfigError("--ray-storage URL is where the machines of a Ray run exchange it: give it with --ray")
         self.ray = ray
@@ -243,6 +265,10 @@ class Run:
     def cache(self) -> dict[str, Any]:
         """Build (or finish) the activation cache; returns what the folder resolved: the model, dictionary
         and hookpoint as recorded, the corpus, the number of latents and of tokens cached."""
+        with self._writing():
+            return self._cache()
+
+    def _cache(self) -> dict[str, Any]:
         self.files.prepare()
         config, resolved, stored = self._resolve()
         config.validate()
@@ -288,10 +314,31 @@ class Run:
 
     def run(self) -> Outcome:
         """Cache, then explain and score each latent: `autointerp run`."""
-        self.cache()
-        return self._latent_stages({"explain", "score"})
+        with self._writing():  # one hold for both: no other command gets in between
+            self.cache()
+            return self._latent_stages({"explain", "score"})
+
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        """The folder's lock, held while a stage writes (see the class docstring)."""
+
+        def waiting(holder: Holder | None) -> None:
+            who = holder.describe() if holder is not None else "another process"
+            self.echo(f"waiting for {who} to finish writing {self.folder}")
+
+        return self.lock.hold(wait=self.wait, waiting=waiting)
 
     def _latent_stages(
+        self,
+        stages: set[str],
+        *,
+        explanations: str | Path | None = None,
+        fmt: str | None = None,
+        layer: str | None = None,
+    ) -> Outcome:
+        with self._writing():
+            return self._stages(stages, explanations=explanations, fmt=fmt, layer=layer)
+
+    def _stages(
         self,
         stages: set[str],
         *,

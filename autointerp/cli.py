@@ -40,8 +40,10 @@ examples:
 
 A run folder holds config.json, cache/, explanations.jsonl, scores.jsonl, results.parquet and
 judgments.parquet. Running a command again on the same folder resumes: finished latents are kept,
-unfinished ones are done. Options that define the cache or the train/test split cannot change
-within a folder, and are the only ones it remembers: any other option left out takes its default.
+unfinished ones are done. One command writes a folder at a time: a second one exits 2 naming the
+first (pid, host, command), or with --wait starts when it ends. Options that define the cache or the
+train/test split cannot change within a folder, and are the only ones it remembers (give them to
+cache or run): any other option left out takes its default.
 
 exit status: 0 done; 1 done, but some latents failed (the summary says where the reasons are);
 2 nothing done: bad options or input, or a judge that cannot be reached.
@@ -179,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--out", required=True, type=Path, help="run folder (created; reused to resume)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="when another command (or autointerp serve) is writing the run folder, wait for it to end "
+            "instead of exiting with status 2",
+        )
         add_setting_options(p, name)
         what = {
             "cache": "cache on a Ray cluster, shards of corpus rows as Ray tasks",
@@ -290,7 +298,8 @@ def stage_command(args: argparse.Namespace) -> int:
 
     run = Run(
         args.out,
-        progress=not getattr(args, "quiet", False),
+        quiet=getattr(args, "quiet", False),
+        wait=getattr(args, "wait", False),
         ray=getattr(args, "ray", None),
         ray_storage=getattr(args, "ray_storage", None),
         **option_values(args),
@@ -320,7 +329,7 @@ def stage_command(args: argparse.Namespace) -> int:
 def publish_command(args: argparse.Namespace) -> int:
     from autointerp.api import Run
 
-    kept, done = Run(args.run, progress=not args.quiet).publish(
+    kept, done = Run(args.run, quiet=args.quiet).publish(
         args.repo,
         private=args.private,
         with_judgments=args.with_judgments,
@@ -346,7 +355,7 @@ def report_command(args: argparse.Namespace) -> int:
     """`autointerp report RUN`: prints the path of the index page it wrote."""
     from autointerp.api import Run
 
-    print(Run(args.run, progress=not args.quiet).report(args.site))
+    print(Run(args.run, quiet=args.quiet).report(args.site))
     return 0
 
 

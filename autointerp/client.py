@@ -8,12 +8,16 @@
 
 `AsyncClient` has the same methods as coroutines. Every POST carries an idempotency key (a fresh one
 per call unless given), so a call retried after a dropped connection, a 5xx or a 429 (after its
-Retry-After) returns the job the first attempt created instead of queueing a second one.
+Retry-After) returns the job the first attempt created instead of queueing a second one. `cancel(id)`
+cancels a job (DELETE is idempotent, so it is retried the same way). `events(id)` follows a job's event
+stream, and when the connection drops it reconnects with the id of the last event it had (`Last-Event-ID`),
+so it neither misses the end nor repeats an event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -25,7 +29,7 @@ import httpx
 
 from autointerp.errors import AutointerpError
 
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
 RETRY_STATUS = (429, 502, 503, 504)
 MAX_RETRY_SLEEP = 30.0
 
@@ -48,6 +52,17 @@ class Call:
     params: dict[str, Any] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+
+    def request(self, timeout: float | None) -> dict[str, Any]:
+        """httpx's `request` arguments for this call (`timeout` None: the client's own)."""
+        return {
+            "method": self.method,
+            "url": self.path,
+            "params": self.params,
+            "json": self.body,
+            "headers": self.headers,
+            "timeout": _timeout(timeout),
+        }
 
 
 def _error(response: httpx.Response) -> ServeError:
@@ -75,6 +90,7 @@ class _EventParser:
     def __init__(self) -> None:
         self.event = "message"
         self.data: list[str] = []
+        self.last_id: str | None = None  # the id of the last event (the stream's Last-Event-ID)
 
     def feed(self, line: str) -> tuple[str, str] | None:
         if not line:
@@ -86,6 +102,8 @@ class _EventParser:
             value = value.removeprefix(" ")
             if name == "event":
                 self.event = value
+            elif name == "id" and "\0" not in value:
+                self.last_id = value
             elif name == "data":
                 self.data.append(value)
         return None
@@ -141,6 +159,12 @@ class _Calls:
     def _job(self, job_id: str, wait: float) -> Call:
         return Call("GET", f"/jobs/{job_id}", params={"wait": wait} if wait else {})
 
+    def _cancel(self, job_id: str) -> Call:
+        return Call("DELETE", f"/jobs/{job_id}")
+
+    def _events_headers(self, last_id: str | None) -> dict[str, str]:
+        return {"Last-Event-ID": last_id} if last_id is not None else {}
+
     def _jobs(self, status: str | None, run: str | None, limit: int) -> Call:
         params: dict[str, Any] = {"limit": limit}
         if status:
@@ -158,6 +182,26 @@ def _sleep_for(error: ServeError | None, attempt: int) -> float:
     if error is not None and error.retry_after is not None:
         return min(MAX_RETRY_SLEEP, error.retry_after)
     return min(MAX_RETRY_SLEEP, 0.25 * 2**attempt)
+
+
+def _answer(response: httpx.Response) -> Any:
+    """The response's JSON, or the `ServeError` it is."""
+    if response.is_success:
+        return response.json()
+    raise _error(response)
+
+
+def _pause(failure: Exception, attempt: int, retries: int) -> float:
+    """The retry policy both clients follow: how long to wait before sending a call again after `failure`
+    (its `attempt`-th, from 0), or the failure raised when it is not to be sent again. A dropped connection,
+    a 429 and the 5xx a proxy or an overloaded server answers are worth another try: GETs and DELETEs are
+    safe to send twice, and POSTs carry their idempotency key."""
+    error = failure if isinstance(failure, ServeError) else None
+    if error is not None and error.status not in RETRY_STATUS:
+        raise failure
+    if attempt >= retries:
+        raise failure
+    return _sleep_for(error, attempt)
 
 
 class Client(_Calls):
@@ -183,31 +227,11 @@ class Client(_Calls):
         self.http.close()
 
     def _send(self, call: Call, timeout: float | None = None) -> Any:
-        attempt = 0
-        while True:
-            error: ServeError | None = None
+        for attempt in itertools.count():
             try:
-                response = self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    headers=call.headers,
-                    timeout=_timeout(timeout),
-                )
-                if response.is_success:
-                    return response.json()
-                error = _error(response)
-                if response.status_code not in RETRY_STATUS:
-                    raise error
-            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
-                if attempt >= self.retries:
-                    raise
-            if attempt >= self.retries:
-                assert error is not None
-                raise error
-            time.sleep(_sleep_for(error, attempt))
-            attempt += 1
+                return _answer(self.http.request(**call.request(timeout)))
+            except (ServeError, httpx.TransportError) as failure:
+                time.sleep(_pause(failure, attempt, self.retries))
 
     def health(self) -> dict[str, Any]:
         return self._send(self._health())
@@ -254,6 +278,11 @@ class Client(_Calls):
     def jobs(self, *, status: str | None = None, run: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return self._send(self._jobs(status, run, limit))["jobs"]
 
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job; returns it: `cancelled` when it was queued, still `running` when it was running (it
+        stops once its work in flight is written; `wait` for it), as it was when it had finished."""
+        return self._send(self._cancel(job_id))
+
     def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 30.0) -> dict[str, Any]:
         """The job once it has finished (done or failed); TimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -265,19 +294,34 @@ class Client(_Calls):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
 
-    def events(self, job_id: str) -> Iterator[dict[str, Any]]:
-        """The job after each change, from its Server-Sent Events stream, until it has finished."""
-        with self.http.stream("GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=60.0)) as response:
-            if not response.is_success:
-                response.read()
-                raise _error(response)
-            parser = _EventParser()
-            for line in response.iter_lines():
-                got = parser.feed(line)
-                if got is not None:
-                    yield json.loads(got[1])
-                    if got[0] == "done":
-                        return
+    def events(self, job_id: str, *, last_event_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """The job after each change, from its Server-Sent Events stream, until it has finished; a dropped
+        stream is resumed (up to `retries` times in a row) after the last event it gave. `last_event_id`
+        starts after that event."""
+        parser, dropped = _EventParser(), 0
+        parser.last_id = last_event_id
+        while True:
+            try:
+                with self.http.stream(
+                    "GET",
+                    f"/jobs/{job_id}/events",
+                    headers=self._events_headers(parser.last_id),
+                    timeout=httpx.Timeout(30.0, read=60.0),
+                ) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise _error(response)
+                    for line in response.iter_lines():
+                        got = parser.feed(line)
+                        if got is not None:
+                            dropped = 0
+                            yield json.loads(got[1])
+                            if got[0] == "done":
+                                return
+                    return  # the server ended the stream: the job has finished (or is gone)
+            except httpx.TransportError as failure:
+                time.sleep(_pause(failure, dropped, self.retries))
+                dropped += 1
 
     def report(self, run: str, path: str = "") -> str:
         """A page of the run's HTML report ("" = index.html)."""
@@ -317,31 +361,11 @@ class AsyncClient(_Calls):
         await self.http.aclose()
 
     async def _send(self, call: Call, timeout: float | None = None) -> Any:
-        attempt = 0
-        while True:
-            error: ServeError | None = None
+        for attempt in itertools.count():
             try:
-                response = await self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    headers=call.headers,
-                    timeout=_timeout(timeout),
-                )
-                if response.is_success:
-                    return response.json()
-                error = _error(response)
-                if response.status_code not in RETRY_STATUS:
-                    raise error
-            except httpx.TransportError:  # safe to send again: GETs, and POSTs with their idempotency key
-                if attempt >= self.retries:
-                    raise
-            if attempt >= self.retries:
-                assert error is not None
-                raise error
-            await asyncio.sleep(_sleep_for(error, attempt))
-            attempt += 1
+                return _answer(await self.http.request(**call.request(timeout)))
+            except (ServeError, httpx.TransportError) as failure:
+                await asyncio.sleep(_pause(failure, attempt, self.retries))
 
     async def health(self) -> dict[str, Any]:
         return await self._send(self._health())
@@ -387,6 +411,9 @@ class AsyncClient(_Calls):
     ) -> list[dict[str, Any]]:
         return (await self._send(self._jobs(status, run, limit)))["jobs"]
 
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self._send(self._cancel(job_id))
+
     async def wait(self, job_id: str, timeout: float | None = None, *, poll: float = 30.0) -> dict[str, Any]:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -397,17 +424,28 @@ class AsyncClient(_Calls):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
 
-    async def events(self, job_id: str) -> AsyncIterator[dict[str, Any]]:
-        async with self.http.stream(
-            "GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(30.0, read=60.0)
-        ) as response:
-            if not response.is_success:
-                await response.aread()
-                raise _error(response)
-            parser = _EventParser()
-            async for line in response.aiter_lines():
-                got = parser.feed(line)
-                if got is not None:
-                    yield json.loads(got[1])
-                    if got[0] == "done":
-                        return
+    async def events(self, job_id: str, *, last_event_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        parser, dropped = _EventParser(), 0
+        parser.last_id = last_event_id
+        while True:
+            try:
+                async with self.http.stream(
+                    "GET",
+                    f"/jobs/{job_id}/events",
+                    headers=self._events_headers(parser.last_id),
+                    timeout=httpx.Timeout(30.0, read=60.0),
+                ) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise _error(response)
+                    async for line in response.aiter_lines():
+                        got = parser.feed(line)
+                        if got is not None:
+                            dropped = 0
+                            yield json.loads(got[1])
+                            if got[0] == "done":
+                                return
+                    return
+            except httpx.TransportError as failure:
+                await asyncio.sleep(_pause(failure, dropped, self.retries))
+                dropped += 1

@@ -93,11 +93,16 @@ def repair_jsonl(path: Path) -> None:
     """Cut a torn last line so the next append starts on a fresh line."""
     if not path.exists():
         return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(cut)
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":  # the usual case, read in one byte: the service does this often
+            return
+        f.seek(0)
+        data = f.read()
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 def _typed(path: Path, read: Callable[[Any], Row]) -> Iterator[Row]:

@@ -52,7 +52,8 @@ class Placement:
 
 CACHING = Placement(("run", "cache"), "cache")
 LATENTS = Placement(("run", "explain", "score"), "latents")
-EXAMPLES = Placement(("run", "explain", "score"), "examples")
+# the train/test split is fixed for a run folder, so it is given where the folder is first made too: `cache`
+EXAMPLES = Placement(("run", "cache", "explain", "score"), "examples")
 JUDGES = Placement(("run", "explain", "score"), "judges")
 EXPLAINING = Placement(("run", "explain"), "explaining")
 SCORING = Placement(("run", "score"), "scoring")

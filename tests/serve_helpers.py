@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +74,15 @@ def start_server(
     port: int | None = None,
     no_auth: bool = False,
     timeout: float = 120.0,
+    gate: Path | None = None,
 ) -> Server:
     """A server on 127.0.0.1 serving `runs`, its job table, response cache and logs in `state`."""
     state.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log, calls = state / f"server-{port}.log", state / "judge-calls.jsonl"
     auth = ["--no-auth"] if no_auth else ["--api-keys", str(write_keys(state / "keys.txt"))]
-    cmd = [sys.executable, str(SCRIPT), "--delay", str(delay), "--calls-log", str(calls), "--"]
+    cmd = [sys.executable, str(SCRIPT), "--delay", str(delay), "--calls-log", str(calls)]
+    cmd += [*(["--gate", str(gate)] if gate is not None else []), "--"]
     cmd += ["--runs", str(runs), "--port", str(port), "--jobs-db", str(state / "jobs.sqlite")]
     cmd += ["--response-cache", str(state / "responses.sqlite"), *auth, *options]
     env = {**os.environ, "AUTOINTERP_API_KEYS": ""}
@@ -106,3 +110,64 @@ def copy_run(source: Path, target: Path, *, keep_scores: bool = False) -> Path:
         for name in ("scores.jsonl", "results.parquet", "judgments.parquet"):
             (target / name).unlink(missing_ok=True)
     return target
+
+
+class DroppingProxy:
+    """A TCP proxy on 127.0.0.1 to a local server that cuts the first event stream it carries right after
+    that stream's first event, as a dropped connection would (every other connection it carries whole).
+    `heads` holds the request head of each connection, in order."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.heads: list[str] = []
+        self.dropped = False
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._carry, args=(client,), daemon=True).start()
+
+    def _carry(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+        head = client.recv(65536)  # a GET's head, on a fresh connection
+        self.heads.append(head.decode(errors="replace"))
+        upstream.sendall(head)
+        cut = b"/events" in head.split(b"\r\n", 1)[0] and not self.dropped
+        threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+        seen = b""
+        try:
+            while data := upstream.recv(65536):
+                if not cut:
+                    client.sendall(data)
+                    continue
+                seen += data
+                start = seen.find(b"data:")
+                end = seen.find(b"\n\n", start) if start >= 0 else -1
+                if end >= 0:  # the first event is whole: send it, and not a byte more
+                    client.sendall(seen[: end + 2])
+                    self.dropped = True
+                    return
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass

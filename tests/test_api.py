@@ -113,6 +113,18 @@ def test_tables_before_any_stage_and_bad_options_are_user_errors(tmp_path):
     assert not (tmp_path / "x" / "config.json").exists()
 
 
+def test_quiet_is_the_command_lines_word_for_no_progress_bars(folder, capsys):
+    """`Run(..., quiet=True)` is `--quiet`: accepted as a keyword, not refused as an unknown setting."""
+    run = autointerp.Run(folder, judges=judges(), quiet=True, echo=None, **OPTIONS)
+    assert run.progress is False and "quiet" not in run.explicit
+    assert run.explain().summary.explained == 3
+    assert "100%" not in capsys.readouterr().err  # no progress bar was drawn
+    assert autointerp.Run(folder, quiet=False).progress is True and autointerp.Run(folder).progress is True
+    assert autointerp.Run(folder, progress=False, quiet=True).progress is False
+    with pytest.raises(autointerp.ConfigError, match="contradict"):
+        autointerp.Run(folder, progress=True, quiet=True)
+
+
 def test_a_config_object_counts_only_what_differs_from_the_defaults(folder):
     run = autointerp.Run(folder, RunConfig(judge="reader", max_latents=2), explainer="namer")
     assert run.explicit == {"judge", "max_latents", "explainer"}

@@ -226,6 +226,51 @@ def test_only_what_defines_the_folder_carries_over_to_the_next_command(tmp_path,
     assert config.scorers == ["detection", "fuzzing"] and config.sampling == SAMPLING and config.model == "tiny"
 
 
+def test_the_split_is_given_to_cache_and_the_later_stages_use_it(tmp_path, tiny_cache, capsys, monkeypatch):
+    """`cache` takes the options that fix the folder's split (it is what pins them): explain and score then
+    sample 15 held-out examples without being told again; a later command that says otherwise is refused."""
+    from planted import yes_no
+
+    def cache_stage(files, config, **kwargs):  # the tiny cache stands in for a forward pass over a corpus
+        shutil.copytree(tiny_cache.folder, files.cache)
+        meta = tiny_cache.meta
+        resolved = {"model": "tiny", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint}
+        return {**resolved, "num_latents": meta.num_latents, "n_tokens": meta.n_tokens}
+
+    monkeypatch.setattr("autointerp.stages.cache_stage.cache_stage", cache_stage)
+    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: _TokenNames())
+    made = {
+        "namer": ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 t2", model="namer"),
+        "reader": ScriptedJudge(lambda m: yes_no(0.8), model="reader"),
+    }
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: made[name])
+    out = str(tmp_path / "run")
+    split = ["--n-train", "6", "--n-test", "15", "--n-negatives", "15", "--min-examples", "10"]
+    rc, err = _run(capsys, "cache", "--out", out, *split, "--quiet")
+    assert rc == 0, err
+    stored, _ = load_config(tmp_path / "run" / "config.json")
+    assert (stored.sampling.n_test, stored.sampling.n_negatives, stored.sampling.n_train) == (15, 15, 6)
+
+    given = ["--judge", "reader", "--explainer", "namer", "--max-latents", "2", "--quiet"]
+    rc, err = _run(capsys, "explain", "--out", out, *given)
+    assert rc == 0, err
+    rc, err = _run(
+        capsys, "score", "--out", out, "--n-test", "15", "--scorers", "detection", "--controls", "none", *given
+    )
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (tmp_path / "run" / "scores.jsonl").read_text().splitlines()]
+    split_seen = [
+        (sum(j["activating"] for j in r["judgments"]), sum(not j["activating"] for j in r["judgments"])) for r in rows
+    ]
+    assert len(rows) == 2 and all(activating == 15 and negatives <= 15 for activating, negatives in split_seen)
+    assert (15, 15) in split_seen  # silent windows to spare: 15 negatives too
+
+    rc, err = _run(capsys, "score", "--out", out, "--n-test", "20", *given)
+    assert rc == 2 and "sampling.n_test: run has 15, requested 20" in err
+    rc, err = _run(capsys, "cache", "--out", out, "--n-negatives", "9", "--quiet")
+    assert rc == 2 and "sampling.n_negatives: run has 15, requested 9" in err
+
+
 def test_merge_takes_the_folders_fields_from_the_folder_and_nothing_else():
     stored = RunConfig(model="tiny", n_tokens=4096, sampling=SAMPLING, judge="openai:dead", latents=[7])
     requested = RunConfig(max_latents=3)

@@ -3,7 +3,8 @@
 A job is written (committed) before its id is returned, so an accepted job survives a crash of the
 server: at the next start, jobs that were queued are queued again in their order, and jobs that were
 running are queued again too (their work is idempotent: see runs.py). A job that was interrupted
-`MAX_ATTEMPTS` times is failed instead of being tried forever.
+`MAX_ATTEMPTS` times is failed instead of being tried forever. A job cancelled (DELETE /jobs/ID) ends as
+`cancelled`: at once when it was queued, after the work in flight when it was running (queue.py).
 
 An idempotency key makes a retried POST return the job the first attempt created, not a second job
 that pays the judge again. Keys belong to a client (the API key's id), so two clients cannot collide,
@@ -29,7 +30,7 @@ from autointerp.errors import AutointerpError
 FORMAT_VERSION = 1
 MAX_ATTEMPTS = 3
 ACTIVE = ("queued", "running")
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE jobs (
@@ -73,7 +74,7 @@ class Job:
     run: str
     latent: int
     request: dict[str, Any]
-    status: str  # "queued" | "running" | "done" | "failed"
+    status: str  # "queued" | "running" | "done" | "failed" | "cancelled"
     result: dict[str, Any] | None
     error: str | None
     attempts: int
@@ -219,6 +220,14 @@ class JobStore:
             (status, json.dumps(result, allow_nan=False) if result is not None else None, error, time.time(), job_id),
         )
 
+    def cancel_queued(self, job_id: str) -> bool:
+        """Cancel a job that has not started; False when it is not queued (any more)."""
+        cur = self._con.execute(
+            "UPDATE jobs SET status = 'cancelled', finished = ?, error = ? WHERE id = ? AND status = 'queued'",
+            (time.time(), "cancelled before it started", job_id),
+        )
+        return cur.rowcount == 1
+
     def resume(self) -> list[Job]:
         """After a restart: jobs that were running are queued again (failed after MAX_ATTEMPTS); every
         queued job, oldest first."""
@@ -261,6 +270,7 @@ class JobStore:
     def prune(self, older_than_seconds: float) -> int:
         """Forget finished jobs older than this; returns how many."""
         cur = self._con.execute(
-            "DELETE FROM jobs WHERE status IN ('done', 'failed') AND finished < ?", (time.time() - older_than_seconds,)
+            f"DELETE FROM jobs WHERE status IN ({','.join('?' for _ in FINISHED)}) AND finished < ?",
+            (*FINISHED, time.time() - older_than_seconds),
         )
         return cur.rowcount

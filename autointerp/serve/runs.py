@@ -16,6 +16,14 @@ label scored before in another run folder over the same windows, costs no judge 
 The logs are kept in memory as an index (`LogIndex`) that reads only what was appended since it last
 looked, so a job does not re-read a log that grows with every job; the results tables (results.parquet,
 judgments.parquet) are rebuilt in the background shortly after jobs finish, as the CLI does after a command.
+
+A command writing a run folder and the service are kept apart by the folder's lock (folder_lock.py): the
+service holds it while any of its jobs on the run writes (jobs of one run share the hold), and lets it
+go when the last one is done. A job that finds the lock held by a command waits for it (its progress
+says `waiting for the run folder` and names the holder) rather than failing: the command's rows are
+read first, so the job reuses a score the command made (a job that only reuses one takes no lock at all:
+it writes nothing). The results tables are rebuilt only while the
+service holds the lock, or can take it at once; otherwise the command rebuilds them when it ends.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,7 @@ from autointerp.cache.store import CacheMeta, HookpointCaches, cache_complete, h
 from autointerp.config import ConfigError, RunConfig, load_config
 from autointerp.errors import AutointerpError
 from autointerp.explainers import TOKENS_EXPLAINER
+from autointerp.folder_lock import FolderLock, Holder, command_line
 from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.llm.judges import make_judge
 from autointerp.llm.providers import JudgeSettings
@@ -43,7 +52,7 @@ from autointerp.sampling import NotEnoughExamples
 from autointerp.scorers.registry import find_scorer, scorer_names
 from autointerp.serve.jobs import Job
 from autointerp.serve.paths import NotFound, list_runs, run_folder
-from autointerp.serve.queue import Outcome, Progress
+from autointerp.serve.queue import Cancelled, Outcome, Progress
 from autointerp.stages.latent_stages import explain_latent, score_label, write_results
 from autointerp.stages.open_run import OpenRun
 
@@ -55,6 +64,7 @@ log = logging.getLogger("autointerp.serve")
 RESULTS_QUIET = 0.5
 RESULTS_EVERY = 30.0
 MAX_SCORERS = 16
+LOCK_POLL_S = 0.25  # a job waiting for the run folder tries its lock this often
 
 BackendFactory = Callable[[], Judge]
 
@@ -71,6 +81,22 @@ class RequestError(ValueError):
 def _last_line(error: str) -> str:
     lines = [line for line in error.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else error
+
+
+class _JobCancelled(Exception):
+    """The job was cancelled before it wrote anything."""
+
+
+def _waiting(progress: Progress, cancelled: Cancelled) -> Callable[[Holder | None], None]:
+    """What a job's progress says while a command holds its run folder (a cancel ends the wait)."""
+
+    def told(holder: Holder | None) -> None:
+        if cancelled():
+            raise _JobCancelled("cancelled while waiting for the run folder")
+        who = holder.describe() if holder is not None else "another process"
+        progress({"stage": "waiting for the run folder", "holder": who})
+
+    return told
 
 
 def score_summary(row: ScoreRow, reused: bool) -> dict[str, Any]:
@@ -176,6 +202,8 @@ class ServedRun:
         self._later: asyncio.Task[None] | None = None  # the rebuild waiting for the run to be quiet
         self._rebuilding: asyncio.Future[Any] | None = None
         self._write_lock = asyncio.Lock()
+        self.folder_lock = FolderLock(self.files.folder, command=f"{command_line()} (HTTP service jobs)")
+        self._taking = asyncio.Lock()
         self._pending = False
         self._changed_at = 0.0
         self._rebuild_seconds = 0.0
@@ -215,15 +243,38 @@ class ServedRun:
         return LatentId(hookpoint, int(latent))
 
     async def ready(self) -> LogIndex:
-        """The run's log index, read in full on first use (in a thread: a long log takes a while), after a
-        torn last line of a log (a crash mid-write) was cut; later refreshes read only what was appended."""
+        """The run's log index, read in full on first use (in a thread: a long log takes a while); later
+        refreshes read only what was appended. (A torn last line is cut by `writing`, under the lock: a
+        command may be writing that line right now.)"""
         if not self._prepared:
             async with self._loading:
                 if not self._prepared:
-                    await asyncio.to_thread(self.files.prepare)
                     await asyncio.to_thread(self.index.refresh)
                     self._prepared = True
         return self.index
+
+    @contextlib.asynccontextmanager
+    async def writing(self, waiting: Callable[[Holder | None], None] | None = None) -> AsyncIterator[None]:
+        """The run folder's lock, held while a job writes (shared by the jobs of this run in flight); while a
+        command holds it, `waiting` is told who, and the job waits. On taking it, a torn last line of a log
+        (a crash mid-write) is cut, so the next row starts on a line of its own."""
+        async with self._taking:
+            if not self.folder_lock.held:
+                while not self.folder_lock.try_acquire():
+                    if waiting is not None:
+                        waiting(self.folder_lock.holder())
+                    await asyncio.sleep(LOCK_POLL_S)
+                try:
+                    await asyncio.to_thread(self.files.prepare)
+                except BaseException:  # cancelled meanwhile (a server stopping): let go of it again
+                    self.folder_lock.release()
+                    raise
+            else:
+                self.folder_lock.try_acquire()  # one more hold on it: never waits
+        try:
+            yield
+        finally:
+            self.folder_lock.release()
 
     async def cache(self) -> HookpointCaches:
         if self._cache is None:
@@ -275,11 +326,15 @@ class ServedRun:
                 await asyncio.shield(self._rebuilding)
             if not self._pending:
                 return
+            if not self.folder_lock.try_acquire():  # a command writes the folder: it rebuilds them when it ends
+                self._changed_at = time.monotonic()  # and the rebuild is tried again shortly
+                return
             self._pending = False
             start = time.monotonic()
             self._rebuilding = asyncio.ensure_future(
                 asyncio.to_thread(write_results, self.files, self.config, self.resolved)
             )
+            self._rebuilding.add_done_callback(lambda _: self.folder_lock.release())  # held until written
             try:
                 await asyncio.shield(self._rebuilding)
             except Exception:  # noqa: BLE001 - the logs are the record; the tables are rebuilt next time
@@ -514,21 +569,27 @@ class ServedRuns:
 
     # -- running jobs -------------------------------------------------------------------------------
 
-    async def execute(self, job: Job, progress: Progress) -> Outcome:
+    async def execute(self, job: Job, progress: Progress, cancelled: Cancelled = lambda: False) -> Outcome:
+        """Run the job; `cancelled()` turns true when it is asked to stop: it then stops before the next
+        row it would write (a row being written is finished: rows are whole or absent)."""
         try:
             run = self.get(job.run)
             progress({"stage": "opening the run"})
             opened = await run.opened()
             await run.ready()
             if job.kind == "score":
-                return await self._score(run, opened, job, progress)
+                return await self._score(run, opened, job, progress, cancelled)
             if job.kind == "explain":
-                return await self._explain(run, opened, job, progress)
+                return await self._explain(run, opened, job, progress, cancelled)
             return "failed", None, f"unknown job kind {job.kind!r}"
+        except _JobCancelled as e:
+            return "cancelled", None, str(e)
         except (NotFound, RequestError, NotEnoughExamples, AutointerpError) as e:
             return "failed", None, f"{type(e).__name__}: {e}"
 
-    async def _score(self, run: ServedRun, opened: OpenRun, job: Job, progress: Progress) -> Outcome:
+    async def _score(
+        self, run: ServedRun, opened: OpenRun, job: Job, progress: Progress, cancelled: Cancelled
+    ) -> Outcome:
         text, names, judge_name = job.request["explanation"], job.request["scorers"], job.request["judge"]
         unit = run.unit(job.latent, job.request.get("hookpoint"))
         scorers = opened.scorers(names)
@@ -537,25 +598,40 @@ class ServedRuns:
             progress({"stage": "loading the judge", "judge": judge_name})
             judge = await self.judges.get(judge_name, run.config)
         rows: dict[str, tuple[ScoreRow, bool]] = {}
-        async with run.lock(("score", unit, text, judge_name)):
+
+        def reuse() -> list[str]:
+            """Take the finished scores the log holds; the scorers still to run."""
             run.index.refresh()
             for scorer in scorers:
                 done = run.index.finished(unit, scorer.name, text, scorer.judge_model(judge))
                 if done is not None:
                     rows[scorer.name] = (done, True)
-            todo = [n for n in names if n not in rows]
-            for i, name in enumerate(todo, 1):
-                progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
-                (row,) = await score_label(opened, unit, text, [name], judge)
-                rows[name] = (row, False)
-            if todo:
-                run.index.refresh()
-                run.results_changed()
-        result = {"scores": [score_summary(*rows[n]) for n in names]}
+            return [n for n in names if n not in rows]
+
+        if reuse():  # only a job with something to write takes the folder (a reused score is read, never written)
+            if cancelled():
+                raise _JobCancelled("cancelled before it wrote anything")
+            async with run.writing(_waiting(progress, cancelled)), run.lock(("score", unit, text, judge_name)):
+                todo = reuse()  # again, under the locks: a command or another job may have scored it meanwhile
+                for i, name in enumerate(todo, 1):
+                    if cancelled():
+                        break
+                    progress({"stage": "scoring", "scorer": name, "step": i, "steps": len(todo)})
+                    (row,) = await score_label(opened, unit, text, [name], judge)
+                    rows[name] = (row, False)
+                if todo:
+                    run.index.refresh()
+                    run.results_changed()
+        result = {"scores": [score_summary(*rows[n]) for n in names if n in rows]}
+        if len(rows) < len(names):  # cancelled: the scorers it got to have their rows, the others none
+            left = [n for n in names if n not in rows]
+            return "cancelled", result, f"cancelled before scoring with {', '.join(left)}"
         errors = [f"{n}: {_last_line(rows[n][0].error)}" for n in names if rows[n][0].status != "ok"]
         return ("failed" if errors else "done"), result, "; ".join(errors) or None
 
-    async def _explain(self, run: ServedRun, opened: OpenRun, job: Job, progress: Progress) -> Outcome:
+    async def _explain(
+        self, run: ServedRun, opened: OpenRun, job: Job, progress: Progress, cancelled: Cancelled
+    ) -> Outcome:
         name = job.request["explainer"]
         unit = run.unit(job.latent, job.request.get("hookpoint"))
         explainer = None
@@ -567,12 +643,16 @@ class ServedRuns:
         judge = None
         if chooser is not None and chooser.needs_judge:
             judge = await self.judges.get(run.config.judge, run.config)
-        async with run.lock(("explain", unit)):
+        if cancelled():
+            raise _JobCancelled("cancelled before it wrote anything")
+        async with run.writing(_waiting(progress, cancelled)), run.lock(("explain", unit)):
             run.index.refresh()
             current = run.index.explanations.get(unit)
             reused = current is not None and current.status == "ok" and current.explainer_model == model
             if reused:
                 row = current
+            elif cancelled():
+                raise _JobCancelled("cancelled before it wrote anything")
             else:
                 progress({"stage": "explaining"})
                 row = await explain_latent(opened, unit, explainer, judge)
