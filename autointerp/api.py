@@ -304,7 +304,9 @@ class Run:
 
         files = self.files
         files.prepare()
-        config, resolved, _ = self._resolve()
+        config, resolved, stored = self._resolve()
+        if "explain" in stages:
+            config = self._explainer_style(config, stored)
         config.validate()
         if (fmt is not None or layer is not None) and explanations is None:
             raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
@@ -334,6 +336,21 @@ class Run:
             )
         table = write_results(files, config, resolved)
         return Outcome(summary, table, config, files, prices)
+
+    def _explainer_style(self, config: RunConfig, stored: RunConfig | None) -> RunConfig:
+        """The config with its explainer style settled, said through `echo`: --explainer-style when given;
+        else, in a folder that already holds explanations, the style they were written in (labels of one
+        run are not silently of two kinds); else the default of the explainer's backend. The stage
+        records it in config.json with its other options."""
+        from autointerp.stages.latent_stages import explainer_style
+
+        style, why = explainer_style(config)
+        kept = stored.explain.style if stored is not None else None
+        if config.explain.style is None and kept is not None and self.files.explanations.exists():
+            if self.files.explanations.stat().st_size:
+                style, why = kept, "the style this folder's explanations were written in"
+        self.echo(f"explainer style: {style} ({why})")
+        return replace(config, explain=replace(config.explain, style=style))
 
     def _ray_options(self) -> RayOptions:
         from autointerp.distributed.latents import RayOptions

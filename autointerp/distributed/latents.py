@@ -48,6 +48,7 @@ from autointerp.distributed.shards import SHARDS, ShardFiles, merge_shards, shar
 from autointerp.distributed.storage import Storage, staging_root, worker_label
 from autointerp.distributed.workers import Workers, run_shards, worker_options, workers
 from autointerp.llm.base import Judge
+from autointerp.llm.providers import Role
 from autointerp.pipeline import RunSummary
 from autointerp.records import LatentId
 from autointerp.results import RunFiles
@@ -88,11 +89,12 @@ def _on_loop(coro: Coroutine[Any, Any, T], every: Callable[[], None]) -> T:
             every()
 
 
-def _judge_names(config: RunConfig, stages: set[str]) -> list[str]:
-    """The judges a shard's stages will ask (as a single run's stages ask them)."""
+def _judge_keys(config: RunConfig, stages: set[str]) -> dict[str, tuple[str, Role]]:
+    """The judges a shard's stages will ask (as a single run's stages ask them), by the key each is held
+    under, with its name and role."""
     from autointerp.stages.latent_stages import stage_judges
 
-    return stage_judges(config, stages).names()
+    return stage_judges(config, stages).keys()
 
 
 def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | None) -> dict[str, Judge]:
@@ -100,14 +102,20 @@ def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | No
     from autointerp.llm.judges import make_judge
     from autointerp.llm.providers import JudgeSettings
 
-    key = (repr(factory) if factory is not None else None, JudgeSettings.of(config))
+    key = (
+        repr(factory) if factory is not None else None,
+        JudgeSettings.of(config),
+        JudgeSettings.of(config, "explainer"),
+    )
     with _held_lock:
         held = _held.setdefault(key, {})
         if factory is not None and not held:
             held.update(factory())
-        for name in _judge_names(config, stages):
-            if name not in held:
-                held[name] = make_judge(name, config)
+        for held_as, (name, role) in _judge_keys(config, stages).items():
+            if held_as not in held:
+                held[held_as] = (
+                    held[name] if name in held and factory is not None else make_judge(name, config, role=role)
+                )
         return dict(held)
 
 
@@ -400,13 +408,13 @@ def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     from autointerp.llm.judges import make_judge
     from autointerp.llm.providers import find_provider
 
-    names = [n for n in _judge_names(config, stages) if find_provider(n).remote]
-    if not names:
+    remote = [(name, role) for name, role in _judge_keys(config, stages).values() if find_provider(name).remote]
+    if not remote:
         return
 
     async def check() -> None:
-        for name in names:
-            judge = make_judge(name, replace(config, response_cache=False))
+        for name, role in remote:
+            judge = make_judge(name, replace(config, response_cache=False), role=role)
             try:
                 await check_judge_ready(judge)
             finally:
