@@ -178,6 +178,12 @@ class Outcome:
 class Run:
     """A run folder and the options of the stages to run on it (see the module docstring).
 
+    `model` and `dictionary` may also be objects, as delphi and SAEBench users hold them: a transformers
+    causal LM with `tokenizer=...` (or the pair `(model, tokenizer)`), and a sae_lens SAE, a sparsify
+    SparseCoder or any torch module with `encode()` (with `hookpoint=...` where the object does not name
+    it). config.json records their class (and the dictionary's cfg); a folder cached from objects is
+    resumed by handing the same objects again.
+
     `judges` maps judge names to ready `Judge` objects used instead of loading those names (a
     scripted judge in a test, a judge a notebook built itself); `echo` receives the progress lines
     the command line prints (None: silent); `progress` shows progress bars. `ray` caches (shards of the
@@ -217,6 +223,7 @@ class Run:
             # a field left at its default counts as not given, as an option left off the command line does
             explicit = {name for name, value in given.items() if value != getattr(defaults, name)}
             options = {**{name: given[name] for name in explicit}, **options}
+        options = _objects_by_name(options, ray)
         self.requested, self.explicit = RunConfig.from_options(options)
         if {"sample_latents", "max_latents"} <= self.explicit:
             raise ConfigError("--sample-latents N draws N latents per hookpoint: give it or --max-latents, not both")
@@ -440,6 +447,42 @@ class Run:
             staging=Path(staging) if staging is not None else None,
             progress=self.progress,
         )
+
+
+def _is_name(value: Any) -> bool:
+    return value is None or isinstance(value, (str, Path))
+
+
+def _objects_by_name(options: dict[str, Any], ray: str | None) -> dict[str, Any]:
+    """The options with a model or dictionary object (a transformers model and its tokenizer; a sae_lens SAE, a
+    sparsify SparseCoder or a module with encode()) replaced by the name it is registered under for this
+    process (`subjects/in_memory.py`). The model's device and dtype are the run's unless the options say."""
+    options = dict(options)
+    tokenizer = options.pop("tokenizer", None)
+    model, dictionary = options.get("model"), options.get("dictionary")
+    if _is_name(model) and _is_name(dictionary):
+        if tokenizer is not None:
+            raise ConfigError("tokenizer= goes with a model object: model=<a transformers model>, tokenizer=...")
+        return options
+    if ray is not None:
+        raise ConfigError("a Ray run loads its model and dictionary in each worker, by name: give paths or Hub ids")
+    from autointerp.subjects import in_memory
+
+    if not _is_name(model):
+        if isinstance(model, tuple):
+            if len(model) != 2 or tokenizer is not None:
+                raise ConfigError("model=(model, tokenizer): a pair, and then no tokenizer= beside it")
+            model, tokenizer = model
+        options["model"] = in_memory.register_model(model, tokenizer)
+        options.setdefault("device", in_memory.model_device(model))
+        dtype = in_memory.model_dtype(model)
+        if dtype is not None:
+            options.setdefault("dtype", dtype)
+    elif tokenizer is not None:
+        raise ConfigError("tokenizer= goes with a model object: model=<a transformers model>, tokenizer=...")
+    if not _is_name(dictionary):
+        options["dictionary"] = in_memory.register_dictionary(dictionary, options.get("hookpoint"))
+    return options
 
 
 def cached_latents(resolved: dict[str, Any]) -> str:
