@@ -54,6 +54,11 @@ def test_a_saelens_sae_object_caches_what_its_saved_copy_does_with_its_cfgs_cont
     recorded = config["resolved"]["dictionary_cfg"]
     assert recorded["metadata"]["prepend_bos"] is True and recorded["d_sae"] == D_SAE
     assert config["resolved"]["contexts"]["prepend_bos"] is True
+    # the folder resumes when handed the same objects again (its model and dictionary options agree)
+    again = Run(
+        tmp_path / "by_object", progress=False, echo=None, model=loaded, dictionary=sae, corpus=str(corpus_path)
+    )
+    assert again.cache()["n_tokens"] == config["resolved"]["n_tokens"]
 
 
 def test_a_sparsify_coder_object_caches_what_its_saved_copy_does(tmp_path, subject, corpus, loaded):
