@@ -190,6 +190,12 @@ def _progress_bars(progress: bool | None, quiet: bool | None) -> bool:
 class Run:
     """A run folder and the options of the stages to run on it (see the module docstring).
 
+    `model` and `dictionary` may also be objects, as delphi and SAEBench users hold them: a transformers
+    causal LM with `tokenizer=...` (or the pair `(model, tokenizer)`), and a sae_lens SAE, a sparsify
+    SparseCoder or any torch module with `encode()` (with `hookpoint=...` where the object does not name
+    it). config.json records their class (and the dictionary's cfg); a folder cached from objects is
+    resumed by handing the same objects again.
+
     `judges` maps judge names to ready `Judge` objects used instead of loading those names (a
     scripted judge in a test, a judge a notebook built itself); `echo` receives the progress lines
     the command line prints (None: silent); `progress` shows progress bars, and `quiet=True` (the
@@ -239,6 +245,7 @@ class Run:
             # a field left at its default counts as not given, as an option left off the command line does
             explicit = {name for name, value in given.items() if value != getattr(defaults, name)}
             options = {**{name: given[name] for name in explicit}, **options}
+        options = _objects_by_name(options, ray)
         self.requested, self.explicit = RunConfig.from_options(options)
         if {"sample_latents", "max_latents"} <= self.explicit:
             raise ConfigError("--sample-latents N draws N latents per hookpoint: give it or --max-latents, not both")
@@ -351,7 +358,9 @@ class Run:
 
         files = self.files
         files.prepare()
-        config, resolved, _ = self._resolve()
+        config, resolved, stored = self._resolve()
+        if "explain" in stages:
+            config = self._explainer_style(config, stored)
         config.validate()
         if (fmt is not None or layer is not None) and explanations is None:
             raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
@@ -381,6 +390,21 @@ class Run:
             )
         table = write_results(files, config, resolved)
         return Outcome(summary, table, config, files, prices)
+
+    def _explainer_style(self, config: RunConfig, stored: RunConfig | None) -> RunConfig:
+        """The config with its explainer style settled, said through `echo`: --explainer-style when given;
+        else, in a folder that already holds explanations, the style they were written in (labels of one
+        run are not silently of two kinds); else the default of the explainer's backend. The stage
+        records it in config.json with its other options."""
+        from autointerp.stages.latent_stages import explainer_style
+
+        style, why = explainer_style(config)
+        kept = stored.explain.style if stored is not None else None
+        if config.explain.style is None and kept is not None and self.files.explanations.exists():
+            if self.files.explanations.stat().st_size:
+                style, why = kept, "the style this folder's explanations were written in"
+        self.echo(f"explainer style: {style} ({why})")
+        return replace(config, explain=replace(config.explain, style=style))
 
     def _ray_options(self) -> RayOptions:
         from autointerp.distributed.latents import RayOptions
@@ -473,6 +497,42 @@ class Run:
             staging=Path(staging) if staging is not None else None,
             progress=self.progress,
         )
+
+
+def _is_name(value: Any) -> bool:
+    return value is None or isinstance(value, (str, Path))
+
+
+def _objects_by_name(options: dict[str, Any], ray: str | None) -> dict[str, Any]:
+    """The options with a model or dictionary object (a transformers model and its tokenizer; a sae_lens SAE, a
+    sparsify SparseCoder or a module with encode()) replaced by the name it is registered under for this
+    process (`subjects/in_memory.py`). The model's device and dtype are the run's unless the options say."""
+    options = dict(options)
+    tokenizer = options.pop("tokenizer", None)
+    model, dictionary = options.get("model"), options.get("dictionary")
+    if _is_name(model) and _is_name(dictionary):
+        if tokenizer is not None:
+            raise ConfigError("tokenizer= goes with a model object: model=<a transformers model>, tokenizer=...")
+        return options
+    if ray is not None:
+        raise ConfigError("a Ray run loads its model and dictionary in each worker, by name: give paths or Hub ids")
+    from autointerp.subjects import in_memory
+
+    if not _is_name(model):
+        if isinstance(model, tuple):
+            if len(model) != 2 or tokenizer is not None:
+                raise ConfigError("model=(model, tokenizer): a pair, and then no tokenizer= beside it")
+            model, tokenizer = model
+        options["model"] = in_memory.register_model(model, tokenizer)
+        options.setdefault("device", in_memory.model_device(model))
+        dtype = in_memory.model_dtype(model)
+        if dtype is not None:
+            options.setdefault("dtype", dtype)
+    elif tokenizer is not None:
+        raise ConfigError("tokenizer= goes with a model object: model=<a transformers model>, tokenizer=...")
+    if not _is_name(dictionary):
+        options["dictionary"] = in_memory.register_dictionary(dictionary, options.get("hookpoint"))
+    return options
 
 
 def cached_latents(resolved: dict[str, Any]) -> str:

@@ -108,6 +108,8 @@ def _scorers_help(_: Any) -> str:
 
 # ---------------------------------------------------------------- the run
 
+SchemaModeSetting = Literal["auto", "json_schema", "json_object", "none"]
+
 
 @dataclass
 class RunConfig(Checked):
@@ -232,6 +234,26 @@ class RunConfig(Checked):
     api_key_env: str = setting(
         "OPENAI_API_KEY",
         "name of the environment variable holding the API key; the key itself is never written",
+        cli=JUDGES,
+    )
+    explainer_url: str | None = setting(
+        None,
+        "base URL of the OpenAI-compatible server for an openai:MODEL --explainer, when it is not the judge's "
+        "(a capable explainer, a cheap judge); several comma-separated share the requests",
+        cli=JUDGES,
+        none_means="--judge-url",
+    )
+    explainer_api_key_env: str | None = setting(
+        None,
+        "name of the environment variable holding the explainer server's API key",
+        cli=JUDGES,
+        none_means="--api-key-env",
+    )
+    schema_mode: SchemaModeSetting = setting(
+        "auto",
+        "how an OpenAI-compatible server is asked for JSON: json_schema (OpenAI's form), json_object with the "
+        "schema (llama.cpp's server, vLLM), none (unconstrained); auto: json_schema for api.openai.com, else "
+        "json_object",
         cli=JUDGES,
     )
     no_logprobs: bool = setting(False, "the server gives no logprobs: judges answer in text (no AUROC)", cli=JUDGES)

@@ -8,18 +8,19 @@ replaced by a guess. An answer the token limit cut off is not read either (its l
 half a label: "[EXPLANATION]: Legal te"), nor is a JSON label as long as the schema's `maxLength`,
 where a constrained decoder closes the string mid-phrase: both are re-asked like a missing label.
 
-Three styles. `names` (the default) shows no excerpt at all: only the tokens marked most often in
-the training examples, with how many examples each is marked in, and asks for a short noun phrase
-naming their kind (JSON-constrained, after three few-shot turns about other tokens); the label is
-that phrase followed by the tokens it was made from ("verbs of expecting, such as "expected",
-"expect""). Small explainers shown whole excerpts describe the excerpts' topic or grammar ("The
-marked tokens are all nouns...") instead of the tokens that fire, and the judge then cannot tell
-the latent's examples from anyone else's; named tokens give a small judge something to look for,
-and the phrase carries it to tokens the list missed. `excerpts` (called `default` before `names`
-was) shows activating excerpts with their marked tokens and lets a capable model reason first;
-`contrastive` also shows the record's explainer-side silent examples (`train_negatives`, which
-`--negatives similar` makes hard) and asks what sets the two apart. The contrastive style takes no
-few-shot example (the shipped one has no silent excerpts).
+Three styles (a run's default follows its explainer: `names` for the embedded llama.cpp models,
+`excerpts` for served ones, see `llm/providers.py`). `names` shows no excerpt at all: only the
+tokens marked most often in the training examples, with how many examples each is marked in, and
+asks for a short noun phrase naming their kind (JSON-constrained, after three few-shot turns about
+other tokens); the label is that phrase followed by the tokens it was made from ("verbs of
+expecting, such as "expected", "expect""). Small explainers shown whole excerpts describe the
+excerpts' topic or grammar ("The marked tokens are all nouns...") instead of the tokens that fire,
+and the judge then cannot tell the latent's examples from anyone else's; named tokens give a small
+judge something to look for, and the phrase carries it to tokens the list missed. `excerpts` (called
+`default` before `names` was) shows activating excerpts with their marked tokens and lets a capable
+model reason first; `contrastive` also shows the record's explainer-side silent examples
+(`train_negatives`, which `--negatives similar` makes hard) and asks what sets the two apart. The
+contrastive style takes no few-shot example (the shipped one has no silent excerpts).
 
 `--explainer tokens` asks no LLM at all: the label names the tokens marked most often in the
 training examples (`tokens_label`). It costs nothing, so it is the bar an LLM's label must clear,
@@ -173,7 +174,9 @@ async def explain(
     settings = settings or ExplainerSettings()
     if not record.train:
         raise ExplanationFailed(f"latent {record.latent} has no training examples to explain")
-    style = settings.style
+    # None: a run resolves the style from its explainer's provider before it gets here; a library caller
+    # handing a judge straight in gets the style the embedded default needs
+    style = settings.style or "names"
     if style not in EXPLAINER_STYLES:
         raise ValueError(f"unknown explainer style {style!r}; valid: {', '.join(EXPLAINER_STYLES)}")
     if style == "names":

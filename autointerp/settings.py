@@ -344,14 +344,16 @@ class SamplingSettings(Checked):
 class ExplainerSettings(Checked):
     """How the explainer is asked for a label."""
 
-    style: ExplainerStyle = setting(
-        "names",
+    style: ExplainerStyle | None = setting(
+        None,
         "names: show the tokens marked most often and ask for a short phrase naming their kind (the label "
         "is the phrase and those tokens); excerpts: show activating excerpts and let the explainer reason; "
         "contrastive: also show non-activating ones (hard with --negatives similar) and ask what sets them "
         "apart",
         cli=EXPLAINING,
         flag="--explainer-style",
+        none_means="names for the embedded llama.cpp explainers, excerpts for openai: and vllm: ones; a folder "
+        "already explained keeps its style",
     )
     mark_fraction: float = setting(
         0.3, "mark tokens above this fraction of the example's max activation", at_least=0, at_most=1
@@ -397,7 +399,8 @@ class ExplainerSettings(Checked):
     names_max_tokens: int = setting(40, "names style: the answer's token limit", at_least=1)
 
     def __post_init__(self) -> None:
-        self.style = OLD_STYLE_NAMES.get(self.style, self.style)  # type: ignore[assignment]
+        if self.style is not None:
+            self.style = OLD_STYLE_NAMES.get(self.style, self.style)  # type: ignore[assignment]
         super().__post_init__()
 
 

@@ -295,3 +295,42 @@ class FaultServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def openai_response_format_rules(behaviour: Behaviour) -> Behaviour:
+    """`behaviour` behind the checks api.openai.com makes of `response_format`, as its API reference
+    describes them: `json_object` takes no schema (an unknown parameter) and needs the word JSON in the
+    messages; `json_schema` needs `json_schema` with a `name` and a `schema`. A request that breaks them
+    is answered HTTP 400 with OpenAI's kind of message, before `behaviour` sees it."""
+
+    def checked(request: dict[str, Any], n: int) -> Action:
+        form = request.get("response_format")
+        if isinstance(form, dict):
+            kind = form.get("type")
+            if kind == "json_object":
+                extra = sorted(set(form) - {"type"})
+                if extra:
+                    return ("status", 400, {}, f"Unknown parameter: 'response_format.{extra[0]}'.")
+                if "json" not in prompt_text(request).lower():
+                    return (
+                        "status",
+                        400,
+                        {},
+                        "'messages' must contain the word 'json' in some form, to use 'response_format' of type "
+                        "'json_object'.",
+                    )
+            elif kind == "json_schema":
+                spec = form.get("json_schema")
+                for key in ("name", "schema"):
+                    if not isinstance(spec, dict) or key not in spec:
+                        return ("status", 400, {}, f"Missing required parameter: 'response_format.json_schema.{key}'.")
+            elif kind != "text":
+                return (
+                    "status",
+                    400,
+                    {},
+                    f"Invalid value: '{kind}'. Supported values are: 'json_object', 'json_schema', and 'text'.",
+                )
+        return behaviour(request, n)
+
+    return checked

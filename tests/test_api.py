@@ -90,7 +90,7 @@ def test_the_command_line_and_the_api_write_the_same_tables(folder, tmp_path, mo
     twin = tmp_path / "twin"
     shutil.copytree(folder, twin)
     made = judges()
-    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: made[name])
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config, **_: made[name])
     argv = ["--out", str(folder), "--judge", "reader", "--explainer", "namer", "--max-latents", "3", "--quiet"]
     assert main(["explain", *argv]) == 0
     assert main(["score", *argv, "--scorers", "detection"]) == 0

@@ -64,7 +64,8 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture
 def scripted(monkeypatch):
     monkeypatch.setattr(
-        "autointerp.stages.latent_stages.make_judge", lambda name, config: ScriptedJudge(scripted_judge, model=name)
+        "autointerp.stages.latent_stages.make_judge",
+        lambda name, config, **_: ScriptedJudge(scripted_judge, model=name),
     )
 
 
@@ -74,7 +75,8 @@ def whole(checkpoint) -> Path:
     out = checkpoint / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(
-            "autointerp.stages.latent_stages.make_judge", lambda name, config: ScriptedJudge(scripted_judge, model=name)
+            "autointerp.stages.latent_stages.make_judge",
+            lambda name, config, **_: ScriptedJudge(scripted_judge, model=name),
         )
         rc = main(
             ["run", "--out", str(out), *_options(checkpoint), "--hookpoints", "all", *_labels("--max-latents", "4")]

@@ -217,7 +217,7 @@ def test_only_what_defines_the_folder_carries_over_to_the_next_command(tmp_path,
     stuck = dict(latents=[999_999], judge="openai:dead", judge_url="http://127.0.0.1:1/v1", scorers=["simulation"])
     files = _tiny_run(tmp_path, tiny_cache, monkeypatch, **stuck)
     judge = ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 t2", model="oracle")
-    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: judge)
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config, **_: judge)
     rc, err = _run(capsys, "explain", "--out", str(files.folder), "--judge", "oracle", "--max-latents", "2", "--quiet")
     assert rc == 0, err
     assert len(judge.calls) == 2
@@ -243,7 +243,7 @@ def test_the_split_is_given_to_cache_and_the_later_stages_use_it(tmp_path, tiny_
         "namer": ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 t2", model="namer"),
         "reader": ScriptedJudge(lambda m: yes_no(0.8), model="reader"),
     }
-    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: made[name])
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config, **_: made[name])
     out = str(tmp_path / "run")
     split = ["--n-train", "6", "--n-test", "15", "--n-negatives", "15", "--min-examples", "10"]
     rc, err = _run(capsys, "cache", "--out", out, *split, "--quiet")
@@ -287,7 +287,7 @@ def test_a_run_that_ends_with_failed_latents_exits_1_and_says_where_the_reasons_
     files = _tiny_run(tmp_path, tiny_cache, monkeypatch)
     monkeypatch.setattr(
         "autointerp.stages.latent_stages.make_judge",
-        lambda name, config: ScriptedJudge(lambda m: "no idea", model="vague"),
+        lambda name, config, **_: ScriptedJudge(lambda m: "no idea", model="vague"),
     )
     rc = main(["explain", "--out", str(files.folder), "--judge", "vague", "--max-latents", "2", "--quiet"])
     out = capsys.readouterr()

@@ -276,4 +276,4 @@ def test_names_style_fails_with_the_reason_when_nothing_is_marked():
 
 def test_a_run_configured_before_the_names_style_keeps_its_excerpts_explainer():
     assert ExplainerSettings(style="default").style == "excerpts"  # type: ignore[arg-type]
-    assert ExplainerSettings().style == "names"
+    assert ExplainerSettings().style is None  # a run picks it by explainer (test_explainer_defaults.py)

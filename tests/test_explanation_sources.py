@@ -363,7 +363,7 @@ class _TokenNames:
 @pytest.fixture
 def oracle_judge(monkeypatch) -> ScriptedJudge:
     judge = ScriptedJudge(token_oracle, model="oracle")
-    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config: judge)
+    monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config, **_: judge)
     monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: _TokenNames())
     return judge
 

@@ -94,14 +94,20 @@ def _held_judges(config: RunConfig, stages: set[str], factory: JudgeFactory | No
     from autointerp.llm.providers import JudgeSettings
     from autointerp.stages.latent_stages import stage_judges
 
-    key = (repr(factory) if factory is not None else None, JudgeSettings.of(config))
+    key = (
+        repr(factory) if factory is not None else None,
+        JudgeSettings.of(config),
+        JudgeSettings.of(config, "explainer"),
+    )
     with _held_lock:
         held = _held.setdefault(key, {})
         if factory is not None and not held:
             held.update(factory())
-        for name in stage_judges(config, stages).names():  # those a single run's stages would make
-            if name not in held:
-                held[name] = make_judge(name, config)
+        for held_as, (name, role) in stage_judges(config, stages).keys().items():
+            if held_as not in held:
+                held[held_as] = (
+                    held[name] if name in held and factory is not None else make_judge(name, config, role=role)
+                )
         return dict(held)
 
 
@@ -386,13 +392,13 @@ def _check_http_judges(config: RunConfig, stages: set[str]) -> None:
     from autointerp.llm.providers import find_provider
     from autointerp.stages.latent_stages import stage_judges
 
-    names = [n for n in stage_judges(config, stages).names() if find_provider(n).remote]
-    if not names:
+    remote = [(name, role) for name, role in stage_judges(config, stages).keys().values() if find_provider(name).remote]
+    if not remote:
         return
 
     async def check() -> None:
-        for name in names:
-            judge = make_judge(name, replace(config, response_cache=False))
+        for name, role in remote:
+            judge = make_judge(name, replace(config, response_cache=False), role=role)
             try:
                 await check_judge_ready(judge)
             finally:

@@ -11,16 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from autointerp.llm.base import Judge
-from autointerp.llm.providers import JudgeSettings, find_provider
+from autointerp.llm.providers import JudgeSettings, Role, find_provider
 
 
-def make_judge(name: str, config: Any, *, backend: Judge | None = None) -> Judge:
-    """The judge `name` with the judge settings of `config` (a `RunConfig` or `JudgeSettings`).
+def make_judge(name: str, config: Any, *, backend: Judge | None = None, role: Role = "judge") -> Judge:
+    """The judge `name` with the settings of `config` (a `RunConfig` or `JudgeSettings`) for `role` (the
+    explainer's server and key may be its own).
 
     `backend`, when given, answers in place of the backend the name would load (tests hand scripted
     judges, a bench an instant one); it is wrapped the same way, its answers cached under its own name
     and model."""
-    settings = JudgeSettings.of(config)
+    settings = JudgeSettings.of(config, role)
     if backend is not None:
         return wrap_judge(
             backend, settings, namespace=f"served:{name}:{backend.model}", slots=settings.judge_concurrency or 1

@@ -29,8 +29,10 @@ variable unset.
 
 JSON output: `schema` becomes `response_format={"type": "json_object", "schema": schema}`, which
 llama.cpp's server and vLLM constrain to; llama.cpp answers HTTP 500 to `"json_schema"`, which is
-what OpenAI itself wants: `schema_mode="json_schema"` (`strict_schema` for its strict mode), or
-`"none"` to leave output unconstrained for servers that accept neither.
+what OpenAI itself wants (and it refuses a `schema` inside `json_object`): `schema_mode="json_schema"`
+(`strict_schema` for its strict mode), or `"none"` to leave output unconstrained for servers that
+accept neither. `schema_mode_for("auto", url)` picks by server: json_schema for api.openai.com,
+json_object with the schema elsewhere.
 
 Grammars: a server that takes a GBNF grammar in a request-body field (llama.cpp's server reads
 `grammar`) gets one when the judge is made with `grammar_field` naming that field; otherwise the judge
@@ -85,6 +87,21 @@ DEFAULT_TIMEOUT_S = 300.0  # per attempt: twice the slowest answer measured from
 CHECK_TIMEOUT_S = 20.0  # per attempt of `check()`: listing models is quick even on a busy server
 
 SchemaMode = Literal["json_object", "json_schema", "none"]
+# servers known to refuse a schema inside json_object and to want OpenAI's json_schema form
+JSON_SCHEMA_HOSTS = frozenset({"api.openai.com"})
+
+
+def schema_mode_for(mode: str, base_url: str | None) -> SchemaMode:
+    """The response_format a server gets for `--schema-mode MODE`: an explicit mode as it is; `auto`, the
+    form the server accepts. OpenAI wants json_schema (and refuses json_object with a schema); llama.cpp's
+    server answers json_schema with HTTP 500 and vLLM constrains to json_object's schema, so every other
+    server gets json_object with the schema."""
+    if mode != "auto":
+        if mode not in ("json_object", "json_schema", "none"):
+            raise ConfigError(f"--schema-mode must be auto, json_schema, json_object or none, not {mode!r}")
+        return mode  # type: ignore[return-value]
+    host = urlsplit(base_url or DEFAULT_BASE_URL).hostname or ""
+    return "json_schema" if host in JSON_SCHEMA_HOSTS else "json_object"
 
 
 class OpenAIJudgeError(JudgeError):

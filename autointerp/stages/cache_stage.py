@@ -244,6 +244,8 @@ def resolved_of(config: RunConfig, metas: list[CacheMeta], encoders: list[Any]) 
     and size (`by_hookpoint`). A run of one hookpoint also has them at the top, as runs always had."""
     import os.path
 
+    from autointerp.subjects.in_memory import is_in_memory
+
     first = metas[0]
     by_hookpoint = {
         m.hookpoint: {
@@ -251,6 +253,8 @@ def resolved_of(config: RunConfig, metas: list[CacheMeta], encoders: list[Any]) 
             "num_latents": m.num_latents,
             "dictionary_format": e.format,
             "d_in": e.d_in,
+            # an object handed in from Python leaves no file behind: its cfg is what says what it was
+            **({"dictionary_cfg": e.cfg} if is_in_memory(e.name) else {}),
         }
         for m, e in zip(metas, encoders, strict=True)
     }

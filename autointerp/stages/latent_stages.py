@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from autointerp.cache.store import HookpointCaches
 from autointerp.config import RunConfig
 from autointerp.explainers import TOKENS_EXPLAINER
 from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.llm.judges import make_judge
+from autointerp.llm.providers import JudgeSettings, Role, find_provider
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, run_controls, select_units
 from autointerp.records import ExplanationRow, LatentId, ScoreRow
 from autointerp.results import RunFiles, materialize
 from autointerp.scorers.registry import find_scorer
+from autointerp.settings import EXPLAINER_STYLES, ExplainerStyle
 from autointerp.stages.cache_stage import run_dictionaries
 from autointerp.stages.open_run import OpenRun
 from autointerp.stages.subject_loading import check_latents
@@ -27,14 +29,44 @@ from autointerp.stages.subject_loading import check_latents
 
 @dataclass(frozen=True)
 class StageJudges:
-    """The judges a run's latent stages ask, by name (None: that role asks no LLM)."""
+    """The judges a run's latent stages ask, by name (None: that role asks no LLM), and whether the
+    explainer, when it has the judge's name, is still another judge (its own --explainer-url or key)."""
 
     explainer: str | None
     judge: str | None
+    explainer_apart: bool = False
+
+    def keys(self) -> dict[str, tuple[str, Role]]:
+        """Each judge to make, once, by the key it is held under: its name, or for an explainer that shares
+        the judge's name but not its server, the name with " (explainer)" (the explainer may be the judge)."""
+        out: dict[str, tuple[str, Role]] = {}
+        if self.explainer is not None:
+            out[self.explainer_key] = (self.explainer, "explainer")
+        if self.judge is not None:
+            out.setdefault(self.judge, (self.judge, "judge"))
+        return out
 
     def names(self) -> list[str]:
-        """Each judge to make, once (the explainer may be the judge)."""
-        return list(dict.fromkeys(n for n in (self.explainer, self.judge) if n is not None))
+        return list(self.keys())
+
+    @property
+    def explainer_key(self) -> str:
+        assert self.explainer is not None
+        return f"{self.explainer} (explainer)" if self.explainer_apart else self.explainer
+
+
+def explainer_style(config: RunConfig) -> tuple[ExplainerStyle, str]:
+    """The explainer style the run uses, and why: --explainer-style when given, else the one that suits the
+    explainer's backend (the provider registry says which)."""
+    if config.explain.style is not None:
+        return config.explain.style, "--explainer-style"
+    if config.explainer_model == TOKENS_EXPLAINER:
+        return "names", f"--explainer {TOKENS_EXPLAINER} asks no LLM"
+    provider = find_provider(config.explainer_model)
+    style = provider.explainer_style
+    if style not in EXPLAINER_STYLES:
+        raise TypeError(f"the judge provider {provider.prefix!r} defaults to an unknown explainer style {style!r}")
+    return cast(ExplainerStyle, style), f"the default for {provider.describe}"
 
 
 def stage_judges(config: RunConfig, stages: set[str]) -> StageJudges:
@@ -49,7 +81,9 @@ def stage_judges(config: RunConfig, stages: set[str]) -> StageJudges:
     )
     classes = [find_scorer(name) for name in asking]
     needs_judge = any(cls is None or cls.needs_judge for cls in classes)  # an unknown name fails when built
-    return StageJudges(explainer, config.judge if needs_judge else None)
+    judge = config.judge if needs_judge else None
+    apart = explainer == judge and JudgeSettings.of(config, "explainer") != JudgeSettings.of(config, "judge")
+    return StageJudges(explainer, judge, apart)
 
 
 async def score_label(
@@ -76,6 +110,8 @@ async def explain_latent(
     config = run.config
     if (explainer is None) != (config.explainer_model == TOKENS_EXPLAINER):
         config = replace(config, explainer=TOKENS_EXPLAINER if explainer is None else explainer.model)
+    if config.explain.style is None:
+        config = replace(config, explain=replace(config.explain, style=explainer_style(config)[0]))
     chooser = run.chooser() if explainer is not None else None
     if chooser is not None:
         chooser.check_judge(judge)
@@ -151,6 +187,8 @@ async def latent_stages(
     after scoring, as a single run does. `on_done((hookpoint, latent))` is called as each latent of a
     pass ends.
     """
+    if config.explain.style is None:  # a library caller's config: the style its explainer suits
+        config = replace(config, explain=replace(config.explain, style=explainer_style(config)[0]))
     config.validate()
     caches = HookpointCaches(files.cache)
     check_cached_latents(config, caches)
@@ -158,13 +196,17 @@ async def latent_stages(
     scorers = run.scorers(config.scorers)
     loaded: dict[str, Judge] = dict(judges or {})
 
-    def judge(name: str) -> Judge:
-        if name not in loaded:
-            loaded[name] = make_judge(name, config)
-        return loaded[name]
-
     needed = stage_judges(config, stages)
-    explainer = judge(needed.explainer) if needed.explainer is not None else None
+    roles = needed.keys()
+
+    def judge(key: str) -> Judge:
+        if key not in loaded:
+            name, role = roles[key]
+            # a judge handed in by name answers in every role it has that name in
+            loaded[key] = loaded[name] if name in loaded else make_judge(name, config, role=role)
+        return loaded[key]
+
+    explainer = judge(needed.explainer_key) if needed.explainer is not None else None
     chooser = run.chooser() if "explain" in stages else None
     scoring = "score" in stages or "controls" in stages
     asking = (scorers if scoring else []) + ([chooser] if chooser else [])

@@ -32,14 +32,20 @@ def _revisions(config: RunConfig, meta: CacheMeta | None) -> tuple[str | None, s
 
 
 def load_subject(config: RunConfig, meta: CacheMeta | None = None):
+    from autointerp.subjects.in_memory import held_subject, is_in_memory
     from autointerp.subjects.model import load_subject as _load
 
+    if is_in_memory(config.model):  # handed in from Python (autointerp.Run(..., model=...))
+        return held_subject(config.model)
     return _load(_model_arg(config), revision=_revisions(config, meta)[0], dtype=getattr(torch, config.dtype))
 
 
 def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None):
+    from autointerp.subjects.in_memory import held_subject, is_in_memory
     from autointerp.subjects.model import load_tokenizer as _load
 
+    if is_in_memory(config.model):
+        return held_subject(config.model).tokenizer
     return _load(_model_arg(config), revision=_revisions(config, meta)[0])
 
 
@@ -47,8 +53,11 @@ def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None):
     """The run's dictionaries, fetched if they come from the Hub: `DictionarySource`s (one per hookpoint
     where the hookpoints are known before loading), or the name of a built-in one ("default", "neurons")."""
     from autointerp.subjects.dictionaries import DEFAULT_DICTIONARY
+    from autointerp.subjects.in_memory import held_dictionary, is_in_memory
     from autointerp.subjects.sources import locate_dictionaries
 
+    if is_in_memory(config.dictionary):  # handed in from Python (autointerp.Run(..., dictionary=...))
+        return held_dictionary(config.dictionary, config.requested_hookpoints)
     if config.dictionary in ("default", "neurons"):
         if config.dictionary_revision is not None:
             raise ConfigError(f"--dictionary-revision is for Hub dictionaries, not --dictionary {config.dictionary}")

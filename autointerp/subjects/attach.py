@@ -21,6 +21,7 @@ from autointerp.subjects.dictionaries import (
     neurons,
 )
 from autointerp.subjects.hookpoints import Hookpoint, base_model, n_layers, resolve, width
+from autointerp.subjects.in_memory import holds_module, module_encoder
 from autointerp.subjects.sources import ALL, DictionarySource, locate_dictionary
 
 
@@ -37,7 +38,8 @@ def open_dictionary(
     `dictionary` is "default" (the SAE shipped in data/), "neurons" (the MLP neurons of the layer
     named by `hookpoint`), a local path to a sparsify, SAELens or Gemma Scope checkpoint, a Hub repo
     `ORG/NAME[/FOLDER]` (at `revision`) or `saelens:RELEASE/SAE_ID`, or a source already located
-    with `sources.locate_dictionary` (which is how a caller fetches it before loading the model).
+    with `sources.locate_dictionary` (which is how a caller fetches it before loading the model) or
+    registered by `in_memory.register_dictionary` (an object handed in from Python).
     """
     if dictionary == "neurons":
         if not hookpoint:
@@ -53,7 +55,11 @@ def open_dictionary(
     else:
         if isinstance(dictionary, str):
             (dictionary,) = locate_dictionary(dictionary, [hookpoint] if hookpoint else None, revision)
-        encoder = load_dictionary(dictionary.path, dictionary.hookpoint, dictionary.cfg_overrides)
+        where = hookpoint or dictionary.hookpoint
+        if holds_module(dictionary.path) and where:  # a module handed in from Python: called as it is
+            encoder = module_encoder(dictionary.path, where, width(model, resolve(model, where)))
+        else:
+            encoder = load_dictionary(dictionary.path, dictionary.hookpoint, dictionary.cfg_overrides)
         encoder.name = dictionary.name or encoder.name
     hp = resolve(model, hookpoint or encoder.hookpoint, side=encoder.side)
     actual = width(model, hp)
