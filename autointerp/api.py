@@ -15,7 +15,8 @@ same files and the same resume. The CLI only parses arguments and prints; everyt
 method here, so a notebook can do anything the command line can.
 
 Keyword options name the command line's flags (`--judge-mode json` is `judge_mode="json"`,
-`--no-cache` is `no_cache=True`) or whole fields of `RunConfig` (`sampling=SamplingSettings(...)`).
+`--no-cache` is `no_cache=True`), whole fields of `RunConfig` (`sampling=SamplingSettings(...)`), or a
+scorer's settings section by its name (`classifier=ClassifierSettings(mode="json")`).
 As on the command line, the options that define the run folder (model, dictionary, corpus, sizes,
 the example split) are remembered by the folder: a later `Run` on it may leave them out, and one that
 gives another value is refused. Every other option is the call's own, and takes its default when left
@@ -38,6 +39,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from autointerp.config import RunConfig, load_config, merge, save_config, with_folder
 from autointerp.errors import ConfigError
+from autointerp.option_table import config_from_options
+from autointerp.scorers.registry import check_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -216,7 +219,7 @@ class Run:
             # a field left at its default counts as not given, as an option left off the command line does
             explicit = {name for name, value in given.items() if value != getattr(defaults, name)}
             options = {**{name: given[name] for name in explicit}, **options}
-        self.requested, self.explicit = RunConfig.from_options(options)
+        self.requested, self.explicit = config_from_options(options)
         if {"sample_latents", "max_latents"} <= self.explicit:
             raise ConfigError("--sample-latents N draws N latents per hookpoint: give it or --max-latents, not both")
 
@@ -246,7 +249,7 @@ class Run:
 
         self.files.prepare()
         config, resolved, stored = self._resolve()
-        config.validate()
+        check_config(config)
         self._connect()  # Ray missing or out of reach fails before minutes of caching
         ray = None
         if self.ray is not None:
@@ -299,7 +302,7 @@ class Run:
         files = self.files
         files.prepare()
         config, resolved, _ = self._resolve()
-        config.validate()
+        check_config(config)
         if (fmt is not None or layer is not None) and explanations is None:
             raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
         if not files.config.exists():

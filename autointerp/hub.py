@@ -322,14 +322,21 @@ def _provenance(run: Run, scorers: list[str], model: str | None, hookpoints: lis
     ]
 
 
-def _scorer_settings(cfg: dict[str, Any]) -> list[list[str]]:
-    """What decides how a label is scored: the held-out examples and how the judge is asked."""
-    rows = [
-        [f"`{group}.{k}`", f"`{_cell(v)}`"]
-        for group in ("sampling", "classifier")
-        for k, v in (cfg.get(group) or {}).items()
+def _scorer_settings(cfg: dict[str, Any], scorers: list[str]) -> list[list[str]]:
+    """What decides how a label is scored: the held-out examples, and the settings of the run's scorers
+    (the sections they own, as config.json has them; an older version's keys read as the same)."""
+    from autointerp.config import upgrade
+    from autointerp.scorers.registry import find_scorer
+
+    scoring = upgrade(cfg).get("scoring") or {}
+    sections = [c.section for s in scorers if (found := find_scorer(s)) is not None for c in found.settings_classes]
+    rows = [[f"`sampling.{k}`", f"`{_cell(v)}`"] for k, v in (cfg.get("sampling") or {}).items()]
+    rows += [
+        [f"`scoring.{section}.{k}`", f"`{_cell(v)}`"]
+        for section in dict.fromkeys(sections)
+        for k, v in (scoring.get(section) or {}).items()
     ]
-    return rows + [[f"`{k}`", f"`{_cell(cfg[k])}`"] for k in ("fuzz_negatives", "no_logprobs") if k in cfg]
+    return rows + [[f"`{k}`", f"`{_cell(cfg[k])}`"] for k in ("no_logprobs",) if k in cfg]
 
 
 def _unusable(df: pd.DataFrame, scorers: list[str]) -> list[str]:
@@ -467,7 +474,7 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
         "",
         "## Scorer settings",
         "",
-        *_table(["setting", "value"], _scorer_settings(cfg)),
+        *_table(["setting", "value"], _scorer_settings(cfg, scorers)),
         "",
         "<details><summary>Run configuration (config.json, machine-local fields removed)</summary>",
         "",

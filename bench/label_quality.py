@@ -27,7 +27,6 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from _default_run import default_run
@@ -71,7 +70,7 @@ async def main_async(args: argparse.Namespace) -> None:
         args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
     config.response_cache = not args.no_cache
-    config.classifier = replace(config.classifier, prefix_tokens=args.prefix_tokens, layout=args.prompt_layout)
+    config.scoring["classifier"] = {"prefix_tokens": args.prefix_tokens, "layout": args.prompt_layout}
     files = {}
     arms = []
     for spec in args.arms.split(","):
