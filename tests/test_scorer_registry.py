@@ -20,7 +20,16 @@ from autointerp.results import RunFiles, materialize, usage_by_model
 from autointerp.scorers import Scorer, ScorerContext, UnfitJudge, build_scorers, registry
 from autointerp.scorers.registry import check_config, find_scorer, register, scorer_classes, scorer_names
 
-BUILT_IN = ["detection", "embedding", "fuzzing", "intervention", "intervention_choice", "simulation", "surprisal"]
+BUILT_IN = [
+    "detection",
+    "embedding",
+    "fuzzing",
+    "intervention",
+    "intervention_choice",
+    "intruder",
+    "simulation",
+    "surprisal",
+]
 
 
 class Echo(Scorer):
