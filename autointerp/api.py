@@ -126,8 +126,8 @@ class Outcome:
     def describe(self) -> str:
         """The summary the command line prints: counts, mean headline metrics per scorer, token use."""
         from autointerp.llm.accounting import describe, describe_costs, stage_costs
-        from autointerp.results import usage_by_model
-        from autointerp.scorers.registry import find_scorer, scorer_metrics
+        from autointerp.results import find_scorers, usage_by_model
+        from autointerp.scorers.registry import find_scorer
 
         summary, table = self.summary, self.results
         controlled = f"{summary.controlled} controlled, " if summary.controlled else ""
@@ -135,25 +135,23 @@ class Outcome:
             f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
             f"{summary.scored} scored, {controlled}{summary.skipped} skipped, {summary.failed} failed"
         ]
-        ok = table[table["status"] == "ok"] if len(table) else table
+        found = {s.name: s for s in find_scorers(table, self.config.scorers)} if len(table) else {}
         for scorer in self.config.scorers:
-            headline = [m for m in scorer_metrics(scorer)[:2] if f"{scorer}_{m}" in ok]
-            if len(ok) and headline:
-                parts = []
-                for m in headline:
-                    values = ok[f"{scorer}_{m}"].dropna()
-                    if len(values):
-                        column = f"{scorer}_control_{m}"
-                        control = ok[column].dropna() if column in ok else None
-                        beside = f" (control {control.mean():.3f})" if control is not None and len(control) else ""
-                        parts.append(f"{m} {values.mean():.3f}{beside}")
-                failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
-                total = int(ok[f"{scorer}_n"].fillna(0).sum())
+            columns = found.get(scorer)
+            parts = [
+                f"{h.metric} {h.mean:.3f}" + (f" (control {h.control:.3f})" if h.control is not None else "")
+                for h in (columns.headlines if columns else [])
+                if h.mean is not None
+            ]
+            if columns and parts:  # an explain-only folder has the columns, but no score yet
                 cls = find_scorer(scorer)
                 asks = cls is None or cls.needs_judge  # embedding asks no judge
-                note = f"{failed}/{total} judge answers unusable" if asks else f"{total} examples, no judge"
-                if parts:  # an explain-only folder has the columns, but no score yet
-                    lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
+                note = (
+                    f"{columns.n_failed}/{columns.n} judge answers unusable"
+                    if asks
+                    else f"{columns.n} examples, no judge"
+                )
+                lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
         for msg in summary.messages:
             lines.append("  " + msg)
         if 0 < len(table) <= TABLE_MAX_LATENTS:

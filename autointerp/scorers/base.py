@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from autointerp.errors import AutointerpError
@@ -72,8 +72,15 @@ class ScorerSettings(Checked):
         version does not know are ignored here, as a newer version's config.json must still load; the
         registry's `check_config` refuses them before a stage runs."""
         given = config.scoring.get(cls.section) or {}
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        known = set(cls.field_names())
         return cls(**{k: v for k, v in given.items() if k in known})
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]  # type: ignore[arg-type]  (every subclass is a dataclass)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass

@@ -307,7 +307,7 @@ class YesNoScorer(Scorer):
     """Base of detection and fuzzing: subclasses say how to build items and which prompts to use."""
 
     prompt_dir: ClassVar[str] = ""
-    settings_classes = (ClassifierSettings,)
+    settings_classes: ClassVar[tuple[type[ScorerSettings], ...]] = (ClassifierSettings,)
     # then `quantile_accuracy_<q>` for each activation quantile of the held-out activating items
     metrics = (*CLASSIFICATION_METRICS, NEGATIVE_ACCURACY)
 

@@ -144,13 +144,13 @@ def check_scoring(scoring: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any
             close = difflib.get_close_matches(section, list(sections), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"scoring has no settings section {section!r}{hint}; sections: {', '.join(sections)}")
-        known = [f.name for f in dataclasses.fields(owner)]
+        known = owner.field_names()
         for key in given:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1)
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ConfigError(f"unknown setting scoring.{section}.{key}{hint}")
-    return {section: dataclasses.asdict(owner(**scoring.get(section, {}))) for section, owner in sections.items()}
+    return {section: owner(**scoring.get(section, {})).to_dict() for section, owner in sections.items()}
 
 
 def build_scorers(names: Iterable[str], config: RunConfig, context: ScorerContext) -> list[Scorer]:
