@@ -382,7 +382,7 @@ class YesNoScorer(Scorer):
         ]
 
     @staticmethod
-    def _judgment(item: Item, prediction: bool | None, probability: float | None, answer: str, error: str):
+    def _judgment(item: Item, prediction: bool | None, probability: float | None, answer: str, error: str) -> Judgment:
         return Judgment(
             window=item.example.window,
             activating=item.truth,
