@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,13 @@ from autointerp.results import RunFiles, materialize
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers.base import Scorer, ScorerContext
 from autointerp.scorers.registry import build_scorers
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from autointerp.scorers.intervention import SteeringSubject
+    from autointerp.subjects.model import Subject
+    from autointerp.subjects.sources import DictionarySource
 
 
 def _model_arg(config: RunConfig) -> str | None:
@@ -45,19 +52,19 @@ def _revisions(config: RunConfig, meta: CacheMeta | None) -> tuple[str | None, s
     )
 
 
-def load_subject(config: RunConfig, meta: CacheMeta | None = None):
+def load_subject(config: RunConfig, meta: CacheMeta | None = None) -> Subject:
     from autointerp.subjects.model import load_subject as _load
 
     return _load(_model_arg(config), revision=_revisions(config, meta)[0], dtype=getattr(torch, config.dtype))
 
 
-def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None):
+def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None) -> Any:
     from autointerp.subjects.model import load_tokenizer as _load
 
     return _load(_model_arg(config), revision=_revisions(config, meta)[0])
 
 
-def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None):
+def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None) -> str | list[DictionarySource]:
     """The run's dictionaries, fetched if they come from the Hub: `DictionarySource`s (one per hookpoint
     where the hookpoints are known before loading), or the name of a built-in one ("default", "neurons")."""
     from autointerp.subjects.dictionaries import DEFAULT_DICTIONARY
@@ -236,7 +243,7 @@ def corpus_rows(config: RunConfig, tokenizer: Any, corpus_path: Path, *, check_e
             )
         return iter(())
 
-    def all_rows():
+    def all_rows() -> Iterator[Any]:
         yield first
         yield from rows
 
@@ -366,7 +373,7 @@ def wrap_judge(backend: Judge, config: RunConfig, *, namespace: str, slots: int)
     return CachedJudge(judge, path, namespace=namespace)
 
 
-def steering_subject(config: RunConfig, meta: CacheMeta | None = None, hookpoint: str | None = None):
+def steering_subject(config: RunConfig, meta: CacheMeta | None = None, hookpoint: str | None = None) -> SteeringSubject:
     """The subject model (on config.device) with the dictionary of a hookpoint (None: the run's only one),
     for the scorers that steer it; `meta` (that hookpoint's cache) pins Hub downloads to the commits the
     cache was built from."""
@@ -382,7 +389,7 @@ class SteeringLoader:
         self._subject: Any = None
         self._opened: dict[str | None, Any] = {}
 
-    def __call__(self, hookpoint: str | None = None, meta: CacheMeta | None = None):
+    def __call__(self, hookpoint: str | None = None, meta: CacheMeta | None = None) -> SteeringSubject:
         from autointerp.scorers.intervention import SteeringSubject
         from autointerp.subjects.attach import open_dictionaries
 
@@ -576,7 +583,7 @@ async def explain_latent(
     return await worker.explain_latent(run.unit(latent))
 
 
-def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]):
+def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]) -> pd.DataFrame:
     """Rebuild results.parquet and judgments.parquet from the logs: the config's scorers' columns first, then
     those of any other scorer the log holds (one asked for through the HTTP service, say)."""
     return materialize(
