@@ -2,10 +2,11 @@
 
 A setting is declared once, as a dataclass field made by `setting()`: its default, a help text, the
 bounds it must keep and, for the ones users set, where it appears on the command line (which commands,
-which group of `--help`, the flag). `RunConfig` (config.py) nests these classes; the CLI's options,
-their `--help` lines and the defaults shown there are generated from the fields, so the library, the
-command line and config.json cannot disagree about a default or a check, and adding a setting is one
-field.
+which group of `--help`, the flag). `RunConfig` (config.py) nests the classes of this module; each
+scorer declares its own in its module (scorers/base.py: `ScorerSettings`), with the same `setting()`.
+The CLI's options, their `--help` lines and the defaults shown there are generated from the fields
+(option_table.py), so the library, the command line and config.json cannot disagree about a default
+or a check, and adding a setting is one field.
 
 The classes check themselves when they are made (`__post_init__`): a wrong type, a value outside
 its choices (the `Literal` annotation) or its bounds raises `ConfigError` naming the option, so a
