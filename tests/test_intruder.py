@@ -32,11 +32,13 @@ def _excerpts(messages: list[Message]) -> list[str]:
 
 
 def reader_pick(excerpts: list[str]) -> list[float]:
-    """What a reader would answer: if one kind of word (months, animals) is in all excerpts but one, that
-    one is the intruder, said with confidence; with no such kind, an unsure, even guess."""
+    """What a reader would answer: if one kind of word (months, animals) is in all excerpts but one (in
+    their marked tokens, where they have marks), that one is the intruder, said with confidence; with no
+    such kind, an unsure, even guess."""
     n = len(excerpts)
+    read = [" ".join(re.findall(r"<<(.*?)>>", e)) or e for e in excerpts]
     for words in CATEGORIES.values():
-        has = [any(re.search(rf"\b{w}\b", e) for w in words) for e in excerpts]
+        has = [any(re.search(rf"\b{w}\b", e) for w in words) for e in read]
         if sum(has) == n - 1:
             odd = has.index(False)
             return [0.85 if k == odd else 0.15 / (n - 1) for k in range(n)]
@@ -75,8 +77,9 @@ def _score(scorer: IntruderScorer, record: LatentRecord, judge: ScriptedJudge, l
     return asyncio.run(scorer(record, Explanation(record.latent, label, "test"), judge))
 
 
-def test_a_coherent_latent_scores_above_a_random_mix_and_above_chance():
-    scorer = IntruderScorer(IntruderSettings(n_questions=20))
+@pytest.mark.parametrize("marks", [True, False], ids=["marked", "plain"])
+def test_a_coherent_latent_scores_above_a_random_mix_and_above_chance(marks):
+    scorer = IntruderScorer(IntruderSettings(n_questions=20, marks=marks))
     coherent = [_score(scorer, planted_record(seed=s), ScriptedJudge(reader)) for s in range(3)]
     mixed = [_score(scorer, mixed_record(seed=s), ScriptedJudge(reader)) for s in range(3)]
     chance = 1 / (scorer.settings.n_shown + 1)
@@ -116,6 +119,18 @@ def test_each_question_shows_the_latents_excerpts_and_one_silent_one_and_the_lab
     assert len(shown) == len(set(shown)) == 18
     again = _score(scorer, record, ScriptedJudge(reader), label="animal names")
     assert again.metrics == score.metrics and again.judgments == score.judgments
+
+
+def test_every_excerpt_is_marked_and_the_intruder_as_much_as_the_others_on_random_tokens():
+    record = planted_record()  # one month token marked per activating window
+    questions = IntruderScorer(IntruderSettings(n_questions=8)).questions(record)
+    for q in questions:
+        marked = [re.findall(r"<<(.*?)>>", text) for text in q.texts]
+        assert all(len(m) == 1 for m in marked)
+        assert all(m[0] in MONTHS for k, m in enumerate(marked) if k != q.intruder)
+        assert marked[q.intruder][0] not in MONTHS
+    plain = IntruderScorer(IntruderSettings(n_questions=8, marks=False)).questions(record)
+    assert not any("<<" in text for q in plain for text in q.texts)
 
 
 def test_the_control_is_a_random_pick_that_asks_no_judge():
@@ -166,12 +181,14 @@ def test_the_intruder_is_one_registered_file_with_its_own_options():
     assert "intruder" in scorer_classes() and not scorer_classes()["intruder"].can_pick_best_of
     args = build_parser().parse_args(
         ["score", "--out", "x", "--scorers", "intruder", "--intruder-shown", "3", "--intruder-mode", "text"]
+        + ["--intruder-plain"]
     )
     config, explicit = config_from_args(args)
-    assert {"scoring.intruder.n_shown", "scoring.intruder.mode"} <= explicit
+    assert {"scoring.intruder.n_shown", "scoring.intruder.mode", "scoring.intruder.marks"} <= explicit
     check_config(config)
     (scorer,) = build_scorers(["intruder"], config, ScorerContext())
     assert isinstance(scorer, IntruderScorer) and (scorer.settings.n_shown, scorer.settings.mode) == (3, "text")
+    assert scorer.settings.marks is False
     with pytest.raises(ConfigError, match="--intruder-shown must be at most 8"):
         check_config(RunConfig(scoring={"intruder": {"n_shown": 9}}))
     with pytest.raises(SystemExit):

@@ -8,6 +8,12 @@ similar`), in a seeded random order, and asks which one is the intruder. A laten
 share something a reader can see gets found out; one that fires on a mixture does not. The
 explanation is neither shown nor read: the score rates the latent, not its label.
 
+By default the tokens a latent is strongly active on are marked `<<like this>>` in its excerpts (as
+the explainer's examples mark them), and the intruder gets as many marks on random tokens, so the
+judge compares what the marked tokens have in common rather than whole windows, in which the
+latent's token is one of 32; the marks cannot give the intruder away, since every excerpt has them.
+`marks=False` (`--intruder-plain`) shows plain excerpts.
+
 Two ways to read the pick (`mode`): "logprobs": one generated token, and the judge's probability of
 each number 1..n there, from the top logprobs and renormalised over those numbers, gives
 P(correct), the probability of the intruder's number; the pick is the likeliest number. "text": the
@@ -41,7 +47,7 @@ import numpy as np
 
 from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
-from autointerp.prompting import format_plain, load_prompt, render
+from autointerp.prompting import format_marked, load_prompt, marks_above, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
 from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings, UnfitJudge
 from autointerp.scorers.metrics import mean_or_none
@@ -76,6 +82,14 @@ class IntruderSettings(ScorerSettings):
         flag="--intruder-questions",
         at_least=1,
     )
+    marks: bool = setting(
+        True,
+        "intruder: show plain excerpts, without marking the latent's active tokens (and as many random "
+        "tokens of the intruder)",
+        cli=SCORING,
+        flag="--intruder-plain",
+        negate=True,
+    )
     mode: IntruderMode = setting(
         "auto",
         "intruder: auto: logprobs when the judge gives them, else text; logprobs: P(correct) from the "
@@ -94,10 +108,12 @@ class IntruderSettings(ScorerSettings):
 
 @dataclass
 class Question:
-    """The excerpts of one question, in the order shown, and which of them is the intruder."""
+    """The excerpts of one question, in the order shown, which of them is the intruder, and each one
+    as the judge reads it."""
 
     excerpts: list[Example]
     intruder: int  # index into `excerpts`
+    texts: list[str]
 
 
 @dataclass
@@ -143,13 +159,16 @@ class IntruderScorer(Scorer):
     can_pick_best_of = False  # it rates latents: every candidate label would score the same
     settings_classes = (IntruderSettings,)
 
-    def __init__(self, settings: IntruderSettings | None = None):
+    def __init__(self, settings: IntruderSettings | None = None, *, mark_fraction: float = 0.3):
         self.settings = settings or IntruderSettings()
+        self.mark_fraction = mark_fraction
 
     @classmethod
     def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
-        # one --seed fixes every draw: the questions follow the sampling seed
-        return cls(replace(IntruderSettings.of(config), seed=config.sampling.seed))
+        # one --seed fixes every draw: the questions follow the sampling seed; tokens are marked as the
+        # explainer's examples mark them
+        settings = replace(IntruderSettings.of(config), seed=config.sampling.seed)
+        return cls(settings, mark_fraction=config.explain.mark_fraction)
 
     def mode_for(self, judge: Judge) -> str:
         mode = self.settings.mode
@@ -176,10 +195,20 @@ class IntruderScorer(Scorer):
         out = []
         for q in range(n):
             excerpts = [record.test[i] for i in own[q * shown : (q + 1) * shown]]
+            marks = [self._marks(e) for e in excerpts]
+            n_marks = round(float(np.mean([sum(m) for m in marks])))
+            intruder = record.negatives[others[q]]
             at = int(rng.integers(shown + 1))
-            excerpts.insert(at, record.negatives[others[q]])
-            out.append(Question(excerpts, at))
+            excerpts.insert(at, intruder)
+            marks.insert(at, _random_marks(len(intruder.str_tokens), n_marks, rng))
+            texts = [format_marked(e.str_tokens, m) for e, m in zip(excerpts, marks, strict=True)]
+            out.append(Question(excerpts, at, texts))
         return out
+
+    def _marks(self, example: Example) -> list[bool]:
+        if not self.settings.marks:
+            return [False] * len(example.str_tokens)
+        return marks_above(example, self.mark_fraction)
 
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Judge) -> Score:
         mode = self.mode_for(judge)
@@ -200,7 +229,7 @@ class IntruderScorer(Scorer):
 
     def _messages(self, question: Question) -> list[Message]:
         excerpts = "\n\n".join(
-            f"Excerpt {i}:\n<excerpt>\n{format_plain(e)}\n</excerpt>" for i, e in enumerate(question.excerpts, 1)
+            f"Excerpt {i}:\n<excerpt>\n{text}\n</excerpt>" for i, text in enumerate(question.texts, 1)
         )
         user = render(load_prompt("intruder/user.md"), excerpts=excerpts, n=len(question.excerpts))
         return [
@@ -263,6 +292,14 @@ class IntruderScorer(Scorer):
         )
 
 
+def _random_marks(length: int, n: int, rng: np.random.Generator) -> list[bool]:
+    """`n` marks on random tokens (never the first, as fuzzing's wrong marks): the intruder's disguise."""
+    if n == 0 or length < 2:
+        return [False] * length
+    chosen = set(rng.choice(np.arange(1, length), size=min(n, length - 1), replace=False).tolist())
+    return [i in chosen for i in range(length)]
+
+
 def _draws(size: int, count: int, rng: np.random.Generator) -> list[int]:
     """`count` indices into range(size): shuffled passes over all of them, so none repeats before all are used."""
     out: list[int] = []
@@ -273,7 +310,7 @@ def _draws(size: int, count: int, rng: np.random.Generator) -> list[int]:
 
 def _judgments(number: int, question: Question, pick: Pick) -> list[Judgment]:
     rows = []
-    for k, example in enumerate(question.excerpts):
+    for k, (example, text) in enumerate(zip(question.excerpts, question.texts, strict=True)):
         picked = None if pick.chosen is None else pick.chosen == k
         p_picked = pick.probabilities[k] if pick.probabilities is not None else None
         rows.append(
@@ -286,7 +323,7 @@ def _judgments(number: int, question: Question, pick: Pick) -> list[Judgment]:
                 quantile=example.quantile,
                 answer=pick.answer[:200],
                 error=pick.error,
-                text=format_plain(example),
+                text=text,
                 value=float(number),
                 detail=f"excerpt {k + 1} of {len(question.excerpts)}",
             )
