@@ -133,6 +133,17 @@ def test_every_excerpt_is_marked_and_the_intruder_as_much_as_the_others_on_rando
     assert not any("<<" in text for q in plain for text in q.texts)
 
 
+def test_no_question_shows_an_excerpt_twice_when_excerpts_are_reused():
+    record = planted_record(n_test=6)  # 10 questions of 4 need 40 excerpts: each is shown about 7 times
+    questions = IntruderScorer(IntruderSettings(n_questions=10)).questions(record)
+    assert len(questions) == 10
+    for q in questions:
+        windows = [e.window for e in q.excerpts]
+        assert len(set(windows)) == len(windows) == 5
+    counts = [sum(e.window == t.window for q in questions for e in q.excerpts) for t in record.test]
+    assert max(counts) - min(counts) <= 1  # used evenly
+
+
 def test_the_control_is_a_random_pick_that_asks_no_judge():
     record = planted_record()
     scorer = IntruderScorer(IntruderSettings(n_questions=50))

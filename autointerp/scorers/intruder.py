@@ -190,11 +190,11 @@ class IntruderScorer(Scorer):
         if len(record.test) < shown or not record.negatives:
             return []
         rng = np.random.default_rng([self.settings.seed, record.latent.index, zlib.crc32(b"intruder")])
-        own = _draws(len(record.test), shown * n, rng)
+        own = _draws(len(record.test), shown * n + len(record.test), rng)
         others = _draws(len(record.negatives), n, rng)
         out = []
         for q in range(n):
-            excerpts = [record.test[i] for i in own[q * shown : (q + 1) * shown]]
+            excerpts = [record.test[i] for i in _distinct(own, shown)]
             marks = [self._marks(e) for e in excerpts]
             n_marks = round(float(np.mean([sum(m) for m in marks])))
             intruder = record.negatives[others[q]]
@@ -298,6 +298,19 @@ def _random_marks(length: int, n: int, rng: np.random.Generator) -> list[bool]:
         return [False] * length
     chosen = set(rng.choice(np.arange(1, length), size=min(n, length - 1), replace=False).tolist())
     return [i in chosen for i in range(length)]
+
+
+def _distinct(queue: list[int], k: int) -> list[int]:
+    """The first `k` different indices of `queue`, taken out of it: where two passes meet, an excerpt
+    seen at the end of one is not shown twice in the same question."""
+    picked: list[int] = []
+    at = 0
+    while len(picked) < k:
+        if queue[at] in picked:
+            at += 1
+        else:
+            picked.append(queue.pop(at))
+    return picked
 
 
 def _draws(size: int, count: int, rng: np.random.Generator) -> list[int]:
