@@ -22,10 +22,8 @@ demo: install
 	$(VENV)/bin/autointerp run --out $(OUT) $(DEMO_OPTIONS)
 	@echo "report: $$($(VENV)/bin/autointerp report $(OUT) --quiet)"
 
-test: install
-	$(VENV)/bin/ruff check autointerp tests scripts bench
-	$(VENV)/bin/ruff format --check autointerp tests scripts bench
-	$(VENV)/bin/mypy
+# the checks of `lint` first, then the whole suite
+test: lint
 	$(VENV)/bin/pytest
 
 test-fast: install

@@ -5,8 +5,8 @@ The Python API, for notebooks and scripts (the command line is a thin layer over
 - `Run(out, **options)`: a run folder and the options of its stages; `.cache()`, `.explain()`,
   `.score()`, `.run()`, then `.results()` and `.judgments()` as pandas DataFrames, `.report()`,
   `.publish()`. Options are named as on the command line (`n_test=5` for `--n-test 5`).
-- `RunConfig` and the settings it nests (`SamplingSettings`, `ExplainerSettings`...): every setting,
-  its default and its checks.
+- `RunConfig` and the settings it nests (`SamplingSettings`, `ExplainerSettings`...), and the
+  settings each scorer owns (`ClassifierSettings`...): every setting, its default and its checks.
 - `AutointerpError`: the base of every error about the user's input or environment.
 
 The names are imported on first use, so `import autointerp` costs nothing: torch and the models load
@@ -27,9 +27,9 @@ _EXPORTS = {
     "CacheSettings": "autointerp.settings",
     "SamplingSettings": "autointerp.settings",
     "ExplainerSettings": "autointerp.settings",
-    "ClassifierSettings": "autointerp.settings",
-    "SimulationSettings": "autointerp.settings",
-    "InterventionSettings": "autointerp.settings",
+    "ClassifierSettings": "autointerp.scorers.classify",
+    "SimulationSettings": "autointerp.scorers.simulation",
+    "InterventionSettings": "autointerp.scorers.intervention",
     "AutointerpError": "autointerp.errors",
     "ConfigError": "autointerp.errors",
 }
@@ -53,14 +53,10 @@ if TYPE_CHECKING:
     from autointerp.api import Outcome, Run
     from autointerp.config import RunConfig
     from autointerp.errors import AutointerpError, ConfigError
-    from autointerp.settings import (
-        CacheSettings,
-        ClassifierSettings,
-        ExplainerSettings,
-        InterventionSettings,
-        SamplingSettings,
-        SimulationSettings,
-    )
+    from autointerp.scorers.classify import ClassifierSettings
+    from autointerp.scorers.intervention import InterventionSettings
+    from autointerp.scorers.simulation import SimulationSettings
+    from autointerp.settings import CacheSettings, ExplainerSettings, SamplingSettings
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,8 @@ same files and the same resume. The CLI only parses arguments and prints; everyt
 method here, so a notebook can do anything the command line can.
 
 Keyword options name the command line's flags (`--judge-mode json` is `judge_mode="json"`,
-`--no-cache` is `no_cache=True`) or whole fields of `RunConfig` (`sampling=SamplingSettings(...)`).
+`--no-cache` is `no_cache=True`), whole fields of `RunConfig` (`sampling=SamplingSettings(...)`), or a
+scorer's settings section by its name (`classifier=ClassifierSettings(mode="json")`).
 As on the command line, the options that define the run folder (model, dictionary, corpus, sizes,
 the example split) are remembered by the folder: a later `Run` on it may leave them out, and one that
 gives another value is refused. Every other option is the call's own, and takes its default when left
@@ -39,6 +40,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from autointerp.config import RunConfig, load_config, merge, save_config, with_folder
 from autointerp.errors import ConfigError
+from autointerp.option_table import config_from_options
+from autointerp.scorers.registry import check_config
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -126,8 +129,8 @@ class Outcome:
     def describe(self) -> str:
         """The summary the command line prints: counts, mean headline metrics per scorer, token use."""
         from autointerp.llm.accounting import describe, describe_costs, stage_costs
-        from autointerp.results import usage_by_model
-        from autointerp.scorers.registry import find_scorer, scorer_metrics
+        from autointerp.results import find_scorers, usage_by_model
+        from autointerp.scorers.registry import find_scorer
 
         summary, table = self.summary, self.results
         controlled = f"{summary.controlled} controlled, " if summary.controlled else ""
@@ -135,25 +138,23 @@ class Outcome:
             f"{summary.latents} latents in {summary.seconds:.0f}s: {summary.explained} explained, "
             f"{summary.scored} scored, {controlled}{summary.skipped} skipped, {summary.failed} failed"
         ]
-        ok = table[table["status"] == "ok"] if len(table) else table
+        found = {s.name: s for s in find_scorers(table, self.config.scorers)} if len(table) else {}
         for scorer in self.config.scorers:
-            headline = [m for m in scorer_metrics(scorer)[:2] if f"{scorer}_{m}" in ok]
-            if len(ok) and headline:
-                parts = []
-                for m in headline:
-                    values = ok[f"{scorer}_{m}"].dropna()
-                    if len(values):
-                        column = f"{scorer}_control_{m}"
-                        control = ok[column].dropna() if column in ok else None
-                        beside = f" (control {control.mean():.3f})" if control is not None and len(control) else ""
-                        parts.append(f"{m} {values.mean():.3f}{beside}")
-                failed = int(ok[f"{scorer}_n_failed"].fillna(0).sum())
-                total = int(ok[f"{scorer}_n"].fillna(0).sum())
+            columns = found.get(scorer)
+            parts = [
+                f"{h.metric} {h.mean:.3f}" + (f" (control {h.control:.3f})" if h.control is not None else "")
+                for h in (columns.headlines if columns else [])
+                if h.mean is not None
+            ]
+            if columns and parts:  # an explain-only folder has the columns, but no score yet
                 cls = find_scorer(scorer)
                 asks = cls is None or cls.needs_judge  # embedding asks no judge
-                note = f"{failed}/{total} judge answers unusable" if asks else f"{total} examples, no judge"
-                if parts:  # an explain-only folder has the columns, but no score yet
-                    lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
+                note = (
+                    f"{columns.n_failed}/{columns.n} judge answers unusable"
+                    if asks
+                    else f"{columns.n} examples, no judge"
+                )
+                lines.append(f"  {scorer}: mean " + ", ".join(parts) + f" ({note})")
         for msg in summary.messages:
             lines.append("  " + msg)
         if 0 < len(table) <= TABLE_MAX_LATENTS:
@@ -246,7 +247,7 @@ class Run:
             explicit = {name for name, value in given.items() if value != getattr(defaults, name)}
             options = {**{name: given[name] for name in explicit}, **options}
         options = _objects_by_name(options, ray)
-        self.requested, self.explicit = RunConfig.from_options(options)
+        self.requested, self.explicit = config_from_options(options)
         if {"sample_latents", "max_latents"} <= self.explicit:
             raise ConfigError("--sample-latents N draws N latents per hookpoint: give it or --max-latents, not both")
 
@@ -278,7 +279,7 @@ class Run:
     def _cache(self) -> dict[str, Any]:
         self.files.prepare()
         config, resolved, stored = self._resolve()
-        config.validate()
+        check_config(config)
         self._connect()  # Ray missing or out of reach fails before minutes of caching
         if self.ray is not None:
             from autointerp.distributed.caching import cache_on_ray
@@ -361,7 +362,7 @@ class Run:
         config, resolved, stored = self._resolve()
         if "explain" in stages:
             config = self._explainer_style(config, stored)
-        config.validate()
+        check_config(config)
         if (fmt is not None or layer is not None) and explanations is None:
             raise ConfigError("--explanations-format and --explanations-layer go with --explanations FILE")
         if not files.config.exists():

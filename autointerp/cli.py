@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from autointerp.config import OptionField, RunConfig, options
+from autointerp.config import RunConfig
 from autointerp.errors import AutointerpError
 from autointerp.exports import command as export_command
+from autointerp.option_table import OptionField, config_from_options, options
 from autointerp.serve import command as serve_command
 from autointerp.settings import GROUPS, STAGE_COMMANDS
 
@@ -101,10 +102,18 @@ def shown_default(spec: OptionField) -> str | None:
     return str(value)
 
 
+def _scorers_listed() -> str:
+    from autointerp.scorers.registry import scorer_classes
+
+    return ", ".join(f"{name} ({cls.summary})" if cls.summary else name for name, cls in scorer_classes().items())
+
+
 def help_text(spec: OptionField) -> str:
     text = spec.field.metadata["help"]
     if callable(text):
         text = text(spec.owner())
+    if spec.dotted == "scorers":  # the config names no scorer: the registry lists them
+        text = "comma-separated, from " + _scorers_listed()
     default = shown_default(spec)
     if default is not None:
         text += f" (default: {default})"
@@ -156,7 +165,7 @@ def option_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> tuple[RunConfig, set[str]]:
     """The config the options given describe, and the (dotted) fields they set."""
-    return RunConfig.from_options(option_values(args))
+    return config_from_options(option_values(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,9 +2,16 @@
 
 `RunConfig` nests the settings of each stage (settings.py) and adds what names the run's inputs and
 judges. Every field is declared with `setting()`, so its default, its checks and its command-line
-option (flag, help, group, commands) live in one place, and `options()` is the table the CLI and the
-Python API both read: the CLI's `--n-test 5` and the API's `Run(..., n_test=5)` set the same field
-through the same code, and get the same checks.
+option (flag, help, group, commands) live in one place; option_table.py turns these fields, and
+those of each scorer's own settings, into the table the CLI and the Python API both read: the
+CLI's `--n-test 5` and the API's `Run(..., n_test=5)` set the same field through the same code, and
+get the same checks.
+
+Each scorer owns its settings (scorers/<name>.py declares them): the config holds them as plain
+values under `scoring`, by section (`scoring["classifier"]["mode"]`), and imports no scorer; the
+scorer registry checks them (`scorers.registry.check_config`). Config files written before scorers
+owned their settings (`classifier`, `intervention`, `fuzz_negatives`, `embedding_model` at the top)
+load into the same sections.
 
 Fields marked `frozen` define the activation cache and the train/test split. Once a run folder has
 them, later stages (`explain`, `score`, a resumed `run`) must agree, because scoring with a
@@ -21,8 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import difflib
-import functools
 import json
 import platform
 from dataclasses import asdict, dataclass, fields
@@ -43,14 +48,9 @@ from autointerp.settings import (
     TOKENS_EXPLAINER,
     CacheSettings,
     Checked,
-    ClassifierSettings,
     ControlKind,
     ExplainerSettings,
-    InterventionSettings,
-    Option,
     SamplingSettings,
-    display_name,
-    option_of,
     setting,
 )
 
@@ -59,13 +59,12 @@ __all__ = [
     "DEFAULT_JUDGE_TIMEOUT_S",
     "FROZEN",
     "ConfigError",
-    "OptionField",
     "RunConfig",
     "load_config",
     "merge",
-    "options",
     "save_config",
     "set_field",
+    "upgrade",
     "with_folder",
 ]
 
@@ -97,13 +96,6 @@ def parse_max_latents(text: str) -> int | None:
 
 def parse_names(text: str) -> list[str]:
     return [x for x in text.replace(" ", "").split(",") if x]
-
-
-def _scorers_help(_: Any) -> str:
-    from autointerp.scorers.registry import scorer_classes
-
-    listed = ", ".join(f"{name} ({cls.summary})" if cls.summary else name for name, cls in scorer_classes().items())
-    return "comma-separated, from " + listed
 
 
 # ---------------------------------------------------------------- the run
@@ -283,7 +275,7 @@ class RunConfig(Checked):
         cli=JUDGES,
     )
     scorers: list[str] = setting(
-        help=_scorers_help, factory=lambda: ["detection", "fuzzing"], cli=SCORING, parse=parse_names
+        help="comma-separated scorer names", factory=lambda: ["detection", "fuzzing"], cli=SCORING, parse=parse_names
     )
     controls: ControlKind = setting(
         "shuffled",
@@ -292,17 +284,10 @@ class RunConfig(Checked):
         "cost); none: skip it",
         cli=SCORING,
     )
-    fuzz_negatives: Literal["silent", "misplaced"] = setting(
-        "silent",
-        "fuzzing's wrong marks: on random tokens of silent excerpts ('silent') or on silent tokens of "
-        "activating excerpts ('misplaced')",
-        cli=SCORING,
-    )
-    embedding_model: str = setting(
-        "default",
-        "embedding scorer's model: 'default' (bundled all-MiniLM-L6-v2), a sentence-transformers folder, or a "
-        "model id already in the Hugging Face cache",
-        cli=SCORING,
+    scoring: dict[str, dict[str, Any]] = setting(
+        help="each scorer's own settings, by section (the scorer modules declare them): plain values, "
+        "checked by the scorer registry",
+        factory=dict,
     )
     latents: list[int | str] | None = setting(
         None,
@@ -339,8 +324,6 @@ class RunConfig(Checked):
     cache: CacheSettings = setting(factory=CacheSettings, frozen=True)
     sampling: SamplingSettings = setting(factory=SamplingSettings, frozen=True)
     explain: ExplainerSettings = setting(factory=ExplainerSettings)
-    classifier: ClassifierSettings = setting(factory=ClassifierSettings)
-    intervention: InterventionSettings = setting(factory=InterventionSettings)
 
     @property
     def explainer_model(self) -> str:
@@ -362,6 +345,9 @@ class RunConfig(Checked):
             parse_split(self.corpus_split)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        for section, values in self.scoring.items():
+            if not isinstance(section, str) or not isinstance(values, dict):
+                raise ConfigError(f"scoring must map section names to settings, not {section!r}: {values!r}")
         if self.explain.style == "contrastive" and self.sampling.n_train_negatives < 1:
             raise ConfigError(
                 "--explainer-style contrastive shows non-activating examples: --n-train-negatives must be at least 1"
@@ -394,27 +380,14 @@ class RunConfig(Checked):
             raise ConfigError(f"--latents: {e}") from None
 
     def validate(self) -> RunConfig:
-        """Every check, run before a stage: each field's again (fields can be assigned after the config
-        was made), and the names only the scorer registry knows. Raises `ConfigError`.
+        """Every check of the config's own fields, run again before a stage (fields can be assigned after
+        the config was made). Raises `ConfigError`. The scorer names and the scorers' own settings are
+        the registry's to check: a stage runs `scorers.registry.check_config`, which calls this.
 
         Loading a config.json does not call this: a folder written by a newer version may name a
         scorer this one does not know, and its results can still be read."""
-        for part in (self.cache, self.sampling, self.explain, self.classifier, self.intervention, self):
+        for part in (self.cache, self.sampling, self.explain, self):
             part.check()
-        from autointerp.scorers.registry import find_scorer, scorer_names
-
-        unknown = [s for s in self.scorers if find_scorer(s) is None]
-        if unknown:
-            raise ConfigError(f"unknown scorer(s) {unknown}; available: {scorer_names()}")
-        chooser = find_scorer(self.explain.best_of_scorer)
-        if chooser is None:
-            raise ConfigError(f"unknown --best-of-scorer {self.explain.best_of_scorer!r}; available: {scorer_names()}")
-        if self.explain.best_of > 1 and not chooser.can_pick_best_of:
-            able = [name for name in scorer_names() if getattr(find_scorer(name), "can_pick_best_of", False)]
-            raise ConfigError(
-                f"--best-of-scorer cannot be {chooser.name}: it cannot rate labels on a validation split; use one "
-                "of " + ", ".join(able)
-            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -422,110 +395,56 @@ class RunConfig(Checked):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """A config from its `to_dict()` form; keys this version does not know are ignored."""
+        """A config from its `to_dict()` form, or an older version's (`upgrade`); keys this version does
+        not know are ignored."""
         known = {f.name: f for f in fields(cls)}
         kwargs = {}
-        for k, v in data.items():
+        for k, v in upgrade(data).items():
             if k not in known:
                 continue
-            nested = _settings_class(known[k])
+            nested = settings_class(known[k])
             if nested is not None and isinstance(v, dict):
                 sub_known = {f.name for f in fields(nested)}
                 v = nested(**{a: b for a, b in v.items() if a in sub_known})
+            elif k == "scoring" and isinstance(v, dict):
+                v = copy.deepcopy(v)
             kwargs[k] = v
         return cls(**kwargs)
 
-    @classmethod
-    def from_options(cls, values: dict[str, Any]) -> tuple[RunConfig, set[str]]:
-        """A config from options named as on the command line (`n_test` for `--n-test`, `no_cache` for
-        `--no-cache`) or as `RunConfig` fields (`sampling=SamplingSettings(...)`), and the dotted fields
-        they set (those a run folder's stored settings must agree with)."""
-        table = options()
-        top: dict[str, Any] = {}
-        nested: dict[str, dict[str, Any]] = {}
-        explicit: set[str] = set()
-        known = {f.name: f for f in fields(cls)}
-        for key, value in values.items():
-            if key in table:
-                spec = table[key]
-                value = (not value) if spec.option.negate else value
-                for dotted in (spec.dotted, *spec.option.also):
-                    head, _, rest = dotted.partition(".")
-                    if rest:
-                        nested.setdefault(head, {})[rest] = value
-                    else:
-                        top[head] = value
-                    explicit.add(dotted)
-            elif key in known:
-                top[key] = value
-                explicit.add(key)
-            else:
-                close = difflib.get_close_matches(key, [*table, *known], n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ConfigError(f"unknown setting {key!r}{hint}")
-        for head, sub in nested.items():
-            base = top.get(head)
-            settings_class = _settings_class(known[head])
-            assert settings_class is not None
-            if base is not None and not isinstance(base, settings_class):
-                raise ConfigError(f"{head} must be a {settings_class.__name__}, not {base!r}")
-            top[head] = dataclasses.replace(base, **sub) if base is not None else settings_class(**sub)
-        return cls(**top), explicit
+
+# where settings a scorer now owns lived in config files written before it did: whole sections at the
+# top, or single fields
+_OLD_SECTIONS = ("classifier", "intervention")
+_OLD_FIELDS = {"fuzz_negatives": ("fuzzing", "negatives"), "embedding_model": ("embedding", "model")}
 
 
-def _settings_class(f: dataclasses.Field) -> type[Any] | None:
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A config's dict form with the scorer settings of older versions moved into `scoring`; what the
+    dict's own `scoring` says wins over an old key."""
+    old = [k for k in (*_OLD_SECTIONS, *_OLD_FIELDS) if k in data]
+    if not old:
+        return data
+    out = {k: v for k, v in data.items() if k not in old}
+    scoring: dict[str, dict[str, Any]] = {}
+    for section in _OLD_SECTIONS:
+        if isinstance(data.get(section), dict):
+            scoring[section] = dict(data[section])
+    for key, (section, name) in _OLD_FIELDS.items():
+        if key in data:
+            scoring.setdefault(section, {})[name] = data[key]
+    for section, values in (data.get("scoring") or {}).items():
+        scoring[section] = {**scoring.get(section, {}), **values}
+    out["scoring"] = scoring
+    return out
+
+
+def settings_class(f: dataclasses.Field) -> type[Any] | None:
     """The settings class of a nested field (`cache`, `sampling`...), None for a plain one."""
     factory = f.default_factory
     return factory if isinstance(factory, type) and dataclasses.is_dataclass(factory) else None
 
 
 FROZEN: tuple[str, ...] = tuple(f.name for f in fields(RunConfig) if f.metadata.get("frozen"))
-
-
-@dataclass(frozen=True)
-class OptionField:
-    """A command-line option and the (dotted) config field it sets."""
-
-    name: str  # the option's name as a keyword: --n-test is n_test
-    dotted: str  # the field: "sampling.n_test"
-    field: dataclasses.Field
-    owner: type  # the class that declares the field
-    option: Option
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def frozen(self) -> bool:
-        return self.dotted.split(".")[0] in FROZEN
-
-    @property
-    def default(self) -> Any:
-        return getattr(self.owner(), self.field.name)
-
-
-@functools.cache
-def options() -> dict[str, OptionField]:
-    """Every command-line option of the stage commands, by keyword name, in declaration order."""
-    out: dict[str, OptionField] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        for f in fields(cls):
-            nested = _settings_class(f)
-            if nested is not None:
-                walk(nested, f"{prefix}{f.name}.")
-                continue
-            option = option_of(f)
-            if option is None:
-                continue
-            name = display_name(f).removeprefix("--").replace("-", "_")
-            if name in out:
-                raise TypeError(f"two settings have the option --{name}: {out[name].dotted} and {prefix}{f.name}")
-            out[name] = OptionField(name, prefix + f.name, f, cls, option)
-
-    walk(RunConfig, "")
-    return out
 
 
 # ---------------------------------------------------------------- the run folder's config.json

@@ -17,6 +17,7 @@ are looked at before anything else; the rest as it streams.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import random
 import re
@@ -156,7 +157,7 @@ def _is_parquet(path: Path) -> bool:
     return path.name.lower().endswith(".parquet")
 
 
-def _open_binary(path: Path):
+def _open_binary(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,7 +205,7 @@ def iter_explanations(path: Path, fmt: str = "auto", *, progress: bool = False) 
     return fmt, reader(path, progress)
 
 
-def _files(path: Path, matches, what: str, progress: bool) -> Iterator[Path]:
+def _files(path: Path, matches: Callable[[str], bool], what: str, progress: bool) -> Iterator[Path]:
     """The files of a folder that `matches` (sorted), or the path itself; a progress bar over many."""
     if path.is_file():
         yield path

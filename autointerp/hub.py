@@ -29,14 +29,13 @@ import yaml
 
 from autointerp.errors import AutointerpError
 from autointerp.llm.accounting import PriceTable, stage_costs
-from autointerp.results import JUDGMENTS, RESULTS
+from autointerp.results import JUDGMENTS, RESULTS, find_scorers
 
 RESULTS_PATH = "data/results.parquet"
 JUDGMENTS_PATH = "judgments/judgments.parquet"
 CARD = "README.md"
 LAYOUT = (CARD, RESULTS_PATH, JUDGMENTS_PATH)  # every file a staging folder may hold
 TAGS = ["autointerp", "interpretability", "sparse-autoencoder", "explanations"]
-HEADLINE = 2  # metrics per scorer in the card's summary: the first ones each scorer declares
 # config fields that only describe this machine (or could hold a secret): left out of the card
 PRIVATE_FIELDS = ("response_cache_path", "prices", "api_key_env")
 LOGIN_HELP = (
@@ -61,8 +60,9 @@ class PublishOptions:
 
 
 @dataclass
-class Run:
-    """What a run folder says about itself: config.json's three parts and the results table."""
+class RunToPublish:
+    """What a run folder says about itself to the card: config.json's three parts (as plain dicts) and the
+    results table."""
 
     folder: Path
     config: dict[str, Any]
@@ -86,7 +86,7 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def load_run(folder: Path, *, with_judgments: bool = False) -> Run:
+def read_run_to_publish(folder: Path, *, with_judgments: bool = False) -> RunToPublish:
     folder = Path(folder)
     if not folder.is_dir():
         raise PublishError(f"{folder} is not a folder: give the run folder that `autointerp run --out` wrote")
@@ -113,7 +113,7 @@ def load_run(folder: Path, *, with_judgments: bool = False) -> Run:
     results = pd.read_parquet(folder / RESULTS)
     if not len(results):
         raise PublishError(f"{folder / RESULTS} has no rows: nothing to publish")
-    return Run(folder, config, data.get("resolved") or {}, data.get("environment") or {}, results)
+    return RunToPublish(folder, config, data.get("resolved") or {}, data.get("environment") or {}, results)
 
 
 # ----------------------------------------------------------------------------------- the card
@@ -180,32 +180,6 @@ def _mean(df: pd.DataFrame, column: str) -> float | None:
         return None
     values = pd.to_numeric(df[column], errors="coerce").dropna()
     return float(values.mean()) if len(values) else None
-
-
-def score_summary(results: pd.DataFrame, scorers: list[str]) -> list[dict[str, Any]]:
-    """Mean and median of each scorer's headline metrics over the latents that finished ("ok"), and
-    the mean of the same metric's shuffled-label control (None where the run has none)."""
-    from autointerp.scorers import scorer_metrics
-
-    ok = _finished(results)
-    rows = []
-    for scorer in scorers:
-        for metric in scorer_metrics(scorer)[:HEADLINE]:
-            column = f"{scorer}_{metric}"
-            if column not in ok:
-                continue
-            values = pd.to_numeric(ok[column], errors="coerce").dropna()
-            rows.append(
-                {
-                    "scorer": scorer,
-                    "metric": metric,
-                    "latents": len(values),
-                    "mean": float(values.mean()) if len(values) else None,
-                    "median": float(values.median()) if len(values) else None,
-                    "control": _mean(ok, f"{scorer}_control_{metric}"),
-                }
-            )
-    return rows
 
 
 def hookpoint_summary(results: pd.DataFrame, scorers: list[str]) -> tuple[list[str], list[list[str]]]:
@@ -292,7 +266,7 @@ def _with_actual(configured: Any, actual: list[str]) -> str:
     return text + " → " + ", ".join(f"`{_cell(a)}`" for a in actual) if actual else text
 
 
-def _provenance(run: Run, scorers: list[str], model: str | None, hookpoints: list[str]) -> list[list[str]]:
+def _provenance(run: RunToPublish, scorers: list[str], model: str | None, hookpoints: list[str]) -> list[list[str]]:
     cfg, res, env, df = run.config, run.resolved, run.environment, run.results
     dictionary = _named(cfg.get("dictionary"), res.get("dictionary"))
     extra = [
@@ -322,14 +296,21 @@ def _provenance(run: Run, scorers: list[str], model: str | None, hookpoints: lis
     ]
 
 
-def _scorer_settings(cfg: dict[str, Any]) -> list[list[str]]:
-    """What decides how a label is scored: the held-out examples and how the judge is asked."""
-    rows = [
-        [f"`{group}.{k}`", f"`{_cell(v)}`"]
-        for group in ("sampling", "classifier")
-        for k, v in (cfg.get(group) or {}).items()
+def _scorer_settings(cfg: dict[str, Any], scorers: list[str]) -> list[list[str]]:
+    """What decides how a label is scored: the held-out examples, and the settings of the run's scorers
+    (the sections they own, as config.json has them; an older version's keys read as the same)."""
+    from autointerp.config import upgrade
+    from autointerp.scorers.registry import find_scorer
+
+    scoring = upgrade(cfg).get("scoring") or {}
+    sections = [c.section for s in scorers if (found := find_scorer(s)) is not None for c in found.settings_classes]
+    rows = [[f"`sampling.{k}`", f"`{_cell(v)}`"] for k, v in (cfg.get("sampling") or {}).items()]
+    rows += [
+        [f"`scoring.{section}.{k}`", f"`{_cell(v)}`"]
+        for section in dict.fromkeys(sections)
+        for k, v in (scoring.get(section) or {}).items()
     ]
-    return rows + [[f"`{k}`", f"`{_cell(cfg[k])}`"] for k in ("fuzz_negatives", "no_logprobs") if k in cfg]
+    return rows + [[f"`{k}`", f"`{_cell(cfg[k])}`"] for k in ("no_logprobs",) if k in cfg]
 
 
 def _unusable(df: pd.DataFrame, scorers: list[str]) -> list[str]:
@@ -381,7 +362,7 @@ def _cost_section(df: pd.DataFrame, prices: PriceTable | None) -> list[str]:
     return lines
 
 
-def dataset_card(run: Run, options: PublishOptions) -> str:
+def dataset_card(run: RunToPublish, options: PublishOptions) -> str:
     """The README.md of the dataset repo: `configs:` front matter for `load_dataset`, then provenance."""
     cfg, df, repo = run.config, run.results, options.repo_id
     scorers = [s for s in cfg.get("scorers") or [] if isinstance(s, str)]
@@ -390,13 +371,12 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
     hookpoints = _column(df, "hookpoint") or _unique([run.resolved.get("hookpoint") or cfg.get("hookpoint")])
     several = len(hookpoints) > 1
     ok = int((df["status"] == "ok").sum()) if "status" in df else len(df)
-    scores = score_summary(df, scorers)
-    controlled = any(r["control"] is not None for r in scores)
+    found = {s.name: s for s in find_scorers(df, scorers)}
+    scores = [(s, h) for s in scorers if s in found for h in found[s].headlines]
+    controlled = any(h.control is not None for _, h in scores)
     summary = [
-        [f"`{r['scorer']}`", r["metric"], _fmt(r["mean"]), _fmt(r["median"])]
-        + ([_fmt(r["control"])] if controlled else [])
-        + [r["latents"]]
-        for r in scores
+        [f"`{s}`", h.metric, _fmt(h.mean), _fmt(h.median)] + ([_fmt(h.control)] if controlled else []) + [h.latents]
+        for s, h in scores
     ]
     quantile_header, quantile_rows = quantile_summary(df, scorers)
     stored = {"config": public_config(cfg), "resolved": run.resolved, "environment": run.environment}
@@ -467,7 +447,7 @@ def dataset_card(run: Run, options: PublishOptions) -> str:
         "",
         "## Scorer settings",
         "",
-        *_table(["setting", "value"], _scorer_settings(cfg)),
+        *_table(["setting", "value"], _scorer_settings(cfg, scorers)),
         "",
         "<details><summary>Run configuration (config.json, machine-local fields removed)</summary>",
         "",
@@ -505,7 +485,7 @@ def _clear_staging(dest: Path) -> None:
     shutil.rmtree(dest)
 
 
-def stage(run: Run, options: PublishOptions, dest: Path) -> list[str]:
+def stage(run: RunToPublish, options: PublishOptions, dest: Path) -> list[str]:
     """Write the exact folder to upload into `dest`; returns its files, relative, sorted."""
     dest = Path(dest)
     _clear_staging(dest)
@@ -614,7 +594,7 @@ def publish(
         raise PublishError(
             f"bad --license {options.license!r}: a Hub license id such as mit, apache-2.0, cc-by-4.0 or other"
         )
-    run = load_run(folder, with_judgments=options.with_judgments)
+    run = read_run_to_publish(folder, with_judgments=options.with_judgments)
     if dry_run:
         dest = Path(staging) if staging is not None else Path(folder) / "hub"
         stage(run, options, dest)

@@ -302,7 +302,8 @@ class LatentWorker:
         # a scorer that asks no LLM (embedding) names its own model, and may run with no judge loaded
         judge_model = scorer.judge_model(self.judge)
         try:
-            score = await scorer(record, explanation, self.judge)
+            # a control pass asks the scorer for its chance level (with a donor's label, for most)
+            score = await (scorer.control if donor is not None else scorer)(record, explanation, self.judge)
             row = ScoreRow.of(
                 score,
                 hookpoint=hookpoint,

@@ -8,6 +8,10 @@ so no finished work is lost or duplicated. `results.parquet` (one row per latent
 
 The rows are `ExplanationRow` and `ScoreRow` (records.py); every reader goes through
 `read_explanations` / `read_scores`, which upgrade rows of older versions.
+
+The results table's schema is read back here too: `find_scorers` says which columns are each
+scorer's metrics and controls, and summarises the headline metrics over the finished latents. The
+summary line of a command, the dataset card and the report all print from it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -381,3 +385,152 @@ def materialize(
     _write_parquet(df, files.results)
     _write_parquet(pd.DataFrame(judgment_rows, columns=JUDGMENT_COLUMNS), files.judgments)
     return df
+
+
+# ---------------------------------------------------------------- reading the results table back
+
+# per-scorer columns that describe the scoring, not the explanation's quality
+BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_tokens")
+CONTROL = "control_"  # `<scorer>_control_<metric>`: the metric with another latent's label
+HEADLINE = 2  # the metrics per scorer a summary shows: the first ones each scorer declares
+
+
+@dataclass
+class MetricSummary:
+    """One metric of one scorer over the finished latents: how many have a value, their mean and median,
+    and the mean of the metric's control (None where the run has none)."""
+
+    metric: str
+    latents: int
+    mean: float | None
+    median: float | None
+    control: float | None
+
+
+@dataclass
+class ScorerColumns:
+    """One scorer's metric columns in results.parquet, headline first."""
+
+    name: str
+    metrics: list[str]
+    headline: str | None  # the first metric that has a value for some latent
+    controls: list[str] = field(default_factory=list)  # the metrics that have a control column
+    has_donor_hookpoint: bool = False
+    headlines: list[MetricSummary] = field(default_factory=list)  # the first declared metrics, over finished latents
+    n: int = 0  # examples scored, over finished latents
+    n_failed: int = 0  # of which the judge's answer could not be used
+
+    def column(self, metric: str) -> str:
+        return f"{self.name}_{metric}"
+
+    def control_column(self, metric: str) -> str | None:
+        """The column of the metric's shuffled-label control, None when the run has none."""
+        return f"{self.name}_{CONTROL}{metric}" if metric in self.controls else None
+
+    @property
+    def donor_hookpoint_column(self) -> str | None:
+        """The column naming each control donor's hookpoint (absent in runs written before it existed)."""
+        return f"{self.name}_{CONTROL}hookpoint" if self.controls and self.has_donor_hookpoint else None
+
+    @property
+    def donor_column(self) -> str | None:
+        """The column naming each latent's control donor (the latent whose label it was scored with)."""
+        return f"{self.name}_{CONTROL}latent" if self.controls else None
+
+    @property
+    def donor_label_column(self) -> str | None:
+        """The column holding the label each latent's control was scored with."""
+        return f"{self.name}_{CONTROL}explanation" if self.controls else None
+
+    @property
+    def shown(self) -> list[str]:
+        """The metrics worth a column of their own in the latent table (headline and the next one)."""
+        from autointerp.scorers.metrics import metric_quantile
+
+        if self.headline is None:
+            return []
+        rest = [m for m in self.metrics if m != self.headline and metric_quantile(m) is None]
+        return [self.headline, *rest[:1]]
+
+    @property
+    def quantiles(self) -> list[tuple[int, str]]:
+        """(quantile, metric) of the accuracy per activation quantile, weakest first; empty for most scorers."""
+        from autointerp.scorers.metrics import metric_quantile
+
+        found = [(metric_quantile(m), m) for m in self.metrics]
+        return sorted((q, m) for q, m in found if q is not None)
+
+
+def _is_numeric(values: pd.Series) -> bool:
+    present = values.dropna()
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
+
+
+def find_scorers(results: pd.DataFrame, configured: list[str]) -> list[ScorerColumns]:
+    """The scorers with columns in `results`: the configured ones in their order, then any other.
+
+    A table may hold scorers this version has never heard of (a newer version's, someone else's), so a
+    scorer's metrics are found from the table itself: its declared metrics first (`scorer_metrics`,
+    headline first), then any other numeric `<scorer>_*` column that is not bookkeeping. A metric's
+    shuffled-label control, where the run has one, is the column `<scorer>_control_<metric>`. The
+    headline summaries are over the latents that finished ("ok")."""
+    from autointerp.scorers.registry import scorer_metrics
+
+    columns = list(results.columns)
+    ok = results[results["status"] == "ok"] if "status" in results else results
+    names = list(configured)
+    names += sorted({c.removesuffix("_n_failed") for c in columns if c.endswith("_n_failed")} - set(names))
+    found = []
+    for name in names:
+        prefix = name + "_"
+        longer = [o + "_" for o in names if o != name and o.startswith(prefix)]  # "sim" vs "sim_tokens"
+        own = [c[len(prefix) :] for c in columns if c.startswith(prefix) and not any(c.startswith(o) for o in longer)]
+        if not own:
+            continue
+        declared = [m for m in scorer_metrics(name) if m in own]
+        extra = [
+            m
+            for m in own
+            if m not in declared
+            and m not in BOOKKEEPING
+            and not m.startswith(CONTROL)
+            and _is_numeric(results[prefix + m])
+        ]
+        metrics = declared + extra
+        with_values = [m for m in metrics if pd.to_numeric(results[prefix + m], errors="coerce").notna().any()]
+        controls = [m for m in metrics if CONTROL + m in own]
+        found.append(
+            ScorerColumns(
+                name,
+                metrics,
+                with_values[0] if with_values else None,
+                controls,
+                CONTROL + "hookpoint" in own,
+                headlines=[_summary(ok, name, m) for m in scorer_metrics(name)[:HEADLINE] if prefix + m in results],
+                n=_total(ok, prefix + "n"),
+                n_failed=_total(ok, prefix + "n_failed"),
+            )
+        )
+    return found
+
+
+def _summary(finished: pd.DataFrame, scorer: str, metric: str) -> MetricSummary:
+    values = pd.to_numeric(finished[f"{scorer}_{metric}"], errors="coerce").dropna()
+    return MetricSummary(
+        metric,
+        len(values),
+        float(values.mean()) if len(values) else None,
+        float(values.median()) if len(values) else None,
+        _mean(finished, f"{scorer}_{CONTROL}{metric}"),
+    )
+
+
+def _mean(df: pd.DataFrame, column: str) -> float | None:
+    if column not in df:
+        return None
+    values = pd.to_numeric(df[column], errors="coerce").dropna()
+    return float(values.mean()) if len(values) else None
+
+
+def _total(df: pd.DataFrame, column: str) -> int:
+    return int(pd.to_numeric(df[column], errors="coerce").fillna(0).sum()) if column in df else 0

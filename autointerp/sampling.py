@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
+from typing import Any
 
 import numpy as np
 
@@ -209,7 +210,7 @@ class Sampler:
 DOCUMENT_BREAK = " ¶ "
 
 
-def token_decoder(tokenizer) -> TokenDecoder:
+def token_decoder(tokenizer: Any) -> TokenDecoder:
     """Per-token display strings (spaces and newlines as they appear in text), memoised per id.
 
     Special tokens (the separator between concatenated documents) show as a paragraph mark, not

@@ -2,10 +2,11 @@
 
 A setting is declared once, as a dataclass field made by `setting()`: its default, a help text, the
 bounds it must keep and, for the ones users set, where it appears on the command line (which commands,
-which group of `--help`, the flag). `RunConfig` (config.py) nests these classes; the CLI's options,
-their `--help` lines and the defaults shown there are generated from the fields, so the library, the
-command line and config.json cannot disagree about a default or a check, and adding a setting is one
-field.
+which group of `--help`, the flag). `RunConfig` (config.py) nests the classes of this module; each
+scorer declares its own in its module (scorers/base.py: `ScorerSettings`), with the same `setting()`.
+The CLI's options, their `--help` lines and the defaults shown there are generated from the fields
+(option_table.py), so the library, the command line and config.json cannot disagree about a default
+or a check, and adding a setting is one field.
 
 The classes check themselves when they are made (`__post_init__`): a wrong type, a value outside
 its choices (the `Literal` annotation) or its bounds raises `ConfigError` naming the option, so a
@@ -247,17 +248,12 @@ class Checked:
 CTX_LEN = 256
 DEFAULT_DICTIONARY_HOOKPOINT = "layers.3"  # where the SAE shipped in data/ reads
 
-SteeringMethod = Literal["auto", "encode_decode", "direction"]
 NegativeKind = Literal["random", "similar", "cooccurring"]
 NEGATIVE_KINDS: tuple[str, ...] = typing.get_args(NegativeKind)
 ExplainerStyle = Literal["names", "excerpts", "contrastive"]
 EXPLAINER_STYLES: tuple[str, ...] = typing.get_args(ExplainerStyle)
 # runs configured before the names style existed saved the excerpts style under this name
 OLD_STYLE_NAMES = {"default": "excerpts"}
-ClassifierMode = Literal["auto", "logprobs", "text", "slots", "json"]
-PromptLayout = Literal["question_first", "question_last"]
-SimulationMode = Literal["auto", "logprobs", "json"]
-ChoiceMode = Literal["auto", "logprobs", "text"]
 ControlKind = Literal["shuffled", "none"]
 PrependBos = Literal["auto", "yes", "no"]
 CONTROL_KINDS: tuple[str, ...] = typing.get_args(ControlKind)
@@ -402,94 +398,3 @@ class ExplainerSettings(Checked):
         if self.style is not None:
             self.style = OLD_STYLE_NAMES.get(self.style, self.style)  # type: ignore[assignment]
         super().__post_init__()
-
-
-@dataclass
-class ClassifierSettings(Checked):
-    """How detection and fuzzing ask the judge Yes/No."""
-
-    mode: ClassifierMode = setting(
-        "auto",
-        "auto: logprobs when the judge gives them, else text; logprobs: one example per call, P(Yes) from "
-        "logprobs (gives AUROC); text: one per call, Yes/No read from the answer; slots: --batch-size "
-        "numbered examples per call answered one line each ('1: Yes'), P(Yes) per line from logprobs "
-        "(fewer calls and prompt tokens, gives AUROC); json: --batch-size examples per call answered as "
-        "a JSON list",
-        cli=SCORING,
-        flag="--judge-mode",
-    )
-    batch_size: int = setting(5, "examples per prompt in slots and json modes", cli=SCORING, at_least=1)
-    layout: PromptLayout = setting(
-        "question_last",
-        "one-example-per-call prompts (logprobs and text modes): question_last puts the question after the "
-        "excerpt; question_first puts everything one latent's calls share (instructions, explanation, "
-        "question) before the excerpt, so a prefix cache holds all but the excerpt and a short answer cue",
-        cli=SCORING,
-        flag="--prompt-layout",
-    )
-    prefix_tokens: int = setting(
-        0,
-        "one-example-per-call prompts: lengthen the prefix every call of the run shares (system prompt, "
-        "then worked examples answered as chat turns) to at least this many tokens (estimated at 4 "
-        "characters a token), for prefix caches that hold only long prompts (OpenAI: 1024 tokens) or "
-        "whole blocks (vLLM); 0: no worked examples",
-        cli=SCORING,
-        at_least=0,
-    )
-    slots_grammar: bool = setting(
-        False,
-        "slots mode: constrain the reply to exactly the N lines 'k: Yes' / 'k: No' with a grammar, on judges "
-        "that take one (the embedded llama.cpp judge; others are asked unconstrained); P(Yes) is "
-        "still read from each slot's logprobs before the grammar masks them",
-        cli=SCORING,
-    )
-    max_reasks: int = setting(1, "extra attempts after an answer that cannot be read", at_least=0)
-    top_logprobs: int = setting(20, "alternatives read at the answer's first token", at_least=1)
-    seed: int = setting(0, "seed of the order of a latent's items (the run sets it to the sampling seed)")
-
-
-@dataclass
-class SimulationSettings(Checked):
-    """How the simulation scorer asks for per-token activations."""
-
-    mode: SimulationMode = setting("auto", "auto: logprobs when the judge gives prompt logprobs, else json")
-    top_logprobs: int = setting(20, "alternatives read at each slot; the digits must be among them", at_least=1)
-    max_reasks: int = setting(
-        1, "json mode only (prompt logprobs are deterministic: asking again changes nothing)", at_least=0
-    )
-
-
-@dataclass
-class InterventionSettings(Checked):
-    """How the intervention scorers steer the subject model and ask the judge about it."""
-
-    kl_target: float = setting(
-        0.5,
-        "intervention: steering strength is tuned so the mean next-token KL(clean||steered) is this",
-        cli=SCORING,
-        above=0,
-    )
-    kl_tolerance: float = setting(0.1, "relative: 0.1 accepts a KL within 10% of the target", above=0)
-    n_prompts: int = setting(
-        8,
-        "intervention: held-out prompts continued per latent",
-        cli=SCORING,
-        flag="--intervention-prompts",
-        at_least=1,
-    )
-    prompt_tokens: int = setting(16, "prompt length (at most the cache's window length)", at_least=1)
-    new_tokens: int = setting(8, "tokens generated per continuation", at_least=1)
-    temperature: float = setting(1.0, "sampling temperature of the continuations; 0 = greedy", at_least=0)
-    method: SteeringMethod = setting("auto", "how a latent is pushed (subjects/steering.py)")
-    search_steps: int = setting(12, "binary-search steps at most", at_least=1)
-    log10_min: float = setting(-2.0, "strength search range, log10 of multiples of the latent's max activation")
-    log10_max: float = setting(3.0, "upper end of the strength search range")
-    choice_mode: ChoiceMode = setting("auto", "intervention_choice: how the pick is read")
-    max_reasks: int = setting(1, "extra attempts after an answer that cannot be read", at_least=0)
-    top_logprobs: int = setting(20, "alternatives read at the answer's first token", at_least=1)
-    seed: int = setting(0, "seed of the held-out prompts and the continuations' sampling noise")
-
-    def check(self) -> None:
-        super().check()
-        if not self.log10_min < self.log10_max:
-            raise ConfigError(f"the strength search range must be increasing, got {self.log10_min}..{self.log10_max}")

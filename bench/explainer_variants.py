@@ -26,7 +26,7 @@ from autointerp.config import RunConfig
 from autointerp.explainers import explain
 from autointerp.llm.judges import make_judge
 from autointerp.sampling import Sampler, token_decoder
-from autointerp.scorers import DetectionScorer, FuzzingScorer
+from autointerp.scorers import ClassifierSettings, DetectionScorer, FuzzingScorer
 from autointerp.stages.subject_loading import load_tokenizer
 
 VARIANTS = {
@@ -48,7 +48,7 @@ def configured(base: RunConfig, changes: dict[str, object]) -> RunConfig:
 
 async def run_variant(name: str, config: RunConfig, cache: ActivationCache, latents: list[int], judge) -> None:
     sampler = Sampler(cache, token_decoder(load_tokenizer(config)), config.sampling)
-    scorers = [DetectionScorer(config.classifier), FuzzingScorer(config.classifier)]
+    scorers = [DetectionScorer(ClassifierSettings.of(config)), FuzzingScorer(ClassifierSettings.of(config))]
     aucs: dict[str, list[float]] = {s.name: [] for s in scorers}
     start = time.perf_counter()
     for latent in latents:

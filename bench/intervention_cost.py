@@ -37,12 +37,13 @@ def main() -> None:
     from autointerp.records import Explanation
     from autointerp.results import RunFiles
     from autointerp.sampling import Sampler, token_decoder
-    from autointerp.scorers.intervention import InterventionRunner, InterventionScorer
+    from autointerp.scorers.intervention import InterventionRunner, InterventionScorer, InterventionSettings
     from autointerp.stages.cache_stage import cache_stage
     from autointerp.stages.open_run import steering_subject
 
     config = RunConfig(n_tokens=args.tokens, device=args.device, dtype=args.dtype)
-    config.intervention.n_prompts = args.prompts
+    config.scoring["intervention"] = {"n_prompts": args.prompts}
+    settings = InterventionSettings.of(config)
     files = RunFiles(args.run or Path(tempfile.mkdtemp(prefix="intervention-bench-")))
     files.prepare()
     if args.run is None:
@@ -53,7 +54,7 @@ def main() -> None:
     start = time.perf_counter()
     subject = steering_subject(config)
     print(f"subject model and dictionary loaded in {time.perf_counter() - start:.1f}s on {args.device}")
-    runner = InterventionRunner(subject, cache, config.intervention)
+    runner = InterventionRunner(subject, cache, settings)
     sampler = Sampler(cache, token_decoder(subject.tokenizer), config.sampling)
     eligible = [i for i in range(cache.num_latents) if cache.state.fire_windows[i] >= config.sampling.min_examples]
     latents = eligible[: args.latents]
@@ -82,7 +83,7 @@ def main() -> None:
             print(f"    judge side: {time.perf_counter() - start:.2f}s for {score.usage.calls} texts scored")
     print(
         f"mean {sum(seconds) / len(seconds):.2f}s per latent on the subject model "
-        f"({config.intervention.n_prompts} prompts, {config.intervention.new_tokens} new tokens)"
+        f"({settings.n_prompts} prompts, {settings.new_tokens} new tokens)"
     )
 
 

@@ -14,8 +14,10 @@ examples (`--n` activating across all activation quantiles, `--n` silent):
 Prints one line per latent and, per scorer, each arm's mean AUROC with its standard error over
 latents, and the paired differences (arm - control, arm - arm) with theirs: the latents are the
 same for every arm, so the paired standard error is the one that says whether a difference is
-real. Labels and scores go to `--work`/label_quality.json; the judge's response cache makes a
-re-run with the same labels free.
+real. A label-free scorer (`--scorers intruder`) rates the latent once, whatever the arms, beside
+its own control (a random pick), on its headline metric (the intruder's accuracy) instead of AUROC.
+Labels and scores go to `--work`/label_quality.json; the judge's response cache makes a re-run with
+the same labels free.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from _default_run import default_run
@@ -37,6 +38,7 @@ from autointerp.explainers import ExplanationFailed, explain, tokens_label
 from autointerp.llm.judges import make_judge
 from autointerp.records import Explanation, LatentRecord
 from autointerp.sampling import Sampler, token_decoder
+from autointerp.scorers.base import Scorer
 from autointerp.stages.open_run import make_scorers
 from autointerp.stages.subject_loading import load_tokenizer
 
@@ -48,6 +50,15 @@ def mean_se(values: list[float]) -> tuple[float, float]:
         return math.nan, math.nan
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
     return statistics.mean(values), se
+
+
+def label_free(scorer: Scorer) -> bool:
+    """A scorer that rates the latent, not a label: it says itself what chance is (its own `control`)."""
+    return type(scorer).control is not Scorer.control
+
+
+def metric_of(scorer: Scorer) -> str:
+    return "auroc" if "auroc" in scorer.metrics else scorer.metrics[0]
 
 
 def fmt(values: list[float]) -> str:
@@ -73,7 +84,7 @@ async def main_async(args: argparse.Namespace) -> None:
         args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
     config.response_cache = not args.no_cache
-    config.classifier = replace(config.classifier, prefix_tokens=args.prefix_tokens, layout=args.prompt_layout)
+    config.scoring["classifier"] = {"prefix_tokens": args.prefix_tokens, "layout": args.prompt_layout}
     files = {}
     arms = []
     for spec in args.arms.split(","):
@@ -105,6 +116,17 @@ async def main_async(args: argparse.Namespace) -> None:
             texts["control"] = labels[arms[0]][donors[record.latent].index]
         line = [f"  {i:5d}"]
         for scorer in scorers:
+            if label_free(scorer):
+                none = Explanation(record.latent, "", model="none")
+                for arm, score in (
+                    ("latent", await scorer(record, none, judge)),
+                    ("control", await scorer.control(record, none, judge)),
+                ):
+                    value = score.metrics.get(metric_of(scorer))
+                    if value is not None:
+                        auroc.setdefault((scorer.name, arm), {})[i] = value
+                    line.append(f"{scorer.name[:3]}/{arm[:4]} {'-' if value is None else f'{value:.2f}'}")
+                continue
             for arm, text in texts.items():
                 if text is None:
                     continue
@@ -116,13 +138,14 @@ async def main_async(args: argparse.Namespace) -> None:
         print("  ".join(line) + "  | " + " | ".join(f"{a}: {t!r}" for a, t in texts.items())[:400], flush=True)
     await judge.aclose()
 
-    print(f"\nmean AUROC over latents ± standard error ({time.perf_counter() - started:.0f} s):")
-    columns = [*arms, "control"]
+    print(f"\nmean over latents ± standard error ({time.perf_counter() - started:.0f} s):")
     for scorer in scorers:
-        print(f"  {scorer.name}:")
+        rated = ["latent"] if label_free(scorer) else arms
+        columns = [*rated, "control"]
+        print(f"  {scorer.name} ({metric_of(scorer)}):")
         for arm in columns:
             print(f"    {arm:>10}: {fmt(list(auroc.get((scorer.name, arm), {}).values()))}")
-        for a, b in [(arm, "control") for arm in arms] + [(a, b) for n, a in enumerate(arms) for b in arms[n + 1 :]]:
+        for a, b in [(arm, "control") for arm in rated] + [(a, b) for n, a in enumerate(rated) for b in rated[n + 1 :]]:
             x, y = auroc.get((scorer.name, a), {}), auroc.get((scorer.name, b), {})
             diffs = [x[i] - y[i] for i in x if i in y]
             print(f"    {a} - {b}: {fmt(diffs)} (paired)")

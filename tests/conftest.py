@@ -92,6 +92,31 @@ def token_rows(n_rows: int, ctx_len: int = 64, vocab: int = 96, seed: int = 0):
         yield rng.integers(0, vocab, size=ctx_len).astype(np.int32)
 
 
+def cache_meta(
+    encoder, hookpoint, *, ctx_len: int, window_len: int, rows: int, top_k: int = 6, sample_size: int = 8, **changes
+):
+    """The `CacheMeta` of a test cache: `rows` rows of `ctx_len` random tokens through a dictionary
+    (`encoder`) at a hookpoint; `changes` sets any other field."""
+    from autointerp.cache.store import CacheMeta
+
+    return CacheMeta(
+        **{
+            "model": "tiny",
+            "dictionary": encoder.name,
+            "hookpoint": hookpoint.name,
+            "corpus": "random",
+            "num_latents": encoder.num_latents,
+            "ctx_len": ctx_len,
+            "window_len": window_len,
+            "top_k": top_k,
+            "sample_size": sample_size,
+            "seed": 0,
+            "max_tokens": ctx_len * rows,
+            **changes,
+        }
+    )
+
+
 def build_tiny_cache(
     folder: Path,
     model,
@@ -105,24 +130,12 @@ def build_tiny_cache(
 ):
     """A finished activation cache of a random SAE over random tokens."""
     from autointerp.cache.build import CacheSettings, build_cache
-    from autointerp.cache.store import ActivationCache, CacheMeta
+    from autointerp.cache.store import ActivationCache
     from autointerp.subjects.attach import open_dictionary
 
     sae = write_sparsify_sae(folder / "sae" / "layers.1", num_latents=num_latents, k=k, seed=seed)
     encoder, hp = open_dictionary(model, str(sae.parent), None)
-    meta = CacheMeta(
-        model="tiny",
-        dictionary=encoder.name,
-        hookpoint=hp.name,
-        corpus="random",
-        num_latents=encoder.num_latents,
-        ctx_len=ctx,
-        window_len=window,
-        top_k=40,
-        sample_size=120,
-        seed=0,
-        max_tokens=ctx * rows,
-    )
+    meta = cache_meta(encoder, hp, ctx_len=ctx, window_len=window, rows=rows, top_k=40, sample_size=120)
     build_cache(
         folder / "cache",
         token_rows(rows, ctx, seed=3),

@@ -230,8 +230,8 @@ def test_slots_mode_costs_fewer_tokens_and_the_summary_prices_each_stage(folder,
         assert f"  {stage}, 3 latents): " in text, text
     assert re.search(r"all stages: \$\d+\.\d{4} per 1,000 latents", text)
     # the card gives the same figures
-    from autointerp.hub import PublishOptions, dataset_card, load_run
+    from autointerp.hub import PublishOptions, dataset_card, read_run_to_publish
     from autointerp.llm.accounting import PriceTable
 
-    card = dataset_card(load_run(twin), PublishOptions("a/b", prices=PriceTable.load(prices)))
+    card = dataset_card(read_run_to_publish(twin), PublishOptions("a/b", prices=PriceTable.load(prices)))
     assert "## Judge cost" in card and "| `detection` | reader | 3 |" in card and "USD cached prompt" in card

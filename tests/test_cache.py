@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import token_rows
+from conftest import cache_meta, token_rows
 
 from autointerp.cache.build import CacheSettings, build_cache, encode_batch
 from autointerp.cache.store import ActivationCache, CacheError, CacheMeta
@@ -17,21 +17,7 @@ CTX, WIN, ROWS = 64, 16, 24
 
 
 def _meta(encoder, hookpoint, **kw) -> CacheMeta:
-    base = dict(
-        model="tiny",
-        dictionary=encoder.name,
-        hookpoint=hookpoint.name,
-        corpus="random",
-        num_latents=encoder.num_latents,
-        ctx_len=CTX,
-        window_len=WIN,
-        top_k=6,
-        sample_size=8,
-        seed=0,
-        max_tokens=CTX * ROWS,
-    )
-    base.update(kw)
-    return CacheMeta(**base)
+    return cache_meta(encoder, hookpoint, ctx_len=CTX, window_len=WIN, rows=ROWS, **kw)
 
 
 def _build(folder, model, encoder, hp, *, batch_rows=4, checkpoint_rows=8, rows=None, **meta_kw):

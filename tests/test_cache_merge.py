@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 from checkpoint_fixtures import write_sae_run
-from conftest import make_tiny_llama, token_rows
+from conftest import cache_meta, make_tiny_llama, token_rows
 
 from autointerp.cache.build import CacheSettings, build_caches, keep_best
 from autointerp.cache.merge import merge_caches
-from autointerp.cache.store import FILES, INDEX, CacheError, CacheMeta, LatentState, hookpoint_folders, read_meta
+from autointerp.cache.store import FILES, INDEX, CacheError, LatentState, hookpoint_folders, read_meta
 from autointerp.subjects.attach import open_dictionary
 
 CTX, WIN, ROWS = 64, 16, 20
@@ -32,18 +32,8 @@ def _targets(model, folder, hookpoints=("layers.0", "layers.1")):
     out = []
     for name in hookpoints:
         encoder, hp = open_dictionary(model, str(run), name)
-        meta = CacheMeta(
-            model="tiny",
-            dictionary=encoder.name,
-            hookpoint=hp.name,
-            corpus="random",
-            num_latents=encoder.num_latents,
-            ctx_len=CTX,
-            window_len=WIN,
-            top_k=SETTINGS.top_k,
-            sample_size=SETTINGS.sample_size,
-            seed=0,
-            max_tokens=CTX * ROWS,
+        meta = cache_meta(
+            encoder, hp, ctx_len=CTX, window_len=WIN, rows=ROWS, top_k=SETTINGS.top_k, sample_size=SETTINGS.sample_size
         )
         out.append((hp, encoder, meta))
     return out

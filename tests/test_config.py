@@ -13,16 +13,14 @@ from pathlib import Path
 import pytest
 
 from autointerp.cli import build_parser, config_from_args, help_text, shown_default
-from autointerp.config import FROZEN, RunConfig, merge, options
+from autointerp.config import FROZEN, RunConfig, load_config, merge
 from autointerp.errors import AutointerpError, ConfigError
-from autointerp.settings import (
-    CacheSettings,
-    ClassifierSettings,
-    ExplainerSettings,
-    InterventionSettings,
-    SamplingSettings,
-    SimulationSettings,
-)
+from autointerp.option_table import config_from_options, options
+from autointerp.scorers.classify import ClassifierSettings
+from autointerp.scorers.intervention import InterventionSettings
+from autointerp.scorers.registry import check_config, settings_sections
+from autointerp.scorers.simulation import SimulationSettings
+from autointerp.settings import CacheSettings, ExplainerSettings, SamplingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,10 +94,18 @@ def test_options_set_their_fields_and_no_field_is_named_twice():
     )
     config, explicit = config_from_args(args)
     assert (config.cache.seed, config.sampling.seed) == (3, 3)  # one --seed fixes every draw
-    assert config.response_cache is False and config.classifier.mode == "json" and config.max_latents is None
-    assert explicit == {"cache.seed", "sampling.seed", "response_cache", "classifier.mode", "max_latents"}
-    # options with no field behind them are gone: every option sets a field that exists
+    assert config.response_cache is False and config.max_latents is None
+    assert ClassifierSettings.of(config).mode == "json"
+    assert explicit == {"cache.seed", "sampling.seed", "response_cache", "scoring.classifier.mode", "max_latents"}
+    # options with no field behind them are gone: every option sets a field that exists (a scorer's, in
+    # the class that owns its section)
+    sections = settings_sections()
     for spec in options().values():
+        head, _, rest = spec.dotted.partition(".")
+        if head == "scoring":
+            section, _, name = rest.partition(".")
+            assert spec.owner is sections[section] and name in {f.name for f in dataclasses.fields(spec.owner)}
+            continue
         obj = RunConfig()
         for part in spec.dotted.split("."):
             obj = getattr(obj, part)
@@ -150,7 +156,7 @@ def test_the_frozen_fields_are_the_ones_that_define_the_folder(capsys):
             lambda: ClassifierSettings(mode="xml"),
             "--judge-mode must be one of 'auto', 'logprobs', 'text', 'slots', 'json'",
         ),
-        (lambda: SimulationSettings(mode="text"), "mode must be one of 'auto', 'logprobs', 'json'"),
+        (lambda: SimulationSettings(mode="text"), "--simulation-mode must be one of 'auto', 'logprobs', 'json'"),
         (lambda: InterventionSettings(kl_target=0), "--kl-target must be positive"),
         (lambda: InterventionSettings(method="push"), "method must be one of"),
         (lambda: RunConfig(n_tokens=0), "--n-tokens must be at least 1"),
@@ -181,20 +187,65 @@ def test_validate_checks_again_what_was_assigned_later_and_the_scorer_names():
     with pytest.raises(ConfigError, match="--judge-concurrency must be at least 1"):
         config.validate()
     with pytest.raises(ConfigError, match="unknown scorer"):
-        RunConfig(scorers=["detection", "nope"]).validate()
+        check_config(RunConfig(scorers=["detection", "nope"]))
     assert RunConfig().validate() == RunConfig()
+
+
+def test_the_registry_checks_each_scorers_settings_and_writes_them_out_in_full():
+    config = RunConfig(scoring={"classifier": {"mode": "xml"}})  # plain values: the config cannot tell
+    with pytest.raises(ConfigError, match="--judge-mode must be one of"):
+        check_config(config)
+    with pytest.raises(ConfigError, match=r"unknown setting scoring.classifier.mdoe; did you mean mode\?"):
+        check_config(RunConfig(scoring={"classifier": {"mdoe": "json"}}))
+    with pytest.raises(ConfigError, match="no settings section 'clasifier' .did you mean classifier"):
+        check_config(RunConfig(scoring={"clasifier": {}}))
+    config = check_config(RunConfig(scoring={"fuzzing": {"negatives": "misplaced"}}))
+    assert set(config.scoring) == set(settings_sections())
+    assert config.scoring["fuzzing"] == {"negatives": "misplaced"}
+    assert config.scoring["classifier"] == dataclasses.asdict(ClassifierSettings())
+
+
+def test_a_scorer_section_is_given_whole_as_an_object_or_by_its_options():
+    config, explicit = config_from_options(
+        {"classifier": ClassifierSettings(mode="json", batch_size=3), "judge_mode": "slots", "kl_target": 0.25}
+    )
+    assert (ClassifierSettings.of(config).mode, ClassifierSettings.of(config).batch_size) == ("slots", 3)
+    assert InterventionSettings.of(config).kl_target == 0.25
+    assert {"scoring.classifier.mode", "scoring.classifier.batch_size", "scoring.intervention.kl_target"} <= explicit
+    with pytest.raises(ConfigError, match="classifier must be a ClassifierSettings"):
+        config_from_options({"classifier": SimulationSettings()})
+
+
+def test_a_config_json_written_before_scorers_owned_their_settings_still_loads(tmp_path):
+    """The keys of older config.json files (classifier and intervention at the top, fuzz_negatives and
+    embedding_model as run fields) read into the sections of the scorers that own them now."""
+    old = json.loads((ROOT / "tests" / "fixtures" / "config_before_scoring_sections.json").read_text())
+    assert {"classifier", "intervention", "fuzz_negatives", "embedding_model"} <= set(old["config"])
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    config, resolved = load_config(tmp_path / "config.json")
+    assert resolved["num_latents"] == old["resolved"]["num_latents"]
+    assert ClassifierSettings.of(config).mode == "slots" and ClassifierSettings.of(config).batch_size == 4
+    assert InterventionSettings.of(config).kl_target == 0.25
+    from autointerp.scorers.embedding import EmbeddingSettings
+    from autointerp.scorers.fuzzing import FuzzingSettings
+
+    assert FuzzingSettings.of(config).negatives == "misplaced"
+    assert EmbeddingSettings.of(config).model == "/models/e5"
+    check_config(config)  # and it passes today's checks
+    # written again, it has the new form, and reads back the same
+    assert "classifier" not in config.to_dict() and RunConfig.from_dict(config.to_dict()) == config
 
 
 def test_unknown_options_are_named_with_the_closest_ones():
     with pytest.raises(ConfigError, match="unknown setting 'n_tset'; did you mean n_test"):
-        RunConfig.from_options({"n_tset": 5})
-    config, explicit = RunConfig.from_options({"sampling": SamplingSettings(n_test=7), "n_train": 3})
+        config_from_options({"n_tset": 5})
+    config, explicit = config_from_options({"sampling": SamplingSettings(n_test=7), "n_train": 3})
     assert (config.sampling.n_test, config.sampling.n_train) == (7, 3)
     assert explicit == {"sampling", "sampling.n_train"}
 
 
 def test_a_config_json_round_trips_and_a_damaged_one_is_a_config_error(tmp_path):
-    from autointerp.config import load_config, save_config
+    from autointerp.config import save_config
 
     config = RunConfig(judge="smollm2", sampling=SamplingSettings(n_test=5), latents=[1, 2])
     save_config(tmp_path / "config.json", config, {"n_tokens": 10})

@@ -16,7 +16,8 @@ from conftest import make_tiny_llama
 from report_fixtures import WORDS
 
 from autointerp.api import Run
-from autointerp.config import ConfigError, options
+from autointerp.config import ConfigError
+from autointerp.option_table import options
 from autointerp.subjects.contexts import (
     ContextError,
     Recorded,

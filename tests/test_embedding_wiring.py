@@ -17,6 +17,7 @@ from autointerp.pipeline import LatentWorker, RunSummary, process_latents, selec
 from autointerp.results import RunFiles, materialize, read_jsonl, usage_by_model
 from autointerp.sampling import Sampler, SamplingSettings
 from autointerp.scorers import DetectionScorer, EmbeddingScorer, FuzzingScorer, scorer_metrics
+from autointerp.scorers.registry import check_config
 from autointerp.stages.open_run import make_scorers
 
 SAMPLING = SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, min_examples=10)
@@ -50,11 +51,13 @@ def test_options_reach_the_config():
         ]
     )
     config, explicit = config_from_args(args)
-    assert config.scorers == ["detection", "fuzzing", "embedding"] and config.embedding_model == "/models/e5"
+    assert (
+        config.scorers == ["detection", "fuzzing", "embedding"] and config.scoring["embedding"]["model"] == "/models/e5"
+    )
     assert config.sampling.negatives == "similar" and config.sampling.similar_model == "/models/mini"
     assert config.sampling.n_train_negatives == 7 and config.explain.style == "contrastive"
-    assert {"sampling.negatives", "explain.style", "embedding_model"} <= explicit
-    config.validate()
+    assert {"sampling.negatives", "explain.style", "scoring.embedding.model"} <= explicit
+    check_config(config)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--out", "x", "--negatives", "hardest"])
 
@@ -71,7 +74,7 @@ def test_make_scorers_builds_the_embedding_scorer_on_the_shared_embedder():
     emb = fake_embedder()
     asked = []
     scorers = make_scorers(
-        RunConfig(scorers=["detection", "fuzzing", "embedding"], embedding_model="m"),
+        RunConfig(scorers=["detection", "fuzzing", "embedding"], scoring={"embedding": {"model": "m"}}),
         embedder=lambda name: asked.append(name) or emb,
     )
     assert [type(s) for s in scorers] == [DetectionScorer, FuzzingScorer, EmbeddingScorer]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from checkpoint_fixtures import HOOKPOINTS, write_sae_run, write_saelens
-from conftest import make_tiny_llama, token_rows, write_sparsify_sae
+from conftest import cache_meta, make_tiny_llama, token_rows, write_sparsify_sae
 
 from autointerp.cache import build
 from autointerp.cache.build import CacheSettings, build_cache, build_caches
@@ -83,19 +83,7 @@ def _targets(model, folder, hookpoints=HOOKPOINTS):
 
 
 def _meta(encoder, hp) -> CacheMeta:
-    return CacheMeta(
-        model="tiny",
-        dictionary=encoder.name,
-        hookpoint=hp.name,
-        corpus="random",
-        num_latents=encoder.num_latents,
-        ctx_len=CTX,
-        window_len=WIN,
-        top_k=6,
-        sample_size=8,
-        seed=0,
-        max_tokens=CTX * ROWS,
-    )
+    return cache_meta(encoder, hp, ctx_len=CTX, window_len=WIN, rows=ROWS)
 
 
 SETTINGS = CacheSettings(ctx_len=CTX, window_len=WIN, top_k=6, sample_size=8, batch_rows=4, checkpoint_rows=8)

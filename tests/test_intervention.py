@@ -31,6 +31,7 @@ from autointerp.scorers.intervention import (
     span_logprob,
     surprisal_text,
 )
+from autointerp.scorers.registry import check_config
 from autointerp.subjects.attach import open_dictionary
 
 MONTH_IDS = list(range(10, 10 + len(MONTHS)))
@@ -339,12 +340,13 @@ def test_cli_options(tmp_path):
     )
     config, explicit = config_from_args(args)
     assert config.scorers == ["intervention", "intervention_choice"]
-    assert (config.intervention.kl_target, config.intervention.n_prompts) == (0.25, 12)
-    assert {"intervention.kl_target", "intervention.n_prompts"} <= explicit
-    config.validate()
-    config.intervention.kl_target = 0
+    settings = InterventionSettings.of(config)
+    assert (settings.kl_target, settings.n_prompts) == (0.25, 12)
+    assert {"scoring.intervention.kl_target", "scoring.intervention.n_prompts"} <= explicit
+    check_config(config)
+    config.scoring["intervention"]["kl_target"] = 0
     with pytest.raises(ConfigError, match="kl-target"):
-        config.validate()
+        check_config(config)
 
 
 @pytest.mark.slow
@@ -360,8 +362,7 @@ def test_real_subject_model_and_shipped_sae(tmp_path):
     from autointerp.stages.cache_stage import cache_stage
     from autointerp.stages.open_run import steering_subject
 
-    config = RunConfig(n_tokens=4096)
-    config.intervention.n_prompts = 4
+    config = RunConfig(n_tokens=4096, scoring={"intervention": {"n_prompts": 4}})
     files = RunFiles(tmp_path / "run")
     files.prepare()
     cache_stage(files, config, progress=False)
@@ -377,14 +378,14 @@ def test_real_subject_model_and_shipped_sae(tmp_path):
     )
     start = time.perf_counter()
     score = asyncio.run(
-        InterventionScorer(InterventionRunner(subject, cache, config.intervention))(
+        InterventionScorer(InterventionRunner(subject, cache, InterventionSettings.of(config)))(
             record, Explanation(record.latent, "anything", "test"), judge
         )
     )
     seconds = time.perf_counter() - start
     print(
         f"\nintervention on SmolLM2-135M + shipped SAE: {seconds:.1f}s for latent {latent} "
-        f"({config.intervention.n_prompts} prompts), KL {score.metrics['kl']:.3f}, strength "
+        f"({InterventionSettings.of(config).n_prompts} prompts), KL {score.metrics['kl']:.3f}, strength "
         f"{score.metrics['strength']:.3g}"
     )
     assert score.metrics["kl"] == pytest.approx(0.5, rel=0.1)

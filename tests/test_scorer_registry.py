@@ -17,10 +17,20 @@ from autointerp.llm.scripted import ScriptedJudge
 from autointerp.records import Judgment, Score, Usage
 from autointerp.results import RunFiles, materialize, usage_by_model
 from autointerp.scorers import Scorer, ScorerContext, UnfitJudge, build_scorers, registry
-from autointerp.scorers.registry import find_scorer, register, scorer_classes, scorer_names
+from autointerp.scorers.registry import check_config, find_scorer, register, scorer_classes, scorer_names
+from autointerp.settings import ExplainerSettings
 from autointerp.stages.latent_stages import latent_stages
 
-BUILT_IN = ["detection", "embedding", "fuzzing", "intervention", "intervention_choice", "simulation", "surprisal"]
+BUILT_IN = [
+    "detection",
+    "embedding",
+    "fuzzing",
+    "intervention",
+    "intervention_choice",
+    "intruder",
+    "simulation",
+    "surprisal",
+]
 
 
 class Echo(Scorer):
@@ -68,13 +78,13 @@ def test_every_scorer_module_registers_itself_and_the_cli_lists_it(capsys):
 
 
 def test_validation_knows_the_registered_scorers_and_who_can_pick_best_of(echo):
-    RunConfig(scorers=["detection", "echo_test"]).validate()
+    check_config(RunConfig(scorers=["detection", "echo_test"]))
     with pytest.raises(ConfigError, match="unknown scorer.*nope.*available: .*echo_test"):
-        RunConfig(scorers=["nope"]).validate()
+        check_config(RunConfig(scorers=["nope"]))
     config = RunConfig()
     config.explain.best_of, config.explain.best_of_scorer = 2, "intervention_choice"
     with pytest.raises(ConfigError, match="cannot be intervention_choice.*use one of detection, echo_test"):
-        config.validate()
+        check_config(config)
 
 
 def test_an_unfit_judge_is_refused_with_the_reason(echo):
@@ -100,6 +110,7 @@ def _run(folder, tiny_llama, judge):
         scorers=["detection", "echo_test"],
         judge="judge",
         explainer="explainer",
+        explain=ExplainerSettings(style="names"),  # chosen here, so the stages run on this very config
     )
     files = RunFiles(folder)
     files.prepare()

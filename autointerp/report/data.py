@@ -1,15 +1,10 @@
-"""Reading a run folder for the report: the results table, the judgments, and which columns are scores.
-
-The report must show scorers it has never heard of (a newer version's, someone else's), so a
-scorer's metrics are found from the table itself: its declared metrics first (`scorer_metrics`,
-headline first), then any other numeric `<scorer>_*` column that is not bookkeeping. A metric's
-shuffled-label control, where the run has one, is the column `<scorer>_control_<metric>`.
-"""
+"""Reading a run folder for the report: the results table, the judgments, and which columns are scores
+(`find_scorers`, results.py: the same reading the summary line and the dataset card make)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,64 +12,13 @@ import pandas as pd
 
 from autointerp.config import RunConfig, load_config
 from autointerp.errors import AutointerpError
-from autointerp.results import JUDGMENT_COLUMNS, RunFiles
-from autointerp.scorers import scorer_metrics
-from autointerp.scorers.metrics import metric_quantile
+from autointerp.results import JUDGMENT_COLUMNS, RunFiles, ScorerColumns, find_scorers
 
-# per-scorer columns that describe the scoring, not the explanation's quality
-BOOKKEEPING = ("n", "n_failed", "judge_model", "prompt_tokens", "completion_tokens")
-CONTROL = "control_"  # `<scorer>_control_<metric>`: the metric with another latent's label
+__all__ = ["Agreement", "ReportError", "RunData", "ScorerColumns", "agreement", "find_scorers", "load_run"]
 
 
 class ReportError(AutointerpError):
     """The folder cannot be reported on; the message says what is missing and what to run."""
-
-
-@dataclass
-class ScorerColumns:
-    """One scorer's metric columns in results.parquet, headline first."""
-
-    name: str
-    metrics: list[str]
-    headline: str | None  # the first metric that has a value for some latent
-    controls: list[str] = field(default_factory=list)  # the metrics that have a control column
-    has_donor_hookpoint: bool = False
-
-    def column(self, metric: str) -> str:
-        return f"{self.name}_{metric}"
-
-    def control_column(self, metric: str) -> str | None:
-        """The column of the metric's shuffled-label control, None when the run has none."""
-        return f"{self.name}_{CONTROL}{metric}" if metric in self.controls else None
-
-    @property
-    def donor_hookpoint_column(self) -> str | None:
-        """The column naming each control donor's hookpoint (absent in runs written before it existed)."""
-        return f"{self.name}_{CONTROL}hookpoint" if self.controls and self.has_donor_hookpoint else None
-
-    @property
-    def donor_column(self) -> str | None:
-        """The column naming each latent's control donor (the latent whose label it was scored with)."""
-        return f"{self.name}_{CONTROL}latent" if self.controls else None
-
-    @property
-    def donor_label_column(self) -> str | None:
-        """The column holding the label each latent's control was scored with."""
-        return f"{self.name}_{CONTROL}explanation" if self.controls else None
-
-    @property
-    def shown(self) -> list[str]:
-        """The metrics worth a column of their own in the latent table (headline and the next one)."""
-        if self.headline is None:
-            return []
-        rest = [m for m in self.metrics if m != self.headline and metric_quantile(m) is None]
-        return [self.headline, *rest[:1]]
-
-    @property
-    def quantiles(self) -> list[tuple[int, str]]:
-        """(quantile, metric) of the accuracy per activation quantile, weakest first; empty for most scorers."""
-        found = [(metric_quantile(m), m) for m in self.metrics]
-        return sorted((q, m) for q, m in found if q is not None)
 
 
 @dataclass
@@ -90,43 +34,6 @@ class RunData:
     def several_hookpoints(self) -> bool:
         """A run of several hookpoints: latents are named by hookpoint and index, pages too."""
         return "hookpoint" in self.results and self.results["hookpoint"].nunique(dropna=True) > 1
-
-
-def _is_numeric(values: pd.Series) -> bool:
-    present = values.dropna()
-    return bool(pd.to_numeric(present, errors="coerce").notna().all())
-
-
-def find_scorers(results: pd.DataFrame, configured: list[str]) -> list[ScorerColumns]:
-    """The scorers with columns in `results`: the configured ones in their order, then any other."""
-    columns = list(results.columns)
-    names = list(configured)
-    names += sorted({c.removesuffix("_n_failed") for c in columns if c.endswith("_n_failed")} - set(names))
-    found = []
-    for name in names:
-        prefix = name + "_"
-        longer = [o + "_" for o in names if o != name and o.startswith(prefix)]  # "sim" vs "sim_tokens"
-        own = [c[len(prefix) :] for c in columns if c.startswith(prefix) and not any(c.startswith(o) for o in longer)]
-        if not own:
-            continue
-        declared = [m for m in scorer_metrics(name) if m in own]
-        extra = [
-            m
-            for m in own
-            if m not in declared
-            and m not in BOOKKEEPING
-            and not m.startswith(CONTROL)
-            and _is_numeric(results[prefix + m])
-        ]
-        metrics = declared + extra
-        with_values = [m for m in metrics if pd.to_numeric(results[prefix + m], errors="coerce").notna().any()]
-        controls = [m for m in metrics if CONTROL + m in own]
-        found.append(
-            ScorerColumns(
-                name, metrics, with_values[0] if with_values else None, controls, CONTROL + "hookpoint" in own
-            )
-        )
-    return found
 
 
 def load_run(folder: Path) -> RunData:

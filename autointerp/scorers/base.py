@@ -1,22 +1,25 @@
-"""What every scorer is: a name, metric columns, the judge it needs, and `await scorer(record, explanation, judge)`.
+"""What every scorer is: a name, metric columns, the judge it needs, its own settings, and
+`await scorer(record, explanation, judge)`.
 
 The run, the CLI, the results table and the benches only ever talk to this interface, so a new
-scorer is one new module in this package (its class decorated with `registry.register`), its
-prompts and its tests: nothing else learns its name. A scorer says up front what it needs from a
-judge, and `check_judge` refuses an unfit judge once, before any latent is scored, with the reason;
-otherwise every latent would fail with the same error.
+scorer is one new module in this package (its class decorated with `registry.register`, its
+settings class declared beside it), its prompts and its tests: nothing else learns its name or its
+options. A scorer says up front what it needs from a judge, and `check_judge` refuses an unfit judge
+once, before any latent is scored, with the reason; otherwise every latent would fail with the same
+error.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from autointerp.errors import AutointerpError
 from autointerp.llm.base import can_score_text
 from autointerp.records import Explanation, LatentRecord, Score
+from autointerp.settings import Checked
 
 if TYPE_CHECKING:
     from autointerp.cache.store import ActivationCache
@@ -34,6 +37,7 @@ CAPABILITY_WORDS: dict[str, str] = {
 }
 
 T = TypeVar("T")
+SettingsT = TypeVar("SettingsT", bound="ScorerSettings")
 
 
 class UnfitJudge(AutointerpError):
@@ -46,6 +50,38 @@ def has_capability(judge: Judge, capability: Capability) -> bool:
     if capability == "prompt_logprobs":
         return can_score_text(judge)
     return True
+
+
+class ScorerSettings(Checked):
+    """The settings a scorer owns, declared in its own module as a dataclass of `setting()` fields.
+
+    `section` names them in a run's config (`RunConfig.scoring[section]`, config.json's
+    `"scoring": {section: {...}}`) and in the option table (`scoring.<section>.<field>`); a field
+    placed on the command line (`cli=SCORING`) becomes an option of the stage commands, its help
+    and checks read from the field. Scorers of one family may share a section (detection and
+    fuzzing ask the judge the same way); a scorer may own several (fuzzing: the family's and its own).
+    The run's config holds them as plain values, so settings import no scorer: the registry checks
+    each section against the class that owns it.
+    """
+
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def of(cls: type[SettingsT], config: RunConfig) -> SettingsT:
+        """These settings as the run's config gives them (defaults for what it leaves out). Keys this
+        version does not know are ignored here, as a newer version's config.json must still load; the
+        registry's `check_config` refuses them before a stage runs."""
+        given = config.scoring.get(cls.section) or {}
+        known = set(cls.field_names())
+        return cls(**{k: v for k, v in given.items() if k in known})
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        # every subclass is a dataclass; this base is not one, so the checker cannot know it
+        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass
@@ -86,7 +122,8 @@ class Scorer(ABC):
     - `metrics`: its metric columns (`<name>_<metric>` in results.parquet), headline first;
     - `summary`: a few words for `--help`;
     - `judge_capability`: what it needs of a judge, None when it asks no LLM (`needs_judge` follows);
-    - `can_pick_best_of`: whether it can rate candidate labels on a record's validation split.
+    - `can_pick_best_of`: whether it can rate candidate labels on a record's validation split;
+    - `settings_classes`: the `ScorerSettings` classes it reads (its options come from their fields).
     """
 
     name: ClassVar[str]
@@ -95,6 +132,7 @@ class Scorer(ABC):
     judge_capability: ClassVar[Capability | None] = "chat"
     needs_judge: ClassVar[bool] = True
     can_pick_best_of: ClassVar[bool] = True
+    settings_classes: ClassVar[tuple[type[ScorerSettings], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -127,3 +165,10 @@ class Scorer(ABC):
 
     @abstractmethod
     async def __call__(self, record: LatentRecord, explanation: Explanation, judge: Any) -> Score: ...
+
+    async def control(self, record: LatentRecord, explanation: Explanation, judge: Any) -> Score:
+        """The score that is this one's chance level, for the run's control pass; `explanation` is another
+        latent's label. Scoring the latent's examples with a wrong label is the chance level of a scorer
+        that rates labels; one that ignores the label (it rates the latent itself) overrides this with
+        what chance means for it."""
+        return await self(record, explanation, judge)

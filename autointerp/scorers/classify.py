@@ -28,7 +28,7 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -36,17 +36,67 @@ from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import CUT_OFF, Judge, Message, Reply, TokenLogprob
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
-from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
+from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings, UnfitJudge
 from autointerp.scorers.metrics import (
     CLASSIFICATION_METRICS,
     NEGATIVE_ACCURACY,
     classification_metrics,
     quantile_accuracies,
 )
-from autointerp.settings import ClassifierSettings
+from autointerp.settings import SCORING, setting
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
+
+
+ClassifierMode = Literal["auto", "logprobs", "text", "slots", "json"]
+PromptLayout = Literal["question_first", "question_last"]
+
+
+@dataclass
+class ClassifierSettings(ScorerSettings):
+    """How detection and fuzzing ask the judge Yes/No (one section for both: one --judge-mode sets both)."""
+
+    section = "classifier"
+
+    mode: ClassifierMode = setting(
+        "auto",
+        "auto: logprobs when the judge gives them, else text; logprobs: one example per call, P(Yes) from "
+        "logprobs (gives AUROC); text: one per call, Yes/No read from the answer; slots: --batch-size "
+        "numbered examples per call answered one line each ('1: Yes'), P(Yes) per line from logprobs "
+        "(fewer calls and prompt tokens, gives AUROC); json: --batch-size examples per call answered as "
+        "a JSON list",
+        cli=SCORING,
+        flag="--judge-mode",
+    )
+    batch_size: int = setting(5, "examples per prompt in slots and json modes", cli=SCORING, at_least=1)
+    layout: PromptLayout = setting(
+        "question_last",
+        "one-example-per-call prompts (logprobs and text modes): question_last puts the question after the "
+        "excerpt; question_first puts everything one latent's calls share (instructions, explanation, "
+        "question) before the excerpt, so a prefix cache holds all but the excerpt and a short answer cue",
+        cli=SCORING,
+        flag="--prompt-layout",
+    )
+    prefix_tokens: int = setting(
+        0,
+        "one-example-per-call prompts: lengthen the prefix every call of the run shares (system prompt, "
+        "then worked examples answered as chat turns) to at least this many tokens (estimated at 4 "
+        "characters a token), for prefix caches that hold only long prompts (OpenAI: 1024 tokens) or "
+        "whole blocks (vLLM); 0: no worked examples",
+        cli=SCORING,
+        at_least=0,
+    )
+    slots_grammar: bool = setting(
+        False,
+        "slots mode: constrain the reply to exactly the N lines 'k: Yes' / 'k: No' with a grammar, on judges "
+        "that take one (the embedded llama.cpp judge; others are asked unconstrained); P(Yes) is "
+        "still read from each slot's logprobs before the grammar masks them",
+        cli=SCORING,
+    )
+    max_reasks: int = setting(1, "extra attempts after an answer that cannot be read", at_least=0)
+    top_logprobs: int = setting(20, "alternatives read at the answer's first token", at_least=1)
+    seed: int = setting(0, "seed of the order of a latent's items (the run sets it to the sampling seed)")
 
 
 @dataclass
@@ -257,6 +307,7 @@ class YesNoScorer(Scorer):
     """Base of detection and fuzzing: subclasses say how to build items and which prompts to use."""
 
     prompt_dir: ClassVar[str] = ""
+    settings_classes: ClassVar[tuple[type[ScorerSettings], ...]] = (ClassifierSettings,)
     # then `quantile_accuracy_<q>` for each activation quantile of the held-out activating items
     metrics = (*CLASSIFICATION_METRICS, NEGATIVE_ACCURACY)
 
@@ -270,7 +321,7 @@ class YesNoScorer(Scorer):
     @staticmethod
     def settings_from(config: RunConfig) -> ClassifierSettings:
         # one --seed fixes every draw: the order of a latent's items follows the sampling seed
-        return replace(config.classifier, seed=config.sampling.seed)
+        return replace(ClassifierSettings.of(config), seed=config.sampling.seed)
 
     def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:
         raise NotImplementedError
@@ -331,7 +382,7 @@ class YesNoScorer(Scorer):
         ]
 
     @staticmethod
-    def _judgment(item: Item, prediction: bool | None, probability: float | None, answer: str, error: str):
+    def _judgment(item: Item, prediction: bool | None, probability: float | None, answer: str, error: str) -> Judgment:
         return Judgment(
             window=item.example.window,
             activating=item.truth,

@@ -16,6 +16,7 @@ Each judgment's `value` is its cosine similarity.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,9 +24,10 @@ import numpy as np
 from autointerp.embeddings import DEFAULT_MODEL, Embedder, load_embedder
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
-from autointerp.scorers.base import Scorer, ScorerContext
+from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings
 from autointerp.scorers.metrics import auroc, mean_or_none, precision, top_r
 from autointerp.scorers.registry import register
+from autointerp.settings import SCORING, setting
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
@@ -35,12 +37,26 @@ def query_text(explanation: str) -> str:
     return render(load_prompt("embedding/query.md"), explanation=explanation)
 
 
+@dataclass
+class EmbeddingSettings(ScorerSettings):
+    section = "embedding"
+
+    model: str = setting(
+        "default",
+        "embedding scorer's model: 'default' (bundled all-MiniLM-L6-v2), a sentence-transformers folder, or a "
+        "model id already in the Hugging Face cache",
+        cli=SCORING,
+        flag="--embedding-model",
+    )
+
+
 @register
 class EmbeddingScorer(Scorer):
     name = "embedding"
     metrics = ("auroc", "r_precision", "similarity_gap", "positive_similarity", "negative_similarity")
     summary = "cosine of explanation and excerpts; no judge"
     judge_capability = None
+    settings_classes = (EmbeddingSettings,)
 
     def __init__(self, embedder: Embedder | None = None, *, model: str = DEFAULT_MODEL, device: str = "cpu"):
         self._embedder = embedder
@@ -49,9 +65,10 @@ class EmbeddingScorer(Scorer):
 
     @classmethod
     def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
+        model = EmbeddingSettings.of(config).model
         if context.embedder is not None:  # the run's instance, shared with the sampler's similar negatives
-            return cls(context.embedder(config.embedding_model))
-        return cls(model=config.embedding_model, device=config.device)
+            return cls(context.embedder(model))
+        return cls(model=model, device=config.device)
 
     @property
     def embedder(self) -> Embedder:

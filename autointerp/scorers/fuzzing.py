@@ -8,18 +8,37 @@ which tests token-level precision harder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from autointerp.prompting import format_marked, marks_above
 from autointerp.records import Example, LatentRecord
-from autointerp.scorers.base import Scorer, ScorerContext
+from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings
 from autointerp.scorers.classify import ClassifierSettings, Item, YesNoScorer
 from autointerp.scorers.registry import register
+from autointerp.settings import SCORING, setting
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
+
+FuzzNegatives = Literal["silent", "misplaced"]
+
+
+@dataclass
+class FuzzingSettings(ScorerSettings):
+    """What fuzzing alone decides; how it asks the judge is the classifier section it shares with detection."""
+
+    section = "fuzzing"
+
+    negatives: FuzzNegatives = setting(
+        "silent",
+        "fuzzing's wrong marks: on random tokens of silent excerpts ('silent') or on silent tokens of "
+        "activating excerpts ('misplaced')",
+        cli=SCORING,
+        flag="--fuzz-negatives",
+    )
 
 
 @register
@@ -27,13 +46,14 @@ class FuzzingScorer(YesNoScorer):
     name = "fuzzing"
     summary = "the judge says whether the marked tokens of an excerpt are the ones that fire"
     prompt_dir = "fuzzing"
+    settings_classes = (ClassifierSettings, FuzzingSettings)
 
     def __init__(
         self,
         settings: ClassifierSettings | None = None,
         *,
         mark_fraction: float = 0.3,
-        negatives: Literal["silent", "misplaced"] = "silent",
+        negatives: FuzzNegatives = "silent",
     ):
         super().__init__(settings)
         self.mark_fraction = mark_fraction
@@ -42,7 +62,9 @@ class FuzzingScorer(YesNoScorer):
     @classmethod
     def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
         return cls(
-            cls.settings_from(config), mark_fraction=config.explain.mark_fraction, negatives=config.fuzz_negatives
+            cls.settings_from(config),
+            mark_fraction=config.explain.mark_fraction,
+            negatives=FuzzingSettings.of(config).negatives,
         )
 
     def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:

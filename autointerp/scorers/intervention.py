@@ -34,23 +34,66 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
 from autointerp.cache.store import ActivationCache
+from autointerp.errors import ConfigError
 from autointerp.llm.asking import score_text
 from autointerp.llm.base import Judge, Message, PromptToken, Reply
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
-from autointerp.scorers.base import Scorer, ScorerContext, UnfitJudge
+from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings, UnfitJudge
 from autointerp.scorers.classify import ask_binary, option_probability
 from autointerp.scorers.metrics import mean_or_none, win_rate
 from autointerp.scorers.registry import register
-from autointerp.settings import InterventionSettings
+from autointerp.settings import SCORING, setting
 
 if TYPE_CHECKING:
     from autointerp.config import RunConfig
+
+
+SteeringMethod = Literal["auto", "encode_decode", "direction"]
+ChoiceMode = Literal["auto", "logprobs", "text"]
+
+
+@dataclass
+class InterventionSettings(ScorerSettings):
+    """How the intervention scorers steer the subject model and ask the judge about it."""
+
+    section = "intervention"
+
+    kl_target: float = setting(
+        0.5,
+        "intervention: steering strength is tuned so the mean next-token KL(clean||steered) is this",
+        cli=SCORING,
+        above=0,
+    )
+    kl_tolerance: float = setting(0.1, "relative: 0.1 accepts a KL within 10% of the target", above=0)
+    n_prompts: int = setting(
+        8,
+        "intervention: held-out prompts continued per latent",
+        cli=SCORING,
+        flag="--intervention-prompts",
+        at_least=1,
+    )
+    prompt_tokens: int = setting(16, "prompt length (at most the cache's window length)", at_least=1)
+    new_tokens: int = setting(8, "tokens generated per continuation", at_least=1)
+    temperature: float = setting(1.0, "sampling temperature of the continuations; 0 = greedy", at_least=0)
+    method: SteeringMethod = setting("auto", "how a latent is pushed (subjects/steering.py)")
+    search_steps: int = setting(12, "binary-search steps at most", at_least=1)
+    log10_min: float = setting(-2.0, "strength search range, log10 of multiples of the latent's max activation")
+    log10_max: float = setting(3.0, "upper end of the strength search range")
+    choice_mode: ChoiceMode = setting("auto", "intervention_choice: how the pick is read")
+    max_reasks: int = setting(1, "extra attempts after an answer that cannot be read", at_least=0)
+    top_logprobs: int = setting(20, "alternatives read at the answer's first token", at_least=1)
+    seed: int = setting(0, "seed of the held-out prompts and the continuations' sampling noise")
+
+    def check(self) -> None:
+        super().check()
+        if not self.log10_min < self.log10_max:
+            raise ConfigError(f"the strength search range must be increasing, got {self.log10_min}..{self.log10_max}")
 
 
 class Tokenizer(Protocol):
@@ -236,7 +279,7 @@ def shared_runner(config: RunConfig, context: ScorerContext, hookpoint: str | No
     if context.steering_subject is None:
         raise ValueError("the intervention scorers need the subject model (a steering_subject loader)")
     load = context.steering_subject
-    settings = replace(config.intervention, seed=config.sampling.seed)  # one --seed fixes every draw
+    settings = replace(InterventionSettings.of(config), seed=config.sampling.seed)  # one --seed fixes every draw
     key = "intervention_runner" if hookpoint is None else f"intervention_runner:{hookpoint}"
     return context.shared(key, lambda: InterventionRunner(lambda: load(hookpoint), cache, settings))
 
@@ -246,6 +289,7 @@ class _InterventionBase(Scorer):
     are cut from windows outside the explainer's examples, which a validation view does not carry)."""
 
     can_pick_best_of = False
+    settings_classes = (InterventionSettings,)
 
     def __init__(
         self,

@@ -34,20 +34,46 @@ import asyncio
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from autointerp.llm.asking import Request, ask, score_text
 from autointerp.llm.base import CUT_OFF, Judge, PromptToken, Reply, can_score_text
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
-from autointerp.scorers.base import Scorer, UnfitJudge
+from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings, UnfitJudge
 from autointerp.scorers.classify import extract_json
 from autointerp.scorers.metrics import auroc, correlation, mean_or_none
 from autointerp.scorers.registry import register
-from autointerp.settings import SimulationSettings
+from autointerp.settings import SCORING, setting
+
+if TYPE_CHECKING:
+    from autointerp.config import RunConfig
 
 MAX_LEVEL = 9
 SLOT = "0"  # what fills each token's activation slot in the all-at-once text (see the module docstring)
 DIGITS = {str(d): d for d in range(MAX_LEVEL + 1)}
+
+
+SimulationMode = Literal["auto", "logprobs", "json"]
+
+
+@dataclass
+class SimulationSettings(ScorerSettings):
+    """How the simulation scorer asks for per-token activations."""
+
+    section = "simulation"
+
+    mode: SimulationMode = setting(
+        "auto",
+        "simulation: auto: logprobs when the judge gives prompt logprobs (all tokens at once, teacher-forced), "
+        "else json; logprobs: insist on prompt logprobs; json: ask for a JSON list of activations",
+        cli=SCORING,
+        flag="--simulation-mode",
+    )
+    top_logprobs: int = setting(20, "alternatives read at each slot; the digits must be among them", at_least=1)
+    max_reasks: int = setting(
+        1, "json mode only (prompt logprobs are deterministic: asking again changes nothing)", at_least=0
+    )
 
 
 @dataclass
@@ -146,9 +172,14 @@ class SimulationScorer(Scorer):
     name = "simulation"
     metrics = ("correlation", "example_correlation", "auroc")
     summary = "the judge predicts each token's activation"
+    settings_classes = (SimulationSettings,)
 
     def __init__(self, settings: SimulationSettings | None = None):
         self.settings = settings or SimulationSettings()
+
+    @classmethod
+    def from_config(cls, config: RunConfig, context: ScorerContext) -> Scorer:
+        return cls(SimulationSettings.of(config))
 
     def check_judge(self, judge: Judge | None) -> None:
         """Mode 'logprobs' with a judge that has no prompt logprobs fails here, before any latent."""

@@ -6,9 +6,12 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autointerp.errors import MissingPackageError
+
+if TYPE_CHECKING:
+    from autointerp.serve.settings import ServeSettings
 
 EPILOG = """\
 examples:
@@ -116,7 +119,7 @@ def add_parser(sub: Any) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace):
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     from autointerp.serve.auth import KeyRing
     from autointerp.serve.settings import ServeSettings, SettingsError
 

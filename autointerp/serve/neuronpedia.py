@@ -250,9 +250,10 @@ class NeuronpediaApi:
         """One embedder for the process (loaded on the first embedding request)."""
         if self._embedder is None:
             from autointerp.embeddings import load_embedder
+            from autointerp.scorers.embedding import EmbeddingSettings
 
             try:
-                self._embedder = load_embedder(self.config.embedding_model, device="cpu")
+                self._embedder = load_embedder(EmbeddingSettings.of(self.config).model, device="cpu")
             except AutointerpError as e:
                 raise RequestError(f"the embedding model cannot be loaded: {e}", None, 503) from None
         embedder = self._embedder

@@ -232,7 +232,7 @@ def corpus_rows(
             raise CorpusError(f"corpus {corpus} holds fewer than {contexts.ctx_len} tokens of text: nothing to cache")
         return iter(())
 
-    def all_rows():
+    def all_rows() -> Iterator[Any]:
         yield first
         yield from rows
 

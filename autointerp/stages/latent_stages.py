@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from autointerp.cache.store import HookpointCaches
 from autointerp.config import RunConfig
@@ -25,6 +25,9 @@ from autointerp.settings import EXPLAINER_STYLES, ExplainerStyle
 from autointerp.stages.cache_stage import run_dictionaries
 from autointerp.stages.open_run import OpenRun
 from autointerp.stages.subject_loading import check_latents
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ async def explain_latent(
     return await worker.explain_latent(run.unit(latent))
 
 
-def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]):
+def write_results(files: RunFiles, config: RunConfig, resolved: dict[str, Any]) -> pd.DataFrame:
     """Rebuild results.parquet and judgments.parquet from the logs: the config's scorers' columns first, then
     those of any other scorer the log holds (one asked for through the HTTP service, say)."""
     return materialize(

@@ -7,7 +7,7 @@ about many latents, so its heavy parts (tokenizer, caches, scorers' models) load
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autointerp.cache.store import ActivationCache, CacheMeta, HookpointCaches
 from autointerp.config import ConfigError, RunConfig
@@ -19,8 +19,11 @@ from autointerp.scorers.base import Scorer, ScorerContext
 from autointerp.scorers.registry import build_scorers
 from autointerp.stages.subject_loading import load_subject, load_tokenizer, locate_dictionary
 
+if TYPE_CHECKING:
+    from autointerp.scorers.intervention import SteeringSubject
 
-def steering_subject(config: RunConfig, meta: CacheMeta | None = None, hookpoint: str | None = None):
+
+def steering_subject(config: RunConfig, meta: CacheMeta | None = None, hookpoint: str | None = None) -> SteeringSubject:
     """The subject model (on config.device) with the dictionary of a hookpoint (None: the run's only one),
     for the scorers that steer it; `meta` (that hookpoint's cache) pins Hub downloads to the commits the
     cache was built from."""
@@ -36,7 +39,7 @@ class SteeringLoader:
         self._subject: Any = None
         self._opened: dict[str | None, Any] = {}
 
-    def __call__(self, hookpoint: str | None = None, meta: CacheMeta | None = None):
+    def __call__(self, hookpoint: str | None = None, meta: CacheMeta | None = None) -> SteeringSubject:
         from autointerp.scorers.intervention import SteeringSubject
         from autointerp.subjects.attach import open_dictionaries
 

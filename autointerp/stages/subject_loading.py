@@ -7,10 +7,15 @@ before minutes of work.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from autointerp.cache.store import CacheMeta
 from autointerp.config import ConfigError, RunConfig
+
+if TYPE_CHECKING:
+    from autointerp.subjects.model import Subject
 
 
 def _model_arg(config: RunConfig) -> str | None:
@@ -31,7 +36,7 @@ def _revisions(config: RunConfig, meta: CacheMeta | None) -> tuple[str | None, s
     )
 
 
-def load_subject(config: RunConfig, meta: CacheMeta | None = None):
+def load_subject(config: RunConfig, meta: CacheMeta | None = None) -> Subject:
     from autointerp.subjects.in_memory import held_subject, is_in_memory
     from autointerp.subjects.model import load_subject as _load
 
@@ -40,7 +45,7 @@ def load_subject(config: RunConfig, meta: CacheMeta | None = None):
     return _load(_model_arg(config), revision=_revisions(config, meta)[0], dtype=getattr(torch, config.dtype))
 
 
-def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None):
+def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None) -> Any:
     from autointerp.subjects.in_memory import held_subject, is_in_memory
     from autointerp.subjects.model import load_tokenizer as _load
 
@@ -49,7 +54,7 @@ def load_tokenizer(config: RunConfig, meta: CacheMeta | None = None):
     return _load(_model_arg(config), revision=_revisions(config, meta)[0])
 
 
-def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None):
+def locate_dictionary(config: RunConfig, meta: CacheMeta | None = None) -> Any:
     """The run's dictionaries, fetched if they come from the Hub: `DictionarySource`s (one per hookpoint
     where the hookpoints are known before loading), or the name of a built-in one ("default", "neurons")."""
     from autointerp.subjects.dictionaries import DEFAULT_DICTIONARY
