@@ -8,7 +8,8 @@
 
 `AsyncClient` has the same methods as coroutines. Every POST carries an idempotency key (a fresh one
 per call unless given), so a call retried after a dropped connection, a 5xx or a 429 (after its
-Retry-After) returns the job the first attempt created instead of queueing a second one. `cancel(id)`
+Retry-After) returns the job the first attempt created instead of queueing a second one. When to retry
+and how long to wait is the HTTP judges' policy too (retry_policy.py); the clients only send. `cancel(id)`
 cancels a job (DELETE is idempotent, so it is retried the same way). `events(id)` follows a job's event
 stream, and when the connection drops it reconnects with the id of the last event it had (`Last-Event-ID`),
 so it neither misses the end nor repeats an event.
@@ -28,10 +29,11 @@ from typing import Any
 import httpx
 
 from autointerp.errors import AutointerpError
+from autointerp.retry_policy import RETRY_AFTER_STATUS, RetryPolicy, parse_retry_after
 
 FINISHED = ("done", "failed", "cancelled")
-RETRY_STATUS = (429, 502, 503, 504)
-MAX_RETRY_SLEEP = 30.0
+BACKOFF_INITIAL = 0.25  # the service answers in milliseconds: a first retry need not wait long
+BACKOFF_MAX = 30.0
 
 
 class ServeError(AutointerpError):
@@ -71,12 +73,7 @@ def _error(response: httpx.Response) -> ServeError:
         message, field_ = str(data.get("error", response.text)), data.get("field")
     except (ValueError, AttributeError):
         message, field_ = response.text[:500] or response.reason_phrase, None
-    retry_after = response.headers.get("retry-after")
-    try:
-        wait = float(retry_after) if retry_after is not None else None
-    except ValueError:
-        wait = None
-    return ServeError(response.status_code, message, field_, wait)
+    return ServeError(response.status_code, message, field_, parse_retry_after(response.headers))
 
 
 def _timeout(seconds: float | None) -> float | httpx._client.UseClientDefault:
@@ -178,12 +175,6 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _sleep_for(error: ServeError | None, attempt: int) -> float:
-    if error is not None and error.retry_after is not None:
-        return min(MAX_RETRY_SLEEP, error.retry_after)
-    return min(MAX_RETRY_SLEEP, 0.25 * 2**attempt)
-
-
 def _answer(response: httpx.Response) -> Any:
     """The response's JSON, or the `ServeError` it is."""
     if response.is_success:
@@ -191,17 +182,24 @@ def _answer(response: httpx.Response) -> Any:
     raise _error(response)
 
 
-def _pause(failure: Exception, attempt: int, retries: int) -> float:
-    """The retry policy both clients follow: how long to wait before sending a call again after `failure`
-    (its `attempt`-th, from 0), or the failure raised when it is not to be sent again. A dropped connection,
-    a 429 and the 5xx a proxy or an overloaded server answers are worth another try: GETs and DELETEs are
-    safe to send twice, and POSTs carry their idempotency key."""
+def _policy(retries: int) -> RetryPolicy:
+    return RetryPolicy(max_attempts=retries + 1, backoff_initial=BACKOFF_INITIAL, backoff_max=BACKOFF_MAX)
+
+
+def _pause(failure: Exception, attempt: int, policy: RetryPolicy, started: float) -> float:
+    """How long both clients wait before sending a call again after `failure` (its `attempt`-th, from 0,
+    the first sent at `started` on the monotonic clock), or the failure raised when the retry policy
+    (retry_policy.py, the judges' too) says not to send it again. A dropped connection, a 429 and the 5xx
+    a proxy or an overloaded server answers are worth another try: GETs and DELETEs are safe to send
+    twice, and POSTs carry their idempotency key."""
     error = failure if isinstance(failure, ServeError) else None
-    if error is not None and error.status not in RETRY_STATUS:
+    if error is not None and not policy.retried(error.status):
         raise failure
-    if attempt >= retries:
+    asked = error.retry_after if error is not None and error.status in RETRY_AFTER_STATUS else None
+    wait = policy.next_wait(attempt, time.monotonic() - started, asked)
+    if wait is None:
         raise failure
-    return _sleep_for(error, attempt)
+    return wait
 
 
 class Client(_Calls):
@@ -215,6 +213,7 @@ class Client(_Calls):
         transport: httpx.BaseTransport | None = None,
     ):
         self.retries = retries
+        self.retry_policy = _policy(retries)
         self.http = httpx.Client(base_url=url, headers=_headers(api_key), timeout=timeout, transport=transport)
 
     def __enter__(self) -> Client:
@@ -227,11 +226,12 @@ class Client(_Calls):
         self.http.close()
 
     def _send(self, call: Call, timeout: float | None = None) -> Any:
+        started = time.monotonic()
         for attempt in itertools.count():
             try:
                 return _answer(self.http.request(**call.request(timeout)))
             except (ServeError, httpx.TransportError) as failure:
-                time.sleep(_pause(failure, attempt, self.retries))
+                time.sleep(_pause(failure, attempt, self.retry_policy, started))
 
     def health(self) -> dict[str, Any]:
         return self._send(self._health())
@@ -320,7 +320,7 @@ class Client(_Calls):
                                 return
                     return  # the server ended the stream: the job has finished (or is gone)
             except httpx.TransportError as failure:
-                time.sleep(_pause(failure, dropped, self.retries))
+                time.sleep(_pause(failure, dropped, self.retry_policy, time.monotonic()))
                 dropped += 1
 
     def report(self, run: str, path: str = "") -> str:
@@ -343,6 +343,7 @@ class AsyncClient(_Calls):
         limits: httpx.Limits | None = None,
     ):
         self.retries = retries
+        self.retry_policy = _policy(retries)
         self.http = httpx.AsyncClient(
             base_url=url,
             headers=_headers(api_key),
@@ -361,11 +362,12 @@ class AsyncClient(_Calls):
         await self.http.aclose()
 
     async def _send(self, call: Call, timeout: float | None = None) -> Any:
+        started = time.monotonic()
         for attempt in itertools.count():
             try:
                 return _answer(await self.http.request(**call.request(timeout)))
             except (ServeError, httpx.TransportError) as failure:
-                await asyncio.sleep(_pause(failure, attempt, self.retries))
+                await asyncio.sleep(_pause(failure, attempt, self.retry_policy, started))
 
     async def health(self) -> dict[str, Any]:
         return await self._send(self._health())
@@ -447,5 +449,5 @@ class AsyncClient(_Calls):
                                 return
                     return
             except httpx.TransportError as failure:
-                await asyncio.sleep(_pause(failure, dropped, self.retries))
+                await asyncio.sleep(_pause(failure, dropped, self.retry_policy, time.monotonic()))
                 dropped += 1

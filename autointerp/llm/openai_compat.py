@@ -1,9 +1,9 @@
 """A judge behind any OpenAI-compatible chat API: OpenAI, vLLM's server, llama.cpp's server, OpenRouter.
 
 Built on the official `openai` client (`AsyncOpenAI`) with the client's own retries turned off
-(`max_retries=0`), so the retry policy here is the only one:
+(`max_retries=0`), so the retry policy (retry_policy.py, shared with the service's client) is the only one:
 
-- retried, with exponential backoff and jitter (tenacity): timeouts, connection errors (including a
+- retried, with exponential backoff and jitter: timeouts, connection errors (including a
   body cut off mid-transfer), HTTP 408, 429 and 5xx. On 429 and 503 a `Retry-After` header (seconds
   or an HTTP date; also OpenAI's `retry-after-ms`) replaces the backoff for that wait; one asking for
   more than `max_retry_after` seconds ends the call at once (a daily quota will not clear in a minute).
@@ -61,27 +61,24 @@ naming the URL.
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import itertools
 import logging
-import math
 import os
-import random
 import time
 from collections.abc import Awaitable, Callable, Collection
-from datetime import timezone
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from autointerp.errors import ConfigError, MissingPackageError
 from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
 from autointerp.records import Usage
+from autointerp.retry_policy import RetryPolicy
+from autointerp.retry_policy import parse_retry_after as parse_retry_after  # where callers have read it
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install openai tenacity"
+INSTALL_HINT = "pip install openai"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504}) | frozenset(range(505, 600))
-RETRY_AFTER_STATUS = frozenset({429, 503})
 _NO_KEY = "sk-no-key-set"  # what the client sends when the variable is unset (llama.cpp ignores it)
 DEFAULT_TIMEOUT_S = 300.0  # per attempt: twice the slowest answer measured from a busy local server
 CHECK_TIMEOUT_S = 20.0  # per attempt of `check()`: listing models is quick even on a busy server
@@ -131,43 +128,9 @@ class _Retryable(Exception):
 def _import_openai() -> Any:
     try:
         import openai
-        import tenacity  # noqa: F401
     except ImportError as e:
-        raise MissingPackageError(f"the OpenAI-compatible judge needs openai and tenacity: {INSTALL_HINT}") from e
+        raise MissingPackageError(f"the OpenAI-compatible judge needs openai: {INSTALL_HINT}") from e
     return openai
-
-
-def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date; None if absent/bad."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            v = float(ms) / 1000.0
-            if math.isfinite(v) and v >= 0:
-                return v
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    value = str(value).strip()
-    try:
-        v = float(value)
-        return v if math.isfinite(v) and v >= 0 else None
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    now_ts = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now_ts)
 
 
 def _public_url(url: str) -> str:
@@ -483,65 +446,53 @@ class OpenAIJudge:
             )
         return out
 
+    def retry_policy(self) -> RetryPolicy:
+        """This judge's patience, in the terms every HTTP caller retries by."""
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff_initial=self.backoff_initial,
+            backoff_max=self.backoff_max,
+            max_retry_after=self.max_retry_after,
+            max_total_s=self.max_total_s,
+        )
+
     async def _with_retries(self, request: Callable[[], Awaitable[Any]], parse: Callable[[Any], Any]) -> Any:
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_before_delay
-
-        def retryable(exc: BaseException) -> bool:
-            if not isinstance(exc, _Retryable):
-                return False
-            return exc.retry_after is None or exc.retry_after <= self.max_retry_after
-
-        def log_retry(state: Any) -> None:
+        """The request, sent again as the retry policy says; `OpenAIJudgeError` once it says to give up."""
+        policy = self.retry_policy()
+        start = time.monotonic()
+        for attempt in itertools.count():
+            try:
+                return await self._attempt(request, parse)
+            except _Retryable as e:
+                last = e
+            # the policy counts time from the first attempt's start to this attempt's end
+            floor = self.timeout if last.timed_out else 0.0
+            wait = policy.next_wait(attempt, time.monotonic() - start, last.retry_after, at_least=floor)
+            if wait is None:
+                break
             self.stats["retries"] += 1
-            exc = state.outcome.exception() if state.outcome else None
             log.warning(
                 "%s at %s: %s; attempt %d/%d failed, retrying in %.2f s",
                 self.model,
                 _public_url(self.base_url),
-                getattr(exc, "reason", exc),
-                state.attempt_number,
+                last.reason,
+                attempt + 1,
                 self.max_attempts,
-                state.upcoming_sleep,
+                wait,
             )
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts) | stop_before_delay(self.max_total_s),
-            wait=self._wait,
-            retry=retry_if_exception(retryable),
-            before_sleep=log_retry,
-            reraise=True,
-        )
-        start = time.monotonic()
-        last: _Retryable | None = None
-        try:
-            return await retrying(self._attempt, request, parse)
-        except _Retryable as e:
-            last = e
-        assert last is not None
-        attempts = retrying.statistics.get("attempt_number", 1)
+            await asyncio.sleep(wait)
+        attempts = attempt + 1
         elapsed = time.monotonic() - start
         where = f"{self.model} at {_public_url(self.base_url)}"
-        if last.retry_after is not None and last.retry_after > self.max_retry_after:
+        asked = last.retry_after
+        if asked is not None and policy.refuses(asked):
             msg = (
-                f"{where}: {last.reason}; the server asks to retry after {last.retry_after:.0f} s, more than "
+                f"{where}: {last.reason}; the server asks to retry after {asked:.0f} s, more than "
                 f"max_retry_after={self.max_retry_after:g} s, so giving up after {attempts} attempt(s)"
             )
         else:
             msg = f"{where}: gave up after {attempts} attempt(s) in {elapsed:.1f} s; last error: {last.reason}"
         raise OpenAIJudgeError(msg, status=last.status, attempts=attempts)
-
-    def _wait(self, state: Any) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        ra = getattr(exc, "retry_after", None)
-        if ra is not None:  # the server said when; a little jitter so many callers do not return at once
-            return ra + random.uniform(0, min(1.0, 0.1 * ra))
-        n = max(0, state.attempt_number - 1)
-        base = min(self.backoff_max, self.backoff_initial * (2**n))
-        wait = min(self.backoff_max, base + random.uniform(0, self.backoff_initial))
-        if getattr(exc, "timed_out", False):
-            # the server is most likely still busy with the abandoned attempt: give it that long again
-            wait = max(wait, self.timeout)
-        return wait
 
     async def _attempt(self, request: Callable[[], Awaitable[Any]], parse: Callable[[Any], Any]) -> Any:
         """One request: its parsed answer, or `_Retryable`, or `OpenAIJudgeError` (not retried)."""
@@ -582,9 +533,8 @@ class OpenAIJudge:
         status = int(getattr(e, "status_code", 0) or 0)
         server_msg = self._server_message(e)
         where = f"{self.model} at {_public_url(self.base_url)}"
-        if status in RETRY_STATUS:
-            headers = getattr(getattr(e, "response", None), "headers", None)
-            ra = parse_retry_after(headers) if status in RETRY_AFTER_STATUS else None
+        if RetryPolicy.retried(status):
+            ra = RetryPolicy.retry_after(status, getattr(getattr(e, "response", None), "headers", None))
             return _Retryable(f"HTTP {status}: {server_msg}", status=status, retry_after=ra)
         if status == 401:
             state = "" if os.environ.get(self.api_key_env) else f" (${self.api_key_env} is not set)"
