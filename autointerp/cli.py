@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from autointerp import option_args
 from autointerp.config import RunConfig
 from autointerp.errors import AutointerpError
 from autointerp.exports import command as export_command
@@ -88,18 +89,7 @@ def _scorers_in_brief() -> str:
 
 def shown_default(spec: OptionField) -> str | None:
     """The default `--help` shows for an option, read from its field (None: nothing to show)."""
-    value = spec.default
-    if value is None:
-        return spec.option.none_means
-    if isinstance(value, bool):
-        return None  # a flag: off unless given
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    return option_args.shown_default(spec.default, spec.option)
 
 
 def _scorers_listed() -> str:
@@ -114,33 +104,14 @@ def help_text(spec: OptionField) -> str:
         text = text(spec.owner())
     if spec.dotted == "scorers":  # the config names no scorer: the registry lists them
         text = "comma-separated, from " + _scorers_listed()
-    default = shown_default(spec)
-    if default is not None:
-        text += f" (default: {default})"
-    return text.replace("%", "%%")  # argparse formats help with %
+    return option_args.help_line(text, spec.option, shown_default(spec))
 
 
 def _argument(spec: OptionField) -> dict[str, Any]:
     """argparse keyword arguments for an option, from its field's annotation and metadata."""
-    from autointerp.settings import choices, hints
+    from autointerp.settings import hints
 
-    kwargs: dict[str, Any] = {"dest": spec.name, "help": help_text(spec)}
-    annotation = hints(spec.owner)[spec.field.name]
-    if annotation is bool:
-        kwargs["action"] = "store_true"
-        return kwargs
-    allowed = choices(annotation)
-    if allowed is not None:
-        kwargs["choices"] = list(allowed)
-    parse = spec.option.parse
-    if parse is None:
-        base = [a for a in (getattr(annotation, "__args__", None) or (annotation,)) if a is not type(None)]
-        parse = base[0] if len(base) == 1 and base[0] in (int, float) else None
-    if parse is not None:
-        kwargs["type"] = parse
-    if spec.option.metavar:
-        kwargs["metavar"] = spec.option.metavar
-    return kwargs
+    return option_args.argument(spec.name, hints(spec.owner)[spec.field.name], spec.option, help_text(spec))
 
 
 def add_setting_options(parser: argparse.ArgumentParser, command: str) -> None:

@@ -73,6 +73,7 @@ class Option:
     none_means: str | None = None  # what the default None means, shown as the default in --help
     negate: bool = False  # a flag that turns a True default off (--no-cache)
     also: tuple[str, ...] = ()  # other RunConfig fields (dotted) the option sets to the same value
+    repeat: bool = False  # given once per value (--allow-judge A --allow-judge B); the field holds them all
 
 
 def setting(
@@ -87,6 +88,7 @@ def setting(
     none_means: str | None = None,
     negate: bool = False,
     also: tuple[str, ...] = (),
+    repeat: bool = False,
     at_least: float | None = None,
     above: float | None = None,
     at_most: float | None = None,
@@ -99,7 +101,9 @@ def setting(
     that defines the run folder (the cache and the train/test split), so a later command must agree.
     """
     option = (
-        Option(cli, flag=flag, parse=parse, metavar=metavar, none_means=none_means, negate=negate, also=also)
+        Option(
+            cli, flag=flag, parse=parse, metavar=metavar, none_means=none_means, negate=negate, also=also, repeat=repeat
+        )
         if cli
         else None
     )

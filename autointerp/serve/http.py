@@ -59,9 +59,10 @@ def create_app(settings: ServeSettings, *, backends: dict[str, BackendFactory] |
 
 
 def serve(
-    settings: ServeSettings, *, backends: dict[str, BackendFactory] | None = None, log_level: str = "info"
+    settings: ServeSettings, *, backends: dict[str, BackendFactory] | None = None, log_level: str | None = None
 ) -> None:
-    """Run the service with uvicorn until it is stopped (Ctrl-C or SIGTERM end it cleanly)."""
+    """Run the service with uvicorn until it is stopped (Ctrl-C or SIGTERM end it cleanly); `log_level`
+    None: the settings' own."""
     import uvicorn
 
     api = create_app(settings, backends=backends)
@@ -69,7 +70,7 @@ def serve(
         api,
         host=settings.host,
         port=settings.port,
-        log_level=log_level,
+        log_level=log_level or settings.log_level,
         root_path=settings.root_path,
         server_header=False,
         timeout_graceful_shutdown=5,
