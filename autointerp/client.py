@@ -183,7 +183,14 @@ def _answer(response: httpx.Response) -> Any:
 
 
 def _policy(retries: int) -> RetryPolicy:
-    return RetryPolicy(max_attempts=retries + 1, backoff_initial=BACKOFF_INITIAL, backoff_max=BACKOFF_MAX)
+    # a Retry-After of the queue's (up to minutes) is waited at most BACKOFF_MAX before asking again
+    return RetryPolicy(
+        max_attempts=retries + 1,
+        backoff_initial=BACKOFF_INITIAL,
+        backoff_max=BACKOFF_MAX,
+        max_retry_after=BACKOFF_MAX,
+        cap_retry_after=True,
+    )
 
 
 def _pause(failure: Exception, attempt: int, policy: RetryPolicy, started: float) -> float:

@@ -71,6 +71,10 @@ class RetryPolicy:
     backoff_initial: float = 1.0
     backoff_max: float = 30.0
     max_retry_after: float = 60.0
+    # a server's wait beyond max_retry_after: refused (give up at once; a judge asked to wait an hour should
+    # fail the call) or cut to max_retry_after (the service's client: its queue can ask for minutes, and the
+    # client polls it again sooner rather than give up)
+    cap_retry_after: bool = False
     max_total_s: float | None = None  # None: no bound on the time, only on the attempts
     # the jitter source (a test passes a fixed one): uniform(low, high)
     uniform: Callable[[float, float], float] = field(default=random.uniform, repr=False, compare=False)
@@ -91,12 +95,13 @@ class RetryPolicy:
 
     def refuses(self, retry_after: float | None) -> bool:
         """The server asks for a longer wait than this caller will sit through: give up at once."""
-        return retry_after is not None and retry_after > self.max_retry_after
+        return not self.cap_retry_after and retry_after is not None and retry_after > self.max_retry_after
 
     def wait(self, attempt: int, retry_after: float | None = None, at_least: float = 0.0) -> float:
         """The wait after the `attempt`-th failure (from 0): the server's own with a little jitter, else the
         jittered backoff, and never less than `at_least` (a timed-out request leaves the server busy)."""
         if retry_after is not None:
+            retry_after = min(retry_after, self.max_retry_after) if self.cap_retry_after else retry_after
             return retry_after + self.uniform(0, min(1.0, 0.1 * retry_after))
         base = min(self.backoff_max, self.backoff_initial * (2**attempt))
         wait = min(self.backoff_max, base + self.uniform(0, self.backoff_initial))
