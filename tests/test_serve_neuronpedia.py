@@ -245,16 +245,22 @@ def test_the_published_client_with_the_real_embedded_judge(tmp_path):
             ).explanation
             assert label.strip()
             scores = {}
-            for text in ("names of calendar months, such as March or October", "names of animals, such as cat or dog"):
-                request = ScoreFuzzDetectionPostRequest(
-                    activations=sent(record.test + record.negatives),
-                    explanation=text,
-                    openrouter_key="",
-                    model=judge,
-                    type=NPScoreFuzzDetectionType.DETECTION,
-                )
-                scores[text] = api.score_fuzz_detection_post(request, _request_timeout=600).score
+            for kind in (NPScoreFuzzDetectionType.DETECTION, NPScoreFuzzDetectionType.FUZZ):
+                for text in (
+                    "names of calendar months, such as March or October",
+                    "names of animals, such as cat or dog",
+                ):
+                    request = ScoreFuzzDetectionPostRequest(
+                        activations=sent(record.test + record.negatives),
+                        explanation=text,
+                        openrouter_key="",
+                        model=judge,
+                        type=kind,
+                    )
+                    scores[kind, text] = api.score_fuzz_detection_post(request, _request_timeout=600).score
     finally:
         srv.stop()
-    right, wrong = scores.values()
+    print(f"\nNeuronpedia's client, Qwen2.5-Coder-1.5B judge: {scores}")
+    right, wrong, right_fuzz, wrong_fuzz = scores.values()
     assert right > wrong + 0.2, (label, scores)
+    assert right_fuzz > wrong_fuzz + 0.2, (label, scores)
