@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from planted import oracle, planted_record, slots_oracle  # noqa: E402
+from helpers.planted import oracle, planted_record, slots_oracle  # noqa: E402
 
 from autointerp.records import Explanation, LatentRecord, Usage  # noqa: E402
 from autointerp.scorers import ClassifierSettings, DetectionScorer, FuzzingScorer  # noqa: E402

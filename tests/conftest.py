@@ -183,12 +183,16 @@ def threads_of_a_worker() -> Iterator[None]:
 
 
 def start_cluster(env_vars: dict[str, str] | None = None, num_gpus: int = 0):
-    """A local Ray cluster (2 CPUs, `num_gpus` GPUs only counted, no dashboard) whose workers import this
-    folder's helpers and see `env_vars`; returns ray (shut it down with ray.shutdown())."""
+    """A local Ray cluster (2 CPUs, `num_gpus` GPUs only counted, no dashboard) whose workers import the
+    tests' helpers and see `env_vars`; returns ray (shut it down with ray.shutdown()).
+
+    The workers' PYTHONPATH holds tests/ (for `helpers.*`) and every test folder, as pytest's sys.path does
+    here: a function a test module defines travels to a worker by reference, as `test_x.f`."""
     import ray
 
-    tests = str(Path(__file__).resolve().parent)
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+    tests = Path(__file__).resolve().parent
+    folders = [tests, *sorted(d for d in tests.iterdir() if d.is_dir() and any(d.glob("test_*.py")))]
+    path = os.pathsep.join(p for p in (*map(str, folders), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
         num_cpus=2,
         num_gpus=num_gpus,
