@@ -1,7 +1,7 @@
 """The README's worked examples, run as written: a Gemma Scope release on gemma-2-2b and an EleutherAI
 sparsify checkpoint on Llama 3, each over a Hub corpus with an OpenAI-compatible explainer and judge.
 
-The Hub is a stand-in on 127.0.0.1 (tests/fake_hub.py) holding tiny models, dictionaries and datasets
+The Hub is a stand-in on 127.0.0.1 (tests/helpers/fake_hub.py) holding tiny models, dictionaries and datasets
 under the real names and in the real layouts; the explainer and the judge are fake OpenAI-compatible
 servers put in place of the command's URLs; smaller sizes are appended to the command (the last value of
 an option wins). Each run must cache with the contexts the dictionary asks for (BOS at position 0 of
