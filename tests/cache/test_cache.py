@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from conftest import cache_meta, token_rows
+from helpers.tiny_subjects import cache_meta, token_rows
 
 from autointerp.cache.build import CacheSettings, build_cache, encode_batch
 from autointerp.cache.store import ActivationCache, CacheError, CacheMeta

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import cache_meta, make_tiny_llama, token_rows
 from helpers.checkpoint_fixtures import write_sae_run
+from helpers.tiny_subjects import cache_meta, make_tiny_llama, token_rows
 
 from autointerp.cache.build import CacheSettings, build_caches, keep_best
 from autointerp.cache.merge import merge_caches

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_sparsify_sae
+from helpers.tiny_subjects import write_sparsify_sae
 
 from autointerp.cli import build_parser, main
 from autointerp.config import ConfigError, RunConfig, load_config, merge, save_config
@@ -371,8 +371,8 @@ def test_a_bug_keeps_its_traceback_and_a_users_mistake_exits_2(tmp_path, monkeyp
 
 
 def test_a_report_that_cannot_be_written_is_a_users_error(tmp_path, capsys):
-    from conftest import make_tiny_llama
     from helpers.report_fixtures import make_run
+    from helpers.tiny_subjects import make_tiny_llama
 
     run = make_run(tmp_path / "run", make_tiny_llama(), max_latents=2)
     blocker = tmp_path / "file"

@@ -32,7 +32,7 @@ from autointerp.stages.latent_stages import latent_stages
 
 @pytest.fixture(scope="module")
 def template(tiny_llama, tmp_path_factory):
-    from conftest import build_tiny_cache
+    from helpers.tiny_subjects import build_tiny_cache
 
     folder = tmp_path_factory.mktemp("shard_template")
     tokenizer = write_word_tokenizer(folder / "subject")

@@ -56,7 +56,7 @@ def template(tiny_llama, tmp_path_factory):
 
 def make_template(tiny_llama, folder: Path) -> tuple[Path, RunConfig]:
     """A run folder with its cache and config, not yet explained: each test copies it."""
-    from conftest import build_tiny_cache
+    from helpers.tiny_subjects import build_tiny_cache
 
     tokenizer = write_word_tokenizer(folder / "subject")
     build_tiny_cache(folder, tiny_llama)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import WORKER_THREADS, start_cluster
 from helpers.fault_server import FaultServer
+from helpers.ray_cluster import WORKER_THREADS, start_cluster
 from helpers.ray_judges import scripted_judges
 from helpers.s3_server import s3_server
 from test_ray import (  # noqa: F401 - a fixture

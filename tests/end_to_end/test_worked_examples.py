@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import gemma_scope_params, write_sparsify_sae
 from helpers.cache_files import cached
 from helpers.fake_hub import FakeHub, point_clients_at
 from helpers.fault_server import FaultServer
+from helpers.tiny_subjects import gemma_scope_params, write_sparsify_sae
 
 from autointerp.cli import main
 

@@ -87,8 +87,8 @@ def test_no_validation_examples_is_a_clear_failure():
 
 
 def test_the_pipeline_records_candidates_and_validation_windows(tmp_path, tiny_cache):
-    from conftest import decode_ids
     from helpers.planted import yes_no
+    from helpers.tiny_subjects import decode_ids
 
     from autointerp.config import RunConfig
     from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents

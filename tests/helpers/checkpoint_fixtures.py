@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import make_tiny_llama, write_sparsify_sae
 
 from helpers.report_fixtures import WORDS
+from helpers.tiny_subjects import make_tiny_llama, write_sparsify_sae
 
 HOOKPOINTS = ("layers.0", "layers.1", "layers.2")
 VOCAB = ["<unk>", "</s>", *WORDS]

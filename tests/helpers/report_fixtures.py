@@ -17,14 +17,13 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-from conftest import build_tiny_cache
-
 from autointerp.config import RunConfig, save_config
 from autointerp.llm.base import Message, Reply, TokenLogprob
 from autointerp.llm.scripted import ScriptedJudge
 from autointerp.results import RunFiles, materialize
 from autointerp.sampling import SamplingSettings
 from autointerp.stages.latent_stages import latent_stages
+from helpers.tiny_subjects import build_tiny_cache
 
 PAYLOAD = " <script>document.title='pwned'</script>"
 WORDS = """the of and to in is was for on that with as by at from his her they which this be are had

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import decode_ids
 from helpers.planted import yes_no
+from helpers.tiny_subjects import decode_ids
 
 from autointerp.config import RunConfig
 from autointerp.llm.ordering import OrderedJudge, PriorityGate, judge_priority

@@ -7,8 +7,8 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import decode_ids
 from helpers.planted import yes_no
+from helpers.tiny_subjects import decode_ids
 
 from autointerp.config import ConfigError, RunConfig
 from autointerp.llm.base import JudgeError

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import decode_ids
 from helpers.fake_hub import FakeHub
 from helpers.planted import yes_no
+from helpers.tiny_subjects import decode_ids
 
 from autointerp.cli import build_parser, main
 from autointerp.config import RunConfig, save_config

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_llama
 from helpers.report_fixtures import make_run
+from helpers.tiny_subjects import make_tiny_llama
 
 from autointerp.cache.store import HookpointCaches
 from autointerp.cli import main

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import decode_ids
 from helpers.fake_embedder import fake_embedder
+from helpers.tiny_subjects import decode_ids
 
 from autointerp.errors import ConfigError
 from autointerp.negatives import cofiring_jaccard, cooccurring_latents, negative_groups

@@ -10,10 +10,10 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import build_tiny_cache, decode_ids
 from helpers.planted import yes_no
 from helpers.report_fixtures import SAMPLING as WORD_SAMPLING
 from helpers.report_fixtures import write_word_tokenizer
+from helpers.tiny_subjects import build_tiny_cache, decode_ids
 
 from autointerp.api import Outcome
 from autointerp.config import RunConfig, save_config

@@ -7,8 +7,8 @@ import asyncio
 
 import pandas as pd
 import pytest
-from conftest import build_tiny_cache, decode_ids
 from helpers.fake_embedder import fake_embedder
+from helpers.tiny_subjects import build_tiny_cache, decode_ids
 
 from autointerp.cli import build_parser, config_from_args
 from autointerp.config import ConfigError, RunConfig

@@ -14,8 +14,8 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_cache, decode_ids, make_tiny_llama
 from helpers.planted import ANIMALS, MONTHS, _category
+from helpers.tiny_subjects import build_tiny_cache, decode_ids, make_tiny_llama
 
 from autointerp.llm.base import CUT_OFF, JudgeError, PromptToken, Reply, TokenLogprob
 from autointerp.llm.scripted import ScriptedJudge

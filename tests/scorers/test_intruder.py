@@ -10,9 +10,9 @@ import re
 
 import numpy as np
 import pytest
-from conftest import build_tiny_cache
 from helpers.planted import ANIMALS, CATEGORIES, FILLER, MONTHS, planted_record
 from helpers.report_fixtures import SAMPLING, write_word_tokenizer
+from helpers.tiny_subjects import build_tiny_cache
 
 from autointerp.cli import build_parser, config_from_args
 from autointerp.config import ConfigError, RunConfig

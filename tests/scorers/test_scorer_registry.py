@@ -7,8 +7,8 @@ import asyncio
 
 import pandas as pd
 import pytest
-from conftest import build_tiny_cache
 from helpers.report_fixtures import SAMPLING, write_word_tokenizer
+from helpers.tiny_subjects import build_tiny_cache
 
 from autointerp.cli import build_parser
 from autointerp.config import ConfigError, RunConfig

@@ -268,7 +268,7 @@ def test_surprisal_judge_errors_are_failures():
 
 def test_pipeline_writes_their_columns_and_judgments(tmp_path, tiny_cache):
     import pandas as pd
-    from conftest import decode_ids
+    from helpers.tiny_subjects import decode_ids
 
     from autointerp.config import RunConfig
     from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents

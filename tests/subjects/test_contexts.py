@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_llama
 from helpers.cache_files import cached
 from helpers.report_fixtures import WORDS
+from helpers.tiny_subjects import make_tiny_llama
 
 from autointerp.api import Run
 from autointerp.config import ConfigError
@@ -333,8 +333,8 @@ def test_sparsify_chunking_parity(tmp_path, subject, corpus):
 def test_auto_follows_the_tokenizer_when_nothing_is_recorded(tmp_path, subject):
     """A sparsify coder with no run config records nothing: BOS as the tokenizer adds it, 256 tokens,
     documents packed with EOS; a tokenizer without BOS keeps the plain packing."""
-    from conftest import write_sparsify_sae
     from helpers.checkpoint_fixtures import write_subject
+    from helpers.tiny_subjects import write_sparsify_sae
 
     write_sparsify_sae(tmp_path / "sae" / "layers.1")
     (recorded,) = recorded_contexts([DictionarySource(tmp_path / "sae" / "layers.1", None)])
@@ -349,7 +349,7 @@ def test_auto_follows_the_tokenizer_when_nothing_is_recorded(tmp_path, subject):
 
 
 def test_gemma_scope_defaults(tmp_path, subject):
-    from conftest import gemma_scope_params
+    from helpers.tiny_subjects import gemma_scope_params
 
     folder = tmp_path / "gemma-scope-2b-pt-res" / "layer_1" / "width_16k" / "average_l0_10"
     folder.mkdir(parents=True)
@@ -360,7 +360,7 @@ def test_gemma_scope_defaults(tmp_path, subject):
 
 
 def test_gemma_scope_with_an_unknown_array_is_refused(tmp_path):
-    from conftest import gemma_scope_params
+    from helpers.tiny_subjects import gemma_scope_params
 
     np.savez(tmp_path / "params.npz", **gemma_scope_params(), input_scale=np.ones(16, np.float32))
     with pytest.raises(ContextError, match="unknown array 'input_scale'"):

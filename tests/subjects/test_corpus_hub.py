@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_tiny_llama, write_sparsify_sae
 from helpers.fake_hub import FakeHub, go_offline, point_clients_at
+from helpers.tiny_subjects import make_tiny_llama, write_sparsify_sae
 
 from autointerp.config import ConfigError, RunConfig
 from autointerp.corpus import CorpusError, buffer_shuffled, iter_documents, iter_rows

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import gemma_scope_params, make_tiny_llama, write_sparsify_sae
+from helpers.tiny_subjects import gemma_scope_params, make_tiny_llama, write_sparsify_sae
 
 from autointerp.subjects.attach import open_dictionary
 from autointerp.subjects.dictionaries import (
@@ -328,7 +328,7 @@ def test_sparsify_transcoder(sparsify, tmp_path):
 
 
 def test_sparsify_roundtrip_with_its_loader(sparsify, tmp_path):
-    """Our conftest writer produces files sparsify itself loads, with the same encoding."""
+    """Our test writer (helpers/tiny_subjects.py) produces files sparsify itself loads, with the same encoding."""
     folder = write_sparsify_sae(tmp_path / "sae" / "layers.1")
     coder = sparsify.SparseCoder.load_from_disk(folder)
     x = _inputs()

@@ -11,8 +11,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from conftest import cache_meta, make_tiny_llama, token_rows, write_sparsify_sae
 from helpers.checkpoint_fixtures import HOOKPOINTS, write_sae_run, write_saelens
+from helpers.tiny_subjects import cache_meta, make_tiny_llama, token_rows, write_sparsify_sae
 
 from autointerp.cache import build
 from autointerp.cache.build import CacheSettings, build_cache, build_caches

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import gemma_scope_params, make_tiny_llama, write_sparsify_sae
 from helpers import fake_hub
+from helpers.tiny_subjects import gemma_scope_params, make_tiny_llama, write_sparsify_sae
 
 from autointerp.subjects import sources
 from autointerp.subjects.attach import open_dictionary

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import test_contexts
 import torch
-from conftest import write_sparsify_sae
+from helpers.tiny_subjects import write_sparsify_sae
 from safetensors.torch import load_file
 from test_contexts import BOS, CTX, D_IN, D_SAE, HOOK, assert_same_activations, cached, saelens_sae
 

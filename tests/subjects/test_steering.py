@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_llama, write_sparsify_sae
+from helpers.tiny_subjects import make_tiny_llama, write_sparsify_sae
 
 from autointerp.subjects.attach import open_dictionary
 from autointerp.subjects.hookpoints import base_model
