@@ -3,7 +3,7 @@ hookpoint, and of two, whose shards mix both hookpoints' latents), a worker kill
 nothing lost or duplicated, shard logs merged exactly once, the response cache shared by the workers, the
 embedded SmolLM2 judge loaded by each worker, and a shard folder a worker cannot write.
 
-The cluster is started once for the module; its workers find the tests' scripted judges (ray_judges.py)
+The cluster is started once for the module; its workers find the tests' scripted judges (helpers/ray_judges.py)
 on their path.
 """
 
