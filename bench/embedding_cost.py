@@ -7,7 +7,7 @@ all-MiniLM-L6-v2 on CPU: loading the model; building each latent's record with r
 and cooccurring negatives (similar includes embedding the shared candidate pool once); and the
 embedding scorer on each record, both on a cold embedder and on the one the sampler already used
 (whose per-text cache holds the held-out examples). Last, the AUROC of a right and a wrong
-explanation of the planted month latent (tests/planted.py).
+explanation of the planted month latent (tests/helpers/planted.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from planted import planted_record  # noqa: E402
+from helpers.planted import planted_record  # noqa: E402
 
 from autointerp.cache.store import ActivationCache  # noqa: E402
 from autointerp.config import RunConfig  # noqa: E402

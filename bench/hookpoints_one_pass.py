@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import write_sparsify_sae  # noqa: E402
+from helpers.tiny_subjects import write_sparsify_sae  # noqa: E402
 
 from autointerp.cache.build import CacheSettings, build_caches  # noqa: E402
 from autointerp.cache.store import CacheMeta  # noqa: E402

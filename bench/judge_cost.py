@@ -16,7 +16,7 @@ about T tokens), `+grammar` (slots replies constrained by a grammar). Latents:
 - `--latents` default latents (the first eligible ones of the embedded default model, SAE and corpus),
   each labelled with its no-LLM tokens label, and scored again with another latent's label (the
   shuffled control): a variant that keeps validity keeps the gap between the two;
-- `--planted` planted latents (tests/planted.py: they fire on month names), scored with the right
+- `--planted` planted latents (tests/helpers/planted.py: they fire on month names), scored with the right
   label and a wrong one.
 
 Prints, per variant, what one latent cost per scorer (calls, prompt tokens, the part a prefix cache
@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from planted import oracle, planted_record, slots_oracle  # noqa: E402
+from helpers.planted import oracle, planted_record, slots_oracle  # noqa: E402
 
 from autointerp.records import Explanation, LatentRecord, Usage  # noqa: E402
 from autointerp.scorers import ClassifierSettings, DetectionScorer, FuzzingScorer  # noqa: E402

@@ -3,7 +3,7 @@
     python bench/judge_planted.py [--judge qwen2.5-coder-1.5b] [--seeds 1,2,3] [--n 10]
                                   [--scorers detection,fuzzing,simulation,surprisal]
 
-The planted latent fires on month names (tests/planted.py); its silent examples mention animals.
+The planted latent fires on month names (tests/helpers/planted.py); its silent examples mention animals.
 For each scorer, prints its two headline metrics (balanced accuracy and AUROC for detection and
 fuzzing; correlation and per-example correlation for simulation; AUROC and the activating examples'
 loss drop for surprisal) for the right explanation ("names of calendar months") and a wrong one
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from planted import planted_record  # noqa: E402
+from helpers.planted import planted_record  # noqa: E402
 
 from autointerp.config import RunConfig  # noqa: E402
 from autointerp.llm.local import load_local_judge  # noqa: E402

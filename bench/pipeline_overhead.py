@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from planted import yes_no  # noqa: E402
+from helpers.planted import yes_no  # noqa: E402
 
 from autointerp.cache.store import ActivationCache  # noqa: E402
 from autointerp.config import RunConfig  # noqa: E402

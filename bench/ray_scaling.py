@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fault_server import FaultServer  # noqa: E402
+from helpers.fault_server import FaultServer  # noqa: E402
 
 from autointerp.config import RunConfig  # noqa: E402
 from autointerp.distributed.latents import RayOptions, run_latent_stages  # noqa: E402

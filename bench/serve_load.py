@@ -27,9 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import make_tiny_llama  # noqa: E402
-from report_fixtures import judge, make_run  # noqa: E402
-from serve_helpers import KEY, copy_run, start_server  # noqa: E402
+from helpers.report_fixtures import judge, make_run  # noqa: E402
+from helpers.serve_helpers import KEY, copy_run, start_server  # noqa: E402
+from helpers.tiny_subjects import make_tiny_llama  # noqa: E402
 
 from autointerp.client import AsyncClient  # noqa: E402
 from autointerp.config import load_config  # noqa: E402

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from planted import planted_record  # noqa: E402
+from helpers.planted import planted_record  # noqa: E402
 
 from autointerp.llm.assets import resolve_gguf  # noqa: E402
 from autointerp.llm.openai_compat import OpenAIJudge  # noqa: E402

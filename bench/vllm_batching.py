@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from planted import planted_record  # noqa: E402
+from helpers.planted import planted_record  # noqa: E402
 
 from autointerp.records import Explanation  # noqa: E402
 from autointerp.scorers import DetectionScorer  # noqa: E402

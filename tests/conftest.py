@@ -1,79 +1,15 @@
-"""Shared fixtures: a tiny random Llama and a tiny sparsify SAE, so stage tests need no real model."""
+"""Fixtures every test folder shares: a tiny random Llama, a tiny sparsify SAE and a cache built from them, so
+stage tests need no real model, and a local Ray cluster. Being at the root of tests/, this file also puts
+tests/ on sys.path, so every test folder imports the shared code as `helpers.<module>`."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-
-
-def make_tiny_llama(seed: int = 0, vocab: int = 96, hidden: int = 16, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def write_sparsify_sae(
-    folder: Path, d_in: int = 16, num_latents: int = 24, k: int = 4, seed: int = 0, transcode: bool = False
-) -> Path:
-    """A random TopK SAE in sparsify's layout; returns the hookpoint folder."""
-    from safetensors.torch import save_file
-
-    g = torch.Generator().manual_seed(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cfg.json").write_text(
-        json.dumps(
-            {
-                "activation": "topk",
-                "expansion_factor": 0,
-                "normalize_decoder": True,
-                "num_latents": num_latents,
-                "k": k,
-                "multi_topk": False,
-                "skip_connection": False,
-                "transcode": transcode,
-                "d_in": d_in,
-            }
-        )
-    )
-    save_file(
-        {
-            "encoder.weight": torch.randn(num_latents, d_in, generator=g),
-            "encoder.bias": torch.randn(num_latents, generator=g) * 0.1,
-            "W_dec": torch.randn(num_latents, d_in, generator=g),
-            "b_dec": torch.randn(d_in, generator=g) * 0.1,
-        },
-        str(folder / "sae.safetensors"),
-    )
-    return folder
-
-
-def gemma_scope_params(d_in: int = 16, n: int = 24, seed: int = 0) -> dict[str, np.ndarray]:
-    """The arrays of a random Gemma Scope JumpReLU SAE, as its params.npz holds them."""
-    rng = np.random.default_rng(seed)
-    return {
-        "W_enc": rng.normal(size=(d_in, n)).astype(np.float32),
-        "W_dec": rng.normal(size=(n, d_in)).astype(np.float32),
-        "b_enc": rng.normal(size=n).astype(np.float32) * 0.1,
-        "b_dec": rng.normal(size=d_in).astype(np.float32) * 0.1,
-        "threshold": np.abs(rng.normal(size=n)).astype(np.float32),
-    }
+from helpers.ray_cluster import WORKER_THREADS, start_cluster, torch_threads
+from helpers.tiny_subjects import build_tiny_cache, make_tiny_llama, write_sparsify_sae
 
 
 @pytest.fixture(scope="session")
@@ -86,93 +22,9 @@ def tiny_sae(tmp_path) -> Path:
     return write_sparsify_sae(tmp_path / "sae" / "layers.1")
 
 
-def token_rows(n_rows: int, ctx_len: int = 64, vocab: int = 96, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    for _ in range(n_rows):
-        yield rng.integers(0, vocab, size=ctx_len).astype(np.int32)
-
-
-def cache_meta(
-    encoder, hookpoint, *, ctx_len: int, window_len: int, rows: int, top_k: int = 6, sample_size: int = 8, **changes
-):
-    """The `CacheMeta` of a test cache: `rows` rows of `ctx_len` random tokens through a dictionary
-    (`encoder`) at a hookpoint; `changes` sets any other field."""
-    from autointerp.cache.store import CacheMeta
-
-    return CacheMeta(
-        **{
-            "model": "tiny",
-            "dictionary": encoder.name,
-            "hookpoint": hookpoint.name,
-            "corpus": "random",
-            "num_latents": encoder.num_latents,
-            "ctx_len": ctx_len,
-            "window_len": window_len,
-            "top_k": top_k,
-            "sample_size": sample_size,
-            "seed": 0,
-            "max_tokens": ctx_len * rows,
-            **changes,
-        }
-    )
-
-
-def build_tiny_cache(
-    folder: Path,
-    model,
-    *,
-    num_latents: int = 32,
-    k: int = 3,
-    rows: int = 48,
-    ctx: int = 64,
-    window: int = 8,
-    seed: int = 1,
-):
-    """A finished activation cache of a random SAE over random tokens."""
-    from autointerp.cache.build import CacheSettings, build_cache
-    from autointerp.cache.store import ActivationCache
-    from autointerp.subjects.attach import open_dictionary
-
-    sae = write_sparsify_sae(folder / "sae" / "layers.1", num_latents=num_latents, k=k, seed=seed)
-    encoder, hp = open_dictionary(model, str(sae.parent), None)
-    meta = cache_meta(encoder, hp, ctx_len=ctx, window_len=window, rows=rows, top_k=40, sample_size=120)
-    build_cache(
-        folder / "cache",
-        token_rows(rows, ctx, seed=3),
-        model=model,
-        hookpoint=hp,
-        encoder=encoder,
-        meta=meta,
-        settings=CacheSettings(ctx_len=ctx, window_len=window),
-        progress=False,
-    )
-    return ActivationCache(folder / "cache")
-
-
-def decode_ids(ids):
-    return [f" t{i}" for i in ids]
-
-
 @pytest.fixture(scope="session")
 def tiny_cache(tiny_llama, tmp_path_factory):
     return build_tiny_cache(tmp_path_factory.mktemp("tiny_cache"), tiny_llama)
-
-
-# torch's threads in a Ray worker that caches on CPU: Ray gives it one CPU, and sets OMP_NUM_THREADS to that
-WORKER_THREADS = 1
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Torch's intra-op threads set to `n` for the block. A cache equals a Ray cache value for value only when
-    both forward passes ran on as many threads (a reduction split otherwise can move the last bits, and a TopK
-    dictionary then picks another latent at a near-tie), so a test's single pass runs as a worker does."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -180,23 +32,6 @@ def threads_of_a_worker() -> Iterator[None]:
     """This process's caching runs on the threads of a Ray CPU worker (`torch_threads`)."""
     with torch_threads(WORKER_THREADS):
         yield
-
-
-def start_cluster(env_vars: dict[str, str] | None = None, num_gpus: int = 0):
-    """A local Ray cluster (2 CPUs, `num_gpus` GPUs only counted, no dashboard) whose workers import this
-    folder's helpers and see `env_vars`; returns ray (shut it down with ray.shutdown())."""
-    import ray
-
-    tests = str(Path(__file__).resolve().parent)
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        num_cpus=2,
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {**(env_vars or {}), "PYTHONPATH": path}},
-    )
-    return ray
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ a vLLM engine is loaded once per worker, not per shard), on one event loop of it
 killed when the passes are done, or as soon as a shard failed for good (which stops the shards still
 running). A worker that was restarted after its process died loads its judges again.
 Their response cache is the run's usual SQLite file, resolved on each machine: SQLite in WAL mode with
-a busy timeout is safe for several writer processes on one machine (tests/test_ray.py runs two against
+a busy timeout is safe for several writer processes on one machine (tests/distributed/test_ray.py runs two against
 one file), not on a network folder, which is why the default path is each machine's own cache directory.
 
 The progress of every worker goes to one small actor that the driver reads into one bar per pass.

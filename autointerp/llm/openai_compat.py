@@ -45,7 +45,7 @@ llama-cpp-python's server does with `--logits_all True`; OpenAI's chat models do
 only claims it when made with `supports_prompt_logprobs=True`. llama-cpp-python 0.3.36's server
 pairs each echoed token with the logits *at* that token (the next token's distribution) when the
 model adds no BOS token (SmolLM2, Qwen2.5): its values are then off by one position, which no client
-can repair (tests/test_llm_openai.py pins this).
+can repair (tests/llm/test_llm_openai.py pins this).
 
 `max_concurrency` bounds the calls in flight from this judge (an `asyncio.Semaphore`, held across a
 call's retries so a rate-limited server is not hit harder while it asks us to back off);

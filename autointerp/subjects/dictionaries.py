@@ -261,7 +261,7 @@ def load_saelens(folder: Path, hookpoint: str | None = None, cfg_overrides: dict
     """A SAELens (v6, and older configs) folder: `cfg.json + sae_weights.safetensors`.
 
     Reads what `SAE.save_model` writes for inference SAEs and for training checkpoints alike, and
-    encodes as SAELens's `encode` does (see tests/test_dictionaries.py, which checks it against the
+    encodes as SAELens's `encode` does (see tests/subjects/test_dictionaries.py, which checks it against the
     library).
     """
     cfg_path = folder / "cfg.json"

@@ -14,7 +14,7 @@ transcoder's encoder reads the module's input and its decoder writes the output,
 place to encode, bump and decode, and its decoder direction is added to the module's output.
 
 With a linear decoder and no run-time input normalisation the two methods are the same edit,
-decode(z + s·e_i) - decode(z) = s·W_dec[i], which tests/test_steering.py checks; under SAELens's
+decode(z + s·e_i) - decode(z) = s·W_dec[i], which tests/subjects/test_steering.py checks; under SAELens's
 `layer_norm` or `constant_norm_rescale` encode_decode also scales the direction by each token's
 input statistics, as SAELens's own decode does. encode_decode is used whenever it is defined, so
 the code does what the definition says rather than rely on the identity.
