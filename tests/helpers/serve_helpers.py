@@ -153,8 +153,8 @@ class DroppingProxy:
                 start = seen.find(b"data:")
                 end = seen.find(b"\n\n", start) if start >= 0 else -1
                 if end >= 0:  # the first event is whole: send it, and not a byte more
+                    self.dropped = True  # before it is sent: the client may read it before this thread goes on
                     client.sendall(seen[: end + 2])
-                    self.dropped = True
                     return
         except OSError:
             pass
