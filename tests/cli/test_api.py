@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers.tiny_run_judges import TokenNames, judges, namer, reader
+from helpers.tiny_run_judges import judges, namer, reader, tiny_run_folder
 
 import autointerp
 from autointerp.cli import main
-from autointerp.config import RunConfig, save_config
+from autointerp.config import RunConfig
 from autointerp.llm.scripted import ScriptedJudge
-from autointerp.results import RunFiles
 from autointerp.sampling import SamplingSettings
 
 SAMPLING = SamplingSettings(n_train=8, n_test=12, n_negatives=12, n_train_negatives=2, min_examples=10)
@@ -26,14 +25,7 @@ OPTIONS = {"judge": "reader", "explainer": "namer", "max_latents": 3}
 @pytest.fixture
 def folder(tmp_path, tiny_cache, monkeypatch) -> Path:
     """A run folder holding a copy of the tiny cache (32 latents at layers.1) and its config."""
-    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: TokenNames())
-    files = RunFiles(tmp_path / "run")
-    files.prepare()
-    shutil.copytree(tiny_cache.folder, files.cache)
-    meta = tiny_cache.meta
-    resolved = {"model": "tiny", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint}
-    save_config(files.config, RunConfig(model="tiny", sampling=SAMPLING), resolved)
-    return files.folder
+    return tiny_run_folder(tmp_path / "run", tiny_cache, SAMPLING, monkeypatch)
 
 
 def test_a_run_in_python_explains_scores_and_returns_dataframes(folder):

@@ -8,16 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from helpers import llama_server as real_server
 from helpers.fault_server import FaultServer, openai_response_format_rules
-from helpers.tiny_run_judges import TokenNames, judges, namer
+from helpers.tiny_run_judges import judges, namer, tiny_run_folder
 
 import autointerp
-from autointerp.config import RunConfig, load_config, save_config
+from autointerp.config import RunConfig, load_config
 from autointerp.llm.judges import make_judge
 from autointerp.llm.openai_compat import schema_mode_for
 from autointerp.llm.providers import JudgeSettings
@@ -35,14 +34,7 @@ SAMPLING = SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negative
 @pytest.fixture
 def folder(tmp_path, tiny_cache, monkeypatch) -> Path:
     """A run folder holding a copy of the tiny cache (32 latents at layers.1) and its config."""
-    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: TokenNames())
-    files = RunFiles(tmp_path / "run")
-    files.prepare()
-    shutil.copytree(tiny_cache.folder, files.cache)
-    meta = tiny_cache.meta
-    resolved = {"model": "tiny", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint}
-    save_config(files.config, RunConfig(model="tiny", sampling=SAMPLING), resolved)
-    return files.folder
+    return tiny_run_folder(tmp_path / "run", tiny_cache, SAMPLING, monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,14 @@ the tiny cache explains and scores as if a model had read the tokens, with no mo
 from __future__ import annotations
 
 import re
+import shutil
+from pathlib import Path
+from typing import Any
 
+from autointerp.config import RunConfig, save_config
 from autointerp.llm.scripted import ScriptedJudge
+from autointerp.results import RunFiles
+from autointerp.sampling import SamplingSettings
 from helpers.planted import _excerpt, yes_no
 
 
@@ -32,3 +38,16 @@ def reader(messages):
 
 def judges() -> dict:
     return {"reader": ScriptedJudge(reader, model="reader"), "namer": ScriptedJudge(namer, model="namer")}
+
+
+def tiny_run_folder(folder: Path, tiny_cache: Any, sampling: SamplingSettings, monkeypatch: Any) -> Path:
+    """A run folder holding a copy of the tiny cache (32 latents at layers.1) and its config, read with the
+    `TokenNames` tokenizer."""
+    monkeypatch.setattr("autointerp.stages.open_run.load_tokenizer", lambda config, meta=None: TokenNames())
+    files = RunFiles(folder)
+    files.prepare()
+    shutil.copytree(tiny_cache.folder, files.cache)
+    meta = tiny_cache.meta
+    resolved = {"model": "tiny", "dictionary": meta.dictionary, "hookpoint": meta.hookpoint}
+    save_config(files.config, RunConfig(model="tiny", sampling=sampling), resolved)
+    return files.folder
