@@ -312,13 +312,16 @@ class RunConfig(Checked):
         at_least=1,
     )
     concurrency: int = setting(
-        1, "latents in flight at once; a local judge answers one prompt at a time anyway", cli=RUNNING, at_least=1
+        1,
+        "latents in flight at once; one latent's questions already fill a local judge's batches",
+        cli=RUNNING,
+        at_least=1,
     )
     judge_concurrency: int | None = setting(
         None,
         "judge requests in flight; when more wait, one latent's prompts go first, so a server's prefix cache is hit",
         cli=RUNNING,
-        none_means="1 for llama.cpp, 8 over HTTP, 128 for vLLM",
+        none_means="16 for llama.cpp in process, 8 over HTTP, 128 for vLLM",
         at_least=1,
     )
     cache: CacheSettings = setting(factory=CacheSettings, frozen=True)

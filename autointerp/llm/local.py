@@ -1,47 +1,33 @@
 """The embedded judge: a GGUF model run in-process by llama.cpp (`llama-cpp-python`).
 
-One `llama_cpp.Llama` per judge. llama.cpp is not thread-safe, so calls are serialised (an asyncio
-lock to queue callers without tying up worker threads, and a threading lock around the model
-itself, which still holds if a caller is cancelled while its call runs) and each blocking call
-runs in a worker thread so the event loop stays responsive.
+One llama.cpp model and context per judge, driven through llama-cpp-python's low-level API by
+`llama_engine.SequencePool`: several KV sequences in one unified cache, so the prefixes a run
+switches between (detection's, fuzzing's, each control's) stay computed, and the calls that wait
+together (a scorer gathers all of a latent's questions at once) are decoded in one batch, what they
+share past the cache evaluated once. llama.cpp is not thread-safe, so the model is used by one
+worker thread at a time (a threading lock, which still holds if a caller is cancelled while its
+batch runs); callers queue on the event loop, and whoever arrives while a batch runs joins the next.
+Each reply reports as `cached_prompt_tokens` the prompt tokens it did not evaluate (held by a
+sequence, or evaluated once for a batch-mate that shares them).
 
-Prefix reuse: `Llama.generate` keeps the KV cache of the previous call and only evaluates the
-tokens after the longest common prefix with it, so consecutive prompts that share a long system
-prompt and examples cost only their differing tails. Keep prompts that share a prefix together.
-The library does not report how much it reused, so the judge works it out the same way just before
-`generate` runs (`reused`) and reports it as the reply's `cached_prompt_tokens`.
+Logprobs: each sampled position's raw logits are read straight from the context before any grammar
+or sampler changes them, log-softmaxed in float64, top-k by `argpartition`: no `logits_all`, which
+would compute the output layer for every prompt token. A test checks the numbers against
+llama-cpp-python's own `logits_all` path.
 
-Logprobs: the library's own logprobs path (`logits_all=True`) log-softmaxes the logits of every
-token in the context and sorts the whole vocabulary in Python for every generated token, which on
-a large vocabulary (Qwen's has 151,936 tokens) costs many times what generating a one-token Yes/No
-answer does. Instead the judge reads the raw logits of each sampled position straight from the
-llama.cpp context as the token is sampled (before any grammar or sampler changes them), takes
-the log-softmax of that one row and the top-k with `argpartition`. This needs no `logits_all`,
-which also skips computing the output layer for every prompt token and a n_ctx x n_vocab float
-array (4096 x 151,936 float32 = 2.5 GB for Qwen at n_ctx=4096). `logprobs_impl="library"` (with `logits_all=True`) uses
-llama-cpp-python's path instead; a test checks both agree.
-
-Prompt logprobs (`prompt_logprobs`, teacher forcing a raw text): the same context evaluates the
-text's tokens in chunks of `logits_chunk` with a llama.cpp batch that asks for the logits of every
-token (the low-level `llama_decode` with each token's `logits` flag set), and each chunk's rows are
-reduced to (logprob of the next token, top-k) in numpy before the next chunk runs. The context's
-output buffer therefore grows to `logits_chunk` x n_vocab floats (64 x 151,936 float32 = 39 MB for
-Qwen), not
-n_ctx x n_vocab, and chat stays as fast as before (its batches still ask for the last row only).
-The tokens a text shares with the previous scored text are not evaluated again: their results are
-kept beside the KV cache, so texts with a common prefix (a scorer's instructions, few-shot block and
-explanation) cost only their tails. `input_ids`/`n_tokens` are kept in step with the KV cache, so a
-later chat reuses what it can and re-evaluates the rest; a chat in between drops the kept results.
-`bench/prompt_logprobs.py` measures this path against a second context with `logits_all=True`.
+Prompt logprobs (`prompt_logprobs`, teacher forcing a raw text): the text is evaluated in a sequence
+of its own with a logits row for each token, at most `logits_chunk` rows a decode, each chunk reduced
+to (logprob of the next token, top-k) in numpy before the next runs, so the output buffer stays
+`logits_chunk` x n_vocab floats (64 x 151,936 float32 = 39 MB for Qwen). The results of the last
+scored text are kept: a text that shares a prefix with it (a scorer's instructions, few-shot block
+and explanation) costs only its tail. `bench/prompt_logprobs.py` measures this path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
-import re
 import threading
 from collections.abc import Collection
 from pathlib import Path
@@ -49,11 +35,10 @@ from typing import Any
 
 from autointerp.errors import MissingPackageError
 from autointerp.llm.base import JudgeError, Message, PromptToken, Reply, TokenLogprob
+from autointerp.llm.llama_engine import Ask, SequencePool, common_prefix
 from autointerp.records import Usage
 
 INSTALL_HINT = "pip install 'autointerp[embedded]'"
-
-_TOO_LONG = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 
 def _import_llama_cpp() -> Any:
@@ -64,66 +49,12 @@ def _import_llama_cpp() -> Any:
     return llama_cpp
 
 
-_LLAMA_CLASS: Any = None
-
-
-def _capturing_llama_class() -> Any:
-    """A `llama_cpp.Llama` that records top-k logprobs of each sampled position when asked to."""
-    global _LLAMA_CLASS
-    if _LLAMA_CLASS is not None:
-        return _LLAMA_CLASS
-    llama_cpp = _import_llama_cpp()
-    import numpy as np
-
-    llama: Any = llama_cpp.Llama
-
-    class _CapturingLlama(llama):
-        capture_k: int = 0
-        captured: list[tuple[int, float, list[tuple[int, float]]]] | None = None
-        reused: int = 0  # prompt tokens of the last generate() the KV cache held (not evaluated again)
-
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Any:
-            self.reused = self._reusable(list(tokens)) if kwargs.get("reset", True) else self.n_tokens
-            return super().generate(tokens, *args, **kwargs)
-
-        def _reusable(self, tokens: list[int]) -> int:
-            """What `generate` keeps of the KV cache for `tokens`: the common prefix with the tokens it
-            holds, less the last one when the prompt is all prefix (it is evaluated again for its logits)."""
-            if self.n_tokens <= 0 or not tokens:
-                return 0
-            held = self.input_ids[: self.n_tokens]
-            common = 0
-            for a, b in zip(held, tokens, strict=False):
-                if a != b:
-                    break
-                common += 1
-            if common == len(tokens):
-                exact = self.n_tokens == len(tokens) and not getattr(self, "_requires_eval", False)
-                return common if exact else common - 1
-            return common
-
-        def sample(self, *args: Any, idx: int | None = None, **kwargs: Any) -> int:
-            token = super().sample(*args, idx=idx, **kwargs)
-            if self.captured is not None:
-                ridx = idx - self.n_tokens if idx is not None else -1
-                row = np.ctypeslib.as_array(self._ctx.get_logits_ith(ridx), shape=(self._n_vocab,))
-                row = row.astype(np.float64)
-                m = row.max()
-                lse = m + math.log(float(np.exp(row - m).sum()))
-                k = min(self.capture_k, row.shape[0])
-                top = np.argpartition(row, -k)[-k:]
-                top = top[np.argsort(-row[top], kind="stable")]
-                self.captured.append(
-                    (int(token), float(row[token] - lse), [(int(i), float(row[i] - lse)) for i in top])
-                )
-            return token
-
-    _LLAMA_CLASS = _CapturingLlama
-    return _LLAMA_CLASS
-
-
 class LlamaCppJudge:
-    """A `Judge` backed by an in-process llama.cpp model (GGUF); also a `TextScorer` (prompt logprobs)."""
+    """A `Judge` backed by an in-process llama.cpp model (GGUF); also a `TextScorer` (prompt logprobs).
+
+    `n_ctx` is the most tokens one call may hold (prompt and answer); the cache holds `kv_cells`
+    tokens over all `n_seq` sequences (default 2 x n_ctx), shared prefixes counted once.
+    """
 
     supports_logprobs = True
     supports_prompt_logprobs = True
@@ -138,57 +69,84 @@ class LlamaCppJudge:
         n_threads: int | None = None,
         n_batch: int = 512,
         seed: int = 0,
-        logprobs_impl: str = "fast",
-        logits_all: bool | None = None,
+        n_seq: int = 16,
+        kv_cells: int | None = None,
+        flash_attn: bool = False,
         logits_chunk: int = 64,
     ):
         if logits_chunk < 1:
             raise ValueError(f"logits_chunk must be at least 1, not {logits_chunk}")
-        if logprobs_impl not in ("fast", "library"):
-            raise ValueError(f"logprobs_impl must be 'fast' or 'library', not {logprobs_impl!r}")
+        if n_seq < 2:
+            raise ValueError(f"n_seq must be at least 2 (a call copies its prefix into another), not {n_seq}")
+        if kv_cells is not None and kv_cells < n_ctx:
+            raise ValueError(f"kv_cells ({kv_cells}) must hold at least one whole call (n_ctx={n_ctx})")
         model_path = Path(model_path)
         if not model_path.is_file():
             raise JudgeError(f"GGUF file not found: {model_path}")
-        cls = _capturing_llama_class()
-        if logits_all is None:
-            logits_all = logprobs_impl == "library"
-        if logprobs_impl == "library" and not logits_all:
-            raise ValueError("logprobs_impl='library' needs logits_all=True")
+        llama_cpp = _import_llama_cpp()
+        from llama_cpp import _internals
+        from llama_cpp._logger import set_verbose
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        set_verbose(False)
         self.model = model or model_path.stem
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.seed = seed
-        self.logprobs_impl = logprobs_impl
+        self.logits_chunk = logits_chunk
         threads = n_threads or os.cpu_count() or 1
+        cells = kv_cells or 2 * n_ctx
         try:
-            self._llm: Any = cls(
-                model_path=str(model_path),
-                n_ctx=n_ctx,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_batch=n_batch,
-                logits_all=logits_all,
-                seed=seed,
-                verbose=False,
+            self._model: Any = _internals.LlamaModel(
+                path_model=str(model_path), params=llama_cpp.llama_model_default_params(), verbose=False
             )
+            params = llama_cpp.llama_context_default_params()
+            params.n_ctx = cells
+            params.n_batch = params.n_ubatch = n_batch
+            params.n_threads = params.n_threads_batch = threads
+            params.n_seq_max = n_seq
+            params.kv_unified = True  # one cache for all sequences: shared prefixes are stored once
+            params.flash_attn_type = (
+                llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+            self._ctx: Any = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         except Exception as e:  # llama.cpp raises ValueError for an unreadable model
             raise JudgeError(f"llama.cpp could not load {model_path}: {e}") from e
+        metadata = self._model.metadata()
+        template = metadata.get("tokenizer.chat_template")
+        if not template:
+            raise JudgeError(f"{model_path} carries no chat template (tokenizer.chat_template)")
+        eos, bos = self._model.token_eos(), self._model.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._model.token_get_text(eos) if eos != -1 else "",
+            bos_token=self._model.token_get_text(bos) if bos != -1 else "",
+            stop_token_ids=[eos],
+        )
+        self._pool: SequencePool | None = SequencePool(
+            self._model, self._ctx, n_seq=n_seq, n_batch=n_batch, n_ctx_seq=n_ctx
+        )
+        self._llama_cpp = llama_cpp
+        self._internals = _internals
         self._thread_lock = threading.Lock()
-        self._alock: asyncio.Lock | None = None
-        self._alock_loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[asyncio.AbstractEventLoop, list[tuple[Ask, asyncio.Future[Ask]]]] = {}
+        self._drains: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
         self._grammars: dict[str, Any] = {}
-        self.logits_chunk = logits_chunk
-        # results of the last prompt_logprobs call, one per position of the tokens in the KV cache:
-        # (logprob of that token | None, top-k [(token id, logprob)] at that position); [] after a chat
+        # results of the last prompt_logprobs call, one per token of `_scored_tokens`:
+        # (logprob of that token | None, top-k [(token id, logprob)] at that position)
         self._scored: list[tuple[float | None, list[tuple[int, float]]]] = []
+        self._scored_tokens: list[int] = []
         self._scored_k = -1
         self._pieces: dict[int, str] = {}
 
-    def _async_lock(self) -> asyncio.Lock:
-        loop = asyncio.get_running_loop()
-        if self._alock is None or self._alock_loop is not loop:
-            self._alock, self._alock_loop = asyncio.Lock(), loop
-        return self._alock
+    @property
+    def pool(self) -> SequencePool:
+        if self._pool is None:
+            raise JudgeError(f"judge {self.model} is closed")
+        return self._pool
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        return list(self._model.tokenize(text.encode("utf-8"), add_bos=False, special=special))
 
     def _grammar(self, schema: dict[str, Any]) -> Any:
         key = json.dumps(schema, sort_keys=True)
@@ -212,6 +170,14 @@ class LlamaCppJudge:
                 raise JudgeError(f"llama.cpp cannot parse the grammar: {e}") from e
         return self._grammars[key]
 
+    def prompt_tokens(self, messages: list[Message]) -> list[int]:
+        """The chat template applied to `messages`, as the tokens the model reads."""
+        try:
+            result = self._formatter(messages=messages)  # type: ignore[arg-type]
+        except Exception as e:
+            raise JudgeError(f"the chat template of {self.model} failed on these messages: {e}") from e
+        return list(self._model.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
+
     async def chat(
         self,
         messages: list[Message],
@@ -227,78 +193,113 @@ class LlamaCppJudge:
         compiled = self._gbnf(grammar) if grammar is not None else None
         if schema is not None:
             compiled = self._grammar(schema)
-        async with self._async_lock():
-            return await asyncio.to_thread(self._chat_sync, messages, max_tokens, temperature, logprobs, compiled)
-
-    def _chat_sync(
-        self, messages: list[Message], max_tokens: int, temperature: float, logprobs: int, grammar: Any
-    ) -> Reply:
-        with self._thread_lock:
-            llm = self._llm
-            if llm is None:
-                raise JudgeError(f"judge {self.model} is closed")
-            self._scored = []  # generate() rewrites the KV cache after the common prefix
-            kwargs: dict[str, Any] = {}
-            if grammar is not None:
-                kwargs["grammar"] = grammar
-            fast = logprobs > 0 and self.logprobs_impl == "fast"
-            if logprobs > 0 and not fast:
-                kwargs.update(logprobs=True, top_logprobs=logprobs)
-            if fast:
-                llm.capture_k, llm.captured = logprobs, []
-            llm.reused = 0
-            try:
-                out = llm.create_chat_completion(
-                    messages=messages,
-                    max_tokens=max_tokens,
-                    temperature=temperature,
-                    seed=self.seed,
-                    **kwargs,
-                )
-            except ValueError as e:
-                m = _TOO_LONG.search(str(e))
-                if m:
-                    raise JudgeError(
-                        f"prompt is {m.group(1)} tokens, which does not fit the context window "
-                        f"n_ctx={m.group(2)} of {self.model}"
-                    ) from e
-                raise JudgeError(f"llama.cpp failed: {e}") from e
-            except Exception as e:
-                raise JudgeError(f"llama.cpp failed: {type(e).__name__}: {e}") from e
-            finally:
-                captured, llm.captured = llm.captured, None
-            choice = out["choices"][0]
-            usage = out.get("usage") or {}
-            n_completion = int(usage.get("completion_tokens", 0))
-            if fast:
-                lps = [self._token_logprob(llm, *c) for c in (captured or [])[:n_completion]]
-            elif logprobs > 0:
-                lps = _from_chat_logprobs(choice.get("logprobs"))
-            else:
-                lps = None
+        _ = self.pool  # a closed judge says so before anything else
+        tokens = self.prompt_tokens(messages)
+        if len(tokens) >= self.n_ctx:
+            raise JudgeError(
+                f"prompt is {len(tokens)} tokens, which does not fit the context window "
+                f"n_ctx={self.n_ctx} of {self.model}"
+            )
+        ask = Ask(
+            tokens=tokens,
+            max_tokens=max(1, max_tokens),
+            temperature=temperature,
+            seed=self.seed,
+            grammar=compiled,
+            top_k=max(0, logprobs),
+        )
+        await self._submit(ask)
+        if ask.error is not None:
+            if isinstance(ask.error, JudgeError):
+                raise ask.error
+            raise JudgeError(f"llama.cpp failed: {type(ask.error).__name__}: {ask.error}") from ask.error
+        text = self._model.detokenize(ask.generated, special=False).decode("utf-8", errors="ignore")
+        lps = [self._token_logprob(*c) for c in ask.captured] if logprobs > 0 else None
         return Reply(
-            text=choice["message"].get("content") or "",
+            text=text,
             logprobs=lps,
             usage=Usage(
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                completion_tokens=n_completion,
+                prompt_tokens=len(tokens),
+                completion_tokens=len(ask.generated),
                 calls=1,
-                cached_prompt_tokens=min(int(llm.reused), int(usage.get("prompt_tokens", 0))),
+                cached_prompt_tokens=min(ask.reused, len(tokens)),
             ),
-            finish_reason=choice.get("finish_reason"),
+            finish_reason=ask.finish,
         )
 
-    @staticmethod
-    def _token_logprob(llm: Any, token: int, logprob: float, top: list[tuple[int, float]]) -> TokenLogprob:
-        def piece(t: int) -> str:
-            return llm.detokenize([t]).decode("utf-8", errors="ignore")
+    # -- the queue: calls that wait together run as one batch ----------------------------------
 
+    async def _submit(self, ask: Ask) -> None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Ask] = loop.create_future()
+        self._waiting.setdefault(loop, []).append((ask, future))
+        if loop not in self._drains:
+            self._drains[loop] = loop.create_task(self._drain(loop))
+        await future
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the waiting calls, a batch at a time, until none wait. A call that arrives while a batch
+        runs joins the next one; a cancelled caller's call is dropped if it has not started."""
+        waiting = self._waiting[loop]
+        try:
+            while waiting:
+                await asyncio.sleep(0)  # let callers being gathered right now join this batch
+                n = self._pool.max_asks if self._pool is not None else len(waiting)
+                batch = [(a, f) for a, f in waiting[:n] if not f.done()]
+                del waiting[:n]
+                if batch:
+                    await asyncio.to_thread(self._run_sync, [a for a, _ in batch])
+                for ask, future in batch:
+                    if not future.done():
+                        future.set_result(ask)
+        except BaseException as e:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(JudgeError(f"llama.cpp judge stopped: {type(e).__name__}: {e}"))
+            waiting.clear()
+            raise
+        finally:
+            self._drains.pop(loop, None)
+
+    def _run_sync(self, asks: list[Ask]) -> None:
+        with self._thread_lock:
+            if self._pool is None:
+                for ask in asks:
+                    ask.error = JudgeError(f"judge {self.model} is closed")
+                return
+            vocab = self._model.vocab
+            is_eog = self._llama_cpp.llama_vocab_is_eog
+            self._pool.run(asks, self._sampler, lambda t: bool(is_eog(vocab, t)))
+
+    def _sampler(self, ask: Ask) -> Any:
+        """llama-cpp-python's own chat defaults: greedy at temperature 0, else top-k 40, top-p 0.95,
+        min-p 0.05, then the temperature; a grammar first when there is one."""
+        sampler = self._internals.LlamaSampler()
+        if ask.grammar is not None:
+            sampler.add_grammar(self._model, ask.grammar)
+        if ask.temperature <= 0:
+            sampler.add_greedy()
+        else:
+            sampler.add_top_k(40)
+            sampler.add_typical(1.0, 1)
+            sampler.add_top_p(0.95, 1)
+            sampler.add_min_p(0.05, 1)
+            sampler.add_temp(ask.temperature)
+            sampler.add_dist(ask.seed)
+        return sampler
+
+    def _token_logprob(self, token: int, logprob: float, top: list[tuple[int, float]]) -> TokenLogprob:
         alts: dict[str, float] = {}
         for t, lp in top:
-            alts.setdefault(piece(t), lp)  # best first: distinct tokens with the same text keep the best
-        text = piece(token)
+            alts.setdefault(self._piece(t), lp)  # best first: distinct tokens with the same text keep the best
+        text = self._piece(token)
         alts.setdefault(text, logprob)
         return TokenLogprob(token=text, logprob=logprob, top=alts)
+
+    def _piece(self, token: int) -> str:
+        if token not in self._pieces:
+            self._pieces[token] = self._model.detokenize([token], special=False).decode("utf-8", errors="ignore")
+        return self._pieces[token]
 
     # -- prompt logprobs (teacher forcing) --------------------------------------------------------
 
@@ -309,97 +310,70 @@ class LlamaCppJudge:
         if top_logprobs < 0:
             raise ValueError(f"top_logprobs must be >= 0, not {top_logprobs}")
         wanted = None if top_at is None else set(top_at)
-        async with self._async_lock():
-            return await asyncio.to_thread(self._prompt_logprobs_sync, text, top_logprobs, wanted)
+        return await asyncio.to_thread(self._prompt_logprobs_sync, text, top_logprobs, wanted)
 
     def _prompt_logprobs_sync(self, text: str, k: int, wanted: set[int] | None) -> list[PromptToken]:
         with self._thread_lock:
-            llm = self._llm
-            if llm is None:
-                raise JudgeError(f"judge {self.model} is closed")
+            pool = self.pool
             if not text:
                 return []
             # special=False: corpus text that spells a control token stays text
-            text_ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-            bos = llm.token_bos()
-            lead = [bos] if bos >= 0 and llm._model.add_bos_token() else []
+            text_ids = self.tokenize(text)
+            bos = self._model.token_bos()
+            lead = [bos] if bos >= 0 and self._model.add_bos_token() else []
             seq = lead + text_ids
             if len(seq) > self.n_ctx:
                 raise JudgeError(
                     f"text is {len(seq)} tokens, which does not fit the context window "
                     f"n_ctx={self.n_ctx} of {self.model}"
                 )
-            results = self._teacher_force(llm, seq, k)
-            pieces = [llm.detokenize([t]) for t in text_ids]
+            results = self._teacher_force(pool, seq, k)
+            pieces = [self._model.detokenize([t], special=False) for t in text_ids]
             offsets = char_offsets(text, pieces)
             out = []
             for i, (lp, top) in enumerate(results[len(lead) :]):
                 end = offsets[i + 1] if i + 1 < len(offsets) else len(text)
                 alts: dict[str, float] = {}
                 for t, v in top[:k] if wanted is None or offsets[i] in wanted else ():
-                    alts.setdefault(self._piece(llm, t), v)  # best first: same-text tokens keep the best
+                    alts.setdefault(self._piece(t), v)  # best first: same-text tokens keep the best
                 out.append(PromptToken(token=text[offsets[i] : end], offset=offsets[i], logprob=lp, top=alts))
             return out
 
-    def _piece(self, llm: Any, token: int) -> str:
-        if token not in self._pieces:
-            self._pieces[token] = llm.detokenize([token]).decode("utf-8", errors="ignore")
-        return self._pieces[token]
+    def _teacher_force(
+        self, pool: SequencePool, seq: list[int], k: int
+    ) -> list[tuple[float | None, list[tuple[int, float]]]]:
+        """(logprob, top-k) for each position of `seq`, computing only what the kept results lack.
 
-    def _teacher_force(self, llm: Any, seq: list[int], k: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
-        """(logprob, top-k) for each position of `seq`, evaluating only what the KV cache does not hold.
+        Token j's result comes from the logits of position j-1: of a common prefix of r tokens with the
+        last scored text, results 0..r-1 are kept and rows are read again from position r-1."""
+        r = common_prefix(self._scored_tokens, seq) if self._scored_k >= k else 0
+        r = min(r, len(self._scored))
+        if r == len(seq):
+            return self._scored[:r]
+        start = max(r - 1, 0)
+        results = self._scored[: start + 1] if r else [(None, [])]
+        self._scored, self._scored_tokens = [], []  # not valid again until this evaluation has finished
 
-        Position j's result needs the logits of position j-1, so of a common prefix of L tokens with the
-        kept results, positions 0..L-1 are reused and evaluation restarts at L-1 (its logits were not kept).
-        """
-        import numpy as np
+        def reduce(rows: Any, positions: list[int]) -> None:
+            results.extend(_reduce_rows(rows, [seq[p + 1] for p in positions], k))
 
-        common = 0
-        if self._scored_k >= k and self._scored:
-            limit = min(llm.n_tokens, len(self._scored), len(seq))
-            same = np.asarray(llm.input_ids[:limit]) == np.asarray(seq[:limit], dtype=np.intc)
-            common = limit if same.all() else int(np.argmin(same))
-        if common == len(seq):
-            return self._scored[:common]
-        start = max(common - 1, 0)
-        results = self._scored[: start + 1] if common else [(None, [])]
-        self._scored = []  # not valid again until this evaluation has finished
-        if not llm._ctx.kv_cache_seq_rm(-1, start, -1):
-            start, results = 0, [(None, [])]
-            llm.reset()
-            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        llm.n_tokens = start
-        n_vocab = llm.n_vocab()
-        chunk = max(1, min(self.logits_chunk, llm.n_batch))
         try:
-            for pos in range(start, len(seq), chunk):
-                part = seq[pos : pos + chunk]
-                llm._batch.set_batch(batch=part, n_past=pos, logits_all=True)  # a logits row for every token
-                llm._ctx.decode(llm._batch)
-                rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(part), n_vocab))
-                llm.input_ids[pos : pos + len(part)] = part
-                llm.n_tokens = pos + len(part)
-                if llm._logits_all:  # keep the library's own logits array in step for its logprobs path
-                    llm.scores[pos : pos + len(part), :] = rows
-                targets = seq[pos + 1 : pos + 1 + len(part)]  # row i predicts the token after it
-                results.extend(_reduce_rows(rows[: len(targets)], targets, k))
+            pool.score(seq, start, self.logits_chunk, reduce)
         except Exception as e:
-            llm.reset()
-            llm._ctx.kv_cache_seq_rm(-1, 0, -1)
             raise JudgeError(f"llama.cpp failed while scoring a text: {type(e).__name__}: {e}") from e
-        llm._requires_eval = True  # a chat with this exact prompt must evaluate before it samples
-        self._scored, self._scored_k = results, k
+        self._scored, self._scored_tokens, self._scored_k = results, list(seq), k
         return results
 
     async def aclose(self) -> None:
-        async with self._async_lock():
-            await asyncio.to_thread(self._close_sync)
+        await asyncio.to_thread(self._close_sync)
 
     def _close_sync(self) -> None:
         with self._thread_lock:
-            llm, self._llm = self._llm, None
-            if llm is not None:
-                llm.close()
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                pool.close()
+                self._ctx.close()
+                self._model.close()
 
 
 def _reduce_rows(rows: Any, targets: list[int], k: int) -> list[tuple[float | None, list[tuple[int, float]]]]:
@@ -449,14 +423,6 @@ def char_offsets(text: str, pieces: list[bytes]) -> list[int]:
     for p in pieces:
         out.append(byte_to_char[min(max(pos, 0), len(data))])
         pos += len(p)
-    return out
-
-
-def _from_chat_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob]:
-    out = []
-    for c in (lp or {}).get("content") or []:
-        top = {t["token"]: float(t["logprob"]) for t in c.get("top_logprobs") or []}
-        out.append(TokenLogprob(token=c["token"], logprob=float(c["logprob"]), top=top))
     return out
 
 

@@ -189,7 +189,7 @@ def _vllm(model: str, settings: JudgeSettings, slots: int) -> Judge:
 @provider(
     "",
     describe="a local GGUF model run by llama.cpp",
-    slots=lambda s: 1,  # llama.cpp in process runs one request at a time anyway
+    slots=lambda s: 16,  # the in-process engine decodes up to 8 waiting calls in one batch; 8 more queue
     namespace=lambda name, backend, s: f"llama.cpp:{backend.model}",
     requires=("llama_cpp",),
     install="pip install 'autointerp[embedded]'",

@@ -174,7 +174,6 @@ def test_missing_llama_cpp_says_how_to_install(monkeypatch):
     from autointerp.llm import local
 
     monkeypatch.setitem(sys.modules, "llama_cpp", None)
-    monkeypatch.setattr(local, "_LLAMA_CLASS", None)
     with pytest.raises(ImportError, match=r"pip install 'autointerp\[embedded\]'"):
         local.load_local_judge("smollm2")
 
@@ -216,7 +215,7 @@ def test_an_answer_cut_at_max_tokens_says_so(judge):
     ask = [{"role": "user", "content": "Count from one to twenty in words, separated by commas."}]
     cut = asyncio.run(judge.chat(ask, max_tokens=3))
     assert cut.usage.completion_tokens == 3 and (cut.finish_reason, cut.truncated) == ("length", True)
-    whole = asyncio.run(judge.chat(YES_NO, max_tokens=64))
+    whole = asyncio.run(judge.chat([{"role": "user", "content": "What is 2 + 2?"}], max_tokens=64))
     assert whole.usage.completion_tokens < 64 and (whole.finish_reason, whole.truncated) == ("stop", False)
 
 
@@ -233,24 +232,30 @@ def test_yes_no_logprobs(judge):
 
 
 @pytest.mark.slow
-def test_fast_logprobs_match_the_library_path(judge):
-    """Our per-position logits capture must agree with llama-cpp-python's own (logits_all) logprobs."""
-    from autointerp.llm.local import LlamaCppJudge
+def test_logprobs_match_the_library_path(judge):
+    """Our engine (raw logits of each sampled position) against llama-cpp-python's own chat completion
+    with `logits_all=True`: same prompt tokens, same greedy answer, same logprobs."""
+    import llama_cpp
 
-    lib = LlamaCppJudge(judge.model_path, model=judge.model, n_ctx=512, logprobs_impl="library")
+    lib = llama_cpp.Llama(model_path=str(judge.model_path), n_ctx=512, logits_all=True, verbose=False)
+    for slot in judge.pool.slots:  # the same cache layout as the library's (cells in order from 0)
+        judge.pool._drop(slot)
     try:
         msgs = [{"role": "user", "content": "Name a colour."}]
         a = asyncio.run(judge.chat(msgs, max_tokens=4, logprobs=3))
-        b = asyncio.run(lib.chat(msgs, max_tokens=4, logprobs=3))
+        b = lib.create_chat_completion(messages=msgs, max_tokens=4, temperature=0.0, logprobs=True, top_logprobs=3)
     finally:
-        asyncio.run(lib.aclose())
-    assert a.text == b.text
-    assert [t.token for t in a.logprobs] == [t.token for t in b.logprobs]
-    for x, y in zip(a.logprobs, b.logprobs, strict=True):
-        assert x.logprob == pytest.approx(y.logprob, abs=1e-3)
-        assert x.top.keys() == y.top.keys()
+        lib.close()
+    assert a.usage.prompt_tokens == b["usage"]["prompt_tokens"]
+    assert a.text == b["choices"][0]["message"]["content"]
+    theirs = b["choices"][0]["logprobs"]["content"]
+    assert [t.token for t in a.logprobs] == [t["token"] for t in theirs]
+    for x, y in zip(a.logprobs, theirs, strict=True):
+        assert x.logprob == pytest.approx(y["logprob"], abs=1e-2)
+        top = {t["token"]: t["logprob"] for t in y["top_logprobs"]}
+        assert x.top.keys() == top.keys()
         for k in x.top:
-            assert x.top[k] == pytest.approx(y.top[k], abs=1e-3)
+            assert x.top[k] == pytest.approx(top[k], abs=1e-2)
 
 
 @pytest.mark.slow
@@ -281,30 +286,84 @@ def test_over_long_prompt_is_a_judge_error_and_judge_survives(judge):
     assert reply.text
 
 
+NUMERICS = 0.25  # logprob tolerance where a prompt's KV lies elsewhere in the cache: see the batching test
+MONTHS = "You judge whether a text mentions a month. " + "Months are January to December. " * 40
+COLOURS = "You judge whether a text names a colour. " + "Colours are red, green, blue and so on. " * 40
+
+
+def _ask(system: str, text: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": f"Text: '{text}'. Yes or No?"}]
+
+
 @pytest.mark.slow
-def test_shared_prefix_is_not_recomputed(judge):
-    llm = judge._llm
-    evaluated: list[int] = []
-    orig = llm.eval
+def test_shared_prefixes_are_not_recomputed_across_switches(judge):
+    """Two long prefixes in turn: after each has run once, a call on either evaluates only its tail, and
+    the reply reports the rest as cached."""
+    pool = judge.pool
+    costs = []
+    for system, text in [(MONTHS, "see you in May"), (COLOURS, "a red apple"), (MONTHS, "a cat"), (COLOURS, "sky")]:
+        before = pool.decoded_tokens
+        reply = asyncio.run(judge.chat(_ask(system, text), max_tokens=1))
+        costs.append((pool.decoded_tokens - before, reply.usage))
+    assert all(usage.prompt_tokens > 250 for _, usage in costs)
+    for evaluated, usage in costs[2:]:
+        assert evaluated < 30, costs  # only the differing tail, though the other prefix ran in between
+        assert usage.prompt_tokens - usage.cached_prompt_tokens == evaluated
 
-    def counting_eval(tokens):
-        evaluated.append(len(tokens))
-        return orig(tokens)
 
-    system = "You judge whether a text mentions a month. " + "Months are January to December. " * 40
-    llm.eval = counting_eval
+@pytest.mark.slow
+def test_calls_waiting_together_share_one_batch_and_agree_with_one_at_a_time(judge):
+    """Calls gathered together are decoded in shared batches (the prefix they share past the cache
+    evaluated once) and answer as they do one at a time, up to llama.cpp's numerics: where a prompt's KV
+    sits in the cache changes the order of the attention sums (in half precision), which moves SmolLM2's
+    logprobs by up to ~0.12 (0.05 just from another sequence's cells before it, no copying involved;
+    Qwen's by 0.0 in the same check); a sequence reading another's cells, or a token at a wrong
+    position, moves them by whole units."""
+    pool = judge.pool
+    system = "You judge whether a text mentions a weekday. " + "Weekdays are Monday to Sunday. " * 30
+    texts = ["lunch on Monday", "a blue car", "Friday night", "the river bank", "see you Sunday", "an old tree"]
+    alone = []
+    for text in texts:
+        for slot in pool.slots:  # nothing cached: each call pays its whole prompt
+            pool._drop(slot)
+        alone.append(asyncio.run(judge.chat(_ask(system, text), max_tokens=1, logprobs=5)))
+    for slot in pool.slots:
+        pool._drop(slot)
+    before, decodes = pool.decoded_tokens, pool.decodes
+
+    async def together():
+        return await asyncio.gather(*(judge.chat(_ask(system, t), max_tokens=1, logprobs=5) for t in texts))
+
+    batched = asyncio.run(together())
+    evaluated = pool.decoded_tokens - before
+    prompt = alone[0].usage.prompt_tokens
+    assert pool.decodes - decodes <= 2, "six calls of ~270 tokens fit one or two decodes"
+    assert evaluated < prompt + 15 * len(texts), (evaluated, prompt)  # the shared part once, tails each
+    assert evaluated == sum(r.usage.prompt_tokens - r.usage.cached_prompt_tokens for r in batched)
+    for a, b in zip(alone, batched, strict=True):
+        yes_a = {k.strip(): v for k, v in reversed(a.logprobs[0].top.items())}
+        yes_b = {k.strip(): v for k, v in reversed(b.logprobs[0].top.items())}
+        for word in set(yes_a) & set(yes_b) & {"Yes", "No"}:
+            assert yes_a[word] == pytest.approx(yes_b[word], abs=NUMERICS)
+
+
+@pytest.mark.slow
+def test_a_full_cache_evicts_old_sequences_and_keeps_answering(judge):
+    """A cache too small for all the prefixes a run switches between drops the least recently used."""
+    from autointerp.llm.local import LlamaCppJudge
+
+    small = LlamaCppJudge(judge.model_path, model=judge.model, n_ctx=600, kv_cells=700, n_seq=4)
     try:
-        for q in ("Text: 'see you in May'", "Text: 'a red apple'"):
-            evaluated.clear()
-            reply = asyncio.run(
-                judge.chat([{"role": "system", "content": system}, {"role": "user", "content": q}], max_tokens=1)
-            )
-        assert reply.usage.prompt_tokens > 250
-        assert sum(evaluated) < 30, evaluated  # only the differing tail was evaluated
-        # and the reply says so: what was not evaluated is reported as cached
-        assert reply.usage.prompt_tokens - reply.usage.cached_prompt_tokens == sum(evaluated)
+        first = [asyncio.run(small.chat(_ask(s, "May and red"), max_tokens=1, logprobs=3)) for s in (MONTHS, COLOURS)]
+        again = asyncio.run(small.chat(_ask(MONTHS, "May and red"), max_tokens=1, logprobs=3))
     finally:
-        del llm.eval
+        asyncio.run(small.aclose())
+    assert again.logprobs[0].top.keys() & first[0].logprobs[0].top.keys()
+    for token, lp in again.logprobs[0].top.items():
+        if token in first[0].logprobs[0].top:
+            assert lp == pytest.approx(first[0].logprobs[0].top[token], abs=NUMERICS)
+    assert again.usage.prompt_tokens > 250  # with the other prompt (~500) over 700 cells
+    assert again.usage.cached_prompt_tokens < 20  # its prefix was evicted to make room for the other
 
 
 @pytest.mark.slow
@@ -379,38 +438,32 @@ def test_prompt_logprobs_match_logits_all_and_reuse_prefixes(judge):
     and after a chat (which rewrites the KV cache), and evaluates only the tail of a shared-prefix text."""
     shared = "Description: names of months\nText:\n"
     texts = [shared + "We met again in May, café <|im_end|> ¶\tdone.", shared + "The council voted after rain."]
-    llm = judge._llm
-    decoded: list[int] = []
-    orig = llm._ctx.decode
-
-    def counting(batch):
-        decoded.append(batch.n_tokens())
-        return orig(batch)
-
-    llm._ctx.decode = counting
-    try:
-        results = []
-        for text in texts + texts[:1]:
-            decoded.clear()
-            results.append((asyncio.run(judge.prompt_logprobs(text, top_logprobs=5)), sum(decoded)))
-            if text == texts[1]:
-                asyncio.run(judge.chat([{"role": "user", "content": "Say hi."}], max_tokens=2))
-    finally:
-        del llm._ctx.decode
-    n_shared = len(llm.tokenize(shared.encode(), add_bos=False, special=False))
-    for (tokens, _), text in zip(results, texts + texts[:1], strict=True):
+    pool = judge.pool
+    for slot in pool.slots:
+        pool._drop(slot)
+    results = []
+    for text in texts + texts[:1]:
+        before = pool.decoded_tokens
+        tokens = asyncio.run(judge.prompt_logprobs(text, top_logprobs=5))
+        results.append((tokens, pool.decoded_tokens - before))
+        if text == texts[1]:
+            asyncio.run(judge.chat([{"role": "user", "content": "Say hi."}], max_tokens=2))
+    n_shared = len(judge.tokenize(shared))
+    for n, ((tokens, _), text) in enumerate(zip(results, texts + texts[:1], strict=True)):
+        tol = 1e-3 if n == 0 else NUMERICS  # a reused prefix lies elsewhere in the cache
         ids, lps, best = _reference_logprobs(judge.model_path, text)
         assert len(tokens) == len(ids) and "".join(t.token for t in tokens) == text
         assert all(text[t.offset :].startswith(t.token) for t in tokens)
         assert tokens[0].logprob is None
         for t, lp, top1 in zip(tokens[1:], lps[1:], best[1:], strict=True):
-            assert t.logprob == pytest.approx(lp, abs=1e-3)
-            assert len(t.top) <= 5 and max(t.top.values()) == pytest.approx(top1, abs=1e-3)
+            assert t.logprob == pytest.approx(lp, abs=tol)
+            assert len(t.top) <= 5 and max(t.top.values()) == pytest.approx(top1, abs=tol)
         assert len(tokens[1].top) == 5 and all(v <= 0 for v in tokens[1].top.values())
     first, second, after_chat = (n for _, n in results)
     assert first == len(results[0][0])
     assert second == len(results[1][0]) - n_shared + 1  # only the tail (and the last shared token) ran
-    assert after_chat == len(results[2][0])  # the chat dropped the kept results: everything ran again
+    # the chat ran in a sequence of its own: the first text's sequence and the kept results survive it
+    assert after_chat == len(results[2][0]) - n_shared + 1
     full = results[2][0]
     only = asyncio.run(judge.prompt_logprobs(texts[0], top_logprobs=5, top_at=[full[3].offset]))
     assert [bool(t.top) for t in only] == [i == 3 for i in range(len(full))] and only[3] == full[3]

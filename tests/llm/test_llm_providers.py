@@ -38,7 +38,7 @@ def test_each_backend_sets_its_slots_unless_the_run_does():
     assert find_provider("openai:m").slots(JudgeSettings.of(one)) == 8
     assert find_provider("openai:m").slots(JudgeSettings.of(two)) == 16
     assert find_provider("vllm:m").slots(JudgeSettings.of(one)) == 128
-    assert find_provider("smollm2").slots(JudgeSettings.of(one)) == 1
+    assert find_provider("smollm2").slots(JudgeSettings.of(one)) == 16
     judge = make_judge("openai:m", two)
     assert isinstance(judge, OrderedJudge) and judge.gate.slots == 16 and isinstance(judge.inner, SpreadJudge)
     judge = make_judge("openai:m", RunConfig(judge_url="http://a/v1", response_cache=False, judge_concurrency=3))
