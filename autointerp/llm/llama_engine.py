@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autointerp.llm.base import JudgeError
+
 Captured = tuple[int, float, list[tuple[int, float]]]  # (sampled token, its logprob, top-k [(token, logprob)])
 
 
@@ -64,7 +66,7 @@ class _Node:
     logits: bool = False
 
 
-class KVFull(RuntimeError):
+class KVFull(JudgeError):
     """The cache has no cells left for a batch, even with every other sequence evicted."""
 
 
@@ -153,6 +155,11 @@ class SequencePool:
                 lc.llama_memory_seq_cp(mem, source.seq, dest.seq, 0, length)
             dest.tokens = source.tokens[:length]
 
+    def clear(self) -> None:
+        """Forget every sequence: the next prompt is evaluated whole, its KV from the first cell on."""
+        for slot in self.slots:
+            self._drop(slot)
+
     def _drop(self, slot: Slot) -> None:
         self._llama_cpp.llama_memory_seq_rm(self.ctx.memory, slot.seq, -1, -1)
         slot.tokens = []
@@ -193,7 +200,10 @@ class SequencePool:
                     raise RuntimeError(f"llama_decode returned {rc}")
                 victims = [s for s in self.slots if s.seq not in keep and s.tokens]
                 if not victims:
-                    raise KVFull("the KV cache has no room for this batch")
+                    raise KVFull(
+                        f"llama.cpp's KV cache has no room for a batch of {len(part)} tokens "
+                        "(give the judge more kv_cells)"
+                    )
                 self._drop(min(victims, key=lambda s: s.used))
             self.decoded_tokens += len(part)
             self.decodes += 1

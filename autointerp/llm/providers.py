@@ -78,6 +78,7 @@ class Provider:
     remote: bool = False  # a server reached over the network: reachable from any machine, checked up front
     gpu: bool = False  # runs on a GPU of the machine that loads it
     explainer_style: str = "names"  # the explainer style when --explainer-style does not say
+    prefix_tokens: int = 0  # detection's and fuzzing's worked examples when --prefix-tokens does not say
 
     def check_installed(self, name: str) -> None:
         """Raise `MissingPackageError` naming what to install when a module the provider needs is missing."""
@@ -104,6 +105,7 @@ def provider(
     remote: bool = False,
     gpu: bool = False,
     explainer_style: str = "names",
+    prefix_tokens: int = 0,
 ) -> Callable[[Loader], Loader]:
     """Decorator: register the function that loads a backend for judge names starting with `prefix`."""
 
@@ -111,7 +113,7 @@ def provider(
         if prefix in _PROVIDERS:
             raise TypeError(f"two judge providers take the prefix {prefix!r}")
         _PROVIDERS[prefix] = Provider(
-            prefix, describe, load, slots, namespace, requires, install, remote, gpu, explainer_style
+            prefix, describe, load, slots, namespace, requires, install, remote, gpu, explainer_style, prefix_tokens
         )
         return load
 
@@ -194,6 +196,8 @@ def _vllm(model: str, settings: JudgeSettings, slots: int) -> Judge:
     requires=("llama_cpp",),
     install="pip install 'autointerp[embedded]'",
     explainer_style="names",  # a 1.5B model given excerpts labels no better than the marked tokens alone
+    # worked examples sharpen a small judge's detection; its KV sequences keep them computed all run long
+    prefix_tokens=1024,
 )
 def _llama_cpp(model: str, settings: JudgeSettings, slots: int) -> Judge:
     from autointerp.llm.local import load_local_judge

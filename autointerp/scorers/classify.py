@@ -34,6 +34,7 @@ import numpy as np
 
 from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import CUT_OFF, Judge, Message, Reply, TokenLogprob
+from autointerp.llm.providers import find_provider
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
 from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings, UnfitJudge
@@ -78,13 +79,14 @@ class ClassifierSettings(ScorerSettings):
         cli=SCORING,
         flag="--prompt-layout",
     )
-    prefix_tokens: int = setting(
-        0,
+    prefix_tokens: int | None = setting(
+        None,
         "one-example-per-call prompts: lengthen the prefix every call of the run shares (system prompt, "
         "then worked examples answered as chat turns) to at least this many tokens (estimated at 4 "
-        "characters a token), for prefix caches that hold only long prompts (OpenAI: 1024 tokens) or "
-        "whole blocks (vLLM); 0: no worked examples",
+        "characters a token): worked examples make a small judge's answers sharper, and prefix caches "
+        "that hold only long prompts (OpenAI: 1024 tokens) or whole blocks (vLLM) keep them; 0: none",
         cli=SCORING,
+        none_means="1024 for the embedded llama.cpp judge, 0 for the others",
         at_least=0,
     )
     slots_grammar: bool = setting(
@@ -321,7 +323,10 @@ class YesNoScorer(Scorer):
     @staticmethod
     def settings_from(config: RunConfig) -> ClassifierSettings:
         # one --seed fixes every draw: the order of a latent's items follows the sampling seed
-        return replace(ClassifierSettings.of(config), seed=config.sampling.seed)
+        settings = replace(ClassifierSettings.of(config), seed=config.sampling.seed)
+        if settings.prefix_tokens is None:  # the judge's backend says how many worked examples suit it
+            settings = replace(settings, prefix_tokens=find_provider(config.judge).prefix_tokens)
+        return settings
 
     def items(self, record: LatentRecord, rng: np.random.Generator) -> list[Item]:
         raise NotImplementedError
@@ -406,7 +411,7 @@ class YesNoScorer(Scorer):
         messages: list[Message] = [{"role": "system", "content": system}]
         chars = len(system)
         for shot in worked_examples(self.prompt_dir):
-            if chars >= CHARS_PER_TOKEN * self.settings.prefix_tokens:
+            if chars >= CHARS_PER_TOKEN * (self.settings.prefix_tokens or 0):
                 break
             user = render(template, explanation=shot["explanation"], text=shot["excerpt"])
             messages += [{"role": "user", "content": user}, {"role": "assistant", "content": shot["answer"]}]

@@ -238,8 +238,7 @@ def test_logprobs_match_the_library_path(judge):
     import llama_cpp
 
     lib = llama_cpp.Llama(model_path=str(judge.model_path), n_ctx=512, logits_all=True, verbose=False)
-    for slot in judge.pool.slots:  # the same cache layout as the library's (cells in order from 0)
-        judge.pool._drop(slot)
+    judge.pool.clear()  # the same cache layout as the library's (cells in order from 0)
     try:
         msgs = [{"role": "user", "content": "Name a colour."}]
         a = asyncio.run(judge.chat(msgs, max_tokens=4, logprobs=3))
@@ -324,11 +323,9 @@ def test_calls_waiting_together_share_one_batch_and_agree_with_one_at_a_time(jud
     texts = ["lunch on Monday", "a blue car", "Friday night", "the river bank", "see you Sunday", "an old tree"]
     alone = []
     for text in texts:
-        for slot in pool.slots:  # nothing cached: each call pays its whole prompt
-            pool._drop(slot)
+        pool.clear()  # nothing cached: each call pays its whole prompt
         alone.append(asyncio.run(judge.chat(_ask(system, text), max_tokens=1, logprobs=5)))
-    for slot in pool.slots:
-        pool._drop(slot)
+    pool.clear()
     before, decodes = pool.decoded_tokens, pool.decodes
 
     async def together():
@@ -439,8 +436,7 @@ def test_prompt_logprobs_match_logits_all_and_reuse_prefixes(judge):
     shared = "Description: names of months\nText:\n"
     texts = [shared + "We met again in May, café <|im_end|> ¶\tdone.", shared + "The council voted after rain."]
     pool = judge.pool
-    for slot in pool.slots:
-        pool._drop(slot)
+    pool.clear()
     results = []
     for text in texts + texts[:1]:
         before = pool.decoded_tokens

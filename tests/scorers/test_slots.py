@@ -224,9 +224,9 @@ def test_the_grammar_forces_a_real_judge_to_n_slot_lines_and_keeps_its_own_logpr
     hello = [{"role": "user", "content": "Say hello to me in one short sentence."}]
     try:
         free = asyncio.run(judge.chat(hello, max_tokens=12, logprobs=5))
-        # another prompt in between, so the second evaluates the same prompt tokens the same way (a prompt
-        # repeated whole is re-evaluated from its last token alone, which moves logprobs by ~0.1)
-        asyncio.run(judge.chat([{"role": "user", "content": "Name a colour."}], max_tokens=2))
+        # the cache emptied, so the second evaluates the same prompt tokens the same way (a prompt repeated
+        # whole is re-evaluated from its last token alone, elsewhere in the cache: logprobs move by ~0.1)
+        judge.pool.clear()
         forced = asyncio.run(judge.chat(hello, max_tokens=26, logprobs=5, grammar=slots_grammar(3)))
     finally:
         asyncio.run(judge.aclose())
