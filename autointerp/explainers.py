@@ -34,6 +34,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from autointerp.label_check import check_phrase
 from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
 from autointerp.prompting import (
@@ -362,20 +363,30 @@ async def explain_by_names(
             f"no explanation could be read from {asked.failures} answers of {judge.model} (last: {asked.error}); "
             f"last answer: {asked.answer[:300]!r}"
         )
-    recurring = [t for t in found if t.examples >= settings.tokens_min_examples][: settings.names_examples]
+    recurring = [t.text for t in found if t.examples >= settings.tokens_min_examples][: settings.names_examples]
     phrase = asked.value.rstrip(" .")
-    text = (
-        render(
-            load_prompt("explainer/names_label.md"), kind=phrase, tokens=", ".join(quoted(t.text) for t in recurring)
-        )
-        if recurring
-        else phrase
+    check = (
+        await check_phrase(judge, phrase, recurring, min_share=settings.phrase_check_share, usage=usage)
+        if settings.phrase_check
+        else None
     )
     return Explanation(
         latent=record.latent,
-        text=text,
+        text=names_label(phrase if check is None or check.kept else None, recurring),
         model=judge.model,
         usage=usage,
         failures=asked.failures,
         raw=f"{asked.answer} for {messages[-1]['content']}",
+        phrase_check=None if check is None else check.to_json(),
     )
+
+
+def names_label(phrase: str | None, tokens: list[str]) -> str:
+    """The names-style label: the phrase followed by the tokens; the tokens alone where the phrase was
+    dropped (written as the tokens explainer writes them); the phrase alone where no token recurs."""
+    listed = ", ".join(quoted(t) for t in tokens)
+    if phrase is None:
+        return render(
+            load_prompt("explainer/tokens.md" if len(tokens) > 1 else "explainer/tokens_one.md"), tokens=listed
+        )
+    return render(load_prompt("explainer/names_label.md"), kind=phrase, tokens=listed) if tokens else phrase

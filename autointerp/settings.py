@@ -397,6 +397,22 @@ class ExplainerSettings(Checked):
     )
     names_max_chars: int = setting(60, "names style: the JSON schema's maxLength for the phrase", at_least=8)
     names_max_tokens: int = setting(40, "names style: the answer's token limit", at_least=1)
+    phrase_check: bool = setting(
+        True,
+        "names style: do not ask the judge whether each token the label lists is an instance of its phrase "
+        "(one short call per token, P(Yes) from logprobs; a phrase most of them are not is dropped and the "
+        "label names the tokens alone)",
+        cli=EXPLAINING,
+        flag="--no-phrase-check",
+        negate=True,
+    )
+    phrase_check_share: float = setting(
+        0.5,
+        "names style: keep the phrase only when more than this share of its listed tokens are instances of it",
+        cli=EXPLAINING,
+        at_least=0,
+        at_most=1,
+    )
 
     def __post_init__(self) -> None:
         if self.style is not None:
