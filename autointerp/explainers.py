@@ -366,7 +366,14 @@ async def explain_by_names(
     recurring = [t.text for t in found if t.examples >= settings.tokens_min_examples][: settings.names_examples]
     phrase = asked.value.rstrip(" .")
     check = (
-        await check_phrase(judge, phrase, recurring, min_share=settings.phrase_check_share, usage=usage)
+        await check_phrase(
+            judge,
+            phrase,
+            recurring,
+            min_p=settings.phrase_check_p,
+            min_share=settings.phrase_check_share,
+            usage=usage,
+        )
         if settings.phrase_check
         else None
     )

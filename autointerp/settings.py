@@ -406,9 +406,18 @@ class ExplainerSettings(Checked):
         flag="--no-phrase-check",
         negate=True,
     )
+    # A 1.5B judge asked about one token says Yes to most: a token counts only where it is fairly sure
+    phrase_check_p: float = setting(
+        0.8,
+        "names style: the phrase check counts a token as an instance of the phrase where its P(Yes) is at least this",
+        cli=EXPLAINING,
+        at_least=0,
+        at_most=1,
+    )
     phrase_check_share: float = setting(
-        0.5,
-        "names style: keep the phrase only when more than this share of its listed tokens are instances of it",
+        1.0,
+        "names style: keep the phrase only where at least this share of its listed tokens are instances of it "
+        "(1: every one)",
         cli=EXPLAINING,
         at_least=0,
         at_most=1,

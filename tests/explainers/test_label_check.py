@@ -60,11 +60,11 @@ def test_the_share_of_instances_a_phrase_needs_is_a_setting():
         user = messages[-1]["content"]
         if not PHRASE_QUESTION.search(user):
             return '{"feature": "month names"}'
-        token = PHRASE_QUESTION.search(user).group(2)
+        token = PHRASE_QUESTION.search(user).group(1)
         first.setdefault("token", token)
-        return yes_no(0.2 if token == first["token"] else 0.8)  # the first token asked about is denied
+        return yes_no(0.1 if token == first["token"] else 0.9)  # the first token asked about is denied
 
-    for share, kept in ((0.5, True), (0.7, False)):
+    for share, kept in ((0.6, True), (1.0, False)):
         first.clear()
         settings = ExplainerSettings(style="names", phrase_check_share=share)
         label = asyncio.run(explain(record, ScriptedJudge(two_of_three), settings))
@@ -98,7 +98,7 @@ def test_a_judge_without_logprobs_skips_the_check_and_the_run_says_so_once():
 
 
 def test_an_explanation_row_keeps_the_check_and_an_old_row_still_loads():
-    check = {"phrase": "p", "tokens": ["a"], "p_yes": [0.2], "min_share": 0.5, "kept": False, "share": 0.0}
+    check = {"phrase": "p", "tokens": ["a"], "p_yes": [0.2], "min_p": 0.8, "min_share": 1.0, "kept": False, "share": 0.0}
     row = ExplanationRow(latent=3, hookpoint="h", status="ok", explanation='the token "a"', phrase_check=check)
     assert ExplanationRow.from_json(row.to_json()).phrase_check == check
     old = {k: v for k, v in row.to_json().items() if k != "phrase_check"}

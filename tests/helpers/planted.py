@@ -138,13 +138,13 @@ def slots_oracle(messages: list[Message]) -> Reply:
     return slot_reply(slot_probabilities(messages))
 
 
-PHRASE_QUESTION = re.compile(r'Kind: (.*)\nToken: "(.*)"\n')
+PHRASE_QUESTION = re.compile(r'^Is the token "(.*)" one of the (.*)\?$')
 
 
 def phrase_oracle(messages: list[Message]) -> Reply:
     """Answers the explainer's phrase check (is this token an instance of this kind?) by the category
     words the kind names: Yes for a token of that category, No otherwise."""
-    kind, token = PHRASE_QUESTION.search(messages[-1]["content"]).groups()
+    token, kind = PHRASE_QUESTION.search(messages[-1]["content"]).groups()
     return yes_no(0.9 if token in _category(kind) else 0.1)
 
 
