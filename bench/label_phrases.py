@@ -84,6 +84,10 @@ def accepted_shares(rows: list[dict], verdicts: list[dict]) -> None:
             counted[side][1] += 1
     for side, (ok, n) in counted.items():
         print(f"accepted {side} the check: {ok}/{n}" + (f" = {ok / n:.0%}" if n else ""))
+    first = [v["first_design"]["verdict_after"] for v in verdicts if "first_design" in v]
+    if first:  # as recorded: that check's prompt and thresholds are no longer the code's
+        ok = first.count("accept")
+        print(f"accepted after the first design of the check (as recorded): {ok}/{len(first)} = {ok / len(first):.0%}")
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ def test_a_judge_without_logprobs_skips_the_check_and_the_run_says_so_once():
 
 
 def test_an_explanation_row_keeps_the_check_and_an_old_row_still_loads():
-    check = {"phrase": "p", "tokens": ["a"], "p_yes": [0.2], "min_p": 0.8, "min_share": 1.0, "kept": False, "share": 0.0}
+    check = {"phrase": "p", "tokens": ["a"], "p_yes": [0.2], "min_p": 0.8, "min_share": 1, "kept": False, "share": 0}
     row = ExplanationRow(latent=3, hookpoint="h", status="ok", explanation='the token "a"', phrase_check=check)
     assert ExplanationRow.from_json(row.to_json()).phrase_check == check
     old = {k: v for k, v in row.to_json().items() if k != "phrase_check"}
