@@ -400,8 +400,8 @@ class ExplainerSettings(Checked):
     phrase_check: bool = setting(
         True,
         "names style: do not ask the judge whether each token the label lists is an instance of its phrase "
-        "(one short call per token, P(Yes) from logprobs; a phrase most of them are not is dropped and the "
-        "label names the tokens alone)",
+        "(one short call per token, P(Yes) from logprobs; a phrase too few of them are instances of, see "
+        "--phrase-check-p and --phrase-check-share, is dropped and the label names the tokens alone)",
         cli=EXPLAINING,
         flag="--no-phrase-check",
         negate=True,
