@@ -16,8 +16,8 @@ from autointerp.llm.scripted import ScriptedJudge
 from autointerp.pipeline import LatentWorker, RunSummary, process_latents, select_latents
 from autointerp.results import RunFiles, materialize, read_jsonl
 from autointerp.sampling import Sampler, SamplingSettings
-from autointerp.settings import ExplainerSettings
 from autointerp.scorers import DetectionScorer, FuzzingScorer
+from autointerp.settings import ExplainerSettings
 
 SAMPLING = SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, min_examples=10)
 # where a test counts explainer calls: one per latent (the phrase check's are counted in test_label_check.py)
