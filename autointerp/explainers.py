@@ -14,8 +14,8 @@ tokens marked most often in the training examples, with how many examples each i
 asks for a short noun phrase naming their kind (JSON-constrained, after three few-shot turns about
 other tokens); the label is that phrase followed by the tokens it was made from ("verbs of
 expecting, such as "expected", "expect""), or the tokens alone where the judge, asked about each
-token, does not call them instances of the phrase (label_check.py). Small explainers shown whole excerpts describe the
-excerpts' topic or grammar ("The marked tokens are all nouns...") instead of the tokens that fire,
+token, does not call them instances of the phrase (label_check.py). Small explainers shown whole
+excerpts describe the excerpts' topic or grammar ("The marked tokens are all nouns...") instead of the tokens that fire,
 and the judge then cannot tell the latent's examples from anyone else's; named tokens give a small
 judge something to look for, and the phrase carries it to tokens the list missed. `excerpts` (called
 `default` before `names` was) shows activating excerpts with their marked tokens and lets a capable
