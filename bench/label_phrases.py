@@ -14,7 +14,9 @@ per latent, the label before and after, accept or reject for each, and why; a la
 its phrase truly describes the tokens it lists, and a token list alone is accepted when it is what
 the latent's top tokens are). Given that file, the script prints the share accepted before and after
 the check, over the latents whose labels match the file's (a label that changed since is named, not
-counted: the verdict was about another text).
+counted: the verdict was about another text). The file holds verdicts for two slices: `--skip 20
+--latents 25` (the check's prompt and thresholds were chosen with token/kind pairs from its first
+labels) and `--skip 45 --latents 20` (labelled after they were fixed: the out-of-sample test).
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ def accepted_shares(rows: list[dict], verdicts: list[dict]) -> None:
             counted[side][1] += 1
     for side, (ok, n) in counted.items():
         print(f"accepted {side} the check: {ok}/{n}" + (f" = {ok / n:.0%}" if n else ""))
-    first = [v["first_design"]["verdict_after"] for v in verdicts if "first_design" in v]
+    asked = {row["latent"] for row in rows}
+    first = [v["first_design"]["verdict_after"] for v in verdicts if "first_design" in v and v["latent"] in asked]
     if first:  # as recorded: that check's prompt and thresholds are no longer the code's
         ok = first.count("accept")
         print(f"accepted after the first design of the check (as recorded): {ok}/{len(first)} = {ok / len(first):.0%}")
