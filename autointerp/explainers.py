@@ -13,8 +13,9 @@ Three styles (a run's default follows its explainer: `names` for the embedded ll
 tokens marked most often in the training examples, with how many examples each is marked in, and
 asks for a short noun phrase naming their kind (JSON-constrained, after three few-shot turns about
 other tokens); the label is that phrase followed by the tokens it was made from ("verbs of
-expecting, such as "expected", "expect""). Small explainers shown whole excerpts describe the
-excerpts' topic or grammar ("The marked tokens are all nouns...") instead of the tokens that fire,
+expecting, such as "expected", "expect""), or the tokens alone where the judge, asked about each
+token, does not call them instances of the phrase (label_check.py). Small explainers shown whole
+excerpts describe the excerpts' topic or grammar ("The marked tokens are all nouns...") instead of the tokens that fire,
 and the judge then cannot tell the latent's examples from anyone else's; named tokens give a small
 judge something to look for, and the phrase carries it to tokens the list missed. `excerpts` (called
 `default` before `names` was) shows activating excerpts with their marked tokens and lets a capable
@@ -34,6 +35,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
+from autointerp.label_check import check_phrase
 from autointerp.llm.asking import Request, ask
 from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
 from autointerp.prompting import (
@@ -362,20 +364,37 @@ async def explain_by_names(
             f"no explanation could be read from {asked.failures} answers of {judge.model} (last: {asked.error}); "
             f"last answer: {asked.answer[:300]!r}"
         )
-    recurring = [t for t in found if t.examples >= settings.tokens_min_examples][: settings.names_examples]
+    recurring = [t.text for t in found if t.examples >= settings.tokens_min_examples][: settings.names_examples]
     phrase = asked.value.rstrip(" .")
-    text = (
-        render(
-            load_prompt("explainer/names_label.md"), kind=phrase, tokens=", ".join(quoted(t.text) for t in recurring)
+    check = (
+        await check_phrase(
+            judge,
+            phrase,
+            recurring,
+            min_p=settings.phrase_check_p,
+            min_share=settings.phrase_check_share,
+            usage=usage,
         )
-        if recurring
-        else phrase
+        if settings.phrase_check
+        else None
     )
     return Explanation(
         latent=record.latent,
-        text=text,
+        text=names_label(phrase if check is None or check.kept else None, recurring),
         model=judge.model,
         usage=usage,
         failures=asked.failures,
         raw=f"{asked.answer} for {messages[-1]['content']}",
+        phrase_check=None if check is None else check.to_json(),
     )
+
+
+def names_label(phrase: str | None, tokens: list[str]) -> str:
+    """The names-style label: the phrase followed by the tokens; the tokens alone where the phrase was
+    dropped (written as the tokens explainer writes them); the phrase alone where no token recurs."""
+    listed = ", ".join(quoted(t) for t in tokens)
+    if phrase is None:
+        return render(
+            load_prompt("explainer/tokens.md" if len(tokens) > 1 else "explainer/tokens_one.md"), tokens=listed
+        )
+    return render(load_prompt("explainer/names_label.md"), kind=phrase, tokens=listed) if tokens else phrase

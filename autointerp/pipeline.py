@@ -267,6 +267,7 @@ class LatentWorker:
                 usage=None if by_tokens else expl.usage,  # no calls, no tokens: nothing to account for
                 failures=expl.failures,
                 raw=expl.raw,
+                phrase_check=expl.phrase_check,
                 candidates=candidates,
                 chosen_by=chosen_by,
             )

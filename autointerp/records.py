@@ -139,6 +139,8 @@ class Explanation:
     usage: Usage = field(default_factory=Usage)
     failures: int = 0  # unparseable answers that were re-asked
     raw: str = ""  # the explainer's full last answer, kept for auditing
+    # names style: the phrase checked against the tokens it lists (label_check.PhraseCheck.to_json); None: not checked
+    phrase_check: dict[str, Any] | None = None
 
 
 @dataclass
@@ -253,6 +255,8 @@ class ExplanationRow:
     candidates: list[Candidate] | None = None  # best-of-n: every label rated
     chosen_by: str | None = None  # best-of-n: the scorer that rated them
     source: dict[str, Any] | None = None  # imported: the file and entry it came from
+    # names style: the phrase, the tokens it was checked against, each one's P(Yes), and whether it was kept
+    phrase_check: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:

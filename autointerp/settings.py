@@ -397,6 +397,31 @@ class ExplainerSettings(Checked):
     )
     names_max_chars: int = setting(60, "names style: the JSON schema's maxLength for the phrase", at_least=8)
     names_max_tokens: int = setting(40, "names style: the answer's token limit", at_least=1)
+    phrase_check: bool = setting(
+        True,
+        "names style: do not ask the judge whether each token the label lists is an instance of its phrase "
+        "(one short call per token, P(Yes) from logprobs; a phrase too few of them are instances of, see "
+        "--phrase-check-p and --phrase-check-share, is dropped and the label names the tokens alone)",
+        cli=EXPLAINING,
+        flag="--no-phrase-check",
+        negate=True,
+    )
+    # A 1.5B judge asked about one token says Yes to most: a token counts only where it is fairly sure
+    phrase_check_p: float = setting(
+        0.8,
+        "names style: the phrase check counts a token as an instance of the phrase where its P(Yes) is at least this",
+        cli=EXPLAINING,
+        at_least=0,
+        at_most=1,
+    )
+    phrase_check_share: float = setting(
+        1.0,
+        "names style: keep the phrase only where at least this share of its listed tokens are instances of it "
+        "(1: every one)",
+        cli=EXPLAINING,
+        at_least=0,
+        at_most=1,
+    )
 
     def __post_init__(self) -> None:
         if self.style is not None:

@@ -14,8 +14,12 @@ examples (`--n` activating across all activation quantiles, `--n` silent):
 Prints one line per latent and, per scorer, each arm's mean AUROC with its standard error over
 latents, and the paired differences (arm - control, arm - arm) with theirs: the latents are the
 same for every arm, so the paired standard error is the one that says whether a difference is
-real. A label-free scorer (`--scorers intruder`) rates the latent once, whatever the arms, beside
-its own control (a random pick), on its headline metric (the intruder's accuracy) instead of AUROC.
+real. A scorer with no AUROC is read on its headline metric, named beside it in the output:
+`intervention` the surprisal difference (nats; the subject model is loaded to steer, as in a run,
+and the judge must give prompt logprobs), `intervention_choice` the accuracy of picking the
+steered continuation (chance 0.5). A label-free scorer (`--scorers intruder`) rates the latent
+once, whatever the arms, beside its own control (a random pick), on its headline metric (the
+intruder's accuracy) instead of AUROC.
 Labels and scores go to `--work`/label_quality.json; the judge's response cache makes a re-run with
 the same labels free.
 """
@@ -58,6 +62,8 @@ def label_free(scorer: Scorer) -> bool:
 
 
 def metric_of(scorer: Scorer) -> str:
+    """AUROC where the scorer gives one; else its headline metric (intervention: the surprisal difference
+    in nats, intervention_choice: the accuracy of picking the steered continuation)."""
     return "auroc" if "auroc" in scorer.metrics else scorer.metrics[0]
 
 
@@ -95,6 +101,8 @@ async def main_async(args: argparse.Namespace) -> None:
     sampler = Sampler(cache, token_decoder(load_tokenizer(config, cache.meta)), config.sampling)
     scorers = make_scorers(config, args.scorers.split(","), cache)
     judge = make_judge(args.judge, config)
+    for scorer in scorers:  # as a run does: an unfit judge is refused once, not on every latent
+        scorer.check_judge(judge)
     explainer = judge if "default" in arms else None
     print(
         f"{len(latents)} latents {latents}; judge {judge.model}; {args.n}+{args.n} held-out examples per scorer; "
@@ -108,7 +116,7 @@ async def main_async(args: argparse.Namespace) -> None:
             labels[arm][i] = await label(arm, records[i], explainer, config, files)
     labelled = [records[i].latent for i in latents if labels[arms[0]][i] is not None]
     donors = donor_map(labelled, config.sampling.seed) if len(labelled) > 1 else {}
-    auroc: dict[tuple[str, str], dict[int, float]] = {}
+    values: dict[tuple[str, str], dict[int, float]] = {}  # (scorer, arm) -> latent -> metric_of(scorer)
     for i in latents:
         record = records[i]
         texts = {arm: labels[arm][i] for arm in arms}
@@ -124,16 +132,16 @@ async def main_async(args: argparse.Namespace) -> None:
                 ):
                     value = score.metrics.get(metric_of(scorer))
                     if value is not None:
-                        auroc.setdefault((scorer.name, arm), {})[i] = value
+                        values.setdefault((scorer.name, arm), {})[i] = value
                     line.append(f"{scorer.name[:3]}/{arm[:4]} {'-' if value is None else f'{value:.2f}'}")
                 continue
             for arm, text in texts.items():
                 if text is None:
                     continue
                 score = await scorer(record, Explanation(record.latent, text, model=arm), judge)
-                value = score.metrics.get("auroc")
+                value = score.metrics.get(metric_of(scorer))
                 if value is not None:
-                    auroc.setdefault((scorer.name, arm), {})[i] = value
+                    values.setdefault((scorer.name, arm), {})[i] = value
                 line.append(f"{scorer.name[:3]}/{arm[:4]} {'-' if value is None else f'{value:.2f}'}")
         print("  ".join(line) + "  | " + " | ".join(f"{a}: {t!r}" for a, t in texts.items())[:400], flush=True)
     await judge.aclose()
@@ -144,9 +152,9 @@ async def main_async(args: argparse.Namespace) -> None:
         columns = [*rated, "control"]
         print(f"  {scorer.name} ({metric_of(scorer)}):")
         for arm in columns:
-            print(f"    {arm:>10}: {fmt(list(auroc.get((scorer.name, arm), {}).values()))}")
+            print(f"    {arm:>10}: {fmt(list(values.get((scorer.name, arm), {}).values()))}")
         for a, b in [(arm, "control") for arm in rated] + [(a, b) for n, a in enumerate(rated) for b in rated[n + 1 :]]:
-            x, y = auroc.get((scorer.name, a), {}), auroc.get((scorer.name, b), {})
+            x, y = values.get((scorer.name, a), {}), values.get((scorer.name, b), {})
             diffs = [x[i] - y[i] for i in x if i in y]
             print(f"    {a} - {b}: {fmt(diffs)} (paired)")
     out = Path(args.work) / "label_quality.json"
@@ -156,7 +164,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 "latents": latents,
                 "labels": {arm: {str(k): v for k, v in d.items()} for arm, d in labels.items()},
                 "donors": {str(k.index): v.index for k, v in donors.items()},
-                "auroc": {f"{s}/{a}": {str(k): v for k, v in d.items()} for (s, a), d in auroc.items()},
+                "metric": {scorer.name: metric_of(scorer) for scorer in scorers},
+                "scores": {f"{s}/{a}": {str(k): v for k, v in d.items()} for (s, a), d in values.items()},
             },
             indent=1,
         )

@@ -23,7 +23,6 @@ import asyncio
 import bisect
 import functools
 import json
-import math
 import re
 import zlib
 from collections.abc import Callable
@@ -33,7 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from autointerp.llm.asking import Request, ask
-from autointerp.llm.base import CUT_OFF, Judge, Message, Reply, TokenLogprob
+from autointerp.llm.base import CUT_OFF, Judge, Message, Reply
+from autointerp.llm.options import answer_word, token_option_probability, yes_probability
 from autointerp.llm.providers import find_provider
 from autointerp.prompting import load_prompt, render
 from autointerp.records import Example, Explanation, Judgment, LatentRecord, Score, Usage
@@ -110,36 +110,9 @@ class Item:
     example: Example
 
 
-def _word(token: str) -> str:
-    return re.sub(r"[^a-z]", "", token.lower())
-
-
-def option_probability(reply: Reply, first: str, second: str) -> float | None:
-    """P(first) / (P(first) + P(second)) at the first generated token, summed over the top-logprob
-    tokens that spell either option (" Yes", "yes", "YES"...), or None if neither is among them."""
-    if not reply.logprobs:
-        return None
-    return token_option_probability(reply.logprobs[0], first, second)
-
-
-def token_option_probability(head: TokenLogprob, first: str, second: str) -> float | None:
-    """`option_probability` at one generated token."""
-    top = dict(head.top)
-    top.setdefault(head.token, head.logprob)
-    p_first = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == first)
-    p_second = sum(math.exp(lp) for tok, lp in top.items() if _word(tok) == second)
-    if p_first + p_second == 0:
-        return None
-    return p_first / (p_first + p_second)
-
-
-def yes_probability(reply: Reply) -> float | None:
-    return option_probability(reply, "yes", "no")
-
-
 def text_answer(text: str) -> bool | None:
     words = text.strip().split()
-    first = _word(words[0]) if words else ""
+    first = answer_word(words[0]) if words else ""
     return {"yes": True, "no": False}.get(first)
 
 

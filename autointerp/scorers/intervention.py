@@ -42,10 +42,11 @@ from autointerp.cache.store import ActivationCache
 from autointerp.errors import ConfigError
 from autointerp.llm.asking import score_text
 from autointerp.llm.base import Judge, Message, PromptToken, Reply
+from autointerp.llm.options import option_probability
 from autointerp.prompting import clean_token, load_prompt, render
 from autointerp.records import Explanation, Judgment, LatentRecord, Score, Usage
 from autointerp.scorers.base import Scorer, ScorerContext, ScorerSettings, UnfitJudge
-from autointerp.scorers.classify import ask_binary, option_probability
+from autointerp.scorers.classify import ask_binary
 from autointerp.scorers.metrics import mean_or_none, win_rate
 from autointerp.scorers.registry import register
 from autointerp.settings import SCORING, setting

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from autointerp.cache.store import HookpointCaches
 from autointerp.config import RunConfig
 from autointerp.explainers import TOKENS_EXPLAINER
+from autointerp.label_check import skipped_note
 from autointerp.llm.base import Judge, check_judge_ready
 from autointerp.llm.judges import make_judge
 from autointerp.llm.providers import JudgeSettings, Role, find_provider
@@ -224,6 +225,9 @@ async def latent_stages(
         config, latents, note = stage_units(caches, config, ready)
         if note:
             summary.messages.append(note)
+        skipped = skipped_note(config.explain, explainer) if "explain" in stages else None
+        if skipped:
+            summary.messages.append(skipped)
         worker = LatentWorker(
             files, config, run.samplers, explainer, scorer_judge, scorers, stages, summary, chooser=chooser
         )

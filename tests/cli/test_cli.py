@@ -218,10 +218,12 @@ def test_only_what_defines_the_folder_carries_over_to_the_next_command(tmp_path,
     files = _tiny_run(tmp_path, tiny_cache, monkeypatch, **stuck)
     judge = ScriptedJudge(lambda m: "[EXPLANATION]: tokens t1 t2", model="oracle")
     monkeypatch.setattr("autointerp.stages.latent_stages.make_judge", lambda name, config, **_: judge)
-    rc, err = _run(capsys, "explain", "--out", str(files.folder), "--judge", "oracle", "--max-latents", "2", "--quiet")
+    args = ["--judge", "oracle", "--max-latents", "2", "--no-phrase-check", "--quiet"]  # one call per latent
+    rc, err = _run(capsys, "explain", "--out", str(files.folder), *args)
     assert rc == 0, err
     assert len(judge.calls) == 2
     config, _ = load_config(files.config)
+    assert not config.explain.phrase_check  # an explainer setting, recorded as the run's others are
     assert (config.latents, config.max_latents, config.judge, config.judge_url) == (None, 2, "oracle", None)
     assert config.scorers == ["detection", "fuzzing"] and config.sampling == SAMPLING and config.model == "tiny"
 

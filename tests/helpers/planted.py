@@ -138,10 +138,23 @@ def slots_oracle(messages: list[Message]) -> Reply:
     return slot_reply(slot_probabilities(messages))
 
 
-def oracle_explainer(messages: list[Message]) -> str:
+PHRASE_QUESTION = re.compile(r'^Is the token "(.*)" one of the (.*)\?$')
+
+
+def phrase_oracle(messages: list[Message]) -> Reply:
+    """Answers the explainer's phrase check (is this token an instance of this kind?) by the category
+    words the kind names: Yes for a token of that category, No otherwise."""
+    token, kind = PHRASE_QUESTION.search(messages[-1]["content"]).groups()
+    return yes_no(0.9 if token in _category(kind) else 0.1)
+
+
+def oracle_explainer(messages: list[Message]) -> str | Reply:
     """Names the category of the marked tokens, if no silent excerpt (contrastive prompts) holds one too.
-    Shown a names-style list of tokens with counts instead, it names their category as JSON."""
+    Shown a names-style list of tokens with counts instead, it names their category as JSON; asked the
+    phrase check, it answers it as `phrase_oracle`."""
     user = messages[-1]["content"]
+    if PHRASE_QUESTION.search(user):
+        return phrase_oracle(messages)
     listed = re.findall(r'"([^"]*)" \(\d+\)', user)
     if listed and "<<" not in user:
         for key, words in CATEGORIES.items():

@@ -52,3 +52,19 @@ def test_simulation_and_surprisal_with_a_real_judge(qwen):
         wrong = score(scorer, "names of animals, such as cat or dog")
         assert right.n_failed == 0 and wrong.n_failed == 0
         assert right.metrics[metric] > wrong.metrics[metric] + margin, (scorer.name, right.metrics, wrong.metrics)
+
+
+@pytest.mark.slow
+def test_the_phrase_check_keeps_a_right_phrase_and_drops_a_wrong_one_with_a_real_judge(qwen):
+    """The names-style phrase check with the real judge: months are month names, and not animal names."""
+    from autointerp.label_check import check_phrase
+    from autointerp.records import Usage
+
+    def check(phrase):
+        tokens = ["March", "June"]
+        return asyncio.run(check_phrase(qwen, phrase, tokens, min_p=0.8, min_share=1.0, usage=Usage()))
+
+    right, wrong = check("month names"), check("animal names")
+    assert right is not None and wrong is not None
+    assert right.kept and not wrong.kept, (right, wrong)
+    assert min(right.p_yes) > max(wrong.p_yes) + 0.3, (right.p_yes, wrong.p_yes)

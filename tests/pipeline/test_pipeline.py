@@ -17,8 +17,11 @@ from autointerp.pipeline import LatentWorker, RunSummary, process_latents, selec
 from autointerp.results import RunFiles, materialize, read_jsonl
 from autointerp.sampling import Sampler, SamplingSettings
 from autointerp.scorers import DetectionScorer, FuzzingScorer
+from autointerp.settings import ExplainerSettings
 
 SAMPLING = SamplingSettings(n_train=8, n_test=6, n_negatives=6, n_train_negatives=2, min_examples=10)
+# where a test counts explainer calls: one per latent (the phrase check's are counted in test_label_check.py)
+NO_PHRASE_CHECK = ExplainerSettings(phrase_check=False)
 
 
 class Killed(BaseException):
@@ -77,7 +80,7 @@ def test_one_latents_crash_is_recorded_and_the_run_goes_on(tmp_path, tiny_cache)
 def test_resume_after_kill_finishes_without_duplicates(tmp_path, tiny_cache):
     files = RunFiles(tmp_path / "run")
     files.prepare()
-    config = _config()
+    config = _config(explain=NO_PHRASE_CHECK)
     n_calls = {"n": 0}
 
     def dies_midway(messages):
@@ -211,7 +214,7 @@ def test_usage_is_summed_per_model(tmp_path, tiny_cache):
     _run(
         files,
         tiny_cache,
-        _config(max_latents=2),
+        _config(max_latents=2, explain=NO_PHRASE_CHECK),
         ScriptedJudge(_explainer, model="ex"),
         ScriptedJudge(_detector, model="jd"),
     )

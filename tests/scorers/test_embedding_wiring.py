@@ -168,6 +168,7 @@ def test_embedding_can_choose_among_best_of_n_labels_without_a_judge(tmp_path, t
     files.prepare()
     config = RunConfig(sampling=SAMPLING, latents=_some_latents(tiny_cache, 2))
     config.explain.best_of = 3
+    config.explain.phrase_check = False  # one explainer call per candidate (the check's are in test_label_check)
     labels = iter(f"[EXPLANATION]: tokens t{i} t{i + 1}" for i in range(100))
     explainer = ScriptedJudge(lambda m: next(labels), model="ex")
     worker = LatentWorker(
