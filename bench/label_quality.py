@@ -43,6 +43,7 @@ from autointerp.llm.judges import make_judge
 from autointerp.records import Explanation, LatentRecord
 from autointerp.sampling import Sampler, token_decoder
 from autointerp.scorers.base import Scorer
+from autointerp.scorers.classify import YesNoScorer
 from autointerp.stages.open_run import make_scorers
 from autointerp.stages.subject_loading import load_tokenizer
 
@@ -90,7 +91,9 @@ async def main_async(args: argparse.Namespace) -> None:
         args.work, judge=args.judge, n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
     config.response_cache = not args.no_cache
-    config.scoring["classifier"] = {"prefix_tokens": args.prefix_tokens, "layout": args.prompt_layout}
+    config.scoring["classifier"] = {"layout": args.prompt_layout}
+    if args.prefix_tokens is not None:
+        config.scoring["classifier"]["prefix_tokens"] = args.prefix_tokens
     files = {}
     arms = []
     for spec in args.arms.split(","):
@@ -106,7 +109,8 @@ async def main_async(args: argparse.Namespace) -> None:
     explainer = judge if "default" in arms else None
     print(
         f"{len(latents)} latents {latents}; judge {judge.model}; {args.n}+{args.n} held-out examples per scorer; "
-        f"prompt layout {args.prompt_layout}, worked examples up to {args.prefix_tokens} tokens"
+        f"prompt layout {args.prompt_layout}, worked examples up to "
+        f"{YesNoScorer.settings_from(config).prefix_tokens} tokens"
     )
     started = time.perf_counter()
     records = {i: sampler.record(i) for i in latents}
@@ -183,7 +187,10 @@ def main() -> None:
     parser.add_argument("--n-tokens", type=int, default=100_000)
     parser.add_argument("--no-cache", action="store_true", help="bypass the judge's response cache")
     parser.add_argument(
-        "--prefix-tokens", type=int, default=0, help="detection/fuzzing worked examples up to ~T tokens (default: 0)"
+        "--prefix-tokens",
+        type=int,
+        default=None,
+        help="detection/fuzzing worked examples up to ~T tokens (default: the judge's, 1024 for the embedded one)",
     )
     parser.add_argument("--prompt-layout", default="question_last", choices=["question_last", "question_first"])
     parser.add_argument("--work", default=WORK)
