@@ -2,16 +2,17 @@
 
     .venv/bin/python scripts/build_llama.py [--build native|portable] [--show]
 
-pip's prebuilt choice for llama-cpp-python is a source build, and pip caches the wheel it builds
+PyPI has no prebuilt wheel of llama-cpp-python for CPUs, so pip compiles it, and caches the wheel
 under a key that ignores CMAKE_ARGS: a portable wheel once cached is silently reused for a native
 build, and a native wheel cached on one CPU would be reused on another (where it dies on the first
 AVX-512 instruction). So the wheel is built here, once per *build key*, into
 ~/.cache/autointerp/llama-wheels/KEY/ (or under $XDG_CACHE_HOME), with pip's own cache off. The key
-holds what the compiled code depends on: the llama-cpp-python version (pinned once, in pyproject.toml),
-the build kind, the instruction-set flags of the CPU (for a native build), the compiler, the Python
-tag, and any CMAKE_ARGS the user adds. The venv records the key it holds (.venv/.llama-build), so a
-second run with the same key installs nothing, and a venv moved to another CPU, or asked for the other
-kind, gets the wheel for it.
+holds what the compiled code depends on: the llama-cpp-python version (pinned once, in
+pyproject.toml), the build kind, the instruction-set flags of the CPU (for a native build), the
+compiler and any CMAKE_ARGS the user adds (not the Python version: the wheel is py3-none, the library
+is loaded through ctypes). The venv records the key it holds (.venv/.llama-build), so a second run
+with the same key installs nothing, and a venv moved to another CPU, or asked for the other kind,
+gets the wheel for it.
 
 - `native` (default): GGML_NATIVE=ON, the compiler's -march=native: AVX-512, VNNI, AMX... where the
   CPU has them. Fastest here, and only here.
@@ -121,7 +122,6 @@ class BuildSpec:
     version: str
     build: str  # native or portable
     machine: str
-    python: str  # the interpreter's wheel tag: cp311...
     compiler: str
     cmake_args: tuple[str, ...]
     cpu: tuple[str, ...]  # instruction-set flags; empty for a portable build, which must not depend on them
@@ -145,7 +145,6 @@ def build_spec(build: str, *, version: str, cpu: list[str], machine: str, compil
         version=version,
         build=build,
         machine=machine,
-        python=f"cp{sys.version_info.major}{sys.version_info.minor}",
         compiler=compiler,
         cmake_args=cmake_args(build, user_args),
         cpu=tuple(sorted(set(cpu))) if build == "native" else (),
