@@ -143,7 +143,7 @@ def scoring_run(work: Path, latents: int) -> Scoring:
     from autointerp.records import Usage
     from autointerp.scorers.registry import find_scorer
 
-    options = {"max_latents": latents, "n_test": 10, "n_negatives": 10, "response_cache": False}
+    options = {"max_latents": latents, "n_test": 10, "n_negatives": 10, "no_cache": True}
     run = Run(work, quiet=True, echo=None, **options)
     run.cache()
     config = run.config
