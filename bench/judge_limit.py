@@ -37,6 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BATCHES = (32, 64, 128, 512)
 PREFIX_TOKENS = 300
@@ -134,6 +135,7 @@ class Scoring:
     calls: int
     prompt_tokens: int
     cached_prompt_tokens: int
+    per_decode: float | None = None  # tokens per llama.cpp decode, where the judge counts them
 
     @property
     def computed(self) -> int:
@@ -155,21 +157,36 @@ def scoring_run(work: Path, latents: int) -> Scoring:
     run = Run(work, quiet=True, echo=None, judges={config.judge: judge}, **options)
     run.explain()  # kept in `work`: only the first run pays for the labels
     run.files.scores.unlink(missing_ok=True)  # every run scores afresh
+    pool = engine_pool(judge)
+    before = (pool.decoded_tokens, pool.decodes) if pool is not None else (0, 0)
     start = time.perf_counter()
     run.score()
     seconds = time.perf_counter() - start
+    per_decode = None
+    if pool is not None and pool.decodes > before[1]:
+        per_decode = (pool.decoded_tokens - before[0]) / (pool.decodes - before[1])
     spent = Usage()
     for row in run.files.score_rows():
         scorer = find_scorer(row.scorer)
         if row.usage is not None and (scorer is None or scorer.needs_judge):
             spent.add(row.usage)
-    return Scoring(seconds, spent.calls, spent.prompt_tokens, spent.cached_prompt_tokens)
+    return Scoring(seconds, spent.calls, spent.prompt_tokens, spent.cached_prompt_tokens, per_decode)
+
+
+def engine_pool(judge: object) -> Any:
+    """The in-process judge's KV sequence pool under the run's wrappers (gate, cache), if it has one."""
+    while not hasattr(judge, "pool") and hasattr(judge, "inner"):
+        judge = judge.inner
+    return getattr(judge, "pool", None)
 
 
 def print_scoring(scoring: Scoring, rates: Rates, latents: int) -> None:
     rate = scoring.computed / scoring.seconds
     per_call = scoring.computed / max(1, scoring.calls)
-    nearest = min(BATCHES, key=lambda b: abs(math.log(b / max(per_call, 1))))
+    # the rate to compare with is llama.cpp's at the size the judge decodes: a call's new tokens when it
+    # decodes one call at a time, several calls' when it batches them
+    size = scoring.per_decode if scoring.per_decode is not None else per_call
+    nearest = min(BATCHES, key=lambda b: abs(math.log(b / max(size, 1))))
     print(
         f"(c) scoring {latents} default latents (detection + fuzzing + control, 10 + 10 examples, no response cache):"
     )
@@ -177,6 +194,8 @@ def print_scoring(scoring: Scoring, rates: Rates, latents: int) -> None:
         f"    {scoring.calls} calls, {scoring.prompt_tokens:,} prompt tokens of which {scoring.cached_prompt_tokens:,}"
         f" reused: {scoring.computed:,} computed ({per_call:.0f} per call) in {scoring.seconds:.0f} s"
     )
+    if scoring.per_decode is not None:
+        print(f"    the judge decoded {scoring.per_decode:.0f} tokens a decode (calls batched together)")
     mean, best = rates.mean(nearest), max(rates.counted[nearest])
     print(
         f"    {rate:.1f} computed tok/s = {rate / mean:.2f}x llama.cpp's mean rate for {nearest} new tokens"
