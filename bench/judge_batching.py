@@ -1,6 +1,6 @@
 """The embedded judge's calls one at a time against the same calls gathered as a scorer sends them.
 
-    python bench/judge_batching.py [--latents 6] [--n 10] [--prefix-tokens 1024] [--rounds 2]
+    python bench/judge_batching.py [--latents 6] [--n 10] [--prefix-tokens T] [--rounds 2]
 
 Records the judge calls that detection and fuzzing make on the embedded default's first `--latents`
 latents (each labelled by its no-LLM tokens label, and again with another latent's label: the
@@ -74,7 +74,8 @@ async def record(args: argparse.Namespace) -> list[tuple[int, list[dict[str, str
     config, cache, latents = default_run(
         args.work, judge="qwen2.5-coder-1.5b", n_tokens=args.n_tokens, n_held_out=args.n, n_latents=args.latents
     )
-    config.scoring["classifier"] = {"prefix_tokens": args.prefix_tokens}
+    if args.prefix_tokens is not None:
+        config.scoring["classifier"] = {"prefix_tokens": args.prefix_tokens}
     sampler = Sampler(cache, token_decoder(load_tokenizer(config, cache.meta)), config.sampling)
     records = {i: sampler.record(i) for i in latents}
     labels = {i: tokens_label(records[i], config.explain) for i in latents}
@@ -118,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--latents", type=int, default=6)
     parser.add_argument("--n", type=int, default=10, help="held-out activating and silent examples (default: 10)")
-    parser.add_argument("--prefix-tokens", type=int, default=0)
+    parser.add_argument("--prefix-tokens", type=int, default=None, help="worked examples (default: the judge's)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--n-tokens", type=int, default=100_000)
     parser.add_argument("--work", default=WORK)
