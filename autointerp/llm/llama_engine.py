@@ -70,14 +70,22 @@ class KVFull(JudgeError):
     """The cache has no cells left for a batch, even with every other sequence evicted."""
 
 
+TAIL = 256  # tokens of a sequence past what others hold, under which losing it costs only a call's tail
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     import numpy as np
 
+    return _common(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+
+
+def _common(a: Any, b: Any) -> int:
+    """The length of the common prefix of two int arrays."""
     n = min(len(a), len(b))
     if n == 0:
         return 0
-    same = np.asarray(a[:n], dtype=np.int64) == np.asarray(b[:n], dtype=np.int64)
-    return n if bool(same.all()) else int(np.argmin(same))
+    same = a[:n] == b[:n]
+    return n if bool(same.all()) else int(same.argmin())
 
 
 def log_softmax_top(row: Any, token: int, k: int) -> Captured:
@@ -137,12 +145,30 @@ class SequencePool:
                 best, length = slot, n
         return best, length
 
-    def _claim(self, sources: set[int], taken: set[int]) -> Slot:
-        """The least recently used sequence that no call of this batch reads from or writes to."""
+    def _claim(self, sources: set[int], taken: set[int], incoming: list[list[int]]) -> Slot:
+        """The sequence to write a call into: one that no call of this batch reads from or writes to,
+        and, of those, one whose loss costs least. A sequence whose tokens other sequences (or the calls
+        being written) also hold up to its last TAIL tokens is cheap to lose: only its tail goes. So the
+        least recently used cheap one goes first, and only when none is cheap the least recently used
+        of all: a stream of calls on one prefix recycles its own tails and leaves the last copy of
+        another scorer's prefix in place."""
+        import numpy as np
+
         free = [s for s in self.slots if s.seq not in sources and s.seq not in taken]
         if not free:
             raise RuntimeError("no free KV sequence for this batch (a bug: batches take at most max_asks calls)")
-        return min(free, key=lambda s: s.used)
+        held = {s.seq: np.asarray(s.tokens, dtype=np.int64) for s in self.slots if s.seq not in taken and s.tokens}
+        others = list(held.items()) + [(-1, np.asarray(t, dtype=np.int64)) for t in incoming]
+
+        def unique(slot: Slot) -> int:
+            mine = held.get(slot.seq)
+            if mine is None:
+                return 0
+            covered = max((_common(mine, theirs) for seq, theirs in others if seq != slot.seq), default=0)
+            return len(mine) - covered
+
+        cheap = [s for s in free if unique(s) <= TAIL]
+        return min(cheap or free, key=lambda s: s.used)
 
     def _start(self, dest: Slot, source: Slot | None, length: int) -> None:
         """Make `dest` hold `source`'s first `length` tokens (a copy of tags, not of data)."""
@@ -266,7 +292,7 @@ class SequencePool:
         sources = {s.seq for s, _ in plans if s is not None}
         dests: list[Slot] = []
         for _ in plans:
-            dests.append(self._claim(sources, {d.seq for d in dests}))
+            dests.append(self._claim(sources, {d.seq for d in dests}, [a.tokens for a in asks]))
         for dest, (source, length) in zip(dests, plans, strict=True):
             self._start(dest, source, length)
             dest.used = self._tick()
@@ -349,7 +375,7 @@ class SequencePool:
         import numpy as np
 
         source, length = self.best_source(tokens, rows_from)
-        dest = self._claim(set() if source is None else {source.seq}, set())
+        dest = self._claim(set() if source is None else {source.seq}, set(), [tokens])
         self._start(dest, source, length)
         dest.used = self._tick()
         last = len(tokens) - 1

@@ -311,6 +311,21 @@ def test_shared_prefixes_are_not_recomputed_across_switches(judge):
 
 
 @pytest.mark.slow
+def test_a_stream_of_calls_on_one_prefix_keeps_the_other_prefix(judge):
+    """Forty calls on one prefix (five batches: more sequences than the pool has) recycle their own
+    tails, not the only sequence holding the other scorer's prefix: its next call computes only its tail."""
+    judge.pool.clear()
+    asyncio.run(judge.chat(_ask(COLOURS, "a red apple"), max_tokens=1))
+
+    async def stream():
+        return await asyncio.gather(*(judge.chat(_ask(MONTHS, f"item {i}"), max_tokens=1) for i in range(40)))
+
+    asyncio.run(stream())
+    back = asyncio.run(judge.chat(_ask(COLOURS, "green grass"), max_tokens=1))
+    assert back.usage.prompt_tokens - back.usage.cached_prompt_tokens < 30, back.usage
+
+
+@pytest.mark.slow
 def test_calls_waiting_together_share_one_batch_and_agree_with_one_at_a_time(judge):
     """Calls gathered together are decoded in shared batches (the prefix they share past the cache
     evaluated once) and answer as they do one at a time, up to llama.cpp's numerics: where a prompt's KV
