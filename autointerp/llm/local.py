@@ -71,7 +71,7 @@ class LlamaCppJudge:
         seed: int = 0,
         n_seq: int = 16,
         kv_cells: int | None = None,
-        flash_attn: bool = False,
+        flash_attn: bool = True,
         logits_chunk: int = 64,
     ):
         if logits_chunk < 1:

@@ -237,7 +237,9 @@ def test_logprobs_match_the_library_path(judge):
     with `logits_all=True`: same prompt tokens, same greedy answer, same logprobs."""
     import llama_cpp
 
-    lib = llama_cpp.Llama(model_path=str(judge.model_path), n_ctx=512, logits_all=True, verbose=False)
+    lib = llama_cpp.Llama(
+        model_path=str(judge.model_path), n_ctx=512, logits_all=True, flash_attn=True, verbose=False
+    )
     judge.pool.clear()  # the same cache layout as the library's (cells in order from 0)
     try:
         msgs = [{"role": "user", "content": "Name a colour."}]
@@ -430,7 +432,7 @@ def _reference_logprobs(path, text: str):
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, logits_all=True, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, logits_all=True, flash_attn=True, verbose=False)
     try:
         ids = llm.tokenize(text.encode(), add_bos=False, special=False)
         llm.eval(ids)
