@@ -237,9 +237,7 @@ def test_logprobs_match_the_library_path(judge):
     with `logits_all=True`: same prompt tokens, same greedy answer, same logprobs."""
     import llama_cpp
 
-    lib = llama_cpp.Llama(
-        model_path=str(judge.model_path), n_ctx=512, logits_all=True, flash_attn=True, verbose=False
-    )
+    lib = llama_cpp.Llama(model_path=str(judge.model_path), n_ctx=512, logits_all=True, flash_attn=True, verbose=False)
     judge.pool.clear()  # the same cache layout as the library's (cells in order from 0)
     try:
         msgs = [{"role": "user", "content": "Name a colour."}]

@@ -4,25 +4,13 @@ that makes a second install a no-op. Nothing here compiles llama.cpp: pip is nev
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.scripts import load_script
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build_llama = _script("build_llama")
+build_llama = load_script("build_llama")
 
 AVX2_CPU = "fpu vme sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma bmi1 bmi2 avx2 popcnt"
 AVX512_CPU = AVX2_CPU + " avx512f avx512bw avx512vl avx512_vnni avx512_bf16"

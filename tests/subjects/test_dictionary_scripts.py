@@ -3,29 +3,15 @@ budget, stored activations) and scripts/dictionary_screen.py (the judge-free tok
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers.scripts import load_script
 
 from autointerp.records import Example, LatentId, LatentRecord, LatentStats
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train_sae = _script("train_sae")
-screen = _script("dictionary_screen")
+train_sae = load_script("train_sae")
+screen = load_script("dictionary_screen")
 
 
 def _example(tokens: list[str], acts: list[float], quantile: int = -1) -> Example:
