@@ -14,7 +14,8 @@ a few-shot block, the explanation) and differ in a ~100-token tail. Prints, per 
 
 then the memory each design holds for logits, the largest difference between the two designs'
 logprobs, and a one-token chat on the judge (whose context has no `logits_all`) against the same chat
-on a `logits_all=True` context, which is why the judge does not simply turn `logits_all` on.
+through llama-cpp-python's own chat on the `logits_all=True` context, which is why the judge does
+not simply turn `logits_all` on.
 
 Each figure is the best of `--repeats` rounds, the designs interleaved within a round, so that other
 work on a shared machine inflates them as little as possible; compare ratios from one run.
@@ -28,7 +29,7 @@ import time
 
 import numpy as np
 
-from autointerp.llm.local import LlamaCppJudge, load_local_judge
+from autointerp.llm.local import load_local_judge
 
 WORDS = (
     "the report said that in may we met again after rain the city council voted on a plan to build a new "
@@ -76,22 +77,24 @@ def main() -> None:
 
     judge = load_local_judge(args.judge, n_ctx=args.n_ctx, n_threads=args.threads)
     items = texts(args.texts)
-    n_tok = len(judge._llm.tokenize(items[0].encode(), add_bos=False, special=False))
-    n_vocab = judge._llm.n_vocab()
+    n_tok = len(judge.tokenize(items[0]))
+    n_vocab = judge.pool.n_vocab
     print(
         f"judge {judge.model}: {len(items)} texts of {n_tok} tokens sharing a prefix, top_logprobs=20, "
         f"n_vocab {n_vocab:,}"
     )
 
     def ours(text: str, reuse: bool = True) -> list:
-        if not reuse:
-            judge._scored = []
+        if not reuse:  # neither the kept results nor any sequence's KV
+            judge._scored, judge._scored_tokens = [], []
+            judge.pool.clear()
         return asyncio.run(judge.prompt_logprobs(text, top_logprobs=20))
 
     second = llama_cpp.Llama(
         model_path=str(judge.model_path),
         n_ctx=args.n_ctx,
         logits_all=True,
+        flash_attn=True,  # as the judge: the two differ in how they read logits, not in attention
         verbose=False,
         n_threads=args.threads,
         n_threads_batch=args.threads,
@@ -136,7 +139,7 @@ def main() -> None:
     )
     diffs = [np.abs(np.array([p.logprob for p in ours(t)[1:]]) - reference(t)).max() for t in items[:3]]
     print(f"  largest |logprob difference| between the two: {max(diffs):.2e}")
-    n_batch = judge._llm.n_batch
+    n_batch = judge.pool.n_batch
     print(
         f"  logits memory: ours {judge.logits_chunk} x {n_vocab:,} floats = "
         f"{judge.logits_chunk * n_vocab * 4 / 2**20:.0f} MiB; the logits_all context: llama-cpp-python's "
@@ -144,29 +147,29 @@ def main() -> None:
         f"output buffer = {n_batch * n_vocab * 4 / 2**20:.0f} MiB"
     )
 
-    chat_all = LlamaCppJudge(
-        judge.model_path, model=judge.model, n_ctx=args.n_ctx, logits_all=True, n_threads=args.threads
-    )
     msgs = [
         {"role": "system", "content": items[0][:1200]},
         {"role": "user", "content": "Does the feature fire on month names? Answer Yes or No."},
     ]
 
-    def one_chat(j: LlamaCppJudge, i: int) -> float:
+    def one_chat(ours: bool, i: int) -> float:
         m = [msgs[0], {"role": "user", "content": msgs[1]["content"] + f" (case {i})"}]
         start = time.perf_counter()
-        asyncio.run(j.chat(m, max_tokens=1, logprobs=5))
+        if ours:
+            asyncio.run(judge.chat(m, max_tokens=1, logprobs=5))
+        else:  # llama-cpp-python's own chat, whose logprobs need the logits_all context
+            second.create_chat_completion(messages=m, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=5)
         return time.perf_counter() - start
 
-    for j in (judge, chat_all):
-        one_chat(j, -1)
-    a = min(one_chat(judge, i) for i in range(8))
-    b = min(one_chat(chat_all, i) for i in range(8))
+    for ours in (True, False):
+        one_chat(ours, -1)
+    a = min(one_chat(True, i) for i in range(8))
+    b = min(one_chat(False, i) for i in range(8))
     print(
         f"  one-token chat with logprobs (shared prefix): judge {1000 * a:.1f} ms, logits_all context "
         f"{1000 * b:.1f} ms (x{b / a:.2f})"
     )
-    asyncio.run(chat_all.aclose())
+    second.close()
     asyncio.run(judge.aclose())
 
 
