@@ -379,7 +379,7 @@ def test_a_full_cache_evicts_old_sequences_and_keeps_answering(judge):
 
 
 @pytest.mark.slow
-def test_concurrent_calls_are_serialised(judge):
+def test_concurrent_generations_each_get_a_reply(judge):
     async def many():
         qs = [f"Count to {n}." for n in (2, 3, 4)]
         return await asyncio.gather(*(judge.chat([{"role": "user", "content": q}], max_tokens=6) for q in qs))
