@@ -169,8 +169,18 @@ def test_with_fewer_than_two_labels_the_run_goes_on_without_controls(tmp_path, t
     assert not [c for c in table if "control" in c]
 
 
-def test_a_controls_prompts_are_served_together(tmp_path, tiny_cache):
-    """With four latents in flight, the control pass keeps each (latent, scorer)'s prompts together."""
+def test_a_controls_prompts_are_served_together(tmp_path, tiny_cache, monkeypatch):
+    """With four latents in flight, the control pass keeps each (latent, scorer)'s prompts together.
+
+    The worker reads each latent's examples in a thread, and which thread finishes first is up to the
+    OS; running that work inline leaves the event loop as the only source of interleaving, so the
+    order the gate sees does not depend on how busy the machine is.
+    """
+
+    async def inline(func, /, *args, **kwargs):
+        return func(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", inline)
     files = RunFiles(tmp_path / "run")
     files.prepare()
 
@@ -189,6 +199,8 @@ def test_a_controls_prompts_are_served_together(tmp_path, tiny_cache):
     keys = gate.served
     groups = sorted(set(keys))
     assert len(groups) == 4 * 2 and len(keys) == sum(r.n_examples for r in read_scores(files.scores) if r.control)
+    last = {k: max(i for i, g in enumerate(keys) if g == k) for k in groups}
+    assert [last[k] for k in groups] == sorted(last.values())  # (latent, scorer) groups end in order
     switches = sum(1 for a, b in zip(keys, keys[1:], strict=False) if a != b)
     assert switches <= 2 * (len(groups) - 1)  # as for the latents' own scores (test_ordering)
 
