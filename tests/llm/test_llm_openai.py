@@ -127,19 +127,24 @@ def test_token_limit_field_and_extra_body(server):
 
 
 def test_concurrency_is_bounded(server):
-    lock, state = threading.Lock(), {"now": 0, "max": 0}
+    changed, state = threading.Condition(), {"now": 0, "max": 0}
 
     def slow(req, n):
-        with lock:
+        # hold each request until a second one is in flight (so reaching the bound does not depend on
+        # the second arriving within some time), then a little longer for a third to show up if the
+        # bound were broken
+        with changed:
             state["now"] += 1
             state["max"] = max(state["max"], state["now"])
+            changed.notify_all()
+            changed.wait_for(lambda: state["now"] >= 2, timeout=5)
         time.sleep(0.15)
-        with lock:
+        with changed:
             state["now"] -= 1
         return ("ok", f"answer {n}")
 
     server.set_behaviour(slow)
-    judge = fast_judge(server.url, max_concurrency=2)
+    judge = fast_judge(server.url, max_concurrency=2, timeout=30)  # a request may wait 5 s for its peer
 
     async def go():
         try:
