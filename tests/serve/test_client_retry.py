@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,11 +17,12 @@ from autointerp.client import Client, ServeError
 
 
 class Scripted(ThreadingHTTPServer):
-    """Answers each GET with the next (status, headers) of its script, then 200 for ever."""
+    """Answers each GET with the next (status, headers) of its script, then 200 for ever. Headers may be
+    a function, called as the answer is sent (a Retry-After date must be written then, not before)."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
-        self.script: list[tuple[int, dict[str, str]]] = []
+        self.script: list[tuple[int, dict[str, str] | Callable[[], dict[str, str]]]] = []
         self.times: list[float] = []
 
     @property
@@ -35,6 +36,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         self.server.times.append(time.monotonic())
         status, headers = self.server.script.pop(0) if self.server.script else (200, {})
+        headers = headers() if callable(headers) else headers
         body = json.dumps({"status": "ok"} if status == 200 else {"error": f"scripted {status}"}).encode()
         self.send_response(status)
         for name, value in {**headers, "Content-Type": "application/json"}.items():
@@ -78,7 +80,9 @@ def test_client_errors_are_not_retried(server):
 
 
 def test_retry_after_as_an_http_date_is_waited_out(server):
-    server.script = [(429, {"Retry-After": formatdate(time.time() + 2, usegmt=True)})]
+    # the server writes "now + 2 s" as it answers: a date written before the client was made could have
+    # passed by the time a busy machine sent the request
+    server.script = [(429, lambda: {"Retry-After": formatdate(time.time() + 2, usegmt=True)})]
     with Client(server.url) as c:
         assert c.health() == {"status": "ok"}
     # the date has whole seconds: the wait is 1 to 2 s, far above the 0.25 s backoff it replaces
