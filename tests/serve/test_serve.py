@@ -8,8 +8,10 @@ import base64
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -39,9 +41,18 @@ def runs(tmp_path_factory, tiny_llama) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(runs, tmp_path_factory):
+def gate(tmp_path_factory) -> Path:
+    """A file the server's judges wait for: there (they answer at once) unless a test takes it away to hold
+    a job mid-scoring."""
+    path = tmp_path_factory.mktemp("gate") / "open"
+    path.touch()
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(runs, gate, tmp_path_factory):
     state = tmp_path_factory.mktemp("state")
-    s = start_server(runs, state, "--max-queue", "512", "--allow-judge", "tokens", delay=0.002)
+    s = start_server(runs, state, "--max-queue", "512", "--allow-judge", "tokens", delay=0.002, gate=gate)
     yield s
     assert s.stop(), s.log.read_text()[-3000:]
 
@@ -384,7 +395,26 @@ def test_idempotency_keys(server, client):
     assert first["id"] in [j["id"] for j in client.jobs(run="fresh")]
 
 
-def test_explain_with_progress_events(server, client, runs):
+def held_events(client: Client, gate: Path, submit: Callable[[], dict]) -> list[dict]:
+    """The events of the job `submit` makes, its judge held (gate closed) until the stream has shown it
+    scoring: so the stream starts before the job can end, however slowly a busy machine sends the request
+    for it."""
+    gate.unlink()
+    opener = threading.Timer(30, gate.touch)  # a job never shown scoring fails the test, never hangs it
+    opener.start()
+    try:
+        events = []
+        for event in client.events(submit()["id"]):
+            events.append(event)
+            if (event["progress"] or {}).get("stage") == "scoring":
+                gate.touch()
+        return events
+    finally:
+        opener.cancel()
+        gate.touch()
+
+
+def test_explain_with_progress_events(server, client, runs, gate):
     files = RunFiles(runs / "fresh")
     assert 14 not in files.explanations_by_latent()
     job = client.explain("fresh", 14)
@@ -398,13 +428,12 @@ def test_explain_with_progress_events(server, client, runs):
     again = client.wait(client.explain("fresh", 14)["id"], timeout=60)
     assert again["result"]["reused"] is True and again["result"]["explanation"] == row.explanation
     assert [r["latent"] for r in read_jsonl(files.explanations)].count(14) == 1
-    # a slower job shows its stages as it goes
-    job = client.score("fresh", 14, row.explanation)
-    seen = [e["status"] for e in client.events(job["id"])]
+    # a job that takes a while shows its stages as it goes
+    seen = [e["status"] for e in held_events(client, gate, lambda: client.score("fresh", 14, row.explanation))]
     assert seen[-1] == "done" and len(seen) >= 2
     stages = [
         e["progress"]["stage"]
-        for e in client.events(client.score("fresh", 17, "the words: pepper")["id"])
+        for e in held_events(client, gate, lambda: client.score("fresh", 17, "the words: pepper"))
         if e["progress"]
     ]
     assert "scoring" in stages
