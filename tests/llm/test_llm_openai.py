@@ -32,8 +32,11 @@ ASK = [{"role": "user", "content": "Is the sky blue? Answer Yes or No."}]
 
 
 def fast_judge(url: str, **kwargs) -> OpenAIJudge:
+    """A judge that retries at once. Its timeout is generous: a request timed out and retried would break
+    the tests that count requests, and a busy machine took 1.4 s to get a fresh client's first one to the
+    server; the tests of timeouts set their own."""
     settings = dict(
-        api_key_env=KEY_ENV, timeout=2.0, max_attempts=4, backoff_initial=0.01, backoff_max=0.05, max_total_s=20.0
+        api_key_env=KEY_ENV, timeout=30.0, max_attempts=4, backoff_initial=0.01, backoff_max=0.05, max_total_s=20.0
     )
     settings.update(kwargs)
     return OpenAIJudge("fault-model", url, **settings)
