@@ -126,6 +126,13 @@ def _run_interleaved(tmp_path, tiny_cache, gated: bool, monkeypatch) -> list[tup
     return arrivals
 
 
+async def _turns(n: int) -> None:
+    """Wait `n` turns of the event loop: a clock that runs the same on any machine, as timers do not (a
+    pause of the process between two tasks' timers shifts one against the other)."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
 def test_the_gate_serves_staggered_requests_grouped_by_key():
     """Four sources issue prompts a little apart (like items prepared one by one); first-come-first-served
     interleaves them, the gate serves each source's prompts back to back once they queue up."""
@@ -134,12 +141,12 @@ def test_the_gate_serves_staggered_requests_grouped_by_key():
     class Slow(ScriptedJudge):
         async def chat(self, messages, **kw):
             served.append(int(messages[0]["content"]))
-            await asyncio.sleep(0.002)
+            await _turns(8)  # twice as long as a source takes to issue its next prompt
             return await super().chat(messages, **kw)
 
     async def source(judge, i: int) -> None:
         async def one(j: int) -> None:
-            await asyncio.sleep(0.001 * j + 0.0003 * i)
+            await _turns(4 * j + i)
             with judge_priority(i):
                 await judge.chat([{"role": "user", "content": str(i)}])
 
