@@ -34,6 +34,20 @@ def threads_of_a_worker() -> Iterator[None]:
         yield
 
 
+@pytest.fixture
+def inline_threads(monkeypatch) -> None:
+    """`asyncio.to_thread` runs its function inline. The pipeline reads each latent's examples in a thread,
+    and which thread finishes first is up to the OS (a busy machine let the last latent reach the judge
+    first); inline, the event loop is the only source of interleaving, so a test of the order in which the
+    judge is asked does not depend on how fast or busy the machine is."""
+    import asyncio
+
+    async def inline(func, /, *args, **kwargs):
+        return func(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", inline)
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster (`start_cluster`), started once per test module that uses it and shut down after

@@ -82,19 +82,10 @@ def _switches(keys: list[tuple[int, ...]]) -> int:
     return sum(1 for a, b in zip(keys, keys[1:], strict=False) if a != b)
 
 
-def _run_interleaved(tmp_path, tiny_cache, gated: bool, monkeypatch) -> list[tuple[int, ...]]:
-    """Score 4 latents at once against a judge that takes time; the (latent, stage) keys in serving order.
-
-    The worker reads each latent's examples in a thread; which thread finishes first is up to the OS
-    (a busy machine let the last latent reach the judge first). Running that work inline leaves the
-    event loop as the only source of interleaving, so the order the gate sees does not depend on speed.
-    """
+def _run_interleaved(tmp_path, tiny_cache, gated: bool) -> list[tuple[int, ...]]:
+    """Score 4 latents at once against a judge that takes time; the (latent, stage) keys in serving order
+    (run under `inline_threads`, so the order the gate sees does not depend on the machine's speed)."""
     from autointerp.llm.ordering import current_priority
-
-    async def inline(func, /, *args, **kwargs):
-        return func(*args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", inline)
 
     arrivals: list[tuple[int, ...]] = []
 
@@ -167,8 +158,8 @@ def test_the_gate_serves_staggered_requests_grouped_by_key():
     assert _switches(gated) <= 4 < 20 < _switches(plain)
 
 
-def test_in_the_pipeline_earlier_latents_finish_first(tmp_path, tiny_cache, monkeypatch):
-    gated = _run_interleaved(tmp_path, tiny_cache, gated=True, monkeypatch=monkeypatch)
+def test_in_the_pipeline_earlier_latents_finish_first(tmp_path, tiny_cache, inline_threads):
+    gated = _run_interleaved(tmp_path, tiny_cache, gated=True)
     groups = sorted(set(gated))
     assert len(groups) == 4 * 2
     last = {k: max(i for i, g in enumerate(gated) if g == k) for k in groups}

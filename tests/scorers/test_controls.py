@@ -169,18 +169,9 @@ def test_with_fewer_than_two_labels_the_run_goes_on_without_controls(tmp_path, t
     assert not [c for c in table if "control" in c]
 
 
-def test_a_controls_prompts_are_served_together(tmp_path, tiny_cache, monkeypatch):
-    """With four latents in flight, the control pass keeps each (latent, scorer)'s prompts together.
-
-    The worker reads each latent's examples in a thread, and which thread finishes first is up to the
-    OS; running that work inline leaves the event loop as the only source of interleaving, so the
-    order the gate sees does not depend on how busy the machine is.
-    """
-
-    async def inline(func, /, *args, **kwargs):
-        return func(*args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", inline)
+def test_a_controls_prompts_are_served_together(tmp_path, tiny_cache, inline_threads):
+    """With four latents in flight, the control pass keeps each (latent, scorer)'s prompts together
+    (the examples read inline, so the order the gate sees does not depend on the machine's speed)."""
     files = RunFiles(tmp_path / "run")
     files.prepare()
 
